@@ -1,0 +1,28 @@
+# Quick start:  make run   (set up .venv, run the default experiment)
+#               make test  (set up .venv, run the tests)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Metaflow refuses to run as root or an unknown user.
+export USERNAME ?= monollm
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) flows/mono_flow.py run
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .metaflow .pytest_cache

@@ -1,0 +1,149 @@
+"""MonoFlow: does a non-negative feed-forward constraint make an LM harder to attack?
+
+    python flows/mono_flow.py run                                # config/tiny.toml, offline, CPU
+    python flows/mono_flow.py --config config PATH.toml run      # another profile
+    python flows/mono_flow.py run --seed 3                       # override the profile's seed
+
+The DAG only: every step calls one function of `monollm.pipeline`.
+"""
+import os
+
+from metaflow import Config, FlowSpec, Parameter, config_expr, current, model, resources, step
+
+DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "tiny.toml")
+MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("config.resources.cpu"),
+                  memory=config_expr("config.resources.memory"))
+
+
+class MonoFlow(FlowSpec):
+    config = Config("config", default=DEFAULT_PROFILE, parser="tomllib.loads",
+                    help="TOML profile (see config/)")
+    seed = Parameter("seed", type=int, default=None, help="Override the profile's seed")
+
+    @step
+    def start(self):
+        """Load and validate the profile before any model work."""
+        from monollm import config, pipeline, results
+
+        cfg = pipeline.start(dict(self.config), self.seed)
+        self.resolved_config = config.to_dict(cfg)
+        results.tag_current_run(pipeline.tags(cfg))
+        self.next(self.setup)
+
+    @resources(**MODEL_STEP)
+    @model
+    @step
+    def setup(self):
+        """Data splits, packed blocks, attack examples; the foundation model (`reference`)."""
+        from monollm import config, pipeline
+
+        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("reference")
+        prep = pipeline.setup(cfg, out)
+        self.blocks, self.examples = prep["blocks"], prep["examples"]
+        self.untrained_perplexity, self.hidden_act = prep["untrained_perplexity"], prep["hidden_act"]
+        self.pretraining = prep["pretraining"]
+        self.reference_model = current.model.save(out, label="reference", storage_format="files")
+        self.next(self.train_baseline, self.make_monotonic)
+
+    @resources(**MODEL_STEP)
+    @model(load=["reference_model"])
+    @step
+    def train_baseline(self):
+        """Recovery training, unconstrained."""
+        from monollm import config, pipeline
+
+        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
+        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], self.blocks, "baseline", out)
+        self.history, self.constraint_checks = done["history"], {}
+        self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
+        self.next(self.join_models)
+
+    @resources(**MODEL_STEP)
+    @model(load=["reference_model"])
+    @step
+    def make_monotonic(self):
+        """Constrain `reference` (W = softplus(V)), verify, save it materialized as `monotonic_init`."""
+        from monollm import config, pipeline
+
+        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic_init")
+        self.init_checks = pipeline.make_monotonic(cfg, current.model.loaded["reference_model"], out)
+        self.monotonic_init_model = current.model.save(out, label="monotonic_init", storage_format="files")
+        self.next(self.train_monotonic)
+
+    @resources(**MODEL_STEP)
+    @model(load=["monotonic_init_model"])
+    @step
+    def train_monotonic(self):
+        """Recovery training of the constrained copy, then materialize."""
+        from monollm import config, pipeline
+
+        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
+        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], self.blocks, "monotonic", out)
+        self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
+        self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")
+        self.next(self.join_models)
+
+    @step
+    def join_models(self, inputs):
+        """Both arms' models, histories and constraint checks in one place."""
+        from monollm import report
+
+        self.training = report.training_table({i.history[0]["arm"]: i.history for i in inputs})
+        self.constraint = report.constraint_table(inputs.train_monotonic.constraint_checks)
+        self.baseline_model = inputs.train_baseline.baseline_model
+        self.monotonic_model = inputs.train_monotonic.monotonic_model
+        self.merge_artifacts(inputs, exclude=["history", "constraint_checks", "init_checks"])
+        self.next(self.evaluate)
+
+    @resources(**MODEL_STEP)
+    @model(load=["reference_model", "baseline_model", "monotonic_init_model", "monotonic_model"])
+    @step
+    def evaluate(self):
+        """Perplexity of all four models on the same test blocks; then one branch per attack."""
+        from monollm import config, pipeline, report
+
+        cfg = config.from_dict(self.resolved_config)
+        dirs = {m: current.model.loaded[f"{m}_model"] for m in report.MODELS}
+        self.per_block = pipeline.evaluate(cfg, dirs, self.blocks["test"])
+        self.perplexity = report.perplexity_table(self.per_block, cfg.eval.bootstrap, cfg.seed)
+        print(self.perplexity.to_string(index=False))
+        self.attack_names = list(cfg.attacks)
+        self.next(self.attack, foreach="attack_names")
+
+    @resources(**MODEL_STEP)
+    @model(load=["baseline_model", "monotonic_model"])
+    @step
+    def attack(self):
+        """One attack type against `baseline` and `monotonic` on the same examples."""
+        from monollm import config, pipeline
+
+        cfg = config.from_dict(self.resolved_config)
+        dirs = {m: current.model.loaded[f"{m}_model"] for m in ("baseline", "monotonic")}
+        self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples)
+        self.next(self.join_attacks)
+
+    @step
+    def join_attacks(self, inputs):
+        """Tidy attack table, summaries and findings computed from the tables."""
+        import pandas as pd
+
+        from monollm import config, report
+
+        self.attacks = pd.concat([i.attack_rows for i in inputs], ignore_index=True)
+        self.merge_artifacts(inputs, exclude=["attack_rows"])
+        cfg = config.from_dict(self.resolved_config)
+        self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
+        self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
+                                        self.hidden_act, cfg.eval.bootstrap, cfg.seed)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Print the headline tables."""
+        from monollm import results
+
+        print(results.summary_text(self))
+
+
+if __name__ == "__main__":
+    MonoFlow()

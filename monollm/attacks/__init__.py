@@ -1,0 +1,37 @@
+"""Attack registry: name -> (config dataclass, run function).
+
+Every run function takes (models, tokenizer, examples, continuation_len, batch_size,
+params, seed, log), where examples maps split ("test", "attack_opt") to (N, C + K) windows, and returns a list of `AttackResult`.
+"""
+from __future__ import annotations
+
+
+from monollm.attacks import random as _random
+from monollm.attacks.common import AttackResult
+
+ATTACKS = {
+    "random": (_random.RandomConfig, _random.run),
+}
+
+
+def attack_config(name: str, raw: dict, where: str):
+    """Build attack `name`'s config from its [attack.<name>] table, refusing unknown keys."""
+    from monollm.config import ConfigError, _build
+
+    cls, _ = ATTACKS[name]
+    cfg = _build(cls, raw, where)
+    try:
+        cfg.check()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return cfg
+
+
+def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: int, batch_size: int,
+               params, seed: int, log=print) -> list[AttackResult]:
+    """Run a registered attack (models already in eval mode)."""
+    _, fn = ATTACKS[name]
+    return fn(models, tokenizer, examples, continuation_len, batch_size, params, seed, log=log)
+
+
+__all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]

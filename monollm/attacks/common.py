@@ -1,0 +1,150 @@
+"""Scoring machinery shared by every attack.
+
+An example is a window of a test document: `context_len` context tokens
+followed by `continuation_len` continuation tokens. Attacks may prepend a
+trigger or change context tokens; only continuation tokens are ever scored,
+so an attack's own inserted tokens never count as damage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class AttackResult:
+    """One attack (or control, or transfer) applied to one model on the same examples.
+
+    `clean_nll` and `attacked_nll` are mean NLL per continuation token, shape (N,).
+    """
+    attack: str
+    model: str
+    kind: str
+    """"attack", "control" or "transfer"."""
+    example_ids: np.ndarray
+    clean_nll: np.ndarray
+    attacked_nll: np.ndarray
+    trial: int = 0
+    """Index of the trigger among repeated draws (random controls)."""
+    source_model: str = ""
+    """Model the perturbation was found on (differs from `model` for transfer)."""
+    trigger_ids: list[int] = field(default_factory=list)
+    trigger_text: str = ""
+    forward_passes: int = 0
+    """Sequences passed through the model to find the perturbation."""
+    candidate_evals: int = 0
+    """Candidate perturbations scored exactly."""
+    n_changed: np.ndarray | None = None
+    """Per example, tokens changed in the context (flip attacks), shape (N,)."""
+
+    def rows(self) -> list[dict]:
+        """Tidy rows, one per example."""
+        changed = self.n_changed if self.n_changed is not None else np.zeros(len(self.example_ids), int)
+        return [
+            {
+                "attack": self.attack, "kind": self.kind, "model": self.model,
+                "source_model": self.source_model or self.model, "trial": self.trial,
+                "example": int(e), "clean_nll": float(c), "attacked_nll": float(a),
+                "dnll": float(a - c), "n_changed": int(k),
+                "trigger_text": self.trigger_text, "trigger_ids": list(self.trigger_ids),
+                "forward_passes": self.forward_passes, "candidate_evals": self.candidate_evals,
+            }
+            for e, c, a, k in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed)
+        ]
+
+
+def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_len: int,
+                  seed: int, tokenizer) -> np.ndarray:
+    """Windows of `context_len + continuation_len` tokens, one per document, at seeded offsets.
+
+    Only windows that survive decode -> encode are kept, so that an attacked text can be
+    re-tokenized and compared token for token. Returns (n, context_len + continuation_len)
+    int64; raises if too few documents give such a window.
+    """
+    width = context_len + continuation_len
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in rng.permutation(len(docs)):
+        doc = docs[i]
+        if len(doc) < width:
+            continue
+        start = int(rng.integers(0, len(doc) - width + 1))
+        window = [int(t) for t in doc[start:start + width]]
+        if tokenizer(tokenizer.decode(window), add_special_tokens=False)["input_ids"] == window:
+            rows.append(window)
+        if len(rows) == n:
+            return np.asarray(rows, dtype=np.int64)
+    raise ValueError(f"only {len(rows)} test documents give a {width}-token attack window "
+                     f"(context_len + continuation_len), {n} requested (attack.examples); "
+                     f"lower it or add test documents")
+
+
+@torch.no_grad()
+def continuation_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> torch.Tensor:
+    """Mean NLL per token of the last `n_cont` tokens of each row.
+
+    ids: (B, T) long, on the model's device. Returns (B,) float32 on CPU. Only the
+    logits that predict the continuation are computed (`logits_to_keep`).
+    """
+    out = []
+    for chunk in ids.split(batch_size):
+        logits = model(input_ids=chunk, logits_to_keep=n_cont + 1).logits[:, :-1].float()
+        target = chunk[:, -n_cont:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        out.append(nll.mean(dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def prepend(trigger: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+    """trigger: (L,) long; examples: (N, T) long -> (N, L + T): the trigger before every context."""
+    return torch.cat([trigger.expand(examples.shape[0], -1), examples], dim=1)
+
+
+def allowed_tokens(tokenizer, vocab_rows: int) -> torch.Tensor:
+    """Tokens an attack may insert: (vocab_rows,) bool.
+
+    Excludes special tokens, ids >= len(tokenizer) (embedding padding rows, as in
+    Pythia) and tokens whose decode -> encode does not give back the same single id.
+    """
+    mask = torch.zeros(vocab_rows, dtype=torch.bool)
+    n = min(len(tokenizer), vocab_rows)
+    special = set(tokenizer.all_special_ids)
+    texts = tokenizer.batch_decode([[i] for i in range(n)])
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for i, enc in enumerate(encoded):
+        mask[i] = i not in special and enc == [i]
+    return mask
+
+
+def trigger_survives(tokenizer, trigger: list[int], examples: np.ndarray) -> bool:
+    """True when decode -> encode of trigger + example gives back the same ids for every example.
+
+    examples: (N, T) int. A trigger whose tokens merge with the text on re-tokenization
+    would be a different attack from the one reported, so it is rejected.
+    """
+    rows = [list(trigger) + [int(t) for t in ex] for ex in examples]
+    encoded = tokenizer(tokenizer.batch_decode(rows), add_special_tokens=False)["input_ids"]
+    return all(enc == row for enc, row in zip(encoded, rows))
+
+
+def sample_trigger(rng: np.random.Generator, allowed: torch.Tensor, length: int, tokenizer,
+                   examples: np.ndarray, max_tries: int) -> list[int]:
+    """A random trigger of allowed tokens that survives re-tokenization before every example.
+
+    Drawn position by position (uniform over allowed tokens, redrawn where a token would
+    merge with its neighbours), so long triggers do not need exponentially many draws.
+    """
+    pool = allowed.nonzero().flatten().numpy()
+    trigger: list[int] = []
+    for _ in range(length):
+        for _ in range(max_tries):
+            token = int(rng.choice(pool))
+            if trigger_survives(tokenizer, trigger + [token], examples):
+                trigger.append(token)
+                break
+        else:
+            raise RuntimeError(f"no allowed token survived decode -> encode after {trigger} in "
+                               f"{max_tries} draws; the tokenizer merges across the trigger boundary")
+    return trigger

@@ -1,0 +1,132 @@
+"""Documents, deterministic document-level splits, tokenization and packing.
+
+Every source goes through the same `datasets` streaming path: the built-in corpus
+as an in-memory dataset turned into a stream, local files and hub datasets with
+`streaming=True`. A seeded buffer shuffle orders the stream; the first documents
+become `test`, then `attack_opt`, then `val`, and the rest `train`, so the splits
+are disjoint by construction and never need the whole dataset in memory.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+SPLITS = ("test", "attack_opt", "val")
+FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def local_files(path: str) -> tuple[str, list[str]]:
+    """(datasets builder, files) for a local file, directory or glob; raises ConfigError if unusable."""
+    from monollm.config import ConfigError
+
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if os.path.isfile(f))
+    else:
+        files = sorted(glob.glob(path))
+    if not files:
+        raise ConfigError(f"'data.path' matches no file: {path!r}")
+    kinds = {FORMATS.get(os.path.splitext(f)[1].lower()) for f in files}
+    if None in kinds or len(kinds) != 1:
+        raise ConfigError(f"'data.path' {path!r} must hold files of one format "
+                          f"({', '.join(sorted(FORMATS))}); found {sorted({os.path.splitext(f)[1] for f in files})}")
+    return kinds.pop(), files
+
+
+def document_stream(cfg, seed: int) -> Iterator[str]:
+    """Non-empty document texts of the configured source in a seeded, shuffled order.
+
+    cfg: DataConfig. The shuffle uses a buffer of `cfg.shuffle_buffer` documents, so a
+    streamed hub dataset is never read whole.
+    """
+    import datasets
+
+    if cfg.source == "builtin":
+        from monollm import corpus
+
+        ds = datasets.Dataset.from_dict({cfg.text_field: corpus.generate(cfg.builtin_docs)}).to_iterable_dataset()
+    elif cfg.source == "local":
+        builder, files = local_files(cfg.path)
+        extra = {"sample_by": "paragraph"} if builder == "text" else {}
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
+    else:
+        ds = datasets.load_dataset(cfg.path, cfg.name or None, split=cfg.split, streaming=True)
+    ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+    for row in ds:
+        if cfg.text_field not in row:
+            raise KeyError(f"data.text_field {cfg.text_field!r} is not a column of {cfg.path or cfg.source!r}; "
+                           f"columns: {sorted(row)}")
+        text = row[cfg.text_field]
+        if isinstance(text, str) and text.strip():
+            yield text
+
+
+def split_documents(cfg, seed: int) -> tuple[dict[str, list[str]], Iterator[str]]:
+    """Held-out splits (test, attack_opt, val) as lists, and the rest of the stream for `train`.
+
+    Raises ValueError when the source runs out before the held-out splits are full.
+    """
+    stream = document_stream(cfg, seed)
+    held = {}
+    for name in SPLITS:
+        want = getattr(cfg, f"{name}_docs")
+        held[name] = list(itertools.islice(stream, want))
+        if len(held[name]) < want:
+            raise ValueError(f"the corpus ran out while filling '{name}': {len(held[name])} of {want} "
+                             f"documents (data.{name}_docs); it is too small for the requested splits")
+    if cfg.max_train_docs:
+        stream = itertools.islice(stream, cfg.max_train_docs)
+    return held, stream
+
+
+def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
+    """Token ids of each document, without special tokens."""
+    return tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
+
+
+def pack(token_docs, block_len: int, eos_id: int, max_blocks: int = 0) -> np.ndarray:
+    """Join documents with EOS and cut into full blocks: (N, block_len) int32, tail dropped.
+
+    No padding: every position is a real token. `max_blocks` > 0 stops early (streams).
+    """
+    buf: list[int] = []
+    blocks = []
+    for doc in token_docs:
+        buf.extend(doc)
+        buf.append(eos_id)
+        while len(buf) >= block_len:
+            blocks.append(buf[:block_len])
+            buf = buf[block_len:]
+            if max_blocks and len(blocks) >= max_blocks:
+                return np.asarray(blocks, dtype=np.int32)
+    return np.asarray(blocks, dtype=np.int32).reshape(-1, block_len)
+
+
+def train_blocks(tokenizer, stream: Iterator[str], block_len: int, tokens_needed: int,
+                 eos_id: int, chunk: int = 1000) -> np.ndarray:
+    """Pack training documents until `tokens_needed` tokens (or the stream's end).
+
+    Tokenizes in chunks so a streamed source is read only as far as the budget needs;
+    the trainer cycles over the blocks (reshuffled each epoch) if they are fewer.
+    """
+    max_blocks = -(-tokens_needed // block_len)
+    blocks = np.zeros((0, block_len), dtype=np.int32)
+    carry: list[int] = []
+    while len(blocks) < max_blocks:
+        docs = list(itertools.islice(stream, chunk))
+        if not docs:
+            break
+        ids = [carry] + tokenize(tokenizer, docs)
+        # carry the unfinished tail into the next chunk instead of dropping it
+        flat = [t for d in ids[1:] for t in d + [eos_id]]
+        flat = carry + flat
+        n = len(flat) // block_len
+        new = np.asarray(flat[:n * block_len], dtype=np.int32).reshape(n, block_len)
+        carry = flat[n * block_len:]
+        blocks = np.concatenate([blocks, new])
+    if len(blocks) == 0:
+        raise ValueError("the training split is empty: no documents remain after the held-out splits")
+    return blocks[:max_blocks]

@@ -1,0 +1,84 @@
+"""The foundation model and its tokenizer: built here, from a local directory, or from the hub."""
+from __future__ import annotations
+
+import torch
+
+EOS = "<|endoftext|>"
+
+
+def build_tokenizer(docs: list[str], vocab_size: int):
+    """A byte-level BPE trained on `docs`, wrapped as an ordinary transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS,
+                                   pad_token=EOS)
+
+
+def build_model(build, tokenizer, seed: int):
+    """A randomly initialised GPT-NeoX (Pythia's architecture) sized by `build` (BuildConfig).
+
+    Like Pythia, the embedding has padding rows beyond the tokenizer (rounded up to a
+    multiple of 64), which attacks must never use.
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    rows = -(-len(tokenizer) // 64) * 64
+    config = GPTNeoXConfig(
+        vocab_size=rows, hidden_size=build.hidden_size, num_hidden_layers=build.num_layers,
+        num_attention_heads=build.num_heads, intermediate_size=build.intermediate_size,
+        max_position_embeddings=build.max_position, rotary_pct=0.25, use_parallel_residual=True,
+        hidden_act="gelu", tie_word_embeddings=False,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(config).float()
+
+
+def load_foundation(mcfg):
+    """(model, tokenizer) from the hub (`model.source = "hub"`) or a local directory ("local").
+
+    Weights load in fp32: recovery training keeps fp32 master weights.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"local_files_only": True} if mcfg.source == "local" else {"revision": mcfg.revision}
+    tokenizer = AutoTokenizer.from_pretrained(mcfg.name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(mcfg.name, dtype=torch.float32, **kwargs)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer of {mcfg.name!r} has no EOS token, which packing needs")
+    return model, tokenizer
+
+
+def max_positions(model) -> int:
+    """Longest context the model accepts."""
+    return int(getattr(model.config, "max_position_embeddings", 0) or 2 ** 31)
+
+
+def save(model, tokenizer, path: str):
+    """Hugging Face format (safetensors + tokenizer files) that vanilla transformers loads."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def load(path: str, device: str = "cpu"):
+    """(model in eval mode on `device`, tokenizer) from a `save` directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def pick_device(name: str) -> str:
+    """"auto" -> cuda when available, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' but no CUDA device is visible")
+    return name

@@ -1,0 +1,168 @@
+"""What each flow step does, as plain functions: the flow file only wires them together."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from monollm import attacks, config, data, models, monotonic, report, train
+from monollm.attacks.common import make_examples
+from monollm.evaluate import block_nll, perplexity
+
+
+def log(msg: str):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
+    """Load and validate the profile; checks that need only metadata (sizes, context length)."""
+    cfg = config.load(raw, seed=seed)
+    if cfg.model.source == "build":
+        config.block_limit(cfg, cfg.model.build.max_position)
+        held = cfg.data.val_docs + cfg.data.attack_opt_docs + cfg.data.test_docs
+        if cfg.data.source == "builtin" and cfg.data.builtin_docs <= held:
+            raise config.ConfigError(
+                f"'data.builtin_docs' is {cfg.data.builtin_docs}: the corpus is too small for the requested "
+                f"splits (val + attack_opt + test = {held} documents, and train needs at least one more)")
+    elif cfg.model.source == "local":
+        from transformers import AutoConfig
+
+        config.block_limit(cfg, models.max_positions(AutoConfig.from_pretrained(cfg.model.name, local_files_only=True)))
+    if cfg.data.source == "local":
+        held, _ = _split_or_config_error(cfg)
+    return cfg
+
+
+def _split_or_config_error(cfg):
+    try:
+        return data.split_documents(cfg.data, cfg.seed)
+    except ValueError as err:
+        raise config.ConfigError(str(err)) from None
+
+
+def tags(cfg: config.ExperimentConfig) -> list[str]:
+    """Run tags that let a user find runs: profile, variant and seed."""
+    return [f"profile:{cfg.name}", f"variant:{cfg.monotonic.variant}", f"seed:{cfg.seed}"]
+
+
+def setup_torch(cfg: config.ExperimentConfig) -> str:
+    """Seed torch, set CPU threads; returns the device to use."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    return models.pick_device(cfg.device)
+
+
+def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
+    """Foundation model saved to `out_dir`, packed blocks and attack examples of every split.
+
+    A built model's tokenizer is trained on the training documents only, then the model is
+    pretrained on them; `untrained_perplexity` records the same architecture before that.
+    """
+    device = setup_torch(cfg)
+    held, stream = _split_or_config_error(cfg)
+    log(f"splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
+    result = {"untrained_perplexity": None, "pretraining": []}
+    if cfg.model.source == "build":
+        train_docs = list(stream)
+        tokenizer = models.build_tokenizer(train_docs, cfg.model.build.vocab_size)
+        model = models.build_model(cfg.model.build, tokenizer, cfg.seed)
+        stream = iter(train_docs)
+    else:
+        model, tokenizer = models.load_foundation(cfg.model)
+    config.block_limit(cfg, models.max_positions(model))
+    eos, T = tokenizer.eos_token_id, cfg.data.block_len
+    blocks = {name: data.pack(data.tokenize(tokenizer, docs), T, eos) for name, docs in held.items()}
+    if cfg.eval.max_blocks:
+        blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
+    needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
+    blocks["train"] = data.train_blocks(tokenizer, stream, T, needed, eos)
+    log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in blocks.items()))
+    a = cfg.attack
+    examples = {name: make_examples(data.tokenize(tokenizer, held[name]), a.examples, a.context_len,
+                                    a.continuation_len, cfg.seed, tokenizer) for name in ("test", "attack_opt")}
+    if cfg.model.source == "build":
+        result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device))
+        log(f"pretraining the built model (untrained test perplexity {result['untrained_perplexity']:.1f})")
+        result["pretraining"] = train.train(model, blocks["train"], blocks["val"], cfg.pretrain, cfg.seed, device,
+                                            arm="pretrain", log=log)
+    models.save(model, tokenizer, out_dir)
+    result.update(blocks=blocks, examples=examples, hidden_act=str(getattr(model.config, "hidden_act", "")))
+    return result
+
+
+def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: str, out_dir: str,
+              save_checkpoint=None, resume=None) -> dict:
+    """Recovery training of one arm; the monotonic arm is constrained, trained, materialized.
+
+    Returns {"history": [...], "constraint": {stage: verify dict}}; the trained model is saved
+    to `out_dir` as a plain transformers checkpoint.
+    """
+    device = setup_torch(cfg)
+    model, tokenizer = models.load(model_dir, device)
+    checks = {}
+    lr = warmup = None
+    if arm == "monotonic":
+        monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
+        checks["before_training"] = monotonic.verify(model, cfg.monotonic.variant)
+        lr = cfg.train.monotonic_lr or None
+        warmup = None if cfg.train.monotonic_warmup_frac < 0 else cfg.train.monotonic_warmup_frac
+    history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
+                          lr=lr, warmup_frac=warmup, log=log, save_checkpoint=save_checkpoint, resume=resume)
+    if arm == "monotonic":
+        checks["after_training"] = monotonic.verify(model, cfg.monotonic.variant)
+        monotonic.materialize(model)
+        checks["after_materializing"] = monotonic.verify(model, cfg.monotonic.variant)
+        _require_nonnegative(checks)
+    models.save(model.float(), tokenizer, out_dir)
+    return {"history": history, "constraint": checks}
+
+
+def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -> dict:
+    """Apply the constraint to `reference`, verify, materialize and save `monotonic_init`."""
+    setup_torch(cfg)
+    model, tokenizer = models.load(model_dir)
+    names = monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
+    checks = {"applied": monotonic.verify(model, cfg.monotonic.variant)}
+    monotonic.materialize(model)
+    checks["init_materialized"] = monotonic.verify(model, cfg.monotonic.variant)
+    _require_nonnegative(checks)
+    log(f"constrained {len(names)} matrices ({cfg.monotonic.variant}, floor {cfg.monotonic.floor:g})")
+    models.save(model, tokenizer, out_dir)
+    return checks
+
+
+def _require_nonnegative(checks: dict):
+    for stage, c in checks.items():
+        if c["negative"] or not c["matrices"]:
+            raise RuntimeError(f"constraint check failed {stage}: {c}")
+
+
+def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.ndarray) -> dict:
+    """Per-block NLL of every model on the same test blocks: name -> (nll_sum, tokens)."""
+    device = setup_torch(cfg)
+    out = {}
+    for name, path in model_dirs.items():
+        log(f"perplexity of {name} on {len(test_blocks)} test blocks")
+        model, _ = models.load(path, device)
+        out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log)
+    return out
+
+
+def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict):
+    """Run attack `name` against every model in `model_dirs`; returns its tidy DataFrame."""
+    device = setup_torch(cfg)
+    loaded = {m: models.load(path, device) for m, path in model_dirs.items()}
+    tokenizer = next(iter(loaded.values()))[1]
+    a = cfg.attack
+    results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
+                                 a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log)
+    return report.attack_table(results)
+
+
+def tmpdir(step: str) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=f"monollm-{step}-", dir=os.environ.get("MONOLLM_TMP"))

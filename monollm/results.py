@@ -1,0 +1,85 @@
+"""Helpers for notebooks and scripts over the Metaflow Client API.
+
+    from metaflow import Flow
+    from monollm import results
+    run = Flow("MonoFlow").latest_successful_run
+    run.data.perplexity                          # one row per model
+    model, tokenizer = results.load_model(run, "monotonic")
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+MODEL_ARTIFACTS = {"reference": "reference_model", "baseline": "baseline_model",
+                   "monotonic_init": "monotonic_init_model", "monotonic": "monotonic_model"}
+
+
+def get_run(run=None, tag: str | None = None, flow: str = "MonoFlow"):
+    """A Run: a Run object as is, a run id or pathspec, the latest successful run with `tag`,
+    or the latest successful run."""
+    from metaflow import Flow, Run
+
+    if run is not None and not isinstance(run, (str, int)):
+        return run
+    if run is not None:
+        run = str(run)
+        return Run(run if "/" in run else f"{flow}/{run}")
+    for r in Flow(flow).runs(*([tag] if tag else [])):
+        if r.successful:
+            return r
+    raise LookupError(f"no successful {flow} run" + (f" tagged {tag!r}" if tag else ""))
+
+
+def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
+    """(model, tokenizer) of one of the run's four models, as plain transformers objects.
+
+    `run`: anything `get_run` accepts; `name`: reference, baseline, monotonic_init or monotonic.
+    Files are fetched from the run's datastore into `path` (a new temporary folder by default).
+    """
+    from metaflow import load_model as fetch
+
+    from monollm import models
+
+    if name not in MODEL_ARTIFACTS:
+        raise KeyError(f"unknown model {name!r}; one of {', '.join(MODEL_ARTIFACTS)}")
+    run = get_run(run)
+    if run.data is None or not hasattr(run.data, MODEL_ARTIFACTS[name]):
+        raise LookupError(f"run {run.pathspec} has no {MODEL_ARTIFACTS[name]} (did it finish?)")
+    reference = getattr(run.data, MODEL_ARTIFACTS[name])
+    path = path or tempfile.mkdtemp(prefix=f"monollm-{name}-")
+    os.makedirs(path, exist_ok=True)
+    fetch(reference, path)
+    return models.load(path, device)
+
+
+def tag_current_run(tags: list[str]):
+    """Tag the running run (from inside a step) so that users can find it by profile/variant/seed."""
+    from metaflow import Run, current
+
+    Run(f"{current.flow_name}/{current.run_id}").add_tags(tags)
+
+
+def summary_text(data) -> str:
+    """The headline tables as text: perplexity, constraint checks, attack summary, verdicts."""
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 4):
+        parts = ["Perplexity on the test blocks (95% bootstrap CI over blocks):",
+                 data.perplexity.to_string(index=False), "",
+                 "Constraint verification (negative entries must be 0):",
+                 data.constraint.to_string(index=False), ""]
+        cols = ["attack", "kind", "model", "source_model", "examples", "clean_nll", "attacked_nll",
+                "dnll_mean", "dnll_ci_low", "dnll_ci_high", "rel_ppl_increase"]
+        parts += ["Attacks (dNLL in nats per continuation token):",
+                  data.attack_summary[cols].to_string(index=False), ""]
+    f = data.findings
+    parts.append(f"Perplexity monotonic / baseline: {f['perplexity_ratio_monotonic_vs_baseline']:.3f}; "
+                 f"NLL cost {f['nll_cost_monotonic_minus_baseline']['diff']:+.4f} nats "
+                 f"[{f['nll_cost_monotonic_minus_baseline']['ci_low']:+.4f}, "
+                 f"{f['nll_cost_monotonic_minus_baseline']['ci_high']:+.4f}]")
+    for key, comp in f["robustness"].items():
+        parts.append(f"{key}: dNLL baseline {comp['dnll_baseline']:+.3f} vs monotonic {comp['dnll_monotonic']:+.3f}, "
+                     f"difference {comp['diff']:+.3f} [{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]: {comp['verdict']}")
+    parts.append(f["activation_note"])
+    return "\n".join(parts)

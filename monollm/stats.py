@@ -1,0 +1,37 @@
+"""Confidence intervals: bootstrap via scipy, Wilson via statsmodels."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats as _st
+from statsmodels.stats.proportion import proportion_confint
+
+
+def bootstrap_ci(x, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of x (N,). For paired data pass the differences."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2 or np.all(x == x[0]):
+        return float(x.mean()) if len(x) else float("nan"), float(x.mean()) if len(x) else float("nan")
+    res = _st.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level,
+                        method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def ratio_bootstrap_ci(num, den, n_resamples: int = 2000, seed: int = 0, level: float = 0.95,
+                       transform=np.exp) -> tuple[float, float]:
+    """CI of transform(sum(num) / sum(den)) resampling units (blocks) with replacement.
+
+    For perplexity: num = NLL sums per block, den = tokens per block, transform = exp.
+    """
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    res = _st.bootstrap((num, den), lambda a, b: transform(a.sum() / b.sum()), paired=True,
+                        vectorized=False, n_resamples=n_resamples, confidence_level=level,
+                        method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    lo, hi = proportion_confint(k, n, alpha=1 - level, method="wilson")
+    return float(lo), float(hi)

@@ -1,0 +1,169 @@
+"""Causal-LM training on packed blocks: recovery training of both arms, and pretraining.
+
+fp32 master weights always; bf16 autocast only on CUDA. Pure-bf16 weights with
+AdamW at lr ~1e-5 leave small weights unchanged, which is how the earlier pipeline
+froze its constrained weights.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+import zlib
+
+import numpy as np
+import torch
+
+from monollm import monotonic
+from monollm.evaluate import block_nll
+
+
+def steps_for(tcfg, block_len: int) -> int:
+    """Optimizer steps that spend the token budget (at least 1)."""
+    return max(1, tcfg.tokens // (tcfg.batch_size * tcfg.grad_accum * block_len))
+
+
+def batch_order(n_blocks: int, n_rows: int, seed: int) -> np.ndarray:
+    """Block indices for `n_rows` rows: seeded permutations of all blocks, one per epoch.
+
+    Depends only on (n_blocks, seed), so both arms see the same blocks in the same order
+    and a resumed run continues at the same data position.
+    """
+    rng = np.random.default_rng(seed)
+    epochs = -(-n_rows // n_blocks)
+    return np.concatenate([rng.permutation(n_blocks) for _ in range(epochs)])[:n_rows]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_frac: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_frac + (1 - min_frac) * shape
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on plain matrices only; none on V (decay would pull W to
+    softplus(0) = 0.693), biases or norms."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or monotonic.is_constraint_param(name) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def batch_hash(batch: np.ndarray) -> int:
+    """Fingerprint of a batch's token ids, logged so that runs can prove identical data."""
+    return zlib.crc32(np.ascontiguousarray(batch, dtype=np.int32).tobytes())
+
+
+def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, device: str, *,
+          arm: str, lr: float | None = None, warmup_frac: float | None = None, log=print,
+          save_checkpoint=None, resume: dict | None = None) -> list[dict]:
+    """Train `model` in place on packed `blocks` (N, T) int; returns the history (one dict per step).
+
+    `save_checkpoint(state, step)` is called every `tcfg.checkpoint_every` steps with the full
+    training state; `resume` is such a state to continue from. Raises FloatingPointError on a
+    non-finite loss, naming the step.
+    """
+    lr = lr or tcfg.lr
+    warmup_frac = tcfg.warmup_frac if warmup_frac is None else warmup_frac
+    block_len = blocks.shape[1]
+    total = steps_for(tcfg, block_len)
+    rows = tcfg.batch_size * tcfg.grad_accum
+    order = batch_order(len(blocks), total * rows, seed)
+    model.to(device).train()
+    if tcfg.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr, betas=(0.9, 0.95),
+                            fused=device == "cuda")
+    warmup = int(round(warmup_frac * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, warmup, tcfg.schedule, tcfg.min_lr_frac))
+    history, start = [], 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        history, start = list(resume["history"]), resume["step"]
+        log(f"[{arm}] resuming at step {start}/{total} from a checkpoint")
+    t_begin = time.time()
+    for step in range(start, total):
+        t0 = time.time()
+        batch = blocks[order[step * rows:(step + 1) * rows]]
+        loss = _accumulate(model, batch, tcfg, device)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"[{arm}] non-finite loss {loss} at step {step + 1}/{total}; "
+                                     f"the last good checkpoint is kept")
+        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm))
+        lr_now = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        row = {"arm": arm, "step": step + 1, "tokens": (step + 1) * rows * block_len, "loss": loss,
+               "lr": lr_now,
+               "grad_norm": gnorm, "tokens_per_s": rows * block_len / max(time.time() - t0, 1e-9),
+               "val_loss": float("nan"), "batch_hash": batch_hash(batch),
+               "resumed_from": start if (resume is not None and step == start) else -1}
+        last = step + 1 == total
+        if (tcfg.eval_every and (step + 1) % tcfg.eval_every == 0) or last:
+            row["val_loss"] = validation_loss(model, val_blocks, tcfg, device)
+            model.train()
+        history.append(row)
+        if tcfg.log_every and ((step + 1) % tcfg.log_every == 0 or last or step == start):
+            log(_progress(row, total, total * rows * block_len, t_begin, step - start + 1, total - step - 1))
+        if save_checkpoint and tcfg.checkpoint_every and ((step + 1) % tcfg.checkpoint_every == 0) and not last:
+            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "rng": rng_state(), "history": history,
+                             "step": step + 1}, step + 1)
+    if tcfg.grad_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return history
+
+
+def _accumulate(model, batch: np.ndarray, tcfg, device: str) -> float:
+    """Forward/backward over the micro-batches of one optimizer step; mean loss."""
+    total = 0.0
+    for micro in np.array_split(batch, tcfg.grad_accum):
+        ids = torch.as_tensor(micro, dtype=torch.long, device=device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(input_ids=ids, labels=ids).loss
+        (loss / tcfg.grad_accum).backward()
+        total += float(loss.detach()) / tcfg.grad_accum
+    return total
+
+
+def validation_loss(model, val_blocks: np.ndarray, tcfg, device: str) -> float:
+    """Token-weighted mean NLL on the first `tcfg.val_blocks` validation blocks."""
+    nll, count = block_nll(model, val_blocks[:tcfg.val_blocks], tcfg.batch_size, device)
+    return float(nll.sum() / count.sum())
+
+
+def _progress(row: dict, total: int, budget: int, t_begin: float, done: int, left: int) -> str:
+    elapsed = time.time() - t_begin
+    eta = elapsed / done * left
+    val = f" val {row['val_loss']:.3f}" if math.isfinite(row["val_loss"]) else ""
+    return (f"[{row['arm']}] step {row['step']}/{total} tokens {row['tokens']:,}/{budget:,} "
+            f"loss {row['loss']:.3f}{val} lr {row['lr']:.2e} gnorm {row['grad_norm']:.2f} "
+            f"{row['tokens_per_s']:,.0f} tok/s ETA {eta:.0f}s")
