@@ -1,0 +1,60 @@
+"""Shared fixtures. Metaflow reads its settings when first imported, so the temporary
+datastore and user are set here, before any test imports metaflow."""
+import os
+import sys
+import tempfile
+
+import pytest
+
+# metaflow.Runner loads the flow module in-process and leaves metaflow's vendored
+# typing_extensions behind, which torch's lazily imported distributed modules then
+# reject; import them first.
+import torch.distributed.tensor  # noqa: F401
+import transformers.models.gpt_neox.modeling_gpt_neox  # noqa: F401
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOW = os.path.join(ROOT, "flows", "mono_flow.py")
+MICRO = os.path.join(ROOT, "tests", "micro.toml")
+
+_HOME = tempfile.mkdtemp(prefix="monollm-tests-")
+os.environ.setdefault("USERNAME", "monollm-tests")
+os.environ["METAFLOW_HOME"] = os.path.join(_HOME, "mfhome")
+os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _HOME
+os.environ["METAFLOW_DEFAULT_DATASTORE"] = "local"
+os.environ["METAFLOW_DEFAULT_METADATA"] = "local"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.makedirs(os.environ["METAFLOW_HOME"], exist_ok=True)
+
+
+def flow_env(**extra) -> dict:
+    """Environment for a flow subprocess: the same temporary datastore and user as the tests."""
+    env = {k: os.environ[k] for k in ("USERNAME", "METAFLOW_HOME", "METAFLOW_DATASTORE_SYSROOT_LOCAL",
+                                      "METAFLOW_DEFAULT_DATASTORE", "METAFLOW_DEFAULT_METADATA",
+                                      "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    env["PYTHONPATH"] = ROOT
+    env.update(extra)
+    return env
+
+
+def run_flow(profile: str = MICRO, cwd: str = _HOME, **params):
+    """Run MonoFlow with metaflow.Runner on `profile`; returns the finished Run."""
+    from metaflow import Runner
+
+    with Runner(FLOW, show_output=True, cwd=cwd, env=flow_env(), config=[("config", profile)]).run(**params) as running:
+        assert running.status == "successful", running.stderr
+        return running.run
+
+
+@pytest.fixture(scope="session")
+def micro_run():
+    """One real micro run of the whole flow, shared by the flow tests."""
+    return run_flow()
+
+
+@pytest.fixture(scope="session")
+def datastore_root() -> str:
+    return _HOME
+
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))

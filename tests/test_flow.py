@@ -1,0 +1,77 @@
+"""The whole flow, for real, on the micro profile through metaflow.Runner."""
+import numpy as np
+import pytest
+import torch
+
+from monollm import monotonic, report
+
+pytestmark = pytest.mark.flow
+
+
+def test_artifacts_and_sanity(micro_run):
+    data = micro_run.data
+    ppl = data.perplexity.set_index("model")
+    assert list(ppl.index) == list(report.MODELS)
+    assert (ppl["tokens"] == ppl["tokens"].iloc[0]).all()
+    assert ((ppl["ppl_ci_low"] <= ppl["perplexity"]) & (ppl["perplexity"] <= ppl["ppl_ci_high"])).all()
+    # the sanity the run must show
+    assert ppl.loc["reference", "perplexity"] < 0.25 * data.untrained_perplexity
+    assert ppl.loc["monotonic_init", "perplexity"] > ppl.loc["reference", "perplexity"]
+    assert ppl.loc["monotonic", "perplexity"] < ppl.loc["monotonic_init", "perplexity"]
+    assert data.resolved_config["name"] == "micro"
+
+
+def test_training_history_same_stream(micro_run):
+    t = micro_run.data.training
+    assert set(t["arm"]) == {"baseline", "monotonic"}
+    b, m = (t[t.arm == arm].sort_values("step") for arm in ("baseline", "monotonic"))
+    assert len(b) == len(m) > 0
+    assert list(b["batch_hash"]) == list(m["batch_hash"])  # same blocks, same order
+    assert np.isfinite(b["val_loss"].iloc[-1]) and np.isfinite(m["val_loss"].iloc[-1])
+    for col in ("loss", "lr", "grad_norm", "tokens_per_s"):
+        assert t[col].notna().all()
+
+
+def test_constraint_verified_at_every_stage(micro_run):
+    c = micro_run.data.constraint.set_index("stage")
+    assert {"applied", "after_training", "after_materializing"} <= set(c.index)
+    assert (c["negative"] == 0).all()
+    assert (c["matrices"] == 4).all()  # mlp_both on 2 layers
+    assert c.loc["after_materializing", "parametrized"] == 0
+
+
+def test_monotonic_model_is_a_plain_checkpoint(micro_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from monollm import results
+
+    model, tokenizer = results.load_model(micro_run, "monotonic", path=str(tmp_path / "m"))
+    vanilla = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
+    checks = monotonic.verify(vanilla, "mlp_both")
+    assert checks["matrices"] == 4 and checks["negative"] == 0 and checks["parametrized"] == 0
+    ids = tokenizer("The town of", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 5
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, vanilla(ids).logits)
+
+
+def test_attack_table_and_findings(micro_run):
+    data = micro_run.data
+    a = data.attacks
+    assert set(a["model"]) == {"baseline", "monotonic"}
+    assert set(a["attack"]) == set(data.resolved_config["attacks"])
+    r = a[a.attack == "random"]
+    # same examples and triggers for both models: paired
+    for _, g in r.groupby("trial"):
+        assert set(g[g.model == "baseline"]["example"]) == set(g[g.model == "monotonic"]["example"])
+        assert g["trigger_text"].nunique() == 1
+    f = data.findings
+    assert f["constraint_holds"] is True
+    assert f["recovery_lowers_ppl"] is True
+    assert f["perplexity"]["monotonic"] == pytest.approx(data.perplexity.set_index("model").loc["monotonic", "perplexity"])
+    assert "random/attack" in f["robustness"]
+
+
+def test_run_tagged(micro_run):
+    assert {"profile:micro", "variant:mlp_both", "seed:0"} <= set(micro_run.user_tags)
