@@ -8,11 +8,14 @@ The DAG only: every step calls one function of `monollm.pipeline`.
 """
 import os
 
-from metaflow import Config, FlowSpec, Parameter, config_expr, current, model, resources, step
+from metaflow import (Config, FlowSpec, Parameter, checkpoint, config_expr, current, model, resources, retry,
+                      step)
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "tiny.toml")
+# disk (MB) reaches Kubernetes' ephemeral storage; profiles without it get Kubernetes' default
 MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("config.resources.cpu"),
-                  memory=config_expr("config.resources.memory"))
+                  memory=config_expr("config.resources.memory"),
+                  disk=config_expr("config.resources.get('disk', 10240)"))
 
 
 class MonoFlow(FlowSpec):
@@ -46,14 +49,18 @@ class MonoFlow(FlowSpec):
         self.next(self.train_baseline, self.make_monotonic)
 
     @resources(**MODEL_STEP)
+    @retry(times=config_expr("config.resources.retries"))
+    @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["reference_model"])
     @step
     def train_baseline(self):
-        """Recovery training, unconstrained."""
-        from monollm import config, pipeline
+        """Recovery training, unconstrained; continues from its last checkpoint after a failure."""
+        from monollm import checkpoints, config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
-        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], self.blocks, "baseline", out)
+        ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log)
+        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], self.blocks, "baseline", out,
+                                  save_checkpoint=ckpt.save, resume=ckpt.restore())
         self.history, self.constraint_checks = done["history"], {}
         self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
         self.next(self.join_models)
@@ -71,14 +78,18 @@ class MonoFlow(FlowSpec):
         self.next(self.train_monotonic)
 
     @resources(**MODEL_STEP)
+    @retry(times=config_expr("config.resources.retries"))
+    @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["monotonic_init_model"])
     @step
     def train_monotonic(self):
-        """Recovery training of the constrained copy, then materialize."""
-        from monollm import config, pipeline
+        """Recovery training of the constrained copy, then materialize; resumable like the baseline."""
+        from monollm import checkpoints, config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
-        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], self.blocks, "monotonic", out)
+        ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log)
+        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], self.blocks, "monotonic", out,
+                                  save_checkpoint=ckpt.save, resume=ckpt.restore())
         self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
         self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")
         self.next(self.join_models)
@@ -146,4 +157,9 @@ class MonoFlow(FlowSpec):
 
 
 if __name__ == "__main__":
+    import sys
+
+    from monollm.results import check_resume_origin
+
+    check_resume_origin(sys.argv)
     MonoFlow()

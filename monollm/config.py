@@ -47,6 +47,9 @@ class ModelConfig:
     """Hub id or local directory; unused for "build"."""
     revision: str = "main"
     """Hub revision (branch, tag or commit); unused otherwise."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel of every loaded model: "sdpa" (PyTorch scaled_dot_product_attention,
+    flash/memory-efficient kernels on GPU) or "eager" (the reference implementation)."""
     build: BuildConfig = field(default_factory=BuildConfig)
     """Architecture for source = "build"."""
 
@@ -104,6 +107,8 @@ class TrainConfig:
     """Gradient clipping."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    compile: bool = False
+    """Run the training forward/backward through torch.compile (GPU speed; first step pays the compile)."""
     eval_every: int = 0
     """Validation loss every N optimizer steps (0: only at the end)."""
     val_blocks: int = 32
@@ -164,6 +169,10 @@ class ResourcesConfig:
     """CPUs per model step."""
     memory: int = 8000
     """Memory per model step, MB."""
+    disk: int = 10240
+    """Local disk per model step, MB (Kubernetes ephemeral storage): model files, checkpoints, caches."""
+    retries: int = 0
+    """@retry attempts of the training steps; a retried task continues from its last checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(len(set(cfg.attacks)) == len(cfg.attacks), "attacks", "lists an attack twice")
     m = cfg.model
     _one_of(m.source, ("build", "hub", "local"), "model.source")
+    _one_of(m.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
     if m.source == "build":
         b = m.build
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
@@ -308,7 +318,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
     _require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     r = cfg.resources
-    for name in ("gpu", "cpu", "memory"):
+    for name in ("gpu", "cpu", "memory", "retries", "disk"):
         _require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")
     return cfg
 
@@ -318,7 +328,10 @@ def load(raw: dict, seed: int | None = None) -> ExperimentConfig:
     raw = dict(raw)
     if seed is not None:
         raw["seed"] = seed
-    params = _build(ExperimentConfig, raw, "").attack.params
+    built = _build(ExperimentConfig, raw, "")
+    for name in built.attacks:  # before from_dict, which looks each name up in the registry
+        _one_of(name, _attack_names(), "attacks")
+    params = built.attack.params
     unknown = sorted(set(params) - set(_attack_names()))
     if unknown:
         settings = ", ".join(f.name for f in dataclasses.fields(AttackConfig) if f.name != "params")

@@ -17,6 +17,16 @@ import numpy as np
 
 SPLITS = ("test", "attack_opt", "val")
 FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
+"""Compressed text files (e.g. the Pile's `*.jsonl.zst`) stream through `datasets` as they are."""
+
+
+def file_format(path: str) -> str | None:
+    """`datasets` builder of a file from its extension, looking through a compression suffix."""
+    stem, ext = os.path.splitext(path.lower())
+    if ext in COMPRESSIONS:
+        ext = os.path.splitext(stem)[1]
+    return FORMATS.get(ext)
 
 
 def local_files(path: str) -> tuple[str, list[str]]:
@@ -29,10 +39,11 @@ def local_files(path: str) -> tuple[str, list[str]]:
         files = sorted(glob.glob(path))
     if not files:
         raise ConfigError(f"'data.path' matches no file: {path!r}")
-    kinds = {FORMATS.get(os.path.splitext(f)[1].lower()) for f in files}
+    kinds = {file_format(f) for f in files}
     if None in kinds or len(kinds) != 1:
         raise ConfigError(f"'data.path' {path!r} must hold files of one format "
-                          f"({', '.join(sorted(FORMATS))}); found {sorted({os.path.splitext(f)[1] for f in files})}")
+                          f"({', '.join(sorted(FORMATS))}, optionally {', '.join(COMPRESSIONS)}); "
+                          f"found {sorted({os.path.splitext(f)[1] for f in files})}")
     return kinds.pop(), files
 
 

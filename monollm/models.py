@@ -21,7 +21,7 @@ def build_tokenizer(docs: list[str], vocab_size: int):
                                    pad_token=EOS)
 
 
-def build_model(build, tokenizer, seed: int):
+def build_model(build, tokenizer, seed: int, attn_implementation: str = "sdpa"):
     """A randomly initialised GPT-NeoX (Pythia's architecture) sized by `build` (BuildConfig).
 
     Like Pythia, the embedding has padding rows beyond the tokenizer (rounded up to a
@@ -36,6 +36,7 @@ def build_model(build, tokenizer, seed: int):
         max_position_embeddings=build.max_position, rotary_pct=0.25, use_parallel_residual=True,
         hidden_act="gelu", tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        attn_implementation=attn_implementation,
     )
     torch.manual_seed(seed)
     return GPTNeoXForCausalLM(config).float()
@@ -44,21 +45,22 @@ def build_model(build, tokenizer, seed: int):
 def load_foundation(mcfg):
     """(model, tokenizer) from the hub (`model.source = "hub"`) or a local directory ("local").
 
-    Weights load in fp32: recovery training keeps fp32 master weights.
+    Weights load in fp32: recovery training keeps fp32 master weights (bf16 only under autocast).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"local_files_only": True} if mcfg.source == "local" else {"revision": mcfg.revision}
     tokenizer = AutoTokenizer.from_pretrained(mcfg.name, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(mcfg.name, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(mcfg.name, dtype=torch.float32,
+                                                 attn_implementation=mcfg.attn_implementation, **kwargs)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {mcfg.name!r} has no EOS token, which packing needs")
     return model, tokenizer
 
 
 def max_positions(model) -> int:
-    """Longest context the model accepts."""
-    return int(getattr(model.config, "max_position_embeddings", 0) or 2 ** 31)
+    """Longest context the model (or its transformers config) accepts."""
+    return int(getattr(getattr(model, "config", model), "max_position_embeddings", 0) or 2 ** 31)
 
 
 def save(model, tokenizer, path: str):
@@ -67,11 +69,15 @@ def save(model, tokenizer, path: str):
     tokenizer.save_pretrained(path)
 
 
-def load(path: str, device: str = "cpu"):
-    """(model in eval mode on `device`, tokenizer) from a `save` directory."""
+def load(path: str, device: str = "cpu", attn_implementation: str = "sdpa"):
+    """(model in eval mode on `device`, tokenizer) from a `save` directory.
+
+    The attention kernel is not stored with the weights, so every load names it.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
+                                                 attn_implementation=attn_implementation)
     return model.to(device).eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 

@@ -19,19 +19,23 @@ def log(msg: str):
 def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
     """Load and validate the profile; checks that need only metadata (sizes, context length)."""
     cfg = config.load(raw, seed=seed)
+    held = cfg.data.val_docs + cfg.data.attack_opt_docs + cfg.data.test_docs
+    if cfg.data.source == "builtin" and cfg.data.builtin_docs <= held:
+        raise config.ConfigError(
+            f"'data.builtin_docs' is {cfg.data.builtin_docs}: the corpus is too small for the requested "
+            f"splits (val + attack_opt + test = {held} documents, and train needs at least one more)")
     if cfg.model.source == "build":
         config.block_limit(cfg, cfg.model.build.max_position)
-        held = cfg.data.val_docs + cfg.data.attack_opt_docs + cfg.data.test_docs
-        if cfg.data.source == "builtin" and cfg.data.builtin_docs <= held:
-            raise config.ConfigError(
-                f"'data.builtin_docs' is {cfg.data.builtin_docs}: the corpus is too small for the requested "
-                f"splits (val + attack_opt + test = {held} documents, and train needs at least one more)")
     elif cfg.model.source == "local":
         from transformers import AutoConfig
 
         config.block_limit(cfg, models.max_positions(AutoConfig.from_pretrained(cfg.model.name, local_files_only=True)))
     if cfg.data.source == "local":
-        held, _ = _split_or_config_error(cfg)
+        _, rest = _split_or_config_error(cfg)
+        if next(rest, None) is None:
+            raise config.ConfigError(f"'data.path' {cfg.data.path!r}: the corpus is too small for the requested "
+                                     f"splits (val + attack_opt + test = {held} documents fill it, and train "
+                                     f"needs at least one more)")
     return cfg
 
 
@@ -68,7 +72,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     if cfg.model.source == "build":
         train_docs = list(stream)
         tokenizer = models.build_tokenizer(train_docs, cfg.model.build.vocab_size)
-        model = models.build_model(cfg.model.build, tokenizer, cfg.seed)
+        model = models.build_model(cfg.model.build, tokenizer, cfg.seed, cfg.model.attn_implementation)
         stream = iter(train_docs)
     else:
         model, tokenizer = models.load_foundation(cfg.model)
@@ -101,7 +105,7 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     to `out_dir` as a plain transformers checkpoint.
     """
     device = setup_torch(cfg)
-    model, tokenizer = models.load(model_dir, device)
+    model, tokenizer = models.load(model_dir, device, cfg.model.attn_implementation)
     checks = {}
     lr = warmup = None
     if arm == "monotonic":
@@ -146,7 +150,7 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
     out = {}
     for name, path in model_dirs.items():
         log(f"perplexity of {name} on {len(test_blocks)} test blocks")
-        model, _ = models.load(path, device)
+        model, _ = models.load(path, device, cfg.model.attn_implementation)
         out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log)
     return out
 
@@ -154,7 +158,7 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
 def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict):
     """Run attack `name` against every model in `model_dirs`; returns its tidy DataFrame."""
     device = setup_torch(cfg)
-    loaded = {m: models.load(path, device) for m, path in model_dirs.items()}
+    loaded = {m: models.load(path, device, cfg.model.attn_implementation) for m, path in model_dirs.items()}
     tokenizer = next(iter(loaded.values()))[1]
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,

@@ -53,6 +53,23 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
     return models.load(path, device)
 
 
+def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
+    """Exit with a clear message when `resume --origin-run-id ID` names a run that does not exist
+    (Metaflow itself fails with an internal error there)."""
+    if "resume" not in argv or "--origin-run-id" not in argv[:-1]:
+        return
+    run_id = argv[argv.index("--origin-run-id") + 1]
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    try:  # no namespace change here: the runtime hands its namespace to every task
+        Run(f"{flow}/{run_id}", _namespace_check=False)
+    except MetaflowNotFound:
+        raise SystemExit(f"resume: there is no {flow} run with id {run_id!r} in this metadata store; "
+                         f"list runs with: python -c \"from metaflow import Flow, namespace; "
+                         f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
+
+
 def tag_current_run(tags: list[str]):
     """Tag the running run (from inside a step) so that users can find it by profile/variant/seed."""
     from metaflow import Run, current

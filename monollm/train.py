@@ -94,6 +94,8 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
     model.to(device).train()
     if tcfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
+    # the compiled wrapper shares the parameters; state_dict, clipping and eval use `model`
+    forward = torch.compile(model) if tcfg.compile else model
     opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr, betas=(0.9, 0.95),
                             fused=device == "cuda")
     warmup = int(round(warmup_frac * total))
@@ -111,7 +113,7 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
     for step in range(start, total):
         t0 = time.time()
         batch = blocks[order[step * rows:(step + 1) * rows]]
-        loss = _accumulate(model, batch, tcfg, device)
+        loss = _accumulate(forward, batch, tcfg, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"[{arm}] non-finite loss {loss} at step {step + 1}/{total}; "
                                      f"the last good checkpoint is kept")

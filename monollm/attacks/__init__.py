@@ -6,11 +6,15 @@ params, seed, log), where examples maps split ("test", "attack_opt") to (N, C + 
 from __future__ import annotations
 
 
+from monollm.attacks import hotflip as _hotflip
 from monollm.attacks import random as _random
+from monollm.attacks import uat as _uat
 from monollm.attacks.common import AttackResult
 
 ATTACKS = {
     "random": (_random.RandomConfig, _random.run),
+    "uat": (_uat.UATConfig, _uat.run),
+    "hotflip": (_hotflip.HotFlipConfig, _hotflip.run),
 }
 
 

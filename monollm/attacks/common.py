@@ -81,19 +81,25 @@ def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_
                      f"lower it or add test documents")
 
 
+def row_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
+    """Mean NLL per token of `target` (B, K), the last K tokens of each input row; (B,) float32.
+
+    `inputs` are `input_ids` (B, T) or `inputs_embeds` (B, T, d). The single definition of
+    the attack objective: scoring and gradients both go through here. Only the logits
+    that predict the continuation are computed (`logits_to_keep`).
+    """
+    n_cont = target.shape[1]
+    logits = model(**inputs, logits_to_keep=n_cont + 1).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(dim=1)
+
+
 @torch.no_grad()
 def continuation_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> torch.Tensor:
     """Mean NLL per token of the last `n_cont` tokens of each row.
 
-    ids: (B, T) long, on the model's device. Returns (B,) float32 on CPU. Only the
-    logits that predict the continuation are computed (`logits_to_keep`).
+    ids: (B, T) long, on the model's device. Returns (B,) float32 on CPU.
     """
-    out = []
-    for chunk in ids.split(batch_size):
-        logits = model(input_ids=chunk, logits_to_keep=n_cont + 1).logits[:, :-1].float()
-        target = chunk[:, -n_cont:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        out.append(nll.mean(dim=1).cpu())
+    out = [row_nll(model, chunk[:, -n_cont:], input_ids=chunk).cpu() for chunk in ids.split(batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -124,9 +130,31 @@ def trigger_survives(tokenizer, trigger: list[int], examples: np.ndarray) -> boo
     examples: (N, T) int. A trigger whose tokens merge with the text on re-tokenization
     would be a different attack from the one reported, so it is rejected.
     """
-    rows = [list(trigger) + [int(t) for t in ex] for ex in examples]
+    return bool(rows_survive(tokenizer, [list(trigger) + [int(t) for t in ex] for ex in examples]).all())
+
+
+def rows_survive(tokenizer, rows) -> np.ndarray:
+    """(N,) bool: whether decode -> encode of each row of `rows` (N rows of ids) gives it back."""
+    rows = [[int(t) for t in row] for row in rows]
+    if not rows:
+        return np.zeros(0, dtype=bool)
     encoded = tokenizer(tokenizer.batch_decode(rows), add_special_tokens=False)["input_ids"]
-    return all(enc == row for enc, row in zip(encoded, rows))
+    return np.array([enc == row for enc, row in zip(encoded, rows)], dtype=bool)
+
+
+def retokenized(tokenizer, rows: torch.Tensor) -> torch.Tensor:
+    """The attacked inputs as the model would see them from their text: (N, T) long, same device.
+
+    Every row is decoded and encoded again; a row that changes would be an attack other than
+    the one reported (and could move the scored tokens), so it raises instead.
+    """
+    texts = tokenizer.batch_decode(rows.tolist())
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bad = [i for i, (enc, row) in enumerate(zip(encoded, rows.tolist())) if enc != row]
+    if bad:
+        raise ValueError(f"{len(bad)} attacked inputs change under decode -> encode (first: row {bad[0]}, "
+                         f"{texts[bad[0]]!r})")
+    return torch.tensor(encoded, dtype=torch.long, device=rows.device)
 
 
 def sample_trigger(rng: np.random.Generator, allowed: torch.Tensor, length: int, tokenizer,

@@ -1,0 +1,183 @@
+"""Speed and strength of the gradient-guided attacks on the default profile's reference model.
+
+    python benchmarks/attacks.py                        # config/tiny.toml, this CPU
+    python benchmarks/attacks.py --model-dir DIR        # a saved model (models.save format)
+
+Prints exactly three lines, all measured in this one run:
+
+* `scoring/forward throughput ratio`: candidate sequences per second of the attack's
+  scorer (`gradients.score_triggers`: builds trigger x example rows, forward, NLL of the
+  continuation) over sequences per second of plain batched forward passes
+  (`model(input_ids=...)`) on the same rows and batch size. Rounds alternate the two so
+  that load from other processes hits both alike; each side keeps its best round.
+* `uat time-to-match vs pool search`: the earlier pipeline's search (a fixed pool of 100
+  random allowed tokens; per sweep and position, 20 random candidates from it, each decoded,
+  re-tokenized with every optimization text and scored by its own forward passes; the best
+  accepted if it raises the loss) runs for `--sweeps` sweeps; then `uat` (the profile's
+  top-k, restarts as needed) runs until its objective reaches the pool search's final one.
+  X = pool-search wall time / uat wall time.
+* `uat dNLL at equal candidate budget: A vs B`: `uat` stopped after as many candidate
+  evaluations as the pool search made (A) against the pool search (B); dNLL in nats per
+  continuation token on the optimization examples.
+
+Progress goes to stderr. The reference model is built once (about 30 s: tokenizer,
+pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DEFAULT_PROFILE = os.path.join(ROOT, "config", "tiny.toml")
+
+
+def note(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=DEFAULT_PROFILE, help="TOML profile (default: config/tiny.toml)")
+    p.add_argument("--model-dir", default="", help="a saved model to attack instead of the profile's reference")
+    p.add_argument("--sweeps", type=int, default=4, help="pool-search sweeps (its fixed budget)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def reference(cfg, profile_path: str, model_dir: str):
+    """(model, tokenizer, examples) of the profile's reference model, built once and cached."""
+    from monollm import models, pipeline
+
+    if not model_dir:
+        with open(profile_path, "rb") as f:
+            key = hashlib.sha256(f.read()).hexdigest()[:12]
+        model_dir = os.path.join(tempfile.gettempdir(), f"monollm-bench-reference-{key}")
+        if not os.path.exists(os.path.join(model_dir, "examples.pkl")):
+            note(f"building the reference model of {profile_path} in {model_dir} (once)")
+            prep = pipeline.setup(cfg, model_dir)
+            with open(os.path.join(model_dir, "examples.pkl"), "wb") as f:
+                pickle.dump(prep["examples"], f)
+    with open(os.path.join(model_dir, "examples.pkl"), "rb") as f:
+        examples = pickle.load(f)
+    model, tokenizer = models.load(model_dir, models.pick_device(cfg.device))
+    return model, tokenizer, examples
+
+
+def throughput_ratio(model, opt, allowed, L: int, n_cont: int, batch_size: int, rounds: int, seed: int) -> float:
+    """Scorer sequences/s over plain forward sequences/s on the same (M * B, L + T) rows."""
+    import torch
+
+    from monollm.attacks.common import prepend
+    from monollm.attacks.gradients import score_triggers
+
+    g = torch.Generator().manual_seed(seed)
+    pool = allowed.nonzero().flatten()
+    triggers = pool[torch.randint(len(pool), (max(1, 4096 // len(opt)), L), generator=g)].to(opt.device)
+    rows = torch.cat([prepend(t, opt) for t in triggers])
+    best = {"scorer": float("inf"), "plain": float("inf")}
+    with torch.no_grad():
+        for _ in range(rounds):
+            t = time.perf_counter()
+            score_triggers(model, triggers, opt, n_cont, batch_size)
+            best["scorer"] = min(best["scorer"], time.perf_counter() - t)
+            t = time.perf_counter()
+            for chunk in rows.split(batch_size):
+                model(input_ids=chunk).logits
+            best["plain"] = min(best["plain"], time.perf_counter() - t)
+    note(f"throughput: scorer {len(rows) / best['scorer']:.0f} seq/s, plain forward {len(rows) / best['plain']:.0f} "
+         f"seq/s on {len(rows)} rows of {rows.shape[1]} tokens")
+    return best["plain"] / best["scorer"]
+
+
+def pool_search(model, tokenizer, opt_np, allowed, L: int, n_cont: int, batch_size: int, sweeps: int, rng):
+    """The earlier pipeline's trigger search. Returns (objective, candidate evals, wall seconds, trigger)."""
+    import numpy as np
+    import torch
+
+    from monollm.attacks.common import continuation_nll
+
+    texts = tokenizer.batch_decode(opt_np.tolist())
+
+    def score(trigger):  # decode, re-tokenize with every text, forward passes of its own
+        prefix = tokenizer.decode(trigger)
+        enc = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
+        if any(len(e) != L + opt_np.shape[1] or e[-n_cont:] != list(row[-n_cont:]) for e, row in zip(enc, opt_np)):
+            return None  # merges with the text: the scored tokens would move
+        ids = torch.tensor(enc, device=model.device)
+        return float(continuation_nll(model, ids, n_cont, batch_size).mean())
+
+    start = time.perf_counter()
+    pool = rng.choice(allowed.nonzero().flatten().numpy(), size=100, replace=False)
+    trigger, objective, evals = list(rng.choice(pool, size=L)), None, 0
+    while objective is None:
+        objective, evals = score(trigger), evals + 1
+        if objective is None:
+            trigger = list(rng.choice(pool, size=L))
+    for _ in range(sweeps):
+        for pos in range(L):
+            best = (objective, trigger)
+            for token in rng.choice(pool, size=20, replace=False):
+                cand = trigger[:pos] + [int(token)] + trigger[pos + 1:]
+                value, evals = score(cand), evals + 1
+                if value is not None and value > best[0]:
+                    best = (value, cand)
+            objective, trigger = best
+    return objective, evals, time.perf_counter() - start, [int(t) for t in trigger]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from monollm import config
+    from monollm.attacks import uat
+    from monollm.attacks.common import allowed_tokens, continuation_nll
+
+    cfg = config.load_file(args.config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tokenizer, examples = reference(cfg, args.config, args.model_dir)
+    a = cfg.attack
+    params = a.params.get("uat") or uat.UATConfig()
+    L, n_cont, bs = params.trigger_len, a.continuation_len, a.batch_size
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    opt = torch.as_tensor(examples["attack_opt"], device=model.device)
+    clean = float(continuation_nll(model, opt, n_cont, bs).mean())
+
+    ratio = throughput_ratio(model, opt, allowed, L, n_cont, bs, args.rounds, args.seed)
+    pool_obj, pool_evals, pool_s, pool_trig = pool_search(model, tokenizer, examples["attack_opt"], allowed, L,
+                                                          n_cont, bs, args.sweeps, np.random.default_rng(args.seed))
+    note(f"pool search: dNLL {pool_obj - clean:+.4f} after {pool_evals} candidates in {pool_s:.1f} s "
+         f"({tokenizer.decode(pool_trig)!r})")
+    long_run = dataclasses.replace(params, steps=10_000, restarts=10_000)
+    start = time.perf_counter()
+    found = uat.search(model, tokenizer, opt, allowed, long_run, np.random.default_rng(args.seed), n_cont, bs,
+                       target=pool_obj, max_evals=50 * pool_evals)  # a guard, not a budget
+    uat_s = time.perf_counter() - start
+    best = max(s.objective for s in found)
+    note(f"uat to match: dNLL {best - clean:+.4f} after {sum(s.candidate_evals for s in found)} candidates, "
+         f"{len(found)} restart(s), in {uat_s:.1f} s")
+    equal = uat.search(model, tokenizer, opt, allowed, long_run, np.random.default_rng(args.seed), n_cont, bs,
+                       max_evals=pool_evals)
+    equal_obj = max(s.objective for s in equal)
+    note(f"uat at equal budget: {sum(s.candidate_evals for s in equal)} candidates, {len(equal)} restart(s)")
+
+    print(f"scoring/forward throughput ratio: {ratio:.2f}")
+    print(f"uat time-to-match vs pool search: {pool_s / uat_s:.1f}" if best >= pool_obj else
+          f"uat time-to-match vs pool search: not matched (uat dNLL {best - clean:.4f} < {pool_obj - clean:.4f})")
+    print(f"uat dNLL at equal candidate budget: {equal_obj - clean:.4f} vs {pool_obj - clean:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""`hotflip`: per-example token flips inside the context (Ebrahimi et al. 2018).
+
+For every test example, up to F flips, one at a time: the gradient of the example's
+continuation loss w.r.t. its one-hot context ranks every allowed (position, token) swap by
+the first-order gain grad[v] - grad[current]; the top candidates are re-scored exactly in
+one batch (all still-active examples together) and the best one is accepted if it raises
+the loss and the flipped text survives decode -> encode; the gradient is then recomputed.
+An example stops at F flips or when no candidate raises its loss. Only context tokens are
+ever flipped; the continuation is what is scored.
+
+The matched control flips the same number of context positions per example to random
+allowed tokens; transfer scores the inputs found on one model on every other model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monollm.attacks.common import AttackResult, allowed_tokens, continuation_nll, retokenized, rows_survive
+from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
+
+
+@dataclass(frozen=True)
+class HotFlipConfig:
+    """Budget of the flip search and of its random control."""
+    max_flips: int = 5
+    """Most flips per example (F)."""
+    candidates: int = 16
+    """Top first-order (position, token) swaps re-scored exactly per example and flip."""
+    controls: int = 4
+    """Random-flip draws per example at the attack's flip count (the matched control)."""
+    max_tries: int = 100
+    """Redraws of a random flip whose text does not survive decode -> encode."""
+
+    def check(self):
+        for name in ("max_flips", "candidates", "controls", "max_tries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"attack.hotflip: {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Flips:
+    """What the search found on one model."""
+    ids: torch.Tensor
+    """(N, T) long: the attacked inputs (context flipped, continuation untouched)."""
+    loss: torch.Tensor
+    """(N,) float32: mean continuation NLL of each attacked input, as scored by the search."""
+    history: list[torch.Tensor]
+    """Loss (N,) before the first flip and after every round (never decreasing per example)."""
+    forward_passes: int = 0
+    candidate_evals: int = 0
+
+
+def flip_round(model, tokenizer, ids: torch.Tensor, loss: torch.Tensor, allowed: torch.Tensor, context_len: int,
+               n_cont: int, params: HotFlipConfig, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """At most one accepted flip per row of ids (A, T) whose current loss is `loss` (A,).
+
+    Returns (new ids (A, T), new loss (A,), candidates scored); a row with no improving,
+    surviving candidate comes back unchanged (new loss == loss marks it as finished).
+    """
+    _, grad = onehot_grad(model, ids, 0, context_len, n_cont, batch_size)
+    gain = flip_scores(grad, ids[:, :context_len], allowed).flatten(1)  # (A, C * V)
+    k = min(params.candidates, int(allowed.sum()) * context_len)
+    gain, flat = gain.topk(k, dim=1)
+    rows = torch.arange(len(ids), device=ids.device).repeat_interleave(k)
+    cands = with_flips(ids, rows, flat.flatten() // grad.shape[-1], flat.flatten() % grad.shape[-1])
+    cand_loss = continuation_nll(model, cands, n_cont, batch_size).view(len(ids), k)
+    cand_loss[~torch.isfinite(gain.cpu())] = float("-inf")  # a swap that is not allowed
+    new_ids, new_loss = _accept(tokenizer, ids, loss, cands.view(len(ids), k, -1), cand_loss)
+    return new_ids, new_loss, len(cands)
+
+
+def _accept(tokenizer, ids, loss, cands, cand_loss):
+    """Per row, the highest-loss candidate above the current loss whose text survives re-tokenization.
+
+    cands: (A, k, T); cand_loss: (A, k). Survival is checked best-first, one batched
+    tokenizer call per rank, only for rows still undecided.
+    """
+    ids, loss = ids.clone(), loss.clone()
+    order = cand_loss.argsort(dim=1, descending=True)
+    undecided = torch.ones(len(ids), dtype=torch.bool)
+    for rank in range(cands.shape[1]):
+        pick = order[:, rank]
+        better = undecided & (cand_loss.gather(1, pick[:, None]).squeeze(1) > loss)
+        undecided &= better  # rows whose next best does not improve are done
+        rows = better.nonzero().flatten()
+        if not len(rows):
+            break
+        chosen = cands[rows.to(cands.device), pick[rows].to(cands.device)]
+        ok = torch.from_numpy(rows_survive(tokenizer, chosen.tolist()))
+        ids[rows[ok].to(ids.device)] = chosen[ok.to(chosen.device)]
+        loss[rows[ok]] = cand_loss[rows[ok], pick[rows[ok]]]
+        undecided[rows[ok]] = False
+    return ids, loss
+
+
+def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_len: int, n_cont: int,
+           params: HotFlipConfig, batch_size: int) -> Flips:
+    """Up to `params.max_flips` flips per example of ids (N, T) long, all examples batched together."""
+    loss = continuation_nll(model, ids, n_cont, batch_size)
+    found = Flips(ids.clone(), loss.clone(), [loss.clone()], forward_passes=len(ids))
+    active = torch.arange(len(ids))  # CPU indices of examples still being flipped
+    for _ in range(params.max_flips):
+        if not len(active):
+            break
+        on_device, before = active.to(ids.device), found.loss[active]
+        new_ids, new_loss, scored = flip_round(model, tokenizer, found.ids[on_device], before, allowed,
+                                               context_len, n_cont, params, batch_size)
+        found.forward_passes += len(active) + scored  # gradient passes, then the candidates
+        found.candidate_evals += scored
+        found.ids[on_device], found.loss[active] = new_ids, new_loss
+        found.history.append(found.loss.clone())
+        active = active[new_loss > before]
+    return found
+
+
+def random_flips(rng: np.random.Generator, ids: torch.Tensor, counts: np.ndarray, allowed: torch.Tensor,
+                 context_len: int, tokenizer, max_tries: int) -> torch.Tensor:
+    """ids (N, T) with counts[i] distinct context positions of row i set to random allowed tokens
+    (each different from the token it replaces); rows whose text would change under
+    decode -> encode are redrawn. Returns (N, T) long."""
+    pool = allowed.nonzero().flatten().numpy()
+    out = ids.clone()
+    todo = np.flatnonzero(counts > 0)
+    for _ in range(max_tries):
+        if not len(todo):
+            return out
+        drawn = []
+        for i in todo:
+            row = ids[i].clone()
+            for p in rng.choice(context_len, size=int(counts[i]), replace=False):
+                row[p] = int(rng.choice(pool[pool != int(ids[i, p])]))
+            drawn.append(row)
+        ok = rows_survive(tokenizer, [r.tolist() for r in drawn])
+        for i, row, good in zip(todo, drawn, ok):
+            if good:
+                out[i] = row
+        todo = todo[~ok]
+    raise RuntimeError(f"{len(todo)} examples got no random flips that survive decode -> encode in {max_tries} draws")
+
+
+def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
+        params: HotFlipConfig, seed: int, log=print) -> list[AttackResult]:
+    """Flips searched on each model, scored on every model (its own: "attack"; others: "transfer"),
+    and `params.controls` random-flip draws at the same per-example count ("control", on every model).
+
+    examples: split -> (N, C + K) int64 windows; hotflip attacks "test" only (per example).
+    models: name -> model in eval mode.
+    """
+    any_model = next(iter(models.values()))
+    device = any_model.device
+    allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
+    test = torch.as_tensor(examples["test"], device=device)
+    context_len = test.shape[1] - continuation_len
+    clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
+    results, rng = [], np.random.default_rng([seed, 2])
+    for source, model in models.items():
+        found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size)
+        changed = (found.ids != test).sum(dim=1).cpu().numpy()
+        cost = dict(forward_passes=found.forward_passes, candidate_evals=found.candidate_evals)
+        rows = _evaluate(models, tokenizer, found.ids, test, clean, continuation_len, batch_size, changed,
+                         source=source, **cost)
+        log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {cost['candidate_evals']} candidates; "
+            + _summary(rows))
+        for trial in range(params.controls):  # matched control: same count per example, same model
+            flipped = random_flips(rng, test, changed, allowed, context_len, tokenizer, params.max_tries)
+            rows += _evaluate({source: model}, tokenizer, flipped, test, clean, continuation_len, batch_size,
+                              changed, trial=trial)
+        log(f"[hotflip] control on {source} ({params.controls} draws): " + _summary(rows[len(models):]))
+        results += rows
+    return results
+
+
+def _evaluate(models: dict, tokenizer, attacked: torch.Tensor, test: torch.Tensor, clean: dict, n_cont: int,
+              batch_size: int, changed: np.ndarray, source: str = "", trial: int = 0, **cost) -> list[AttackResult]:
+    """Attacked inputs (N, T), re-tokenized from their text, scored on every model.
+
+    With a `source` model the rows are "attack" (source itself) or "transfer"; without, "control".
+    """
+    attacked = retokenized(tokenizer, attacked)
+    assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
+    out = []
+    for name, model in models.items():
+        kind = "control" if not source else "attack" if name == source else "transfer"
+        out.append(AttackResult(
+            attack="hotflip", model=name, kind=kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
+            attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
+            source_model=source or name, n_changed=changed, **cost))
+    return out
+
+
+def _summary(rows: list[AttackResult]) -> str:
+    return ", ".join(f"{r.kind} {r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)

@@ -1,0 +1,215 @@
+"""`uat`: universal adversarial trigger (Wallace et al. 2019).
+
+One prefix of L tokens for all inputs, found by gradient-guided coordinate ascent on
+`attack_opt` examples: each step takes the gradient of the mean continuation loss w.r.t.
+the one-hot trigger, keeps the top-k tokens per position by the first-order estimate,
+re-scores all L * k single-token swaps exactly in batches and accepts the best one if it
+raises the loss (and survives decode -> encode before every optimization example).
+Restarts begin from random triggers; the best final trigger on `attack_opt` is evaluated
+once on `test`, together with K random triggers of the same length (the matched control)
+and on every other model (transfer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, retokenized,
+                                    rows_survive, sample_trigger, trigger_survives)
+from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
+
+
+@dataclass(frozen=True)
+class UATConfig:
+    """Budget of the universal trigger search and of its random control."""
+    trigger_len: int = 5
+    """Tokens in the trigger (L)."""
+    steps: int = 10
+    """Coordinate-ascent steps per restart (one gradient + one batched re-score each); a
+    restart also ends early when no candidate raises the loss."""
+    top_k: int = 8
+    """Candidate tokens per trigger position from the first-order estimate (L * k re-scored per step)."""
+    restarts: int = 2
+    """Independent searches from random triggers; the best on attack_opt is kept."""
+    opt_examples: int = 0
+    """attack_opt examples in the optimization batch (0: all of them)."""
+    controls: int = 8
+    """Random triggers of the same length scored as the matched control (K)."""
+    max_tries: int = 200
+    """Draws per position when sampling a random trigger that survives re-tokenization."""
+
+    def check(self):
+        for name in ("trigger_len", "steps", "top_k", "restarts", "controls", "max_tries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"attack.uat: {name} must be >= 1, got {getattr(self, name)}")
+        if self.opt_examples < 0:
+            raise ValueError(f"attack.uat: opt_examples must be >= 0 (0: all), got {self.opt_examples}")
+
+
+@dataclass
+class Search:
+    """One trigger search: where it ended and what it cost."""
+    trigger: list[int]
+    objective: float
+    """Mean continuation NLL on the optimization batch with `trigger` prepended."""
+    history: list[float] = field(default_factory=list)
+    """Objective after the start and after every step (never decreasing)."""
+    forward_passes: int = 0
+    """Sequences through the model, gradient passes included."""
+    candidate_evals: int = 0
+    """Triggers scored exactly (each over the whole optimization batch)."""
+
+
+def propose(model, trigger: torch.Tensor, opt_ids: torch.Tensor, allowed: torch.Tensor, top_k: int,
+            n_cont: int, batch_size: int) -> torch.Tensor:
+    """Single-token swaps of `trigger` (L,) long, best first-order estimate first: (M, L) long, M <= L * k.
+
+    opt_ids: (B, T) long optimization examples; allowed: (V,) bool.
+    """
+    L = len(trigger)
+    _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, L, n_cont, batch_size, shared=True)
+    gain, tokens = flip_scores(grad, trigger, allowed).topk(min(top_k, int(allowed.sum())), dim=-1)
+    pos = torch.arange(L, device=trigger.device).unsqueeze(1).expand_as(tokens)
+    gain, pos, tokens = gain.flatten(), pos.flatten(), tokens.flatten()
+    order = gain.argsort(descending=True)
+    order = order[gain[order] > float("-inf")]
+    cands = trigger.repeat(len(order), 1)
+    cands[torch.arange(len(order), device=trigger.device), pos[order]] = tokens[order]
+    return cands
+
+
+def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: UATConfig,
+           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0) -> Search:
+    """Coordinate ascent from trigger `init` on the optimization examples opt_ids (B, T) long.
+
+    Stops after `params.steps` steps, when no candidate raises the loss, when the objective
+    reaches `target`, or (max_evals > 0) when `max_evals` candidates have been scored.
+    """
+    examples, B = opt_ids.cpu().numpy(), len(opt_ids)
+    trigger = torch.tensor(init, device=opt_ids.device)
+    objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
+    s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1)
+    for _ in range(params.steps):
+        left = max_evals - s.candidate_evals if max_evals else None
+        if s.objective >= target or left == 0:
+            break
+        cands = propose(model, trigger, opt_ids, allowed, params.top_k, n_cont, batch_size)[:left]
+        loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
+        s.forward_passes += B * (1 + len(cands))
+        s.candidate_evals += len(cands)
+        accepted = _best_surviving(tokenizer, cands, loss, s.objective, examples)
+        if accepted is None:
+            break
+        trigger, s.objective = cands[accepted], float(loss[accepted])
+        s.trigger = trigger.tolist()
+        s.history.append(s.objective)
+    return s
+
+
+def _best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: float, examples: np.ndarray):
+    """Index of the highest-loss candidate above `current` that survives re-tokenization, or None."""
+    for i in loss.argsort(descending=True).tolist():
+        if float(loss[i]) <= current:
+            return None
+        if trigger_survives(tokenizer, cands[i].tolist(), examples):
+            return i
+    return None
+
+
+def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig,
+           rng: np.random.Generator, n_cont: int, batch_size: int, target: float = float("inf"),
+           max_evals: int = 0) -> list[Search]:
+    """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
+
+    Returns one Search per restart run; their compute adds up to the search's.
+    """
+    examples, found = opt_ids.cpu().numpy(), []
+    for _ in range(params.restarts):
+        spent = sum(s.candidate_evals for s in found)
+        if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
+            break
+        init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
+        found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
+                            target=target, max_evals=max_evals - spent if max_evals else 0))
+    return found
+
+
+def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: np.ndarray, n_cont: int,
+           batch_size: int, rescore: bool) -> tuple[list[int], int]:
+    """The best trigger on all of attack_opt among those that survive before every test example.
+
+    opt_all: (N, T) long. When `rescore` (the search used a subset of attack_opt), the final
+    triggers are scored on all of it first. Returns (trigger, forward passes spent here).
+    """
+    triggers = torch.tensor([s.trigger for s in found], device=opt_all.device)
+    if rescore:
+        objective, spent = score_triggers(model, triggers, opt_all, n_cont, batch_size).mean(dim=1), len(found) * len(opt_all)
+    else:
+        objective, spent = torch.tensor([s.objective for s in found]), 0
+    for i in objective.argsort(descending=True).tolist():
+        alone = rows_survive(tokenizer, [found[i].trigger])[0]  # the reported ids are its text's ids
+        if alone and trigger_survives(tokenizer, found[i].trigger, test):
+            return found[i].trigger, spent
+    raise RuntimeError("no final trigger survives decode -> encode before every test example")
+
+
+def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
+        params: UATConfig, seed: int, log=print) -> list[AttackResult]:
+    """A trigger searched on each model, scored on every model (its own: kind "attack"; the
+    others: "transfer"), plus `params.controls` random triggers on every model ("control").
+
+    examples: split -> (N, C + K) int64 windows ("attack_opt" to search, "test" to report);
+    models: name -> model in eval mode. Every model's search starts from the same random
+    restarts; the controls are the same random triggers for every model (paired).
+    """
+    any_model = next(iter(models.values()))
+    device = any_model.device
+    allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
+    test = torch.as_tensor(examples["test"], device=device)
+    opt_all = torch.as_tensor(examples["attack_opt"], device=device)
+    opt = opt_all[:params.opt_examples or None]
+    clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
+    results = []
+    for source, model in models.items():
+        found = search(model, tokenizer, opt, allowed, params, np.random.default_rng([seed, 0]),
+                       continuation_len, batch_size)
+        trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len, batch_size,
+                                rescore=len(opt) < len(opt_all))
+        cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,
+                    candidate_evals=sum(s.candidate_evals for s in found))
+        rows = _evaluate(models, tokenizer, trigger, test, clean, continuation_len, batch_size, source=source, **cost)
+        results += rows
+        log(f"[uat] {source}: trigger {tokenizer.decode(trigger)!r} after {cost['candidate_evals']} candidates, "
+            f"attack_opt NLL {max(s.objective for s in found):.3f}; test " + _summary(rows))
+    rng = np.random.default_rng([seed, 1])
+    for trial in range(params.controls):
+        trigger = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples["test"], params.max_tries)
+        rows = _evaluate(models, tokenizer, trigger, test, clean, continuation_len, batch_size, trial=trial)
+        results += rows
+        log(f"[uat] control {trial + 1}/{params.controls} {tokenizer.decode(trigger)!r}: " + _summary(rows))
+    return results
+
+
+def _evaluate(models: dict, tokenizer, trigger: list[int], test: torch.Tensor, clean: dict, n_cont: int,
+              batch_size: int, source: str = "", trial: int = 0, **cost) -> list[AttackResult]:
+    """`trigger` before every test example (N, T), scored on every model from the re-tokenized text.
+
+    With a `source` model the rows are "attack" (source itself) or "transfer"; without, "control".
+    """
+    attacked = retokenized(tokenizer, prepend(torch.tensor(trigger, device=test.device), test))
+    assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
+    out = []
+    for name, model in models.items():
+        kind = "control" if not source else "attack" if name == source else "transfer"
+        out.append(AttackResult(
+            attack="uat", model=name, kind=kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
+            attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
+            source_model=source or name, trigger_ids=list(trigger), trigger_text=tokenizer.decode(trigger),
+            **cost))
+    return out
+
+
+def _summary(rows: list[AttackResult]) -> str:
+    return ", ".join(f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)

@@ -1,0 +1,151 @@
+"""Mid-step checkpoints through metaflow-checkpoint, so a dead step loses minutes, not hours.
+
+A checkpoint is a folder with `state.pt` (the full training state: model, optimizer,
+scheduler, data position, RNG states, history) and `meta.json` (step and the file's
+SHA-256, so that a truncated or corrupted file is detected before it is used).
+
+Where a task continues from:
+- a retry of the same task (@retry): the newest checkpoint of its earlier attempts
+  (`@checkpoint(load_policy="fresh")` loads it into `current.checkpoint.directory`);
+- a step re-run by `resume`: the newest checkpoint of the origin run's task of this step,
+  loaded explicitly (a resumed task is a new task and loads nothing by itself);
+- a brand-new run: nothing, ever.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+STATE, META = "state.pt", "meta.json"
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint whose file is missing, truncated or does not match its checksum."""
+
+
+def write(folder: str, state: dict):
+    """Write `state` into `folder` (created) with a checksum; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STATE)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)  # never leave a half-written state.pt behind
+    meta = {"step": state["step"], "sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    with open(os.path.join(folder, META), "w") as f:
+        json.dump(meta, f)
+    return folder
+
+
+def read(folder: str) -> dict:
+    """The state saved by `write`; raises CorruptCheckpoint naming the file if it is damaged."""
+    path, meta_path = os.path.join(folder, STATE), os.path.join(folder, META)
+    if not (os.path.exists(path) and os.path.exists(meta_path)):
+        raise CorruptCheckpoint(f"checkpoint file missing: {path if not os.path.exists(path) else meta_path}")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if os.path.getsize(path) != meta["bytes"] or _sha256(path) != meta["sha256"]:
+        raise CorruptCheckpoint(f"checkpoint file {path} is truncated or corrupted "
+                                f"({os.path.getsize(path)} bytes, expected {meta['bytes']}, checksum mismatch)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a damaged pickle surfaces as many exception types
+        raise CorruptCheckpoint(f"checkpoint file {path} cannot be read: {err}") from err
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class StepCheckpointer:
+    """Saves and finds the training checkpoints of one Metaflow step (needs @checkpoint)."""
+
+    def __init__(self, current, name: str, log=print):
+        self.current, self.name, self.log = current, name, log
+
+    def save(self, state: dict, step: int):
+        """Save the state as this task's newest checkpoint."""
+        folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
+        write(folder, state)
+        self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step}, storage_format="files")
+        shutil.rmtree(folder, ignore_errors=True)
+        self.log(f"[{self.name}] checkpoint saved at step {step}")
+
+    def restore(self) -> dict | None:
+        """The state to continue from, or None for a fresh start (see the module docstring)."""
+        cp = self.current.checkpoint
+        if cp.is_loaded:
+            state = self._first_readable(self._listed(None), loaded_dir=cp.directory)
+            if state is not None:
+                return state
+        origin = getattr(self.current, "origin_run_id", None)
+        if origin:
+            task = self._origin_task(origin)
+            if task is not None:
+                return self._first_readable(self._listed(task))
+        return None
+
+    def _listed(self, task) -> list:
+        """Checkpoints of `task` (None: this task), all attempts, newest first."""
+        found = []
+        attempts = range(0, 10) if task is not None else [None]
+        for attempt in attempts:
+            try:
+                found += self.current.checkpoint.list(name=self.name, task=task, attempt=attempt)
+            except Exception:  # an attempt that never ran has nothing to list
+                continue
+        return sorted(found, key=lambda c: (c.get("metadata", {}) or {}).get("step", 0), reverse=True)
+
+    def _origin_task(self, origin_run_id: str):
+        from metaflow import Step
+
+        try:
+            tasks = list(Step(f"{self.current.flow_name}/{origin_run_id}/{self.current.step_name}"))
+        except Exception:
+            return None
+        # a foreach step has several tasks: match this task's split index
+        index = getattr(self.current, "split_index", None)
+        for t in tasks:
+            if index is None or _split_index(t) == index:
+                return t
+        return None
+
+    def _first_readable(self, refs, loaded_dir: str | None = None) -> dict | None:
+        """Load the newest checkpoint that reads cleanly, falling back to older ones."""
+        errors = []
+        if loaded_dir:
+            try:
+                state = read(loaded_dir)
+                self.log(f"[{self.name}] continuing from checkpoint at step {state['step']} (earlier attempt)")
+                return state
+            except CorruptCheckpoint as err:
+                errors.append(str(err))
+                self.log(f"[{self.name}] {err}; falling back to an earlier checkpoint")
+        for ref in refs:
+            folder = tempfile.mkdtemp(prefix=f"monollm-load-{self.name}-")
+            try:
+                self.current.checkpoint.load(ref, path=folder)
+                state = read(folder)
+            except CorruptCheckpoint as err:
+                errors.append(str(err))
+                self.log(f"[{self.name}] {err}; falling back to an earlier checkpoint")
+                continue
+            self.log(f"[{self.name}] continuing from checkpoint at step {state['step']}")
+            return state
+        if errors:
+            raise CorruptCheckpoint("no readable checkpoint: " + "; ".join(errors))
+        return None
+
+
+def _split_index(task) -> int | None:
+    try:
+        return int(task.metadata_dict.get("split-index", -1))
+    except Exception:
+        return None

@@ -1,0 +1,272 @@
+"""Tests for monollm.config and the `start` checks of monollm.pipeline.
+
+Every bad profile must fail with a ConfigError whose message names the key and
+what is allowed, and `pipeline.start` must fail before any model work.
+"""
+import copy
+import glob
+import json
+import os
+import tomllib
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from monollm import config, models, pipeline, train
+from monollm.monotonic import ALL_VARIANTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = os.path.join(ROOT, "tests", "micro.toml")
+PROFILES = sorted(glob.glob(os.path.join(ROOT, "config", "*.toml"))) + [MICRO]
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op
+    threads contending with other processes make these tests 20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+with open(MICRO, "rb") as _f:
+    _MICRO_RAW = tomllib.load(_f)
+HELD = sum(_MICRO_RAW["data"][k] for k in ("val_docs", "attack_opt_docs", "test_docs"))
+
+
+def micro(**changes) -> dict:
+    """A fresh copy of the micro profile with dotted keys set (value None deletes the key)."""
+    raw = copy.deepcopy(_MICRO_RAW)
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return raw
+
+
+def assert_config_error(fn, *needles):
+    with pytest.raises(config.ConfigError) as exc:
+        fn()
+    msg = str(exc.value)
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    return msg
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    """Any model, tokenizer or training work inside `start` fails the test."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pipeline.start did model work")
+
+    for name in ("build_tokenizer", "build_model", "load_foundation", "load"):
+        monkeypatch.setattr(models, name, forbidden)
+    monkeypatch.setattr(train, "train", forbidden)
+    monkeypatch.setattr(GPTNeoXForCausalLM, "from_pretrained", forbidden)
+    import transformers
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
+
+
+@pytest.fixture(scope="module")
+def local_model_dir(tmp_path_factory) -> str:
+    """A tiny GPT-NeoX saved with save_pretrained; its context is 32 tokens."""
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=64, vocab_size=128, max_position_embeddings=32))
+    path = tmp_path_factory.mktemp("local_model")
+    model.save_pretrained(path)
+    return str(path)
+
+
+def jsonl(path, n: int) -> str:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"document number {i} says hello."}) + "\n")
+    return str(path)
+
+
+# --- every profile loads and round-trips ------------------------------------------
+
+@pytest.mark.parametrize("path", PROFILES, ids=os.path.basename)
+def test_profile_loads_and_round_trips(path):
+    cfg = config.load_file(path)
+    assert isinstance(cfg, config.ExperimentConfig)
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+    for name in cfg.attacks:  # every listed attack has its built config
+        assert name in cfg.attack.params and not isinstance(cfg.attack.params[name], dict)
+    # the plain dict is what a TOML profile looks like: attack tables under [attack]
+    assert set(config.to_dict(cfg)["attack"]) >= set(cfg.attacks)
+
+
+def test_config_dir_is_not_empty():
+    assert any(p.endswith("tiny.toml") for p in PROFILES)
+
+
+def test_seed_override_and_frozen():
+    cfg = config.load(micro(), seed=7)
+    assert cfg.seed == 7 and config.load(micro()).seed == _MICRO_RAW["seed"]
+    with pytest.raises(Exception):
+        cfg.seed = 3  # frozen
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_defaults_fill_missing_keys():
+    cfg = config.load({})
+    assert cfg == config.from_dict(config.to_dict(cfg))
+    assert cfg.train.tokens > 0 and cfg.monotonic.variant == "mlp_both"
+
+
+# --- bad input: ConfigError naming the key and the allowed values -------------------
+
+BAD = {
+    # unknown keys
+    "unknown top-level key": ({"colour": "red"}, ["unknown key 'colour'", "allowed", "seed", "train"]),
+    "unknown nested key": ({"train__lrr": 1e-3}, ["unknown key 'train.lrr'", "lr", "batch_size"]),
+    "unknown deep key": ({"model__build__width": 3}, ["'model.build.width'", "hidden_size"]),
+    "unknown attack table": ({"attack__uat": {"trigger_len": 3}}, ["'attack.uat'", "random", "context_len"]),
+    "unknown key in attack table": ({"attack__random__bogus": 1}, ["'attack.random.bogus'", "trigger_len"]),
+    # unknown names
+    "unknown variant": ({"monotonic__variant": "mlp_all"}, ["'monotonic.variant'", "'mlp_all'", *ALL_VARIANTS]),
+    "unknown attack": ({"attacks": ["uat"]}, ["'attacks'", "'uat'", "random"]),
+    "attack twice": ({"attacks": ["random", "random"]}, ["'attacks'", "twice"]),
+    "no attack": ({"attacks": []}, ["'attacks'", "random"]),
+    "unknown device": ({"device": "tpu"}, ["'device'", "auto", "cpu", "cuda"]),
+    "unknown schedule": ({"train__schedule": "step"}, ["'train.schedule'", "cosine", "linear", "constant"]),
+    "unknown model source": ({"model__source": "s3"}, ["'model.source'", "build", "hub", "local"]),
+    "unknown data source": ({"data__source": "web"}, ["'data.source'", "builtin", "local", "hub"]),
+    # non-positive budgets and batch sizes
+    "zero train tokens": ({"train__tokens": 0}, ["'train.tokens'", "positive"]),
+    "negative train tokens": ({"train__tokens": -100}, ["'train.tokens'", "positive"]),
+    "zero pretrain tokens": ({"pretrain__tokens": 0}, ["'pretrain.tokens'", "positive"]),
+    "zero train batch": ({"train__batch_size": 0}, ["'train.batch_size'", "positive"]),
+    "zero pretrain batch": ({"pretrain__batch_size": 0}, ["'pretrain.batch_size'", "positive"]),
+    "zero grad_accum": ({"train__grad_accum": 0}, ["'train.grad_accum'", "positive"]),
+    "zero eval batch": ({"eval__batch_size": 0}, ["'eval.batch_size'", "positive"]),
+    "zero attack batch": ({"attack__batch_size": 0}, ["'attack.batch_size'", "positive"]),
+    "zero attack examples": ({"attack__examples": 0}, ["'attack.examples'", "positive"]),
+    "zero trigger": ({"attack__random__trigger_len": 0}, ["attack.random", "trigger_len", "positive"]),
+    "zero test docs": ({"data__test_docs": 0}, ["'data.test_docs'", "positive"]),
+    "block_len 1": ({"data__block_len": 1}, ["'data.block_len'", "at least 2"]),
+    "warmup 1": ({"train__warmup_frac": 1.0}, ["'train.warmup_frac'", "[0, 1)"]),
+    "heads": ({"model__build__num_heads": 5}, ["'model.build.num_heads'", "divide"]),
+    # wrong types
+    "string for int": ({"train__tokens": "1000"}, ["'train.tokens'", "integer", "'1000'"]),
+    "float for int": ({"train__batch_size": 4.5}, ["'train.batch_size'", "integer"]),
+    "bool for int": ({"seed": True}, ["'seed'", "integer"]),
+    "string for float": ({"train__lr": "fast"}, ["'train.lr'", "number"]),
+    "int for bool": ({"train__grad_checkpointing": 1}, ["'train.grad_checkpointing'", "true or false"]),
+    "int for str": ({"name": 3}, ["'name'", "string"]),
+    "string for list": ({"attacks": "random"}, ["'attacks'", "list"]),
+    "bad list item": ({"attack__thresholds": [0.5, "x"]}, ["'attack.thresholds[1]'", "number"]),
+    "value for table": ({"model": "build"}, ["'model'", "table"]),
+    "value for attack table": ({"attack__random": 3}, ["'attack.random'", "table"]),
+}
+
+
+@pytest.mark.parametrize("changes,needles", BAD.values(), ids=BAD.keys())
+def test_bad_input_names_key_and_allowed(changes, needles):
+    raw = micro(**changes)
+    assert_config_error(lambda: config.load(raw), *needles)
+
+
+def test_unknown_attack_is_config_error_not_key_error():
+    # regression: from_dict used to look the name up in the registry before validation
+    with pytest.raises(config.ConfigError):
+        config.load(micro(attacks=["random", "hotflip_typo"]))
+
+
+def test_missing_local_model_dir(tmp_path):
+    missing = str(tmp_path / "nope")
+    raw = micro(model__source="local", model__name=missing)
+    assert_config_error(lambda: config.load(raw), "'model.name'", missing)
+    assert_config_error(lambda: config.load(micro(model__source="hub", model__name="")), "'model.name'")
+
+
+def test_missing_local_data_path(tmp_path):
+    missing = str(tmp_path / "docs.jsonl")
+    assert_config_error(lambda: config.load(micro(data__source="local", data__path=missing)),
+                        "'data.path'", missing)
+    assert_config_error(lambda: config.load(micro(data__source="local", data__path="")), "'data.path'")
+
+
+def test_local_data_unknown_extension(tmp_path):
+    (tmp_path / "docs.docx").write_text("hello")
+    msg = assert_config_error(
+        lambda: config.load(micro(data__source="local", data__path=str(tmp_path / "docs.docx"))),
+        "'data.path'", ".jsonl", ".parquet", ".txt")
+    assert ".docx" in msg
+
+
+# --- pipeline.start: checks needing sizes, before any model work ----------------------
+
+def test_start_accepts_micro_without_model_work(no_model_work):
+    cfg = pipeline.start(micro(), seed=None)
+    assert cfg == config.load(micro())
+    assert pipeline.start(micro(), seed=5).seed == 5
+
+
+def test_start_block_len_above_built_context(no_model_work):
+    ctx = _MICRO_RAW["model"]["build"]["max_position"]
+    assert_config_error(lambda: pipeline.start(micro(data__block_len=ctx + 1), None),
+                        "'data.block_len'", str(ctx + 1), str(ctx))
+    pipeline.start(micro(data__block_len=ctx), None)  # exactly the context is fine
+
+
+def test_start_attack_window_above_context(no_model_work):
+    assert_config_error(lambda: pipeline.start(micro(attack__context_len=60), None),
+                        "'attack.context_len'", "continuation_len")
+
+
+def test_start_block_len_above_local_model_context(no_model_work, local_model_dir):
+    raw = micro(model__source="local", model__name=local_model_dir, data__block_len=32)
+    assert pipeline.start(raw, None).model.source == "local"  # fits the local model's 32 tokens
+    raw["data"]["block_len"] = 33
+    assert_config_error(lambda: pipeline.start(raw, None), "'data.block_len'", "33", "32")
+
+
+def test_start_missing_local_model(no_model_work, tmp_path):
+    raw = micro(model__source="local", model__name=str(tmp_path / "missing"))
+    assert_config_error(lambda: pipeline.start(raw, None), "'model.name'", "not a directory")
+
+
+def test_start_missing_local_data(no_model_work, tmp_path):
+    raw = micro(data__source="local", data__path=str(tmp_path / "missing" / "*.jsonl"))
+    assert_config_error(lambda: pipeline.start(raw, None), "'data.path'", "matches no file")
+
+
+def test_start_builtin_corpus_too_small(no_model_work):
+    assert_config_error(lambda: pipeline.start(micro(data__builtin_docs=HELD), None),
+                        "'data.builtin_docs'", str(HELD), "too small")
+    pipeline.start(micro(data__builtin_docs=HELD + 1), None)
+
+
+def test_start_builtin_corpus_too_small_with_local_model(no_model_work, local_model_dir):
+    raw = micro(model__source="local", model__name=local_model_dir, data__builtin_docs=HELD - 10)
+    assert_config_error(lambda: pipeline.start(raw, None), "'data.builtin_docs'", "too small")
+
+
+def test_start_local_corpus_too_small(no_model_work, tmp_path):
+    path = jsonl(tmp_path / "docs.jsonl", 50)  # test_docs alone wants 60
+    msg = assert_config_error(lambda: pipeline.start(micro(data__source="local", data__path=path), None),
+                              "data.test_docs", "too small")
+    assert "50" in msg
+
+
+def test_start_local_corpus_without_train_docs(no_model_work, tmp_path):
+    # held-out splits fill exactly, nothing is left for training
+    path = jsonl(tmp_path / "docs.jsonl", HELD)
+    assert_config_error(lambda: pipeline.start(micro(data__source="local", data__path=path), None),
+                        "train", "too small")
+    path = jsonl(tmp_path / "docs.jsonl", HELD + 1)
+    assert pipeline.start(micro(data__source="local", data__path=path), None).data.source == "local"
+
+
+def test_start_rejects_bad_values_too(no_model_work):
+    assert_config_error(lambda: pipeline.start(micro(train__tokens=0), None), "'train.tokens'")

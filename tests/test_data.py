@@ -1,0 +1,215 @@
+"""Tests for monollm.data: deterministic disjoint splits, packing without padding,
+the token budget, and local files read through `datasets`."""
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monollm import corpus, data, models
+from monollm.config import ConfigError, DataConfig
+
+EOS = 0
+
+
+def small_cfg(**kw) -> DataConfig:
+    base = dict(builtin_docs=120, val_docs=10, attack_opt_docs=15, test_docs=20, shuffle_buffer=1000)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def all_splits(cfg, seed):
+    held, rest = data.split_documents(cfg, seed)
+    return {**held, "train": list(rest)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.build_tokenizer(corpus.generate(150), 300)
+
+
+# --- splits -------------------------------------------------------------------------
+
+def test_builtin_splits_disjoint_complete_and_sized():
+    cfg = small_cfg()
+    splits = all_splits(cfg, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"test": 20, "attack_opt": 15, "val": 10, "train": 75}
+    sets = {k: set(v) for k, v in splits.items()}
+    for a, b in itertools.combinations(sets, 2):
+        assert not sets[a] & sets[b], f"{a} and {b} share documents"
+    assert set().union(*sets.values()) == set(corpus.generate(120))
+
+
+def test_splits_deterministic_from_seed():
+    cfg = small_cfg()
+    assert all_splits(cfg, seed=3) == all_splits(cfg, seed=3)
+    other = all_splits(cfg, seed=4)
+    assert other["test"] != all_splits(cfg, seed=3)["test"]
+    assert set(other["test"]) != set(all_splits(cfg, seed=3)["test"])  # a different split, not just order
+
+
+def test_max_train_docs_caps_train_only():
+    splits = all_splits(small_cfg(max_train_docs=7), seed=0)
+    assert len(splits["train"]) == 7 and len(splits["test"]) == 20
+
+
+def test_split_too_small_raises_naming_the_split():
+    with pytest.raises(ValueError, match=r"data\.val_docs"):
+        data.split_documents(small_cfg(builtin_docs=40), seed=0)  # 20 + 15 fit, val gets 5 of 10
+
+
+def test_local_jsonl_splits_disjoint_by_document(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    with open(path, "w") as f:
+        for i in range(60):
+            f.write(json.dumps({"body": f"document {i} is here.", "id": i}) + "\n")
+    cfg = DataConfig(source="local", path=str(path), text_field="body", val_docs=5, attack_opt_docs=5,
+                     test_docs=10, shuffle_buffer=100)
+    splits = all_splits(cfg, seed=1)
+    ids = {k: {int(t.split()[1]) for t in v} for k, v in splits.items()}
+    assert sum(len(v) for v in ids.values()) == 60 and set().union(*ids.values()) == set(range(60))
+    assert all(not ids[a] & ids[b] for a, b in itertools.combinations(ids, 2))
+    assert all_splits(cfg, seed=1) == splits
+
+
+# --- packing ------------------------------------------------------------------------
+
+def test_pack_no_padding_eos_between_docs_tail_dropped():
+    docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11], [12, 13, 14, 15]]
+    T = 4
+    blocks = data.pack(docs, T, EOS)
+    stream = [t for d in docs for t in d + [EOS]]  # 5 docs + 5 EOS = 20 tokens
+    n = len(stream) // T
+    assert blocks.shape == (n, T) and blocks.dtype == np.int32
+    assert blocks.flatten().tolist() == stream[:n * T]  # every row full of real tokens, order kept
+    assert (blocks == EOS).sum() == stream[:n * T].count(EOS)  # EOS only between documents
+
+
+def test_pack_drops_partial_tail_and_stops_at_max_blocks():
+    docs = [list(range(1, 8))]  # 7 tokens + EOS = 8
+    assert data.pack(docs, 3, EOS).flatten().tolist() == [1, 2, 3, 4, 5, 6]  # [7, EOS] dropped
+    assert data.pack(docs, 3, EOS, max_blocks=1).tolist() == [[1, 2, 3]]
+    assert data.pack([], 5, EOS).shape == (0, 5)
+    assert data.pack([[1]], 5, EOS).shape == (0, 5)
+
+
+def test_tokenize_adds_no_special_tokens(tokenizer):
+    docs = corpus.generate(5)
+    ids = data.tokenize(tokenizer, docs)
+    assert len(ids) == 5 and all(tokenizer.eos_token_id not in d for d in ids)
+    assert [tokenizer.decode(d) for d in ids] == docs
+    assert data.tokenize(tokenizer, []) == []
+
+
+# --- train_blocks and the token budget ------------------------------------------------
+
+class Counting:
+    """An iterator that counts how many documents were taken from it."""
+
+    def __init__(self, docs):
+        self.docs, self.taken = iter(docs), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        doc = next(self.docs)
+        self.taken += 1
+        return doc
+
+
+def test_train_blocks_stop_at_token_budget(tokenizer):
+    docs = corpus.generate(400)
+    T, eos = 16, tokenizer.eos_token_id
+    stream = Counting(docs)
+    budget = 20 * T + 1  # needs 21 blocks
+    blocks = data.train_blocks(tokenizer, stream, T, budget, eos, chunk=5)
+    assert blocks.shape == (21, T)
+    assert stream.taken < 50  # read only as far as the budget needs, in chunks
+    # identical to packing the consumed documents in one go: the tail carries across chunks
+    expected = data.pack(data.tokenize(tokenizer, docs[:stream.taken]), T, eos)[:21]
+    np.testing.assert_array_equal(blocks, expected)
+
+
+def test_train_blocks_short_stream_returns_what_exists(tokenizer):
+    docs = corpus.generate(6)
+    T, eos = 16, tokenizer.eos_token_id
+    blocks = data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=4)
+    np.testing.assert_array_equal(blocks, data.pack(data.tokenize(tokenizer, docs), T, eos))
+
+
+def test_train_blocks_empty_stream(tokenizer):
+    with pytest.raises(ValueError, match="training split is empty"):
+        data.train_blocks(tokenizer, iter([]), 16, 1000, tokenizer.eos_token_id)
+
+
+# --- local files through `datasets` ----------------------------------------------------
+
+DOCS = [f"Document {i}: the river runs past the mill." for i in range(12)]
+
+
+def write_jsonl(path):
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+
+
+def write_txt(path):
+    path.write_text("\n\n".join(DOCS) + "\n")  # one document per paragraph
+
+
+def write_parquet(path):
+    pd.DataFrame({"text": DOCS}).to_parquet(path)
+
+
+def write_csv(path):
+    pd.DataFrame({"text": DOCS}).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("ext,writer", [(".jsonl", write_jsonl), (".txt", write_txt),
+                                        (".parquet", write_parquet), (".csv", write_csv)])
+def test_local_file_formats_load_through_datasets(tmp_path, ext, writer, monkeypatch):
+    import datasets
+
+    # the parquet builder sleeps 5 s whenever a stream closes (an Arrow thread-shutdown workaround)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.05)
+    path = tmp_path / f"docs{ext}"
+    writer(path)
+    builder, files = data.local_files(str(path))
+    assert files == [str(path)] and builder == data.FORMATS[ext]
+    cfg = DataConfig(source="local", path=str(path), shuffle_buffer=100)
+    got = list(data.document_stream(cfg, seed=0))
+    # each document exactly once, text intact (the text builder keeps the file's final newline)
+    assert sorted(d.strip() for d in got) == sorted(DOCS)
+    assert got == list(data.document_stream(cfg, seed=0))
+
+
+def test_local_directory_and_glob(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"text": "one more document."}) + "\n")
+    builder, files = data.local_files(str(tmp_path))
+    assert builder == "json" and len(files) == 2
+    assert data.local_files(str(tmp_path / "*.jsonl"))[1] == [str(tmp_path / "a.jsonl")]
+    got = list(data.document_stream(DataConfig(source="local", path=str(tmp_path)), seed=0))
+    assert sorted(got) == sorted(DOCS + ["one more document."])
+
+
+def test_local_missing_text_field(tmp_path):
+    write_jsonl(tmp_path / "docs.jsonl")
+    cfg = DataConfig(source="local", path=str(tmp_path / "docs.jsonl"), text_field="body")
+    with pytest.raises(KeyError, match="body"):
+        next(data.document_stream(cfg, seed=0))
+
+
+def test_local_path_errors(tmp_path):
+    with pytest.raises(ConfigError, match="matches no file"):
+        data.local_files(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ConfigError, match="matches no file"):
+        data.local_files(str(tmp_path))  # empty directory
+    (tmp_path / "notes.docx").write_text("x")
+    with pytest.raises(ConfigError, match=r"\.docx") as exc:
+        data.local_files(str(tmp_path / "notes.docx"))
+    assert "data.path" in str(exc.value) and ".jsonl" in str(exc.value)
+    write_jsonl(tmp_path / "docs.jsonl")
+    with pytest.raises(ConfigError, match="one format"):
+        data.local_files(str(tmp_path))  # .docx and .jsonl mixed

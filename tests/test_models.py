@@ -1,0 +1,157 @@
+"""Tests for monollm.models: the built tokenizer and model, save/load, and the local
+(hub-style) loading path with tiny models saved by save_pretrained."""
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from monollm import corpus, models
+from monollm.config import BuildConfig, ModelConfig
+
+BUILD = BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=300,
+                    max_position=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op
+    threads contending with other processes make these tests 20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return corpus.generate(220)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(docs):
+    return models.build_tokenizer(docs[:200], BUILD.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def saved(tokenizer, tmp_path_factory):
+    """A built model saved with models.save, and logits of a fixed batch before saving."""
+    model = models.build_model(BUILD, tokenizer, seed=0).eval()
+    ids = torch.randint(0, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    path = str(tmp_path_factory.mktemp("saved"))
+    models.save(model, tokenizer, path)
+    return path, ids, logits
+
+
+# --- tokenizer -------------------------------------------------------------------------
+
+def test_tokenizer_is_fast_transformers_tokenizer_with_eos(tokenizer):
+    assert isinstance(tokenizer, PreTrainedTokenizerFast) and tokenizer.is_fast
+    assert tokenizer.eos_token == models.EOS and tokenizer.eos_token_id is not None
+    assert tokenizer.convert_tokens_to_ids(models.EOS) == tokenizer.eos_token_id
+    assert tokenizer(models.EOS, add_special_tokens=False)["input_ids"] == [tokenizer.eos_token_id]
+    assert 256 < len(tokenizer) <= BUILD.vocab_size  # bytes + EOS + merges
+
+
+def test_tokenizer_round_trips_corpus_text(tokenizer, docs):
+    for doc in docs:  # training documents and 20 it never saw
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        assert tokenizer.eos_token_id not in ids
+        assert tokenizer.decode(ids) == doc
+    odd = "Ünïcode, tabs\tand  double  spaces\n\nnew lines 123 {}"
+    assert tokenizer.decode(tokenizer(odd, add_special_tokens=False)["input_ids"]) == odd  # byte-level
+    # merges were learnt: corpus text takes fewer tokens than bytes
+    assert len(tokenizer(docs[0])["input_ids"]) < len(docs[0].encode()) / 1.5
+
+
+def test_tokenizer_is_deterministic(docs, tokenizer):
+    again = models.build_tokenizer(docs[:200], BUILD.vocab_size)
+    assert again.get_vocab() == tokenizer.get_vocab()
+
+
+# --- built model -----------------------------------------------------------------------
+
+def test_build_model_has_padding_rows_and_config(tokenizer):
+    model = models.build_model(BUILD, tokenizer, seed=0)
+    rows = model.config.vocab_size
+    assert rows % 64 == 0 and len(tokenizer) < rows < len(tokenizer) + 64
+    assert model.get_input_embeddings().weight.shape == (rows, BUILD.hidden_size)
+    assert model.get_output_embeddings().weight.shape[0] == rows
+    c = model.config
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
+            c.max_position_embeddings) == ("gpt_neox", 32, 2, 4, 64, 64)
+    assert c.eos_token_id == tokenizer.eos_token_id and c.hidden_act == "gelu"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert models.max_positions(model) == 64 == models.max_positions(model.config)
+
+
+def test_build_model_seeded(tokenizer):
+    a, b, c = (models.build_model(BUILD, tokenizer, seed=s) for s in (0, 0, 1))
+    w = lambda m: m.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
+    assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c))
+
+
+# --- save / load ------------------------------------------------------------------------
+
+def test_save_load_round_trip_identical_logits(saved, tokenizer, docs):
+    path, ids, logits = saved
+    model, tok = models.load(path)
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, logits)
+    assert tok.eos_token_id == tokenizer.eos_token_id and len(tok) == len(tokenizer)
+    assert tok(docs[-1])["input_ids"] == tokenizer(docs[-1])["input_ids"]
+    assert tok.decode(tok(docs[-1])["input_ids"]) == docs[-1]
+
+
+def test_saved_model_loads_with_vanilla_transformers(saved):
+    path, ids, logits = saved
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, logits)
+
+
+@pytest.mark.parametrize("source", ["local", "hub"])
+def test_load_foundation_from_directory(saved, source):
+    # "hub" with a directory exercises the hub code path (revision kwarg) offline
+    path, ids, logits = saved
+    model, tok = models.load_foundation(ModelConfig(source=source, name=path))
+    assert next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=ids).logits, logits)
+    assert tok.eos_token_id is not None
+
+
+def test_load_foundation_upcasts_to_fp32(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=64, vocab_size=320, max_position_embeddings=64))
+    model.to(torch.bfloat16).save_pretrained(tmp_path)  # like a hub checkpoint stored in half precision
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = models.load_foundation(ModelConfig(source="local", name=str(tmp_path)))
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    w = model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
+    assert torch.equal(loaded.gpt_neox.layers[0].mlp.dense_h_to_4h.weight, w.float())
+
+
+def test_load_foundation_requires_eos(docs, tmp_path):
+    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, trainers
+
+    raw = Tokenizer(tmodels.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(docs[:20], trainers.BpeTrainer(vocab_size=280, show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=raw).save_pretrained(tmp_path)  # no EOS
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=64, vocab_size=320)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="EOS"):
+        models.load_foundation(ModelConfig(source="local", name=str(tmp_path)))
+
+
+def test_pick_device():
+    assert models.pick_device("cpu") == "cpu"
+    assert models.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            models.pick_device("cuda")

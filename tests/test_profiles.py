@@ -1,0 +1,100 @@
+"""Every profile in config/ loads and validates, offline; the paper profiles say what the issue asks."""
+import glob
+import os
+import re
+import socket
+import tomllib
+
+import pytest
+
+from conftest import FLOW, MICRO, ROOT
+from monollm import config
+
+PROFILES = sorted(glob.glob(os.path.join(ROOT, "config", "*.toml")))
+HUB = [p for p in PROFILES if os.path.basename(p).startswith("pythia-")]
+
+
+def raw(path: str) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access during config validation: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_profiles_exist():
+    names = {os.path.basename(p) for p in PROFILES}
+    assert {"tiny.toml", "pythia-1.4b.toml", "pythia-160m.toml"} <= names
+
+
+@pytest.mark.parametrize("path", PROFILES + [MICRO], ids=os.path.basename)
+def test_profile_loads_and_validates_offline(path, no_network):
+    cfg = config.load_file(path)
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+    if path != MICRO:
+        assert cfg.name == os.path.basename(path)[:-len(".toml")]  # runs are tagged profile:<name>
+
+
+@pytest.mark.parametrize("path", PROFILES + [MICRO], ids=os.path.basename)
+def test_profile_sets_every_key_the_flow_reads(path):
+    """@resources/@retry read the raw TOML through config_expr: a missing key fails at deploy time."""
+    with open(FLOW) as f:
+        keys = re.findall(r'config_expr\("config\.([\w.]+)"\)', f.read())
+    assert keys
+    for key in keys:
+        node = raw(path)
+        for part in key.split("."):
+            assert part in node, f"{os.path.basename(path)} lacks {key} (read by the flow's decorators)"
+            node = node[part]
+
+
+@pytest.mark.parametrize("path", HUB, ids=os.path.basename)
+def test_paper_scale_profiles(path):
+    cfg = config.load_file(path)
+    size = os.path.basename(path)[len("pythia-"):-len(".toml")]
+    assert (cfg.model.source, cfg.model.name) == ("hub", f"EleutherAI/pythia-{size}")
+    assert (cfg.data.source, cfg.data.path, cfg.data.text_field) == ("hub", "monology/pile-uncopyrighted", "text")
+    assert cfg.monotonic.variant == "mlp_both"
+    assert cfg.device == "cuda" and cfg.model.attn_implementation == "sdpa"
+    r = cfg.resources
+    assert r.gpu == 1 and r.memory >= 16000 and r.cpu >= 4 and r.disk >= 10240
+    assert cfg.data.block_len <= 2048  # Pythia's context
+    t = cfg.train
+    step_tokens = t.batch_size * t.grad_accum * cfg.data.block_len
+    assert step_tokens == 32 * 2048  # the earlier recipe's 32 sequences x 2048 tokens per step
+    assert t.tokens // step_tokens >= 100  # a budget in tokens, hundreds of optimizer steps
+    assert t.checkpoint_every and t.checkpoint_every < t.tokens // step_tokens  # preemption loses little
+    longest = cfg.attack.context_len + cfg.attack.continuation_len + max(
+        getattr(p, "trigger_len", 0) for p in cfg.attack.params.values())
+    assert longest <= 2048
+
+
+def test_paper_profile_matches_the_earlier_recipe():
+    t = config.load_file(os.path.join(ROOT, "config", "pythia-1.4b.toml")).train
+    assert (t.lr, t.warmup_frac, t.monotonic_lr, t.monotonic_warmup_frac, t.weight_decay) == (1e-5, 0.1, 5e-5, 0.2, 0.01)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("model", "attn_implementation", "flash", "model.attn_implementation"),
+    ("train", "compile", "yes", "train.compile"),
+    ("resources", "disk", -1, "resources.disk"),
+])
+def test_new_fields_are_checked(section, key, value, message):
+    profile = raw(os.path.join(ROOT, "config", "pythia-160m.toml"))
+    profile[section] = {**profile[section], key: value}
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load(profile)
+
+
+def test_defaults_keep_sdpa_and_no_compile():
+    cfg = config.ExperimentConfig()
+    assert cfg.model.attn_implementation == "sdpa"
+    assert cfg.train.compile is False and cfg.train.grad_checkpointing is False

@@ -1,0 +1,111 @@
+"""A training task killed with SIGKILL (a preemption) continues from its last checkpoint on
+`resume`, and the results equal those of a run that was never interrupted."""
+import asyncio
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import FLOW, MICRO, flow_env, run_flow
+
+pytestmark = pytest.mark.flow
+CHECKPOINT_EVERY = 50
+
+
+@pytest.fixture(scope="module")
+def resume_profile(tmp_path_factory) -> str:
+    """The micro profile with a longer training budget and frequent checkpoints."""
+    text = open(MICRO).read()
+    text = text.replace("tokens = 40_000", "tokens = 160_000")
+    text = text.replace("log_every = 20", f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}")
+    assert f"checkpoint_every = {CHECKPOINT_EVERY}" in text
+    path = tmp_path_factory.mktemp("profiles") / "resume.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _task_pids(run_id: str, step: str) -> list[int]:
+    """Processes executing `step` of run `run_id` (the local runtime's task workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        args = [c.decode(errors="replace") for c in cmd]
+        if "step" in args and step in args and any(a == run_id for a in args):
+            pids.append(int(entry))
+    return pids
+
+
+def _checkpoints_written(root: str, run_id: str, step: str) -> int:
+    pattern = os.path.join(root, ".metaflow", "mf.checkpoints", "checkpoints", "metadata", "MonoFlow",
+                           run_id, step, "*", "*.metadata")
+    return len(glob.glob(pattern))
+
+
+def _run_and_kill(profile: str, root: str, step: str) -> str:
+    """Start the flow, SIGKILL `step`'s task once it has saved two checkpoints; the run id."""
+    from metaflow import Runner
+
+    async def go():
+        runner = Runner(FLOW, cwd=root, env=flow_env(), config=[("config", profile)])
+        running = await runner.async_run()
+        run_id = running.run.id
+        deadline, killed = time.time() + 300, False
+        while time.time() < deadline and not killed:
+            await asyncio.sleep(0.2)
+            if _checkpoints_written(root, run_id, step) >= 2:
+                for pid in _task_pids(run_id, step):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+        await running.wait()
+        runner.cleanup()
+        return run_id, killed, running.status
+
+    run_id, killed, status = asyncio.run(go())
+    assert killed, f"{step} never wrote two checkpoints or was not found"
+    assert status == "failed"
+    return run_id
+
+
+def test_killed_training_resumes_from_checkpoint(resume_profile, datastore_root):
+    from metaflow import Runner
+
+    whole = run_flow(resume_profile)
+    origin = _run_and_kill(resume_profile, datastore_root, "train_monotonic")
+    with Runner(FLOW, cwd=datastore_root, env=flow_env()).resume(origin_run_id=origin) as resumed:
+        assert resumed.status == "successful", resumed.stderr
+        run = resumed.run
+
+    # earlier steps and the other branch were cloned, not recomputed
+    for step in ("start", "setup", "make_monotonic", "train_baseline"):
+        assert run[step].task.origin_pathspec is not None, step
+    assert run["train_monotonic"].task.origin_pathspec is None
+
+    # the resumed step began at a checkpointed step, not at zero
+    hist = run.data.training
+    mono = hist[hist.arm == "monotonic"]
+    starts = mono[mono.resumed_from >= 0]["resumed_from"].tolist()
+    assert len(starts) == 1 and starts[0] >= 2 * CHECKPOINT_EVERY and starts[0] % CHECKPOINT_EVERY == 0
+    assert list(mono["step"]) == list(range(1, len(mono) + 1))  # history restored, nothing lost
+
+    # same results as never stopping (CPU, same seed: exact)
+    drop = ["tokens_per_s", "resumed_from"]
+    pd.testing.assert_frame_equal(run.data.training.drop(columns=drop), whole.data.training.drop(columns=drop))
+    pd.testing.assert_frame_equal(run.data.perplexity, whole.data.perplexity)
+    pd.testing.assert_frame_equal(run.data.attacks, whole.data.attacks)
+
+
+def test_resume_unknown_run_is_a_clear_error(datastore_root):
+    done = subprocess.run([sys.executable, FLOW, "resume", "--origin-run-id", "999999999"], cwd=datastore_root,
+                          env=flow_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "there is no MonoFlow run with id '999999999'" in done.stderr
+    assert "Traceback" not in done.stderr

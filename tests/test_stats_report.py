@@ -1,0 +1,221 @@
+"""Tests for monollm.stats and monollm.report on synthetic data: intervals, tidy tables,
+and findings computed from the data (never hard-coded)."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monollm import report, stats
+from monollm.attacks.common import AttackResult
+
+N_BOOT = 500
+
+
+# --- stats ----------------------------------------------------------------------------
+
+def test_bootstrap_ci_contains_mean_and_shrinks():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(1.0, 1.0, 30), rng.normal(1.0, 1.0, 600)
+    for x in (small, large):
+        lo, hi = stats.bootstrap_ci(x, N_BOOT, seed=0)
+        assert lo < x.mean() < hi
+    assert np.subtract(*stats.bootstrap_ci(large, N_BOOT, 0)[::-1]) < np.subtract(*stats.bootstrap_ci(small, N_BOOT, 0)[::-1])
+    assert stats.bootstrap_ci(small, N_BOOT, seed=3) == stats.bootstrap_ci(small, N_BOOT, seed=3)
+
+
+def test_bootstrap_ci_degenerate_inputs():
+    assert stats.bootstrap_ci(np.full(5, 0.25)) == (0.25, 0.25)
+    assert stats.bootstrap_ci(np.array([2.0])) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in stats.bootstrap_ci(np.array([])))
+
+
+def test_wilson_known_values():
+    lo, hi = stats.wilson(5, 10)
+    assert lo == pytest.approx(0.236593, abs=1e-5) and hi == pytest.approx(0.763407, abs=1e-5)
+    lo, hi = stats.wilson(0, 10)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.277533, abs=1e-5)
+    lo, hi = stats.wilson(10, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(1 - 0.277533, abs=1e-5)
+    assert all(math.isnan(v) for v in stats.wilson(0, 0))
+
+
+def test_ratio_bootstrap_ci_brackets_the_ratio():
+    rng = np.random.default_rng(1)
+    tok = rng.integers(20, 40, 50)
+    nll = tok * rng.normal(3.0, 0.3, 50)
+    lo, hi = stats.ratio_bootstrap_ci(nll, tok, N_BOOT, seed=0)
+    assert lo < math.exp(nll.sum() / tok.sum()) < hi
+
+
+# --- perplexity tables -----------------------------------------------------------------
+
+def per_block(seed=0, n=40, t=31):
+    """Four models on the same blocks; each model's NLL per token differs by a fixed offset."""
+    rng = np.random.default_rng(seed)
+    tokens = np.full(n, t, dtype=np.int64)
+    base = rng.normal(3.0, 0.5, n) * t  # blocks differ a lot in difficulty
+    offsets = {"reference": 0.0, "baseline": 0.05, "monotonic_init": 1.0, "monotonic": 0.3}
+    return {m: (base + off * t + rng.normal(0, 0.01, n) * t, tokens) for m, off in offsets.items()}
+
+
+def test_perplexity_table_rows_and_ci_order():
+    pb = per_block()
+    df = report.perplexity_table(pb, N_BOOT, seed=0)
+    assert list(df["model"]) == list(report.MODELS)
+    assert {"perplexity", "mean_nll", "tokens", "blocks", "ppl_ci_low", "ppl_ci_high"} <= set(df.columns)
+    for row in df.itertuples():
+        nll, tok = pb[row.model]
+        assert row.perplexity == pytest.approx(math.exp(nll.sum() / tok.sum()))
+        assert row.mean_nll == pytest.approx(nll.sum() / tok.sum())
+        assert row.tokens == tok.sum() and row.blocks == len(tok)
+        assert row.ppl_ci_low < row.perplexity < row.ppl_ci_high
+    ppl = df.set_index("model")["perplexity"]
+    assert ppl["reference"] < ppl["baseline"] < ppl["monotonic"] < ppl["monotonic_init"]
+
+
+def test_nll_difference_is_paired():
+    pb = per_block()
+    d = report.nll_difference(pb, "monotonic", "baseline", N_BOOT, seed=0)
+    assert d["diff"] == pytest.approx(0.25, abs=0.01)
+    assert d["ci_low"] < d["diff"] < d["ci_high"]
+    # pairing removes the large between-block variance: the interval is far narrower than
+    # the one of either model's mean NLL on its own
+    assert d["ci_high"] - d["ci_low"] < 0.02
+    tok = pb["baseline"][1]
+    lo, hi = stats.ratio_bootstrap_ci(pb["baseline"][0], tok, N_BOOT, 0, transform=lambda x: x)
+    assert hi - lo > 5 * (d["ci_high"] - d["ci_low"])
+    # sign: a worse `a` gives a positive difference
+    assert report.nll_difference(pb, "baseline", "monotonic", N_BOOT, 0)["diff"] == pytest.approx(-d["diff"])
+
+
+def test_nll_difference_refuses_different_blocks():
+    pb = per_block()
+    nll, tok = pb["baseline"]
+    pb["baseline"] = (nll, tok + 1)
+    with pytest.raises(AssertionError, match="different blocks"):
+        report.nll_difference(pb, "monotonic", "baseline", N_BOOT, 0)
+
+
+# --- attack tables ----------------------------------------------------------------------
+
+def result(model, dnll, clean=2.0, trial=0, kind="attack", source="", attack="random"):
+    dnll = np.asarray(dnll, dtype=float)
+    ids = np.arange(len(dnll))
+    c = np.full(len(dnll), clean)
+    return AttackResult(attack=attack, model=model, kind=kind, example_ids=ids, clean_nll=c,
+                        attacked_nll=c + dnll, trial=trial, source_model=source)
+
+
+def test_attack_table_one_row_per_example():
+    df = report.attack_table([result("baseline", [0.1, 0.2, 0.3]), result("monotonic", [0.0, 0.1, 0.2])])
+    assert len(df) == 6 and set(df["model"]) == {"baseline", "monotonic"}
+    assert (df["source_model"] == df["model"]).all()
+    assert df["dnll"].to_numpy() == pytest.approx((df["attacked_nll"] - df["clean_nll"]).to_numpy())
+
+
+def test_attack_summary_success_over_all_examples():
+    # 10 examples, two trials each; per-example means are what counts
+    t0 = [3.0, 1.5, 2.0, 0.2, 0.0, -0.5, 0.9, 0.1, 0.0, 0.0]
+    t1 = [1.0, 0.5, 0.0, 0.2, 0.0, -0.5, 0.9, 0.1, 0.0, 0.0]
+    df = report.attack_table([result("baseline", t0, trial=0), result("baseline", t1, trial=1)])
+    s = report.attack_summary(df, (0.5, 1.0, 2.0), N_BOOT, seed=0)
+    assert len(s) == 1
+    row = s.iloc[0]
+    mean = (np.array(t0) + np.array(t1)) / 2  # [2, 1, 1, .2, 0, -.5, .9, .1, 0, 0]
+    assert row["examples"] == 10
+    assert row["dnll_mean"] == pytest.approx(mean.mean()) and row["dnll_median"] == pytest.approx(np.median(mean))
+    assert row["rel_ppl_increase"] == pytest.approx(math.expm1(mean.mean()))
+    assert row["dnll_ci_low"] <= row["dnll_mean"] <= row["dnll_ci_high"]
+    assert row["clean_nll"] == pytest.approx(2.0)
+    # denominators are all 10 examples, not only the damaged ones; >= at the threshold
+    assert row["success@0.5"] == pytest.approx(4 / 10)
+    assert row["success@1"] == pytest.approx(3 / 10)
+    assert row["success@2"] == pytest.approx(1 / 10)
+    lo, hi = stats.wilson(3, 10)
+    assert (row["success@1_ci_low"], row["success@1_ci_high"]) == pytest.approx((lo, hi))
+
+
+def test_attack_summary_separates_models_and_kinds():
+    df = report.attack_table([result("baseline", [1.0, 1.0]), result("monotonic", [0.0, 0.0]),
+                              result("baseline", [0.0, 3.0], kind="control")])
+    s = report.attack_summary(df, (0.5,), N_BOOT, 0).set_index(["model", "kind"])
+    assert s.loc[("baseline", "attack"), "success@0.5"] == 1.0
+    assert s.loc[("monotonic", "attack"), "success@0.5"] == 0.0
+    assert s.loc[("baseline", "control"), "success@0.5"] == 0.5
+
+
+# --- findings ------------------------------------------------------------------------------
+
+def constraint(negative=0):
+    return report.constraint_table({
+        "applied": {"matrices": 4, "negative": 0, "min": 1e-4, "parametrized": 4},
+        "after_materializing": {"matrices": 4, "negative": negative, "min": 1e-4, "parametrized": 0},
+    })
+
+
+def attacks_df(d_baseline, d_monotonic, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 0.1, n)
+    rows = [result("baseline", d_baseline + noise), result("monotonic", d_monotonic + noise),
+            # a transfer row with huge damage must not enter the comparison
+            result("monotonic", np.full(n, 9.0), kind="transfer", source="baseline")]
+    return report.attack_table(rows)
+
+
+def findings(attacks, hidden_act="gelu", neg=0, pb=None):
+    pb = per_block() if pb is None else pb
+    return report.findings(report.perplexity_table(pb, N_BOOT, 0), pb, constraint(neg), attacks,
+                           hidden_act, N_BOOT, 0)
+
+
+def test_findings_baseline_more_damaged():
+    f = findings(attacks_df(2.0, 0.5))
+    comp = f["robustness"]["random/attack"]
+    assert comp["verdict"] == "monotonic more robust"
+    assert comp["diff"] == pytest.approx(1.5) and comp["ci_low"] > 0 and comp["examples"] == 40
+    assert comp["dnll_baseline"] == pytest.approx(2.0, abs=0.05)
+    assert "random/transfer" not in f["robustness"]
+
+
+def test_findings_monotonic_more_damaged():
+    comp = findings(attacks_df(0.5, 2.0))["robustness"]["random/attack"]
+    assert comp["verdict"] == "baseline more robust" and comp["ci_high"] < 0
+
+
+def test_findings_identical_means_no_difference():
+    comp = findings(attacks_df(1.0, 1.0))["robustness"]["random/attack"]
+    assert comp["verdict"] == "no significant difference" and comp["diff"] == pytest.approx(0.0)
+    # a real but noisy difference whose interval spans 0 is not a finding either
+    rng = np.random.default_rng(5)
+    df = report.attack_table([result("baseline", rng.normal(1.0, 1.0, 30)),
+                              result("monotonic", rng.normal(1.0, 1.0, 30))])
+    assert findings(df)["robustness"]["random/attack"]["verdict"] == "no significant difference"
+
+
+def test_findings_perplexity_and_constraint_facts():
+    f = findings(attacks_df(1.0, 1.0))
+    ppl = f["perplexity"]
+    assert set(ppl) == set(report.MODELS)
+    assert f["perplexity_ratio_monotonic_vs_baseline"] == pytest.approx(ppl["monotonic"] / ppl["baseline"])
+    assert f["perplexity_ratio_monotonic_vs_baseline"] == pytest.approx(math.exp(0.25), rel=0.02)
+    assert f["constraint_applied_raises_ppl"] and f["recovery_lowers_ppl"]
+    assert f["perplexity_cost_significant"] and f["nll_cost_monotonic_minus_baseline"]["diff"] > 0
+    assert f["constraint_holds"] and f["constrained_matrices"] == 4
+    assert not f["mlp_monotone"] and "not monotone" in f["activation_note"]
+    assert findings(attacks_df(1.0, 1.0), neg=3)["constraint_holds"] is False
+    relu = findings(attacks_df(1.0, 1.0), hidden_act="relu")
+    assert relu["mlp_monotone"] and "not monotone" not in relu["activation_note"]
+
+
+def test_findings_follow_the_data_not_the_names():
+    # swap the roles in the perplexity data: every verdict must flip with it
+    pb = per_block()
+    pb["monotonic"], pb["monotonic_init"] = pb["monotonic_init"], pb["monotonic"]
+    pb["reference"] = tuple(a.copy() for a in pb["monotonic"])  # now worse than monotonic_init
+    f = findings(attacks_df(1.0, 1.0), pb=pb)
+    assert not f["recovery_lowers_ppl"] and not f["constraint_applied_raises_ppl"]
+
+
+def test_findings_without_attacks():
+    assert findings(pd.DataFrame())["robustness"] == {}
