@@ -40,7 +40,8 @@ def nll_difference(per_block: dict, a: str, b: str, n_boot: int, seed: int) -> d
 
 def training_table(histories: dict) -> pd.DataFrame:
     """Both arms' histories, one row per optimizer step. histories: arm -> list of dicts."""
-    return pd.concat([pd.DataFrame(h) for h in histories.values()], ignore_index=True)
+    # sorted by arm: a join's inputs arrive in no fixed order
+    return pd.concat([pd.DataFrame(histories[arm]) for arm in sorted(histories)], ignore_index=True)
 
 
 def constraint_table(checks: dict) -> pd.DataFrame:

@@ -109,3 +109,11 @@ def test_resume_unknown_run_is_a_clear_error(datastore_root):
     assert done.returncode != 0
     assert "there is no MonoFlow run with id '999999999'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_resume_refuses_a_new_config(datastore_root):
+    """A resume reuses the origin run's configuration; Metaflow refuses a new one outright."""
+    done = subprocess.run([sys.executable, FLOW, "--config", "config", MICRO, "resume", "--origin-run-id", "1"],
+                          cwd=datastore_root, env=flow_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Cannot specify --config or --config-value with 'resume'" in done.stderr
