@@ -8,8 +8,8 @@ The DAG only: every step calls one function of `monollm.pipeline`.
 """
 import os
 
-from metaflow import (Config, FlowSpec, Parameter, checkpoint, config_expr, current, model, resources, retry,
-                      step)
+from metaflow import (Config, FlowSpec, Parameter, card, checkpoint, config_expr, current, model, resources,
+                      retry, step)
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "tiny.toml")
 # disk (MB) reaches Kubernetes' ephemeral storage; profiles without it get Kubernetes' default
@@ -48,6 +48,7 @@ class MonoFlow(FlowSpec):
         self.reference_model = current.model.save(out, label="reference", storage_format="files")
         self.next(self.train_baseline, self.make_monotonic)
 
+    @card(type="blank", id="training", refresh_interval=5)
     @resources(**MODEL_STEP)
     @retry(times=config_expr("config.resources.retries"))
     @checkpoint(load_policy="fresh", show_card=False)
@@ -55,12 +56,13 @@ class MonoFlow(FlowSpec):
     @step
     def train_baseline(self):
         """Recovery training, unconstrained; continues from its last checkpoint after a failure."""
-        from monollm import checkpoints, config, pipeline
+        from monollm import cards, checkpoints, config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
         ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log)
         done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], self.blocks, "baseline", out,
-                                  save_checkpoint=ckpt.save, resume=ckpt.restore())
+                                  save_checkpoint=ckpt.save, resume=ckpt.restore(),
+                                  on_step=cards.live_training(current.card["training"], cfg, "baseline"))
         self.history, self.constraint_checks = done["history"], {}
         self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
         self.next(self.join_models)
@@ -77,6 +79,7 @@ class MonoFlow(FlowSpec):
         self.monotonic_init_model = current.model.save(out, label="monotonic_init", storage_format="files")
         self.next(self.train_monotonic)
 
+    @card(type="blank", id="training", refresh_interval=5)
     @resources(**MODEL_STEP)
     @retry(times=config_expr("config.resources.retries"))
     @checkpoint(load_policy="fresh", show_card=False)
@@ -84,12 +87,13 @@ class MonoFlow(FlowSpec):
     @step
     def train_monotonic(self):
         """Recovery training of the constrained copy, then materialize; resumable like the baseline."""
-        from monollm import checkpoints, config, pipeline
+        from monollm import cards, checkpoints, config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
         ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log)
         done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], self.blocks, "monotonic", out,
-                                  save_checkpoint=ckpt.save, resume=ckpt.restore())
+                                  save_checkpoint=ckpt.save, resume=ckpt.restore(),
+                                  on_step=cards.live_training(current.card["training"], cfg, "monotonic"))
         self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
         self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")
         self.next(self.join_models)
@@ -133,12 +137,13 @@ class MonoFlow(FlowSpec):
         self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples)
         self.next(self.join_attacks)
 
+    @card(type="blank", id="experiment", timeout=120)
     @step
     def join_attacks(self, inputs):
-        """Tidy attack table, summaries and findings computed from the tables."""
+        """Tidy attack table, summaries and findings computed from the tables; the experiment card."""
         import pandas as pd
 
-        from monollm import config, report
+        from monollm import cards, config, report
 
         self.attacks = pd.concat([i.attack_rows for i in inputs], ignore_index=True)
         self.merge_artifacts(inputs, exclude=["attack_rows"])
@@ -146,6 +151,7 @@ class MonoFlow(FlowSpec):
         self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
                                         self.hidden_act, cfg.eval.bootstrap, cfg.seed)
+        current.card["experiment"].extend(cards.experiment(self))
         self.next(self.end)
 
     @step

@@ -98,8 +98,10 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
 
 
 def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: str, out_dir: str,
-              save_checkpoint=None, resume=None) -> dict:
+              save_checkpoint=None, resume=None, on_step=None) -> dict:
     """Recovery training of one arm; the monotonic arm is constrained, trained, materialized.
+
+    `on_step(row)` receives every history row as it is made (the live training card).
 
     Returns {"history": [...], "constraint": {stage: verify dict}}; the trained model is saved
     to `out_dir` as a plain transformers checkpoint.
@@ -114,7 +116,8 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
         lr = cfg.train.monotonic_lr or None
         warmup = None if cfg.train.monotonic_warmup_frac < 0 else cfg.train.monotonic_warmup_frac
     history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
-                          lr=lr, warmup_frac=warmup, log=log, save_checkpoint=save_checkpoint, resume=resume)
+                          lr=lr, warmup_frac=warmup, log=log, save_checkpoint=save_checkpoint, resume=resume,
+                          on_step=on_step)
     if arm == "monotonic":
         checks["after_training"] = monotonic.verify(model, cfg.monotonic.variant)
         monotonic.materialize(model)

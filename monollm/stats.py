@@ -29,6 +29,22 @@ def ratio_bootstrap_ci(num, den, n_resamples: int = 2000, seed: int = 0, level: 
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval of the mean of x (n,), e.g. one number per seed.
+    low/high are NaN for fewer than two values and equal the mean when all values agree."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    sem = float(_st.sem(x))
+    if sem == 0:
+        return mean, mean, mean
+    lo, hi = _st.t.interval(level, len(x) - 1, loc=mean, scale=sem)
+    return mean, float(lo), float(hi)
+
+
 def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for k successes out of n."""
     if n == 0:

@@ -78,12 +78,13 @@ def batch_hash(batch: np.ndarray) -> int:
 
 def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, device: str, *,
           arm: str, lr: float | None = None, warmup_frac: float | None = None, log=print,
-          save_checkpoint=None, resume: dict | None = None) -> list[dict]:
+          save_checkpoint=None, resume: dict | None = None, on_step=None) -> list[dict]:
     """Train `model` in place on packed `blocks` (N, T) int; returns the history (one dict per step).
 
     `save_checkpoint(state, step)` is called every `tcfg.checkpoint_every` steps with the full
-    training state; `resume` is such a state to continue from. Raises FloatingPointError on a
-    non-finite loss, naming the step.
+    training state; `resume` is such a state to continue from. `on_step(row)` is called with
+    each step's history row (e.g. a live card). Raises FloatingPointError on a non-finite loss,
+    naming the step.
     """
     lr = lr or tcfg.lr
     warmup_frac = tcfg.warmup_frac if warmup_frac is None else warmup_frac
@@ -132,6 +133,8 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
             row["val_loss"] = validation_loss(model, val_blocks, tcfg, device)
             model.train()
         history.append(row)
+        if on_step:
+            on_step(row)
         if tcfg.log_every and ((step + 1) % tcfg.log_every == 0 or last or step == start):
             log(_progress(row, total, total * rows * block_len, t_begin, step - start + 1, total - step - 1))
         if save_checkpoint and tcfg.checkpoint_every and ((step + 1) % tcfg.checkpoint_every == 0) and not last:

@@ -6,7 +6,6 @@ parquet and jsonl.zst shards, and a local folder laid out like the hub repositor
 through the hub branch itself (`data.source = "hub"`, offline).
 """
 import dataclasses
-import io
 import itertools
 import json
 import os

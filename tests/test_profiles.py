@@ -86,6 +86,7 @@ def test_paper_profile_matches_the_earlier_recipe():
     ("model", "attn_implementation", "flash", "model.attn_implementation"),
     ("train", "compile", "yes", "train.compile"),
     ("resources", "disk", -1, "resources.disk"),
+    ("resources", "gpu", 8, "not built yet"),
 ])
 def test_new_fields_are_checked(section, key, value, message):
     profile = raw(os.path.join(ROOT, "config", "pythia-160m.toml"))
@@ -98,3 +99,19 @@ def test_defaults_keep_sdpa_and_no_compile():
     cfg = config.ExperimentConfig()
     assert cfg.model.attn_implementation == "sdpa"
     assert cfg.train.compile is False and cfg.train.grad_checkpointing is False
+
+
+def test_attention_kernel_reaches_every_loaded_model(tmp_path):
+    """`model.attn_implementation` is not stored with the weights, so each load names it."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from monollm import models
+
+    tok = models.build_tokenizer(["a small corpus of words for a tokenizer"] * 20, 300)
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    mcfg = config.ModelConfig(source="local", name=str(tmp_path), attn_implementation="eager")
+    assert models.load_foundation(mcfg)[0].config._attn_implementation == "eager"
+    assert models.load(str(tmp_path))[0].config._attn_implementation == "sdpa"
+    assert models.load(str(tmp_path), attn_implementation="eager")[0].config._attn_implementation == "eager"

@@ -1,0 +1,347 @@
+"""What the cards show, built from the run's tables; Metaflow's cards only render it.
+
+    current.card["experiment"].extend(cards.experiment(self))            # join_attacks
+    pipeline.train_arm(..., on_step=cards.live_training(current.card["training"], cfg, arm))
+
+Tables are pandas DataFrames of formatted strings and plots are Vega-Lite specs (plain
+dicts), so a notebook shows the same things: `display(cards.perplexity_view(ppl))`,
+`cards.show(cards.perplexity_chart(ppl))`.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+
+from monollm.compare import flatten
+
+VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
+MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
+# one colour per model (and arm) in every chart
+COLORS = {"reference": "#9d9d9d", "baseline": "#4c78a8", "monotonic_init": "#f2b36b", "monotonic": "#e45756"}
+CONDITIONS = {"attack": "attack (own)", "control": "control (random)", "transfer": "transfer (other's)"}
+
+
+def clean(x):
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None (a card's JSON must parse in a browser)."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A number for a table: ints with separators, floats to `digits` significant digits."""
+    if x is None or (isinstance(x, (float, np.floating)) and not np.isfinite(x)):
+        return "-"
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    if isinstance(x, (float, np.floating)):
+        return f"{float(x):.{digits}g}"
+    return str(x)
+
+
+def ci(lo, hi, digits: int = 4) -> str:
+    return f"[{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def signed(x, decimals: int = 3) -> str:
+    """A difference in nats: fixed decimals with its sign, so numbers in a sentence line up."""
+    return f"{x:+.{decimals}f}" if x is not None and np.isfinite(x) else "-"
+
+
+def signed_ci(lo, hi, decimals: int = 3) -> str:
+    return f"[{signed(lo, decimals)}, {signed(hi, decimals)}]"
+
+
+class show:
+    """Displays a Vega-Lite spec in Jupyter: `cards.show(spec)` as a cell's last line."""
+
+    def __init__(self, spec: dict, width: int = 560):
+        self.spec = clean({"width": width, **spec})
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"application/vnd.vegalite.v5+json": self.spec,
+                "text/plain": f"<Vega-Lite chart: {chart_title(self.spec)}>"}
+
+
+def chart_title(spec: dict) -> str:
+    """A Vega-Lite spec's title text (titles may be strings or {"text": ..., "subtitle": ...})."""
+    title = spec.get("title", "")
+    return title.get("text", "") if isinstance(title, dict) else str(title)
+
+
+# ---- tables ---------------------------------------------------------------------------
+
+def config_summary(cfg: dict) -> pd.DataFrame:
+    """The settings a reader needs to interpret the numbers, one row each; per-arm overrides shown."""
+    m, t, a = cfg["model"], cfg["train"], cfg["attack"]
+    built = "built GPT-NeoX " + ", ".join(f"{k} {v}" for k, v in m["build"].items())
+    model = m["name"] if m["source"] != "build" else built
+    lr_mono = t.get("monotonic_lr") or t["lr"]
+    warm_mono = t["warmup_frac"] if t.get("monotonic_warmup_frac", -1) < 0 else t["monotonic_warmup_frac"]
+    rows = [("profile", cfg["name"]), ("seed", cfg["seed"]), ("model", f"{m['source']}: {model}"),
+            ("data", f"{cfg['data']['source']} {cfg['data'].get('name') or cfg['data'].get('path') or ''}".strip()),
+            ("block length", cfg["data"]["block_len"]),
+            ("constraint", f"{cfg['monotonic']['variant']} (floor {cfg['monotonic']['floor']:g})"),
+            ("training tokens", fmt(t["tokens"])),
+            ("tokens per step", fmt(t["batch_size"] * t["grad_accum"] * cfg["data"]["block_len"])),
+            ("lr baseline / monotonic", f"{t['lr']:g} / {lr_mono:g}"),
+            ("warmup baseline / monotonic", f"{t['warmup_frac']:g} / {warm_mono:g}"),
+            ("schedule", f"{t['schedule']}, weight decay {t['weight_decay']:g}, clip {t['max_grad_norm']:g}"),
+            ("attacks", ", ".join(cfg["attacks"])),
+            ("attack examples", f"{a['examples']} x ({a['context_len']} context + {a['continuation_len']} scored)"),
+            ("bootstrap resamples", cfg["eval"]["bootstrap"])]
+    return pd.DataFrame([(k, str(v)) for k, v in rows], columns=["setting", "value"])
+
+
+def arm_differences(cfg: dict) -> list[str]:
+    """Sentences for every deliberate difference between the two arms' training."""
+    t, out = cfg["train"], []
+    if t.get("monotonic_lr") and t["monotonic_lr"] != t["lr"]:
+        out.append(f"The monotonic arm trains at lr {t['monotonic_lr']:g}, the baseline at {t['lr']:g}.")
+    if t.get("monotonic_warmup_frac", -1) >= 0 and t["monotonic_warmup_frac"] != t["warmup_frac"]:
+        out.append(f"The monotonic arm warms up for {t['monotonic_warmup_frac']:g} of training, "
+                   f"the baseline for {t['warmup_frac']:g}.")
+    return out or ["Both arms train with the same settings on the same token stream."]
+
+
+def perplexity_view(ppl: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"model": ppl["model"], "perplexity": ppl["perplexity"].map(fmt),
+                         "95% CI": [ci(lo, hi) for lo, hi in zip(ppl["ppl_ci_low"], ppl["ppl_ci_high"])],
+                         "mean NLL": ppl["mean_nll"].map(fmt), "tokens": ppl["tokens"].map(fmt),
+                         "blocks": ppl["blocks"].map(fmt)})
+
+
+def constraint_view(constraint: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: constraint[c].map(fmt) for c in constraint.columns})
+
+
+def attack_view(summary: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """One attack's summary rows: dNLL mean/median with CI, relative ppl increase, success rates."""
+    s = summary[summary.attack == attack]
+    out = pd.DataFrame({"kind": s["kind"], "model": s["model"], "trigger from": s["source_model"],
+                        "examples": s["examples"].map(fmt), "clean NLL": s["clean_nll"].map(fmt),
+                        "attacked NLL": s["attacked_nll"].map(fmt), "dNLL mean": s["dnll_mean"].map(fmt),
+                        "dNLL 95% CI": [ci(lo, hi) for lo, hi in zip(s["dnll_ci_low"], s["dnll_ci_high"])],
+                        "dNLL median": s["dnll_median"].map(fmt),
+                        "ppl increase": s["rel_ppl_increase"].map(lambda x: f"{100 * x:+.1f}%")})
+    if "above_control" in s.columns:  # the attack's dNLL minus its matched control's, paired by example
+        out["above control"] = s["above_control"].map(fmt).to_numpy()
+        out["above control 95% CI"] = [ci(lo, hi) for lo, hi in zip(s["above_control_ci_low"],
+                                                                    s["above_control_ci_high"])]
+    for col in s.columns:
+        if col.startswith("success@") and not col.endswith(("_low", "_high")):
+            out[col] = [f"{100 * p:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]" for p, lo, hi in
+                        zip(s[col], s[col + "_ci_low"], s[col + "_ci_high"])]
+    return out.reset_index(drop=True)
+
+
+# ---- plots (Vega-Lite) ------------------------------------------------------------------
+
+def _color(field: str, names, legend=True) -> dict:
+    names = [n for n in COLORS if n in set(names)] + sorted(set(names) - set(COLORS))
+    return {"field": field, "type": "nominal", "title": field,
+            "scale": {"domain": names, "range": [COLORS.get(n, "#72b7b2") for n in names]},
+            **({} if legend else {"legend": None})}
+
+
+def perplexity_chart(ppl: pd.DataFrame) -> dict:
+    """Bars of perplexity by model with the 95% bootstrap CI as error bars."""
+    values = clean(ppl[["model", "perplexity", "ppl_ci_low", "ppl_ci_high"]].to_dict("records"))
+    x = {"field": "model", "type": "nominal", "sort": list(ppl["model"]), "title": None, "axis": {"labelAngle": 0}}
+    y = {"field": "perplexity", "type": "quantitative", "title": "perplexity"}
+    return {"$schema": VEGA, "title": "Test perplexity by model (95% CI)", "height": 220,
+            "data": {"values": values},
+            "layer": [{"mark": "bar", "encoding": {"x": x, "y": y, "color": _color("model", ppl["model"], False),
+                                                   "tooltip": [{"field": f} for f in values[0]] if values else []}},
+                      {"mark": "errorbar", "encoding": {"x": x, "y": {**y, "field": "ppl_ci_low"},
+                                                        "y2": {"field": "ppl_ci_high"}}}]}
+
+
+def _thin(df: pd.DataFrame, n: int = MAX_POINTS) -> pd.DataFrame:
+    """At most ~n evenly spaced rows, always keeping the last."""
+    if len(df) <= n:
+        return df
+    keep = np.unique(np.r_[np.linspace(0, len(df) - 1, n).round().astype(int), len(df) - 1])
+    return df.iloc[keep]
+
+
+def loss_chart(training: pd.DataFrame, title: str = "Recovery training") -> dict:
+    """Training loss (line) and validation loss (line with points) against tokens, per arm."""
+    rows = []
+    for arm, g in (training.groupby("arm", sort=False) if len(training) else []):
+        for r in _thin(g).itertuples():
+            rows.append({"arm": arm, "tokens": r.tokens, "step": r.step, "series": "train loss", "loss": r.loss})
+        for r in g[np.isfinite(g["val_loss"])].itertuples():
+            rows.append({"arm": arm, "tokens": r.tokens, "step": r.step, "series": "val loss", "loss": r.val_loss})
+    enc = {"x": {"field": "tokens", "type": "quantitative"},
+           "y": {"field": "loss", "type": "quantitative", "scale": {"zero": False}, "title": "loss (nats/token)"},
+           "color": _color("arm", [r["arm"] for r in rows]),
+           "strokeDash": {"field": "series", "type": "nominal", "legend": None},
+           "tooltip": [{"field": f} for f in ("arm", "series", "step", "tokens", "loss")]}
+    subtitle = "solid: training loss, dashed with points: validation loss"
+    return {"$schema": VEGA, "title": {"text": title, "subtitle": subtitle},
+            "height": 240, "data": {"values": clean(rows)}, "encoding": enc,
+            "layer": [{"transform": [{"filter": "datum.series == 'train loss'"}], "mark": "line"},
+                      {"transform": [{"filter": "datum.series == 'val loss'"}],
+                       "mark": {"type": "line", "point": True}}]}
+
+
+def dnll_chart(attacks: pd.DataFrame, attack: str) -> dict:
+    """Distribution of per-example dNLL (trials averaged) for each condition and model:
+    the attack on each model, its control and transfer, baseline and monotonic side by side."""
+    from monollm.report import per_example
+
+    ex = per_example(attacks[attacks.attack == attack])
+    values = clean([{"condition": CONDITIONS.get(k, k), "model": m, "trigger from": s, "dnll": d}
+                    for k, m, s, d in zip(ex["kind"], ex["model"], ex["source_model"], ex["dnll"])])
+    order = [c for c in CONDITIONS.values() if c in {v["condition"] for v in values}]
+    return {"$schema": VEGA, "title": f"{attack}: dNLL per example (nats per continuation token)",
+            "height": 260, "data": {"values": values},
+            "layer": [{"mark": {"type": "boxplot", "extent": "min-max", "size": 28},
+                       "encoding": {"x": {"field": "condition", "type": "nominal", "sort": order, "title": None,
+                                          "axis": {"labelAngle": 0}},
+                                    "xOffset": {"field": "model", "type": "nominal"},
+                                    "y": {"field": "dnll", "type": "quantitative", "title": "dNLL"},
+                                    "color": _color("model", ex["model"])}},
+                      {"data": {"values": [{"zero": 0}]}, "mark": {"type": "rule", "strokeDash": [4, 4]},
+                       "encoding": {"y": {"field": "zero", "type": "quantitative"}}}]}
+
+
+# ---- findings in words --------------------------------------------------------------------
+
+def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, constraint: pd.DataFrame) -> list[str]:
+    """The findings in plain words, each with its number and 95% CI, computed from the tables."""
+    p = ppl.set_index("model")
+
+    def pp(m):
+        return f"{fmt(p.loc[m, 'perplexity'])} {ci(p.loc[m, 'ppl_ci_low'], p.loc[m, 'ppl_ci_high'])}"
+
+    cost = findings["nll_cost_monotonic_minus_baseline"]
+    out = [f"Perplexity cost: the monotonic model's test perplexity is {pp('monotonic')} against the baseline's "
+           f"{pp('baseline')} (ratio {findings['perplexity_ratio_monotonic_vs_baseline']:.3f}); the NLL difference "
+           f"is {signed(cost['diff'], 4)} nats/token {signed_ci(cost['ci_low'], cost['ci_high'], 4)}, "
+           + ("a significant difference." if findings["perplexity_cost_significant"] else
+              "not significantly different from zero.")]
+    out.append(f"Applying the constraint moved perplexity from {pp('reference')} (reference) to "
+               f"{pp('monotonic_init')}; recovery training brought it to {pp('monotonic')}.")
+    neg = int(constraint["negative"].sum())
+    out.append(f"Constraint check: {findings['constrained_matrices']} constrained matrices, {neg} negative entries "
+               f"over {len(constraint)} checks ({', '.join(constraint['stage'])})"
+               + (": W >= 0 holds." if findings["constraint_holds"] else ": the constraint FAILED."))
+    for attack, comp in findings.get("robustness_above_control", {}).items():  # the claim METHOD.md allows
+        rows = _own(summary, attack, "attack")
+        each = "; ".join(f"{r.model} {signed(r.above_control)} "
+                         f"{signed_ci(r.above_control_ci_low, r.above_control_ci_high)}" for r in rows.itertuples())
+        out.append(f"{attack}, damage above each model's own random control (nats per continuation token): {each}; "
+                   f"baseline minus monotonic {signed(comp['diff'])} {signed_ci(comp['ci_low'], comp['ci_high'])} "
+                   f"over {comp['examples']} examples: {comp['verdict']}.")
+    for key, comp in findings["robustness"].items():
+        attack, kind = key.split("/")
+        each = "; ".join(f"{r.model} {signed(r.dnll_mean)} {signed_ci(r.dnll_ci_low, r.dnll_ci_high)}"
+                         for r in _own(summary, attack, kind).itertuples())
+        out.append(f"{attack} ({kind}), mean dNLL per continuation token: {each}; baseline minus monotonic "
+                   f"{signed(comp['diff'])} {signed_ci(comp['ci_low'], comp['ci_high'])} over {comp['examples']} "
+                   f"examples: {comp['verdict']}.")
+    out.append(findings["activation_note"])
+    return out
+
+
+def _own(summary: pd.DataFrame, attack: str, kind: str) -> pd.DataFrame:
+    """Summary rows of `attack`/`kind` on the model the perturbation was found on (no transfer)."""
+    return summary[(summary.attack == attack) & (summary.kind == kind) & (summary.model == summary.source_model)]
+
+
+# ---- cards -----------------------------------------------------------------------------------
+
+def _table(df: pd.DataFrame):
+    from metaflow.cards import Table
+
+    return Table(data=[[str(v) for v in row] for row in df.itertuples(index=False)], headers=list(df.columns))
+
+
+def experiment(data) -> list:
+    """Components of the experiment card. data: the flow at join_attacks (or run.data) with
+    resolved_config, perplexity, training, constraint, attacks, attack_summary and findings."""
+    from metaflow.cards import Markdown, VegaChart
+
+    cfg = data.resolved_config
+    out = [Markdown(f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, "
+                    f"seed {cfg['seed']}"),
+           Markdown("## Findings\n" + "\n".join(f"* {s}" for s in finding_sentences(
+               data.findings, data.perplexity, data.attack_summary, data.constraint))),
+           Markdown("## Configuration\n" + " ".join(arm_differences(cfg))), _table(config_summary(cfg)),
+           Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
+           _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
+           Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),
+           Markdown("## Constraint verification (negative entries must be 0)"),
+           _table(constraint_view(data.constraint))]
+    for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
+        out += [Markdown(f"## Attack `{attack}` (dNLL in nats per continuation token)"),
+                _table(attack_view(data.attack_summary, attack)), VegaChart(dnll_chart(data.attacks, attack))]
+    full = pd.DataFrame(sorted(flatten(cfg).items()), columns=["key", "value"])
+    return out + [Markdown("## Full configuration"), _table(full)]
+
+
+class LiveTraining:
+    """on_step callback that keeps a training card current: tokens done / budget with ETA, and
+    loss and validation-loss curves. Components are rebuilt and the card refreshed at most
+    every `every` seconds (and at the last step), so a long run pays nothing per step."""
+
+    def __init__(self, card, arm: str, total_steps: int, tokens_per_step: int, every: float = 5.0,
+                 clock=time.time):
+        from metaflow.cards import Markdown, ProgressBar, VegaChart
+
+        self.card, self.arm, self.total, self.every, self.clock = card, arm, total_steps, every, clock
+        self.budget = total_steps * tokens_per_step
+        self.rows, self.last, self.t0, self.tokens0 = [], -math.inf, None, 0
+        self.bar = ProgressBar(max=self.budget, label=f"{arm}: tokens", value=0, unit="tokens")
+        self.status = Markdown(f"## Training `{arm}`: waiting for the first step")
+        self.chart = VegaChart(loss_chart(pd.DataFrame(), title=f"{arm}: loss"))
+        card.extend([self.status, self.bar, self.chart])
+        card.refresh()
+
+    def __call__(self, row: dict):
+        now = self.clock()
+        if self.t0 is None:  # rate from this task's own steps (a resumed task starts mid-way)
+            self.t0, self.tokens0 = now, row["tokens"]
+        self.rows.append({k: row[k] for k in ("arm", "step", "tokens", "loss", "val_loss", "lr", "grad_norm")})
+        if now - self.last < self.every and row["step"] < self.total:
+            return
+        self.last = now
+        rate = (row["tokens"] - self.tokens0) / max(now - self.t0, 1e-9)
+        eta = (self.budget - row["tokens"]) / rate if rate > 0 else math.nan
+        self.bar.update(int(row["tokens"]), metadata=f"step {row['step']}/{self.total}, {rate:,.0f} tok/s, "
+                                                     f"ETA {_duration(eta)}")
+        val = [r["val_loss"] for r in self.rows if np.isfinite(r["val_loss"])]
+        self.status.update(f"## Training `{self.arm}`: step {row['step']}/{self.total}, loss {row['loss']:.4f}"
+                           + (f", val loss {val[-1]:.4f}" if val else "")
+                           + f", lr {row['lr']:.2e}, grad norm {row['grad_norm']:.2f}")
+        self.chart.update(loss_chart(pd.DataFrame(self.rows), title=f"{self.arm}: loss"))
+        self.card.refresh(force=row["step"] >= self.total)
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def live_training(card, cfg, arm: str, every: float = 5.0) -> LiveTraining:
+    """The live training card of one arm (`card`: current.card[id]), sized from the config."""
+    from monollm.train import steps_for
+
+    t = cfg.train
+    return LiveTraining(card, arm, steps_for(t, cfg.data.block_len),
+                        t.batch_size * t.grad_accum * cfg.data.block_len, every)

@@ -1,0 +1,116 @@
+"""Comparison across runs: per-run key numbers, mean and t-interval, refusal of incompatible configs."""
+import copy
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import MICRO, ROOT, flow_env, run_flow
+from scipy import stats as st
+from test_cards import synthetic_run
+
+from monollm import compare, results
+from monollm.stats import t_interval
+
+
+def fake_run(run_id: str, seed: int, scale: float = 1.0, **changes):
+    data = synthetic_run()
+    data.perplexity = data.perplexity.assign(perplexity=data.perplexity["perplexity"] * scale)
+    data.resolved_config = copy.deepcopy(data.resolved_config)
+    data.resolved_config["seed"] = seed
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data.resolved_config[section][name] = value
+    return SimpleNamespace(id=run_id, pathspec=f"MonoFlow/{run_id}", data=data)
+
+
+def test_t_interval():
+    x = np.array([1.0, 2.0, 4.0, 7.0])
+    mean, lo, hi = t_interval(x)
+    half = st.t.ppf(0.975, 3) * x.std(ddof=1) / np.sqrt(4)
+    assert mean == pytest.approx(3.5) and (lo, hi) == pytest.approx((3.5 - half, 3.5 + half))
+    assert np.isnan(t_interval([2.0])[1]) and t_interval([2.0])[0] == 2.0
+    assert t_interval([3.0, 3.0]) == (3.0, 3.0, 3.0)
+
+
+def test_table_per_run_with_mean_and_interval():
+    runs = [fake_run("11", 0, 1.0), fake_run("12", 1, 1.1), fake_run("13", 2, 0.9, resources__memory=64000)]
+    table = compare.compare(runs)
+    assert list(table.columns) == ["11", "12", "13", "mean", "ci_low", "ci_high", "n"]
+    assert table.attrs["seeds"] == {"11": 0, "12": 1, "13": 2}
+    row = table.loc["perplexity monotonic"]
+    per_run = [r.data.perplexity.set_index("model").loc["monotonic", "perplexity"] for r in runs]
+    assert list(row[["11", "12", "13"]]) == pytest.approx(per_run)
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(t_interval(per_run))
+    assert row["n"] == 3
+    f = runs[0].data.findings
+    assert table.loc["NLL cost monotonic - baseline (nats/token)", "11"] == pytest.approx(
+        f["nll_cost_monotonic_minus_baseline"]["diff"])
+    for key, comp in f["robustness"].items():
+        assert table.loc[f"dNLL {key} baseline - monotonic", "11"] == pytest.approx(comp["diff"])
+    assert "dNLL uat/control monotonic" in table.index and "dNLL uat/transfer monotonic" not in table.index
+    assert table.loc["dNLL above control uat baseline - monotonic", "11"] == pytest.approx(
+        f["robustness_above_control"]["uat"]["diff"])
+    assert "dNLL above control random baseline" not in table.index  # no control, no row
+    assert "3 run(s): 11 (seed 0), 12 (seed 1), 13 (seed 2)" in compare.format_table(table)
+
+
+def test_incompatible_configs_are_refused_naming_the_keys():
+    runs = [fake_run("21", 0), fake_run("22", 1, train__lr=1e-2, monotonic__variant="mlp_in")]
+    with pytest.raises(compare.IncompatibleRuns) as err:
+        compare.compare(runs)
+    msg = str(err.value)
+    assert "train.lr" in msg and "monotonic.variant" in msg and "'mlp_in'" in msg
+    assert "seed" not in msg.split("\n")[0]
+    with pytest.raises(compare.IncompatibleRuns, match="train.lr"):  # varying one key does not allow the other
+        compare.compare(runs, vary=["monotonic.variant"])
+    table = compare.compare(runs, vary=["train.lr", "monotonic"])
+    assert list(table.columns[:2]) == ["21", "22"]
+
+
+def test_cli_reports_errors_without_a_traceback(monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise compare.IncompatibleRuns("runs have incompatible configurations; 1 key(s) differ: train.lr")
+
+    monkeypatch.setattr(compare, "compare", refuse)
+    assert compare.main(["1", "2"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+
+
+# ---- real runs ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seed1_run():
+    """A second micro run, differing from `micro_run` only in its seed."""
+    return run_flow(MICRO, seed=1)
+
+
+@pytest.mark.flow
+def test_compare_two_seeds_from_the_command_line(micro_run, seed1_run, datastore_root, tmp_path):
+    out = tmp_path / "seeds.csv"
+    proc = subprocess.run([sys.executable, "-m", "monollm.compare", micro_run.id, seed1_run.id, "--csv", str(out)],
+                          cwd=ROOT, env={**os.environ, **flow_env()}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{micro_run.id} (seed 0), {seed1_run.id} (seed 1)" in proc.stdout
+    table = pd.read_csv(out, index_col="metric")
+    assert list(table.columns) == [micro_run.id, seed1_run.id, "mean", "ci_low", "ci_high", "n"]
+    for run in (micro_run, seed1_run):
+        numbers = compare.key_numbers(run.data)
+        assert list(table.index) == list(numbers)
+        assert table[run.id].to_numpy() == pytest.approx(list(numbers.values()))
+    assert (table["n"] == 2).all()
+    assert (table["ci_low"] <= table["mean"]).all() and (table["mean"] <= table["ci_high"]).all()
+
+
+@pytest.mark.flow
+def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
+    assert results.get_run(tag="seed:1").id == seed1_run.id
+    assert results.get_run(micro_run.id).pathspec == micro_run.pathspec
+    by_tag = compare.compare(tag=["profile:micro", "seed:1"])
+    assert seed1_run.id in by_tag.columns and micro_run.id not in by_tag.columns
+    like = compare.compare(like=micro_run)  # runs of another micro configuration are left out, not refused
+    assert {micro_run.id, seed1_run.id} <= set(like.columns)
+    assert set(like.attrs["seeds"].values()) >= {0, 1}
