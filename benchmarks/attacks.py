@@ -14,11 +14,13 @@ Prints exactly three lines, all measured in this one run:
   random allowed tokens; per sweep and position, 20 random candidates from it, each decoded,
   re-tokenized with every optimization text and scored by its own forward passes; the best
   accepted if it raises the loss) runs for `--sweeps` sweeps; then `uat` (the profile's
-  top-k, restarts as needed) runs until its objective reaches the pool search's final one.
-  X = pool-search wall time / uat wall time.
+  [attack.uat] settings, restarts as needed) runs until its objective reaches the pool
+  search's final one. Both search the profile's `attack_opt` examples. Repeated for
+  `--seeds` seeds (the pool search's dNLL varies a lot with its random pool);
+  X = total pool-search wall time / total uat wall time.
 * `uat dNLL at equal candidate budget: A vs B`: `uat` stopped after as many candidate
   evaluations as the pool search made (A) against the pool search (B); dNLL in nats per
-  continuation token on the optimization examples.
+  continuation token on the optimization examples, mean over the seeds.
 
 Progress goes to stderr. The reference model is built once (about 30 s: tokenizer,
 pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile.
@@ -48,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", default="", help="a saved model to attack instead of the profile's reference")
     p.add_argument("--sweeps", type=int, default=4, help="pool-search sweeps (its fixed budget)")
     p.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=5, help="pool search / uat comparisons, one per seed")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
     return p.parse_args(argv)
 
 
@@ -98,11 +101,13 @@ def throughput_ratio(model, opt, allowed, L: int, n_cont: int, batch_size: int, 
 
 
 def pool_search(model, tokenizer, opt_np, allowed, L: int, n_cont: int, batch_size: int, sweeps: int, rng):
-    """The earlier pipeline's trigger search. Returns (objective, candidate evals, wall seconds, trigger)."""
-    import numpy as np
-    import torch
+    """The earlier pipeline's trigger search. Returns (objective, candidate evals, wall seconds, trigger).
 
-    from monollm.attacks.common import continuation_nll
+    Each candidate is decoded, re-tokenized with every text and scored by plain forward passes
+    of its own (full logits, as `model(input_ids)` gives them); the objective is the attack's:
+    mean NLL of the continuation tokens only.
+    """
+    import torch
 
     texts = tokenizer.batch_decode(opt_np.tolist())
 
@@ -111,8 +116,13 @@ def pool_search(model, tokenizer, opt_np, allowed, L: int, n_cont: int, batch_si
         enc = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
         if any(len(e) != L + opt_np.shape[1] or e[-n_cont:] != list(row[-n_cont:]) for e, row in zip(enc, opt_np)):
             return None  # merges with the text: the scored tokens would move
-        ids = torch.tensor(enc, device=model.device)
-        return float(continuation_nll(model, ids, n_cont, batch_size).mean())
+        ids, total = torch.tensor(enc, device=model.device), 0.0
+        with torch.no_grad():
+            for chunk in ids.split(batch_size):
+                logits = model(input_ids=chunk).logits[:, -n_cont - 1:-1]
+                total += float(torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), chunk[:, -n_cont:], reduction="none").mean(dim=1).sum())
+        return total / len(ids)
 
     start = time.perf_counter()
     pool = rng.choice(allowed.nonzero().flatten().numpy(), size=100, replace=False)
@@ -133,10 +143,40 @@ def pool_search(model, tokenizer, opt_np, allowed, L: int, n_cont: int, batch_si
     return objective, evals, time.perf_counter() - start, [int(t) for t in trigger]
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def compare(model, tokenizer, examples, params, n_cont: int, bs: int, sweeps: int, seed: int, clean: float) -> dict:
+    """Pool search, then uat to match it, then uat at its candidate budget, all from one seed."""
     import dataclasses
 
+    import numpy as np
+    import torch
+
+    from monollm.attacks import uat
+    from monollm.attacks.common import allowed_tokens
+
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    opt = torch.as_tensor(examples["attack_opt"], device=model.device)
+    pool_obj, pool_evals, pool_s, trigger = pool_search(model, tokenizer, examples["attack_opt"], allowed,
+                                                        params.trigger_len, n_cont, bs, sweeps,
+                                                        np.random.default_rng(seed))
+    unlimited = dataclasses.replace(params, steps=10_000, restarts=10_000)
+    start = time.perf_counter()
+    found = uat.search(model, tokenizer, opt, allowed, unlimited, np.random.default_rng(seed), n_cont, bs,
+                       target=pool_obj, max_evals=50 * pool_evals)  # a guard, not a budget
+    uat_s = time.perf_counter() - start
+    matched = max(s.objective for s in found)
+    equal = uat.search(model, tokenizer, opt, allowed, unlimited, np.random.default_rng(seed), n_cont, bs,
+                       max_evals=pool_evals)
+    out = dict(pool_dnll=pool_obj - clean, pool_evals=pool_evals, pool_s=pool_s, uat_s=uat_s,
+               matched=matched >= pool_obj, uat_evals=sum(s.candidate_evals for s in found),
+               equal_dnll=max(s.objective for s in equal) - clean)
+    note(f"seed {seed}: pool search dNLL {out['pool_dnll']:+.4f} after {pool_evals} candidates in {pool_s:.1f} s "
+         f"({tokenizer.decode(trigger)!r}); uat reached {matched - clean:+.4f} after {out['uat_evals']} candidates "
+         f"in {uat_s:.1f} s; uat at {pool_evals} candidates: {out['equal_dnll']:+.4f}")
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
     import numpy as np
     import torch
 
@@ -150,33 +190,20 @@ def main(argv=None):
     model, tokenizer, examples = reference(cfg, args.config, args.model_dir)
     a = cfg.attack
     params = a.params.get("uat") or uat.UATConfig()
-    L, n_cont, bs = params.trigger_len, a.continuation_len, a.batch_size
     allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
-    clean = float(continuation_nll(model, opt, n_cont, bs).mean())
-
-    ratio = throughput_ratio(model, opt, allowed, L, n_cont, bs, args.rounds, args.seed)
-    pool_obj, pool_evals, pool_s, pool_trig = pool_search(model, tokenizer, examples["attack_opt"], allowed, L,
-                                                          n_cont, bs, args.sweeps, np.random.default_rng(args.seed))
-    note(f"pool search: dNLL {pool_obj - clean:+.4f} after {pool_evals} candidates in {pool_s:.1f} s "
-         f"({tokenizer.decode(pool_trig)!r})")
-    long_run = dataclasses.replace(params, steps=10_000, restarts=10_000)
-    start = time.perf_counter()
-    found = uat.search(model, tokenizer, opt, allowed, long_run, np.random.default_rng(args.seed), n_cont, bs,
-                       target=pool_obj, max_evals=50 * pool_evals)  # a guard, not a budget
-    uat_s = time.perf_counter() - start
-    best = max(s.objective for s in found)
-    note(f"uat to match: dNLL {best - clean:+.4f} after {sum(s.candidate_evals for s in found)} candidates, "
-         f"{len(found)} restart(s), in {uat_s:.1f} s")
-    equal = uat.search(model, tokenizer, opt, allowed, long_run, np.random.default_rng(args.seed), n_cont, bs,
-                       max_evals=pool_evals)
-    equal_obj = max(s.objective for s in equal)
-    note(f"uat at equal budget: {sum(s.candidate_evals for s in equal)} candidates, {len(equal)} restart(s)")
-
+    clean = float(continuation_nll(model, opt, a.continuation_len, a.batch_size).mean())
+    ratio = throughput_ratio(model, opt, allowed, params.trigger_len, a.continuation_len, a.batch_size,
+                             args.rounds, args.seed)
+    runs = [compare(model, tokenizer, examples, params, a.continuation_len, a.batch_size, args.sweeps, seed, clean)
+            for seed in range(args.seed, args.seed + args.seeds)]
+    speedup = sum(r["pool_s"] for r in runs) / sum(r["uat_s"] for r in runs)
+    unmatched = sum(not r["matched"] for r in runs)
     print(f"scoring/forward throughput ratio: {ratio:.2f}")
-    print(f"uat time-to-match vs pool search: {pool_s / uat_s:.1f}" if best >= pool_obj else
-          f"uat time-to-match vs pool search: not matched (uat dNLL {best - clean:.4f} < {pool_obj - clean:.4f})")
-    print(f"uat dNLL at equal candidate budget: {equal_obj - clean:.4f} vs {pool_obj - clean:.4f}")
+    print(f"uat time-to-match vs pool search: {speedup:.1f}"
+          + (f" ({unmatched} of {len(runs)} searches never matched)" if unmatched else ""))
+    print(f"uat dNLL at equal candidate budget: {np.mean([r['equal_dnll'] for r in runs]):.4f} vs "
+          f"{np.mean([r['pool_dnll'] for r in runs]):.4f}")
 
 
 if __name__ == "__main__":

@@ -320,6 +320,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     r = cfg.resources
     for name in ("gpu", "cpu", "memory", "retries", "disk"):
         _require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")
+    # one training process on one device: asking for more GPUs would only leave them idle
+    _require(r.gpu <= 1, "resources.gpu", f"is {r.gpu}: several GPUs in one step are not built yet "
+             "(training runs in one process on one GPU; see docs/cluster.md, 'Past one GPU')")
     return cfg
 
 
@@ -367,7 +370,9 @@ def from_dict(raw: dict) -> ExperimentConfig:
     from monollm.attacks import attack_config
 
     cfg = _build(ExperimentConfig, raw, "")
-    built = {name: attack_config(name, cfg.attack.params.get(name, {}), f"attack.{name}") for name in cfg.attacks}
+    # every [attack.<name>] table is checked, also for attacks the profile does not run now
+    names = list(cfg.attacks) + [n for n in cfg.attack.params if n not in cfg.attacks]
+    built = {name: attack_config(name, cfg.attack.params.get(name, {}), f"attack.{name}") for name in names}
     return dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, params=built))
 
 

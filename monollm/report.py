@@ -79,8 +79,30 @@ def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.D
             k = int((d >= t).sum())
             w_lo, w_hi = stats.wilson(k, len(d))
             row.update({f"success@{t:g}": k / len(d), f"success@{t:g}_ci_low": w_lo, f"success@{t:g}_ci_high": w_hi})
+        row.update(above_control(df, row["attack"], row["kind"], row["model"], row["source_model"], n_boot, seed))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def above_control(df: pd.DataFrame, attack: str, kind: str, model: str, source: str, n_boot: int, seed: int) -> dict:
+    """The control's mean dNLL on `model` and the attack's dNLL above it, paired by example, with a
+    bootstrap 95% CI: the part of the damage that random perturbations of the same size do not do.
+
+    NaN where there is no control (the control rows themselves, attacks without one).
+    """
+    nan = {"control_dnll": np.nan, "above_control": np.nan, "above_control_ci_low": np.nan,
+           "above_control_ci_high": np.nan}
+    ex = per_example(df[(df.attack == attack) & (df.model == model)])
+    ctrl = ex[ex.kind == "control"].set_index("example")["dnll"]
+    this = ex[(ex.kind == kind) & (ex.source_model == source)].set_index("example")["dnll"]
+    if kind == "control" or ctrl.empty:
+        return nan
+    diff = (this - ctrl.reindex(this.index)).to_numpy()
+    if np.isnan(diff).any():
+        raise ValueError(f"{attack} on {model}: the control does not cover the attack's examples")
+    lo, hi = stats.bootstrap_ci(diff, n_boot, seed)
+    return {"control_dnll": float(ctrl.mean()), "above_control": float(diff.mean()), "above_control_ci_low": lo,
+            "above_control_ci_high": hi}
 
 
 def robustness_comparison(df: pd.DataFrame, attack: str, kind: str, n_boot: int, seed: int) -> dict:
@@ -89,6 +111,11 @@ def robustness_comparison(df: pd.DataFrame, attack: str, kind: str, n_boot: int,
     wide = ex.pivot(index="example", columns="model", values="dnll")
     if not {"baseline", "monotonic"} <= set(wide.columns):
         return {}
+    return _compare(wide, n_boot, seed)
+
+
+def _compare(wide: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """wide: per-example dNLL, columns baseline and monotonic -> difference, paired CI, verdict."""
     diff = (wide["baseline"] - wide["monotonic"]).to_numpy()
     lo, hi = stats.bootstrap_ci(diff, n_boot, seed)
     if lo > 0:
@@ -99,6 +126,17 @@ def robustness_comparison(df: pd.DataFrame, attack: str, kind: str, n_boot: int,
         verdict = "no significant difference"
     return {"dnll_baseline": float(wide["baseline"].mean()), "dnll_monotonic": float(wide["monotonic"].mean()),
             "diff": float(diff.mean()), "ci_low": lo, "ci_high": hi, "examples": len(diff), "verdict": verdict}
+
+
+def robustness_above_control(df: pd.DataFrame, attack: str, n_boot: int, seed: int) -> dict:
+    """The same comparison on dNLL above each model's own matched control (per example, trials
+    averaged): the robustness claim METHOD.md allows. {} without a control or without both models."""
+    ex = per_example(df[df.attack == attack])
+    own = ex[(ex.kind == "attack") & (ex.model == ex.source_model)].pivot(index="example", columns="model", values="dnll")
+    ctrl = ex[ex.kind == "control"].pivot(index="example", columns="model", values="dnll")
+    if not {"baseline", "monotonic"} <= set(own.columns) & set(ctrl.columns):
+        return {}
+    return _compare(own - ctrl.reindex(own.index), n_boot, seed)
 
 
 def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attacks: pd.DataFrame,
@@ -122,10 +160,15 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
                                if hidden_act in MONOTONE_ACTIVATIONS else
                                "not monotone: W >= 0 alone does not make the MLP a monotone function.")),
         "robustness": {},
+        "robustness_above_control": {},
     }
     if len(attacks):
         for (attack, kind), _ in attacks.groupby(["attack", "kind"], sort=False):
             comp = robustness_comparison(attacks, attack, kind, n_boot, seed)
             if comp:
                 out["robustness"][f"{attack}/{kind}"] = comp
+        for attack in attacks["attack"].unique():
+            comp = robustness_above_control(attacks, attack, n_boot, seed)
+            if comp:
+                out["robustness_above_control"][attack] = comp
     return out

@@ -14,20 +14,12 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from monollm import config, models, pipeline, train
+from monollm.attacks import ATTACKS
 from monollm.monotonic import ALL_VARIANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = os.path.join(ROOT, "tests", "micro.toml")
 PROFILES = sorted(glob.glob(os.path.join(ROOT, "config", "*.toml"))) + [MICRO]
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op
-    threads contending with other processes make these tests 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 with open(MICRO, "rb") as _f:
@@ -130,13 +122,14 @@ BAD = {
     "unknown top-level key": ({"colour": "red"}, ["unknown key 'colour'", "allowed", "seed", "train"]),
     "unknown nested key": ({"train__lrr": 1e-3}, ["unknown key 'train.lrr'", "lr", "batch_size"]),
     "unknown deep key": ({"model__build__width": 3}, ["'model.build.width'", "hidden_size"]),
-    "unknown attack table": ({"attack__uat": {"trigger_len": 3}}, ["'attack.uat'", "random", "context_len"]),
+    "unknown attack table": ({"attack__telepathy": {"trigger_len": 3}},
+                             ["'attack.telepathy'", *ATTACKS, "context_len"]),
     "unknown key in attack table": ({"attack__random__bogus": 1}, ["'attack.random.bogus'", "trigger_len"]),
     # unknown names
     "unknown variant": ({"monotonic__variant": "mlp_all"}, ["'monotonic.variant'", "'mlp_all'", *ALL_VARIANTS]),
-    "unknown attack": ({"attacks": ["uat"]}, ["'attacks'", "'uat'", "random"]),
+    "unknown attack": ({"attacks": ["telepathy"]}, ["'attacks'", "'telepathy'", *ATTACKS]),
     "attack twice": ({"attacks": ["random", "random"]}, ["'attacks'", "twice"]),
-    "no attack": ({"attacks": []}, ["'attacks'", "random"]),
+    "no attack": ({"attacks": []}, ["'attacks'", *ATTACKS]),
     "unknown device": ({"device": "tpu"}, ["'device'", "auto", "cpu", "cuda"]),
     "unknown schedule": ({"train__schedule": "step"}, ["'train.schedule'", "cosine", "linear", "constant"]),
     "unknown model source": ({"model__source": "s3"}, ["'model.source'", "build", "hub", "local"]),

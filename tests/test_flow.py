@@ -61,8 +61,8 @@ def test_attack_table_and_findings(micro_run):
     a = data.attacks
     assert set(a["model"]) == {"baseline", "monotonic"}
     assert set(a["attack"]) == set(data.resolved_config["attacks"])
-    r = a[a.attack == "random"]
-    # same examples and triggers for both models: paired
+    r = a[(a.attack == "uat") & (a.kind == "control")]
+    # same examples and random triggers for both models: paired
     for _, g in r.groupby("trial"):
         assert set(g[g.model == "baseline"]["example"]) == set(g[g.model == "monotonic"]["example"])
         assert g["trigger_text"].nunique() == 1
@@ -70,8 +70,39 @@ def test_attack_table_and_findings(micro_run):
     assert f["constraint_holds"] is True
     assert f["recovery_lowers_ppl"] is True
     assert f["perplexity"]["monotonic"] == pytest.approx(data.perplexity.set_index("model").loc["monotonic", "perplexity"])
-    assert "random/attack" in f["robustness"]
+    assert {"uat/attack", "hotflip/attack"} <= set(f["robustness"])
 
 
 def test_run_tagged(micro_run):
     assert {"profile:micro", "variant:mlp_both", "seed:0"} <= set(micro_run.user_tags)
+
+
+def test_uat_beats_its_random_control_on_baseline(micro_run):
+    s = micro_run.data.attack_summary
+    row = s[(s.attack == "uat") & (s.kind == "attack") & (s.model == "baseline")].iloc[0]
+    assert row["dnll_mean"] > row["control_dnll"]
+    assert row["above_control"] == pytest.approx(row["dnll_mean"] - row["control_dnll"], abs=1e-9)
+    assert row["above_control_ci_low"] > 0  # the 95% CI of dNLL above control excludes zero
+
+
+def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
+    data = micro_run.data
+    a, cfg = data.attacks, data.resolved_config
+    for attack in ("uat", "hotflip"):
+        rows = a[a.attack == attack]
+        assert set(rows["kind"]) == {"attack", "control", "transfer"}
+        own = rows[rows.kind == "attack"]
+        assert (own["model"] == own["source_model"]).all()
+        assert (own["forward_passes"] > own["candidate_evals"]).all() and (own["candidate_evals"] > 0).all()
+        transfer = rows[rows.kind == "transfer"]
+        assert set(zip(transfer["source_model"], transfer["model"])) == {("baseline", "monotonic"),
+                                                                        ("monotonic", "baseline")}
+        assert attack in data.findings["robustness_above_control"]
+    uat = a[(a.attack == "uat") & (a.kind != "control")]
+    assert (uat["trigger_ids"].map(len) == cfg["attack"]["uat"]["trigger_len"]).all()
+    assert (uat["trigger_text"].str.len() > 0).all()
+    flips = a[(a.attack == "hotflip") & (a.kind == "attack")]
+    assert flips["n_changed"].between(0, cfg["attack"]["hotflip"]["max_flips"]).all()
+    assert flips["n_changed"].max() > 0
+    s = data.attack_summary
+    assert s[(s.kind != "control") & s.attack.isin(["uat", "hotflip"])]["above_control_ci_low"].notna().all()

@@ -42,6 +42,7 @@ def onehot_grad(model, ids: torch.Tensor, start: int, stop: int, n_cont: int, ba
     `shared` (a universal trigger: the same tokens in every row, one one-hot for all).
     """
     assert 0 <= start < stop <= ids.shape[1] - n_cont, "only context or trigger tokens may be changed"
+    assert not model.training, "attacks run on models in eval mode (no dropout in scores or gradients)"
     if shared:
         assert bool((ids[:, start:stop] == ids[:1, start:stop]).all()), "shared one-hot needs equal tokens"
     embed = model.get_input_embeddings()

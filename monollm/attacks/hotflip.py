@@ -13,11 +13,13 @@ allowed tokens; transfer scores the inputs found on one model on every other mod
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from monollm import progress
 from monollm.attacks.common import AttackResult, allowed_tokens, continuation_nll, retokenized, rows_survive
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
@@ -60,12 +62,14 @@ def flip_round(model, tokenizer, ids: torch.Tensor, loss: torch.Tensor, allowed:
     Returns (new ids (A, T), new loss (A,), candidates scored); a row with no improving,
     surviving candidate comes back unchanged (new loss == loss marks it as finished).
     """
-    _, grad = onehot_grad(model, ids, 0, context_len, n_cont, batch_size)
-    gain = flip_scores(grad, ids[:, :context_len], allowed).flatten(1)  # (A, C * V)
-    k = min(params.candidates, int(allowed.sum()) * context_len)
-    gain, flat = gain.topk(k, dim=1)
+    k, V = min(params.candidates, int(allowed.sum()) * context_len), len(allowed)
+    tops = []
+    for chunk in ids.split(batch_size):  # (b, C, V) gradients live one chunk at a time
+        _, grad = onehot_grad(model, chunk, 0, context_len, n_cont, batch_size)
+        tops.append(flip_scores(grad, chunk[:, :context_len], allowed).flatten(1).topk(k, dim=1))
+    gain, flat = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])  # (A, k)
     rows = torch.arange(len(ids), device=ids.device).repeat_interleave(k)
-    cands = with_flips(ids, rows, flat.flatten() // grad.shape[-1], flat.flatten() % grad.shape[-1])
+    cands = with_flips(ids, rows, flat.flatten() // V, flat.flatten() % V)
     cand_loss = continuation_nll(model, cands, n_cont, batch_size).view(len(ids), k)
     cand_loss[~torch.isfinite(gain.cpu())] = float("-inf")  # a swap that is not allowed
     new_ids, new_loss = _accept(tokenizer, ids, loss, cands.view(len(ids), k, -1), cand_loss)
@@ -97,12 +101,13 @@ def _accept(tokenizer, ids, loss, cands, cand_loss):
 
 
 def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_len: int, n_cont: int,
-           params: HotFlipConfig, batch_size: int) -> Flips:
-    """Up to `params.max_flips` flips per example of ids (N, T) long, all examples batched together."""
-    loss = continuation_nll(model, ids, n_cont, batch_size)
+           params: HotFlipConfig, batch_size: int, log=None) -> Flips:
+    """Up to `params.max_flips` flips per example of ids (N, T) long, all examples batched together.
+    `log`, if given, gets a progress line after every round of flips."""
+    loss, started = continuation_nll(model, ids, n_cont, batch_size), time.time()
     found = Flips(ids.clone(), loss.clone(), [loss.clone()], forward_passes=len(ids))
     active = torch.arange(len(ids))  # CPU indices of examples still being flipped
-    for _ in range(params.max_flips):
+    for flip in range(params.max_flips):
         if not len(active):
             break
         on_device, before = active.to(ids.device), found.loss[active]
@@ -113,6 +118,9 @@ def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_l
         found.ids[on_device], found.loss[active] = new_ids, new_loss
         found.history.append(found.loss.clone())
         active = active[new_loss > before]
+        if log:
+            log(progress.line("flip round", flip + 1, params.max_flips, started)
+                + f"; {len(active)}/{len(ids)} examples still gaining, {found.candidate_evals} candidates")
     return found
 
 
@@ -157,7 +165,8 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
     results, rng = [], np.random.default_rng([seed, 2])
     for source, model in models.items():
-        found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size)
+        found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size,
+                       log=lambda msg, source=source: log(f"[hotflip] {source}: {msg}"))
         changed = (found.ids != test).sum(dim=1).cpu().numpy()
         cost = dict(forward_passes=found.forward_passes, candidate_evals=found.candidate_evals)
         rows = _evaluate(models, tokenizer, found.ids, test, clean, continuation_len, batch_size, changed,

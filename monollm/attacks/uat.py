@@ -3,19 +3,22 @@
 One prefix of L tokens for all inputs, found by gradient-guided coordinate ascent on
 `attack_opt` examples: each step takes the gradient of the mean continuation loss w.r.t.
 the one-hot trigger, keeps the top-k tokens per position by the first-order estimate,
-re-scores all L * k single-token swaps exactly in batches and accepts the best one if it
-raises the loss (and survives decode -> encode before every optimization example).
+re-scores all L * k single-token swaps exactly in batches, then the combinations of the
+best improving swap at each position (also scored exactly), and accepts the best of them
+if it raises the loss and survives decode -> encode before every optimization example.
 Restarts begin from random triggers; the best final trigger on `attack_opt` is evaluated
 once on `test`, together with K random triggers of the same length (the matched control)
 and on every other model (transfer).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from monollm import progress
 from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, retokenized,
                                     rows_survive, sample_trigger, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
@@ -27,10 +30,13 @@ class UATConfig:
     trigger_len: int = 5
     """Tokens in the trigger (L)."""
     steps: int = 10
-    """Coordinate-ascent steps per restart (one gradient + one batched re-score each); a
-    restart also ends early when no candidate raises the loss."""
+    """Scoring rounds per restart: one batched exact re-score each, after a new gradient (or a
+    widening, below); a restart also ends early when no candidate raises the loss."""
     top_k: int = 8
-    """Candidate tokens per trigger position from the first-order estimate (L * k re-scored per step)."""
+    """Candidate tokens per trigger position from the first-order estimate (L * k re-scored per round)."""
+    widen: int = 4
+    """When no swap among the top k raises the loss, the next ranks are scored (k more, then
+    doubling) under the same gradient, up to the top `k * widen`, before the ascent stops."""
     restarts: int = 2
     """Independent searches from random triggers; the best on attack_opt is kept."""
     opt_examples: int = 0
@@ -41,7 +47,7 @@ class UATConfig:
     """Draws per position when sampling a random trigger that survives re-tokenization."""
 
     def check(self):
-        for name in ("trigger_len", "steps", "top_k", "restarts", "controls", "max_tries"):
+        for name in ("trigger_len", "steps", "top_k", "widen", "restarts", "controls", "max_tries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"attack.uat: {name} must be >= 1, got {getattr(self, name)}")
         if self.opt_examples < 0:
@@ -60,17 +66,19 @@ class Search:
     """Sequences through the model, gradient passes included."""
     candidate_evals: int = 0
     """Triggers scored exactly (each over the whole optimization batch)."""
+    start: list[int] = field(default_factory=list)
+    """The random trigger the ascent began from."""
 
 
-def propose(model, trigger: torch.Tensor, opt_ids: torch.Tensor, allowed: torch.Tensor, top_k: int,
-            n_cont: int, batch_size: int) -> torch.Tensor:
-    """Single-token swaps of `trigger` (L,) long, best first-order estimate first: (M, L) long, M <= L * k.
+def propose(grad: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Single-token swaps of `trigger` (L,) long: at every position the tokens ranked lo..hi-1 by the
+    first-order gain, best gain first overall. grad: (L, V) one-hot gradient; allowed: (V,) bool.
 
-    opt_ids: (B, T) long optimization examples; allowed: (V,) bool.
+    Returns (M, L) long, M <= L * (hi - lo).
     """
     L = len(trigger)
-    _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, L, n_cont, batch_size, shared=True)
-    gain, tokens = flip_scores(grad, trigger, allowed).topk(min(top_k, int(allowed.sum())), dim=-1)
+    gain, tokens = flip_scores(grad, trigger, allowed).topk(min(hi, int(allowed.sum())), dim=-1)
+    gain, tokens = gain[:, lo:], tokens[:, lo:]
     pos = torch.arange(L, device=trigger.device).unsqueeze(1).expand_as(tokens)
     gain, pos, tokens = gain.flatten(), pos.flatten(), tokens.flatten()
     order = gain.argsort(descending=True)
@@ -84,28 +92,64 @@ def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init:
            n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0) -> Search:
     """Coordinate ascent from trigger `init` on the optimization examples opt_ids (B, T) long.
 
-    Stops after `params.steps` steps, when no candidate raises the loss, when the objective
-    reaches `target`, or (max_evals > 0) when `max_evals` candidates have been scored.
+    Each step scores the next ranks of the first-order ranking: the top `top_k` per position
+    after a new gradient; when none of them raises the loss, the following ranks (doubling,
+    up to `top_k * widen`) under the same gradient before the ascent gives up. Stops after
+    `params.steps` steps, at that point, when the objective reaches `target`, or (max_evals > 0)
+    once `max_evals` candidates have been scored.
     """
-    examples, B = opt_ids.cpu().numpy(), len(opt_ids)
+    examples, B, L = opt_ids.cpu().numpy(), len(opt_ids), len(init)
     trigger = torch.tensor(init, device=opt_ids.device)
     objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
-    s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1)
+    s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init))
+    depth = 0  # ranks per position already scored under the current gradient
     for _ in range(params.steps):
         left = max_evals - s.candidate_evals if max_evals else None
-        if s.objective >= target or left == 0:
+        if s.objective >= target or left == 0 or depth >= min(params.top_k * params.widen, int(allowed.sum())):
             break
-        cands = propose(model, trigger, opt_ids, allowed, params.top_k, n_cont, batch_size)[:left]
+        if depth == 0:
+            _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, L, n_cont, batch_size, shared=True)
+            s.forward_passes += B
+        cands = propose(grad, trigger, allowed, depth, depth + (depth or params.top_k))[:left]
+        depth += depth or params.top_k
         loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
-        s.forward_passes += B * (1 + len(cands))
+        s.forward_passes += B * len(cands)
         s.candidate_evals += len(cands)
+        combos = combine(trigger, cands, loss, s.objective)[:max(0, left - len(cands)) if left else None]
+        if len(combos):
+            cands = torch.cat([cands, combos])
+            loss = torch.cat([loss, score_triggers(model, combos, opt_ids, n_cont, batch_size).mean(dim=1)])
+            s.forward_passes += B * len(combos)
+            s.candidate_evals += len(combos)
         accepted = _best_surviving(tokenizer, cands, loss, s.objective, examples)
-        if accepted is None:
-            break
-        trigger, s.objective = cands[accepted], float(loss[accepted])
-        s.trigger = trigger.tolist()
-        s.history.append(s.objective)
+        if accepted is not None:
+            trigger, s.objective, depth = cands[accepted], float(loss[accepted]), 0
+            s.trigger = trigger.tolist()
+            s.history.append(s.objective)
     return s
+
+
+def combine(trigger: torch.Tensor, cands: torch.Tensor, loss: torch.Tensor, current: float) -> torch.Tensor:
+    """Triggers that apply several improving single swaps at once: (P - 1, L) long.
+
+    trigger: (L,); cands: (M, L) single-token swaps of it with exact losses (M,). The best
+    improving swap of each of the P positions that have one is taken, positions ordered by
+    that loss; row j applies the first j + 2 of them. Swaps at different positions mostly
+    add up, so one gradient step can move several positions (each combination is scored
+    exactly before it can be accepted).
+    """
+    pos = (cands != trigger).float().argmax(dim=1)
+    best: dict[int, int] = {}
+    for i in loss.argsort(descending=True).tolist():
+        if float(loss[i]) <= current:
+            break
+        best.setdefault(int(pos[i]), i)
+    rows, out = trigger.clone(), []
+    for p, i in best.items():
+        rows = rows.clone()
+        rows[p] = cands[i, p]
+        out.append(rows)
+    return torch.stack(out[1:]) if len(out) > 1 else trigger.new_zeros((0, len(trigger)))
 
 
 def _best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: float, examples: np.ndarray):
@@ -120,19 +164,23 @@ def _best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current:
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig,
            rng: np.random.Generator, n_cont: int, batch_size: int, target: float = float("inf"),
-           max_evals: int = 0) -> list[Search]:
+           max_evals: int = 0, log=None) -> list[Search]:
     """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
 
-    Returns one Search per restart run; their compute adds up to the search's.
+    Returns one Search per restart run; their compute adds up to the search's. `log`, if given,
+    gets a progress line after every restart.
     """
-    examples, found = opt_ids.cpu().numpy(), []
-    for _ in range(params.restarts):
+    examples, found, started = opt_ids.cpu().numpy(), [], time.time()
+    for restart in range(params.restarts):
         spent = sum(s.candidate_evals for s in found)
         if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
             break
         init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
         found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
                             target=target, max_evals=max_evals - spent if max_evals else 0))
+        if log:
+            log(progress.line("restart", restart + 1, params.restarts, started) + f"; best attack_opt NLL "
+                f"{max(s.objective for s in found):.3f}, {sum(s.candidate_evals for s in found)} candidates")
     return found
 
 
@@ -174,7 +222,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     results = []
     for source, model in models.items():
         found = search(model, tokenizer, opt, allowed, params, np.random.default_rng([seed, 0]),
-                       continuation_len, batch_size)
+                       continuation_len, batch_size, log=lambda msg, source=source: log(f"[uat] {source}: {msg}"))
         trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len, batch_size,
                                 rescore=len(opt) < len(opt_all))
         cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,

@@ -1,0 +1,169 @@
+"""Scoring and gradient machinery shared by the attacks, on tiny random models (CPU)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from attack_models import CONT, examples, model, tokenizer
+from monollm.attacks import ATTACKS
+from monollm.attacks.common import (allowed_tokens, continuation_nll, prepend, retokenized, rows_survive,
+                                    trigger_survives)
+from monollm.attacks.gradients import flip_scores, input_grad_only, onehot_grad, score_triggers, with_flips
+
+
+@torch.no_grad()
+def reference_nll(m, row: torch.Tensor, n_cont: int) -> float:
+    """One sequence, one forward pass, every logit: mean NLL of the last n_cont tokens."""
+    logp = torch.log_softmax(m(input_ids=row[None]).logits[0].double(), dim=-1)
+    T = len(row)
+    return float(-logp[T - n_cont - 1:T - 1].gather(1, row[-n_cont:, None]).mean())
+
+
+def test_trigger_scorer_equals_one_at_a_time():
+    m, ex = model(), torch.as_tensor(examples())
+    triggers = torch.randint(0, 300, (5, 3), generator=torch.Generator().manual_seed(0))
+    batched = score_triggers(m, triggers, ex, CONT, batch_size=7)  # chunks straddle candidates
+    assert batched.shape == (5, len(ex))
+    for i, trig in enumerate(triggers):
+        for b, row in enumerate(ex):
+            assert batched[i, b].item() == pytest.approx(reference_nll(m, torch.cat([trig, row]), CONT), abs=1e-5)
+
+
+def test_flip_scorer_equals_one_at_a_time():
+    m, ex = model(), torch.as_tensor(examples())
+    rows, pos, tokens = torch.tensor([0, 0, 3, 7]), torch.tensor([0, 5, 11, 2]), torch.tensor([10, 20, 30, 40])
+    cands = with_flips(ex, rows, pos, tokens)
+    assert torch.equal(cands[:, -CONT:], ex[rows, -CONT:])
+    assert [int((c != ex[r]).sum()) for c, r in zip(cands, rows)] == [1, 1, 1, 1]
+    batched = continuation_nll(m, cands, CONT, batch_size=3)
+    for c, value in zip(cands, batched):
+        assert value.item() == pytest.approx(reference_nll(m, c, CONT), abs=1e-5)
+
+
+def test_onehot_gradient_is_the_embedding_gradient_and_touches_no_parameter():
+    m, ex = model(), torch.as_tensor(examples())
+    before = [p.requires_grad for p in m.parameters()]
+    loss, grad = onehot_grad(m, ex, 0, 12, CONT, batch_size=3)
+    assert grad.shape == (len(ex), 12, m.get_input_embeddings().weight.shape[0])
+    assert torch.allclose(loss, continuation_nll(m, ex, CONT, 64), atol=1e-5)
+    assert [p.requires_grad for p in m.parameters()] == before
+    assert all(p.grad is None for p in m.parameters())
+    # independent route: d loss / d embeddings, then the chain rule through onehot @ E
+    emb = m.get_input_embeddings()(ex).detach().requires_grad_(True)
+    logits = m(inputs_embeds=emb).logits[:, -CONT - 1:-1]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ex[:, -CONT:], reduction="none").mean(1)
+    (g_emb,) = torch.autograd.grad(nll.sum(), emb)
+    assert torch.allclose(grad, g_emb[:, :12] @ m.get_input_embeddings().weight.detach().T, atol=1e-5)
+
+
+def test_shared_onehot_gradient_sums_the_rows():
+    m, ex = model(), torch.as_tensor(examples())
+    ids = prepend(torch.tensor([5, 6, 7]), ex)
+    _, per_row = onehot_grad(m, ids, 0, 3, CONT, batch_size=5)
+    _, shared = onehot_grad(m, ids, 0, 3, CONT, batch_size=5, shared=True)
+    assert shared.shape == per_row.shape[1:]
+    assert torch.allclose(shared, per_row.sum(0), atol=1e-5)
+
+
+def test_gradient_refuses_to_touch_the_continuation():
+    m, ex = model(), torch.as_tensor(examples())
+    with pytest.raises(AssertionError):
+        onehot_grad(m, ex, 0, ex.shape[1] - CONT + 1, CONT, batch_size=4)
+
+
+def test_input_grad_only_restores_flags_on_error():
+    m = model()
+    m.gpt_neox.layers[0].mlp.dense_h_to_4h.weight.requires_grad_(False)
+    before = [p.requires_grad for p in m.parameters()]
+    with pytest.raises(RuntimeError), input_grad_only(m):
+        assert not any(p.requires_grad for p in m.parameters())
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in m.parameters()] == before
+
+
+def test_allowed_tokens_exclude_special_padding_and_unstable_tokens():
+    tok, rows = tokenizer(), model().get_input_embeddings().weight.shape[0]
+    allowed = allowed_tokens(tok, rows)
+    assert rows > len(tok) and allowed.shape == (rows,)
+    assert not allowed[len(tok):].any()  # embedding padding rows beyond the tokenizer
+    assert not any(allowed[i] for i in tok.all_special_ids)
+    ids = allowed.nonzero().flatten().tolist()
+    assert len(ids) > 50
+    assert all(tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i] for i in ids)
+
+
+def test_flip_scores_mask_disallowed_and_current_tokens():
+    grad = torch.randn(2, 4, 10)
+    current = torch.tensor([[1, 2, 3, 4], [0, 0, 9, 9]])
+    allowed = torch.ones(10, dtype=torch.bool)
+    allowed[7] = False
+    s = flip_scores(grad, current, allowed)
+    assert torch.isneginf(s[..., 7]).all()
+    assert torch.isneginf(s.gather(-1, current[..., None])).all()
+    keep = torch.isfinite(s)
+    assert torch.allclose(s[keep], (grad - grad.gather(-1, current[..., None]))[keep])
+
+
+def test_retokenization_checks():
+    tok, ex = tokenizer(), examples()
+    assert rows_survive(tok, ex).all()
+    assert torch.equal(retokenized(tok, torch.as_tensor(ex)), torch.as_tensor(ex))
+    # two tokens that decode -> encode as one are a different input: rejected
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    split = enc(" ") + enc("the")  # " " and "the" as two tokens: their text encodes as " the"
+    assert enc(" the") != split
+    bad = np.concatenate([np.tile(split, (len(ex), 1)), ex], axis=1)
+    assert not rows_survive(tok, bad).any()
+    assert not trigger_survives(tok, split, ex)
+    with pytest.raises(ValueError, match="decode -> encode"):
+        retokenized(tok, torch.as_tensor(bad))
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_registry_builds_every_attack_from_its_defaults(name):
+    cls, run = ATTACKS[name]
+    cfg = cls()
+    cfg.check()
+    assert callable(run)
+    for f in dataclasses.fields(cls):
+        if f.type in ("int", int) and getattr(cfg, f.name) > 0:
+            with pytest.raises(ValueError, match=f.name):
+                dataclasses.replace(cfg, **{f.name: -1}).check()
+
+
+def _rows(attack, kind, model, dnll, source=None, trial=0):
+    return [{"attack": attack, "kind": kind, "model": model, "source_model": source or model, "trial": trial,
+             "example": i, "clean_nll": 1.0, "attacked_nll": 1.0 + d, "dnll": d} for i, d in enumerate(dnll)]
+
+
+def test_summary_reports_damage_above_the_paired_control():
+    import pandas as pd
+
+    from monollm import report
+
+    rng = np.random.default_rng(0)
+    ctrl_a, ctrl_b = rng.normal(0.1, 0.05, 40), rng.normal(0.3, 0.05, 40)
+    df = pd.DataFrame(_rows("uat", "attack", "baseline", ctrl_a + 1.0) + _rows("uat", "attack", "monotonic", ctrl_b + 0.2)
+                      + _rows("uat", "control", "baseline", ctrl_a - 0.01, trial=0)
+                      + _rows("uat", "control", "baseline", ctrl_a + 0.01, trial=1)
+                      + _rows("uat", "control", "monotonic", ctrl_b)
+                      + _rows("uat", "transfer", "monotonic", ctrl_b + 0.5, source="baseline")
+                      + _rows("random", "attack", "baseline", ctrl_a))
+    s = report.attack_summary(df, (0.5,), 500, 0).set_index(["attack", "kind", "model", "source_model"])
+    row = s.loc[("uat", "attack", "baseline", "baseline")]
+    assert row["control_dnll"] == pytest.approx(ctrl_a.mean())
+    assert row["above_control"] == pytest.approx(1.0)  # paired by example: the noise cancels
+    assert row["above_control_ci_low"] == pytest.approx(1.0) and row["above_control_ci_high"] == pytest.approx(1.0)
+    assert s.loc[("uat", "transfer", "monotonic", "baseline"), "above_control"] == pytest.approx(0.5)
+    assert np.isnan(s.loc[("uat", "control", "baseline", "baseline"), "above_control"])
+    assert np.isnan(s.loc[("random", "attack", "baseline", "baseline"), "above_control"])
+    comp = report.robustness_above_control(df, "uat", 500, 0)
+    assert comp["diff"] == pytest.approx(0.8) and comp["ci_low"] > 0 and comp["verdict"] == "monotonic more robust"
+    assert report.robustness_above_control(df, "random", 500, 0) == {}
+
+
+def test_gradients_refuse_a_model_in_training_mode():
+    m, ex = model().train(), torch.as_tensor(examples())
+    with pytest.raises(AssertionError, match="eval mode"):
+        onehot_grad(m, ex, 0, 4, CONT, batch_size=4)

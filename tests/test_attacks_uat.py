@@ -1,0 +1,104 @@
+"""`uat` on tiny random models: invariants of the search, the rows it returns, a planted weakness."""
+import numpy as np
+import pytest
+import torch
+
+from attack_models import CONT, examples, model, plant, tokenizer, unused_symbol
+from monollm.attacks import uat
+from monollm.attacks.common import allowed_tokens, continuation_nll, prepend, retokenized
+from monollm.attacks.gradients import score_triggers
+
+SMALL = uat.UATConfig(trigger_len=3, top_k=4, widen=2, steps=4, restarts=2, controls=3)
+
+
+def split():
+    return {"test": examples(8, 0), "attack_opt": examples(8, 1)}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    models = {"baseline": model(0), "monotonic": model(1)}
+    return models, uat.run(models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None)
+
+
+def test_ascent_never_lowers_the_objective():
+    m, tok = model(0), tokenizer()
+    opt = torch.as_tensor(examples(8, 1))
+    allowed = allowed_tokens(tok, 320)
+    found = uat.search(m, tok, opt, allowed, SMALL, np.random.default_rng(3), CONT, 16)
+    assert len(found) == SMALL.restarts
+    for s in found:
+        assert np.all(np.diff(s.history) > 0)  # only strict improvements are accepted
+        assert len(s.history) >= 2  # a random start is improvable on a random model
+        start, end = (score_triggers(m, torch.tensor(t)[None], opt, CONT, 16).mean().item() for t in (s.start, s.trigger))
+        assert start == pytest.approx(s.history[0], abs=1e-5) and end == pytest.approx(s.objective, abs=1e-5)
+        assert end > start
+        assert all(allowed[t] for t in s.start + s.trigger)
+        assert s.candidate_evals > 1 and s.forward_passes > s.candidate_evals
+
+
+def test_budget_and_target_stop_the_search():
+    m, tok = model(0), tokenizer()
+    opt, allowed = torch.as_tensor(examples(8, 1)), allowed_tokens(tok, 320)
+    big = uat.UATConfig(trigger_len=3, top_k=4, steps=100, restarts=100)
+    capped = uat.search(m, tok, opt, allowed, big, np.random.default_rng(0), CONT, 16, max_evals=30)
+    assert sum(s.candidate_evals for s in capped) == 30
+    first = capped[0].history
+    target = first[0] + 1e-4 if len(first) > 1 else first[0]
+    hit = uat.search(m, tok, opt, allowed, big, np.random.default_rng(0), CONT, 16, target=target)
+    assert max(s.objective for s in hit) >= target and len(hit) == 1 and len(hit[0].history) <= len(first)
+
+
+def test_rows_kinds_and_compute(rows):
+    models, results = rows
+    kinds = [(r.kind, r.model, r.source_model) for r in results]
+    assert kinds[:4] == [("attack", "baseline", "baseline"), ("transfer", "monotonic", "baseline"),
+                         ("transfer", "baseline", "monotonic"), ("attack", "monotonic", "monotonic")]
+    controls = [r for r in results if r.kind == "control"]
+    assert len(controls) == SMALL.controls * len(models)
+    for trial in range(SMALL.controls):
+        same = [r for r in controls if r.trial == trial]
+        assert {r.model for r in same} == set(models) and len({tuple(r.trigger_ids) for r in same}) == 1
+        assert all(len(r.trigger_ids) == SMALL.trigger_len and r.forward_passes == 0 for r in same)
+    for r in results[:4]:
+        assert r.forward_passes > r.candidate_evals > 0
+        assert np.array_equal(r.example_ids, np.arange(8))
+    assert results[0].trigger_ids == results[1].trigger_ids  # transfer reuses the source's trigger
+    for p in (p for m in models.values() for p in m.parameters()):
+        assert p.requires_grad and p.grad is None  # gradients only w.r.t. the one-hot input
+
+
+def test_triggers_allowed_retokenize_and_leave_scored_tokens_alone(rows):
+    models, results = rows
+    tok, test = tokenizer(), torch.as_tensor(split()["test"])
+    allowed = allowed_tokens(tok, 320)
+    for r in results:
+        assert all(allowed[t] for t in r.trigger_ids)
+        assert tok(r.trigger_text, add_special_tokens=False)["input_ids"] == r.trigger_ids
+        attacked = retokenized(tok, prepend(torch.tensor(r.trigger_ids), test))
+        assert torch.equal(attacked[:, -CONT:], test[:, -CONT:])  # the scored positions are the clean ones
+        nll = continuation_nll(models[r.model], attacked, CONT, 16).numpy()
+        assert np.allclose(nll, r.attacked_nll, atol=1e-5)
+        assert np.allclose(r.clean_nll, continuation_nll(models[r.model], test, CONT, 16).numpy(), atol=1e-5)
+
+
+def test_planted_weakness_is_found():
+    token = unused_symbol()
+    weak = plant(model(0), token, sink=unused_symbol(skip=(token,)))
+    params = uat.UATConfig(trigger_len=3, top_k=4, steps=4, restarts=1, controls=2)
+    results = uat.run({"weak": weak, "plain": model(1)}, tokenizer(), split(), CONT, 16, params, seed=0,
+                      log=lambda _: None)
+    found = results[0]
+    assert (found.kind, found.model) == ("attack", "weak")
+    assert token in found.trigger_ids
+    assert np.all(found.attacked_nll - found.clean_nll > 10)
+    plain = next(r for r in results if r.kind == "attack" and r.model == "plain")
+    assert token not in plain.trigger_ids or np.mean(plain.attacked_nll - plain.clean_nll) < 1
+
+
+def test_config_check():
+    uat.UATConfig().check()
+    with pytest.raises(ValueError, match="top_k"):
+        uat.UATConfig(top_k=0).check()
+    with pytest.raises(ValueError, match="opt_examples"):
+        uat.UATConfig(opt_examples=-1).check()
