@@ -126,15 +126,19 @@ class MonoFlow(FlowSpec):
         self.next(self.attack, foreach="attack_names")
 
     @resources(**MODEL_STEP)
+    @retry(times=config_expr("config.resources.retries"))
+    @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["baseline_model", "monotonic_model"])
     @step
     def attack(self):
-        """One attack type against `baseline` and `monotonic` on the same examples."""
-        from monollm import config, pipeline
+        """One attack type against `baseline` and `monotonic` on the same examples; a long
+        attack continues from its last checkpoint after a failure."""
+        from monollm import checkpoints, config, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in ("baseline", "monotonic")}
-        self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples)
+        ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
+        self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)

@@ -68,6 +68,7 @@ class StepCheckpointer:
     """Saves and finds the training checkpoints of one Metaflow step (needs @checkpoint)."""
 
     def __init__(self, current, name: str, log=print):
+        """`name` must be unique within the step (e.g. per attack in a foreach)."""
         self.current, self.name, self.log = current, name, log
 
     def save(self, state: dict, step: int):
@@ -87,9 +88,7 @@ class StepCheckpointer:
                 return state
         origin = getattr(self.current, "origin_run_id", None)
         if origin:
-            task = self._origin_task(origin)
-            if task is not None:
-                return self._first_readable(self._listed(task))
+            return self._first_readable(self._origin_refs(origin))
         return None
 
     def _listed(self, task) -> list:
@@ -103,19 +102,24 @@ class StepCheckpointer:
                 continue
         return sorted(found, key=lambda c: (c.get("metadata", {}) or {}).get("step", 0), reverse=True)
 
-    def _origin_task(self, origin_run_id: str):
+    def _origin_refs(self, origin_run_id: str) -> list:
+        """Checkpoints named like this one in the origin run's tasks of this step, newest first.
+
+        Checkpoint names are unique within a step (one per arm or attack), which also picks the
+        right branch of a foreach: a task killed mid-way has no artifacts to tell its index by.
+        """
         from metaflow import Step
 
         try:
-            tasks = list(Step(f"{self.current.flow_name}/{origin_run_id}/{self.current.step_name}"))
-        except Exception:
-            return None
-        # a foreach step has several tasks: match this task's split index
-        index = getattr(self.current, "split_index", None)
-        for t in tasks:
-            if index is None or _split_index(t) == index:
-                return t
-        return None
+            tasks = list(Step(f"{self.current.flow_name}/{origin_run_id}/{self.current.step_name}",
+                              _namespace_check=False))
+        except Exception:  # the origin run never reached this step
+            return []
+        for task in tasks:
+            refs = self._listed(task)
+            if refs:
+                return refs
+        return []
 
     def _first_readable(self, refs, loaded_dir: str | None = None) -> dict | None:
         """Load the newest checkpoint that reads cleanly, falling back to older ones."""
@@ -141,11 +145,4 @@ class StepCheckpointer:
             return state
         if errors:
             raise CorruptCheckpoint("no readable checkpoint: " + "; ".join(errors))
-        return None
-
-
-def _split_index(task) -> int | None:
-    try:
-        return int(task.metadata_dict.get("split-index", -1))
-    except Exception:
         return None

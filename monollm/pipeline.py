@@ -158,14 +158,17 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
     return out
 
 
-def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict):
-    """Run attack `name` against every model in `model_dirs`; returns its tidy DataFrame."""
+def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict, checkpoint=None):
+    """Run attack `name` against every model in `model_dirs`; returns its tidy DataFrame.
+
+    `checkpoint`: see monollm.attacks.run_attack."""
     device = setup_torch(cfg)
     loaded = {m: models.load(path, device, cfg.model.attn_implementation) for m, path in model_dirs.items()}
     tokenizer = next(iter(loaded.values()))[1]
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
-                                 a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log)
+                                 a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
+                                 checkpoint=checkpoint)
     return report.attack_table(results)
 
 

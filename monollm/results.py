@@ -87,7 +87,9 @@ def summary_text(data) -> str:
                  "Constraint verification (negative entries must be 0):",
                  data.constraint.to_string(index=False), ""]
         cols = ["attack", "kind", "model", "source_model", "examples", "clean_nll", "attacked_nll",
-                "dnll_mean", "dnll_ci_low", "dnll_ci_high", "rel_ppl_increase"]
+                "dnll_mean", "dnll_ci_low", "dnll_ci_high", "rel_ppl_increase", "control_dnll",
+                "above_control", "above_control_ci_low", "above_control_ci_high"]
+        cols = [c for c in cols if c in data.attack_summary.columns]
         parts += ["Attacks (dNLL in nats per continuation token):",
                   data.attack_summary[cols].to_string(index=False), ""]
     f = data.findings
@@ -98,5 +100,9 @@ def summary_text(data) -> str:
     for key, comp in f["robustness"].items():
         parts.append(f"{key}: dNLL baseline {comp['dnll_baseline']:+.3f} vs monotonic {comp['dnll_monotonic']:+.3f}, "
                      f"difference {comp['diff']:+.3f} [{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]: {comp['verdict']}")
+    for attack, comp in f.get("robustness_above_control", {}).items():
+        parts.append(f"{attack} above its random control: baseline {comp['dnll_baseline']:+.3f} vs monotonic "
+                     f"{comp['dnll_monotonic']:+.3f}, difference {comp['diff']:+.3f} "
+                     f"[{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]: {comp['verdict']}")
     parts.append(f["activation_note"])
     return "\n".join(parts)

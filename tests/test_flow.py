@@ -27,6 +27,7 @@ def test_training_history_same_stream(micro_run):
     b, m = (t[t.arm == arm].sort_values("step") for arm in ("baseline", "monotonic"))
     assert len(b) == len(m) > 0
     assert list(b["batch_hash"]) == list(m["batch_hash"])  # same blocks, same order
+    assert (t["resumed_from"] == -1).all()  # a brand-new run starts from scratch, never from old checkpoints
     assert np.isfinite(b["val_loss"].iloc[-1]) and np.isfinite(m["val_loss"].iloc[-1])
     for col in ("loss", "lr", "grad_norm", "tokens_per_s"):
         assert t[col].notna().all()

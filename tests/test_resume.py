@@ -22,14 +22,16 @@ def resume_profile(tmp_path_factory) -> str:
     text = open(MICRO).read()
     text = text.replace("tokens = 40_000", "tokens = 160_000")
     text = text.replace("log_every = 20", f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}")
-    assert f"checkpoint_every = {CHECKPOINT_EVERY}" in text
+    text = text.replace("restarts = 2", "restarts = 8")  # a uat branch long enough to be killed mid-way
+    assert f"checkpoint_every = {CHECKPOINT_EVERY}" in text and "restarts = 8" in text
     path = tmp_path_factory.mktemp("profiles") / "resume.toml"
     path.write_text(text)
     return str(path)
 
 
-def _task_pids(run_id: str, step: str) -> list[int]:
-    """Processes executing `step` of run `run_id` (the local runtime's task workers)."""
+def _task_pids(run_id: str, step: str, split_index: int | None = None) -> list[int]:
+    """Processes executing `step` of run `run_id` (the local runtime's task workers),
+    only the foreach branch `split_index` if given."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -40,7 +42,9 @@ def _task_pids(run_id: str, step: str) -> list[int]:
             continue
         args = [c.decode(errors="replace") for c in cmd]
         if "step" in args and step in args and any(a == run_id for a in args):
-            pids.append(int(entry))
+            if split_index is None or f"--split-index={split_index}" in args or (
+                    "--split-index" in args and args[args.index("--split-index") + 1] == str(split_index)):
+                pids.append(int(entry))
     return pids
 
 
@@ -50,8 +54,8 @@ def _checkpoints_written(root: str, run_id: str, step: str) -> int:
     return len(glob.glob(pattern))
 
 
-def _run_and_kill(profile: str, root: str, step: str) -> str:
-    """Start the flow, SIGKILL `step`'s task once it has saved two checkpoints; the run id."""
+def _run_and_kill(profile: str, root: str, step: str, checkpoints: int = 2, split_index: int | None = None) -> str:
+    """Start the flow, SIGKILL `step`'s task once it has saved `checkpoints` checkpoints; the run id."""
     from metaflow import Runner
 
     async def go():
@@ -60,9 +64,9 @@ def _run_and_kill(profile: str, root: str, step: str) -> str:
         run_id = running.run.id
         deadline, killed = time.time() + 300, False
         while time.time() < deadline and not killed:
-            await asyncio.sleep(0.2)
-            if _checkpoints_written(root, run_id, step) >= 2:
-                for pid in _task_pids(run_id, step):
+            await asyncio.sleep(0.05)
+            if _checkpoints_written(root, run_id, step) >= checkpoints:
+                for pid in _task_pids(run_id, step, split_index):
                     os.kill(pid, signal.SIGKILL)
                     killed = True
         await running.wait()
@@ -70,15 +74,20 @@ def _run_and_kill(profile: str, root: str, step: str) -> str:
         return run_id, killed, running.status
 
     run_id, killed, status = asyncio.run(go())
-    assert killed, f"{step} never wrote two checkpoints or was not found"
+    assert killed, f"{step} never wrote {checkpoints} checkpoints or was not found"
     assert status == "failed"
     return run_id
 
 
-def test_killed_training_resumes_from_checkpoint(resume_profile, datastore_root):
+@pytest.fixture(scope="module")
+def whole(resume_profile):
+    """The same profile, never interrupted."""
+    return run_flow(resume_profile)
+
+
+def test_killed_training_resumes_from_checkpoint(resume_profile, datastore_root, whole):
     from metaflow import Runner
 
-    whole = run_flow(resume_profile)
     origin = _run_and_kill(resume_profile, datastore_root, "train_monotonic")
     with Runner(FLOW, cwd=datastore_root, env=flow_env()).resume(origin_run_id=origin) as resumed:
         assert resumed.status == "successful", resumed.stderr
@@ -103,6 +112,23 @@ def test_killed_training_resumes_from_checkpoint(resume_profile, datastore_root)
     pd.testing.assert_frame_equal(run.data.attacks, whole.data.attacks)
 
 
+def test_killed_attack_branch_continues_with_finished_restarts(resume_profile, datastore_root, whole):
+    from metaflow import Runner
+
+    uat_index = whole.data.resolved_config["attacks"].index("uat")
+    origin = _run_and_kill(resume_profile, datastore_root, "attack", checkpoints=3, split_index=uat_index)
+    with Runner(FLOW, cwd=datastore_root, env=flow_env()).resume(origin_run_id=origin) as resumed:
+        assert resumed.status == "successful", resumed.stderr
+        run = resumed.run
+    for step in ("setup", "train_baseline", "train_monotonic", "evaluate"):
+        assert run[step].task.origin_pathspec is not None, step
+    uat_task = next(t for t in run["attack"] if t.index == uat_index)
+    assert uat_task.origin_pathspec is None
+    assert "continuing after" in uat_task.stdout  # it did not start its search over
+    pd.testing.assert_frame_equal(run.data.attacks, whole.data.attacks)
+    pd.testing.assert_frame_equal(run.data.perplexity, whole.data.perplexity)
+
+
 def test_resume_unknown_run_is_a_clear_error(datastore_root):
     done = subprocess.run([sys.executable, FLOW, "resume", "--origin-run-id", "999999999"], cwd=datastore_root,
                           env=flow_env(), capture_output=True, text=True, timeout=120)
@@ -111,9 +137,9 @@ def test_resume_unknown_run_is_a_clear_error(datastore_root):
     assert "Traceback" not in done.stderr
 
 
-def test_resume_refuses_a_new_config(datastore_root):
+def test_resume_refuses_a_new_config(datastore_root, micro_run):
     """A resume reuses the origin run's configuration; Metaflow refuses a new one outright."""
-    done = subprocess.run([sys.executable, FLOW, "--config", "config", MICRO, "resume", "--origin-run-id", "1"],
+    done = subprocess.run([sys.executable, FLOW, "--config", "config", MICRO, "resume", "--origin-run-id", micro_run.id],
                           cwd=datastore_root, env=flow_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "Cannot specify --config or --config-value with 'resume'" in done.stderr

@@ -32,10 +32,14 @@ def attack_config(name: str, raw: dict, where: str):
 
 
 def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: int, batch_size: int,
-               params, seed: int, log=print) -> list[AttackResult]:
-    """Run a registered attack (models already in eval mode)."""
+               params, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
+    """Run a registered attack (models already in eval mode).
+
+    `checkpoint` (a monollm.checkpoints.StepCheckpointer or None) lets a long attack save its
+    progress and continue after a failure; attacks short enough not to need it ignore it.
+    """
     _, fn = ATTACKS[name]
-    return fn(models, tokenizer, examples, continuation_len, batch_size, params, seed, log=log)
+    return fn(models, tokenizer, examples, continuation_len, batch_size, params, seed, log=log, checkpoint=checkpoint)
 
 
 __all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]

@@ -150,7 +150,7 @@ def random_flips(rng: np.random.Generator, ids: torch.Tensor, counts: np.ndarray
 
 
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: HotFlipConfig, seed: int, log=print) -> list[AttackResult]:
+        params: HotFlipConfig, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
     """Flips searched on each model, scored on every model (its own: "attack"; others: "transfer"),
     and `params.controls` random-flip draws at the same per-example count ("control", on every model).
 

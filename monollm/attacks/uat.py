@@ -164,20 +164,24 @@ def _best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current:
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig,
            rng: np.random.Generator, n_cont: int, batch_size: int, target: float = float("inf"),
-           max_evals: int = 0, log=None) -> list[Search]:
+           max_evals: int = 0, log=None, done: list[Search] | None = None, on_restart=None) -> list[Search]:
     """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
 
     Returns one Search per restart run; their compute adds up to the search's. `log`, if given,
-    gets a progress line after every restart.
+    gets a progress line after every restart. `done` holds restarts finished before an
+    interruption (with `rng` restored to its state after them); `on_restart(found)` is called
+    after every restart so that a long search can be checkpointed.
     """
-    examples, found, started = opt_ids.cpu().numpy(), [], time.time()
-    for restart in range(params.restarts):
+    examples, found, started = opt_ids.cpu().numpy(), list(done or []), time.time()
+    for restart in range(len(found), params.restarts):
         spent = sum(s.candidate_evals for s in found)
         if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
             break
         init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
         found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
                             target=target, max_evals=max_evals - spent if max_evals else 0))
+        if on_restart:
+            on_restart(found)
         if log:
             log(progress.line("restart", restart + 1, params.restarts, started) + f"; best attack_opt NLL "
                 f"{max(s.objective for s in found):.3f}, {sum(s.candidate_evals for s in found)} candidates")
@@ -204,9 +208,13 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
 
 
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: UATConfig, seed: int, log=print) -> list[AttackResult]:
+        params: UATConfig, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
     """A trigger searched on each model, scored on every model (its own: kind "attack"; the
     others: "transfer"), plus `params.controls` random triggers on every model ("control").
+
+    `checkpoint` (optional; `save(state, step)` and `restore()`, see monollm.checkpoints)
+    keeps every finished restart, so an interrupted branch continues with the restarts it
+    finished and ends with the same trigger as an uninterrupted one.
 
     examples: split -> (N, C + K) int64 windows ("attack_opt" to search, "test" to report);
     models: name -> model in eval mode. Every model's search starts from the same random
@@ -220,9 +228,16 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     opt = opt_all[:params.opt_examples or None]
     clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
     results = []
+    saved = (checkpoint.restore() or {}).get("uat", {}) if checkpoint else {}
     for source, model in models.items():
-        found = search(model, tokenizer, opt, allowed, params, np.random.default_rng([seed, 0]),
-                       continuation_len, batch_size, log=lambda msg, source=source: log(f"[uat] {source}: {msg}"))
+        rng = np.random.default_rng([seed, 0])
+        if source in saved:
+            rng.bit_generator.state = saved[source]["rng"]
+            log(f"[uat] {source}: continuing after {len(saved[source]['found'])} finished restarts")
+        found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
+                       log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
+                       done=saved.get(source, {}).get("found"),
+                       on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None)
         trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len, batch_size,
                                 rescore=len(opt) < len(opt_all))
         cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,
@@ -238,6 +253,15 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
         results += rows
         log(f"[uat] control {trial + 1}/{params.controls} {tokenizer.decode(trigger)!r}: " + _summary(rows))
     return results
+
+
+def _saver(checkpoint, saved: dict, source: str, rng: np.random.Generator):
+    """on_restart callback: checkpoint every model's finished restarts and the RNG after them."""
+    def save(found: list[Search]):
+        saved[source] = {"found": list(found), "rng": rng.bit_generator.state}
+        checkpoint.save({"uat": saved, "step": sum(len(v["found"]) for v in saved.values())},
+                        sum(len(v["found"]) for v in saved.values()))
+    return save
 
 
 def _evaluate(models: dict, tokenizer, trigger: list[int], test: torch.Tensor, clean: dict, n_cont: int,
