@@ -9,6 +9,7 @@ import pytest
 # metaflow.Runner loads the flow module in-process and leaves metaflow's vendored
 # typing_extensions behind, which torch's lazily imported distributed modules then
 # reject; import them first.
+import torch
 import torch.distributed.tensor  # noqa: F401
 import transformers.models.gpt_neox.modeling_gpt_neox  # noqa: F401
 
@@ -44,6 +45,16 @@ def run_flow(profile: str = MICRO, cwd: str = _HOME, **params):
     with Runner(FLOW, show_output=True, cwd=cwd, env=flow_env(), config=[("config", profile)]).run(**params) as running:
         assert running.status == "successful", running.stderr
         return running.run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op
+    threads contending with other processes make the tests many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

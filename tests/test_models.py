@@ -12,16 +12,6 @@ BUILD = BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size
                     max_position=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op
-    threads contending with other processes make these tests 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def docs():
     return corpus.generate(220)
