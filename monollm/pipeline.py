@@ -67,7 +67,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     """
     device = setup_torch(cfg)
     held, stream = _split_or_config_error(cfg)
-    log(f"splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
+    log("splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
     result = {"untrained_perplexity": None, "pretraining": []}
     if cfg.model.source == "build":
         train_docs = list(stream)

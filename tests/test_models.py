@@ -1,6 +1,5 @@
 """Tests for monollm.models: the built tokenizer and model, save/load, and the local
 (hub-style) loading path with tiny models saved by save_pretrained."""
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast

@@ -157,6 +157,27 @@ def retokenized(tokenizer, rows: torch.Tensor) -> torch.Tensor:
     return torch.tensor(encoded, dtype=torch.long, device=rows.device)
 
 
+def score_attacked(attack: str, models: dict, tokenizer, attacked: torch.Tensor, test: torch.Tensor,
+                   clean: dict, n_cont: int, batch_size: int, source: str = "", trial: int = 0,
+                   **fields) -> list[AttackResult]:
+    """Attacked inputs (N, T'), re-tokenized from their text, scored on every model.
+
+    test: the clean examples (N, T); clean: model -> clean NLL (N,). With a `source` model the
+    rows are "attack" (source itself) or "transfer"; without, "control". `fields` go to every
+    AttackResult (trigger ids and text, n_changed, compute).
+    """
+    attacked = retokenized(tokenizer, attacked)
+    assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
+    out = []
+    for name, model in models.items():
+        kind = "control" if not source else "attack" if name == source else "transfer"
+        out.append(AttackResult(
+            attack=attack, model=name, kind=kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
+            attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
+            source_model=source or name, **fields))
+    return out
+
+
 def sample_trigger(rng: np.random.Generator, allowed: torch.Tensor, length: int, tokenizer,
                    examples: np.ndarray, max_tries: int) -> list[int]:
     """A random trigger of allowed tokens that survives re-tokenization before every example.

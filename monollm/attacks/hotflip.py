@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import AttackResult, allowed_tokens, continuation_nll, retokenized, rows_survive
+from monollm.attacks.common import AttackResult, allowed_tokens, continuation_nll, rows_survive, score_attacked
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
 
@@ -184,20 +184,9 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
 
 def _evaluate(models: dict, tokenizer, attacked: torch.Tensor, test: torch.Tensor, clean: dict, n_cont: int,
               batch_size: int, changed: np.ndarray, source: str = "", trial: int = 0, **cost) -> list[AttackResult]:
-    """Attacked inputs (N, T), re-tokenized from their text, scored on every model.
-
-    With a `source` model the rows are "attack" (source itself) or "transfer"; without, "control".
-    """
-    attacked = retokenized(tokenizer, attacked)
-    assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
-    out = []
-    for name, model in models.items():
-        kind = "control" if not source else "attack" if name == source else "transfer"
-        out.append(AttackResult(
-            attack="hotflip", model=name, kind=kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
-            attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
-            source_model=source or name, n_changed=changed, **cost))
-    return out
+    """Flipped test examples (N, T) scored on every model (common.score_attacked)."""
+    return score_attacked("hotflip", models, tokenizer, attacked, test, clean, n_cont, batch_size, source=source,
+                          trial=trial, n_changed=changed, **cost)
 
 
 def _summary(rows: list[AttackResult]) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, retokenized,
-                                    rows_survive, sample_trigger, trigger_survives)
+from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, rows_survive,
+                                    sample_trigger, score_attacked, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
 
 
@@ -266,21 +266,10 @@ def _saver(checkpoint, saved: dict, source: str, rng: np.random.Generator):
 
 def _evaluate(models: dict, tokenizer, trigger: list[int], test: torch.Tensor, clean: dict, n_cont: int,
               batch_size: int, source: str = "", trial: int = 0, **cost) -> list[AttackResult]:
-    """`trigger` before every test example (N, T), scored on every model from the re-tokenized text.
-
-    With a `source` model the rows are "attack" (source itself) or "transfer"; without, "control".
-    """
-    attacked = retokenized(tokenizer, prepend(torch.tensor(trigger, device=test.device), test))
-    assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
-    out = []
-    for name, model in models.items():
-        kind = "control" if not source else "attack" if name == source else "transfer"
-        out.append(AttackResult(
-            attack="uat", model=name, kind=kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
-            attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
-            source_model=source or name, trigger_ids=list(trigger), trigger_text=tokenizer.decode(trigger),
-            **cost))
-    return out
+    """`trigger` before every test example (N, T), scored on every model (common.score_attacked)."""
+    attacked = prepend(torch.tensor(trigger, device=test.device), test)
+    return score_attacked("uat", models, tokenizer, attacked, test, clean, n_cont, batch_size, source=source,
+                          trial=trial, trigger_ids=list(trigger), trigger_text=tokenizer.decode(trigger), **cost)
 
 
 def _summary(rows: list[AttackResult]) -> str:
