@@ -106,6 +106,14 @@ def test_compare_two_seeds_from_the_command_line(micro_run, seed1_run, datastore
 
 
 @pytest.mark.flow
+def test_seed_parameter_overrides_the_profile(micro_run, seed1_run):
+    assert seed1_run.data.resolved_config["seed"] == 1 and micro_run.data.resolved_config["seed"] == 0
+    # another seed: other splits, init and batch order, so other numbers
+    assert not micro_run.data.perplexity["perplexity"].equals(seed1_run.data.perplexity["perplexity"])
+    assert micro_run.data.training["batch_hash"].tolist() != seed1_run.data.training["batch_hash"].tolist()
+
+
+@pytest.mark.flow
 def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
     assert results.get_run(tag="seed:1").id == seed1_run.id
     assert results.get_run(micro_run.id).pathspec == micro_run.pathspec

@@ -116,11 +116,12 @@ print(json.dumps({
     "ds_type": meta.get("ds-type"), "ds_root": meta.get("ds-root"),
     "checks": monotonic.verify(model, run.data.resolved_config["monotonic"]["variant"]),
     "attacks": sorted(set(run.data.attacks["attack"])), "configured": sorted(run.data.resolved_config["attacks"]),
+    "dnll": [float(d) for d in run.data.attacks["dnll"]],
 }))
 """
 
 
-def test_micro_run_on_s3_datastore_read_back_through_client(s3_endpoint, tmp_path):
+def test_micro_run_on_s3_datastore_read_back_through_client(s3_endpoint, tmp_path, micro_run):
     from monollm import report
 
     home = str(tmp_path)
@@ -142,6 +143,10 @@ def test_micro_run_on_s3_datastore_read_back_through_client(s3_endpoint, tmp_pat
     assert got["ds_type"] == "s3" and got["ds_root"] == f"s3://{BUCKET}/{PREFIX}"
     assert got["checks"]["matrices"] > 0 and got["checks"]["negative"] == 0 and got["checks"]["parametrized"] == 0
     assert set(got["configured"]) <= set(got["attacks"])  # every attack branch reported back
+    # determinism: the same profile and seed, run again uninterrupted (on another datastore),
+    # gives identical tables on CPU
+    assert got["perplexity"] == [float(p) for p in micro_run.data.perplexity["perplexity"]]
+    assert got["dnll"] == [float(d) for d in micro_run.data.attacks["dnll"]]
     # artifacts and model files live in the bucket, not on local disk
     keys = [o["Key"] for page in s3_client(s3_endpoint).get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
             for o in page.get("Contents", [])]
