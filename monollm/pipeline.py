@@ -78,14 +78,15 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
         model, tokenizer = models.load_foundation(cfg.model)
     config.block_limit(cfg, models.max_positions(model))
     eos, T = tokenizer.eos_token_id, cfg.data.block_len
-    blocks = {name: data.pack(data.tokenize(tokenizer, docs), T, eos) for name, docs in held.items()}
+    held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}
+    blocks = {name: data.pack(ids, T, eos) for name, ids in held_ids.items()}
     if cfg.eval.max_blocks:
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
     needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
     blocks["train"] = data.train_blocks(tokenizer, stream, T, needed, eos)
     log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in blocks.items()))
     a = cfg.attack
-    examples = {name: make_examples(data.tokenize(tokenizer, held[name]), a.examples, a.context_len,
+    examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
                                     a.continuation_len, cfg.seed, tokenizer) for name in ("test", "attack_opt")}
     if cfg.model.source == "build":
         result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device))
