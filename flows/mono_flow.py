@@ -16,6 +16,10 @@ DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("config.resources.cpu"),
                   memory=config_expr("config.resources.memory"),
                   disk=config_expr("config.resources.get('disk', 10240)"))
+# the training steps may ask for more: several GPUs, one training process each (see [parallel])
+TRAIN_STEP = dict(MODEL_STEP, **{key: config_expr(
+    f"config.resources.{key} if config.resources.get('train_{key}', -1) < 0 else config.resources.train_{key}")
+    for key in ("gpu", "cpu", "memory")})
 
 
 class MonoFlow(FlowSpec):
@@ -49,7 +53,7 @@ class MonoFlow(FlowSpec):
         self.next(self.train_baseline, self.make_monotonic)
 
     @card(type="blank", id="training", refresh_interval=5)
-    @resources(**MODEL_STEP)
+    @resources(**TRAIN_STEP)
     @retry(times=config_expr("config.resources.retries"))
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["reference_model"])
@@ -61,7 +65,7 @@ class MonoFlow(FlowSpec):
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
         ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log)
         done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], self.blocks, "baseline", out,
-                                  save_checkpoint=ckpt.save, resume=ckpt.restore(),
+                                  checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, "baseline"))
         self.history, self.constraint_checks = done["history"], {}
         self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
@@ -80,7 +84,7 @@ class MonoFlow(FlowSpec):
         self.next(self.train_monotonic)
 
     @card(type="blank", id="training", refresh_interval=5)
-    @resources(**MODEL_STEP)
+    @resources(**TRAIN_STEP)
     @retry(times=config_expr("config.resources.retries"))
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["monotonic_init_model"])
@@ -92,7 +96,7 @@ class MonoFlow(FlowSpec):
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
         ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log)
         done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], self.blocks, "monotonic", out,
-                                  save_checkpoint=ckpt.save, resume=ckpt.restore(),
+                                  checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, "monotonic"))
         self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
         self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")

@@ -1,8 +1,11 @@
 """Mid-step checkpoints through metaflow-checkpoint, so a dead step loses minutes, not hours.
 
-A checkpoint is a folder with `state.pt` (the full training state: model, optimizer,
-scheduler, data position, RNG states, history) and `meta.json` (step and the file's
-SHA-256, so that a truncated or corrupted file is detected before it is used).
+A checkpoint is a folder of state files and `meta.json`, which lists the step and every
+file's size and SHA-256, so that a truncated, corrupted or missing file is detected before
+it is used. A one-process run writes one file, `state.pt` (the full training state: model,
+optimizer, scheduler, data position, RNG states, history); a run over several processes
+writes a sharded folder (see monollm.distributed). `meta.json` is written last: a folder
+without it was never finished.
 
 Where a task continues from:
 - a retry of the same task (@retry): the newest checkpoint of its earlier attempts
@@ -29,27 +32,55 @@ class CorruptCheckpoint(RuntimeError):
 
 
 def write(folder: str, state: dict):
-    """Write `state` into `folder` (created) with a checksum; returns the folder."""
+    """Write `state` into `folder` (created) as `state.pt`, sealed; returns the folder."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, STATE)
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # never leave a half-written state.pt behind
-    meta = {"step": state["step"], "sha256": _sha256(path), "bytes": os.path.getsize(path)}
-    with open(os.path.join(folder, META), "w") as f:
-        json.dump(meta, f)
+    return seal(folder, state["step"])
+
+
+def seal(folder: str, step: int) -> str:
+    """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel != META:
+                files[rel] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    with open(os.path.join(folder, META + ".tmp"), "w") as f:
+        json.dump({"step": step, "files": files}, f)
+    os.replace(os.path.join(folder, META + ".tmp"), os.path.join(folder, META))
+    return folder
+
+
+def check(folder: str) -> str:
+    """The folder if every file `meta.json` lists is there, whole and unchanged; else raises
+    CorruptCheckpoint naming the file."""
+    meta_path = os.path.join(folder, META)
+    if not os.path.exists(meta_path):
+        raise CorruptCheckpoint(f"checkpoint file missing: {meta_path}")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    for rel, expect in meta["files"].items():
+        path = os.path.join(folder, rel)
+        if not os.path.exists(path):
+            raise CorruptCheckpoint(f"checkpoint file missing: {path}")
+        if os.path.getsize(path) != expect["bytes"] or _sha256(path) != expect["sha256"]:
+            raise CorruptCheckpoint(f"checkpoint file {path} is truncated or corrupted "
+                                    f"({os.path.getsize(path)} bytes, expected {expect['bytes']}, "
+                                    f"checksum mismatch)")
     return folder
 
 
 def read(folder: str) -> dict:
     """The state saved by `write`; raises CorruptCheckpoint naming the file if it is damaged."""
-    path, meta_path = os.path.join(folder, STATE), os.path.join(folder, META)
-    if not (os.path.exists(path) and os.path.exists(meta_path)):
-        raise CorruptCheckpoint(f"checkpoint file missing: {path if not os.path.exists(path) else meta_path}")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if os.path.getsize(path) != meta["bytes"] or _sha256(path) != meta["sha256"]:
-        raise CorruptCheckpoint(f"checkpoint file {path} is truncated or corrupted "
-                                f"({os.path.getsize(path)} bytes, expected {meta['bytes']}, checksum mismatch)")
+    path = os.path.join(folder, STATE)
+    check(folder)
+    if not os.path.exists(path):
+        raise CorruptCheckpoint(f"checkpoint file missing: {path} (a sharded checkpoint of several "
+                                f"processes cannot be read by a one-process run)")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a damaged pickle surfaces as many exception types
@@ -75,20 +106,27 @@ class StepCheckpointer:
         """Save the state as this task's newest checkpoint."""
         folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
         write(folder, state)
-        self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step}, storage_format="files")
+        self.save_folder(folder, step)
         shutil.rmtree(folder, ignore_errors=True)
+
+    def save_folder(self, folder: str, step: int):
+        """Save a folder already sealed (`seal`) as this task's newest checkpoint."""
+        self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step}, storage_format="files")
         self.log(f"[{self.name}] checkpoint saved at step {step}")
 
-    def restore(self) -> dict | None:
-        """The state to continue from, or None for a fresh start (see the module docstring)."""
+    def restore(self, reader=read):
+        """What to continue from, or None for a fresh start (see the module docstring).
+
+        `reader(folder)` turns a checkpoint folder into it: `read` (default) gives the state,
+        `check` the verified folder itself (sharded checkpoints, loaded by the processes)."""
         cp = self.current.checkpoint
         if cp.is_loaded:
-            state = self._first_readable(self._listed(None), loaded_dir=cp.directory)
+            state = self._first_readable(self._listed(None), reader, loaded_dir=cp.directory)
             if state is not None:
                 return state
         origin = getattr(self.current, "origin_run_id", None)
         if origin:
-            return self._first_readable(self._origin_refs(origin))
+            return self._first_readable(self._origin_refs(origin), reader)
         return None
 
     def _listed(self, task) -> list:
@@ -121,13 +159,13 @@ class StepCheckpointer:
                 return refs
         return []
 
-    def _first_readable(self, refs, loaded_dir: str | None = None) -> dict | None:
+    def _first_readable(self, refs, reader, loaded_dir: str | None = None):
         """Load the newest checkpoint that reads cleanly, falling back to older ones."""
         errors = []
         if loaded_dir:
             try:
-                state = read(loaded_dir)
-                self.log(f"[{self.name}] continuing from checkpoint at step {state['step']} (earlier attempt)")
+                state = reader(loaded_dir)
+                self.log(f"[{self.name}] continuing from checkpoint at step {_step(loaded_dir)} (earlier attempt)")
                 return state
             except CorruptCheckpoint as err:
                 errors.append(str(err))
@@ -136,13 +174,18 @@ class StepCheckpointer:
             folder = tempfile.mkdtemp(prefix=f"monollm-load-{self.name}-")
             try:
                 self.current.checkpoint.load(ref, path=folder)
-                state = read(folder)
+                state = reader(folder)
             except CorruptCheckpoint as err:
                 errors.append(str(err))
                 self.log(f"[{self.name}] {err}; falling back to an earlier checkpoint")
                 continue
-            self.log(f"[{self.name}] continuing from checkpoint at step {state['step']}")
+            self.log(f"[{self.name}] continuing from checkpoint at step {_step(folder)}")
             return state
         if errors:
             raise CorruptCheckpoint("no readable checkpoint: " + "; ".join(errors))
         return None
+
+
+def _step(folder: str) -> int:
+    with open(os.path.join(folder, META)) as f:
+        return json.load(f)["step"]

@@ -161,10 +161,27 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Recovery training over several processes in one step, one per GPU (torchrun inside the step)."""
+    strategy: str = "ddp"
+    """"ddp": every process holds the whole model and gradients are averaged; "fsdp": parameters,
+    gradients and optimizer state are sharded over the processes (models too large for one GPU)."""
+    processes: int = 0
+    """Training processes of a training step; 0: one per visible GPU (one on CPU). Above 1 on CPU,
+    the processes talk over gloo (how the tests run it)."""
+
+
+@dataclass(frozen=True)
 class ResourcesConfig:
     """What each model step asks of a remote backend (@resources)."""
     gpu: int = 0
-    """GPUs per model step."""
+    """GPUs per model step (0 or 1: evaluation and attacks use one)."""
+    train_gpu: int = -1
+    """GPUs of the two training steps (-1: same as gpu); above 1, see [parallel]."""
+    train_cpu: int = -1
+    """CPUs of the two training steps (-1: same as cpu)."""
+    train_memory: int = -1
+    """Memory of the two training steps, MB (-1: same as memory)."""
     cpu: int = 2
     """CPUs per model step."""
     memory: int = 8000
@@ -197,6 +214,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def _build(cls, raw: dict, where: str):
@@ -320,9 +338,22 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     r = cfg.resources
     for name in ("gpu", "cpu", "memory", "retries", "disk"):
         _require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")
-    # one training process on one device: asking for more GPUs would only leave them idle
-    _require(r.gpu <= 1, "resources.gpu", f"is {r.gpu}: several GPUs in one step are not built yet "
-             "(training runs in one process on one GPU; see docs/cluster.md, 'Past one GPU')")
+    for name in ("gpu", "cpu", "memory"):
+        _require(getattr(r, f"train_{name}") >= -1, f"resources.train_{name}",
+                 f"must be >= 0 (or -1: same as resources.{name})")
+    # evaluation and attacks run in one process on one device: more GPUs would sit idle
+    _require(r.gpu <= 1, "resources.gpu", f"is {r.gpu}: evaluation and attacks use one GPU; ask for several "
+             "in the training steps with resources.train_gpu (see docs/cluster.md, 'Past one GPU')")
+    p = cfg.parallel
+    _one_of(p.strategy, ("ddp", "fsdp"), "parallel.strategy")
+    _require(p.processes >= 0, "parallel.processes", "must be >= 0 (0: one per visible GPU)")
+    gpus = r.gpu if r.train_gpu < 0 else r.train_gpu
+    _require(p.processes in (0, gpus) or gpus == 0, "parallel.processes",
+             f"is {p.processes} but the training steps ask for {gpus} GPUs: one process per GPU (or 0)")
+    if p.processes > 1:
+        _require(cfg.train.batch_size % p.processes == 0, "train.batch_size",
+                 f"is {cfg.train.batch_size}: the global micro-batch is split evenly over "
+                 f"{p.processes} processes (parallel.processes), so it must be a multiple of it")
     return cfg
 
 

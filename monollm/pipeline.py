@@ -99,16 +99,23 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
 
 
 def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: str, out_dir: str,
-              save_checkpoint=None, resume=None, on_step=None) -> dict:
+              checkpointer=None, on_step=None) -> dict:
     """Recovery training of one arm; the monotonic arm is constrained, trained, materialized.
 
-    `on_step(row)` receives every history row as it is made (the live training card).
+    `checkpointer` (a monollm.checkpoints.StepCheckpointer, or None) saves mid-training
+    checkpoints and finds the one to continue from. `on_step(row)` receives every history
+    row as it is made (the live training card). With several training processes
+    (`[parallel]`, one per GPU) the training runs under torchrun (monollm.distributed).
 
     Returns {"history": [...], "constraint": {stage: verify dict}}; the trained model is saved
     to `out_dir` as a plain transformers checkpoint.
     """
     device = setup_torch(cfg)
-    model, tokenizer = models.load(model_dir, device, cfg.model.attn_implementation)
+    from monollm import distributed
+
+    world = distributed.processes(cfg, device)
+    # with several processes this one only coordinates: the model stays on the CPU
+    model, tokenizer = models.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation)
     checks = {}
     lr = warmup = None
     if arm == "monotonic":
@@ -116,9 +123,14 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
         checks["before_training"] = monotonic.verify(model, cfg.monotonic.variant)
         lr = cfg.train.monotonic_lr or None
         warmup = None if cfg.train.monotonic_warmup_frac < 0 else cfg.train.monotonic_warmup_frac
-    history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
-                          lr=lr, warmup_frac=warmup, log=log, save_checkpoint=save_checkpoint, resume=resume,
-                          on_step=on_step)
+    if world > 1:
+        history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, lr=lr,
+                                          warmup_frac=warmup, log=log, checkpointer=checkpointer, on_step=on_step)
+    else:
+        history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
+                              lr=lr, warmup_frac=warmup, log=log,
+                              save_checkpoint=checkpointer.save if checkpointer else None,
+                              resume=checkpointer.restore() if checkpointer else None, on_step=on_step)
     if arm == "monotonic":
         checks["after_training"] = monotonic.verify(model, cfg.monotonic.variant)
         monotonic.materialize(model)

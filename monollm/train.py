@@ -6,6 +6,7 @@ froze its constrained weights.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -76,36 +77,73 @@ def batch_hash(batch: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(batch, dtype=np.int32).tobytes())
 
 
+class OneProcess:
+    """How `train` runs in a single process; monollm.distributed.Parallel is the same
+    interface for several processes (DDP or FSDP), each taking its share of every batch."""
+    rank, world = 0, 1
+
+    def wrap(self, model, device: str):
+        """Move `model` to `device`; returns the module that runs forward/backward."""
+        return model.to(device)
+
+    def rows(self, batch: np.ndarray) -> np.ndarray:
+        """This process's rows of a global batch."""
+        return batch
+
+    def mean(self, value: float) -> float:
+        """Mean of a per-process number over the processes."""
+        return value
+
+    def no_sync(self, forward, last: bool):
+        """Context of one micro-batch's backward; gradients are combined on the last only."""
+        return contextlib.nullcontext()
+
+    def state(self, model, opt) -> dict:
+        """Model and optimizer state for a checkpoint."""
+        return {"model": model.state_dict(), "optimizer": opt.state_dict()}
+
+    def load(self, model, opt, resume: dict):
+        """Restore what `state` saved."""
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+
+
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, device: str, *,
           arm: str, lr: float | None = None, warmup_frac: float | None = None, log=print,
-          save_checkpoint=None, resume: dict | None = None, on_step=None) -> list[dict]:
+          save_checkpoint=None, resume: dict | None = None, on_step=None, parallel=None) -> list[dict]:
     """Train `model` in place on packed `blocks` (N, T) int; returns the history (one dict per step).
 
     `save_checkpoint(state, step)` is called every `tcfg.checkpoint_every` steps with the full
     training state; `resume` is such a state to continue from. `on_step(row)` is called with
     each step's history row (e.g. a live card). Raises FloatingPointError on a non-finite loss,
-    naming the step.
+    naming the step. `parallel` (default: OneProcess()) spreads each batch over processes; the
+    history is the same as one process's, up to floating-point summation order.
     """
+    par = parallel or OneProcess()
     lr = lr or tcfg.lr
     warmup_frac = tcfg.warmup_frac if warmup_frac is None else warmup_frac
     block_len = blocks.shape[1]
     total = steps_for(tcfg, block_len)
     rows = tcfg.batch_size * tcfg.grad_accum
     order = batch_order(len(blocks), total * rows, seed)
-    model.to(device).train()
     if tcfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
-    # the compiled wrapper shares the parameters; state_dict, clipping and eval use `model`
-    forward = torch.compile(model) if tcfg.compile else model
+    # the wrapped (and compiled) module shares the parameters; state, clipping and eval use `model`
+    forward = par.wrap(model, device)
+    model.train()
+    forward = torch.compile(forward) if tcfg.compile else forward
     opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr, betas=(0.9, 0.95),
-                            fused=device == "cuda")
+                            fused=_is_cuda(device))
     warmup = int(round(warmup_frac * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, tcfg.schedule, tcfg.min_lr_frac))
     history, start = [], 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
+        par.load(model, opt, resume)
         sched.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         history, start = list(resume["history"]), resume["step"]
@@ -114,11 +152,12 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
     for step in range(start, total):
         t0 = time.time()
         batch = blocks[order[step * rows:(step + 1) * rows]]
-        loss = _accumulate(forward, batch, tcfg, device)
+        loss = par.mean(_accumulate(forward, par.rows(batch), tcfg, device, par))
         if not math.isfinite(loss):
             raise FloatingPointError(f"[{arm}] non-finite loss {loss} at step {step + 1}/{total}; "
                                      f"the last good checkpoint is kept")
-        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm))
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # FSDP: a DTensor
         lr_now = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
@@ -138,7 +177,7 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
         if tcfg.log_every and ((step + 1) % tcfg.log_every == 0 or last or step == start):
             log(_progress(row, total, total * rows * block_len, t_begin, step - start + 1, total - step - 1))
         if save_checkpoint and tcfg.checkpoint_every and ((step + 1) % tcfg.checkpoint_every == 0) and not last:
-            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint({**par.state(model, opt),
                              "scheduler": sched.state_dict(), "rng": rng_state(), "history": history,
                              "step": step + 1}, step + 1)
     if tcfg.grad_checkpointing:
@@ -147,14 +186,16 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
     return history
 
 
-def _accumulate(model, batch: np.ndarray, tcfg, device: str) -> float:
+def _accumulate(model, batch: np.ndarray, tcfg, device: str, par=None) -> float:
     """Forward/backward over the micro-batches of one optimizer step; mean loss."""
+    par = par or OneProcess()
     total = 0.0
-    for micro in np.array_split(batch, tcfg.grad_accum):
+    for i, micro in enumerate(np.array_split(batch, tcfg.grad_accum)):
         ids = torch.as_tensor(micro, dtype=torch.long, device=device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss = model(input_ids=ids, labels=ids).loss
-        (loss / tcfg.grad_accum).backward()
+        with par.no_sync(model, last=i == tcfg.grad_accum - 1):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=_is_cuda(device)):
+                loss = model(input_ids=ids, labels=ids).loss
+            (loss / tcfg.grad_accum).backward()
         total += float(loss.detach()) / tcfg.grad_accum
     return total
 

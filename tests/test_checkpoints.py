@@ -110,9 +110,9 @@ def test_non_finite_loss_stops_with_its_step_and_keeps_last_checkpoint(monkeypat
     blocks = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
     real, calls = train._accumulate, {"n": 0}
 
-    def poisoned(model, batch, tcfg, device):
+    def poisoned(model, batch, tcfg, device, par=None):
         calls["n"] += 1
-        return float("nan") if calls["n"] == 5 else real(model, batch, tcfg, device)
+        return float("nan") if calls["n"] == 5 else real(model, batch, tcfg, device, par)
 
     monkeypatch.setattr(train, "_accumulate", poisoned)
     saved = []

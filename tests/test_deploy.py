@@ -22,7 +22,8 @@ pytestmark = pytest.mark.flow
 BUCKET, PREFIX = "monollm-tests", "metaflow"
 MODEL_STEPS = ("setup", "train_baseline", "make_monotonic", "train_monotonic", "evaluate", "attack")
 LIGHT_STEPS = ("start", "join_models", "join_attacks", "end")
-HUB_PROFILES = ("pythia-1.4b", "pythia-160m")
+HUB_PROFILES = ("pythia-1.4b", "pythia-160m", "pythia-6.9b")
+TRAIN_STEPS = ("train_baseline", "train_monotonic")
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,13 @@ def test_argo_template_requests_gpu_for_model_steps_only(profile, s3_endpoint, t
     containers = {t["name"]: t["container"] for t in template["spec"]["templates"] if "container" in t}
     for step in MODEL_STEPS:
         r = containers[step.replace("_", "-")]["resources"]
-        assert r["limits"]["nvidia.com/gpu"] == str(res["gpu"]) == "1", (step, r)
-        assert megabytes(r["requests"]["memory"]) == res["memory"], (step, r)
-        assert float(r["requests"]["cpu"]) == res["cpu"], (step, r)
+        want = {k: res.get(f"train_{k}", res[k]) if step in TRAIN_STEPS else res[k] for k in ("gpu", "cpu", "memory")}
+        assert r["limits"]["nvidia.com/gpu"] == str(want["gpu"]), (step, r)
+        assert megabytes(r["requests"]["memory"]) == want["memory"], (step, r)
+        assert float(r["requests"]["cpu"]) == want["cpu"], (step, r)
         assert megabytes(r["requests"]["ephemeral-storage"]) == res["disk"], (step, r)
+    gpus = {step: containers[step.replace("_", "-")]["resources"]["limits"]["nvidia.com/gpu"] for step in MODEL_STEPS}
+    assert gpus == {step: "8" if profile == "pythia-6.9b" and step in TRAIN_STEPS else "1" for step in MODEL_STEPS}
     for step in LIGHT_STEPS:
         r = containers[step.replace("_", "-")]["resources"]
         assert "nvidia.com/gpu" not in {**(r.get("limits") or {}), **(r.get("requests") or {})}, (step, r)

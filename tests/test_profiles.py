@@ -32,7 +32,7 @@ def no_network(monkeypatch):
 
 def test_profiles_exist():
     names = {os.path.basename(p) for p in PROFILES}
-    assert {"tiny.toml", "pythia-1.4b.toml", "pythia-160m.toml"} <= names
+    assert {"tiny.toml", "pythia-1.4b.toml", "pythia-160m.toml", "pythia-6.9b.toml"} <= names
 
 
 @pytest.mark.parametrize("path", PROFILES + [MICRO], ids=os.path.basename)
@@ -77,6 +77,17 @@ def test_paper_scale_profiles(path):
     assert longest <= 2048
 
 
+def test_the_largest_profile_shards_training_over_one_node():
+    cfg = config.load_file(os.path.join(ROOT, "config", "pythia-6.9b.toml"))
+    r = cfg.resources
+    assert (r.gpu, r.train_gpu, cfg.parallel.strategy, cfg.parallel.processes) == (1, 8, "fsdp", 0)
+    assert cfg.train.batch_size % r.train_gpu == 0 and cfg.train.grad_checkpointing
+    assert r.train_memory >= 8 * 27_600  # every rank reads the fp32 weights before sharding them
+    for small in ("pythia-160m", "pythia-1.4b"):  # one GPU everywhere
+        r = config.load_file(os.path.join(ROOT, "config", f"{small}.toml")).resources
+        assert (r.gpu, r.train_gpu) == (1, -1)
+
+
 def test_paper_profile_matches_the_earlier_recipe():
     t = config.load_file(os.path.join(ROOT, "config", "pythia-1.4b.toml")).train
     assert (t.lr, t.warmup_frac, t.monotonic_lr, t.monotonic_warmup_frac, t.weight_decay) == (1e-5, 0.1, 5e-5, 0.2, 0.01)
@@ -86,11 +97,13 @@ def test_paper_profile_matches_the_earlier_recipe():
     ("model", "attn_implementation", "flash", "model.attn_implementation"),
     ("train", "compile", "yes", "train.compile"),
     ("resources", "disk", -1, "resources.disk"),
-    ("resources", "gpu", 8, "not built yet"),
+    ("resources", "gpu", 8, "resources.train_gpu"),
+    ("resources", "train_memory", -2, "resources.train_memory"),
+    ("parallel", "strategy", "zero", "parallel.strategy"),
 ])
 def test_new_fields_are_checked(section, key, value, message):
     profile = raw(os.path.join(ROOT, "config", "pythia-160m.toml"))
-    profile[section] = {**profile[section], key: value}
+    profile[section] = {**profile.get(section, {}), key: value}
     with pytest.raises(config.ConfigError, match=re.escape(message)):
         config.load(profile)
 

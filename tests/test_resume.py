@@ -54,12 +54,14 @@ def _checkpoints_written(root: str, run_id: str, step: str) -> int:
     return len(glob.glob(pattern))
 
 
-def _run_and_kill(profile: str, root: str, step: str, checkpoints: int = 2, split_index: int | None = None) -> str:
-    """Start the flow, SIGKILL `step`'s task once it has saved `checkpoints` checkpoints; the run id."""
+def _run_and_kill(profile: str, root: str, step: str, checkpoints: int = 2, split_index: int | None = None,
+                  **env) -> str:
+    """Start the flow, SIGKILL `step`'s task once it has saved `checkpoints` checkpoints; the run id.
+    `env`: extra environment of the run."""
     from metaflow import Runner
 
     async def go():
-        runner = Runner(FLOW, cwd=root, env=flow_env(), config=[("config", profile)])
+        runner = Runner(FLOW, cwd=root, env=flow_env(**env), config=[("config", profile)])
         running = await runner.async_run()
         run_id = running.run.id
         deadline, killed = time.time() + 300, False

@@ -1,0 +1,310 @@
+"""Recovery training over several processes in one step: DDP or FSDP, launched with torchrun.
+
+The step's own process stays the coordinator. It writes a job folder (the config, the
+blocks, where the model is), runs
+
+    python -m torch.distributed.run --standalone --nproc_per_node=N -m monollm.distributed JOB
+
+and, while the ranks train, forwards rank 0's history rows to `on_step` (the live card)
+and the ranks' sealed checkpoint folders to metaflow-checkpoint. When torchrun exits it
+reads back the trained weights, gathered by rank 0. A rank that fails makes torchrun stop
+the others and exit non-zero; the coordinator then raises with that rank's error.
+
+Each optimizer step, every rank takes an equal share of the same global batch (the rows a
+single process would see) and gradients are averaged, so the history equals a single
+process's up to floating-point summation order. `train.batch_size` is the global
+micro-batch: it must divide evenly over the processes.
+
+- "ddp": every rank holds the whole model (DistributedDataParallel).
+- "fsdp": parameters, gradients and AdamW state are sharded over the ranks (FSDP2,
+  `fully_shard` per transformer layer), for models whose training state does not fit one GPU.
+
+Checkpoints are sharded (torch.distributed.checkpoint), one folder per save, written by all
+ranks and sealed by rank 0 (monollm.checkpoints.seal); they load on any number of ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from monollm import checkpoints, config, models, monotonic, train
+
+JOB, ROWS, HISTORY, FINAL, CKPTS = "job.json", "rows.jsonl", "history.json", "final.pt", "checkpoints"
+
+
+def processes(cfg: config.ExperimentConfig, device: str) -> int:
+    """Training processes for this step: `parallel.processes`, or one per visible GPU."""
+    want = cfg.parallel.processes
+    visible = torch.cuda.device_count() if device == "cuda" else 0
+    if want == 0:
+        return max(1, visible)
+    if device == "cuda" and want > visible:
+        raise RuntimeError(f"parallel.processes is {want} but only {visible} GPU(s) are visible in this step; "
+                           f"ask for them with resources.train_gpu")
+    if want > 1 and cfg.train.batch_size % want:
+        raise config.ConfigError(f"'train.batch_size' is {cfg.train.batch_size}: it must be a multiple of the "
+                                 f"{want} training processes")
+    return want
+
+
+def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dict, arm: str, seed: int,
+                world: int, *, lr=None, warmup_frac=None, log=print, checkpointer=None, on_step=None) -> list[dict]:
+    """Train `model` (on CPU, constrained already if `arm` is monotonic) on `world` processes.
+
+    The ranks load the weights from `model_dir` themselves (and constrain them likewise);
+    the trained weights are loaded back into `model`. `checkpointer` is a
+    monollm.checkpoints.StepCheckpointer (or None: no mid-training checkpoints). Returns
+    the history, like monollm.train.train.
+    """
+    job = tempfile.mkdtemp(prefix=f"monollm-dist-{arm}-", dir=os.environ.get("MONOLLM_TMP"))
+    try:
+        resume = checkpointer.restore(reader=checkpoints.check) if checkpointer else None
+        np.save(os.path.join(job, "train.npy"), blocks["train"])
+        np.save(os.path.join(job, "val.npy"), blocks["val"])
+        with open(os.path.join(job, JOB), "w") as f:
+            json.dump({"config": config.to_dict(cfg), "model_dir": os.path.abspath(model_dir), "arm": arm,
+                       "seed": seed, "lr": lr, "warmup_frac": warmup_frac, "resume": resume,
+                       "checkpoints": checkpointer is not None}, f)
+        log(f"[{arm}] training on {world} processes ({cfg.parallel.strategy})")
+        _run(job, world, arm, checkpointer, on_step)
+        with open(os.path.join(job, HISTORY)) as f:
+            history = json.load(f)  # with the rows before a resumed checkpoint
+        model.load_state_dict(torch.load(os.path.join(job, FINAL), map_location="cpu"))
+        return history
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+
+
+def _run(job: str, world: int, arm: str, checkpointer, on_step):
+    """Run torchrun on `job`; forward rows and checkpoints while it runs; raise if it fails."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `monollm` imports from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+           "-m", "monollm.distributed", job]
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_stop_with_parent)
+    seen = 0
+    try:
+        while True:
+            finished = proc.poll() is not None
+            seen = _forward_rows(job, seen, on_step)
+            _forward_checkpoints(job, checkpointer)
+            if finished:
+                break
+            time.sleep(0.5)
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        errors = sorted(f for f in os.listdir(job) if f.startswith("error-rank"))
+        first = open(os.path.join(job, errors[0])).read().strip() if errors else "no rank reported an error"
+        raise RuntimeError(f"[{arm}] training on {world} processes failed (torchrun exit code "
+                           f"{proc.returncode}): {first}")
+
+
+def _stop_with_parent():
+    """Linux: torchrun gets SIGTERM (and stops its ranks) if the step's process dies."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _forward_rows(job: str, seen: int, on_step) -> int:
+    path = os.path.join(job, ROWS)
+    if not os.path.exists(path):
+        return seen
+    with open(path) as f:
+        lines = f.read().split("\n")
+    complete = lines[:-1]  # the last piece is "" or a row still being written
+    if on_step:
+        for line in complete[seen:]:
+            on_step(json.loads(line))
+    return len(complete)
+
+
+def _forward_checkpoints(job: str, checkpointer):
+    folder = os.path.join(job, CKPTS)
+    if checkpointer is None or not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.exists(os.path.join(path, checkpoints.META)):  # sealed: every rank has written
+            with open(os.path.join(path, checkpoints.META)) as f:
+                step = json.load(f)["step"]
+            checkpointer.save_folder(path, step)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class Parallel(train.OneProcess):
+    """monollm.train's process interface for one rank of a DDP or FSDP group."""
+
+    def __init__(self, strategy: str):
+        import torch.distributed as dist
+
+        self.dist, self.strategy = dist, strategy
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def wrap(self, model, device: str):
+        model.to(device)
+        if self.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in _layers(model):
+                fully_shard(layer)
+            fully_shard(model)  # in place: `model` itself now runs sharded
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+
+    def rows(self, batch):
+        share = len(batch) // self.world
+        return batch[self.rank * share:(self.rank + 1) * share]
+
+    def mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        self.dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def no_sync(self, forward, last: bool):
+        if last:
+            return contextlib.nullcontext()
+        if self.strategy == "fsdp":
+            return _fsdp_no_sync(forward)
+        return forward.no_sync()
+
+    def state(self, model, opt) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(model, opt)
+        return {"model": msd, "optimizer": osd}
+
+    def load(self, model, opt, resume: dict):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        msd, osd = get_state_dict(model, opt)
+        sharded = {"model": msd, "optimizer": osd}
+        dcp.load(sharded, checkpoint_id=os.path.join(resume["folder"], "shards"))
+        set_state_dict(model, opt, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"])
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def _collective_device() -> str:
+    return f"cuda:{torch.cuda.current_device()}" if torch.distributed.get_backend() == "nccl" else "cpu"
+
+
+def _layers(model):
+    """The transformer blocks: each becomes one FSDP unit (its parameters gathered together)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and all(
+                hasattr(m, "mlp") for m in module):
+            return list(module)
+    raise ValueError(f"no list of transformer blocks found in {type(model).__name__} to shard with FSDP")
+
+
+def _save_sharded(job: str, par: Parallel, state: dict, step: int):
+    """Every rank writes its shards, RNG state and (rank 0) the rest; rank 0 seals the folder."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = os.path.join(job, CKPTS, f"step-{step:09d}")
+    dcp.save({"model": state["model"], "optimizer": state["optimizer"]}, checkpoint_id=os.path.join(folder, "shards"))
+    torch.save(state["rng"], os.path.join(folder, f"rng-{par.rank}.pt"))
+    if par.rank == 0:
+        torch.save({k: state[k] for k in ("scheduler", "history", "step")}, os.path.join(folder, "rest.pt"))
+    par.dist.barrier()
+    if par.rank == 0:
+        checkpoints.seal(folder, step)
+
+
+def _resume_state(folder: str, rank: int) -> dict:
+    rest = torch.load(os.path.join(folder, "rest.pt"), map_location="cpu", weights_only=False)
+    rng_path = os.path.join(folder, f"rng-{rank}.pt")
+    if not os.path.exists(rng_path):  # fewer ranks wrote it: RNG streams of rank 0 (no dropout in these models)
+        rng_path = os.path.join(folder, "rng-0.pt")
+    rest["rng"] = torch.load(rng_path, map_location="cpu", weights_only=False)
+    return {**rest, "folder": folder}
+
+
+def main(job: str):
+    """One rank: load and (monotonic arm) constrain the model, train its share, rank 0 writes results."""
+    import torch.distributed as dist
+
+    with open(os.path.join(job, JOB)) as f:
+        spec = json.load(f)
+    cfg = config.from_dict(spec["config"])
+    cuda = models.pick_device(cfg.device) == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    try:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        device = f"cuda:{local}" if cuda else "cpu"
+        if cuda:
+            torch.cuda.set_device(local)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        model, _ = models.load(spec["model_dir"], device, cfg.model.attn_implementation)
+        if spec["arm"] == "monotonic":
+            monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
+        par = Parallel(cfg.parallel.strategy)
+        blocks = np.load(os.path.join(job, "train.npy"), mmap_mode="r")
+        val = np.load(os.path.join(job, "val.npy"))
+        resume = _resume_state(spec["resume"], rank) if spec["resume"] else None
+        rows = open(os.path.join(job, ROWS), "a") if rank == 0 else None
+
+        def on_step(row):
+            rows.write(json.dumps(row) + "\n")
+            rows.flush()
+
+        save = (lambda state, step: _save_sharded(job, par, state, step)) if spec["checkpoints"] else None
+        history = train.train(model, blocks, val, cfg.train, spec["seed"], device, arm=spec["arm"], lr=spec["lr"],
+                    warmup_frac=spec["warmup_frac"], log=_rank0_log if rank == 0 else _quiet,
+                    save_checkpoint=save, resume=resume, on_step=on_step if rank == 0 else None, parallel=par)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            torch.save(full, os.path.join(job, FINAL + ".tmp"))
+            os.replace(os.path.join(job, FINAL + ".tmp"), os.path.join(job, FINAL))
+            with open(os.path.join(job, HISTORY), "w") as f:
+                json.dump(history, f)
+            rows.close()
+        dist.barrier()
+    except BaseException as err:
+        with open(os.path.join(job, f"error-rank{rank:04d}.txt"), "w") as f:
+            f.write(f"rank {rank}: {type(err).__name__}: {err}")
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank0_log(msg: str):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def _quiet(msg: str):
+    pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,140 @@
+"""Training over several processes (torchrun, gloo on CPU): DDP and FSDP give the history and
+weights of one process, resume from their sharded checkpoints, and fail loudly."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from monollm import checkpoints, config, distributed, models, pipeline
+from monollm.config import BuildConfig
+
+T = 16
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    docs = [f"document {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}." for i in range(200)]
+    tok = models.build_tokenizer(docs, 320)
+    model = models.build_model(BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                                           max_position=64), tok, seed=0)
+    path = str(tmp_path_factory.mktemp("model"))
+    models.save(model, tok, path)
+    return path
+
+
+def blocks(vocab=300):
+    rng = np.random.default_rng(0)
+    return {"train": rng.integers(0, vocab, (40, T)).astype(np.int32),
+            "val": rng.integers(0, vocab, (8, T)).astype(np.int32)}
+
+
+def cfg(processes=1, strategy="ddp", **train):
+    tcfg = dict(tokens=6 * 8 * train.get("grad_accum", 1) * T, batch_size=8, grad_accum=1, lr=3e-3, warmup_frac=0.2, log_every=0,
+                val_blocks=8, eval_every=3)
+    tcfg.update(train)
+    return config.load({"device": "cpu", "threads": 1, "train": tcfg,
+                        "parallel": {"strategy": strategy, "processes": processes}})
+
+
+def weights(path):
+    model, _ = models.load(path)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Keep:
+    """A StepCheckpointer stand-in: keeps copies of saved folders; restores a given one."""
+
+    def __init__(self, root, resume=None):
+        self.root, self.resume, self.saved = root, resume, {}
+
+    def save_folder(self, folder, step):
+        self.saved[step] = shutil.copytree(folder, os.path.join(self.root, f"step-{step}"))
+
+    def restore(self, reader):
+        return reader(self.resume) if self.resume else None
+
+
+def train_arm(c, model_dir, arm, out, **kw):
+    return pipeline.train_arm(c, model_dir, blocks(), arm, str(out), **kw)
+
+
+def assert_same_history(got, want):
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert [r["batch_hash"] for r in got] == [r["batch_hash"] for r in want]
+    for key in ("loss", "grad_norm", "lr"):
+        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-4, err_msg=key)
+    np.testing.assert_allclose([r["val_loss"] for r in got], [r["val_loss"] for r in want], rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy, arm, accum", [("ddp", "baseline", 2), ("fsdp", "monotonic", 1)])
+def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum):
+    one = train_arm(cfg(grad_accum=accum), model_dir, arm, tmp_path / "one")
+    rows = []
+    two = train_arm(cfg(2, strategy, grad_accum=accum), model_dir, arm, tmp_path / "two", on_step=rows.append)
+    assert len(one["history"]) == 6 and len({r["loss"] for r in one["history"]}) == 6
+    assert_same_history(two["history"], one["history"])
+    assert rows == two["history"]  # the live card saw every row, in order
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    moved = max(float((a[k] - weights(model_dir)[k]).abs().max()) for k in a)
+    assert moved > 1e-3  # training changed the weights, so agreeing means something
+    if arm == "monotonic":
+        assert two["constraint"]["after_materializing"]["negative"] == 0
+        assert two["constraint"]["after_materializing"]["matrices"] == 4
+
+
+def test_sharded_checkpoint_resumes_to_the_same_result(model_dir, tmp_path):
+    c = cfg(2, "fsdp", checkpoint_every=2)
+    keep = Keep(str(tmp_path / "kept"))
+    full = train_arm(c, model_dir, "monotonic", tmp_path / "full", checkpointer=keep)
+    assert sorted(keep.saved) == [2, 4]
+    files = os.listdir(keep.saved[4])
+    assert {"meta.json", "rest.pt", "rng-0.pt", "rng-1.pt", "shards"} <= set(files)
+    resumed = train_arm(c, model_dir, "monotonic", tmp_path / "resumed",
+                        checkpointer=Keep(str(tmp_path / "kept2"), resume=keep.saved[2]))
+    assert resumed["history"][2]["resumed_from"] == 2
+    assert_same_history(resumed["history"], full["history"])
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    # one process reads the folder as sharded and says so, instead of training from scratch
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="sharded"):
+        checkpoints.read(keep.saved[4])
+
+
+def test_damaged_shard_is_named(model_dir, tmp_path):
+    keep = Keep(str(tmp_path / "kept"))
+    train_arm(cfg(2, "ddp", checkpoint_every=3), model_dir, "baseline", tmp_path / "out", checkpointer=keep)
+    shard_dir = os.path.join(keep.saved[3], "shards")
+    shard = os.path.join(shard_dir, sorted(f for f in os.listdir(shard_dir) if f.endswith(".distcp"))[0])
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    with pytest.raises(checkpoints.CorruptCheckpoint, match=shard):
+        checkpoints.check(keep.saved[3])
+
+
+def test_a_failing_rank_stops_the_step_with_its_error(model_dir, tmp_path):
+    os.makedirs(tmp_path / "empty")
+    bad = checkpoints.seal(str(tmp_path / "empty"), 2)  # whole, but without the files a resume needs
+    with pytest.raises(RuntimeError, match=r"training on 2 processes failed .*rank \d: FileNotFoundError.*rest.pt"):
+        train_arm(cfg(2, "ddp"), model_dir, "baseline", tmp_path / "out",
+                  checkpointer=Keep(str(tmp_path / "k"), resume=bad))
+
+
+def test_process_count_is_checked():
+    assert distributed.processes(cfg(0), "cpu") == 1
+    assert distributed.processes(cfg(2), "cpu") == 2
+    with pytest.raises(config.ConfigError, match="train.batch_size"):
+        cfg(3)
+    with pytest.raises(config.ConfigError, match="parallel.strategy"):
+        cfg(2, "zero3")
+    raw = {"resources": {"gpu": 1, "train_gpu": 4}, "parallel": {"processes": 2}}
+    with pytest.raises(config.ConfigError, match="parallel.processes.*4 GPUs"):
+        config.load(raw)
+    with pytest.raises(config.ConfigError, match="resources.train_gpu"):
+        config.load({"resources": {"gpu": 2}})
+    assert config.load({"resources": {"gpu": 1, "train_gpu": 4}, "parallel": {"strategy": "fsdp"}}).resources.train_gpu == 4
