@@ -19,7 +19,9 @@ MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("conf
 # the training steps may ask for more: several GPUs, one training process each (see [parallel])
 TRAIN_STEP = dict(MODEL_STEP, **{key: config_expr(
     f"config.resources.{key} if config.resources.get('train_{key}', -1) < 0 else config.resources.train_{key}")
-    for key in ("gpu", "cpu", "memory")})
+    for key in ("gpu", "cpu", "memory")},
+    # /dev/shm for NCCL between the training processes (0: the backend's default)
+    shared_memory=config_expr("config.resources.get('train_shared_memory', 0) or None"))
 
 
 class MonoFlow(FlowSpec):

@@ -182,6 +182,9 @@ class ResourcesConfig:
     """CPUs of the two training steps (-1: same as cpu)."""
     train_memory: int = -1
     """Memory of the two training steps, MB (-1: same as memory)."""
+    train_shared_memory: int = 0
+    """/dev/shm of the two training steps, MiB (0: the backend's default, 64 MiB on Kubernetes,
+    too small for NCCL between several GPUs)."""
     cpu: int = 2
     """CPUs per model step."""
     memory: int = 8000
@@ -336,7 +339,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
     _require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     r = cfg.resources
-    for name in ("gpu", "cpu", "memory", "retries", "disk"):
+    for name in ("gpu", "cpu", "memory", "retries", "disk", "train_shared_memory"):
         _require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")
     for name in ("gpu", "cpu", "memory"):
         _require(getattr(r, f"train_{name}") >= -1, f"resources.train_{name}",

@@ -253,13 +253,13 @@ def main(job: str):
         spec = json.load(f)
     cfg = config.from_dict(spec["config"])
     cuda = models.pick_device(cfg.device) == "cuda"
+    local = int(os.environ["LOCAL_RANK"])  # set by torchrun
+    device = f"cuda:{local}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local)  # before NCCL starts, so each rank talks from its own GPU
     dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
     try:
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        device = f"cuda:{local}" if cuda else "cpu"
-        if cuda:
-            torch.cuda.set_device(local)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)

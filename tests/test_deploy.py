@@ -96,6 +96,13 @@ def test_argo_template_requests_gpu_for_model_steps_only(profile, s3_endpoint, t
         assert megabytes(r["requests"]["ephemeral-storage"]) == res["disk"], (step, r)
     gpus = {step: containers[step.replace("_", "-")]["resources"]["limits"]["nvidia.com/gpu"] for step in MODEL_STEPS}
     assert gpus == {step: "8" if profile == "pythia-6.9b" and step in TRAIN_STEPS else "1" for step in MODEL_STEPS}
+    for step, c in containers.items():  # /dev/shm sized where several GPUs talk over NCCL
+        shm = [m for m in c.get("volumeMounts") or [] if m["mountPath"] == "/dev/shm"]
+        assert bool(shm) == (step.replace("-", "_") in TRAIN_STEPS and "train_shared_memory" in res), (step, shm)
+    if "train_shared_memory" in res:
+        volumes = {t["name"]: {v["name"]: v for v in t.get("volumes") or []} for t in template["spec"]["templates"]}
+        assert volumes["train-monotonic"]["dhsm"]["emptyDir"] == {
+            "medium": "Memory", "sizeLimit": f"{res['train_shared_memory']}Mi"}
     for step in LIGHT_STEPS:
         r = containers[step.replace("_", "-")]["resources"]
         assert "nvidia.com/gpu" not in {**(r.get("limits") or {}), **(r.get("requests") or {})}, (step, r)
