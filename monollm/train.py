@@ -131,7 +131,7 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
     rows = tcfg.batch_size * tcfg.grad_accum
     order = batch_order(len(blocks), total * rows, seed)
     if tcfg.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     # the wrapped (and compiled) module shares the parameters; state, clipping and eval use `model`
     forward = par.wrap(model, device)
     model.train()
@@ -181,7 +181,7 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
                              "scheduler": sched.state_dict(), "rng": rng_state(), "history": history,
                              "step": step + 1}, step + 1)
     if tcfg.grad_checkpointing:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
     model.eval()
     return history
 

@@ -68,11 +68,14 @@ def assert_same_history(got, want):
     np.testing.assert_allclose([r["val_loss"] for r in got], [r["val_loss"] for r in want], rtol=1e-4)
 
 
-@pytest.mark.parametrize("strategy, arm, accum", [("ddp", "baseline", 2), ("fsdp", "monotonic", 1)])
-def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum):
-    one = train_arm(cfg(grad_accum=accum), model_dir, arm, tmp_path / "one")
+# fsdp as config/pythia-6.9b.toml runs it: recomputed activations, the monotonic arm's V sharded
+@pytest.mark.parametrize("strategy, arm, accum, recompute", [("ddp", "baseline", 2, False),
+                                                            ("fsdp", "monotonic", 1, True)])
+def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, recompute):
+    settings = dict(grad_accum=accum, grad_checkpointing=recompute)
+    one = train_arm(cfg(**settings), model_dir, arm, tmp_path / "one")
     rows = []
-    two = train_arm(cfg(2, strategy, grad_accum=accum), model_dir, arm, tmp_path / "two", on_step=rows.append)
+    two = train_arm(cfg(2, strategy, **settings), model_dir, arm, tmp_path / "two", on_step=rows.append)
     assert len(one["history"]) == 6 and len({r["loss"] for r in one["history"]}) == 6
     assert_same_history(two["history"], one["history"])
     assert rows == two["history"]  # the live card saw every row, in order
