@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                   # config/tiny.toml, CPU
     python benchmarks/train_step.py --config config/pythia-1.4b.toml  # on a GPU
     python benchmarks/train_step.py --config config/pythia-1.4b.toml --random-init   # no hub
+    python benchmarks/train_step.py --config config/pythia-6.9b.toml --random-init   # 8 GPUs, FSDP
 
 Both arms run `monollm.train.train` itself (the flow's code path: fp32 master weights,
 bf16 autocast and fused AdamW on CUDA, the profile's batch, accumulation, block length,
@@ -12,6 +13,10 @@ step pays for the parametrization exactly as in training. Rounds alternate the a
 (ABBA...) so that load from other processes hits both alike; the ratio compares the
 fastest steps of each arm (medians are printed too; MFU is from the median step). A profile that needs CUDA falls back to the default
 profile when no GPU is visible.
+
+With several training processes (the profile's `[parallel]`, or `--processes N`), each arm
+runs through monollm.distributed as in a flow step (torchrun, one rank per GPU, DDP or
+FSDP); step times are rank 0's, MFU is per GPU, and peak memory is not reported.
 
 Target: monotonic/baseline step time <= 1.10; MFU >= 0.40 for pythia-1.4b on an H100.
 """
@@ -51,6 +56,10 @@ def parse_args(argv=None):
                    help="override train.compile")
     p.add_argument("--grad-checkpointing", choices=("profile", "on", "off"), default="profile",
                    help="override train.grad_checkpointing")
+    p.add_argument("--processes", type=int, default=-1,
+                   help="override parallel.processes (0: one per visible GPU; 2 on CPU runs gloo)")
+    p.add_argument("--strategy", choices=("profile", "ddp", "fsdp"), default="profile",
+                   help="override parallel.strategy")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="card's dense bf16 peak (default: by name)")
     return p.parse_args(argv)
 
@@ -69,7 +78,13 @@ def load_profile(args):
     for flag, field in (("compile", "compile"), ("grad_checkpointing", "grad_checkpointing")):
         if getattr(args, flag) != "profile":
             overrides[field] = getattr(args, flag) == "on"
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    parallel = {}
+    if args.processes >= 0:
+        parallel["processes"] = args.processes
+    if args.strategy != "profile":
+        parallel["strategy"] = args.strategy
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides),
+                               parallel=dataclasses.replace(cfg.parallel, **parallel))
 
 
 def foundation(cfg, random_init: bool):
@@ -127,12 +142,14 @@ def peak_flops(device: str, override_tflops: float) -> float:
     return next((v for k, v in PEAK_BF16.items() if k in name), 0.0)
 
 
-def measure(cfg, reference, arm: str, blocks, steps: int, warmup: int, device: str) -> tuple[list[float], int]:
+def measure(cfg, reference, arm: str, blocks, steps: int, warmup: int, device: str, world: int = 1,
+            model_dir: str = "") -> tuple[list[float], int]:
     """Seconds per optimizer step of `arm` for `steps` steps after `warmup` (on a fresh copy of
-    `reference`), and the peak GPU memory allocated, bytes (0 on CPU)."""
+    `reference`), and the peak GPU memory allocated, bytes (0 on CPU or with several processes,
+    whose ranks load `reference` from `model_dir`)."""
     import torch
 
-    from monollm import monotonic, train
+    from monollm import distributed, monotonic, train
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -142,6 +159,11 @@ def measure(cfg, reference, arm: str, blocks, steps: int, warmup: int, device: s
     rows = cfg.train.batch_size * cfg.train.grad_accum
     tcfg = dataclasses.replace(cfg.train, tokens=(warmup + steps) * rows * blocks.shape[1], eval_every=0,
                                checkpoint_every=0, log_every=0, val_blocks=1, warmup_frac=0.0)
+    if world > 1:
+        history = distributed.train_model(dataclasses.replace(cfg, train=tcfg), model, model_dir,
+                                          {"train": blocks, "val": blocks[:1]}, arm, cfg.seed, world,
+                                          log=lambda *_: None)
+        return [rows * blocks.shape[1] / h["tokens_per_s"] for h in history[warmup:]], 0
     history = train.train(model, blocks, blocks[:1], tcfg, cfg.seed, device, arm=arm, log=lambda *_: None)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     del model
@@ -155,10 +177,11 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from monollm import pipeline
+    from monollm import distributed, pipeline
 
     cfg = load_profile(args)
     device = pipeline.setup_torch(cfg)
+    world = distributed.processes(cfg, device)
     steps = args.steps or (5 if device == "cuda" else 20)
     reference, n_tokens = foundation(cfg, args.random_init)
     reference.float()
@@ -166,6 +189,13 @@ def main(argv=None):
     rng = np.random.default_rng(cfg.seed)
     blocks = rng.integers(0, n_tokens, size=(rows * (args.warmup + steps), t), dtype=np.int32)
     card = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    model_dir = ""
+    if world > 1:  # the ranks load the weights themselves, as in a flow step
+        import tempfile
+
+        model_dir = tempfile.mkdtemp(prefix="monollm-bench-")
+        reference.save_pretrained(model_dir)
+        card += f" x {world} processes ({cfg.parallel.strategy})"
     print(f"profile {cfg.name}: {card}; {sum(p.numel() for p in reference.parameters()) / 1e6:.1f}M parameters, "
           f"{rows} x {t} tokens per step ({cfg.train.batch_size} x {cfg.train.grad_accum} accumulation), "
           f"attention {reference.config._attn_implementation}, grad checkpointing {cfg.train.grad_checkpointing}, "
@@ -174,13 +204,13 @@ def main(argv=None):
     times, peaks = {"baseline": [], "monotonic": []}, {"baseline": 0, "monotonic": 0}
     for r in range(args.rounds):
         for arm in (("baseline", "monotonic") if r % 2 == 0 else ("monotonic", "baseline")):
-            ts, peak = measure(cfg, reference, arm, blocks, steps, args.warmup, device)
+            ts, peak = measure(cfg, reference, arm, blocks, steps, args.warmup, device, world, model_dir)
             times[arm] += ts
             peaks[arm] = max(peaks[arm], peak)
     per_token, peak = flops_per_token(reference, t), peak_flops(device, args.peak_tflops)
     for arm, ts in times.items():
         best, median = min(ts), statistics.median(ts)
-        mfu = f", MFU {rows * t / median * per_token / peak:.3f}" if peak else ""
+        mfu = f", MFU {rows * t / median * per_token / peak / world:.3f}" if peak else ""
         memory = f", peak GPU memory {peaks[arm] / 2**30:.1f} GiB" if peaks[arm] else ""
         print(f"{arm:>9}: best {best * 1000:.1f} ms/step, median {median * 1000:.1f} ms/step of {len(ts)}; "
               f"{rows * t / median:,.0f} tokens/s at the median{mfu}{memory}")
@@ -189,7 +219,7 @@ def main(argv=None):
     ratio = min(times["monotonic"]) / min(times["baseline"])
     print(f"median ratio {statistics.median(times['monotonic']) / statistics.median(times['baseline']):.3f}")
     if peak:
-        print(f"MFU: {rows * t / statistics.median(times['baseline']) * per_token / peak:.3f}")
+        print(f"MFU: {rows * t / statistics.median(times['baseline']) * per_token / peak / world:.3f}")
     elif device == "cuda":
         print(f"MFU: unknown for {card} (pass --peak-tflops)")
     print(f"monotonic/baseline step time: {ratio:.3f}")

@@ -263,7 +263,7 @@ def main(job: str):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        model, _ = models.load(spec["model_dir"], device, cfg.model.attn_implementation)
+        model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation)
         if spec["arm"] == "monotonic":
             monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
         par = Parallel(cfg.parallel.strategy)

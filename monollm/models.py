@@ -70,15 +70,22 @@ def save(model, tokenizer, path: str):
 
 
 def load(path: str, device: str = "cpu", attn_implementation: str = "sdpa"):
-    """(model in eval mode on `device`, tokenizer) from a `save` directory.
+    """(model in eval mode on `device`, tokenizer) from a `save` directory."""
+    from transformers import AutoTokenizer
+
+    return load_model(path, device, attn_implementation), AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa"):
+    """The model of a `save` (or `save_pretrained`) directory, in eval mode on `device`.
 
     The attention kernel is not stored with the weights, so every load names it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
                                                  attn_implementation=attn_implementation)
-    return model.to(device).eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.to(device).eval()
 
 
 def pick_device(name: str) -> str:
