@@ -22,7 +22,8 @@ from monollm import stats
 
 ALWAYS_VARY = ("seed",)
 # where and how fast a run ran, not what it computed
-OPERATIONAL = ("resources", "threads")
+# (several training processes give one process's history up to float summation order)
+OPERATIONAL = ("resources", "threads", "parallel")
 
 
 class IncompatibleRuns(ValueError):

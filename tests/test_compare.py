@@ -71,6 +71,13 @@ def test_incompatible_configs_are_refused_naming_the_keys():
     assert list(table.columns[:2]) == ["21", "22"]
 
 
+def test_where_and_how_a_run_trained_may_differ():
+    """GPUs and training processes change the speed, not what is computed."""
+    runs = [fake_run("21", 0), fake_run("22", 1, resources__train_gpu=8, parallel__processes=8,
+                                         parallel__strategy="fsdp")]
+    assert list(compare.compare(runs).columns[:2]) == ["21", "22"]
+
+
 def test_cli_reports_errors_without_a_traceback(monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise compare.IncompatibleRuns("runs have incompatible configurations; 1 key(s) differ: train.lr")
