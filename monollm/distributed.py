@@ -109,7 +109,8 @@ def _run(job: str, world: int, arm: str, checkpointer, on_step):
         raise
     if proc.returncode != 0:
         errors = sorted(f for f in os.listdir(job) if f.startswith("error-rank"))
-        first = open(os.path.join(job, errors[0])).read().strip() if errors else "no rank reported an error"
+        first = (open(os.path.join(job, errors[0])).read().strip() if errors else
+                 "no rank reported an error, so one was killed (out of host memory?); see torchrun's log above")
         raise RuntimeError(f"[{arm}] training on {world} processes failed (torchrun exit code "
                            f"{proc.returncode}): {first}")
 
