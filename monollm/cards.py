@@ -312,10 +312,12 @@ class LiveTraining:
         card.refresh()
 
     def __call__(self, row: dict):
+        self.rows.append({k: row[k] for k in ("arm", "step", "tokens", "loss", "val_loss", "lr", "grad_norm")})
+        if row.get("replayed"):  # a resumed task's steps from its checkpoint: curves only, no rate
+            return
         now = self.clock()
         if self.t0 is None:  # rate from this task's own steps (a resumed task starts mid-way)
             self.t0, self.tokens0 = now, row["tokens"]
-        self.rows.append({k: row[k] for k in ("arm", "step", "tokens", "loss", "val_loss", "lr", "grad_norm")})
         if now - self.last < self.every and row["step"] < self.total:
             return
         self.last = now

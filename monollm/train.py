@@ -119,7 +119,8 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
 
     `save_checkpoint(state, step)` is called every `tcfg.checkpoint_every` steps with the full
     training state; `resume` is such a state to continue from. `on_step(row)` is called with
-    each step's history row (e.g. a live card). Raises FloatingPointError on a non-finite loss,
+    each step's history row (e.g. a live card); after a resume, first with the checkpoint's
+    rows, marked `"replayed": True`. Raises FloatingPointError on a non-finite loss,
     naming the step. `parallel` (default: OneProcess()) spreads each batch over processes; the
     history is the same as one process's, up to floating-point summation order.
     """
@@ -148,6 +149,9 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
         set_rng_state(resume["rng"])
         history, start = list(resume["history"]), resume["step"]
         log(f"[{arm}] resuming at step {start}/{total} from a checkpoint")
+        if on_step:  # the live card shows the whole run, not only this task's part of it
+            for row in history:
+                on_step({**row, "replayed": True})
     t_begin = time.time()
     for step in range(start, total):
         t0 = time.time()

@@ -1,5 +1,6 @@
 """Card components from the tables (synthetic, fast) and the cards of a real micro run."""
 import base64
+import copy
 import json
 import math
 import os
@@ -171,6 +172,31 @@ def test_training_loop_feeds_the_live_card_every_step():
     assert card.refreshes == [False, False, True]  # empty card, first step, last step (then hourly)
     bar = card.components[1].render()
     assert bar["value"] == bar["max"] == history[-1]["tokens"]
+
+
+def test_resumed_training_card_shows_the_checkpointed_steps_too():
+    from test_train import T, neox, run, tcfg
+
+    from monollm.train import steps_for
+
+    cfg, saved = tcfg(checkpoint_every=2), {}
+    full = run(neox(), cfg, arm="baseline", save_checkpoint=lambda st, step: saved.setdefault(step, copy.deepcopy(st)))
+    now, card, seen = [100.0], FakeCard(), []
+    live = cards.LiveTraining(card, "baseline", steps_for(cfg, T), cfg.batch_size * T, every=3600,
+                              clock=lambda: now[0])
+
+    def on_step(row):
+        seen.append(row)
+        now[0] += 2.0  # two seconds per step of this task
+        live(row)
+
+    run(neox(seed=5), cfg, arm="baseline", resume=saved[4], on_step=on_step)
+    assert [r["step"] for r in seen] == [r["step"] for r in full]  # the whole run, in order
+    assert [bool(r.get("replayed")) for r in seen] == [r["step"] <= 4 for r in full]
+    values = card.components[2].render()["spec"]["data"]["values"]
+    assert sorted({v["step"] for v in values if v["series"] == "train loss"}) == [r["step"] for r in full]
+    # the rate counts this task's steps only: (6 - 5) steps of 4 x T tokens over 2 s
+    assert f"{cfg.batch_size * T / 2:,.0f} tok/s" in card.components[1].render()["details"]
 
 
 def test_progress_line_says_what_how_far_rate_and_eta(monkeypatch):

@@ -97,9 +97,12 @@ def test_sharded_checkpoint_resumes_to_the_same_result(model_dir, tmp_path):
     assert sorted(keep.saved) == [2, 4]
     files = os.listdir(keep.saved[4])
     assert {"meta.json", "rest.pt", "rng-0.pt", "rng-1.pt", "shards"} <= set(files)
-    resumed = train_arm(c, model_dir, "monotonic", tmp_path / "resumed",
+    rows = []
+    resumed = train_arm(c, model_dir, "monotonic", tmp_path / "resumed", on_step=rows.append,
                         checkpointer=Keep(str(tmp_path / "kept2"), resume=keep.saved[2]))
     assert resumed["history"][2]["resumed_from"] == 2
+    # the live card gets the checkpoint's rows first, marked, then this task's
+    assert [(r["step"], bool(r.get("replayed"))) for r in rows] == [(s, s <= 2) for s in range(1, 7)]
     assert_same_history(resumed["history"], full["history"])
     a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
     for k in a:
