@@ -47,6 +47,19 @@ def run_flow(profile: str = MICRO, cwd: str = _HOME, **params):
         return running.run
 
 
+def micro_variant(folder, name: str, changes: dict, append: str = "") -> str:
+    """The micro profile with each `old: new` text change made (each must apply) and `append`
+    added, written to `folder`/`name`.toml; its path."""
+    text = open(MICRO).read()
+    for old, new in changes.items():
+        assert old in text, f"micro.toml has no {old!r}"
+        text = text.replace(old, new)
+    path = os.path.join(str(folder), f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(text + append)
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op

@@ -6,7 +6,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import FLOW, MICRO, flow_env, run_flow
+from conftest import FLOW, flow_env, micro_variant, run_flow
 from test_resume import _run_and_kill
 
 pytestmark = pytest.mark.flow
@@ -15,14 +15,10 @@ CHECKPOINT_EVERY = 50
 
 @pytest.fixture(scope="module")
 def fsdp_profile(tmp_path_factory) -> str:
-    text = open(MICRO).read()
-    text = text.replace("tokens = 40_000", "tokens = 120_000")
-    text = text.replace("log_every = 20", f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}")
-    text += '\n[parallel]\nstrategy = "fsdp"\nprocesses = 2\n'
-    assert f"checkpoint_every = {CHECKPOINT_EVERY}" in text
-    path = tmp_path_factory.mktemp("profiles") / "fsdp.toml"
-    path.write_text(text)
-    return str(path)
+    return micro_variant(tmp_path_factory.mktemp("profiles"), "fsdp", {
+        "tokens = 40_000": "tokens = 120_000",
+        "log_every = 20": f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}",
+    }, append='\n[parallel]\nstrategy = "fsdp"\nprocesses = 2\n')
 
 
 def _rank_processes() -> list[int]:

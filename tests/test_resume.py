@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import FLOW, MICRO, flow_env, run_flow
+from conftest import FLOW, MICRO, flow_env, micro_variant, run_flow
 
 pytestmark = pytest.mark.flow
 CHECKPOINT_EVERY = 50
@@ -19,14 +19,11 @@ CHECKPOINT_EVERY = 50
 @pytest.fixture(scope="module")
 def resume_profile(tmp_path_factory) -> str:
     """The micro profile with a longer training budget and frequent checkpoints."""
-    text = open(MICRO).read()
-    text = text.replace("tokens = 40_000", "tokens = 160_000")
-    text = text.replace("log_every = 20", f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}")
-    text = text.replace("restarts = 2", "restarts = 8")  # a uat branch long enough to be killed mid-way
-    assert f"checkpoint_every = {CHECKPOINT_EVERY}" in text and "restarts = 8" in text
-    path = tmp_path_factory.mktemp("profiles") / "resume.toml"
-    path.write_text(text)
-    return str(path)
+    return micro_variant(tmp_path_factory.mktemp("profiles"), "resume", {
+        "tokens = 40_000": "tokens = 160_000",
+        "log_every = 20": f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}",
+        "restarts = 2": "restarts = 8",  # a uat branch long enough to be killed mid-way
+    })
 
 
 def _task_pids(run_id: str, step: str, split_index: int | None = None) -> list[int]:
