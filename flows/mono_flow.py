@@ -43,11 +43,14 @@ class MonoFlow(FlowSpec):
     @model
     @step
     def setup(self):
-        """Data splits, packed blocks, attack examples; the foundation model (`reference`)."""
+        """Data splits, packed blocks (`train_blocks`; `blocks`: val, attack_opt, test), attack
+        examples; the foundation model (`reference`)."""
         from monollm import config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("reference")
         prep = pipeline.setup(cfg, out)
+        # the training blocks apart: only the training steps load them (~400 MB at paper scale)
+        self.train_blocks = prep["blocks"].pop("train")
         self.blocks, self.examples = prep["blocks"], prep["examples"]
         self.untrained_perplexity, self.hidden_act = prep["untrained_perplexity"], prep["hidden_act"]
         self.pretraining = prep["pretraining"]
@@ -66,8 +69,8 @@ class MonoFlow(FlowSpec):
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
         ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log)
-        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], self.blocks, "baseline", out,
-                                  checkpointer=ckpt,
+        blocks = {**self.blocks, "train": self.train_blocks}
+        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], blocks, "baseline", out, checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, "baseline"))
         self.history, self.constraint_checks = done["history"], {}
         self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
@@ -97,8 +100,8 @@ class MonoFlow(FlowSpec):
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
         ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log)
-        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], self.blocks, "monotonic", out,
-                                  checkpointer=ckpt,
+        blocks = {**self.blocks, "train": self.train_blocks}
+        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], blocks, "monotonic", out, checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, "monotonic"))
         self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
         self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")
