@@ -70,7 +70,8 @@ class MonoFlow(FlowSpec):
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
         ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log)
         blocks = {**self.blocks, "train": self.train_blocks}
-        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], blocks, "baseline", out, checkpointer=ckpt,
+        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], blocks, "baseline", out,
+                                  checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, "baseline"))
         self.history, self.constraint_checks = done["history"], {}
         self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
@@ -101,7 +102,8 @@ class MonoFlow(FlowSpec):
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
         ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log)
         blocks = {**self.blocks, "train": self.train_blocks}
-        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], blocks, "monotonic", out, checkpointer=ckpt,
+        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], blocks, "monotonic", out,
+                                  checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, "monotonic"))
         self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
         self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")

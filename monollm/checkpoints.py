@@ -165,7 +165,7 @@ class StepCheckpointer:
         if loaded_dir:
             try:
                 state = reader(loaded_dir)
-                self.log(f"[{self.name}] continuing from checkpoint at step {_step(loaded_dir)} (earlier attempt)")
+                self.log(f"[{self.name}] continuing from checkpoint at step {step_of(loaded_dir)} (earlier attempt)")
                 return state
             except CorruptCheckpoint as err:
                 errors.append(str(err))
@@ -179,13 +179,14 @@ class StepCheckpointer:
                 errors.append(str(err))
                 self.log(f"[{self.name}] {err}; falling back to an earlier checkpoint")
                 continue
-            self.log(f"[{self.name}] continuing from checkpoint at step {_step(folder)}")
+            self.log(f"[{self.name}] continuing from checkpoint at step {step_of(folder)}")
             return state
         if errors:
             raise CorruptCheckpoint("no readable checkpoint: " + "; ".join(errors))
         return None
 
 
-def _step(folder: str) -> int:
+def step_of(folder: str) -> int:
+    """The optimizer step a sealed checkpoint folder was written at."""
     with open(os.path.join(folder, META)) as f:
         return json.load(f)["step"]

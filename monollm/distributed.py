@@ -45,17 +45,16 @@ JOB, ROWS, HISTORY, FINAL, CKPTS = "job.json", "rows.jsonl", "history.json", "fi
 
 def processes(cfg: config.ExperimentConfig, device: str) -> int:
     """Training processes for this step: `parallel.processes`, or one per visible GPU."""
-    want = cfg.parallel.processes
     visible = torch.cuda.device_count() if device == "cuda" else 0
-    if want == 0:
-        return max(1, visible)
-    if device == "cuda" and want > visible:
-        raise RuntimeError(f"parallel.processes is {want} but only {visible} GPU(s) are visible in this step; "
+    world = cfg.parallel.processes or max(1, visible)
+    if device == "cuda" and world > visible:
+        raise RuntimeError(f"parallel.processes is {world} but only {visible} GPU(s) are visible in this step; "
                            f"ask for them with resources.train_gpu")
-    if want > 1 and cfg.train.batch_size % want:
+    # checked here as well as in config.validate: "one per visible GPU" is known only now
+    if world > 1 and cfg.train.batch_size % world:
         raise config.ConfigError(f"'train.batch_size' is {cfg.train.batch_size}: it must be a multiple of the "
-                                 f"{want} training processes")
-    return want
+                                 f"{world} training processes")
+    return world
 
 
 def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dict, arm: str, seed: int,
@@ -94,11 +93,11 @@ def _run(job: str, world: int, arm: str, checkpointer, on_step):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
            "-m", "monollm.distributed", job]
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_stop_with_parent)
-    seen = 0
+    offset = 0
     try:
         while True:
             finished = proc.poll() is not None
-            seen = _forward_rows(job, seen, on_step)
+            offset = _forward_rows(job, offset, on_step)
             _forward_checkpoints(job, checkpointer)
             if finished:
                 break
@@ -121,17 +120,19 @@ def _stop_with_parent():
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _forward_rows(job: str, seen: int, on_step) -> int:
+def _forward_rows(job: str, offset: int, on_step) -> int:
+    """Pass the rows rank 0 appended since byte `offset` to `on_step`; the new offset."""
     path = os.path.join(job, ROWS)
     if not os.path.exists(path):
-        return seen
-    with open(path) as f:
-        lines = f.read().split("\n")
-    complete = lines[:-1]  # the last piece is "" or a row still being written
+        return offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        new = f.read()
+    complete = new[:new.rfind(b"\n") + 1]  # a row still being written waits for the next call
     if on_step:
-        for line in complete[seen:]:
+        for line in complete.splitlines():
             on_step(json.loads(line))
-    return len(complete)
+    return offset + len(complete)
 
 
 def _forward_checkpoints(job: str, checkpointer):
@@ -141,9 +142,7 @@ def _forward_checkpoints(job: str, checkpointer):
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if os.path.exists(os.path.join(path, checkpoints.META)):  # sealed: every rank has written
-            with open(os.path.join(path, checkpoints.META)) as f:
-                step = json.load(f)["step"]
-            checkpointer.save_folder(path, step)
+            checkpointer.save_folder(path, checkpoints.step_of(path))
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -250,6 +249,8 @@ def main(job: str):
     """One rank: load and (monotonic arm) constrain the model, train its share, rank 0 writes results."""
     import torch.distributed as dist
 
+    from monollm.pipeline import log
+
     with open(os.path.join(job, JOB)) as f:
         spec = json.load(f)
     cfg = config.from_dict(spec["config"])
@@ -278,9 +279,10 @@ def main(job: str):
             rows.flush()
 
         save = (lambda state, step: _save_sharded(job, par, state, step)) if spec["checkpoints"] else None
-        history = train.train(model, blocks, val, cfg.train, spec["seed"], device, arm=spec["arm"], lr=spec["lr"],
-                    warmup_frac=spec["warmup_frac"], log=_rank0_log if rank == 0 else _quiet,
-                    save_checkpoint=save, resume=resume, on_step=on_step if rank == 0 else None, parallel=par)
+        history = train.train(model, blocks, val, cfg.train, spec["seed"], device, arm=spec["arm"],
+                              lr=spec["lr"], warmup_frac=spec["warmup_frac"], log=log if rank == 0 else _quiet,
+                              save_checkpoint=save, resume=resume, on_step=on_step if rank == 0 else None,
+                              parallel=par)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -297,10 +299,6 @@ def main(job: str):
         raise
     finally:
         dist.destroy_process_group()
-
-
-def _rank0_log(msg: str):
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
 def _quiet(msg: str):
