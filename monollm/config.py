@@ -156,6 +156,10 @@ class AttackConfig:
     """Sequences per scoring forward pass."""
     thresholds: tuple[float, ...] = (0.5, 1.0, 2.0)
     """dNLL thresholds (nats/token) for success rates."""
+    search_precision: str = "auto"
+    """Precision of the attacks' searches (gradients and candidate re-scoring): "bf16" (autocast),
+    "fp32", or "auto" (bf16 on CUDA, fp32 elsewhere). Every reported clean and attacked NLL is
+    scored in fp32 whatever this says."""
     params: dict = field(default_factory=dict)
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
 
@@ -338,6 +342,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for name in ("examples", "context_len", "continuation_len", "batch_size"):
         _require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
     _require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
+    _one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
     r = cfg.resources
     for name in ("gpu", "cpu", "memory", "retries", "disk", "train_shared_memory"):
         _require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from monollm import attacks, config, data, models, monotonic, report, train
-from monollm.attacks.common import make_examples
+from monollm.attacks.common import make_examples, resolved_precision
 from monollm.evaluate import block_nll, perplexity
 
 
@@ -181,8 +181,10 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
                                  a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
-                                 checkpoint=checkpoint)
-    return report.attack_table(results)
+                                 checkpoint=checkpoint, precision=a.search_precision)
+    table = report.attack_table(results)
+    table["search_precision"] = resolved_precision(device, a.search_precision)
+    return table
 
 
 def tmpdir(step: str) -> str:

@@ -108,6 +108,12 @@ class OneProcess:
         opt.load_state_dict(resume["optimizer"])
 
 
+def _checkpointing(model, what: str):
+    """Turn recomputed activations on or off: `activation_checkpointing_<what>` in current
+    transformers, `gradient_checkpointing_<what>` (the old name) in older releases."""
+    (getattr(model, f"activation_checkpointing_{what}", None) or getattr(model, f"gradient_checkpointing_{what}"))()
+
+
 def _is_cuda(device: str) -> bool:
     return torch.device(device).type == "cuda"
 
@@ -131,8 +137,8 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
     total = steps_for(tcfg, block_len)
     rows = tcfg.batch_size * tcfg.grad_accum
     order = batch_order(len(blocks), total * rows, seed)
-    if tcfg.grad_checkpointing:
-        model.activation_checkpointing_enable()
+    if tcfg.grad_checkpointing:  # transformers renamed it; older releases have only the old name
+        _checkpointing(model, "enable")
     # the wrapped (and compiled) module shares the parameters; state, clipping and eval use `model`
     forward = par.wrap(model, device)
     model.train()
@@ -185,7 +191,7 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
                              "scheduler": sched.state_dict(), "rng": rng_state(), "history": history,
                              "step": step + 1}, step + 1)
     if tcfg.grad_checkpointing:
-        model.activation_checkpointing_disable()
+        _checkpointing(model, "disable")
     model.eval()
     return history
 

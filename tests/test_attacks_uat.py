@@ -102,3 +102,25 @@ def test_config_check():
         uat.UATConfig(top_k=0).check()
     with pytest.raises(ValueError, match="opt_examples"):
         uat.UATConfig(opt_examples=-1).check()
+
+
+def test_bf16_search_reports_fp32_scores(rows):
+    """The search may run under bf16 autocast; every reported NLL is still scored in fp32, so
+    the clean NLLs equal the fp32 run's exactly and each attacked NLL is its trigger's fp32 score."""
+    from monollm.attacks.common import resolved_precision, search_precision
+
+    assert resolved_precision("cpu", "auto") == "fp32" and resolved_precision("cpu", "bf16") == "bf16"
+    x = torch.ones(2, 2)
+    with search_precision("cpu", "bf16"):
+        assert (x @ x).dtype == torch.bfloat16
+    with search_precision("cpu", "auto"):
+        assert (x @ x).dtype == torch.float32
+    models, fp32 = rows
+    bf16 = uat.run(models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, precision="bf16")
+    test = torch.as_tensor(split()["test"])
+    for a, b in zip(fp32, bf16):
+        assert (a.kind, a.model) == (b.kind, b.model)
+        np.testing.assert_array_equal(a.clean_nll, b.clean_nll)
+        attacked = prepend(torch.tensor(b.trigger_ids), test)
+        expected = continuation_nll(models[b.model], attacked, CONT, 16).numpy()
+        np.testing.assert_array_equal(b.attacked_nll, expected)

@@ -1,7 +1,7 @@
 """Attack registry: name -> (config dataclass, run function).
 
 Every run function takes (models, tokenizer, examples, continuation_len, batch_size,
-params, seed, log), where examples maps split ("test", "attack_opt") to (N, C + K) windows, and returns a list of `AttackResult`.
+params, seed, log, checkpoint, precision), where examples maps split ("test", "attack_opt") to (N, C + K) windows, and returns a list of `AttackResult`.
 """
 from __future__ import annotations
 
@@ -32,14 +32,16 @@ def attack_config(name: str, raw: dict, where: str):
 
 
 def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: int, batch_size: int,
-               params, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
+               params, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
     """Run a registered attack (models already in eval mode).
 
     `checkpoint` (a monollm.checkpoints.StepCheckpointer or None) lets a long attack save its
     progress and continue after a failure; attacks short enough not to need it ignore it.
+    `precision` ("auto", "bf16", "fp32": common.search_precision) is that of the search only.
     """
     _, fn = ATTACKS[name]
-    return fn(models, tokenizer, examples, continuation_len, batch_size, params, seed, log=log, checkpoint=checkpoint)
+    return fn(models, tokenizer, examples, continuation_len, batch_size, params, seed, log=log, checkpoint=checkpoint,
+              precision=precision)
 
 
 __all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]

@@ -7,6 +7,7 @@ so an attack's own inserted tokens never count as damage.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +102,24 @@ def continuation_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> 
     """
     out = [row_nll(model, chunk[:, -n_cont:], input_ids=chunk).cpu() for chunk in ids.split(batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def resolved_precision(device, precision: str) -> str:
+    """"bf16" or "fp32": what `precision` ("auto", "bf16", "fp32") means on `device` (auto: bf16 on CUDA)."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def search_precision(device, precision: str):
+    """Context in which an attack searches: bf16 autocast when `precision` resolves to bf16, else none.
+
+    Only the search (one-hot gradients, candidate re-scoring, choosing among finished
+    searches) runs inside it; the reported clean and attacked NLLs are scored outside, in fp32.
+    """
+    if resolved_precision(device, precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def prepend(trigger: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import AttackResult, allowed_tokens, continuation_nll, rows_survive, score_attacked
+from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, rows_survive, score_attacked,
+                                    search_precision)
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
 
@@ -150,12 +151,13 @@ def random_flips(rng: np.random.Generator, ids: torch.Tensor, counts: np.ndarray
 
 
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: HotFlipConfig, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
+        params: HotFlipConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
     """Flips searched on each model, scored on every model (its own: "attack"; others: "transfer"),
     and `params.controls` random-flip draws at the same per-example count ("control", on every model).
 
     examples: split -> (N, C + K) int64 windows; hotflip attacks "test" only (per example).
-    models: name -> model in eval mode.
+    models: name -> model in eval mode. The search runs in `precision` (common.search_precision);
+    every reported NLL is scored in fp32.
     """
     any_model = next(iter(models.values()))
     device = any_model.device
@@ -165,8 +167,9 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
     results, rng = [], np.random.default_rng([seed, 2])
     for source, model in models.items():
-        found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size,
-                       log=lambda msg, source=source: log(f"[hotflip] {source}: {msg}"))
+        with search_precision(device, precision):
+            found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size,
+                           log=lambda msg, source=source: log(f"[hotflip] {source}: {msg}"))
         changed = (found.ids != test).sum(dim=1).cpu().numpy()
         cost = dict(forward_passes=found.forward_passes, candidate_evals=found.candidate_evals)
         rows = _evaluate(models, tokenizer, found.ids, test, clean, continuation_len, batch_size, changed,

@@ -25,7 +25,7 @@ class RandomConfig:
 
 
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: RandomConfig, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
+        params: RandomConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
     """Score `params.samples` random triggers against every model on the same examples.
 
     examples: split -> (N, C + K) int64 windows; the random attack uses only "test".

@@ -20,7 +20,7 @@ import torch
 
 from monollm import progress
 from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, rows_survive,
-                                    sample_trigger, score_attacked, trigger_survives)
+                                    sample_trigger, search_precision, score_attacked, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
 
 
@@ -208,7 +208,7 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
 
 
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: UATConfig, seed: int, log=print, checkpoint=None) -> list[AttackResult]:
+        params: UATConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
     """A trigger searched on each model, scored on every model (its own: kind "attack"; the
     others: "transfer"), plus `params.controls` random triggers on every model ("control").
 
@@ -218,7 +218,8 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
 
     examples: split -> (N, C + K) int64 windows ("attack_opt" to search, "test" to report);
     models: name -> model in eval mode. Every model's search starts from the same random
-    restarts; the controls are the same random triggers for every model (paired).
+    restarts; the controls are the same random triggers for every model (paired). The search
+    runs in `precision` (common.search_precision); every reported NLL is scored in fp32.
     """
     any_model = next(iter(models.values()))
     device = any_model.device
@@ -234,12 +235,13 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
         if source in saved:
             rng.bit_generator.state = saved[source]["rng"]
             log(f"[uat] {source}: continuing after {len(saved[source]['found'])} finished restarts")
-        found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
-                       log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
-                       done=saved.get(source, {}).get("found"),
-                       on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None)
-        trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len, batch_size,
-                                rescore=len(opt) < len(opt_all))
+        with search_precision(device, precision):
+            found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
+                           log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
+                           done=saved.get(source, {}).get("found"),
+                           on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None)
+            trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len,
+                                    batch_size, rescore=len(opt) < len(opt_all))
         cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,
                     candidate_evals=sum(s.candidate_evals for s in found))
         rows = _evaluate(models, tokenizer, trigger, test, clean, continuation_len, batch_size, source=source, **cost)
