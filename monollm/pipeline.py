@@ -87,7 +87,8 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in blocks.items()))
     a = cfg.attack
     examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
-                                    a.continuation_len, cfg.seed, tokenizer) for name in ("test", "attack_opt")}
+                                    a.continuation_len, cfg.seed, tokenizer, split=name)
+                for name in ("test", "attack_opt")}
     if cfg.model.source == "build":
         result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device))
         log(f"pretraining the built model (untrained test perplexity {result['untrained_perplexity']:.1f})")

@@ -167,3 +167,23 @@ def test_gradients_refuse_a_model_in_training_mode():
     m, ex = model().train(), torch.as_tensor(examples())
     with pytest.raises(AssertionError, match="eval mode"):
         onehot_grad(m, ex, 0, 4, CONT, batch_size=4)
+
+
+def test_examples_take_further_windows_only_when_documents_run_short():
+    """Fewer documents than examples: later passes take further, non-overlapping windows of the
+    same documents; the first pass alone uses one window per document. Too little text names the split."""
+    from attack_models import CONT, CONTEXT, tokenizer
+
+    from monollm import corpus, data
+    from monollm.attacks.common import make_examples, rows_survive
+
+    tok = tokenizer()
+    docs = [d for d in data.tokenize(tok, corpus.generate(40, seed=5)) if len(d) >= 3 * (CONTEXT + CONT)][:6]
+    one_each = make_examples(docs, 5, CONTEXT, CONT, 0, tok)
+    owners = [[i for i, d in enumerate(docs) if any(d[s:s + len(r)] == r.tolist() for s in range(len(d)))]
+              for r in one_each]
+    assert len({o[0] for o in owners}) == 5  # five different documents
+    more = make_examples(docs, 14, CONTEXT, CONT, 0, tok)  # more than the 6 documents
+    assert len({tuple(r) for r in more}) == 14 and rows_survive(tok, more.tolist()).all()
+    with pytest.raises(ValueError, match="'attack_opt' split"):
+        make_examples(docs[:1], 50, CONTEXT, CONT, 0, tok, split="attack_opt")

@@ -124,3 +124,34 @@ def test_bf16_search_reports_fp32_scores(rows):
         attacked = prepend(torch.tensor(b.trigger_ids), test)
         expected = continuation_nll(models[b.model], attacked, CONT, 16).numpy()
         np.testing.assert_array_equal(b.attacked_nll, expected)
+
+
+def test_final_trigger_cannot_fail_on_the_test_examples():
+    """A model that rewards token X, and test examples that X merges with (but attack_opt
+    examples that it does not): the search must never accept X, so the final selection
+    finds a trigger that survives before every test example instead of failing after the search."""
+    from monollm.attacks.common import rows_survive, trigger_survives
+
+    tok, opt = tokenizer(), examples(8, 1)
+    allowed = allowed_tokens(tok, 320)
+    letters = [i for i in range(300) if allowed[i] and tok.decode([i]).isalpha()]
+
+    def merging_test(x):  # test rows whose first token merges with a preceding x, or None
+        test = examples(8, 0).copy()
+        for row in test:
+            for c in letters:
+                new = [c] + row[1:].tolist()
+                if rows_survive(tok, [new])[0] and not rows_survive(tok, [[x] + new])[0]:
+                    row[0] = c
+                    break
+            else:
+                return None
+        return test
+
+    x, test = next((x, t) for x in letters if trigger_survives(tok, [x], opt)
+                   for t in [merging_test(x)] if t is not None)
+    planted = {"baseline": plant(model(0), x, unused_symbol(skip=(x,)))}
+    params = uat.UATConfig(trigger_len=1, top_k=4, widen=2, steps=4, restarts=1, controls=1)
+    rows = uat.run(planted, tok, {"test": test, "attack_opt": opt}, CONT, 16, params, seed=0, log=lambda _: None)
+    trigger = rows[0].trigger_ids
+    assert trigger != [x] and trigger_survives(tok, trigger, test)

@@ -89,8 +89,13 @@ def propose(grad: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, lo
 
 
 def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: UATConfig,
-           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0) -> Search:
+           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0,
+           survive: np.ndarray | None = None) -> Search:
     """Coordinate ascent from trigger `init` on the optimization examples opt_ids (B, T) long.
+
+    A swap is accepted only if the trigger survives decode -> encode before every row of
+    `survive` (N, T) (default: the optimization examples): give it every example the trigger
+    will be scored on, so that the final choice can never fail after the search.
 
     Each step scores the next ranks of the first-order ranking: the top `top_k` per position
     after a new gradient; when none of them raises the loss, the following ranks (doubling,
@@ -98,7 +103,8 @@ def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init:
     `params.steps` steps, at that point, when the objective reaches `target`, or (max_evals > 0)
     once `max_evals` candidates have been scored.
     """
-    examples, B, L = opt_ids.cpu().numpy(), len(opt_ids), len(init)
+    examples = opt_ids.cpu().numpy() if survive is None else survive
+    B, L = len(opt_ids), len(init)
     trigger = torch.tensor(init, device=opt_ids.device)
     objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
     s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init))
@@ -164,22 +170,25 @@ def _best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current:
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig,
            rng: np.random.Generator, n_cont: int, batch_size: int, target: float = float("inf"),
-           max_evals: int = 0, log=None, done: list[Search] | None = None, on_restart=None) -> list[Search]:
+           max_evals: int = 0, log=None, done: list[Search] | None = None, on_restart=None,
+           survive: np.ndarray | None = None) -> list[Search]:
     """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
 
     Returns one Search per restart run; their compute adds up to the search's. `log`, if given,
     gets a progress line after every restart. `done` holds restarts finished before an
     interruption (with `rng` restored to its state after them); `on_restart(found)` is called
-    after every restart so that a long search can be checkpointed.
+    after every restart so that a long search can be checkpointed. Random starts and accepted
+    swaps survive decode -> encode before every row of `survive` (default: opt_ids; see `ascend`).
     """
-    examples, found, started = opt_ids.cpu().numpy(), list(done or []), time.time()
+    examples = opt_ids.cpu().numpy() if survive is None else survive
+    found, started = list(done or []), time.time()
     for restart in range(len(found), params.restarts):
         spent = sum(s.candidate_evals for s in found)
         if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
             break
         init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
         found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
-                            target=target, max_evals=max_evals - spent if max_evals else 0))
+                            target=target, max_evals=max_evals - spent if max_evals else 0, survive=examples))
         if on_restart:
             on_restart(found)
         if log:
@@ -204,7 +213,8 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
         alone = rows_survive(tokenizer, [found[i].trigger])[0]  # the reported ids are its text's ids
         if alone and trigger_survives(tokenizer, found[i].trigger, test):
             return found[i].trigger, spent
-    raise RuntimeError("no final trigger survives decode -> encode before every test example")
+    raise RuntimeError("no final trigger survives decode -> encode before every test example (the search "
+                       "must be given the test examples as `survive`)")
 
 
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
@@ -230,6 +240,8 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
     results = []
     saved = (checkpoint.restore() or {}).get("uat", {}) if checkpoint else {}
+    # every trigger is kept re-tokenizable before all the examples it will be scored on
+    survive = np.concatenate([examples["attack_opt"], examples["test"]])
     for source, model in models.items():
         rng = np.random.default_rng([seed, 0])
         if source in saved:
@@ -239,7 +251,8 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
             found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
                            log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
                            done=saved.get(source, {}).get("found"),
-                           on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None)
+                           on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None,
+                           survive=survive)
             trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len,
                                     batch_size, rescore=len(opt) < len(opt_all))
         cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,
