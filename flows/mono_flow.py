@@ -16,6 +16,10 @@ DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("config.resources.cpu"),
                   memory=config_expr("config.resources.memory"),
                   disk=config_expr("config.resources.get('disk', 10240)"))
+# setup uses a GPU only to pretrain a built model; a hub or local model is only loaded and saved
+SETUP_STEP = dict(MODEL_STEP, gpu=config_expr("config.resources.gpu if config.model.source == 'build' else 0"))
+# make_monotonic constrains and materializes the weights on the CPU
+CPU_MODEL_STEP = dict(MODEL_STEP, gpu=0)
 # the training steps may ask for more: several GPUs, one training process each (see [parallel])
 TRAIN_STEP = dict(MODEL_STEP, **{key: config_expr(
     f"config.resources.{key} if config.resources.get('train_{key}', -1) < 0 else config.resources.train_{key}")
@@ -39,7 +43,7 @@ class MonoFlow(FlowSpec):
         results.tag_current_run(pipeline.tags(cfg))
         self.next(self.setup)
 
-    @resources(**MODEL_STEP)
+    @resources(**SETUP_STEP)
     @model
     @step
     def setup(self):
@@ -77,7 +81,7 @@ class MonoFlow(FlowSpec):
         self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
         self.next(self.join_models)
 
-    @resources(**MODEL_STEP)
+    @resources(**CPU_MODEL_STEP)
     @model(load=["reference_model"])
     @step
     def make_monotonic(self):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monollm.compare import flatten
+from monollm.data import split_sources
 
 VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
@@ -113,6 +114,18 @@ def arm_differences(cfg: dict) -> list[str]:
         out.append(f"The monotonic arm warms up for {t['monotonic_warmup_frac']:g} of training, "
                    f"the baseline for {t['warmup_frac']:g}.")
     return out or ["Both arms train with the same settings on the same token stream."]
+
+
+def schedule_caveat(cfg: dict) -> list[str]:
+    """A leading finding when the arms were trained differently: the comparison is then not
+    about the constraint alone ([] when both arms share one schedule)."""
+    t = cfg["train"]
+    differ = (t.get("monotonic_lr") and t["monotonic_lr"] != t["lr"]) or (
+        t.get("monotonic_warmup_frac", -1) >= 0 and t["monotonic_warmup_frac"] != t["warmup_frac"])
+    if not differ:
+        return []
+    return ["**The arms differ by more than the constraint**: " + " ".join(arm_differences(cfg))
+            + " Every difference below mixes the constraint with the schedule."]
 
 
 def perplexity_view(ppl: pd.DataFrame) -> pd.DataFrame:
@@ -278,9 +291,11 @@ def experiment(data) -> list:
     cfg = data.resolved_config
     out = [Markdown(f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, "
                     f"seed {cfg['seed']}"),
-           Markdown("## Findings\n" + "\n".join(f"* {s}" for s in finding_sentences(
+           Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
                data.findings, data.perplexity, data.attack_summary, data.constraint))),
            Markdown("## Configuration\n" + " ".join(arm_differences(cfg))), _table(config_summary(cfg)),
+           Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
+                                              for split, where in split_sources(cfg.get("data", {})).items())),
            Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
            _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
            Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),

@@ -65,7 +65,17 @@ class DataConfig:
     name: str = ""
     """Hub dataset configuration name, if any."""
     split: str = "train"
-    """Split of the source dataset to read documents from."""
+    """Split of the source dataset that training documents come from (and, unless the
+    `*_from` keys below say otherwise, the held-out splits too)."""
+    test_from: str = ""
+    """Where `test` documents come from: "" (the training source, split off by document) or
+    held-out text: a split of the hub dataset ("hub", e.g. "test") or a local file/glob
+    ("local", e.g. ".../test.jsonl.zst"). Pythia was pretrained on the Pile's train split."""
+    attack_opt_from: str = ""
+    """Where `attack_opt` documents come from, as `test_from`. Splits that name the same
+    source are drawn from it disjointly (test first, then attack_opt, then val)."""
+    val_from: str = ""
+    """Where `val` documents come from, as `test_from`."""
     text_field: str = "text"
     """Column holding the document text."""
     builtin_docs: int = 3000
@@ -327,6 +337,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         from monollm.data import local_files
 
         local_files(d.path)  # raises ConfigError naming the path
+    for split in ("test", "attack_opt", "val"):
+        held = getattr(d, f"{split}_from")
+        _require(not held or d.source != "builtin", f"data.{split}_from",
+                 "applies to data.source = \"local\" or \"hub\" (the built-in corpus has one source)")
+        if held and d.source == "local":
+            local_files(held, f"data.{split}_from")
     for name in ("val_docs", "attack_opt_docs", "test_docs", "block_len", "shuffle_buffer", "builtin_docs"):
         _require(getattr(d, name) > 0, f"data.{name}", "must be positive")
     _require(d.max_train_docs >= 0, "data.max_train_docs", "must be >= 0")

@@ -29,8 +29,9 @@ def file_format(path: str) -> str | None:
     return FORMATS.get(ext)
 
 
-def local_files(path: str) -> tuple[str, list[str]]:
-    """(datasets builder, files) for a local file, directory or glob; raises ConfigError if unusable."""
+def local_files(path: str, key: str = "data.path") -> tuple[str, list[str]]:
+    """(datasets builder, files) for a local file, directory or glob; raises ConfigError naming
+    `key` if unusable."""
     from monollm.config import ConfigError
 
     if os.path.isdir(path):
@@ -38,20 +39,21 @@ def local_files(path: str) -> tuple[str, list[str]]:
     else:
         files = sorted(glob.glob(path))
     if not files:
-        raise ConfigError(f"'data.path' matches no file: {path!r}")
+        raise ConfigError(f"'{key}' matches no file: {path!r}")
     kinds = {file_format(f) for f in files}
     if None in kinds or len(kinds) != 1:
-        raise ConfigError(f"'data.path' {path!r} must hold files of one format "
+        raise ConfigError(f"'{key}' {path!r} must hold files of one format "
                           f"({', '.join(sorted(FORMATS))}, optionally {', '.join(COMPRESSIONS)}); "
                           f"found {sorted({os.path.splitext(f)[1] for f in files})}")
     return kinds.pop(), files
 
 
-def document_stream(cfg, seed: int) -> Iterator[str]:
+def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
     """Non-empty document texts of the configured source in a seeded, shuffled order.
 
-    cfg: DataConfig. The shuffle uses a buffer of `cfg.shuffle_buffer` documents, so a
-    streamed hub dataset is never read whole.
+    cfg: DataConfig. `held_out` names another source of the same kind (a hub split, or local
+    files: see DataConfig.test_from); "" reads the training source. The shuffle uses a
+    buffer of `cfg.shuffle_buffer` documents, so a streamed hub dataset is never read whole.
     """
     import datasets
 
@@ -60,11 +62,11 @@ def document_stream(cfg, seed: int) -> Iterator[str]:
 
         ds = datasets.Dataset.from_dict({cfg.text_field: corpus.generate(cfg.builtin_docs)}).to_iterable_dataset()
     elif cfg.source == "local":
-        builder, files = local_files(cfg.path)
+        builder, files = local_files(held_out or cfg.path)
         extra = {"sample_by": "paragraph"} if builder == "text" else {}
         ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
     else:
-        ds = datasets.load_dataset(cfg.path, cfg.name or None, split=cfg.split, streaming=True)
+        ds = datasets.load_dataset(cfg.path, cfg.name or None, split=held_out or cfg.split, streaming=True)
     ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
     for row in ds:
         if cfg.text_field not in row:
@@ -75,18 +77,43 @@ def document_stream(cfg, seed: int) -> Iterator[str]:
             yield text
 
 
+def split_sources(d: dict) -> dict[str, str]:
+    """Where each split's documents come from, for the card and the log: split -> description.
+
+    d: the [data] table of a resolved config (a dict; keys absent in older runs count as "").
+    """
+    main = {"builtin": "the built-in corpus", "local": d.get("path", ""),
+            "hub": f"{d.get('path', '')} [{d.get('split', 'train')}]"}[d.get("source", "builtin")]
+    out = {"train": main}
+    for name in SPLITS:
+        held = d.get(f"{name}_from", "")
+        if not held:
+            out[name] = f"{main}, held out by document"
+        else:
+            out[name] = f"{d['path']} [{held}]" if d.get("source") == "hub" else held
+    return out
+
+
 def split_documents(cfg, seed: int) -> tuple[dict[str, list[str]], Iterator[str]]:
     """Held-out splits (test, attack_opt, val) as lists, and the rest of the stream for `train`.
 
-    Raises ValueError when the source runs out before the held-out splits are full.
+    Each held-out split is filled from its own source (`data.<split>_from`) or, by default,
+    from the start of the training source's stream; splits that share a source take
+    consecutive, disjoint documents of it. Raises ValueError when a source runs out before
+    its splits are full.
     """
     stream = document_stream(cfg, seed)
+    streams = {"": stream}
     held = {}
     for name in SPLITS:
+        src = getattr(cfg, f"{name}_from")
+        if src not in streams:
+            streams[src] = document_stream(cfg, seed, held_out=src)
         want = getattr(cfg, f"{name}_docs")
-        held[name] = list(itertools.islice(stream, want))
+        held[name] = list(itertools.islice(streams[src], want))
         if len(held[name]) < want:
-            raise ValueError(f"the corpus ran out while filling '{name}': {len(held[name])} of {want} "
+            where = f"data.{name}_from {src!r}" if src else "the corpus"
+            raise ValueError(f"{where} ran out while filling '{name}': {len(held[name])} of {want} "
                              f"documents (data.{name}_docs); it is too small for the requested splits")
     if cfg.max_train_docs:
         stream = itertools.islice(stream, cfg.max_train_docs)

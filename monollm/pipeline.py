@@ -1,6 +1,7 @@
 """What each flow step does, as plain functions: the flow file only wires them together."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -68,6 +69,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     device = setup_torch(cfg)
     held, stream = _split_or_config_error(cfg)
     log("splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
+    log("sources: " + "; ".join(f"{k} from {v}" for k, v in data.split_sources(dataclasses.asdict(cfg.data)).items()))
     result = {"untrained_perplexity": None, "pretraining": []}
     if cfg.model.source == "build":
         train_docs = list(stream)

@@ -1,5 +1,6 @@
 """Tests for monollm.data: deterministic disjoint splits, packing without padding,
 the token budget, and local files read through `datasets`."""
+import dataclasses
 import itertools
 import json
 
@@ -71,6 +72,45 @@ def test_local_jsonl_splits_disjoint_by_document(tmp_path):
     assert sum(len(v) for v in ids.values()) == 60 and set().union(*ids.values()) == set(range(60))
     assert all(not ids[a] & ids[b] for a, b in itertools.combinations(ids, 2))
     assert all_splits(cfg, seed=1) == splits
+
+
+def test_held_out_splits_come_from_their_own_files(tmp_path):
+    """The Pile's layout: train shards, and separate val and test files. test comes from the
+    test file, attack_opt and val take disjoint documents of the val file, train only train's."""
+    import zstandard
+
+    def shard(path, name, n):
+        lines = "".join(json.dumps({"text": f"{name} document {i}."}) + "\n" for i in range(n))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+
+    shard(tmp_path / "train" / "00.jsonl.zst", "train", 30)
+    shard(tmp_path / "train" / "01.jsonl.zst", "train2", 30)
+    shard(tmp_path / "val.jsonl.zst", "val", 20)
+    shard(tmp_path / "test.jsonl.zst", "test", 12)
+    cfg = DataConfig(source="local", path=str(tmp_path / "train" / "*.jsonl.zst"), test_docs=12, attack_opt_docs=8,
+                     val_docs=12, test_from=str(tmp_path / "test.jsonl.zst"),
+                     attack_opt_from=str(tmp_path / "val.jsonl.zst"), val_from=str(tmp_path / "val.jsonl.zst"))
+    splits = all_splits(cfg, seed=0)
+    origin = {k: {t.split()[0] for t in v} for k, v in splits.items()}
+    assert origin == {"test": {"test"}, "attack_opt": {"val"}, "val": {"val"}, "train": {"train", "train2"}}
+    assert len(splits["train"]) == 60 and not set(splits["attack_opt"]) & set(splits["val"])
+    with pytest.raises(ValueError, match="data.val_from .* ran out while filling 'val'"):
+        all_splits(dataclasses.replace(cfg, val_docs=13), seed=0)
+    sources = data.split_sources(dataclasses.asdict(cfg))
+    assert sources["test"].endswith("test.jsonl.zst") and "held out" not in sources["val"]
+    assert "held out by document" in data.split_sources({"source": "builtin"})["test"]
+
+
+def test_held_out_sources_are_checked_in_the_config(tmp_path):
+    from monollm import config
+
+    with pytest.raises(ConfigError, match="data.test_from"):
+        config.load({"data": {"test_from": "test"}})  # builtin has one source
+    with pytest.raises(ConfigError, match="'data.val_from' matches no file"):
+        write_jsonl(tmp_path / "a.jsonl")
+        config.load({"data": {"source": "local", "path": str(tmp_path / "a.jsonl"),
+                              "val_from": str(tmp_path / "none.jsonl")}})
 
 
 # --- packing ------------------------------------------------------------------------

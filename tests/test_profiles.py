@@ -88,9 +88,14 @@ def test_the_largest_profile_shards_training_over_one_node():
         assert (r.gpu, r.train_gpu) == (1, -1)
 
 
-def test_paper_profile_matches_the_earlier_recipe():
-    t = config.load_file(os.path.join(ROOT, "config", "pythia-1.4b.toml")).train
-    assert (t.lr, t.warmup_frac, t.monotonic_lr, t.monotonic_warmup_frac, t.weight_decay) == (1e-5, 0.1, 5e-5, 0.2, 0.01)
+@pytest.mark.parametrize("name", ["pythia-160m", "pythia-1.4b", "pythia-6.9b"])
+def test_paper_profiles_train_both_arms_alike_and_hold_out_the_piles_own_splits(name):
+    cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
+    t, d = cfg.train, cfg.data
+    assert not t.monotonic_lr and t.monotonic_warmup_frac < 0  # one schedule for both arms
+    assert (d.split, d.test_from, d.attack_opt_from, d.val_from) == ("train", "test", "validation", "validation")
+    if name != "pythia-160m":
+        assert (t.lr, t.warmup_frac, t.weight_decay) == (1e-5, 0.1, 0.01)  # the earlier recipe's baseline
 
 
 @pytest.mark.parametrize("section, key, value, message", [
