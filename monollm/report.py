@@ -118,7 +118,8 @@ def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def matched_control(df: pd.DataFrame, attack: str, model: str, source: str, kind: str = PRIMARY_CONTROL) -> pd.DataFrame:
+def matched_control(df: pd.DataFrame, attack: str, model: str, source: str,
+                    kind: str = PRIMARY_CONTROL) -> pd.DataFrame:
     """The `kind` control rows on `model` that rows of `attack` found on `source` are compared with.
 
     An attack whose controls are matched to where the perturbation was found (HotFlip: the flip

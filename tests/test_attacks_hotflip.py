@@ -77,7 +77,8 @@ def test_primary_control_flips_exactly_the_attacks_positions(rows):
             changed = c.attacked_ids != c.input_ids
             assert np.array_equal(changed, where)  # the attack's positions, each one a new token
             assert allowed[torch.as_tensor(c.attacked_ids[changed])].all()
-            assert torch.equal(retokenized(tokenizer(), torch.as_tensor(c.attacked_ids)), torch.as_tensor(c.attacked_ids))
+            attacked = torch.as_tensor(c.attacked_ids)
+            assert torch.equal(retokenized(tokenizer(), attacked), attacked)
             same = [r for r in results if (r.kind, r.source_model, r.trial) == ("control", source, c.trial)]
             assert all(np.array_equal(r.attacked_ids, c.attacked_ids) for r in same)  # one draw on every model
         for c in (r for r in results if r.kind == "control_random_positions" and r.source_model == source):
