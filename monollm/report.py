@@ -88,8 +88,9 @@ def success_rates(g: pd.DataFrame, threshold: float) -> tuple[float, float, floa
 def compute_spent(g: pd.DataFrame) -> dict:
     """Forward passes and exact candidate evaluations spent finding the perturbations of one
     attack x kind x model x source (on `source_model`; scoring them is not counted): the sum over
-    trials of each trial's search. 0 for random controls; a transfer row shows its source's search."""
-    per_trial = g.groupby("trial")[["forward_passes", "candidate_evals"]].first()
+    trials of each trial's search. 0 for random controls; a transfer row shows its source's search.
+    A table without the compute columns (made by hand) gives none."""
+    per_trial = g.groupby("trial")[[c for c in ("forward_passes", "candidate_evals") if c in g.columns]].first()
     return {k: int(per_trial[k].sum()) for k in per_trial.columns}
 
 
