@@ -112,18 +112,22 @@ def split_documents(cfg, seed: int) -> tuple[dict[str, list[str]], Iterator[str]
 
     Each held-out split is filled from its own source (`data.<split>_from`) or, by default,
     from the start of the training source's stream; splits that share a source take
-    consecutive, disjoint documents of it. Raises ValueError when a source runs out before
+    consecutive, disjoint documents of it, and no text is in two held-out splits. Raises ValueError when a source runs out before
     its splits are full.
     """
     stream = document_stream(cfg, seed)
     streams = {"": stream}
-    held = {}
+    held, seen = {}, set()
     for name in SPLITS:
         src = getattr(cfg, f"{name}_from")
         if src not in streams:
             streams[src] = document_stream(cfg, seed, held_out=src)
         want = getattr(cfg, f"{name}_docs")
-        held[name] = list(itertools.islice(streams[src], want))
+        # a text already in an earlier held-out split is skipped: sources repeat documents (the
+        # Pile's val and test files share some), and a trigger must never be reported on its own text
+        fresh = (t for t in streams[src] if t not in seen)
+        held[name] = list(itertools.islice(fresh, want))
+        seen.update(held[name])
         if len(held[name]) < want:
             where = f"data.{name}_from {src!r}" if src else "the corpus"
             raise ValueError(f"{where} ran out while filling '{name}': {len(held[name])} of {want} "

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monollm import corpus, data, models
+from monollm import corpus, data, models, pipeline
 from monollm.config import ConfigError, DataConfig
 
 EOS = 0
@@ -100,6 +100,20 @@ def test_held_out_splits_come_from_their_own_files(tmp_path):
     sources = data.split_sources(dataclasses.asdict(cfg))
     assert sources["test"].endswith("test.jsonl.zst") and "held out" not in sources["val"]
     assert "held out by document" in data.split_sources({"source": "builtin"})["test"]
+
+
+def test_a_text_repeated_across_held_out_files_lands_in_one_split_only(tmp_path):
+    """Held-out files that share documents (the Pile's val and test do) still give disjoint splits."""
+    for name in ("train", "val", "test"):
+        lines = [{"text": f"{name} document {i}."} for i in range(20)] + [{"text": "shared document."}] * 3
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    cfg = DataConfig(source="local", path=str(tmp_path / "train.jsonl"), test_docs=23, attack_opt_docs=18,
+                     val_docs=2, test_from=str(tmp_path / "test.jsonl"), attack_opt_from=str(tmp_path / "val.jsonl"),
+                     val_from=str(tmp_path / "val.jsonl"))
+    held, _ = data.split_documents(cfg, seed=0)
+    assert held["test"].count("shared document.") == 3  # repeats within a split are the source's own
+    assert "shared document." not in held["attack_opt"] + held["val"]
+    pipeline.require_disjoint(held)
 
 
 def test_held_out_sources_are_checked_in_the_config(tmp_path):

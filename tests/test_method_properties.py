@@ -134,11 +134,11 @@ def test_test_and_attack_opt_examples_come_from_disjoint_documents(monkeypatch, 
     assert not set(held["test"]) & set(held["attack_opt"])
     given = []
 
-    def record(docs, *args):  # the documents setup draws each split's examples from
+    def record(docs, *args, **kwargs):  # the documents setup draws each split's examples from
         given.append([tuple(d) for d in docs])
         if len(given) == 2:
             raise Stop  # both splits seen: no need to pretrain
-        return make_examples(docs, *args)
+        return make_examples(docs, *args, **kwargs)
     monkeypatch.setattr(pipeline, "make_examples", record)
     with pytest.raises(Stop):
         pipeline.setup(cfg, str(tmp_path))

@@ -1,0 +1,107 @@
+"""GPU-hours per seed and per stage for the paper profiles, from rates measured on one GPU.
+
+    python benchmarks/cost_table.py                          # the rates measured on an H200 (docs/cluster.md)
+    python benchmarks/cost_table.py --from-log gpu_check.log # rates from a benchmarks/gpu_check.sh log
+
+Three rates are measured at Pythia-1.4B's shape by `benchmarks/gpu_check.sh`: recovery-training
+tokens/s (`train_step.py`), and one UAT step and one HotFlip round in bf16 (`attack_step.py`, the
+precision attacks search in on CUDA). Every other profile's rate is scaled from them by FLOPs
+per token (the same utilisation assumed: an estimate, marked as such; pythia-6.9b trains under
+FSDP on 8 GPUs, which may use them less well). The formula, per stage:
+
+* train (both arms):   2 x train.tokens / train_rate
+* evaluate (4 models): 4 x test tokens / (3 x train_rate)   (a forward pass is ~1/3 of a training step;
+                       test tokens = test_docs x TOKENS_PER_DOC, the Pile's mean, or eval.max_blocks x block_len)
+* uat (2 models):      2 x restarts x steps x uat_step x opt_examples / timed windows   (an upper bound)
+* hotflip (2 models):  2 x max_flips x hotflip_round x examples / timed windows          (an upper bound)
+Steps that move data (setup's tokenization, checkpoints, model files) are not in it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+PROFILES = ("pythia-160m", "pythia-1.4b", "pythia-6.9b")
+TOKENS_PER_DOC = 1400
+"""The Pile's mean tokens per document (about 300B tokens over 210M documents)."""
+# Measured by benchmarks/gpu_check.sh on one NVIDIA H200, 2026-11-27 (see docs/cluster.md):
+MEASURED = {"card": "NVIDIA H200", "train_tokens_per_s": 46_789, "uat_step_s": 1.957, "uat_windows": 32,
+            "hotflip_round_s": 0.801, "hotflip_windows": 128}
+
+
+def from_log(path: str) -> dict:
+    """The three rates (and the card) from a gpu_check.sh log."""
+    text = open(path).read()
+
+    def grab(pattern):
+        m = re.search(pattern, text)
+        if not m:
+            raise SystemExit(f"{path}: no line matches {pattern!r}")
+        return m.groups()
+
+    card = grab(r"profile pythia-1\.4b: ([^;]+);")[0]
+    tokens = float(grab(r"baseline: best [\d.]+ ms/step, median [\d.]+ ms/step of \d+; ([\d,]+) tokens/s")[0]
+                   .replace(",", ""))
+    uat = grab(r"uat step on (\d+) windows: fp32 \d+ ms, bf16 (\d+) ms")
+    flip = grab(r"hotflip round on (\d+) windows: fp32 \d+ ms, bf16 (\d+) ms")
+    return {"card": card, "train_tokens_per_s": tokens, "uat_step_s": int(uat[1]) / 1000,
+            "uat_windows": int(uat[0]), "hotflip_round_s": int(flip[1]) / 1000, "hotflip_windows": int(flip[0])}
+
+
+def flops(name: str, block_len: int) -> tuple[float, float]:
+    """(training FLOPs per token, forward FLOPs per token at a 48-token attack window) of a Pythia."""
+    from train_step import PYTHIA
+
+    d, layers, _ = PYTHIA[f"EleutherAI/{name}"]
+    matmul = 12 * layers * d * d + 50304 * d  # blocks and the LM head; the input embedding is a lookup
+    return 6 * matmul + 12 * layers * d * block_len, 2 * matmul + 4 * layers * d * 48
+
+
+def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
+    """Stage -> GPU-hours for one seed of profile `cfg`."""
+    train_rate = rates["train_tokens_per_s"] / scale_train
+    t, a = cfg.train, cfg.attack
+    test_tokens = (cfg.eval.max_blocks * cfg.data.block_len if cfg.eval.max_blocks
+                   else cfg.data.test_docs * TOKENS_PER_DOC)
+    uat, flip = a.params.get("uat"), a.params.get("hotflip")
+    out = {"train": 2 * t.tokens / train_rate, "evaluate": 4 * test_tokens / (3 * train_rate)}
+    if uat:
+        out["uat"] = (2 * uat.restarts * uat.steps * rates["uat_step_s"] * scale_fwd
+                      * (uat.opt_examples or a.examples) / rates["uat_windows"])
+    if flip:
+        out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
+    return {k: v / 3600 for k, v in out.items()}
+
+
+def table(rates: dict) -> str:
+    from monollm import config
+
+    base_train, base_fwd = flops("pythia-1.4b", 2048)
+    rows = ["| profile | train | evaluate | uat | hotflip | total GPU-hours per seed |", "|---|---|---|---|---|---|"]
+    for name in PROFILES:
+        cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
+        train, fwd = flops(name, cfg.data.block_len)
+        h = stages(cfg, rates, train / base_train, fwd / base_fwd)
+        mark = "" if name == "pythia-1.4b" else " (scaled)"
+        rows.append(f"| {name}{mark} | " + " | ".join(f"{h.get(k, 0):.2f}" for k in ("train", "evaluate", "uat", "hotflip"))
+                    + f" | {sum(h.values()):.2f} |")
+    return (f"GPU-hours on one {rates['card']} (rates measured at pythia-1.4b's shape: "
+            f"{rates['train_tokens_per_s']:,.0f} training tokens/s, UAT step {rates['uat_step_s']:.2f} s on "
+            f"{rates['uat_windows']} windows, HotFlip round {rates['hotflip_round_s']:.2f} s on "
+            f"{rates['hotflip_windows']} windows, bf16)\n\n" + "\n".join(rows))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--from-log", default="", help="a benchmarks/gpu_check.sh log to take the rates from")
+    args = p.parse_args(argv)
+    print(table(from_log(args.from_log) if args.from_log else MEASURED))
+
+
+if __name__ == "__main__":
+    main()
