@@ -46,7 +46,7 @@ has() { [[ " $parts " == *" $1 "* ]]; }
     echo "== the paper-shape rehearsal through the flow on CUDA"
     if python3 -c "import metaflow, datasets, zstandard" 2>/dev/null; then
       work=$(mktemp -d) repo=$(pwd)
-      python3 -m monollm.rehearsal "$work/assets" >/dev/null
+      python3 -m monollm.rehearsal "$work/assets" >/dev/null 2>&1
       sed -i "s/^device = \"cpu\"/device = \"${GPU_CHECK_DEVICE:-cuda}\"/" "$work/assets/rehearsal.toml"
       mkdir -p "$work/ds"
       (cd "$work" && METAFLOW_HOME="$work/mf" METAFLOW_DATASTORE_SYSROOT_LOCAL="$work/ds" \
