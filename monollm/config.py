@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from monollm.monotonic import ALL_VARIANTS, DEFAULT_FLOOR
 
 
+MAX_SEED = 2 ** 32 - 1
+"""Largest seed: 32 bits, the range every numpy seeding API accepts (np.random.seed and RandomState
+take no more), so that one seed can be handed to any library unchanged."""
+
+
 class ConfigError(ValueError):
     """A profile that cannot run; the message names the key and what is allowed."""
 
@@ -205,7 +210,8 @@ class ExperimentConfig:
     name: str = "tiny"
     """Profile name (runs are tagged with it)."""
     seed: int = 0
-    """Seed of splits, init, batch order and attacks; one run = one seed."""
+    """Seed of splits, init, batch order and attacks; one run = one seed. In 0 .. 2**32-1 (MAX_SEED),
+    the range numpy's and torch's seeding accept."""
     device: str = "auto"
     """"auto" (cuda if available), "cpu" or "cuda"."""
     threads: int = 0
@@ -299,6 +305,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check values that types alone cannot; returns cfg or raises ConfigError."""
     from monollm.attacks import ATTACKS
 
+    _require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
+             f"the range numpy and torch seeding accept")
     _one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
     _require(cfg.threads >= 0, "threads", "must be >= 0")
     _require(len(cfg.attacks) > 0, "attacks", f"must name at least one of: {', '.join(ATTACKS)}")

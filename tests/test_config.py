@@ -109,6 +109,16 @@ def test_seed_override_and_frozen():
     assert config.from_dict(config.to_dict(cfg)) == cfg
 
 
+@pytest.mark.parametrize("seed", [-1, 99999999999999999999, config.MAX_SEED + 1])
+def test_out_of_range_seed_names_seed_and_range(seed):
+    assert_config_error(lambda: config.load(micro(), seed=seed), "'seed'", str(seed), "0 .. 2**32-1")
+
+
+def test_seed_range_ends_are_accepted():
+    assert config.load(micro(), seed=0).seed == 0
+    assert config.load(micro(), seed=config.MAX_SEED).seed == 2 ** 32 - 1
+
+
 def test_defaults_fill_missing_keys():
     cfg = config.load({})
     assert cfg == config.from_dict(config.to_dict(cfg))
