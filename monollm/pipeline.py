@@ -89,7 +89,8 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
                                     a.continuation_len, cfg.seed, tokenizer) for name in ("test", "attack_opt")}
     if cfg.model.source == "build":
-        result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device))
+        result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device,
+                                                               name="built model before pretraining"))
         log(f"pretraining the built model (untrained test perplexity {result['untrained_perplexity']:.1f})")
         result["pretraining"] = train.train(model, blocks["train"], blocks["val"], cfg.pretrain, cfg.seed, device,
                                             arm="pretrain", log=log)
@@ -167,7 +168,7 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
     for name, path in model_dirs.items():
         log(f"perplexity of {name} on {len(test_blocks)} test blocks")
         model, _ = models.load(path, device, cfg.model.attn_implementation)
-        out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log)
+        out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log, name=name)
     return out
 
 

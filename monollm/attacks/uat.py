@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, rows_survive,
+from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, prepend, rows_survive,
                                     sample_trigger, search_precision, score_attacked, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
 
@@ -227,7 +227,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     test = torch.as_tensor(examples["test"], device=device)
     opt_all = torch.as_tensor(examples["attack_opt"], device=device)
     opt = opt_all[:params.opt_examples or None]
-    clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
+    clean = clean_nlls(models, test, continuation_len, batch_size)
     results = []
     saved = (checkpoint.restore() or {}).get("uat", {}) if checkpoint else {}
     for source, model in models.items():
