@@ -42,13 +42,7 @@ def write(folder: str, state: dict):
 
 def seal(folder: str, step: int) -> str:
     """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if rel != META:
-                files[rel] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    files = digests(folder, skip=(META,))
     with open(os.path.join(folder, META + ".tmp"), "w") as f:
         json.dump({"step": step, "files": files}, f)
     os.replace(os.path.join(folder, META + ".tmp"), os.path.join(folder, META))
@@ -63,15 +57,35 @@ def check(folder: str) -> str:
         raise CorruptCheckpoint(f"checkpoint file missing: {meta_path}")
     with open(meta_path) as f:
         meta = json.load(f)
-    for rel, expect in meta["files"].items():
+    problem = damage(folder, meta["files"], "checkpoint")
+    if problem:
+        raise CorruptCheckpoint(problem)
+    return folder
+
+
+def digests(folder: str, skip: tuple[str, ...] = ()) -> dict:
+    """Relative path -> {"sha256", "bytes"} of every file under `folder` but those in `skip`."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel not in skip:
+                files[rel] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    return files
+
+
+def damage(folder: str, files: dict, kind: str) -> str | None:
+    """None when every file of `files` (as `digests` gives them) is in `folder`, whole and
+    unchanged; else what is wrong, naming the file (`kind`: "checkpoint", "model", ...)."""
+    for rel, expect in files.items():
         path = os.path.join(folder, rel)
         if not os.path.exists(path):
-            raise CorruptCheckpoint(f"checkpoint file missing: {path}")
+            return f"{kind} file missing: {path}"
         if os.path.getsize(path) != expect["bytes"] or _sha256(path) != expect["sha256"]:
-            raise CorruptCheckpoint(f"checkpoint file {path} is truncated or corrupted "
-                                    f"({os.path.getsize(path)} bytes, expected {expect['bytes']}, "
-                                    f"checksum mismatch)")
-    return folder
+            return (f"{kind} file {path} is truncated or corrupted ({os.path.getsize(path)} bytes, "
+                    f"expected {expect['bytes']}, checksum mismatch)")
+    return None
 
 
 def read(folder: str) -> dict:

@@ -265,7 +265,8 @@ def main(job: str):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation)
+        # the coordinator verified the files (models.load) before starting the ranks
+        model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
         if spec["arm"] == "monotonic":
             monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
         par = Parallel(cfg.parallel.strategy)

@@ -1,4 +1,6 @@
 """The whole flow, for real, on the micro profile through metaflow.Runner."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,26 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
     assert flips["n_changed"].max() > 0
     s = data.attack_summary
     assert s[(s.kind != "control") & s.attack.isin(["uat", "hotflip"])]["above_control_ci_low"].notna().all()
+
+
+def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datastore_root, tmp_path):
+    """Sign bits flipped in the datastore's copy of a model (same size, still valid safetensors):
+    results.load_model refuses it, naming the run, the model and what to do next."""
+    from monollm import models, results
+    from test_models import flip_sign_bits
+
+    ref = micro_run.data.monotonic_init_model
+    stored = os.path.join(datastore_root, ".metaflow", ref["key"])
+    weights = os.path.join(stored, "model.safetensors")
+    original = open(weights, "rb").read()
+    try:
+        flip_sign_bits(stored)
+        with pytest.raises(models.CorruptModel) as err:
+            results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "m"))
+    finally:
+        open(weights, "wb").write(original)  # the run is shared with the other flow tests
+    msg = str(err.value)
+    for needle in (micro_run.pathspec, "monotonic_init model", str(tmp_path / "m" / "model.safetensors"),
+                   "checksum mismatch", f"resume make_monotonic --origin-run-id {micro_run.id}"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
