@@ -5,7 +5,8 @@ file's size and SHA-256, so that a truncated, corrupted or missing file is detec
 it is used. A one-process run writes one file, `state.pt` (the full training state: model,
 optimizer, scheduler, data position, RNG states, history); a run over several processes
 writes a sharded folder (see monollm.distributed). `meta.json` is written last: a folder
-without it was never finished.
+without it was never finished. State files hold only tensors and plain values and are read
+with torch.load(weights_only=True): nothing read back from a datastore is unpickled.
 
 Where a task continues from:
 - a retry of the same task (@retry): the newest checkpoint of its earlier attempts
@@ -95,10 +96,20 @@ def read(folder: str) -> dict:
     if not os.path.exists(path):
         raise CorruptCheckpoint(f"checkpoint file missing: {path} (a sharded checkpoint of several "
                                 f"processes cannot be read by a one-process run)")
+    return load_tensors(path)
+
+
+def load_tensors(path: str):
+    """A file of tensors and plain values (dicts, lists, numbers, strings), read without running
+    any code: torch.load(weights_only=True) refuses every other object, so a file planted in the
+    datastore cannot execute anything. Raises CorruptCheckpoint naming the file."""
+    if not os.path.exists(path):
+        raise CorruptCheckpoint(f"checkpoint file missing: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a damaged pickle surfaces as many exception types
-        raise CorruptCheckpoint(f"checkpoint file {path} cannot be read: {err}") from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign pickle surfaces as many exception types
+        raise CorruptCheckpoint(f"checkpoint file {path} cannot be read as tensors and plain values "
+                                f"(damaged, or holds other objects, which are never unpickled): {err}") from err
 
 
 def _sha256(path: str) -> str:

@@ -238,7 +238,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
         with search_precision(device, precision):
             found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
                            log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
-                           done=saved.get(source, {}).get("found"),
+                           done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
                            on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None)
             trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len,
                                     batch_size, rescore=len(opt) < len(opt_all))
@@ -260,10 +260,18 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
 def _saver(checkpoint, saved: dict, source: str, rng: np.random.Generator):
     """on_restart callback: checkpoint every model's finished restarts and the RNG after them."""
     def save(found: list[Search]):
-        saved[source] = {"found": list(found), "rng": rng.bit_generator.state}
+        # plain values only: checkpoints are read back with torch.load(weights_only=True)
+        saved[source] = {"found": [_plain(s) for s in found], "rng": rng.bit_generator.state}
         checkpoint.save({"uat": saved, "step": sum(len(v["found"]) for v in saved.values())},
                         sum(len(v["found"]) for v in saved.values()))
     return save
+
+
+def _plain(s: Search) -> dict:
+    """A Search as plain Python values (`Search(**_plain(s)) == s`)."""
+    return {"trigger": [int(t) for t in s.trigger], "objective": float(s.objective),
+            "history": [float(h) for h in s.history], "forward_passes": int(s.forward_passes),
+            "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start]}
 
 
 def _evaluate(models: dict, tokenizer, trigger: list[int], test: torch.Tensor, clean: dict, n_cont: int,
