@@ -25,7 +25,7 @@ TRAIN_STEP = dict(MODEL_STEP, **{key: config_expr(
 
 
 class MonoFlow(FlowSpec):
-    config = Config("config", default=DEFAULT_PROFILE, parser="tomllib.loads",
+    config = Config("config", default=DEFAULT_PROFILE, parser="monollm.profiles.parse",
                     help="TOML profile (see config/)")
     seed = Parameter("seed", type=int, default=None, help="Override the profile's seed")
 

@@ -3,6 +3,8 @@ import glob
 import os
 import re
 import socket
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -128,3 +130,16 @@ def test_attention_kernel_reaches_every_loaded_model(tmp_path):
     assert models.load_foundation(mcfg)[0].config._attn_implementation == "eager"
     assert models.load(str(tmp_path))[0].config._attn_implementation == "sdpa"
     assert models.load(str(tmp_path), attn_implementation="eager")[0].config._attn_implementation == "eager"
+
+
+def test_invalid_toml_is_one_line_naming_file_line_and_column(tmp_path):
+    from conftest import flow_env
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "broken"\n[train]\nlr = 1e-3\ntokens = = 5\n')
+    done = subprocess.run([sys.executable, FLOW, "--config", "config", str(broken), "run"], cwd=str(tmp_path),
+                          env=flow_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "Internal error" not in done.stderr
+    named = [line for line in done.stderr.splitlines() if str(broken) in line]
+    assert len(named) == 1 and "line 4, column 10" in named[0] and "invalid TOML" in named[0], done.stderr
