@@ -11,17 +11,16 @@ import os
 from metaflow import (Config, FlowSpec, Parameter, card, checkpoint, config_expr, current, model, resources,
                       retry, step)
 
+from monollm.profiles import step_resources  # no torch: the decorators below call it
+
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "tiny.toml")
-# disk (MB) reaches Kubernetes' ephemeral storage; profiles without it get Kubernetes' default
-MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("config.resources.cpu"),
-                  memory=config_expr("config.resources.memory"),
-                  disk=config_expr("config.resources.get('disk', 10240)"))
-# the training steps may ask for more: several GPUs, one training process each (see [parallel])
-TRAIN_STEP = dict(MODEL_STEP, **{key: config_expr(
-    f"config.resources.{key} if config.resources.get('train_{key}', -1) < 0 else config.resources.train_{key}")
-    for key in ("gpu", "cpu", "memory")},
-    # /dev/shm for NCCL between the training processes (0: the backend's default)
-    shared_memory=config_expr("config.resources.get('train_shared_memory', 0) or None"))
+# every [resources] default applies when a key is absent (monollm.config.step_resources);
+# disk (MB) reaches Kubernetes' ephemeral storage; the training steps may ask for more: several
+# GPUs, one training process each (see [parallel]), and /dev/shm for NCCL between them
+MODEL_STEP = {key: config_expr(f"step_resources(config)[{key!r}]") for key in ("gpu", "cpu", "memory", "disk")}
+TRAIN_STEP = {key: config_expr(f"step_resources(config, train=True)[{key!r}]")
+              for key in ("gpu", "cpu", "memory", "disk", "shared_memory")}
+RETRIES = config_expr("step_resources(config)['retries']")
 
 
 class MonoFlow(FlowSpec):
@@ -59,7 +58,7 @@ class MonoFlow(FlowSpec):
 
     @card(type="blank", id="training", refresh_interval=5)
     @resources(**TRAIN_STEP)
-    @retry(times=config_expr("config.resources.retries"))
+    @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["reference_model"])
     @step
@@ -91,7 +90,7 @@ class MonoFlow(FlowSpec):
 
     @card(type="blank", id="training", refresh_interval=5)
     @resources(**TRAIN_STEP)
-    @retry(times=config_expr("config.resources.retries"))
+    @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["monotonic_init_model"])
     @step
@@ -137,7 +136,7 @@ class MonoFlow(FlowSpec):
         self.next(self.attack, foreach="attack_names")
 
     @resources(**MODEL_STEP)
-    @retry(times=config_expr("config.resources.retries"))
+    @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["baseline_model", "monotonic_model"])
     @step

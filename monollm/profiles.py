@@ -1,7 +1,9 @@
-"""Reading a profile: the flow's Config parser (TOML text -> dict).
+"""Reading a profile on the flow's command line: the Config parser (TOML text -> dict) and the
+resources its decorators ask for.
 
-Kept free of torch and the rest of monollm: Metaflow calls it while parsing the command
-line of every `run`, before any step starts.
+Kept free of torch: Metaflow calls both while parsing the command line of every `run`, before
+any step starts. A bad profile stops the command with one line (a MetaflowException), not
+Metaflow's internal-error traceback.
 """
 from __future__ import annotations
 
@@ -22,6 +24,19 @@ def parse(text: str) -> dict:
         place = f", line {where[1]}, column {where[2]}" if where else ""
         reason = re.sub(r"\s*\(at .*\)$", "", str(err))
         raise MetaflowException(f"invalid TOML in {profile_path(sys.argv)}{place}: {reason}") from None
+
+
+def step_resources(raw: dict, train: bool = False) -> dict:
+    """monollm.config.step_resources (every [resources] default applied) for the flow's
+    @resources and @retry; a bad [resources] value stops the command with its ConfigError."""
+    from monollm import config
+
+    try:
+        return config.step_resources(raw, train)
+    except config.ConfigError as err:
+        from metaflow.exception import MetaflowException
+
+        raise MetaflowException(f"{profile_path(sys.argv)}: {err}") from None
 
 
 def profile_path(argv: list[str]) -> str:
