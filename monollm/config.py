@@ -16,8 +16,6 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
-
-
 DEFAULT_FLOOR = 1e-4
 """Default init floor of the constraint (monotonic.floor)."""
 MAX_SEED = 2 ** 32 - 1
@@ -214,8 +212,8 @@ class ExperimentConfig:
     name: str = "tiny"
     """Profile name (runs are tagged with it)."""
     seed: int = 0
-    """Seed of splits, init, batch order and attacks; one run = one seed. In 0 .. 2**32-1 (MAX_SEED),
-    the range numpy's and torch's seeding accept."""
+    """Seed of splits, init, batch order and attacks; one run = one seed. In 0 .. 2**32-1
+    (MAX_SEED), the range numpy's seeding accepts."""
     device: str = "auto"
     """"auto" (cuda if available), "cpu" or "cuda"."""
     threads: int = 0
@@ -311,7 +309,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     from monollm.monotonic import ALL_VARIANTS
 
     _require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
-             f"the range numpy and torch seeding accept")
+             f"the range numpy's seeding accepts (np.random.seed takes no more)")
     _one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
     _require(cfg.threads >= 0, "threads", "must be >= 0")
     _require(len(cfg.attacks) > 0, "attacks", f"must name at least one of: {', '.join(ATTACKS)}")

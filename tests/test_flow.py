@@ -1,4 +1,5 @@
 """The whole flow, for real, on the micro profile through metaflow.Runner."""
+import dataclasses
 import os
 
 import numpy as np
@@ -132,3 +133,19 @@ def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datasto
                    "checksum mismatch", f"resume make_monotonic --origin-run-id {micro_run.id}"):
         assert needle in msg, f"{needle!r} not in {msg!r}"
     results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
+
+
+def test_profile_without_resources_runs_end_to_end(tmp_path_factory):
+    """Every [resources] key absent (the table removed): @resources and @retry take the
+    documented defaults and the whole flow runs (the random attack alone keeps it short)."""
+    from conftest import micro_variant, run_flow
+
+    from monollm import config
+
+    profile = micro_variant(tmp_path_factory.mktemp("profiles"), "nores", {
+        "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": "",
+        'attacks = ["uat", "hotflip"]': 'attacks = ["random"]'})
+    assert "resources" not in open(profile).read()
+    run = run_flow(profile)
+    assert run.successful and run.data.resolved_config["resources"] == dataclasses.asdict(config.ResourcesConfig())
+    assert set(run.data.attacks["model"]) == {"baseline", "monotonic"}
