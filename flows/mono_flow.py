@@ -11,25 +11,23 @@ import os
 from metaflow import (Config, FlowSpec, Parameter, card, checkpoint, config_expr, current, model, resources,
                       retry, step)
 
+from monollm.profiles import step_resources  # no torch: the decorators below call it
+
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "tiny.toml")
-# disk (MB) reaches Kubernetes' ephemeral storage; profiles without it get Kubernetes' default
-MODEL_STEP = dict(gpu=config_expr("config.resources.gpu"), cpu=config_expr("config.resources.cpu"),
-                  memory=config_expr("config.resources.memory"),
-                  disk=config_expr("config.resources.get('disk', 10240)"))
-# setup uses a GPU only to pretrain a built model; a hub or local model is only loaded and saved
-SETUP_STEP = dict(MODEL_STEP, gpu=config_expr("config.resources.gpu if config.model.source == 'build' else 0"))
-# make_monotonic constrains and materializes the weights on the CPU
-CPU_MODEL_STEP = dict(MODEL_STEP, gpu=0)
-# the training steps may ask for more: several GPUs, one training process each (see [parallel])
-TRAIN_STEP = dict(MODEL_STEP, **{key: config_expr(
-    f"config.resources.{key} if config.resources.get('train_{key}', -1) < 0 else config.resources.train_{key}")
-    for key in ("gpu", "cpu", "memory")},
-    # /dev/shm for NCCL between the training processes (0: the backend's default)
-    shared_memory=config_expr("config.resources.get('train_shared_memory', 0) or None"))
+# every [resources] default applies when a key is absent (monollm.config.step_resources);
+# disk (MB) reaches Kubernetes' ephemeral storage; the training steps may ask for more: several
+# GPUs, one training process each (see [parallel]), and /dev/shm for NCCL between them
+MODEL_STEP = {key: config_expr(f"step_resources(config)[{key!r}]") for key in ("gpu", "cpu", "memory", "disk")}
+TRAIN_STEP = {key: config_expr(f"step_resources(config, train=True)[{key!r}]")
+              for key in ("gpu", "cpu", "memory", "disk", "shared_memory")}
+# setup uses a GPU only to pretrain a built model; make_monotonic works on the CPU
+SETUP_STEP = {key: config_expr(f"step_resources(config, step='setup')[{key!r}]") for key in MODEL_STEP}
+CPU_MODEL_STEP = {key: config_expr(f"step_resources(config, step='cpu')[{key!r}]") for key in MODEL_STEP}
+RETRIES = config_expr("step_resources(config)['retries']")
 
 
 class MonoFlow(FlowSpec):
-    config = Config("config", default=DEFAULT_PROFILE, parser="tomllib.loads",
+    config = Config("config", default=DEFAULT_PROFILE, parser="monollm.profiles.parse",
                     help="TOML profile (see config/)")
     seed = Parameter("seed", type=int, default=None, help="Override the profile's seed")
 
@@ -63,7 +61,7 @@ class MonoFlow(FlowSpec):
 
     @card(type="blank", id="training", refresh_interval=5)
     @resources(**TRAIN_STEP)
-    @retry(times=config_expr("config.resources.retries"))
+    @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["reference_model"])
     @step
@@ -95,7 +93,7 @@ class MonoFlow(FlowSpec):
 
     @card(type="blank", id="training", refresh_interval=5)
     @resources(**TRAIN_STEP)
-    @retry(times=config_expr("config.resources.retries"))
+    @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["monotonic_init_model"])
     @step
@@ -141,7 +139,7 @@ class MonoFlow(FlowSpec):
         self.next(self.attack, foreach="attack_names")
 
     @resources(**MODEL_STEP)
-    @retry(times=config_expr("config.resources.retries"))
+    @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
     @model(load=["baseline_model", "monotonic_model"])
     @step

@@ -5,7 +5,8 @@ file's size and SHA-256, so that a truncated, corrupted or missing file is detec
 it is used. A one-process run writes one file, `state.pt` (the full training state: model,
 optimizer, scheduler, data position, RNG states, history); a run over several processes
 writes a sharded folder (see monollm.distributed). `meta.json` is written last: a folder
-without it was never finished.
+without it was never finished. State files hold only tensors and plain values and are read
+with torch.load(weights_only=True): nothing read back from a datastore is unpickled.
 
 Where a task continues from:
 - a retry of the same task (@retry): the newest checkpoint of its earlier attempts
@@ -42,13 +43,7 @@ def write(folder: str, state: dict):
 
 def seal(folder: str, step: int) -> str:
     """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if rel != META:
-                files[rel] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    files = digests(folder, skip=(META,))
     with open(os.path.join(folder, META + ".tmp"), "w") as f:
         json.dump({"step": step, "files": files}, f)
     os.replace(os.path.join(folder, META + ".tmp"), os.path.join(folder, META))
@@ -63,15 +58,37 @@ def check(folder: str) -> str:
         raise CorruptCheckpoint(f"checkpoint file missing: {meta_path}")
     with open(meta_path) as f:
         meta = json.load(f)
-    for rel, expect in meta["files"].items():
+    problem = damage(folder, meta["files"], "checkpoint")
+    if problem:
+        raise CorruptCheckpoint(problem)
+    return folder
+
+
+def digests(folder: str, skip: tuple[str, ...] = ()) -> dict:
+    """Relative path -> {"sha256", "bytes"} of every file under `folder` but those in `skip`."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel not in skip:
+                files[rel] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    return files
+
+
+def damage(folder: str, files: dict, kind: str) -> str | None:
+    """None when every file of `files` (as `digests` gives them) is in `folder`, whole and
+    unchanged; else what is wrong, naming the file (`kind`: "checkpoint", "model", ...)."""
+    for rel, expect in files.items():
         path = os.path.join(folder, rel)
         if not os.path.exists(path):
-            raise CorruptCheckpoint(f"checkpoint file missing: {path}")
-        if os.path.getsize(path) != expect["bytes"] or _sha256(path) != expect["sha256"]:
-            raise CorruptCheckpoint(f"checkpoint file {path} is truncated or corrupted "
-                                    f"({os.path.getsize(path)} bytes, expected {expect['bytes']}, "
-                                    f"checksum mismatch)")
-    return folder
+            return f"{kind} file missing: {path}"
+        if os.path.getsize(path) != expect["bytes"]:
+            return (f"{kind} file {path} is truncated or corrupted ({os.path.getsize(path)} bytes, "
+                    f"expected {expect['bytes']})")
+        if _sha256(path) != expect["sha256"]:
+            return f"{kind} file {path} is corrupted (checksum mismatch at the expected size)"
+    return None
 
 
 def read(folder: str) -> dict:
@@ -81,10 +98,20 @@ def read(folder: str) -> dict:
     if not os.path.exists(path):
         raise CorruptCheckpoint(f"checkpoint file missing: {path} (a sharded checkpoint of several "
                                 f"processes cannot be read by a one-process run)")
+    return load_tensors(path)
+
+
+def load_tensors(path: str):
+    """A file of tensors and plain values (dicts, lists, numbers, strings), read without running
+    any code: torch.load(weights_only=True) refuses every other object, so a file planted in the
+    datastore cannot execute anything. Raises CorruptCheckpoint naming the file."""
+    if not os.path.exists(path):
+        raise CorruptCheckpoint(f"checkpoint file missing: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a damaged pickle surfaces as many exception types
-        raise CorruptCheckpoint(f"checkpoint file {path} cannot be read: {err}") from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign pickle surfaces as many exception types
+        raise CorruptCheckpoint(f"checkpoint file {path} cannot be read as tensors and plain values "
+                                f"(damaged, or holds other objects, which are never unpickled): {err}") from err
 
 
 def _sha256(path: str) -> str:

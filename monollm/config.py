@@ -4,6 +4,9 @@
 `ConfigError` naming the key and the allowed values, so that a bad profile
 fails in the flow's `start` step before any model work. Fields carry their
 documentation as attribute docstrings.
+
+This module imports neither torch nor Metaflow (the flow's decorators call `step_resources`
+while Metaflow parses the command line); modules that need them are imported where used.
 """
 from __future__ import annotations
 
@@ -13,7 +16,11 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
-from monollm.monotonic import ALL_VARIANTS, DEFAULT_FLOOR
+DEFAULT_FLOOR = 1e-4
+"""Default init floor of the constraint (monotonic.floor)."""
+MAX_SEED = 2 ** 32 - 1
+"""Largest seed: 32 bits, the range every numpy seeding API accepts (np.random.seed and RandomState
+take no more), so that one seed can be handed to any library unchanged."""
 
 
 class ConfigError(ValueError):
@@ -216,7 +223,8 @@ class ExperimentConfig:
     name: str = "tiny"
     """Profile name (runs are tagged with it)."""
     seed: int = 0
-    """Seed of splits, init, batch order and attacks; one run = one seed."""
+    """Seed of splits, init, batch order and attacks; one run = one seed. In 0 .. 2**32-1
+    (MAX_SEED), the range numpy's seeding accepts."""
     device: str = "auto"
     """"auto" (cuda if available), "cpu" or "cuda"."""
     threads: int = 0
@@ -309,7 +317,10 @@ def _check_train(t: TrainConfig, key: str):
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check values that types alone cannot; returns cfg or raises ConfigError."""
     from monollm.attacks import ATTACKS
+    from monollm.monotonic import ALL_VARIANTS
 
+    _require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
+             f"the range numpy's seeding accepts (np.random.seed takes no more)")
     _one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
     _require(cfg.threads >= 0, "threads", "must be >= 0")
     _require(len(cfg.attacks) > 0, "attacks", f"must name at least one of: {', '.join(ATTACKS)}")
@@ -397,6 +408,31 @@ def load(raw: dict, seed: int | None = None) -> ExperimentConfig:
         raise ConfigError(f"unknown key 'attack.{unknown[0]}' (attack settings are {settings}, "
                           f"or a table named after an attack: {', '.join(_attack_names())})")
     return validate(from_dict(raw))
+
+
+def step_resources(raw: dict, train: bool = False, step: str = "") -> dict:
+    """What a model step (`train`: one of the two training steps) asks of a remote backend, read
+    from a parsed profile (the flow's `config`) with every [resources] default applied; the
+    flow's @resources and @retry take these values, so a key (or the whole table) may be absent.
+
+    Returns {"gpu", "cpu", "memory", "disk", "retries", "shared_memory"}: in a training step each
+    `train_<key>` set (not -1) replaces `<key>`; shared_memory (MiB) is train_shared_memory in a
+    training step, None otherwise or when 0 (the backend's default). Steps that use no GPU ask for
+    none: `step = "setup"` unless it pretrains a built model (a hub or local model is only loaded
+    and saved), and `step = "cpu"` (make_monotonic). Raises ConfigError like `load`.
+    """
+    r = _build(ResourcesConfig, raw.get("resources", {}), "resources")
+    out = {"gpu": r.gpu, "cpu": r.cpu, "memory": r.memory, "disk": r.disk, "retries": r.retries,
+           "shared_memory": None}
+    if train:
+        out.update({key: getattr(r, f"train_{key}") for key in ("gpu", "cpu", "memory")
+                    if getattr(r, f"train_{key}") != -1})
+        out["shared_memory"] = r.train_shared_memory or None
+    model = raw.get("model", {})
+    source = model.get("source", ModelConfig.source) if isinstance(model, dict) else ModelConfig.source
+    if step == "cpu" or (step == "setup" and source != "build"):
+        out["gpu"] = 0
+    return out
 
 
 def _attack_names():

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -79,7 +80,7 @@ def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dic
         _run(job, world, arm, checkpointer, on_step)
         with open(os.path.join(job, HISTORY)) as f:
             history = json.load(f)  # with the rows before a resumed checkpoint
-        model.load_state_dict(torch.load(os.path.join(job, FINAL), map_location="cpu"))
+        model.load_state_dict(torch.load(os.path.join(job, FINAL), map_location="cpu", weights_only=True))
         return history
     finally:
         shutil.rmtree(job, ignore_errors=True)
@@ -191,12 +192,11 @@ class Parallel(train.OneProcess):
         return {"model": msd, "optimizer": osd}
 
     def load(self, model, opt, resume: dict):
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         msd, osd = get_state_dict(model, opt)
         sharded = {"model": msd, "optimizer": osd}
-        dcp.load(sharded, checkpoint_id=os.path.join(resume["folder"], "shards"))
+        _load_shards(sharded, os.path.join(resume["folder"], "shards"))
         set_state_dict(model, opt, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"])
 
 
@@ -237,12 +237,64 @@ def _save_sharded(job: str, par: Parallel, state: dict, step: int):
 
 
 def _resume_state(folder: str, rank: int) -> dict:
-    rest = torch.load(os.path.join(folder, "rest.pt"), map_location="cpu", weights_only=False)
+    """The non-sharded part of a checkpoint for `rank`, read without unpickling (weights_only)."""
+    rest = checkpoints.load_tensors(os.path.join(folder, "rest.pt"))
     rng_path = os.path.join(folder, f"rng-{rank}.pt")
     if not os.path.exists(rng_path):  # fewer ranks wrote it: RNG streams of rank 0 (no dropout in these models)
         rng_path = os.path.join(folder, "rng-0.pt")
-    rest["rng"] = torch.load(rng_path, map_location="cpu", weights_only=False)
+    rest["rng"] = checkpoints.load_tensors(rng_path)
     return {**rest, "folder": folder}
+
+
+def _load_shards(state: dict, path: str):
+    """dcp.load into `state`, refusing anything but tensors and plain values: torch's reader
+    unpickles the `.metadata` file and its planner the non-tensor entries in full, so both are
+    first read by restricted unpicklers, which raise before any other object is built."""
+    import torch.distributed.checkpoint as dcp
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with open(os.path.join(path, ".metadata"), "rb") as f:
+        _MetadataUnpickler(f).load()
+    try:
+        dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=_weights_only_planner())
+    except CheckpointException as err:  # DCP wraps every rank's error: give back the refusal itself
+        refused = [e for e, _ in err.failures.values() if isinstance(e, checkpoints.CorruptCheckpoint)]
+        if refused:
+            raise refused[0] from None
+        raise
+
+
+# what DCP's `.metadata` pickle may name: its own metadata dataclasses, tensor sizes, dtypes, layouts
+_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                     ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's `.metadata` (tensor shapes, dtypes and file offsets) and nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if (module == "torch.distributed.checkpoint.metadata" or (module, name) in _METADATA_GLOBALS
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+            return super().find_class(module, name)
+        raise checkpoints.CorruptCheckpoint(f"sharded checkpoint metadata names {module}.{name}, which "
+                                            f"checkpoint metadata never holds; it is not unpickled")
+
+
+def _weights_only_planner():
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):
+            try:
+                torch.load(value, weights_only=True)  # raises on anything but tensors and plain values ...
+            except Exception as err:
+                raise checkpoints.CorruptCheckpoint(f"sharded checkpoint entry {read_item.dest_index.fqn} is "
+                                                    f"not tensors and plain values: {err}") from err
+            value.seek(0)
+            super().load_bytes(read_item, value)  # ... so the full unpickling of the same bytes builds nothing else
+    return Planner()
 
 
 def main(job: str):
@@ -265,7 +317,8 @@ def main(job: str):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation)
+        # the coordinator verified the files (models.load) before starting the ranks
+        model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
         if spec["arm"] == "monotonic":
             monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
         par = Parallel(cfg.parallel.strategy)

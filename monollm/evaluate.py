@@ -12,9 +12,27 @@ import numpy as np
 import torch
 
 
+class NonFiniteNLL(FloatingPointError):
+    """An NLL that is NaN or infinite: the model's weights or numerics are broken, and any
+    perplexity or attack result computed from it would be meaningless."""
+
+
+def require_finite(values, what: str):
+    """`values` ((N,) array or tensor) unchanged when every entry is finite; else raises
+    NonFiniteNLL naming `what` (which model, which numbers) and the first bad index."""
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if len(bad):
+        raise NonFiniteNLL(f"{what}: {len(bad)} of {arr.size} NLLs are not finite (first: index {bad[0]}, "
+                           f"{arr.flat[bad[0]]}); the model's weights or numerics are broken (NaN/inf)")
+    return values
+
+
 @torch.no_grad()
-def block_nll(model, blocks: np.ndarray, batch_size: int, device: str, log=None) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL and predicted-token count per block.
+def block_nll(model, blocks: np.ndarray, batch_size: int, device: str, log=None,
+              name: str = "model") -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and predicted-token count per block; raises NonFiniteNLL naming `name` (the
+    model) as soon as a block's NLL is NaN or infinite.
 
     blocks: (N, T) int. Returns (nll_sum (N,) float64, tokens (N,) int64).
     """
@@ -27,7 +45,8 @@ def block_nll(model, blocks: np.ndarray, batch_size: int, device: str, log=None)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda):
             logits = model(input_ids=ids).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        sums.append(nll.sum(dim=1).double().cpu().numpy())
+        sums.append(require_finite(nll.sum(dim=1).double().cpu().numpy(),
+                                   f"perplexity of {name!r} on blocks {start}..{start + len(ids) - 1}"))
         counts.append(np.full(len(ids), ids.shape[1] - 1, dtype=np.int64))
         done = min(start + batch_size, len(blocks))
         if log and (done == len(blocks) or (start // batch_size) % 20 == 19):

@@ -1,9 +1,25 @@
-"""The foundation model and its tokenizer: built here, from a local directory, or from the hub."""
+"""The foundation model and its tokenizer: built here, from a local directory, or from the hub.
+
+A model directory written by `save` carries `checksums.json` (every file's size and SHA-256),
+and every load verifies the files against it first, so that a model damaged in storage or
+transfer is refused by name instead of loading as garbage (or as a confusing safetensors
+error). A directory without it (a hub download, a local mirror) is loaded as it is.
+"""
 from __future__ import annotations
+
+import json
+import os
 
 import torch
 
+from monollm import checkpoints
+
 EOS = "<|endoftext|>"
+MANIFEST = "checksums.json"
+
+
+class CorruptModel(RuntimeError):
+    """A model directory saved by `save` whose files no longer match their checksums."""
 
 
 def build_tokenizer(docs: list[str], vocab_size: int):
@@ -50,6 +66,8 @@ def load_foundation(mcfg):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"local_files_only": True} if mcfg.source == "local" else {"revision": mcfg.revision}
+    if mcfg.source == "local":
+        verify(mcfg.name, f"model.name {mcfg.name!r}")  # checked only if `save` wrote it
     tokenizer = AutoTokenizer.from_pretrained(mcfg.name, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(mcfg.name, dtype=torch.float32,
                                                  attn_implementation=mcfg.attn_implementation, **kwargs)
@@ -64,25 +82,52 @@ def max_positions(model) -> int:
 
 
 def save(model, tokenizer, path: str):
-    """Hugging Face format (safetensors + tokenizer files) that vanilla transformers loads."""
+    """Hugging Face format (safetensors + tokenizer files) that vanilla transformers loads, plus
+    `checksums.json` (file -> size and SHA-256), written last: `load` verifies against it."""
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    files = checkpoints.digests(path, skip=(MANIFEST,))
+    with open(os.path.join(path, MANIFEST + ".tmp"), "w") as f:
+        json.dump({"files": files}, f, indent=1)
+    os.replace(os.path.join(path, MANIFEST + ".tmp"), os.path.join(path, MANIFEST))
 
 
-def load(path: str, device: str = "cpu", attn_implementation: str = "sdpa"):
-    """(model in eval mode on `device`, tokenizer) from a `save` directory."""
+def verify(path: str, what: str = "", next_step: str = "") -> str:
+    """`path` when it has no `checksums.json` (not saved by `save`) or every file it lists is whole
+    and unchanged; else raises CorruptModel naming the directory, `what` the caller knows it as
+    (run, model name) and `next_step`, what to do about it."""
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.exists(manifest):
+        return path
+    with open(manifest) as f:
+        problem = checkpoints.damage(path, json.load(f)["files"], "model")
+    if problem:
+        raise CorruptModel(f"stored model {path}{f' ({what})' if what else ''} is damaged: {problem}. "
+                           + (next_step or "Resume the run from the step that produced this model "
+                              "(resume STEP --origin-run-id RUN), or start a new run."))
+    return path
+
+
+def load(path: str, device: str = "cpu", attn_implementation: str = "sdpa", what: str = "", next_step: str = ""):
+    """(model in eval mode on `device`, tokenizer) from a `save` directory, verified first
+    (`verify`: `what` and `next_step` go into its error)."""
     from transformers import AutoTokenizer
 
-    return load_model(path, device, attn_implementation), AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = load_model(path, device, attn_implementation, what=what, next_step=next_step)
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa"):
-    """The model of a `save` (or `save_pretrained`) directory, in eval mode on `device`.
+def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa", verified: bool = False,
+               what: str = "", next_step: str = ""):
+    """The model of a `save` (or `save_pretrained`) directory, in eval mode on `device`; its files
+    are verified first (`verify`) unless `verified` (the caller checked them already).
 
     The attention kernel is not stored with the weights, so every load names it.
     """
     from transformers import AutoModelForCausalLM
 
+    if not verified:
+        verify(path, what, next_step)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
                                                  attn_implementation=attn_implementation)
     return model.to(device).eval()

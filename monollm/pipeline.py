@@ -105,7 +105,8 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
                                     a.continuation_len, cfg.seed, tokenizer, split=name)
                 for name in ("test", "attack_opt")}
     if cfg.model.source == "build":
-        result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device))
+        result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device,
+                                                               name="built model before pretraining"))
         log(f"pretraining the built model (untrained test perplexity {result['untrained_perplexity']:.1f})")
         result["pretraining"] = train.train(model, blocks["train"], blocks["val"], cfg.pretrain, cfg.seed, device,
                                             arm="pretrain", log=log)
@@ -131,7 +132,8 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
 
     world = distributed.processes(cfg, device)
     # with several processes this one only coordinates: the model stays on the CPU
-    model, tokenizer = models.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation)
+    model, tokenizer = models.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation,
+                                   what=f"the model the {arm} arm starts from")
     checks = {}
     lr = warmup = None
     if arm == "monotonic":
@@ -159,7 +161,7 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
 def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -> dict:
     """Apply the constraint to `reference`, verify, materialize and save `monotonic_init`."""
     setup_torch(cfg)
-    model, tokenizer = models.load(model_dir)
+    model, tokenizer = models.load(model_dir, what="reference")
     names = monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
     checks = {"applied": monotonic.verify(model, cfg.monotonic.variant)}
     monotonic.materialize(model)
@@ -182,8 +184,8 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
     out = {}
     for name, path in model_dirs.items():
         log(f"perplexity of {name} on {len(test_blocks)} test blocks")
-        model, _ = models.load(path, device, cfg.model.attn_implementation)
-        out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log)
+        model, _ = models.load(path, device, cfg.model.attn_implementation, what=name)
+        out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log, name=name)
     return out
 
 
@@ -192,7 +194,7 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
 
     `checkpoint`: see monollm.attacks.run_attack."""
     device = setup_torch(cfg)
-    loaded = {m: models.load(path, device, cfg.model.attn_implementation) for m, path in model_dirs.items()}
+    loaded = {m: models.load(path, device, cfg.model.attn_implementation, what=m) for m, path in model_dirs.items()}
     tokenizer = next(iter(loaded.values()))[1]
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,

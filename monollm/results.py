@@ -35,7 +35,8 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
     """(model, tokenizer) of one of the run's four models, as plain transformers objects.
 
     `run`: anything `get_run` accepts; `name`: reference, baseline, monotonic_init or monotonic.
-    Files are fetched from the run's datastore into `path` (a new temporary folder by default).
+    Files are fetched from the run's datastore into `path` (a new temporary folder by default)
+    and verified against their checksums (models.CorruptModel names the run and model if not).
     """
     from metaflow import load_model as fetch
 
@@ -50,7 +51,13 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
     path = path or tempfile.mkdtemp(prefix=f"monollm-{name}-")
     os.makedirs(path, exist_ok=True)
     fetch(reference, path)
-    return models.load(path, device)
+    task = reference.get("pathspec", "") if isinstance(reference, dict) else ""  # the task that saved it
+    step = task.split("/")[2] if task.count("/") == 3 else "the step that produced it"
+    return models.load(path, device, what=f"{name} model of run {run.pathspec}, artifact {MODEL_ARTIFACTS[name]}"
+                       + (f", saved by task {task}" if task else ""),
+                       next_step=f"Fetch it again (the copy may have been damaged in transfer); if it fails again, "
+                                 f"the stored files are damaged: resume the run from {step} (python flows/mono_flow.py "
+                                 f"resume {step if task else 'STEP'} --origin-run-id {run.id}) or start a new run.")
 
 
 def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):

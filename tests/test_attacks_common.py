@@ -187,3 +187,33 @@ def test_examples_take_further_windows_only_when_documents_run_short():
     assert len({tuple(r) for r in more}) == 14 and rows_survive(tok, more.tolist()).all()
     with pytest.raises(ValueError, match="'attack_opt' split"):
         make_examples(docs[:1], 50, CONTEXT, CONT, 0, tok, split="attack_opt")
+
+
+def _nan_model():
+    m = model()
+    with torch.no_grad():
+        m.gpt_neox.layers[1].mlp.dense_4h_to_h.weight[0, 0] = float("nan")
+    return m
+
+
+def test_result_with_non_finite_nll_names_the_model():
+    from monollm.attacks.common import AttackResult
+    from monollm.evaluate import NonFiniteNLL
+
+    ok = np.ones(3)
+    with pytest.raises(NonFiniteNLL, match="attacked NLL of uat \\(attack\\) on model 'monotonic'"):
+        AttackResult("uat", "monotonic", "attack", np.arange(3), ok, np.array([1.0, np.inf, 2.0]))
+    with pytest.raises(NonFiniteNLL, match="clean NLL of random \\(attack\\) on model 'baseline'"):
+        AttackResult("random", "baseline", "attack", np.arange(3), np.array([np.nan, 1.0, 1.0]), ok)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_every_attack_refuses_a_nan_model_by_name(name):
+    """A NaN weight makes every NLL NaN: each attack raises naming the model, never reports it."""
+    from monollm.attacks import attack_config, run_attack
+    from monollm.evaluate import NonFiniteNLL
+
+    ex = {"test": examples(), "attack_opt": examples(8, 1)}
+    models = {"baseline": model(), "monotonic": _nan_model()}
+    with pytest.raises(NonFiniteNLL, match="model 'monotonic'"):
+        run_attack(name, models, tokenizer(), ex, CONT, 16, attack_config(name, {}, name), 0, log=lambda m: None)

@@ -39,6 +39,48 @@ def test_damaged_checkpoint_names_the_file(tmp_path, damage):
         checkpoints.read(folder)
 
 
+class Planted:
+    """Unpickling this creates a directory: stands in for any code a planted pickle could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_planted_pickle_is_refused_without_running_it(tmp_path):
+    marker = str(tmp_path / "code-ran")
+    folder = str(tmp_path / "c")
+    os.makedirs(folder)
+    torch.save({**_state(3), "payload": Planted(marker)}, os.path.join(folder, checkpoints.STATE))
+    checkpoints.seal(folder, 3)  # whoever planted it rewrote the checksums too: they cannot help here
+    with pytest.raises(checkpoints.CorruptCheckpoint, match=os.path.join(folder, checkpoints.STATE)):
+        checkpoints.read(folder)
+    assert not os.path.exists(marker)
+    torch.load(os.path.join(folder, checkpoints.STATE), weights_only=False)  # a full unpickle runs it
+    assert os.path.exists(marker)
+
+
+def test_training_checkpoint_on_disk_is_read_back_without_unpickling(tmp_path):
+    """A checkpoint that train() writes (model, AdamW, scheduler, RNG states, history) passes
+    torch.load(weights_only=True), and training resumed from it ends where it would have."""
+    tcfg = config.TrainConfig(tokens=16 * 8 * 5, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=0,
+                              eval_every=2)
+    blocks = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
+    folders = {}
+    whole = train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
+                        save_checkpoint=lambda state, step: folders.setdefault(
+                            step, checkpoints.write(str(tmp_path / str(step)), state)))
+    assert sorted(folders) == [2, 4]
+    torch.load(os.path.join(folders[4], checkpoints.STATE), weights_only=True)
+    state = checkpoints.read(folders[4])
+    assert set(state["rng"]) >= {"python", "numpy", "torch"} and state["step"] == 4
+    resumed = train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
+                          resume=state)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+
+
 class _FakeCheckpointAPI:
     """Stands in for `current.checkpoint`: keeps saved folders in a dict, like the datastore."""
 

@@ -109,6 +109,56 @@ def test_seed_override_and_frozen():
     assert config.from_dict(config.to_dict(cfg)) == cfg
 
 
+@pytest.mark.parametrize("seed", [-1, 99999999999999999999, config.MAX_SEED + 1])
+def test_out_of_range_seed_names_seed_and_range(seed):
+    assert_config_error(lambda: config.load(micro(), seed=seed), "'seed'", str(seed), "0 .. 2**32-1")
+
+
+def test_seed_range_ends_are_accepted():
+    assert config.load(micro(), seed=0).seed == 0
+    assert config.load(micro(), seed=config.MAX_SEED).seed == 2 ** 32 - 1
+
+
+# --- step_resources: what the flow's @resources and @retry read -------------------------
+
+DEFAULT_RESOURCES = config.ResourcesConfig()
+
+
+@pytest.mark.parametrize("raw", [{}, {"resources": {}}, {"name": "x", "resources": {"gpu": 0, "cpu": 2}}],
+                         ids=["empty profile", "empty table", "no retries"])
+def test_step_resources_apply_every_default(raw):
+    d = DEFAULT_RESOURCES
+    for train in (False, True):
+        got = config.step_resources(raw, train=train)
+        assert got == {"gpu": d.gpu, "cpu": d.cpu, "memory": d.memory, "disk": d.disk, "retries": d.retries,
+                       "shared_memory": None}
+
+
+def test_step_resources_training_overrides_and_shared_memory():
+    raw = {"resources": {"gpu": 1, "cpu": 8, "memory": 64000, "train_gpu": 4, "train_memory": 200000,
+                         "train_shared_memory": 16384, "retries": 2}}
+    model, train_ = config.step_resources(raw), config.step_resources(raw, train=True)
+    assert (model["gpu"], model["cpu"], model["memory"], model["shared_memory"]) == (1, 8, 64000, None)
+    assert (train_["gpu"], train_["cpu"], train_["memory"], train_["shared_memory"]) == (4, 8, 200000, 16384)
+    assert model["retries"] == train_["retries"] == 2 and model["disk"] == train_["disk"] == DEFAULT_RESOURCES.disk
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=os.path.basename)
+def test_step_resources_agree_with_the_loaded_config(path):
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    r = config.load(raw).resources
+    train_ = config.step_resources(raw, train=True)
+    assert config.step_resources(raw)["gpu"] == r.gpu and train_["retries"] == r.retries
+    assert train_["gpu"] == (r.gpu if r.train_gpu == -1 else r.train_gpu)
+
+
+def test_step_resources_refuse_bad_values_by_key():
+    assert_config_error(lambda: config.step_resources({"resources": {"gpu": "x"}}), "'resources.gpu'", "integer")
+    assert_config_error(lambda: config.step_resources({"resources": {"gpus": 1}}), "'resources.gpus'", "train_gpu")
+    assert_config_error(lambda: config.step_resources({"resources": 3}), "'resources'", "table")
+
+
 def test_defaults_fill_missing_keys():
     cfg = config.load({})
     assert cfg == config.from_dict(config.to_dict(cfg))

@@ -112,6 +112,28 @@ def test_argo_template_requests_gpu_for_model_steps_only(profile, s3_endpoint, t
     s3_client(s3_endpoint).head_object(Bucket=BUCKET, Key=code_url[len(f"s3://{BUCKET}/"):])
 
 
+@pytest.mark.parametrize("table", ["", "[resources]\nretries = 2\n"], ids=["no [resources]", "retries only"])
+def test_argo_template_applies_resources_defaults(table, s3_endpoint, tmp_path):
+    """Keys left out of [resources] (or the whole table) deploy with their documented defaults."""
+    from conftest import micro_variant
+
+    from monollm.config import ResourcesConfig
+
+    d = ResourcesConfig()
+    profile = micro_variant(tmp_path, "partial", {"[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": table})
+    out = flow(["--config", "config", profile, "argo-workflows", "create", "--only-json"],
+               s3_env(s3_endpoint, str(tmp_path)), str(tmp_path)).stdout
+    templates = {t["name"]: t for t in json.loads(out[out.index("{"):])["spec"]["templates"] if "container" in t}
+    for step in MODEL_STEPS:
+        r = templates[step.replace("_", "-")]["container"]["resources"]
+        assert r["limits"]["nvidia.com/gpu"] == str(d.gpu) and float(r["requests"]["cpu"]) == d.cpu, (step, r)
+        assert megabytes(r["requests"]["memory"]) == d.memory, (step, r)
+        assert megabytes(r["requests"]["ephemeral-storage"]) == d.disk, (step, r)
+    retries = 2 if table else d.retries
+    for step in ("train-baseline", "train-monotonic", "attack"):
+        assert int((templates[step].get("retryStrategy") or {}).get("limit", 0)) == retries, templates[step]
+
+
 READBACK = """
 import json, sys
 from metaflow import Run, namespace

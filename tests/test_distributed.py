@@ -1,6 +1,7 @@
 """Training over several processes (torchrun, gloo on CPU): DDP and FSDP give the history and
 weights of one process, resume from their sharded checkpoints, and fail loudly."""
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -127,9 +128,55 @@ def test_damaged_shard_is_named(model_dir, tmp_path):
 def test_a_failing_rank_stops_the_step_with_its_error(model_dir, tmp_path):
     os.makedirs(tmp_path / "empty")
     bad = checkpoints.seal(str(tmp_path / "empty"), 2)  # whole, but without the files a resume needs
-    with pytest.raises(RuntimeError, match=r"training on 2 processes failed .*rank \d: FileNotFoundError.*rest.pt"):
+    with pytest.raises(RuntimeError, match=r"training on 2 processes failed .*rank \d: CorruptCheckpoint: "
+                                           r"checkpoint file missing: .*rest.pt"):
         train_arm(cfg(2, "ddp"), model_dir, "baseline", tmp_path / "out",
                   checkpointer=Keep(str(tmp_path / "k"), resume=bad))
+
+
+def test_planted_pickles_in_a_sharded_checkpoint_are_refused_without_running(tmp_path):
+    """Every file of a sharded checkpoint that torch would unpickle (rest.pt, rng-N.pt, the DCP
+    metadata, DCP's non-tensor entries) is read without building anything but plain values."""
+    import torch.distributed.checkpoint as dcp
+
+    from test_checkpoints import Planted
+
+    marker = str(tmp_path / "code-ran")
+    folder = tmp_path / "ckpt"
+    os.makedirs(folder)
+    torch.save({"step": 2, "history": [], "scheduler": Planted(marker)}, folder / "rest.pt")
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="rest.pt"):
+        distributed._resume_state(str(folder), 0)
+    torch.save({"step": 2, "history": [], "scheduler": {}}, folder / "rest.pt")
+    torch.save({"torch": Planted(marker)}, folder / "rng-0.pt")
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="rng-0.pt"):
+        distributed._resume_state(str(folder), 1)  # rank 1 falls back to rank 0's RNG file
+    shards = str(folder / "shards")
+    dcp.save({"w": torch.ones(2), "extra": Planted(marker)}, checkpoint_id=shards, no_dist=True)
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="entry extra"):
+        distributed._load_shards({"w": torch.zeros(2), "extra": None}, shards)
+    with open(os.path.join(shards, ".metadata"), "wb") as f:
+        pickle.dump(Planted(marker), f)
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="posix.mkdir"):
+        distributed._load_shards({"w": torch.zeros(2)}, shards)
+    assert not os.path.exists(marker)
+
+
+def test_sharded_checkpoint_entries_load_back(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    m = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    saved = {"model": m.state_dict(), "optimizer": opt.state_dict()}
+    dcp.save(saved, checkpoint_id=str(tmp_path / "shards"), no_dist=True)
+    loaded = {"model": {k: torch.zeros_like(v) for k, v in m.state_dict().items()},
+              "optimizer": torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=5.0).state_dict()}
+    distributed._load_shards(loaded, str(tmp_path / "shards"))
+    for k, v in saved["model"].items():
+        assert torch.equal(loaded["model"][k], v)
+    assert loaded["optimizer"]["param_groups"][0]["lr"] == 1e-3
 
 
 def test_process_count_is_checked():

@@ -1,4 +1,6 @@
-"""Tests for monollm.evaluate: perplexity counts every predicted token exactly once."""
+"""Tests for monollm.evaluate: perplexity counts every predicted token exactly once; a NaN or
+infinite NLL raises, naming the model."""
+import copy
 import math
 
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm.evaluate import block_nll, perplexity
+from monollm.evaluate import NonFiniteNLL, block_nll, perplexity
 
 VOCAB = 128
 
@@ -84,3 +86,42 @@ def test_untrained_perplexity_near_vocab_size(model):
     # a random model's prediction is near uniform: perplexity within a factor of the vocabulary
     ppl = perplexity(*block_nll(model, blocks(8, 32, seed=4), 8, "cpu"))
     assert VOCAB / 2 < ppl < VOCAB * 2
+
+
+def _broken(model, where: str):
+    """A copy of `model` with one NaN weight: in an MLP matrix (every output NaN) or in the
+    embedding row of token 5 (only blocks holding token 5)."""
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        if where == "mlp":
+            broken.gpt_neox.layers[0].mlp.dense_4h_to_h.weight[0, 0] = float("nan")
+        else:
+            broken.gpt_neox.embed_in.weight[5, 0] = float("nan")
+    return broken
+
+
+def test_nan_weights_raise_naming_the_model(model):
+    with pytest.raises(NonFiniteNLL, match="perplexity of 'monotonic'"):
+        block_nll(_broken(model, "mlp"), blocks(3, 8), 2, "cpu", name="monotonic")
+
+
+def test_one_non_finite_block_is_enough_and_is_located(model):
+    data = blocks(6, 8, seed=5)
+    data[data == 5] = 6
+    data[4, 3] = 5  # only block 4 sees the NaN embedding row
+    block_nll(_broken(model, "embedding"), data[:4], 2, "cpu")  # blocks 0-3: finite
+    with pytest.raises(NonFiniteNLL, match=r"'baseline' on blocks 4\.\.5: 1 of 2 NLLs .*index 0"):
+        block_nll(_broken(model, "embedding"), data, 2, "cpu", name="baseline")
+
+
+def test_pipeline_evaluate_names_the_broken_model(model, tmp_path):
+    from attack_models import tokenizer
+
+    from monollm import config, models, pipeline
+
+    good, bad = str(tmp_path / "good"), str(tmp_path / "bad")
+    models.save(model, tokenizer(), good)
+    models.save(_broken(model, "mlp"), tokenizer(), bad)
+    cfg = config.load({"device": "cpu"})
+    with pytest.raises(NonFiniteNLL, match="'monotonic'"):
+        pipeline.evaluate(cfg, {"baseline": good, "monotonic": bad}, blocks(4, 8))

@@ -1,4 +1,7 @@
 """The whole flow, for real, on the micro profile through metaflow.Runner."""
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +129,45 @@ def test_attack_rows_rescore_from_the_table(micro_run):
     assert {"hotflip", "uat"} <= set(rows["attack"])
     for _, row in rows.iterrows():
         assert rescore(row, model, tokenizer) == pytest.approx(row["attacked_nll"], abs=1e-4)
+
+
+    assert s[(s.kind != "control") & s.attack.isin(["uat", "hotflip"])]["above_control_ci_low"].notna().all()
+
+
+def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datastore_root, tmp_path):
+    """Sign bits flipped in the datastore's copy of a model (same size, still valid safetensors):
+    results.load_model refuses it, naming the run, the model and what to do next."""
+    from monollm import models, results
+    from test_models import flip_sign_bits
+
+    ref = micro_run.data.monotonic_init_model
+    stored = os.path.join(datastore_root, ".metaflow", ref["key"])
+    weights = os.path.join(stored, "model.safetensors")
+    original = open(weights, "rb").read()
+    try:
+        flip_sign_bits(stored)
+        with pytest.raises(models.CorruptModel) as err:
+            results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "m"))
+    finally:
+        open(weights, "wb").write(original)  # the run is shared with the other flow tests
+    msg = str(err.value)
+    for needle in (micro_run.pathspec, "monotonic_init model", str(tmp_path / "m" / "model.safetensors"),
+                   "checksum mismatch", f"resume make_monotonic --origin-run-id {micro_run.id}"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
+
+
+def test_profile_without_resources_runs_end_to_end(tmp_path_factory):
+    """Every [resources] key absent (the table removed): @resources and @retry take the
+    documented defaults and the whole flow runs (the random attack alone keeps it short)."""
+    from conftest import micro_variant, run_flow
+
+    from monollm import config
+
+    profile = micro_variant(tmp_path_factory.mktemp("profiles"), "nores", {
+        "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": "",
+        'attacks = ["uat", "hotflip"]': 'attacks = ["random"]'})
+    assert "resources" not in open(profile).read()
+    run = run_flow(profile)
+    assert run.successful and run.data.resolved_config["resources"] == dataclasses.asdict(config.ResourcesConfig())
+    assert set(run.data.attacks["model"]) == {"baseline", "monotonic"}

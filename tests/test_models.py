@@ -1,5 +1,11 @@
 """Tests for monollm.models: the built tokenizer and model, save/load, and the local
 (hub-style) loading path with tiny models saved by save_pretrained."""
+import hashlib
+import json
+import os
+import shutil
+import struct
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
@@ -99,6 +105,58 @@ def test_saved_model_loads_with_vanilla_transformers(saved):
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, logits)
+
+
+# --- stored models carry checksums ------------------------------------------------------
+
+def flip_sign_bits(path: str, every: int = 97):
+    """Flip the sign bit of every `every`-th float32 weight of `path`/model.safetensors in place:
+    the file keeps its size and its header, so it still parses as a valid checkpoint."""
+    weights = os.path.join(path, "model.safetensors")
+    raw = bytearray(open(weights, "rb").read())
+    start = 8 + struct.unpack("<Q", raw[:8])[0]  # u64 header length, then the JSON header
+    for i in range(start + 3, len(raw), 4 * every):  # little-endian: byte 3 holds the sign
+        raw[i] ^= 0x80
+    size = os.path.getsize(weights)
+    open(weights, "wb").write(bytes(raw))
+    assert os.path.getsize(weights) == size
+
+
+def test_save_writes_a_manifest_of_every_file(saved):
+    path = saved[0]
+    manifest = json.load(open(os.path.join(path, models.MANIFEST)))["files"]
+    assert set(manifest) == set(os.listdir(path)) - {models.MANIFEST}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest)
+    weights = os.path.join(path, "model.safetensors")
+    assert manifest["model.safetensors"]["bytes"] == os.path.getsize(weights)
+    assert manifest["model.safetensors"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+
+
+def test_flipped_sign_bits_are_refused_naming_the_path(saved, tmp_path):
+    path, ids, logits = saved
+    copy = str(tmp_path / "copy")
+    shutil.copytree(path, copy)
+    flip_sign_bits(copy)
+    with pytest.raises(models.CorruptModel) as err:
+        models.load(copy)
+    weights = os.path.join(copy, "model.safetensors")
+    assert weights in str(err.value) and "checksum mismatch" in str(err.value)
+    assert "resume" in str(err.value) and "new run" in str(err.value)  # what to do next
+    with pytest.raises(models.CorruptModel, match="model.name"):  # a local foundation is checked too
+        models.load_foundation(ModelConfig(source="local", name=copy))
+    # without the manifest it is a foreign checkpoint: loaded as it is, and silently wrong
+    os.remove(os.path.join(copy, models.MANIFEST))
+    model, _ = models.load(copy)
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, logits)
+
+
+def test_missing_file_is_refused(saved, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(saved[0], copy)
+    os.remove(os.path.join(copy, "tokenizer.json"))
+    with pytest.raises(models.CorruptModel, match=f"missing: {os.path.join(copy, 'tokenizer.json')}"):
+        models.load(copy)
 
 
 @pytest.mark.parametrize("source", ["local", "hub"])

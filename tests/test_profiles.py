@@ -3,6 +3,8 @@ import glob
 import os
 import re
 import socket
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -43,17 +45,26 @@ def test_profile_loads_and_validates_offline(path, no_network):
         assert cfg.name == os.path.basename(path)[:-len(".toml")]  # runs are tagged profile:<name>
 
 
-@pytest.mark.parametrize("path", PROFILES + [MICRO], ids=os.path.basename)
-def test_profile_sets_every_key_the_flow_reads(path):
-    """@resources/@retry read the raw TOML through config_expr: a missing key fails at deploy time."""
-    with open(FLOW) as f:
-        keys = re.findall(r'config_expr\("config\.([\w.]+)"\)', f.read())
-    assert keys
-    for key in keys:
-        node = raw(path)
-        for part in key.split("."):
-            assert part in node, f"{os.path.basename(path)} lacks {key} (read by the flow's decorators)"
-            node = node[part]
+def test_flow_decorators_resolve_with_resources_keys_absent(tmp_path):
+    """@resources and @retry take monollm.config.step_resources (every default applied): Metaflow
+    evaluates them for `show` as for `run`, so `show` succeeds for a profile without [resources],
+    one without resources.retries, and an empty profile; and a bad value is one clear line."""
+    from conftest import flow_env, micro_variant
+
+    table = "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n"
+    profiles = {"no [resources]": micro_variant(tmp_path, "nores", {table: ""}),
+                "no retries": micro_variant(tmp_path, "noretries", {"retries = 0\ngpu = 0": "gpu = 0"}),
+                "empty": str(tmp_path / "empty.toml")}
+    open(profiles["empty"], "w").close()
+    bad = micro_variant(tmp_path, "bad", {"memory = 2000": "memory = \"lots\""})
+    show = lambda path: subprocess.run([sys.executable, FLOW, "--config", "config", path, "show"], cwd=str(tmp_path),
+                                       env=flow_env(), capture_output=True, text=True, timeout=120)
+    for what, path in profiles.items():
+        done = show(path)
+        assert done.returncode == 0 and "Step train_monotonic" in done.stdout + done.stderr, (what, done.stderr)
+    done = show(bad)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{bad}: 'resources.memory' must be an integer" in done.stderr
 
 
 @pytest.mark.parametrize("path", HUB, ids=os.path.basename)
@@ -134,3 +145,16 @@ def test_attention_kernel_reaches_every_loaded_model(tmp_path):
     assert models.load_foundation(mcfg)[0].config._attn_implementation == "eager"
     assert models.load(str(tmp_path))[0].config._attn_implementation == "sdpa"
     assert models.load(str(tmp_path), attn_implementation="eager")[0].config._attn_implementation == "eager"
+
+
+def test_invalid_toml_is_one_line_naming_file_line_and_column(tmp_path):
+    from conftest import flow_env
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "broken"\n[train]\nlr = 1e-3\ntokens = = 5\n')
+    done = subprocess.run([sys.executable, FLOW, "--config", "config", str(broken), "run"], cwd=str(tmp_path),
+                          env=flow_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "Internal error" not in done.stderr
+    named = [line for line in done.stderr.splitlines() if str(broken) in line]
+    assert len(named) == 1 and "line 4, column 10" in named[0] and "invalid TOML" in named[0], done.stderr

@@ -215,7 +215,7 @@ def test_checkpoint_every_n_and_resume_is_exact():
     full = run(model, cfg, seed=2, save_checkpoint=save_checkpoint)
     assert sorted(saved) == [2, 4, 6]  # every 2 steps, never after the last
 
-    st = torch.load(io.BytesIO(saved[4]), weights_only=False)
+    st = torch.load(io.BytesIO(saved[4]), weights_only=True)  # tensors and plain values only: nothing unpickled
     assert st["step"] == 4 and len(st["history"]) == 4
     assert set(st) >= {"model", "optimizer", "scheduler", "rng", "history"}
     fresh = neox(seed=123)  # different init: everything must come from the checkpoint
@@ -228,6 +228,19 @@ def test_checkpoint_every_n_and_resume_is_exact():
     key = lambda h: [(r["step"], r["loss"], r["lr"], r["batch_hash"], r["val_loss"]) for r in h]
     np.testing.assert_array_equal(np.array(key(resumed), float), np.array(key(full), float))  # NaN == NaN
     assert resumed[4]["resumed_from"] == 4 and full[4]["resumed_from"] == -1
+
+
+def test_rng_state_is_tensors_and_plain_values_and_round_trips():
+    import random
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.normal()  # a cached gaussian is part of numpy's state
+    buf = io.BytesIO()
+    torch.save(train.rng_state(), buf)
+    draws = lambda: (random.random(), np.random.normal(), np.random.randint(1 << 30), torch.rand(3).tolist())
+    expected = draws()
+    train.set_rng_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert draws() == expected
 
 
 def test_no_checkpoint_callback_when_disabled():

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from monollm.evaluate import require_finite
+
 
 @dataclass
 class AttackResult:
@@ -50,6 +52,12 @@ class AttackResult:
     where the attacked input is `trigger_ids` + `input_ids`."""
     scored_tokens: int = 0
     """Continuation tokens scored: the last `scored_tokens` of every input."""
+
+    def __post_init__(self):
+        # every attack's reported numbers pass through here: a NaN model fails loudly, by name
+        what = f"{self.attack} ({self.kind}) on model {self.model!r}"
+        require_finite(self.clean_nll, f"clean NLL of {what}")
+        require_finite(self.attacked_nll, f"attacked NLL of {what}")
 
     def rows(self) -> list[dict]:
         """Tidy rows, one per example."""
@@ -137,6 +145,13 @@ def continuation_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> 
     """
     out = [row_nll(model, chunk[:, -n_cont:], input_ids=chunk).cpu() for chunk in ids.split(batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def clean_nlls(models: dict, ids: torch.Tensor, n_cont: int, batch_size: int) -> dict:
+    """name -> clean NLL (N,) float32 numpy of every model on the examples ids (N, T); raises
+    NonFiniteNLL naming the model before any search time is spent on a broken one."""
+    return {name: require_finite(continuation_nll(m, ids, n_cont, batch_size).numpy(), f"clean NLL of model {name!r}")
+            for name, m in models.items()}
 
 
 def resolved_precision(device, precision: str) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, rows_survive, score_attacked,
+from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, rows_survive, score_attacked,
                                     search_precision)
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
@@ -200,7 +200,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
     test = torch.as_tensor(examples["test"], device=device)
     context_len = test.shape[1] - continuation_len
-    clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
+    clean = clean_nlls(models, test, continuation_len, batch_size)
     score = _scorer(models, tokenizer, test, clean, continuation_len, batch_size)
     results, rng = [], np.random.default_rng([seed, 2])
     for source, model in models.items():

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from monollm.attacks.common import AttackResult, allowed_tokens, continuation_nll, prepend, sample_trigger
+from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, prepend,
+                                    sample_trigger)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     device = any_model.device
     allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
     ids = torch.as_tensor(examples, device=device)
-    clean = {name: continuation_nll(m, ids, continuation_len, batch_size) for name, m in models.items()}
+    clean = clean_nlls(models, ids, continuation_len, batch_size)
     results = []
     for trial in range(params.samples):
         trigger = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
@@ -48,7 +49,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
             attacked = continuation_nll(model, attacked_ids, continuation_len, batch_size)
             results.append(AttackResult(
                 attack="random", model=name, kind="attack", example_ids=np.arange(len(examples)),
-                clean_nll=clean[name].numpy(), attacked_nll=attacked.numpy(), trial=trial,
+                clean_nll=clean[name], attacked_nll=attacked.numpy(), trial=trial,
                 trigger_ids=trigger, trigger_text=tokenizer.decode(trigger),
                 forward_passes=0, candidate_evals=0, input_ids=examples, scored_tokens=continuation_len))
         log(f"[random] trigger {trial + 1}/{params.samples} {tokenizer.decode(trigger)!r}: " + ", ".join(

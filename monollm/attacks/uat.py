@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, continuation_nll, prepend, rows_survive,
+from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, prepend, rows_survive,
                                     sample_trigger, search_precision, score_attacked, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
 
@@ -237,7 +237,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     test = torch.as_tensor(examples["test"], device=device)
     opt_all = torch.as_tensor(examples["attack_opt"], device=device)
     opt = opt_all[:params.opt_examples or None]
-    clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
+    clean = clean_nlls(models, test, continuation_len, batch_size)
     results = []
     saved = (checkpoint.restore() or {}).get("uat", {}) if checkpoint else {}
     # every trigger is kept re-tokenizable before all the examples it will be scored on
@@ -250,7 +250,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
         with search_precision(device, precision):
             found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
                            log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
-                           done=saved.get(source, {}).get("found"),
+                           done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
                            on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None,
                            survive=survive)
             trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len,
@@ -273,10 +273,18 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
 def _saver(checkpoint, saved: dict, source: str, rng: np.random.Generator):
     """on_restart callback: checkpoint every model's finished restarts and the RNG after them."""
     def save(found: list[Search]):
-        saved[source] = {"found": list(found), "rng": rng.bit_generator.state}
+        # plain values only: checkpoints are read back with torch.load(weights_only=True)
+        saved[source] = {"found": [_plain(s) for s in found], "rng": rng.bit_generator.state}
         checkpoint.save({"uat": saved, "step": sum(len(v["found"]) for v in saved.values())},
                         sum(len(v["found"]) for v in saved.values()))
     return save
+
+
+def _plain(s: Search) -> dict:
+    """A Search as plain Python values (`Search(**_plain(s)) == s`)."""
+    return {"trigger": [int(t) for t in s.trigger], "objective": float(s.objective),
+            "history": [float(h) for h in s.history], "forward_passes": int(s.forward_passes),
+            "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start]}
 
 
 def _evaluate(models: dict, tokenizer, trigger: list[int], test: torch.Tensor, clean: dict, n_cont: int,
