@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MICRO, ROOT, flow_env, run_flow
+from conftest import FLOW, MICRO, ROOT, flow_env, run_flow
 from scipy import stats as st
 from test_cards import synthetic_run
 
@@ -190,3 +190,50 @@ def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
     like = compare.compare(like=micro_run)  # runs of another micro configuration are left out, not refused
     assert {micro_run.pathspec, seed1_run.pathspec} <= set(like.attrs["runs"].values())
     assert set(like.attrs["seeds"].values()) >= {0, 1}
+
+
+CROSS_USER = """
+import sys
+import metaflow
+from metaflow.exception import MetaflowNamespaceMismatch
+from monollm import compare, results
+run_id, other = sys.argv[1], sys.argv[2]
+before = metaflow.get_namespace()
+run = results.get_run(run_id)
+print("found", run.pathspec, "seed", run.data.resolved_config["seed"])
+print("by tag", results.get_run(tag="profile:micro").pathspec)
+print("compared", *compare.compare([run_id]).attrs["runs"].values())
+print("like", *compare.compare(like=run_id).attrs["runs"].values())
+try:
+    results.get_run(run_id, namespace="user:" + other)
+except MetaflowNamespaceMismatch:
+    print("not in", "user:" + other)
+print("namespace restored", metaflow.get_namespace() == before)
+"""
+
+
+@pytest.mark.flow
+def test_runs_are_found_whoever_ran_them(micro_run, datastore_root, tmp_path):
+    """A run made as one USERNAME is found by results, compare (API and CLI, from another
+    directory) and `card get RUN_ID/STEP` as another: they look in the global namespace."""
+    other = "another-reader"
+    assert micro_run.data.resolved_config and os.environ["USERNAME"] != other
+    env = {**os.environ, **flow_env(USERNAME=other)}
+    proc = subprocess.run([sys.executable, "-c", CROSS_USER, micro_run.id, other], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"found {micro_run.pathspec} seed 0" in out and "by tag MonoFlow/" in out
+    assert f"compared {micro_run.pathspec}" in out and micro_run.pathspec in out.split("like", 1)[1]
+    assert f"not in user:{other}" in out  # an explicit namespace is honoured: the run is not the reader's
+    assert "namespace restored True" in out
+    cli = subprocess.run([sys.executable, "-m", "monollm.compare", micro_run.id], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and f"seed 0 = {micro_run.pathspec}" in cli.stdout, cli.stderr
+    mine = subprocess.run([sys.executable, "-m", "monollm.compare", micro_run.id, "--namespace", f"user:{other}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert mine.returncode == 2 and "compare:" in mine.stderr
+    report = tmp_path / "report.html"
+    subprocess.run([sys.executable, FLOW, "card", "get", f"{micro_run.id}/join_attacks", str(report)],
+                   cwd=datastore_root, env=env, check=True, capture_output=True, timeout=120)
+    assert report.stat().st_size > 10_000
