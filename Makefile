@@ -10,11 +10,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup run test clean
 
+# The pinned requirements, then the project itself (editable), so that `import monollm` and
+# `python -m monollm.compare` work from any directory.
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-cluster.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	# the project itself, editable: `python -m monollm.compare` and `import monollm` work from any directory
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
