@@ -22,7 +22,8 @@ VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
 # one colour per model (and arm) in every chart
 COLORS = {"reference": "#9d9d9d", "baseline": "#4c78a8", "monotonic_init": "#f2b36b", "monotonic": "#e45756"}
-CONDITIONS = {"attack": "attack (own)", "control": "control (random)", "transfer": "transfer (other's)"}
+CONDITIONS = {"attack": "attack (own)", "control": "control (random)",
+              "control_random_positions": "control (random positions)", "transfer": "transfer (other's)"}
 
 
 def clean(x):
@@ -152,6 +153,9 @@ def attack_view(summary: pd.DataFrame, attack: str) -> pd.DataFrame:
         out["above control"] = s["above_control"].map(fmt).to_numpy()
         out["above control 95% CI"] = [ci(lo, hi) for lo, hi in zip(s["above_control_ci_low"],
                                                                     s["above_control_ci_high"])]
+    for col, name in (("trials", "trials"), ("forward_passes", "forward passes"), ("candidate_evals", "candidates")):
+        if col in s.columns:  # compute spent finding the perturbations (on "trigger from")
+            out[name] = s[col].map(fmt).to_numpy()
     for col in s.columns:
         if col.startswith("success@") and not col.endswith(("_low", "_high")):
             out[col] = [f"{100 * p:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]" for p, lo, hi in
@@ -216,6 +220,9 @@ def dnll_chart(attacks: pd.DataFrame, attack: str) -> dict:
     from monollm.report import per_example
 
     ex = per_example(attacks[attacks.attack == attack])
+    # one control box per model: its control for its own perturbation (controls matched to the
+    # other model's flips pair with the transfer rows in the summary table)
+    ex = ex[~ex["kind"].str.startswith("control") | (ex["model"] == ex["source_model"])]
     values = clean([{"condition": CONDITIONS.get(k, k), "model": m, "trigger from": s, "dnll": d}
                     for k, m, s, d in zip(ex["kind"], ex["model"], ex["source_model"], ex["dnll"])])
     order = [c for c in CONDITIONS.values() if c in {v["condition"] for v in values}]

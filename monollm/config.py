@@ -69,8 +69,9 @@ class DataConfig:
     `*_from` keys below say otherwise, the held-out splits too)."""
     test_from: str = ""
     """Where `test` documents come from: "" (the training source, split off by document) or
-    held-out text: a split of the hub dataset ("hub", e.g. "test") or a local file/glob
-    ("local", e.g. ".../test.jsonl.zst"). Pythia was pretrained on the Pile's train split."""
+    held-out text: for "hub", a file pattern inside the dataset's repository (e.g.
+    "test.jsonl.zst") or a split name it declares (e.g. "test"); for "local", a file or glob
+    (e.g. ".../test.jsonl.zst"). Pythia was pretrained on the Pile's train split."""
     attack_opt_from: str = ""
     """Where `attack_opt` documents come from, as `test_from`. Splits that name the same
     source are drawn from it disjointly (test first, then attack_opt, then val)."""

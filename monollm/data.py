@@ -66,7 +66,7 @@ def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
         extra = {"sample_by": "paragraph"} if builder == "text" else {}
         ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
     else:
-        ds = datasets.load_dataset(cfg.path, cfg.name or None, split=held_out or cfg.split, streaming=True)
+        ds = _hub_stream(cfg, held_out)
     ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
     for row in ds:
         if cfg.text_field not in row:
@@ -75,6 +75,19 @@ def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
         text = row[cfg.text_field]
         if isinstance(text, str) and text.strip():
             yield text
+
+
+def _hub_stream(cfg, held_out: str):
+    """A hub dataset (or a folder laid out like one) streamed: the training split, or a held-out
+    split named by a file pattern inside it (e.g. "test.jsonl.zst") or by a split name."""
+    import datasets
+
+    if held_out and any(c in held_out for c in "./*"):
+        # a file of the repository: needs no split declared by the dataset (the Pile copy ships
+        # val.jsonl.zst and test.jsonl.zst beside train/, which split inference files under train)
+        return datasets.load_dataset(cfg.path, cfg.name or None, data_files={"held_out": held_out},
+                                     split="held_out", streaming=True)
+    return datasets.load_dataset(cfg.path, cfg.name or None, split=held_out or cfg.split, streaming=True)
 
 
 def split_sources(d: dict) -> dict[str, str]:

@@ -47,6 +47,18 @@ def _split_or_config_error(cfg):
         raise config.ConfigError(str(err)) from None
 
 
+def require_disjoint(held: dict):
+    """Refuse held-out splits where a `test` document is also an `attack_opt` document (split ->
+    list of texts): a trigger optimized on a text would then be reported on the same text. The
+    splits are disjoint by position in the stream; this also catches a source that holds the
+    same text twice."""
+    shared = set(held["test"]) & set(held["attack_opt"])
+    if shared:
+        raise ValueError(f"{len(shared)} documents are in both the test and attack_opt splits (data.test_docs, "
+                         f"data.attack_opt_docs); first: {next(iter(shared))[:80]!r}. Deduplicate the source "
+                         f"(data.path)")
+
+
 def tags(cfg: config.ExperimentConfig) -> list[str]:
     """Run tags that let a user find runs: profile, variant and seed."""
     return [f"profile:{cfg.name}", f"variant:{cfg.monotonic.variant}", f"seed:{cfg.seed}"]
@@ -68,6 +80,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     """
     device = setup_torch(cfg)
     held, stream = _split_or_config_error(cfg)
+    require_disjoint(held)
     log("splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
     log("sources: " + "; ".join(f"{k} from {v}" for k, v in data.split_sources(dataclasses.asdict(cfg.data)).items()))
     result = {"untrained_perplexity": None, "pretraining": []}

@@ -55,54 +55,113 @@ def attack_table(results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+KEYS = ["attack", "kind", "model", "source_model"]
+PRIMARY_CONTROL = "control"
+"""The control every "above control" number and robustness claim is measured against. For
+HotFlip: random tokens at exactly the attack's positions; for UAT: random triggers of the same
+length at the same place (monollm.attacks)."""
+CONTROLS = (PRIMARY_CONTROL, "control_random_positions")
+"""Control kinds (control rows are never compared with a control)."""
+
+
 def per_example(df: pd.DataFrame) -> pd.DataFrame:
     """Average repeated trials (e.g. several random triggers) per example, keeping pairing."""
-    keys = ["attack", "kind", "model", "source_model", "example"]
+    keys = KEYS + ["example"]
     return df.groupby(keys, as_index=False)[["clean_nll", "attacked_nll", "dnll"]].mean()
 
 
-def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
-    """Per attack x kind x model x source: clean/attacked NLL, dNLL (mean, median, CI),
-    relative perplexity increase exp(dNLL) - 1 and success rates with Wilson intervals.
+def success_rates(g: pd.DataFrame, threshold: float) -> tuple[float, float, float]:
+    """(rate, Wilson low, high): the share of examples with dNLL >= threshold, computed per trial
+    over *all* examples, then averaged over the trials. g: the rows of one attack x kind x model
+    x source (one per trial and example).
 
-    Success is judged per example (trials averaged) over *all* examples.
+    The Wilson interval takes n = the number of examples and k = rate * n: the examples are the
+    independent units, while trials re-use the same examples, so pooling n * trials would
+    overstate the sample size (with one trial k and n are the plain counts).
+    """
+    rate = float(g.groupby("trial")["dnll"].apply(lambda d: (d >= threshold).mean()).mean())
+    n = g["example"].nunique()
+    lo, hi = stats.wilson(rate * n, n)
+    return rate, lo, hi
+
+
+def compute_spent(g: pd.DataFrame) -> dict:
+    """Forward passes and exact candidate evaluations spent finding the perturbations of one
+    attack x kind x model x source (on `source_model`; scoring them is not counted): the sum over
+    trials of each trial's search. 0 for random controls; a transfer row shows its source's search.
+    A table without the compute columns (made by hand) gives none."""
+    per_trial = g.groupby("trial")[[c for c in ("forward_passes", "candidate_evals") if c in g.columns]].first()
+    return {k: int(per_trial[k].sum()) for k in per_trial.columns}
+
+
+def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per attack x kind x model x source: clean/attacked NLL, dNLL (mean, median, CI over examples,
+    trials averaged per example), relative perplexity increase exp(dNLL) - 1, success rates with
+    Wilson intervals (per trial over *all* examples, then averaged: `success_rates`), the compute
+    spent and the damage above the primary control (`above_control`).
     """
     rows = []
-    for key, g in per_example(df).groupby(["attack", "kind", "model", "source_model"], sort=False):
-        d = g["dnll"].to_numpy()
+    for key, g in df.groupby(KEYS, sort=False):
+        ex = per_example(g)
+        d = ex["dnll"].to_numpy()
         lo, hi = stats.bootstrap_ci(d, n_boot, seed)
-        row = dict(zip(["attack", "kind", "model", "source_model"], key))
-        row.update({"examples": len(d), "clean_nll": g["clean_nll"].mean(), "attacked_nll": g["attacked_nll"].mean(),
-                    "dnll_mean": d.mean(), "dnll_median": float(np.median(d)), "dnll_ci_low": lo,
-                    "dnll_ci_high": hi, "rel_ppl_increase": float(np.expm1(d.mean()))})
+        row = dict(zip(KEYS, key))
+        row.update({"examples": len(d), "trials": g["trial"].nunique(), "clean_nll": ex["clean_nll"].mean(),
+                    "attacked_nll": ex["attacked_nll"].mean(), "dnll_mean": d.mean(),
+                    "dnll_median": float(np.median(d)), "dnll_ci_low": lo, "dnll_ci_high": hi,
+                    "rel_ppl_increase": float(np.expm1(d.mean()))})
         for t in thresholds:
-            k = int((d >= t).sum())
-            w_lo, w_hi = stats.wilson(k, len(d))
-            row.update({f"success@{t:g}": k / len(d), f"success@{t:g}_ci_low": w_lo, f"success@{t:g}_ci_high": w_hi})
+            rate, w_lo, w_hi = success_rates(g, t)
+            row.update({f"success@{t:g}": rate, f"success@{t:g}_ci_low": w_lo, f"success@{t:g}_ci_high": w_hi})
+        row.update(compute_spent(g))
         row.update(above_control(df, row["attack"], row["kind"], row["model"], row["source_model"], n_boot, seed))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def matched_control(df: pd.DataFrame, attack: str, model: str, source: str,
+                    kind: str = PRIMARY_CONTROL) -> pd.DataFrame:
+    """The `kind` control rows on `model` that rows of `attack` found on `source` are compared with.
+
+    An attack whose controls are matched to where the perturbation was found (HotFlip: the flip
+    positions found on `source`, also when scored on another model) has control rows with
+    `source_model` == source, and those are used. An attack whose control does not depend on it
+    (UAT: random triggers of the same length at the same place) has one control per model,
+    `source_model` == model, used for every source. Empty when there is no such control.
+    """
+    controls = df[(df.attack == attack) & (df.kind == kind)]
+    per_source = bool((controls.source_model != controls.model).any())
+    return controls[(controls.model == model) & (controls.source_model == (source if per_source else model))]
+
+
 def above_control(df: pd.DataFrame, attack: str, kind: str, model: str, source: str, n_boot: int, seed: int) -> dict:
-    """The control's mean dNLL on `model` and the attack's dNLL above it, paired by example, with a
-    bootstrap 95% CI: the part of the damage that random perturbations of the same size do not do.
+    """The primary control's mean dNLL on `model` (`matched_control`) and the attack's dNLL above
+    it, paired by example (trials averaged), with a bootstrap 95% CI: the part of the damage that
+    random perturbations of the same size, at the same place, do not do. `control_source` says
+    whose perturbation the control was matched to; `control_random_positions_dnll` is the second
+    control's mean where the attack has one.
 
     NaN where there is no control (the control rows themselves, attacks without one).
     """
-    nan = {"control_dnll": np.nan, "above_control": np.nan, "above_control_ci_low": np.nan,
-           "above_control_ci_high": np.nan}
-    ex = per_example(df[(df.attack == attack) & (df.model == model)])
-    ctrl = ex[ex.kind == "control"].set_index("example")["dnll"]
-    this = ex[(ex.kind == kind) & (ex.source_model == source)].set_index("example")["dnll"]
-    if kind == "control" or ctrl.empty:
-        return nan
-    diff = (this - ctrl.reindex(this.index)).to_numpy()
+    out = {"control_source": "", "control_dnll": np.nan, "control_random_positions_dnll": np.nan,
+           "above_control": np.nan, "above_control_ci_low": np.nan, "above_control_ci_high": np.nan}
+    if kind in CONTROLS:
+        return out
+    second = matched_control(df, attack, model, source, "control_random_positions")
+    if len(second):
+        out["control_random_positions_dnll"] = float(per_example(second)["dnll"].mean())
+    ctrl = per_example(matched_control(df, attack, model, source))
+    if ctrl.empty:
+        return out
+    this = per_example(df[(df.attack == attack) & (df.kind == kind) & (df.model == model)
+                          & (df.source_model == source)]).set_index("example")["dnll"]
+    diff = (this - ctrl.set_index("example")["dnll"].reindex(this.index)).to_numpy()
     if np.isnan(diff).any():
         raise ValueError(f"{attack} on {model}: the control does not cover the attack's examples")
     lo, hi = stats.bootstrap_ci(diff, n_boot, seed)
-    return {"control_dnll": float(ctrl.mean()), "above_control": float(diff.mean()), "above_control_ci_low": lo,
-            "above_control_ci_high": hi}
+    out.update({"control_source": ctrl["source_model"].iloc[0], "control_dnll": float(ctrl["dnll"].mean()),
+                "above_control": float(diff.mean()), "above_control_ci_low": lo, "above_control_ci_high": hi})
+    return out
 
 
 def robustness_comparison(df: pd.DataFrame, attack: str, kind: str, n_boot: int, seed: int) -> dict:
@@ -129,11 +188,11 @@ def _compare(wide: pd.DataFrame, n_boot: int, seed: int) -> dict:
 
 
 def robustness_above_control(df: pd.DataFrame, attack: str, n_boot: int, seed: int) -> dict:
-    """The same comparison on dNLL above each model's own matched control (per example, trials
+    """The same comparison on dNLL above each model's own primary control (per example, trials
     averaged): the robustness claim METHOD.md allows. {} without a control or without both models."""
-    ex = per_example(df[df.attack == attack])
-    own = ex[(ex.kind == "attack") & (ex.model == ex.source_model)].pivot(index="example", columns="model", values="dnll")
-    ctrl = ex[ex.kind == "control"].pivot(index="example", columns="model", values="dnll")
+    ex = per_example(df[(df.attack == attack) & (df.model == df.source_model)])
+    own = ex[ex.kind == "attack"].pivot(index="example", columns="model", values="dnll")
+    ctrl = ex[ex.kind == PRIMARY_CONTROL].pivot(index="example", columns="model", values="dnll")
     if not {"baseline", "monotonic"} <= set(own.columns) & set(ctrl.columns):
         return {}
     return _compare(own - ctrl.reindex(own.index), n_boot, seed)

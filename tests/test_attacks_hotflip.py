@@ -1,5 +1,6 @@
 """`hotflip` on tiny random models: flips stay in the context, within budget, allowed; the search
-only climbs; controls are matched; a planted weakness is found."""
+only climbs; the primary control flips exactly the attack's positions, the second one as many
+random positions; a planted weakness is found."""
 import numpy as np
 import pytest
 import torch
@@ -45,20 +46,57 @@ def test_search_only_climbs_and_reports_exact_losses():
 
 def test_rows_controls_and_transfer(rows):
     models, results = rows
-    attack = {(r.kind, r.model, r.source_model): r for r in results if r.kind != "control"}
+    attack = {(r.kind, r.model, r.source_model): r for r in results if r.kind in ("attack", "transfer")}
     assert set(attack) == {("attack", "baseline", "baseline"), ("transfer", "monotonic", "baseline"),
                            ("attack", "monotonic", "monotonic"), ("transfer", "baseline", "monotonic")}
+    assert {r.kind for r in results} == {"attack", "transfer", "control", "control_random_positions"}
     for source in models:
         own = attack[("attack", source, source)]
-        controls = [r for r in results if r.kind == "control" and r.model == source]
-        assert len(controls) == SMALL.controls
-        for c in controls:
-            assert np.array_equal(c.n_changed, own.n_changed)  # same flip count per example
-            assert c.forward_passes == 0 and c.source_model == source
+        assert np.array_equal(attack[("transfer", *(set(models) - {source}), source)].attacked_ids, own.attacked_ids)
+        for kind in ("control", "control_random_positions"):
+            for target in models:  # a control for every model the flips are scored on
+                controls = [r for r in results if (r.kind, r.model, r.source_model) == (kind, target, source)]
+                assert sorted(c.trial for c in controls) == list(range(SMALL.controls))
+                for c in controls:
+                    assert np.array_equal(c.n_changed, own.n_changed)  # same flip count per example
+                    assert c.forward_passes == 0 and c.candidate_evals == 0
         assert own.candidate_evals > 0
         assert np.all(own.attacked_nll >= own.clean_nll - 1e-6)  # an ascent: never below clean
     for p in (p for m in models.values() for p in m.parameters()):
         assert p.requires_grad and p.grad is None
+
+
+def test_primary_control_flips_exactly_the_attacks_positions(rows):
+    models, results = rows
+    allowed = allowed_tokens(tokenizer(), 320)
+    for source in models:
+        own = next(r for r in results if r.kind == "attack" and r.model == source)
+        where = own.attacked_ids != own.input_ids
+        moved = 0
+        for c in (r for r in results if r.kind == "control" and r.source_model == source):
+            changed = c.attacked_ids != c.input_ids
+            assert np.array_equal(changed, where)  # the attack's positions, each one a new token
+            assert allowed[torch.as_tensor(c.attacked_ids[changed])].all()
+            attacked = torch.as_tensor(c.attacked_ids)
+            assert torch.equal(retokenized(tokenizer(), attacked), attacked)
+            same = [r for r in results if (r.kind, r.source_model, r.trial) == ("control", source, c.trial)]
+            assert all(np.array_equal(r.attacked_ids, c.attacked_ids) for r in same)  # one draw on every model
+        for c in (r for r in results if r.kind == "control_random_positions" and r.source_model == source):
+            changed = c.attacked_ids != c.input_ids
+            assert np.array_equal(changed.sum(1), where.sum(1)) and not changed[:, CONTEXT:].any()
+            moved += int((changed != where).any())
+        assert moved  # the second control does not sit on the attack's positions
+
+
+def test_random_tokens_at_fixed_positions():
+    tok, test = tokenizer(), torch.as_tensor(examples(8, 0))
+    positions = torch.zeros_like(test, dtype=torch.bool)
+    positions[1, [CONTEXT - 1]] = positions[2, [0, 5, CONTEXT - 2]] = True
+    allowed = allowed_tokens(tok, 320)
+    for seed in range(3):
+        flipped = hotflip.random_tokens_at(np.random.default_rng(seed), test, positions, allowed, tok, 50)
+        assert torch.equal(flipped != test, positions) and allowed[flipped[positions]].all()
+        assert torch.equal(retokenized(tok, flipped), flipped)
 
 
 def test_random_flips_match_counts_and_stay_in_context():

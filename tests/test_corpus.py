@@ -1,7 +1,6 @@
 import math
 import random
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -138,12 +137,6 @@ def test_entities_repeat_within_documents(docs2000):
         if c and c.most_common(1)[0][1] >= 3:
             repeated += 1
     assert repeated / len(docs2000) > 0.9
-
-
-def test_speed():
-    t = time.perf_counter()
-    generate(10_000)
-    assert time.perf_counter() - t < 2.0
 
 
 def test_bigram_learnability():

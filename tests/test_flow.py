@@ -91,7 +91,8 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
     a, cfg = data.attacks, data.resolved_config
     for attack in ("uat", "hotflip"):
         rows = a[a.attack == attack]
-        assert set(rows["kind"]) == {"attack", "control", "transfer"}
+        second = {"control_random_positions"} if attack == "hotflip" else set()
+        assert set(rows["kind"]) == {"attack", "control", "transfer"} | second
         own = rows[rows.kind == "attack"]
         assert (own["model"] == own["source_model"]).all()
         assert (own["forward_passes"] > own["candidate_evals"]).all() and (own["candidate_evals"] > 0).all()
@@ -99,6 +100,10 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
         assert set(zip(transfer["source_model"], transfer["model"])) == {("baseline", "monotonic"),
                                                                         ("monotonic", "baseline")}
         assert attack in data.findings["robustness_above_control"]
+    # hotflip's controls: for the flips found on each model, on every model, at that model's flip positions
+    ctrl = a[(a.attack == "hotflip") & a.kind.str.startswith("control")]
+    assert set(zip(ctrl["source_model"], ctrl["model"])) == {(s, m) for s in ("baseline", "monotonic")
+                                                             for m in ("baseline", "monotonic")}
     uat = a[(a.attack == "uat") & (a.kind != "control")]
     assert (uat["trigger_ids"].map(len) == cfg["attack"]["uat"]["trigger_len"]).all()
     assert (uat["trigger_text"].str.len() > 0).all()
@@ -106,4 +111,18 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
     assert flips["n_changed"].between(0, cfg["attack"]["hotflip"]["max_flips"]).all()
     assert flips["n_changed"].max() > 0
     s = data.attack_summary
-    assert s[(s.kind != "control") & s.attack.isin(["uat", "hotflip"])]["above_control_ci_low"].notna().all()
+    attacked = s[~s.kind.str.startswith("control") & s.attack.isin(["uat", "hotflip"])]
+    assert attacked["above_control_ci_low"].notna().all()
+    assert (attacked["forward_passes"] > 0).all() and (attacked["candidate_evals"] > 0).all()
+
+
+def test_attack_rows_rescore_from_the_table(micro_run):
+    from monollm import results
+    from monollm.rescore import rescore
+
+    a = micro_run.data.attacks
+    model, tokenizer = results.load_model(micro_run, "baseline")
+    rows = a[(a.model == "baseline") & (a.example == 0)].groupby(["attack", "kind", "source_model"]).head(1)
+    assert {"hotflip", "uat"} <= set(rows["attack"])
+    for _, row in rows.iterrows():
+        assert rescore(row, model, tokenizer) == pytest.approx(row["attacked_nll"], abs=1e-4)

@@ -93,7 +93,8 @@ def test_paper_profiles_train_both_arms_alike_and_hold_out_the_piles_own_splits(
     cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
     t, d = cfg.train, cfg.data
     assert not t.monotonic_lr and t.monotonic_warmup_frac < 0  # one schedule for both arms
-    assert (d.split, d.test_from, d.attack_opt_from, d.val_from) == ("train", "test", "validation", "validation")
+    assert (d.split, d.test_from, d.attack_opt_from, d.val_from) == ("train", "test.jsonl.zst", "val.jsonl.zst",
+                                                                   "val.jsonl.zst")
     if name != "pythia-160m":
         assert (t.lr, t.warmup_frac, t.weight_decay) == (1e-5, 0.1, 0.01)  # the earlier recipe's baseline
 

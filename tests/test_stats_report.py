@@ -115,7 +115,7 @@ def test_attack_table_one_row_per_example():
 
 
 def test_attack_summary_success_over_all_examples():
-    # 10 examples, two trials each; per-example means are what counts
+    # 10 examples, two trials each: dNLL is averaged per example, success is per trial
     t0 = [3.0, 1.5, 2.0, 0.2, 0.0, -0.5, 0.9, 0.1, 0.0, 0.0]
     t1 = [1.0, 0.5, 0.0, 0.2, 0.0, -0.5, 0.9, 0.1, 0.0, 0.0]
     df = report.attack_table([result("baseline", t0, trial=0), result("baseline", t1, trial=1)])
@@ -123,17 +123,31 @@ def test_attack_summary_success_over_all_examples():
     assert len(s) == 1
     row = s.iloc[0]
     mean = (np.array(t0) + np.array(t1)) / 2  # [2, 1, 1, .2, 0, -.5, .9, .1, 0, 0]
-    assert row["examples"] == 10
+    assert row["examples"] == 10 and row["trials"] == 2
     assert row["dnll_mean"] == pytest.approx(mean.mean()) and row["dnll_median"] == pytest.approx(np.median(mean))
     assert row["rel_ppl_increase"] == pytest.approx(math.expm1(mean.mean()))
     assert row["dnll_ci_low"] <= row["dnll_mean"] <= row["dnll_ci_high"]
     assert row["clean_nll"] == pytest.approx(2.0)
-    # denominators are all 10 examples, not only the damaged ones; >= at the threshold
-    assert row["success@0.5"] == pytest.approx(4 / 10)
-    assert row["success@1"] == pytest.approx(3 / 10)
-    assert row["success@2"] == pytest.approx(1 / 10)
-    lo, hi = stats.wilson(3, 10)
+    # per trial over all 10 examples (not only the damaged ones), >= at the threshold, then averaged:
+    # @0.5 trial 0 has 4, trial 1 has 3 -> 0.35 (the per-example means would give 4/10)
+    assert row["success@0.5"] == pytest.approx((4 + 3) / 2 / 10)
+    assert row["success@1"] == pytest.approx((3 + 1) / 2 / 10)  # per-example means: 3/10
+    assert row["success@2"] == pytest.approx((2 + 0) / 2 / 10)
+    lo, hi = stats.wilson(2, 10)  # n = the examples, k = the averaged rate times n
     assert (row["success@1_ci_low"], row["success@1_ci_high"]) == pytest.approx((lo, hi))
+    single = report.attack_summary(report.attack_table([result("baseline", t0)]), (1.0,), N_BOOT, 0).iloc[0]
+    assert single["success@1"] == pytest.approx(3 / 10)
+    assert (single["success@1_ci_low"], single["success@1_ci_high"]) == pytest.approx(stats.wilson(3, 10))
+
+
+def test_attack_summary_compute_columns():
+    rows = [result("baseline", [1.0, 1.0]), result("baseline", [0.0, 0.0], trial=1),
+            result("baseline", [0.5, 0.5], kind="control")]
+    rows[0].forward_passes, rows[0].candidate_evals = 100, 30
+    rows[1].forward_passes, rows[1].candidate_evals = 50, 20
+    s = report.attack_summary(report.attack_table(rows), (0.5,), N_BOOT, 0).set_index("kind")
+    assert (s.loc["attack", "forward_passes"], s.loc["attack", "candidate_evals"]) == (150, 50)  # summed over trials
+    assert (s.loc["control", "forward_passes"], s.loc["control", "candidate_evals"]) == (0, 0)
 
 
 def test_attack_summary_separates_models_and_kinds():
@@ -143,6 +157,65 @@ def test_attack_summary_separates_models_and_kinds():
     assert s.loc[("baseline", "attack"), "success@0.5"] == 1.0
     assert s.loc[("monotonic", "attack"), "success@0.5"] == 0.0
     assert s.loc[("baseline", "control"), "success@0.5"] == 0.5
+
+
+def flip_table():
+    """A HotFlip-like table: flips found on each model, scored on both; per source, a primary control
+    (at that source's positions) and a random-positions control on both models."""
+    dnll = {("attack", "baseline", "baseline"): 3.0, ("transfer", "monotonic", "baseline"): 2.0,
+            ("attack", "monotonic", "monotonic"): 1.0, ("transfer", "baseline", "monotonic"): 1.5,
+            ("control", "baseline", "baseline"): 0.7, ("control", "monotonic", "baseline"): 0.6,
+            ("control", "monotonic", "monotonic"): 0.2, ("control", "baseline", "monotonic"): 0.3,
+            ("control_random_positions", "baseline", "baseline"): 0.05,
+            ("control_random_positions", "monotonic", "baseline"): 0.04,
+            ("control_random_positions", "monotonic", "monotonic"): 0.03,
+            ("control_random_positions", "baseline", "monotonic"): 0.02}
+    noise = np.random.default_rng(0).normal(0, 0.05, 30)
+    rows = [result(m, d + noise, kind=k, source=src, attack="hotflip", trial=t)
+            for (k, m, src), d in dnll.items() for t in range(1 if k in ("attack", "transfer") else 2)]
+    return report.attack_table(rows), dnll
+
+
+def test_above_control_pairs_with_the_sources_positions():
+    df, dnll = flip_table()
+    s = report.attack_summary(df, (0.5,), N_BOOT, 0).set_index(["kind", "model", "source_model"])
+    for (kind, model, source), d in dnll.items():
+        row = s.loc[(kind, model, source)]
+        if kind.startswith("control"):
+            assert np.isnan(row["above_control"]) and row["control_source"] == ""
+            continue
+        # the control on `model` at `source`'s positions, not the model's own or the random positions
+        want = d - dnll[("control", model, source)]
+        assert row["control_source"] == source
+        assert row["above_control"] == pytest.approx(want, abs=1e-9)
+        assert row["control_dnll"] == pytest.approx(dnll[("control", model, source)], abs=0.05)
+        assert row["control_random_positions_dnll"] == pytest.approx(
+            dnll[("control_random_positions", model, source)], abs=0.05)
+        assert row["above_control_ci_low"] <= row["above_control"] <= row["above_control_ci_high"]
+    comp = report.robustness_above_control(df, "hotflip", N_BOOT, 0)
+    want = (dnll[("attack", "baseline", "baseline")] - dnll[("control", "baseline", "baseline")]) - (
+        dnll[("attack", "monotonic", "monotonic")] - dnll[("control", "monotonic", "monotonic")])
+    assert comp["diff"] == pytest.approx(want, abs=1e-9) and comp["verdict"] == "monotonic more robust"
+
+
+def test_above_control_without_per_source_controls_uses_the_models_own():
+    # UAT: random triggers do not depend on the model a trigger was found on: one control per model
+    rows = [result("baseline", [2.0] * 5, attack="uat"), result("monotonic", [1.0] * 5, kind="transfer",
+                                                                  source="baseline", attack="uat"),
+            result("baseline", [0.5] * 5, kind="control", attack="uat"),
+            result("monotonic", [0.25] * 5, kind="control", attack="uat")]
+    s = report.attack_summary(report.attack_table(rows), (0.5,), N_BOOT, 0).set_index(["kind", "model"])
+    assert s.loc[("attack", "baseline"), "above_control"] == pytest.approx(1.5)
+    transfer = s.loc[("transfer", "monotonic")]
+    assert transfer["above_control"] == pytest.approx(0.75) and transfer["control_source"] == "monotonic"
+
+
+def test_above_control_refuses_a_missing_source_control():
+    df, _ = flip_table()
+    gone = df[~((df.kind == "control") & (df.source_model == "baseline") & (df.model == "monotonic"))]
+    s = report.attack_summary(gone, (0.5,), N_BOOT, 0).set_index(["kind", "model", "source_model"])
+    # no control at baseline's positions on monotonic: no number rather than another control's
+    assert np.isnan(s.loc[("transfer", "monotonic", "baseline"), "above_control"])
 
 
 # --- findings ------------------------------------------------------------------------------

@@ -18,19 +18,23 @@ import torch
 class AttackResult:
     """One attack (or control, or transfer) applied to one model on the same examples.
 
-    `clean_nll` and `attacked_nll` are mean NLL per continuation token, shape (N,).
+    `clean_nll` and `attacked_nll` are mean NLL per continuation token, shape (N,). With
+    `input_ids`, `scored_tokens` and either `attacked_ids` or `trigger_ids`, every row of the
+    table can be re-scored from the table alone (monollm.rescore).
     """
     attack: str
     model: str
     kind: str
-    """"attack", "control" or "transfer"."""
+    """"attack", "transfer", or a control: "control" (the primary control, the one every
+    "above control" number uses) or "control_random_positions" (HotFlip's second control)."""
     example_ids: np.ndarray
     clean_nll: np.ndarray
     attacked_nll: np.ndarray
     trial: int = 0
     """Index of the trigger among repeated draws (random controls)."""
     source_model: str = ""
-    """Model the perturbation was found on (differs from `model` for transfer)."""
+    """Model the perturbation was found on (differs from `model` for transfer). On a control row:
+    the model whose attack the control is matched to (HotFlip: whose flip positions it uses)."""
     trigger_ids: list[int] = field(default_factory=list)
     trigger_text: str = ""
     forward_passes: int = 0
@@ -39,10 +43,20 @@ class AttackResult:
     """Candidate perturbations scored exactly."""
     n_changed: np.ndarray | None = None
     """Per example, tokens changed in the context (flip attacks), shape (N,)."""
+    input_ids: np.ndarray | None = None
+    """(N, T) the clean examples (context + continuation)."""
+    attacked_ids: np.ndarray | None = None
+    """(N, T) the attacked inputs as scored, for attacks that change the context (flips); None
+    where the attacked input is `trigger_ids` + `input_ids`."""
+    scored_tokens: int = 0
+    """Continuation tokens scored: the last `scored_tokens` of every input."""
 
     def rows(self) -> list[dict]:
         """Tidy rows, one per example."""
-        changed = self.n_changed if self.n_changed is not None else np.zeros(len(self.example_ids), int)
+        n = len(self.example_ids)
+        changed = self.n_changed if self.n_changed is not None else np.zeros(n, int)
+        clean = self.input_ids if self.input_ids is not None else [None] * n
+        attacked = self.attacked_ids if self.attacked_ids is not None else [None] * n
         return [
             {
                 "attack": self.attack, "kind": self.kind, "model": self.model,
@@ -51,9 +65,19 @@ class AttackResult:
                 "dnll": float(a - c), "n_changed": int(k),
                 "trigger_text": self.trigger_text, "trigger_ids": list(self.trigger_ids),
                 "forward_passes": self.forward_passes, "candidate_evals": self.candidate_evals,
+                "scored_tokens": self.scored_tokens, **_ids(x, y),
             }
-            for e, c, a, k in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed)
+            for e, c, a, k, x, y in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed, clean, attacked)
         ]
+
+
+def _ids(clean, attacked) -> dict:
+    """A row's input ids (clean example), attacked ids and changed positions, as lists ([] where unknown)."""
+    clean = [] if clean is None else [int(t) for t in clean]
+    attacked = [] if attacked is None else [int(t) for t in attacked]
+    same_len = len(attacked) == len(clean)
+    changed = [i for i, (a, b) in enumerate(zip(attacked, clean)) if a != b] if same_len else []
+    return {"input_ids": clean, "attacked_ids": attacked, "changed_positions": changed}
 
 
 def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_len: int,
@@ -188,23 +212,25 @@ def retokenized(tokenizer, rows: torch.Tensor) -> torch.Tensor:
 
 
 def score_attacked(attack: str, models: dict, tokenizer, attacked: torch.Tensor, test: torch.Tensor,
-                   clean: dict, n_cont: int, batch_size: int, source: str = "", trial: int = 0,
+                   clean: dict, n_cont: int, batch_size: int, source: str = "", trial: int = 0, kind: str = "",
                    **fields) -> list[AttackResult]:
     """Attacked inputs (N, T'), re-tokenized from their text, scored on every model.
 
     test: the clean examples (N, T); clean: model -> clean NLL (N,). With a `source` model the
-    rows are "attack" (source itself) or "transfer"; without, "control". `fields` go to every
-    AttackResult (trigger ids and text, n_changed, compute).
+    rows are "attack" (source itself) or "transfer"; without, "control". A `kind` given is every
+    row's kind, with `source` as the model the control is matched to. `fields` go to every
+    AttackResult (trigger ids and text, attacked ids, n_changed, compute); the clean ids and
+    the number of scored tokens are added, so that each row can be re-scored from the table.
     """
     attacked = retokenized(tokenizer, attacked)
     assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
-    out = []
+    out, clean_ids = [], test.cpu().numpy()
     for name, model in models.items():
-        kind = "control" if not source else "attack" if name == source else "transfer"
+        row_kind = kind or ("control" if not source else "attack" if name == source else "transfer")
         out.append(AttackResult(
-            attack=attack, model=name, kind=kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
+            attack=attack, model=name, kind=row_kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
             attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
-            source_model=source or name, **fields))
+            source_model=source or name, input_ids=clean_ids, scored_tokens=n_cont, **fields))
     return out
 
 

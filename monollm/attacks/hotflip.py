@@ -8,8 +8,21 @@ the loss and the flipped text survives decode -> encode; the gradient is then re
 An example stops at F flips or when no candidate raises its loss. Only context tokens are
 ever flipped; the continuation is what is scored.
 
-The matched control flips the same number of context positions per example to random
-allowed tokens; transfer scores the inputs found on one model on every other model.
+Two random controls per model the flips were found on (S), `controls` draws each, every draw
+scored on every model (M), rows `source_model` S:
+
+* "control" (primary): per example, exactly the positions the attack on S changed, each set
+  to a random allowed token other than the clean one. Holds fixed the examples, the flip
+  positions, their count and the scoring model; only which tokens land there is random.
+  Where a flip lands matters as much as what it is (the search favours the last context
+  tokens), so every "above control" number is against this control. Transfer rows (found
+  on S, scored on M) are compared with it on M at S's positions.
+* "control_random_positions": the same number of flips per example as the attack on S, at
+  random distinct context positions with random tokens. Holds fixed the examples, the count
+  and the scoring model; positions and tokens are random.
+
+Every random draw is redrawn until its text survives decode -> encode, like the attack's.
+Transfer scores the inputs found on one model on every other model.
 """
 from __future__ import annotations
 
@@ -33,7 +46,8 @@ class HotFlipConfig:
     candidates: int = 16
     """Top first-order (position, token) swaps re-scored exactly per example and flip."""
     controls: int = 4
-    """Random-flip draws per example at the attack's flip count (the matched control)."""
+    """Draws of each random control per model searched (module docstring): random tokens at the
+    attack's own positions (the primary control), and at as many random positions."""
     max_tries: int = 100
     """Redraws of a random flip whose text does not survive decode -> encode."""
 
@@ -127,21 +141,42 @@ def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_l
 
 def random_flips(rng: np.random.Generator, ids: torch.Tensor, counts: np.ndarray, allowed: torch.Tensor,
                  context_len: int, tokenizer, max_tries: int) -> torch.Tensor:
-    """ids (N, T) with counts[i] distinct context positions of row i set to random allowed tokens
-    (each different from the token it replaces); rows whose text would change under
-    decode -> encode are redrawn. Returns (N, T) long."""
+    """ids (N, T) with counts[i] distinct random context positions of row i set to random allowed
+    tokens (the count-matched control); a row whose text changes under decode -> encode is
+    redrawn, positions included. Returns (N, T) long."""
+    def draw(i):
+        return _random_tokens(rng, ids[i], rng.choice(context_len, size=int(counts[i]), replace=False), allowed)
+    return _until_survive(ids, np.flatnonzero(counts > 0), draw, tokenizer, max_tries)
+
+
+def random_tokens_at(rng: np.random.Generator, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
+                     tokenizer, max_tries: int) -> torch.Tensor:
+    """ids (N, T) with exactly the positions marked in `positions` (N, T) bool set to random allowed
+    tokens, each different from the token it replaces (the position-matched control); a row whose
+    text changes under decode -> encode is redrawn at the same positions. Returns (N, T) long."""
+    where = [row.nonzero().flatten().cpu().numpy() for row in positions]
+    return _until_survive(ids, np.flatnonzero([len(w) for w in where]),
+                          lambda i: _random_tokens(rng, ids[i], where[i], allowed), tokenizer, max_tries)
+
+
+def _random_tokens(rng: np.random.Generator, row: torch.Tensor, positions: np.ndarray,
+                   allowed: torch.Tensor) -> torch.Tensor:
+    """A copy of row (T,) with every position in `positions` set to a random allowed token other than its own."""
     pool = allowed.nonzero().flatten().numpy()
+    out = row.clone()
+    for p in positions:
+        out[int(p)] = int(rng.choice(pool[pool != int(row[int(p)])]))
+    return out
+
+
+def _until_survive(ids: torch.Tensor, todo: np.ndarray, draw, tokenizer, max_tries: int) -> torch.Tensor:
+    """ids (N, T) with rows `todo` replaced by draw(i) (T,), redrawing rows whose text does not
+    survive decode -> encode (one batched tokenizer call per round)."""
     out = ids.clone()
-    todo = np.flatnonzero(counts > 0)
     for _ in range(max_tries):
         if not len(todo):
             return out
-        drawn = []
-        for i in todo:
-            row = ids[i].clone()
-            for p in rng.choice(context_len, size=int(counts[i]), replace=False):
-                row[p] = int(rng.choice(pool[pool != int(ids[i, p])]))
-            drawn.append(row)
+        drawn = [draw(i) for i in todo]
         ok = rows_survive(tokenizer, [r.tolist() for r in drawn])
         for i, row, good in zip(todo, drawn, ok):
             if good:
@@ -153,11 +188,12 @@ def random_flips(rng: np.random.Generator, ids: torch.Tensor, counts: np.ndarray
 def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
         params: HotFlipConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
     """Flips searched on each model, scored on every model (its own: "attack"; others: "transfer"),
-    and `params.controls` random-flip draws at the same per-example count ("control", on every model).
+    and for each of them `params.controls` draws of both random controls (module docstring),
+    each scored on every model with `source_model` the model the flips were found on.
 
     examples: split -> (N, C + K) int64 windows; hotflip attacks "test" only (per example).
     models: name -> model in eval mode. The search runs in `precision` (common.search_precision);
-    every reported NLL is scored in fp32.
+    every reported NLL is scored in fp32. Every row keeps its attacked inputs (`attacked_ids`).
     """
     any_model = next(iter(models.values()))
     device = any_model.device
@@ -165,32 +201,43 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
     test = torch.as_tensor(examples["test"], device=device)
     context_len = test.shape[1] - continuation_len
     clean = {name: continuation_nll(m, test, continuation_len, batch_size).numpy() for name, m in models.items()}
+    score = _scorer(models, tokenizer, test, clean, continuation_len, batch_size)
     results, rng = [], np.random.default_rng([seed, 2])
     for source, model in models.items():
         with search_precision(device, precision):
             found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size,
                            log=lambda msg, source=source: log(f"[hotflip] {source}: {msg}"))
-        changed = (found.ids != test).sum(dim=1).cpu().numpy()
-        cost = dict(forward_passes=found.forward_passes, candidate_evals=found.candidate_evals)
-        rows = _evaluate(models, tokenizer, found.ids, test, clean, continuation_len, batch_size, changed,
-                         source=source, **cost)
-        log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {cost['candidate_evals']} candidates; "
+        positions = found.ids != test  # (N, T) bool: only context positions ever change
+        changed = positions.sum(dim=1).cpu().numpy()
+        rows = score(found.ids, source, n_changed=changed, forward_passes=found.forward_passes,
+                     candidate_evals=found.candidate_evals)
+        log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {found.candidate_evals} candidates; "
             + _summary(rows))
-        for trial in range(params.controls):  # matched control: same count per example, same model
-            flipped = random_flips(rng, test, changed, allowed, context_len, tokenizer, params.max_tries)
-            rows += _evaluate({source: model}, tokenizer, flipped, test, clean, continuation_len, batch_size,
-                              changed, trial=trial)
-        log(f"[hotflip] control on {source} ({params.controls} draws): " + _summary(rows[len(models):]))
+        for trial in range(params.controls):
+            # the same draw on every model: controls are paired across models, like the attack's inputs
+            at_positions = random_tokens_at(rng, test, positions, allowed, tokenizer, params.max_tries)
+            rows += score(at_positions, source, kind="control", trial=trial, n_changed=changed)
+            anywhere = random_flips(rng, test, changed, allowed, context_len, tokenizer, params.max_tries)
+            rows += score(anywhere, source, kind="control_random_positions", trial=trial, n_changed=changed)
+        log(f"[hotflip] controls for {source}'s flips ({params.controls} draws each): "
+            + _summary([r for r in rows if r.kind != "attack" and r.kind != "transfer"], mean_trials=True))
         results += rows
     return results
 
 
-def _evaluate(models: dict, tokenizer, attacked: torch.Tensor, test: torch.Tensor, clean: dict, n_cont: int,
-              batch_size: int, changed: np.ndarray, source: str = "", trial: int = 0, **cost) -> list[AttackResult]:
-    """Flipped test examples (N, T) scored on every model (common.score_attacked)."""
-    return score_attacked("hotflip", models, tokenizer, attacked, test, clean, n_cont, batch_size, source=source,
-                          trial=trial, n_changed=changed, **cost)
+def _scorer(models: dict, tokenizer, test: torch.Tensor, clean: dict, n_cont: int, batch_size: int):
+    """score(attacked (N, T), source, kind="", trial=0, **fields): the flipped examples scored on
+    every model (common.score_attacked), keeping the attacked inputs in the rows."""
+    def score(attacked: torch.Tensor, source: str, kind: str = "", trial: int = 0, **fields) -> list[AttackResult]:
+        return score_attacked("hotflip", models, tokenizer, attacked, test, clean, n_cont, batch_size, source=source,
+                              trial=trial, kind=kind, attacked_ids=attacked.cpu().numpy(), **fields)
+    return score
 
 
-def _summary(rows: list[AttackResult]) -> str:
-    return ", ".join(f"{r.kind} {r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)
+def _summary(rows: list[AttackResult], mean_trials: bool = False) -> str:
+    if not mean_trials:
+        return ", ".join(f"{r.kind} {r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r.kind, r.model), []).append(np.mean(r.attacked_nll - r.clean_nll))
+    return ", ".join(f"{k} {m} dNLL {np.mean(v):+.3f}" for (k, m), v in groups.items())

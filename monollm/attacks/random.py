@@ -50,7 +50,7 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
                 attack="random", model=name, kind="attack", example_ids=np.arange(len(examples)),
                 clean_nll=clean[name].numpy(), attacked_nll=attacked.numpy(), trial=trial,
                 trigger_ids=trigger, trigger_text=tokenizer.decode(trigger),
-                forward_passes=0, candidate_evals=0))
+                forward_passes=0, candidate_evals=0, input_ids=examples, scored_tokens=continuation_len))
         log(f"[random] trigger {trial + 1}/{params.samples} {tokenizer.decode(trigger)!r}: " + ", ".join(
             f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in results[-len(models):]))
     return results
