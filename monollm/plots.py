@@ -52,11 +52,13 @@ def losses(training: pd.DataFrame, title: str = "Recovery training") -> Figure:
 
 
 def dnll(attacks: pd.DataFrame, attack: str) -> Figure:
-    """Per-example dNLL (trials averaged) of one attack: a box per condition (attack, control,
+    """Per-example dNLL (trials averaged) of one attack: a box per condition (attack, its controls,
     transfer) and model, with a line at zero. attacks: the run's tidy `attacks` table."""
     from monollm.report import per_example
 
     ex = per_example(attacks[attacks.attack == attack])
+    # as in the card: one control box per model, its control for its own perturbation
+    ex = ex[~ex["kind"].str.startswith("control") | (ex["model"] == ex["source_model"])]
     models = [m for m in COLORS if m in set(ex["model"])] + sorted(set(ex["model"]) - set(COLORS))
     kinds = [k for k in CONDITIONS if k in set(ex["kind"])] + sorted(set(ex["kind"]) - set(CONDITIONS))
     fig = Figure(figsize=(6.5, 3.6), dpi=100, layout="constrained")
