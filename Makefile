@@ -10,10 +10,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup run test clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-cluster.txt
+# The pinned requirements, then the project itself (editable), so that `import monollm` and
+# `python -m monollm.compare` work from any directory.
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-cluster.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
 setup: $(VENV)/.installed

@@ -4,17 +4,21 @@
     python -m monollm.compare 1712 1745 1790           # these runs
     python -m monollm.compare --tag profile:tiny --csv seeds.csv
     python -m monollm.compare 17 18 --vary monotonic.variant
+    python -m monollm.compare --namespace user:alice   # only alice's runs (default: everyone's)
 
 From a notebook, `compare.compare(["1712", "1745"])` returns the same table as a DataFrame:
-one row per key number, one column per run, then the mean, a 95% t-interval across runs
-(scipy) and the number of runs. Runs whose configurations differ in anything but the seed
-(and the keys given to `vary`) are refused with a message naming the differing keys.
+one row per key number, one column per run (labelled by its seed and the values of the varied
+keys), then the mean, a 95% t-interval across runs (scipy) and the number of runs. Runs whose
+configurations differ in anything but the seed (and the keys given to `vary`) are refused with
+a message naming the differing keys. Runs are looked up in Metaflow's global namespace unless
+`namespace` names one.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+import warnings
 
 import pandas as pd
 
@@ -28,6 +32,11 @@ OPERATIONAL = ("resources", "threads", "parallel")
 
 class IncompatibleRuns(ValueError):
     """Runs whose configurations differ in keys that may not vary."""
+
+
+class DuplicateSeeds(UserWarning):
+    """Runs that share a seed (and the varied keys): the same computation repeated, e.g. a
+    resumed or re-run seed, not an independent sample."""
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -99,63 +108,148 @@ def key_numbers(data) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
-def select_runs(runs=None, tag=None, flow: str = "MonoFlow", like=None, vary=()) -> list:
+def select_runs(runs=None, tag=None, flow: str = "MonoFlow", like=None, vary=(), namespace: str | None = None) -> list:
     """Run objects, oldest first: the given ids/pathspecs/Runs; else the successful runs with
     every tag in `tag` (a tag or a list); else the successful runs of `like`'s profile (default:
-    the latest successful run) whose configuration matches its own up to the seed and `vary`."""
+    the latest successful run) whose configuration matches its own up to the seed and `vary`.
+    Runs are looked up in `namespace` (None: Metaflow's global namespace, every user's runs)."""
     from metaflow import Flow
 
     from monollm import results
 
     if runs and tag:
         raise ValueError("give run ids or a tag, not both")
-    if runs:
-        picked = {}
-        for r in runs:
-            run = results.get_run(r, flow=flow)
-            picked.setdefault(run.pathspec, run)
-        return list(picked.values())
-    if tag:
-        tags = [tag] if isinstance(tag, str) else list(tag)
-        found = [r for r in Flow(flow).runs(*tags) if r.successful][::-1]
-        if not found:
-            raise LookupError(f"no successful {flow} run tagged {', '.join(tags)}")
-        return found
-    ref = results.get_run(like, flow=flow)
-    base = ref.data.resolved_config
-    same_profile = [t for t in ref.user_tags if t.startswith("profile:")]
-    return [r for r in list(Flow(flow).runs(*same_profile))[::-1] if r.pathspec == ref.pathspec or (
-        r.successful and not _bad_keys({ref.id: base, r.id: r.data.resolved_config}, vary))]
+    with results.in_namespace(namespace):
+        if runs:
+            picked = {}
+            for r in runs:
+                run = results.get_run(r, flow=flow, namespace=namespace)
+                picked.setdefault(run.pathspec, run)
+            return list(picked.values())
+        if tag:
+            tags = [tag] if isinstance(tag, str) else list(tag)
+            found = [r for r in Flow(flow).runs(*tags) if r.successful][::-1]
+            if not found:
+                raise LookupError(f"no successful {flow} run tagged {', '.join(tags)}"
+                                  + (f" in namespace {namespace!r}" if namespace else ""))
+            return found
+        ref = results.get_run(like, flow=flow, namespace=namespace)
+        base = ref.data.resolved_config
+        same_profile = [t for t in ref.user_tags if t.startswith("profile:")]
+        return [r for r in list(Flow(flow).runs(*same_profile))[::-1] if r.pathspec == ref.pathspec or (
+            r.successful and not _bad_keys({ref.id: base, r.id: r.data.resolved_config}, vary))]
 
 
-def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None) -> pd.DataFrame:
+def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
+            namespace: str | None = None) -> pd.DataFrame:
     """Key numbers per run, their mean and 95% t-interval across runs, and n.
 
-    runs / tag / like: as `select_runs`; vary: config keys besides the seed that may differ.
-    Returns a DataFrame indexed by metric with one column per run id, then mean, ci_low,
-    ci_high, n; `.attrs["seeds"]` maps run id -> seed. Raises IncompatibleRuns.
+    runs / tag / like / namespace: as `select_runs`; vary: config keys besides the seed that may
+    differ. Returns a DataFrame indexed by metric with one column per run, labelled by its seed
+    and the varied keys' values (`run_labels`), then mean, ci_low, ci_high, n.
+    `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
+    `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings).
+    Raises IncompatibleRuns.
     """
-    selected = select_runs(runs, tag, flow, like, vary)
+    selected = select_runs(runs, tag, flow, like, vary, namespace)
     for r in selected:
         if r.data is None or not hasattr(r.data, "findings"):
             raise LookupError(f"run {r.pathspec} has no results (did it finish?)")
     configs = {r.id: r.data.resolved_config for r in selected}
     check_compatible(configs, vary)
-    table = pd.DataFrame({r.id: key_numbers(r.data) for r in selected})
+    labels = run_labels(configs)
+    table = pd.DataFrame({labels[r.id]: key_numbers(r.data) for r in selected})
     runs_cols = list(table.columns)
     ci = [stats.t_interval(row.dropna().to_numpy()) for _, row in table.iterrows()]
     table[["mean", "ci_low", "ci_high"]] = pd.DataFrame(ci, index=table.index)
     table["n"] = table[runs_cols].notna().sum(axis=1)
     table.index.name = "metric"
-    table.attrs["seeds"] = {rid: c.get("seed") for rid, c in configs.items()}
+    table.attrs["runs"] = {labels[r.id]: r.pathspec for r in selected}
+    table.attrs["seeds"] = {labels[rid]: c.get("seed") for rid, c in configs.items()}
+    table.attrs["warnings"] = duplicate_seeds(configs, {r.id: r.pathspec for r in selected})
+    for message in table.attrs["warnings"]:
+        warnings.warn(message, DuplicateSeeds, stacklevel=2)
     return table
 
 
+def _condition(configs: dict) -> dict:
+    """run id -> ((key, value), ...) of the keys other than the seed whose values differ
+    between the runs, operational settings left out: what a reader needs to tell runs apart."""
+    diffs = {k: v for k, v in config_differences(configs).items()
+             if k not in ALWAYS_VARY and not _covered(k, OPERATIONAL)}
+    return {rid: tuple((k, values[rid]) for k, values in diffs.items()) for rid in configs}
+
+
+def run_labels(configs: dict) -> dict:
+    """run id -> column label: "seed N", plus "key=value" for every varied key (e.g.
+    "seed 0, monotonic.variant=mlp_in"); runs that would share a label get their run id too."""
+    cond = _condition(configs)
+    base = {rid: ", ".join([f"seed {c.get('seed')}"] + [f"{k}={v}" for k, v in cond[rid]])
+            for rid, c in configs.items()}
+    counts = pd.Series(list(base.values())).value_counts()
+    return {rid: f"{label} (run {rid})" if counts[label] > 1 else label for rid, label in base.items()}
+
+
+def duplicate_seeds(configs: dict, names: dict | None = None) -> list[str]:
+    """One message per group of runs that share a seed and the varied keys' values.
+
+    configs: run id -> resolved_config; names: run id -> how to call the run (its pathspec)."""
+    names = names or {rid: rid for rid in configs}
+    cond, groups = _condition(configs), {}
+    for rid, c in configs.items():
+        groups.setdefault((repr(c.get("seed")), cond[rid]), []).append(rid)
+    return [f"runs {', '.join(names[r] for r in rids)} share seed {configs[rids[0]].get('seed')}"
+            + (" and " + ", ".join(f"{k}={v}" for k, v in c) if c else "")
+            + ": they are not independent samples (a resumed or re-run seed repeats the same computation), "
+              "yet the interval counts each of them; compare one run per seed"
+            for (_, c), rids in groups.items() if len(rids) > 1]
+
+
+DIFFERENCES = {  # metric prefix/suffix -> (positive, negative) reading of an interval off zero
+    "baseline - monotonic": ("monotonic damaged less", "baseline damaged less"),
+    "NLL cost monotonic - baseline": ("monotonic has the higher NLL (a perplexity cost)",
+                                      "monotonic has the lower NLL"),
+}
+
+
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per difference in `table` (robustness: baseline - monotonic, damage above control
+    first; the NLL cost): mean, 95% t-interval across runs, n and the verdict it supports."""
+    rows = []
+    for metric in sorted(table.index, key=lambda m: (not m.startswith("dNLL above control"),
+                                                     not m.startswith("dNLL"))):
+        reading = next((v for k, v in DIFFERENCES.items() if k in metric), None)
+        if reading is None:
+            continue
+        r = table.loc[metric]
+        if not (math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"])):
+            verdict = "no interval: fewer than two runs"
+        elif math.isclose(r["ci_low"], r["ci_high"], rel_tol=1e-9, abs_tol=1e-12):  # every run the same number
+            verdict = "no spread: every run gives the same value (repeated runs of one seed?)"
+        elif r["ci_low"] > 0:
+            verdict = reading[0]
+        elif r["ci_high"] < 0:
+            verdict = reading[1]
+        else:
+            verdict = "no significant difference"
+        rows.append({"metric": metric, "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "n": int(r["n"]), "verdict": verdict})
+    return pd.DataFrame(rows, columns=["metric", "mean", "ci_low", "ci_high", "n", "verdict"])
+
+
 def format_table(table: pd.DataFrame) -> str:
-    seeds = table.attrs.get("seeds", {})
-    head = f"{len(seeds)} run(s): " + ", ".join(f"{rid} (seed {s})" for rid, s in seeds.items())
+    """The table as text: which run each column is, warnings, the numbers, then the verdicts."""
+    runs = table.attrs.get("runs", {})
+    head = [f"{len(runs)} run(s): " + "; ".join(f"{label} = {path}" for label, path in runs.items())]
+    head += [f"WARNING: {w}" for w in table.attrs.get("warnings", [])]
+    v = verdicts(table)
+    lines = [f"  {r.metric}: {r.mean:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}] over {r.n} run(s): {r.verdict}"
+             for r in v.itertuples()]
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
-        return head + "\n" + table.to_string(float_format=lambda x: f"{x:.4g}")
+        body = table.to_string(float_format=lambda x: f"{x:.4g}")
+    tail = ["", "Verdicts (mean and 95% t-interval across runs; for baseline - monotonic, positive = "
+            "the monotonic model is damaged less):"] + lines if lines else []
+    return "\n".join(head + [body] + tail)
 
 
 def main(argv=None) -> int:
@@ -167,14 +261,24 @@ def main(argv=None) -> int:
                         help="a config key (or section) besides the seed that may differ; repeatable")
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     parser.add_argument("--flow", default="MonoFlow")
+    parser.add_argument("--namespace", default=None, metavar="NS",
+                        help="Metaflow namespace to look runs up in, e.g. user:alice "
+                             "(default: the global namespace, every user's runs)")
     args = parser.parse_args(argv)
     from metaflow.exception import MetaflowNamespaceMismatch, MetaflowNotFound
 
     try:
-        table = compare(args.runs or None, args.tag, args.vary, args.flow)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DuplicateSeeds)
+            table = compare(args.runs or None, args.tag, args.vary, args.flow, namespace=args.namespace)
     except (IncompatibleRuns, LookupError, ValueError, MetaflowNotFound, MetaflowNamespaceMismatch) as err:
         print(f"compare: {err}", file=sys.stderr)
         return 2
+    for w in caught:
+        if issubclass(w.category, DuplicateSeeds):
+            print(f"compare: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(format_table(table))
     if args.csv:
         table.to_csv(args.csv)

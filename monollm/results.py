@@ -5,9 +5,14 @@
     run = Flow("MonoFlow").latest_successful_run
     run.data.perplexity                          # one row per model
     model, tokenizer = results.load_model(run, "monotonic")
+
+Runs are looked up in Metaflow's global namespace by default, so that a run is found
+whoever (which USERNAME, which production token) ran it; `namespace="user:alice"` (or any
+Metaflow namespace) restricts a lookup to that namespace.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -15,20 +20,37 @@ MODEL_ARTIFACTS = {"reference": "reference_model", "baseline": "baseline_model",
                    "monotonic_init": "monotonic_init_model", "monotonic": "monotonic_model"}
 
 
-def get_run(run=None, tag: str | None = None, flow: str = "MonoFlow"):
+@contextlib.contextmanager
+def in_namespace(namespace: str | None = None):
+    """Metaflow Client lookups inside the block use `namespace` (None: the global namespace,
+    every run of every user); the caller's namespace is restored afterwards. Objects made
+    inside keep the namespace they were made in, so they stay usable after the block."""
+    import metaflow
+
+    before = metaflow.get_namespace()
+    metaflow.namespace(namespace)
+    try:
+        yield
+    finally:
+        metaflow.namespace(before)
+
+
+def get_run(run=None, tag: str | None = None, flow: str = "MonoFlow", namespace: str | None = None):
     """A Run: a Run object as is, a run id or pathspec, the latest successful run with `tag`,
-    or the latest successful run."""
+    or the latest successful run; looked up in `namespace` (None: the global namespace)."""
     from metaflow import Flow, Run
 
     if run is not None and not isinstance(run, (str, int)):
         return run
-    if run is not None:
-        run = str(run)
-        return Run(run if "/" in run else f"{flow}/{run}")
-    for r in Flow(flow).runs(*([tag] if tag else [])):
-        if r.successful:
-            return r
-    raise LookupError(f"no successful {flow} run" + (f" tagged {tag!r}" if tag else ""))
+    with in_namespace(namespace):
+        if run is not None:
+            run = str(run)
+            return Run(run if "/" in run else f"{flow}/{run}")
+        for r in Flow(flow).runs(*([tag] if tag else [])):
+            if r.successful:
+                return r
+    where = f" in namespace {namespace!r}" if namespace else ""
+    raise LookupError(f"no successful {flow} run" + (f" tagged {tag!r}" if tag else "") + where)
 
 
 def load_model(run, name: str, path: str | None = None, device: str = "cpu"):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MICRO, ROOT, flow_env, run_flow
+from conftest import FLOW, MICRO, ROOT, flow_env, run_flow
 from scipy import stats as st
 from test_cards import synthetic_run
 
@@ -39,23 +39,26 @@ def test_t_interval():
 def test_table_per_run_with_mean_and_interval():
     runs = [fake_run("11", 0, 1.0), fake_run("12", 1, 1.1), fake_run("13", 2, 0.9, resources__memory=64000)]
     table = compare.compare(runs)
-    assert list(table.columns) == ["11", "12", "13", "mean", "ci_low", "ci_high", "n"]
-    assert table.attrs["seeds"] == {"11": 0, "12": 1, "13": 2}
+    cols = ["seed 0", "seed 1", "seed 2"]  # where a run ran (resources) does not label it
+    assert list(table.columns) == cols + ["mean", "ci_low", "ci_high", "n"]
+    assert table.attrs["seeds"] == {"seed 0": 0, "seed 1": 1, "seed 2": 2}
+    assert table.attrs["runs"] == {"seed 0": "MonoFlow/11", "seed 1": "MonoFlow/12", "seed 2": "MonoFlow/13"}
+    assert table.attrs["warnings"] == []
     row = table.loc["perplexity monotonic"]
     per_run = [r.data.perplexity.set_index("model").loc["monotonic", "perplexity"] for r in runs]
-    assert list(row[["11", "12", "13"]]) == pytest.approx(per_run)
+    assert list(row[cols]) == pytest.approx(per_run)
     assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(t_interval(per_run))
     assert row["n"] == 3
     f = runs[0].data.findings
-    assert table.loc["NLL cost monotonic - baseline (nats/token)", "11"] == pytest.approx(
+    assert table.loc["NLL cost monotonic - baseline (nats/token)", "seed 0"] == pytest.approx(
         f["nll_cost_monotonic_minus_baseline"]["diff"])
     for key, comp in f["robustness"].items():
-        assert table.loc[f"dNLL {key} baseline - monotonic", "11"] == pytest.approx(comp["diff"])
+        assert table.loc[f"dNLL {key} baseline - monotonic", "seed 0"] == pytest.approx(comp["diff"])
     assert "dNLL uat/control monotonic" in table.index and "dNLL uat/transfer monotonic" not in table.index
-    assert table.loc["dNLL above control uat baseline - monotonic", "11"] == pytest.approx(
+    assert table.loc["dNLL above control uat baseline - monotonic", "seed 0"] == pytest.approx(
         f["robustness_above_control"]["uat"]["diff"])
     assert "dNLL above control random baseline" not in table.index  # no control, no row
-    assert "3 run(s): 11 (seed 0), 12 (seed 1), 13 (seed 2)" in compare.format_table(table)
+    assert "3 run(s): seed 0 = MonoFlow/11; seed 1 = MonoFlow/12; seed 2 = MonoFlow/13" in compare.format_table(table)
 
 
 def test_incompatible_configs_are_refused_naming_the_keys():
@@ -68,14 +71,70 @@ def test_incompatible_configs_are_refused_naming_the_keys():
     with pytest.raises(compare.IncompatibleRuns, match="train.lr"):  # varying one key does not allow the other
         compare.compare(runs, vary=["monotonic.variant"])
     table = compare.compare(runs, vary=["train.lr", "monotonic"])
-    assert list(table.columns[:2]) == ["21", "22"]
+    assert list(table.columns[:2]) == ["seed 0, monotonic.variant=mlp_both, train.lr=0.002",
+                                       "seed 1, monotonic.variant=mlp_in, train.lr=0.01"]
 
 
 def test_where_and_how_a_run_trained_may_differ():
     """GPUs and training processes change the speed, not what is computed."""
     runs = [fake_run("21", 0), fake_run("22", 1, resources__train_gpu=8, parallel__processes=8,
                                          parallel__strategy="fsdp")]
-    assert list(compare.compare(runs).columns[:2]) == ["21", "22"]
+    assert list(compare.compare(runs).columns[:2]) == ["seed 0", "seed 1"]
+
+
+def with_diffs(run, above: float, raw: float, cost: float):
+    """`run` with its uat robustness differences and NLL cost set (per-run numbers to compare)."""
+    f = run.data.findings
+    f["robustness_above_control"]["uat"]["diff"] = above
+    f["robustness"]["uat/attack"]["diff"] = raw
+    f["nll_cost_monotonic_minus_baseline"]["diff"] = cost
+    return run
+
+
+def test_verdict_rows_read_the_interval_across_runs():
+    above, raw, cost = [0.10, 0.20, 0.15], [-0.10, 0.10, 0.05], [-0.30, -0.20, -0.25]
+    runs = [with_diffs(fake_run(str(30 + i), i), a, r, c) for i, (a, r, c) in enumerate(zip(above, raw, cost))]
+    v = compare.verdicts(compare.compare(runs)).set_index("metric")
+    assert v.index[0] == "dNLL above control uat baseline - monotonic"  # the claim above control leads
+    row = v.loc["dNLL above control uat baseline - monotonic"]
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(t_interval(above))
+    assert row["n"] == 3 and row["verdict"] == "monotonic damaged less"
+    assert v.loc["dNLL uat/attack baseline - monotonic", "verdict"] == "no significant difference"
+    assert v.loc["NLL cost monotonic - baseline (nats/token)", "verdict"] == "monotonic has the lower NLL"
+    negative = [with_diffs(fake_run(str(40 + i), i), -a, 0.0, 0.1 + a) for i, a in enumerate(above)]
+    v = compare.verdicts(compare.compare(negative)).set_index("metric")
+    assert v.loc["dNLL above control uat baseline - monotonic", "verdict"] == "baseline damaged less"
+    assert v.loc["NLL cost monotonic - baseline (nats/token)", "verdict"].startswith("monotonic has the higher NLL")
+    text = compare.format_table(compare.compare(runs))
+    lo, hi = t_interval(above)[1:]
+    assert (f"dNLL above control uat baseline - monotonic: +0.15 [{lo:+.4g}, {hi:+.4g}] over 3 run(s): "
+            f"monotonic damaged less") in text
+    assert v.loc["dNLL uat/control baseline - monotonic", "verdict"].startswith("no spread")  # equal in every run
+    one = compare.verdicts(compare.compare(runs[:1])).set_index("metric")
+    assert (one["verdict"] == "no interval: fewer than two runs").all()
+
+
+def test_duplicate_seeds_warn_and_keep_distinct_labels(monkeypatch, capsys):
+    runs = [fake_run("51", 0), fake_run("52", 0), fake_run("53", 1)]
+    with pytest.warns(compare.DuplicateSeeds, match="MonoFlow/51, MonoFlow/52 share seed 0"):
+        table = compare.compare(runs)
+    assert list(table.columns[:3]) == ["seed 0 (run 51)", "seed 0 (run 52)", "seed 1"]
+    assert "not independent samples" in table.attrs["warnings"][0] and len(table.attrs["warnings"]) == 1
+    assert "WARNING: runs MonoFlow/51, MonoFlow/52 share seed 0" in compare.format_table(table)
+    # the same seed under different varied keys is two conditions, not a duplicate
+    varied = [fake_run("61", 0), fake_run("62", 0, monotonic__variant="mlp_in")]
+    assert compare.compare(varied, vary=["monotonic.variant"]).attrs["warnings"] == []
+    monkeypatch.setattr(compare, "select_runs", lambda *args, **kwargs: runs)
+    assert compare.main(["51", "52", "53"]) == 0
+    err = capsys.readouterr().err
+    assert "compare: warning: runs MonoFlow/51, MonoFlow/52 share seed 0" in err
+
+
+def test_cli_looks_runs_up_in_the_global_namespace_unless_told(monkeypatch):
+    seen = []
+    monkeypatch.setattr(compare, "select_runs", lambda *args: seen.append(args[-1]) or [fake_run("71", 0)])
+    assert compare.main(["71"]) == 0 and compare.main(["71", "--namespace", "user:alice"]) == 0
+    assert seen == [None, "user:alice"]
 
 
 def test_cli_reports_errors_without_a_traceback(monkeypatch, capsys):
@@ -101,13 +160,14 @@ def test_compare_two_seeds_from_the_command_line(micro_run, seed1_run, datastore
     proc = subprocess.run([sys.executable, "-m", "monollm.compare", micro_run.id, seed1_run.id, "--csv", str(out)],
                           cwd=ROOT, env={**os.environ, **flow_env()}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert f"{micro_run.id} (seed 0), {seed1_run.id} (seed 1)" in proc.stdout
+    assert f"seed 0 = {micro_run.pathspec}; seed 1 = {seed1_run.pathspec}" in proc.stdout
+    assert "Verdicts (mean and 95% t-interval across runs" in proc.stdout
     table = pd.read_csv(out, index_col="metric")
-    assert list(table.columns) == [micro_run.id, seed1_run.id, "mean", "ci_low", "ci_high", "n"]
-    for run in (micro_run, seed1_run):
+    assert list(table.columns) == ["seed 0", "seed 1", "mean", "ci_low", "ci_high", "n"]
+    for label, run in (("seed 0", micro_run), ("seed 1", seed1_run)):
         numbers = compare.key_numbers(run.data)
         assert list(table.index) == list(numbers)
-        assert table[run.id].to_numpy() == pytest.approx(list(numbers.values()))
+        assert table[label].to_numpy() == pytest.approx(list(numbers.values()))
     assert (table["n"] == 2).all()
     assert (table["ci_low"] <= table["mean"]).all() and (table["mean"] <= table["ci_high"]).all()
 
@@ -125,7 +185,55 @@ def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
     assert results.get_run(tag="seed:1").id == seed1_run.id
     assert results.get_run(micro_run.id).pathspec == micro_run.pathspec
     by_tag = compare.compare(tag=["profile:micro", "seed:1"])
-    assert seed1_run.id in by_tag.columns and micro_run.id not in by_tag.columns
+    assert seed1_run.pathspec in by_tag.attrs["runs"].values()
+    assert micro_run.pathspec not in by_tag.attrs["runs"].values()
     like = compare.compare(like=micro_run)  # runs of another micro configuration are left out, not refused
-    assert {micro_run.id, seed1_run.id} <= set(like.columns)
+    assert {micro_run.pathspec, seed1_run.pathspec} <= set(like.attrs["runs"].values())
     assert set(like.attrs["seeds"].values()) >= {0, 1}
+
+
+CROSS_USER = """
+import sys
+import metaflow
+from metaflow.exception import MetaflowNamespaceMismatch
+from monollm import compare, results
+run_id, other = sys.argv[1], sys.argv[2]
+before = metaflow.get_namespace()
+run = results.get_run(run_id)
+print("found", run.pathspec, "seed", run.data.resolved_config["seed"])
+print("by tag", results.get_run(tag="profile:micro").pathspec)
+print("compared", *compare.compare([run_id]).attrs["runs"].values())
+print("like", *compare.compare(like=run_id).attrs["runs"].values())
+try:
+    results.get_run(run_id, namespace="user:" + other)
+except MetaflowNamespaceMismatch:
+    print("not in", "user:" + other)
+print("namespace restored", metaflow.get_namespace() == before)
+"""
+
+
+@pytest.mark.flow
+def test_runs_are_found_whoever_ran_them(micro_run, datastore_root, tmp_path):
+    """A run made as one USERNAME is found by results, compare (API and CLI, from another
+    directory) and `card get RUN_ID/STEP` as another: they look in the global namespace."""
+    other = "another-reader"
+    assert micro_run.data.resolved_config and os.environ["USERNAME"] != other
+    env = {**os.environ, **flow_env(USERNAME=other)}
+    proc = subprocess.run([sys.executable, "-c", CROSS_USER, micro_run.id, other], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"found {micro_run.pathspec} seed 0" in out and "by tag MonoFlow/" in out
+    assert f"compared {micro_run.pathspec}" in out and micro_run.pathspec in out.split("like", 1)[1]
+    assert f"not in user:{other}" in out  # an explicit namespace is honoured: the run is not the reader's
+    assert "namespace restored True" in out
+    cli = subprocess.run([sys.executable, "-m", "monollm.compare", micro_run.id], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and f"seed 0 = {micro_run.pathspec}" in cli.stdout, cli.stderr
+    mine = subprocess.run([sys.executable, "-m", "monollm.compare", micro_run.id, "--namespace", f"user:{other}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert mine.returncode == 2 and "compare:" in mine.stderr
+    report = tmp_path / "report.html"
+    subprocess.run([sys.executable, FLOW, "card", "get", f"{micro_run.id}/join_attacks", str(report)],
+                   cwd=datastore_root, env=env, check=True, capture_output=True, timeout=120)
+    assert report.stat().st_size > 10_000

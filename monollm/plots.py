@@ -1,0 +1,84 @@
+"""The cards' charts as matplotlib figures, for notebooks: static PNGs that render wherever
+the notebook is opened (Jupyter, nbconvert HTML, GitHub), unlike Vega-Lite specs.
+
+    from monollm import plots
+    plots.perplexity(run.data.perplexity)      # a matplotlib Figure; Jupyter shows it as a PNG
+
+Each function takes the same table as its `cards` counterpart and returns a new Figure made
+without pyplot, so nothing is drawn twice and no global figure state is left behind.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from monollm.cards import COLORS, CONDITIONS, _thin
+
+OTHER = "#72b7b2"  # a model or arm without its own colour
+
+
+def _color(name: str) -> str:
+    return COLORS.get(name, OTHER)
+
+
+def perplexity(ppl: pd.DataFrame) -> Figure:
+    """Bars of test perplexity by model with the 95% bootstrap CI as error bars.
+    ppl: the run's `perplexity` table (model, perplexity, ppl_ci_low, ppl_ci_high)."""
+    fig = Figure(figsize=(6.5, 3.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    y = ppl["perplexity"].to_numpy(float)
+    err = np.vstack([y - ppl["ppl_ci_low"].to_numpy(float), ppl["ppl_ci_high"].to_numpy(float) - y])
+    ax.bar(ppl["model"], y, yerr=err, capsize=4, color=[_color(m) for m in ppl["model"]])
+    ax.set_ylabel("perplexity")
+    ax.set_title("Test perplexity by model (95% CI)")
+    return fig
+
+
+def losses(training: pd.DataFrame, title: str = "Recovery training") -> Figure:
+    """Training loss (solid) and validation loss (dashed, points) against tokens, per arm.
+    training: the run's `training` table (arm, tokens, loss, val_loss)."""
+    fig = Figure(figsize=(6.5, 3.4), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for arm, g in training.groupby("arm", sort=False):
+        thin, val = _thin(g), g[np.isfinite(g["val_loss"])]
+        ax.plot(thin["tokens"], thin["loss"], color=_color(arm), label=f"{arm} train")
+        ax.plot(val["tokens"], val["val_loss"], "--o", color=_color(arm), markersize=3, label=f"{arm} val")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def dnll(attacks: pd.DataFrame, attack: str) -> Figure:
+    """Per-example dNLL (trials averaged) of one attack: a box per condition (attack, its controls,
+    transfer) and model, with a line at zero. attacks: the run's tidy `attacks` table."""
+    from monollm.report import per_example
+
+    ex = per_example(attacks[attacks.attack == attack])
+    # as in the card: one control box per model, its control for its own perturbation
+    ex = ex[~ex["kind"].str.startswith("control") | (ex["model"] == ex["source_model"])]
+    models = [m for m in COLORS if m in set(ex["model"])] + sorted(set(ex["model"]) - set(COLORS))
+    kinds = [k for k in CONDITIONS if k in set(ex["kind"])] + sorted(set(ex["kind"]) - set(CONDITIONS))
+    fig = Figure(figsize=(6.5, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        data = [ex[(ex.kind == k) & (ex.model == model)]["dnll"].to_numpy() for k in kinds]
+        pos = [j + (i - (len(models) - 1) / 2) * width for j in range(len(kinds))]
+        keep = [(p, d) for p, d in zip(pos, data) if len(d)]
+        if not keep:
+            continue
+        box = ax.boxplot([d for _, d in keep], positions=[p for p, _ in keep], widths=width * 0.9,
+                         whis=(0, 100), patch_artist=True, manage_ticks=False,
+                         medianprops={"color": "black"})
+        for patch in box["boxes"]:
+            patch.set_facecolor(_color(model))
+        ax.plot([], [], "s", color=_color(model), label=model)  # one legend entry per model
+    ax.axhline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(kinds)), [CONDITIONS.get(k, k) for k in kinds])
+    ax.set_ylabel("dNLL (nats per continuation token)")
+    ax.set_title(f"{attack}: dNLL per example")
+    ax.legend(fontsize="small")
+    return fig
