@@ -131,9 +131,6 @@ def test_attack_rows_rescore_from_the_table(micro_run):
         assert rescore(row, model, tokenizer) == pytest.approx(row["attacked_nll"], abs=1e-4)
 
 
-    assert s[(s.kind != "control") & s.attack.isin(["uat", "hotflip"])]["above_control_ci_low"].notna().all()
-
-
 def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datastore_root, tmp_path):
     """Sign bits flipped in the datastore's copy of a model (same size, still valid safetensors):
     results.load_model refuses it, naming the run, the model and what to do next."""

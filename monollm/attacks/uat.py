@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, prepend, rows_survive,
+from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, prepend, rows_survive,
                                     sample_trigger, search_precision, score_attacked, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
 
