@@ -221,6 +221,27 @@ def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
     assert set(like.attrs["seeds"].values()) >= {0, 1}
 
 
+@pytest.mark.flow
+def test_a_resumed_copy_is_tagged_and_counted_once(micro_run, datastore_root):
+    """Resuming a successful run clones every step, `end` included, into a new successful run:
+    it carries the original's tags, records its origin, and adds no sample to a comparison."""
+    from metaflow import Runner
+
+    with Runner(FLOW, cwd=datastore_root, env=flow_env()).resume(origin_run_id=micro_run.id) as resumed:
+        assert resumed.status == "successful", resumed.stderr
+        copy = resumed.run
+    assert all(step.task.origin_pathspec is not None for step in copy)  # nothing ran again
+    assert {t for t in micro_run.user_tags if t.startswith(results.RUN_TAGS)} <= set(copy.user_tags)
+    assert len([t for t in copy.user_tags if t.startswith(results.RUN_TAGS)]) == 3
+    assert results.origin_run_id(copy) == micro_run.id and results.origin_run_id(micro_run) is None
+    table = compare.compare([copy.id, micro_run.id])
+    assert table.attrs["runs"] == {"seed 0": micro_run.pathspec} and (table["n"] == 1).all()
+    assert table.attrs["resumed"] == [f"run {copy.pathspec} is a resumed copy of run {micro_run.pathspec}: one "
+                                      f"computation, counted once (kept {micro_run.pathspec})"]
+    like = compare.compare(like=copy).attrs["runs"].values()  # found by its tags, then left out
+    assert micro_run.pathspec in like and copy.pathspec not in like
+
+
 CROSS_USER = """
 import sys
 import metaflow
