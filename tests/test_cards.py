@@ -229,9 +229,13 @@ def test_progress_line_says_what_how_far_rate_and_eta(monkeypatch):
 # ---- the cards of a real run -------------------------------------------------------------
 
 def card_payload(path: str) -> dict:
-    """The component data embedded (base64 JSON) in a card's self-contained HTML."""
+    """The component data embedded (base64 JSON) in a card's self-contained HTML file."""
     with open(path) as f:
-        html = f.read()
+        return card_data(f.read())
+
+
+def card_data(html: str) -> dict:
+    """The component data embedded (base64 JSON) in a card's self-contained HTML."""
     assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']?https?:", html)  # self-contained
     encoded = re.search(r'window\.__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
     return json.loads(base64.b64decode(encoded))
