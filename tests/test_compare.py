@@ -234,6 +234,10 @@ def test_a_resumed_copy_is_tagged_and_counted_once(micro_run, datastore_root):
     assert {t for t in micro_run.user_tags if t.startswith(results.RUN_TAGS)} <= set(copy.user_tags)
     assert len([t for t in copy.user_tags if t.startswith(results.RUN_TAGS)]) == 3
     assert results.origin_run_id(copy) == micro_run.id and results.origin_run_id(micro_run) is None
+    assert micro_run.data.origin_run_id is None  # the artifact was cloned too: the metadata said it
+    # setup recorded where the micro run's model and documents came from (built, no revisions)
+    assert copy.data.sources == {"model": {"source": "build", "name": "", "revision": "", "commit": None},
+                                 "data": {"source": "builtin", "path": "", "revision": "", "commit": None}}
     table = compare.compare([copy.id, micro_run.id])
     assert table.attrs["runs"] == {"seed 0": micro_run.pathspec} and (table["n"] == 1).all()
     assert table.attrs["resumed"] == [f"run {copy.pathspec} is a resumed copy of run {micro_run.pathspec}: one "
