@@ -55,7 +55,7 @@ class MonoFlow(FlowSpec):
         self.train_blocks = prep["blocks"].pop("train")
         self.blocks, self.examples = prep["blocks"], prep["examples"]
         self.untrained_perplexity, self.hidden_act = prep["untrained_perplexity"], prep["hidden_act"]
-        self.pretraining = prep["pretraining"]
+        self.pretraining, self.sources = prep["pretraining"], prep["sources"]
         self.reference_model = current.model.save(out, label="reference", storage_format="files")
         self.next(self.train_baseline, self.make_monotonic)
 
@@ -162,6 +162,7 @@ class MonoFlow(FlowSpec):
 
         from monollm import cards, config, report
 
+        self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         self.attacks = pd.concat([i.attack_rows for i in inputs], ignore_index=True)
         self.merge_artifacts(inputs, exclude=["attack_rows"])
         cfg = config.from_dict(self.resolved_config)
@@ -173,16 +174,18 @@ class MonoFlow(FlowSpec):
 
     @step
     def end(self):
-        """Print the headline tables."""
+        """Print the headline tables; record the run this one was resumed from, if any."""
         from monollm import results
 
+        self.origin_run_id = current.origin_run_id  # also when only `end` ran again
         print(results.summary_text(self))
 
 
 if __name__ == "__main__":
     import sys
 
-    from monollm.results import check_resume_origin
+    from monollm.results import check_resume_origin, resume_tags
 
     check_resume_origin(sys.argv)
+    sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()

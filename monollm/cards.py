@@ -238,6 +238,27 @@ def dnll_chart(attacks: pd.DataFrame, attack: str) -> dict:
                        "encoding": {"y": {"field": "zero", "type": "quantitative"}}}]}
 
 
+def source_lines(sources: dict | None, origin_run_id=None) -> list[str]:
+    """Sentences on where the model and the documents came from, at which revision and hub
+    commit (pipeline.sources), and the run this one was resumed from; runs that recorded no
+    sources say so."""
+    out = []
+    if sources:
+        for what, key in (("model", "name"), ("data", "path")):
+            s = sources[what]
+            where = {"build": "built from [model.build] and pretrained on the corpus",
+                     "builtin": "the built-in corpus"}.get(s["source"], f"{s['source']} `{s[key]}`")
+            if s["revision"]:
+                where += f", revision `{s['revision']}`, " + (f"commit `{s['commit']}`" if s["commit"] else
+                                                              "commit not recorded")
+            out.append(f"{what}: {where}")
+    else:
+        out.append("this run recorded no sources (it predates `sources`)")
+    if origin_run_id:
+        out.append(f"resumed from run {origin_run_id}: steps that had finished there were cloned, not recomputed")
+    return out
+
+
 # ---- findings in words --------------------------------------------------------------------
 
 def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, constraint: pd.DataFrame) -> list[str]:
@@ -301,6 +322,8 @@ def experiment(data) -> list:
            Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
                data.findings, data.perplexity, data.attack_summary, data.constraint))),
            Markdown("## Configuration\n" + " ".join(arm_differences(cfg))), _table(config_summary(cfg)),
+           Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
+               getattr(data, "sources", None), getattr(data, "origin_run_id", None)))),
            Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
                                               for split, where in split_sources(cfg.get("data", {})).items())),
            Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),

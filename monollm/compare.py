@@ -10,8 +10,9 @@ From a notebook, `compare.compare(["1712", "1745"])` returns the same table as a
 one row per key number, one column per run (labelled by its seed and the values of the varied
 keys), then the mean, a 95% t-interval across runs (scipy) and the number of runs. Runs whose
 configurations differ in anything but the seed (and the keys given to `vary`) are refused with
-a message naming the differing keys. Runs are looked up in Metaflow's global namespace unless
-`namespace` names one.
+a message naming the differing keys. A run and its resumed copies (`resume` clones the steps
+that had finished) are one computation and count once. Runs are looked up in Metaflow's global
+namespace unless `namespace` names one.
 """
 from __future__ import annotations
 
@@ -140,6 +141,50 @@ def select_runs(runs=None, tag=None, flow: str = "MonoFlow", like=None, vary=(),
             r.successful and not _bad_keys({ref.id: base, r.id: r.data.resolved_config}, vary))]
 
 
+def first_run(run, flow: str = "MonoFlow", known: dict | None = None) -> str:
+    """The id of the run at the start of `run`'s resume chain: follows each run's origin
+    (results.origin_run_id) back to a run that was started afresh. `known`: run id -> run, to
+    look in before the metadata store; a chain that leaves the store ends where it leaves."""
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    from monollm import results
+
+    known, seen = known or {}, [str(run.id)]
+    while (origin := results.origin_run_id(run)) and origin not in seen:
+        seen.append(origin)
+        try:
+            run = known.get(origin) or Run(f"{flow}/{origin}", _namespace_check=False)
+        except MetaflowNotFound:
+            break
+    return seen[-1]
+
+
+def one_per_computation(runs: list, flow: str = "MonoFlow") -> tuple[list, list[str]]:
+    """(runs, notes): one run for each original run among `runs` (a run and its resumed copies
+    count once), and a note per run left out.
+
+    A resume clones every step that had finished, so a resumed copy of a successful run repeats
+    its numbers exactly, and resumes of one failed run share everything before the failure: none
+    is another sample of the seed. Kept: the original run when it is among `runs` and finished,
+    else the first of its descendants that finished."""
+    known = {str(r.id): r for r in runs}
+    groups = {}
+    for r in runs:
+        groups.setdefault(first_run(r, flow, known), []).append(r)
+    kept, notes = [], []
+    for root, members in groups.items():
+        finished = [r for r in members if getattr(r.data, "findings", None) is not None]
+        keep = next((r for r in finished if str(r.id) == root), (finished or members)[0])
+        kept.append(keep)
+        how = (f"is a resumed copy of run {keep.pathspec}" if str(keep.id) == root else
+               f"and run {keep.pathspec} are both resumed from run {flow}/{root}")
+        notes += [f"run {r.pathspec} {how}: one computation, counted once (kept {keep.pathspec})"
+                  for r in members if r is not keep]
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), notes
+
+
 def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
             namespace: str | None = None) -> pd.DataFrame:
     """Key numbers per run, their mean and 95% t-interval across runs, and n.
@@ -148,10 +193,11 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     differ. Returns a DataFrame indexed by metric with one column per run, labelled by its seed
     and the varied keys' values (`run_labels`), then mean, ci_low, ci_high, n.
     `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
-    `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings).
+    `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings) and
+    `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`).
     Raises IncompatibleRuns.
     """
-    selected = select_runs(runs, tag, flow, like, vary, namespace)
+    selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace), flow)
     for r in selected:
         if r.data is None or not hasattr(r.data, "findings"):
             raise LookupError(f"run {r.pathspec} has no results (did it finish?)")
@@ -167,6 +213,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     table.attrs["runs"] = {labels[r.id]: r.pathspec for r in selected}
     table.attrs["seeds"] = {labels[rid]: c.get("seed") for rid, c in configs.items()}
     table.attrs["warnings"] = duplicate_seeds(configs, {r.id: r.pathspec for r in selected})
+    table.attrs["resumed"] = resumed
     for message in table.attrs["warnings"]:
         warnings.warn(message, DuplicateSeeds, stacklevel=2)
     return table
@@ -242,6 +289,7 @@ def format_table(table: pd.DataFrame) -> str:
     runs = table.attrs.get("runs", {})
     head = [f"{len(runs)} run(s): " + "; ".join(f"{label} = {path}" for label, path in runs.items())]
     head += [f"WARNING: {w}" for w in table.attrs.get("warnings", [])]
+    head += [f"NOTE: {n}" for n in table.attrs.get("resumed", [])]
     v = verdicts(table)
     lines = [f"  {r.metric}: {r.mean:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}] over {r.n} run(s): {r.verdict}"
              for r in v.itertuples()]

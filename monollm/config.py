@@ -53,7 +53,8 @@ class ModelConfig:
     name: str = ""
     """Hub id or local directory; unused for "build"."""
     revision: str = "main"
-    """Hub revision (branch, tag or commit); unused otherwise."""
+    """Hub revision (branch, tag or commit) for source = "hub"; unused otherwise. The commit it
+    resolved to is recorded in the run (`sources`)."""
     attn_implementation: str = "sdpa"
     """Attention kernel of every loaded model: "sdpa" (PyTorch scaled_dot_product_attention,
     flash/memory-efficient kernels on GPU) or "eager" (the reference implementation)."""
@@ -71,6 +72,9 @@ class DataConfig:
     """Local file, glob or directory ("local"), or hub dataset id ("hub")."""
     name: str = ""
     """Hub dataset configuration name, if any."""
+    revision: str = "main"
+    """Hub revision (branch, tag or commit) of the dataset repository, for source = "hub";
+    unused otherwise. A branch moves when the repository changes: a paper run pins a commit."""
     split: str = "train"
     """Split of the source dataset that training documents come from (and, unless the
     `*_from` keys below say otherwise, the held-out splits too)."""

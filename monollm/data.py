@@ -78,16 +78,18 @@ def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
 
 
 def _hub_stream(cfg, held_out: str):
-    """A hub dataset (or a folder laid out like one) streamed: the training split, or a held-out
-    split named by a file pattern inside it (e.g. "test.jsonl.zst") or by a split name."""
+    """A hub dataset (or a folder laid out like one) streamed at `data.revision`: the training
+    split, or a held-out split named by a file pattern inside it (e.g. "test.jsonl.zst") or by a
+    split name. A local folder has no revisions: `datasets` ignores it there."""
     import datasets
 
     if held_out and any(c in held_out for c in "./*"):
         # a file of the repository: needs no split declared by the dataset (the Pile copy ships
         # val.jsonl.zst and test.jsonl.zst beside train/, which split inference files under train)
         return datasets.load_dataset(cfg.path, cfg.name or None, data_files={"held_out": held_out},
-                                     split="held_out", streaming=True)
-    return datasets.load_dataset(cfg.path, cfg.name or None, split=held_out or cfg.split, streaming=True)
+                                     split="held_out", streaming=True, revision=cfg.revision or None)
+    return datasets.load_dataset(cfg.path, cfg.name or None, split=held_out or cfg.split, streaming=True,
+                                 revision=cfg.revision or None)
 
 
 def split_sources(d: dict) -> dict[str, str]:

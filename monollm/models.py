@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import torch
 
@@ -74,6 +75,28 @@ def load_foundation(mcfg):
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {mcfg.name!r} has no EOS token, which packing needs")
     return model, tokenizer
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+"""A full git commit hash: a hub revision that cannot move."""
+
+
+def hub_commit(repo_id: str, revision: str, repo_type: str = "model") -> str | None:
+    """The commit `revision` of hub repository `repo_id` points to, as recorded in the local hub
+    cache (transformers records it there when it loads a model), or `revision` itself when it is
+    a commit hash; None when neither says (a local folder, or nothing cached). Never asks the hub:
+    what is recorded is what the run read, not what the branch points to now."""
+    if not repo_id or os.path.exists(repo_id):  # a folder has no revisions
+        return None
+    if COMMIT.fullmatch(revision or ""):
+        return revision
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().resolve_revision(repo_id, repo_type=repo_type, revision=revision or None,
+                                        local_files_only=True).resolved
+    except Exception:  # nothing cached for it (the hub's own errors vary): unknown, not a failure
+        return None
 
 
 def max_positions(model) -> int:

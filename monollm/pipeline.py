@@ -64,6 +64,25 @@ def tags(cfg: config.ExperimentConfig) -> list[str]:
     return [f"profile:{cfg.name}", f"variant:{cfg.monotonic.variant}", f"seed:{cfg.seed}"]
 
 
+def sources(cfg: config.ExperimentConfig) -> dict:
+    """Where the run's foundation model and documents came from, for the card and later readers:
+    {"model": {"source", "name", "revision", "commit"}, "data": {"source", "path", "revision",
+    "commit"}}. `revision` is what the profile asked for ("" where the source has none);
+    `commit` is the hub commit it resolved to where that is known offline (models.hub_commit):
+    the model's once transformers has loaded it, the data's only when `data.revision` is a commit
+    (a streamed dataset leaves no record), else None."""
+    m, d = cfg.model, cfg.data
+    model = {"source": m.source, "name": m.name, "revision": "", "commit": None}
+    if m.source == "hub":
+        model.update(revision=m.revision, commit=models.hub_commit(m.name, m.revision))
+    data_src = {"source": d.source, "path": d.path, "revision": "", "commit": None}
+    if d.source == "hub":
+        # a streamed dataset leaves no revision -> commit record in the cache: only a pinned commit is known
+        pinned = models.COMMIT.fullmatch(d.revision) and not os.path.exists(d.path)
+        data_src.update(revision=d.revision, commit=d.revision if pinned else None)
+    return {"model": model, "data": data_src}
+
+
 def setup_torch(cfg: config.ExperimentConfig) -> str:
     """Seed torch, set CPU threads; returns the device to use."""
     if cfg.threads:
@@ -91,6 +110,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
         stream = iter(train_docs)
     else:
         model, tokenizer = models.load_foundation(cfg.model)
+    result["sources"] = sources(cfg)  # after loading: the hub cache then records the model's commit
     config.block_limit(cfg, models.max_positions(model))
     eos, T = tokenizer.eos_token_id, cfg.data.block_len
     held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}

@@ -99,6 +99,44 @@ def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
                          f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
 
 
+RUN_TAGS = ("profile:", "variant:", "seed:")
+"""Prefixes of the tags every run carries (pipeline.tags)."""
+
+
+def resume_tags(argv: list[str], flow: str = "MonoFlow") -> list[str]:
+    """For `resume`, the options `--tag T` for the origin run's profile, variant and seed tags;
+    [] otherwise. A new run tags itself in `start`, but `resume` clones `start` (and Metaflow
+    copies no tags), so a resumed run is given them when it is created: it is then found by tag
+    like any other run, also when every step was cloned."""
+    if "resume" not in argv:
+        return []
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+    from metaflow.util import get_latest_run_id
+
+    if "--origin-run-id" in argv[:-1]:
+        origin = argv[argv.index("--origin-run-id") + 1]
+    else:  # Metaflow's own default: the latest run started from this directory
+        origin = get_latest_run_id(lambda *args, **kwargs: None, flow)
+    try:
+        tags = Run(f"{flow}/{origin}", _namespace_check=False).user_tags if origin else []
+    except MetaflowNotFound:  # Metaflow reports the missing run itself
+        return []
+    return [arg for tag in sorted(tags) if tag.startswith(RUN_TAGS) for arg in ("--tag", tag)]
+
+
+def origin_run_id(run) -> str | None:
+    """The id of the run `run` was resumed from (`resume --origin-run-id`), None for a run that
+    was started afresh. Metaflow records it on every task of a resumed run, cloned or run again,
+    so it is known even when the whole run was cloned; for objects without tasks (a stand-in),
+    the run's `origin_run_id` artifact says."""
+    try:
+        value = run["start"].task.metadata_dict.get("origin-run-id")
+    except (TypeError, KeyError, AttributeError):  # not a Client Run
+        value = getattr(getattr(run, "data", None), "origin_run_id", None)
+    return None if value in (None, "", "None") else str(value)
+
+
 def tag_current_run(tags: list[str]):
     """Tag the running run (from inside a step) so that users can find it by profile/variant/seed."""
     from metaflow import Run, current

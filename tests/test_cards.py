@@ -82,6 +82,26 @@ def test_experiment_card_has_tables_plots_and_findings():
     assert len(dnll["data"]["values"]) == 6 * 20  # one point per example, control trials averaged
 
 
+def test_experiment_card_names_sources_commits_and_the_resumed_run():
+    data = synthetic_run()
+    text = lambda d: " ".join(p["source"] for p in rendered(cards.experiment(d)) if p["type"] == "markdown")
+    assert "## Sources" in text(data) and "recorded no sources" in text(data)  # a run from before `sources`
+    assert "resumed from" not in text(data)
+    commit = "9" * 40
+    data.sources = {"model": {"source": "hub", "name": "EleutherAI/pythia-160m", "revision": "step143000",
+                              "commit": commit},
+                    "data": {"source": "hub", "path": "monology/pile-uncopyrighted", "revision": "main",
+                             "commit": None}}
+    data.origin_run_id = "1234"
+    card = text(data)
+    assert f"model: hub `EleutherAI/pythia-160m`, revision `step143000`, commit `{commit}`" in card
+    assert "data: hub `monology/pile-uncopyrighted`, revision `main`, commit not recorded" in card
+    assert "resumed from run 1234" in card
+    data.sources = {"model": {"source": "build", "name": "", "revision": "", "commit": None},
+                    "data": {"source": "builtin", "path": "", "revision": "", "commit": None}}
+    assert "model: built from [model.build]" in text(data) and "data: the built-in corpus" in text(data)
+
+
 def test_findings_in_words_carry_numbers_and_intervals():
     data = synthetic_run()
     words = cards.finding_sentences(data.findings, data.perplexity, data.attack_summary, data.constraint)
@@ -209,9 +229,13 @@ def test_progress_line_says_what_how_far_rate_and_eta(monkeypatch):
 # ---- the cards of a real run -------------------------------------------------------------
 
 def card_payload(path: str) -> dict:
-    """The component data embedded (base64 JSON) in a card's self-contained HTML."""
+    """The component data embedded (base64 JSON) in a card's self-contained HTML file."""
     with open(path) as f:
-        html = f.read()
+        return card_data(f.read())
+
+
+def card_data(html: str) -> dict:
+    """The component data embedded (base64 JSON) in a card's self-contained HTML."""
     assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']?https?:", html)  # self-contained
     encoded = re.search(r'window\.__MF_DATA__\["[^"]+"\] = "([^"]+)"', html).group(1)
     return json.loads(base64.b64decode(encoded))

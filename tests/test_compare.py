@@ -130,6 +130,35 @@ def test_duplicate_seeds_warn_and_keep_distinct_labels(monkeypatch, capsys):
     assert "compare: warning: runs MonoFlow/51, MonoFlow/52 share seed 0" in err
 
 
+def resumed(run, origin: str):
+    """`run` as a resume of run `origin` (what its `origin_run_id` artifact records)."""
+    run.data.origin_run_id = origin
+    return run
+
+
+def test_resumed_copies_count_once():
+    """A resume clones every finished step: the copy of a successful run repeats its numbers,
+    and resumes of one failed run share everything before the failure."""
+    original, copy, other = fake_run("81", 0), resumed(fake_run("82", 0), "81"), fake_run("83", 1, 1.1)
+    table = compare.compare([copy, original, other])
+    assert list(table.columns[:2]) == ["seed 0", "seed 1"] and (table["n"] == 2).all()
+    assert table.attrs["runs"] == {"seed 0": "MonoFlow/81", "seed 1": "MonoFlow/83"}  # the original is kept
+    assert table.attrs["warnings"] == []  # not reported as a re-run seed either: it is left out
+    assert table.attrs["resumed"] == ["run MonoFlow/82 is a resumed copy of run MonoFlow/81: one computation, "
+                                      "counted once (kept MonoFlow/81)"]
+    assert "NOTE: run MonoFlow/82 is a resumed copy of run MonoFlow/81" in compare.format_table(table)
+    # two resumes of one failed run (not compared: it has no results), one of them resumed again
+    first, second = resumed(fake_run("91", 0), "90"), resumed(fake_run("92", 0), "90")
+    table = compare.compare([first, second, resumed(fake_run("93", 0), "92"), other])
+    assert table.attrs["runs"] == {"seed 0": "MonoFlow/91", "seed 1": "MonoFlow/83"}
+    assert table.attrs["resumed"] == [
+        f"run MonoFlow/{rid} and run MonoFlow/91 are both resumed from run MonoFlow/90: one computation, "
+        f"counted once (kept MonoFlow/91)" for rid in ("92", "93")]
+    # a re-run of a seed from the start is not a resume: still two runs, with the duplicate-seed warning
+    with pytest.warns(compare.DuplicateSeeds):
+        assert compare.compare([original, fake_run("84", 0)]).attrs["resumed"] == []
+
+
 def test_cli_looks_runs_up_in_the_global_namespace_unless_told(monkeypatch):
     seen = []
     monkeypatch.setattr(compare, "select_runs", lambda *args: seen.append(args[-1]) or [fake_run("71", 0)])
@@ -190,6 +219,31 @@ def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
     like = compare.compare(like=micro_run)  # runs of another micro configuration are left out, not refused
     assert {micro_run.pathspec, seed1_run.pathspec} <= set(like.attrs["runs"].values())
     assert set(like.attrs["seeds"].values()) >= {0, 1}
+
+
+@pytest.mark.flow
+def test_a_resumed_copy_is_tagged_and_counted_once(micro_run, datastore_root):
+    """Resuming a successful run clones every step, `end` included, into a new successful run:
+    it carries the original's tags, records its origin, and adds no sample to a comparison."""
+    from metaflow import Runner
+
+    with Runner(FLOW, cwd=datastore_root, env=flow_env()).resume(origin_run_id=micro_run.id) as resumed:
+        assert resumed.status == "successful", resumed.stderr
+        copy = resumed.run
+    assert all(step.task.origin_pathspec is not None for step in copy)  # nothing ran again
+    assert {t for t in micro_run.user_tags if t.startswith(results.RUN_TAGS)} <= set(copy.user_tags)
+    assert len([t for t in copy.user_tags if t.startswith(results.RUN_TAGS)]) == 3
+    assert results.origin_run_id(copy) == micro_run.id and results.origin_run_id(micro_run) is None
+    assert micro_run.data.origin_run_id is None  # the artifact was cloned too: the metadata said it
+    # setup recorded where the micro run's model and documents came from (built, no revisions)
+    assert copy.data.sources == {"model": {"source": "build", "name": "", "revision": "", "commit": None},
+                                 "data": {"source": "builtin", "path": "", "revision": "", "commit": None}}
+    table = compare.compare([copy.id, micro_run.id])
+    assert table.attrs["runs"] == {"seed 0": micro_run.pathspec} and (table["n"] == 1).all()
+    assert table.attrs["resumed"] == [f"run {copy.pathspec} is a resumed copy of run {micro_run.pathspec}: one "
+                                      f"computation, counted once (kept {micro_run.pathspec})"]
+    like = compare.compare(like=copy).attrs["runs"].values()  # found by its tags, then left out
+    assert micro_run.pathspec in like and copy.pathspec not in like
 
 
 CROSS_USER = """

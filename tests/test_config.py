@@ -313,3 +313,12 @@ def test_start_local_corpus_without_train_docs(no_model_work, tmp_path):
 
 def test_start_rejects_bad_values_too(no_model_work):
     assert_config_error(lambda: pipeline.start(micro(train__tokens=0), None), "'train.tokens'")
+
+
+def test_data_revision_is_read_and_names_its_key_when_wrong():
+    raw = {"data": {"source": "hub", "path": "monology/pile-uncopyrighted", "revision": "a1b2c3"}}
+    cfg = config.load(raw)
+    assert cfg.data.revision == "a1b2c3" and config.load({}).data.revision == "main"
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+    with pytest.raises(config.ConfigError, match="'data.revision'"):
+        config.load({"data": {**raw["data"], "revision": 3}})

@@ -127,10 +127,29 @@ def test_hub_branch_pulls_only_what_it_uses(monkeypatch):
     cfg = data_cfg(source="hub", path="monology/pile-uncopyrighted", shuffle_buffer=100)
     held, stream = data.split_documents(cfg, seed=0)
     train = list(itertools.islice(stream, 30))
-    assert calls == [("monology/pile-uncopyrighted", None, "train", True, {})]
+    assert calls == [("monology/pile-uncopyrighted", None, "train", True, {"revision": "main"})]
     consumed = sum(map(len, held.values())) + len(train)
     assert consumed <= source.pulled <= cfg.shuffle_buffer + consumed + 1
     assert source.pulled < 1000
+
+
+def test_hub_branch_reads_the_pinned_revision_for_every_split(monkeypatch):
+    """`data.revision` reaches every load_dataset call of a hub source, held-out files included."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False, **kwargs):
+        calls.append((split, kwargs))
+        return datasets.IterableDataset.from_generator(Counter(500).rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    pinned = "0123456789abcdef0123456789abcdef01234567"
+    cfg = data_cfg(source="hub", path="monology/pile-uncopyrighted", revision=pinned, test_from="test.jsonl.zst")
+    data.split_documents(cfg, seed=0)
+    assert dict(calls) == {"train": {"revision": pinned},
+                           "held_out": {"data_files": {"held_out": "test.jsonl.zst"}, "revision": pinned}}
+    assert len(calls) == 2
 
 
 def fake_tokenizer(docs, add_special_tokens=False):

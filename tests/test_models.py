@@ -170,6 +170,36 @@ def test_load_foundation_from_directory(saved, source):
     assert tok.eos_token_id is not None
 
 
+def test_sources_record_the_commit_a_hub_revision_resolved_to(saved, tmp_path, monkeypatch):
+    """Offline, on a hub cache laid out as huggingface_hub writes it (refs/<branch> -> commit,
+    snapshots/<commit>/): the run records the commit it loaded, not only the branch name."""
+    import dataclasses
+
+    import huggingface_hub.constants
+
+    from monollm import config, pipeline
+
+    commit = hashlib.sha1(b"a made-up commit of a stand-in repository").hexdigest()
+    repo = tmp_path / "models--acme--tiny"
+    shutil.copytree(saved[0], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "step143000").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    cfg = config.load({"model": {"source": "hub", "name": "acme/tiny", "revision": "step143000"},
+                       "data": {"source": "hub", "path": "acme/corpus", "revision": "main"}})
+    model, _ = models.load_foundation(cfg.model)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=saved[1]).logits, saved[2])  # the cached snapshot was read
+    assert pipeline.sources(cfg) == {
+        "model": {"source": "hub", "name": "acme/tiny", "revision": "step143000", "commit": commit},
+        "data": {"source": "hub", "path": "acme/corpus", "revision": "main", "commit": None}}  # a branch: unknown
+    pinned = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, revision=commit))
+    assert pipeline.sources(pinned)["data"]["commit"] == commit
+    assert models.hub_commit("acme/tiny", "main") is None  # nothing recorded for that branch
+    local = config.load({"model": {"source": "local", "name": saved[0]}})
+    assert pipeline.sources(local)["model"] == {"source": "local", "name": saved[0], "revision": "", "commit": None}
+
+
 def test_load_foundation_upcasts_to_fp32(tokenizer, tmp_path):
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

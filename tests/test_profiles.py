@@ -73,6 +73,9 @@ def test_paper_scale_profiles(path):
     size = os.path.basename(path)[len("pythia-"):-len(".toml")]
     assert (cfg.model.source, cfg.model.name) == ("hub", f"EleutherAI/pythia-{size}")
     assert (cfg.data.source, cfg.data.path, cfg.data.text_field) == ("hub", "monology/pile-uncopyrighted", "text")
+    assert cfg.model.revision == "step143000"  # Pythia's final checkpoint, not whatever "main" is today
+    assert cfg.data.revision  # the dataset's revision is spelled out in the profile
+    assert "revision" in raw(path)["data"]
     assert cfg.monotonic.variant == "mlp_both"
     assert cfg.device == "cuda" and cfg.model.attn_implementation == "sdpa"
     r = cfg.resources

@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import pytest
 from conftest import FLOW, MICRO, flow_env, micro_variant, run_flow
+from test_cards import card_data, walk
 
 pytestmark = pytest.mark.flow
 CHECKPOINT_EVERY = 50
@@ -78,6 +79,20 @@ def _run_and_kill(profile: str, root: str, step: str, checkpoints: int = 2, spli
     return run_id
 
 
+def assert_resumed_run_is_labelled(run, origin: str):
+    """A resumed run (whose `start` was cloned) carries the profile/variant/seed tags a new run
+    gives itself, and records the run it was resumed from: artifact, metadata and card."""
+    from metaflow.cards import get_cards
+
+    from monollm import config, pipeline, results
+
+    assert set(pipeline.tags(config.from_dict(run.data.resolved_config))) <= set(run.user_tags)
+    assert run.data.origin_run_id == origin and results.origin_run_id(run) == origin
+    card = card_data(get_cards(run["join_attacks"].task, id="experiment")[0].get())
+    text = " ".join(part.get("source", "") for part in walk(card["components"][0]) if isinstance(part, dict))
+    assert f"resumed from run {origin}" in text
+
+
 @pytest.fixture(scope="module")
 def whole(resume_profile):
     """The same profile, never interrupted."""
@@ -96,6 +111,7 @@ def test_killed_training_resumes_from_checkpoint(resume_profile, datastore_root,
     for step in ("start", "setup", "make_monotonic", "train_baseline"):
         assert run[step].task.origin_pathspec is not None, step
     assert run["train_monotonic"].task.origin_pathspec is None
+    assert_resumed_run_is_labelled(run, origin)
 
     # the resumed step began at a checkpointed step, not at zero
     hist = run.data.training
@@ -123,6 +139,7 @@ def test_killed_attack_branch_continues_with_finished_restarts(resume_profile, d
         assert run[step].task.origin_pathspec is not None, step
     uat_task = next(t for t in run["attack"] if t.index == uat_index)
     assert uat_task.origin_pathspec is None
+    assert_resumed_run_is_labelled(run, origin)
     assert "continuing after" in uat_task.stdout  # it did not start its search over
     pd.testing.assert_frame_equal(run.data.attacks, whole.data.attacks)
     pd.testing.assert_frame_equal(run.data.perplexity, whole.data.perplexity)
