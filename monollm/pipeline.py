@@ -94,12 +94,14 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
         model, tokenizer = models.load_foundation(cfg.model)
     config.block_limit(cfg, models.max_positions(model))
     eos, T = tokenizer.eos_token_id, cfg.data.block_len
-    held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}
+    needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
+    with data.tokenizer_threads():  # the step's CPUs; the same ids as one thread
+        held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}
+        train_blocks = data.train_blocks(tokenizer, stream, T, needed, eos)
     blocks = {name: data.pack(ids, T, eos) for name, ids in held_ids.items()}
     if cfg.eval.max_blocks:
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
-    needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
-    blocks["train"] = data.train_blocks(tokenizer, stream, T, needed, eos)
+    blocks["train"] = train_blocks
     log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in blocks.items()))
     a = cfg.attack
     examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
