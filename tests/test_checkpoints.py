@@ -294,3 +294,64 @@ def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypat
                                           _checkpointer(current, keep=2), None)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     assert resumed[6]["resumed_from"] == 6
+
+
+PRUNE_FLOW = '''
+from metaflow import FlowSpec, checkpoint, current, retry, step
+
+
+class PruneFlow(FlowSpec):
+    @retry(times=1)
+    @checkpoint(load_policy="fresh", show_card=False)
+    @step
+    def start(self):
+        import torch
+
+        from monollm import checkpoints
+
+        ck = checkpoints.StepCheckpointer(current, "arm", keep=2)
+        if current.retry_count == 0:
+            for step in (1, 2, 3, 4):
+                ck.save_in_background({"step": step, "w": torch.full((4,), float(step))}, step)
+            ck.wait()
+            raise RuntimeError("the first attempt fails after four checkpoints")
+        self.stored_by_first = sorted(c["metadata"]["step"] for c in ck._listed(None))
+        self.restored = ck.restore()["step"]
+        ck.save({"step": 5, "w": torch.full((4,), 5.0)}, 5)
+        self.stored = sorted(c["metadata"]["step"] for c in ck._listed(None))
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    PruneFlow()
+'''
+
+
+@pytest.mark.flow
+def test_older_checkpoints_are_deleted_from_the_real_datastore(tmp_path):
+    """Through metaflow-checkpoint itself: a task keeps its newest 2 of 4 checkpoints (the older
+    ones' files are gone from the datastore), its retry continues from the newest, and a retry
+    leaves what the failed attempt stored."""
+    import subprocess
+    import sys
+
+    from conftest import flow_env
+    from metaflow import Flow, namespace
+
+    (tmp_path / "prune_flow.py").write_text(PRUNE_FLOW)
+    done = subprocess.run([sys.executable, "prune_flow.py", "run"], cwd=tmp_path, env=flow_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deleted the checkpoint of step 1" in done.stderr + done.stdout
+    namespace(None)
+    run = Flow("PruneFlow").latest_run
+    data = run["start"].task.data
+    assert (data.stored_by_first, data.restored, data.stored) == ([3, 4], 4, [3, 4, 5])
+    root = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+    files = [os.path.join(d, checkpoints.STATE) for d, _, names in os.walk(root)  # glob skips .metaflow
+             if checkpoints.STATE in names and "mf.checkpoints" in d and "PruneFlow" in d]
+    assert sorted(float(checkpoints.load_tensors(f)["w"][0]) for f in files) == [3.0, 4.0, 5.0]
