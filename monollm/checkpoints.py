@@ -20,10 +20,10 @@ each older one is deleted (metaflow-checkpoint's `delete_model`) once a newer on
 a failed save never leaves fewer than `keep` good ones. Checkpoints an earlier attempt of the
 task saved are not deleted by a later attempt (it may need them to fall back to).
 
-`StepCheckpointer.save_in_background` lets training go on while a written checkpoint is sealed
-(hashed) and stored: only `torch.save` runs on the training loop, and a folder is offered to
-the datastore only after it is sealed, so a resume still sees sealed folders only (and
-`check`s them before use).
+`StepCheckpointer.save_in_background` lets training go on while a checkpoint is written,
+sealed (hashed) and stored: only a copy of the state into host memory runs on the training
+loop, and a folder is offered to the datastore only after it is sealed, so a resume still
+sees sealed folders only (and `check`s them before use).
 """
 from __future__ import annotations
 
@@ -183,18 +183,20 @@ class StepCheckpointer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def save_in_background(self, state: dict, step: int):
-        """Write the state now (it refers to live weights), then seal and store it in a thread while
-        the caller trains on. The previous background save is finished first (and its error, if
-        any, raised); call `wait` after the last save."""
+        """Copy the state to host memory now (it refers to live weights and a growing history),
+        then write, seal and store the copy in a thread while the caller trains on. The previous
+        background save is finished first (and its error, if any, raised); call `wait` after the
+        last save. Needs host memory for one more copy of the state while it is written."""
         self.wait()
-        folder = write_unsealed(tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-"), state)
-        self._worker = threading.Thread(target=self._seal_and_store, args=(folder, step),
+        copy = snapshot(state)
+        self._worker = threading.Thread(target=self._write_seal_store, args=(copy, step),
                                         name=f"checkpoint-{self.name}", daemon=True)
         self._worker.start()
 
-    def _seal_and_store(self, folder: str, step: int):
+    def _write_seal_store(self, state: dict, step: int):
+        folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
         try:
-            self.save_folder(seal(folder, step), step)
+            self.save_folder(write(folder, state), step)
         except BaseException as err:  # raised on the training thread by the next `wait`
             self._failed = err
         finally:
@@ -308,6 +310,19 @@ class StepCheckpointer:
             self.current.checkpoint.load(ref, path=folder)
         except Exception as err:  # the datastore's errors come in many types
             raise CorruptCheckpoint(f"checkpoint of step {_step_in(ref)} cannot be loaded: {err}") from err
+
+
+def snapshot(value):
+    """A copy of a state that later training cannot change: every tensor copied to host memory,
+    every dict, list and tuple rebuilt (the history list grows after a save); other values
+    (numbers, strings, None) are immutable and shared."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(snapshot(v) for v in value)
+    return value
 
 
 def _step_in(ref) -> int | str:

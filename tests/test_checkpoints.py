@@ -3,6 +3,7 @@ loss stops training with its step and keeps the last good checkpoint."""
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -197,6 +198,23 @@ def test_background_save_stores_sealed_folders_and_resume_is_exact():
     assert offered == [1, 2, 3, 4]
     assert [checkpoints.read(c["key"])["step"] for c in current.checkpoint.saved] == [2, 3, 4]
     assert checkpoints.read(current.checkpoint.saved[-1]["key"])["model"]["w"].tolist() == [4.0] * 3
+
+
+def test_background_save_stores_the_state_as_it_was_when_saved(monkeypatch):
+    """Training changes the weights in place and appends to the history right after a save:
+    the stored checkpoint holds the state at the save, not what the thread finds later."""
+    current = _FakeCurrent()
+    ck = _checkpointer(current)
+    state = _state(5)
+    gate, real_write = threading.Event(), checkpoints.write
+    monkeypatch.setattr(checkpoints, "write", lambda folder, st: (gate.wait(), real_write(folder, st))[1])
+    ck.save_in_background(state, 5)  # the thread writes only once training has changed the state
+    state["model"]["w"].add_(100.0)  # what optimizer.step does to a live tensor
+    state["history"].append({"step": 6})
+    gate.set()
+    ck.wait()
+    stored = checkpoints.read(current.checkpoint.saved[-1]["key"])
+    assert stored["model"]["w"].tolist() == [5.0] * 3 and stored["history"] == [{"step": 5}]
 
 
 def test_background_save_failure_is_raised_on_the_next_wait():
