@@ -15,7 +15,8 @@ Where a task continues from:
   loaded explicitly (a resumed task is a new task and loads nothing by itself);
 - a brand-new run: nothing, ever.
 
-Only the newest `keep` checkpoints a task saves stay in the datastore (`train.keep_checkpoints`):
+Only the newest `keep` checkpoints a training task saves stay in the datastore
+(`train.keep_checkpoints`; the attacks' small checkpoints are all kept):
 each older one is deleted (metaflow-checkpoint's `delete_model`) once a newer one is stored, so
 a failed save never leaves fewer than `keep` good ones. Checkpoints an earlier attempt of the
 task saved are not deleted by a later attempt (it may need them to fall back to).
@@ -163,11 +164,12 @@ def _sha256(path: str) -> str:
 class StepCheckpointer:
     """Saves and finds the training checkpoints of one Metaflow step (needs @checkpoint)."""
 
-    def __init__(self, current, name: str, log=print, keep: int = 2, delete=None):
+    def __init__(self, current, name: str, log=print, keep: int | None = None, delete=None):
         """`name` must be unique within the step (e.g. per attack in a foreach). `keep`: how many
-        of the newest checkpoints this task saves stay stored (at least 1). `delete(ref)` removes a
-        stored checkpoint (default: metaflow-checkpoint's `delete_model`)."""
-        if keep < 1:
+        of the newest checkpoints this task saves stay stored (at least 1; None: all, as the
+        attacks' small search checkpoints). `delete(ref)` removes a stored checkpoint (default:
+        metaflow-checkpoint's `delete_model`)."""
+        if keep is not None and keep < 1:
             raise ValueError(f"keep is {keep}: at least the newest checkpoint must be kept")
         self.current, self.name, self.log, self.keep = current, name, log, keep
         self._delete, self._stored, self._worker, self._failed = delete, [], None, None
@@ -223,7 +225,7 @@ class StepCheckpointer:
     def _prune(self):
         """Delete this task's stored checkpoints beyond the newest `keep` (oldest first)."""
         delete = self._delete or _delete_model
-        while len(self._stored) > self.keep:
+        while self.keep is not None and len(self._stored) > self.keep:
             ref = self._stored.pop(0)
             try:
                 delete(ref)

@@ -180,6 +180,15 @@ def test_keep_one_keeps_only_the_newest_and_a_failed_delete_keeps_training():
         checkpoints.StepCheckpointer(current, "baseline", keep=0)
 
 
+def test_without_keep_every_checkpoint_stays_stored():
+    """The attacks' checkpointers give no `keep`: their small checkpoints are all kept."""
+    current = _FakeCurrent()
+    ck = checkpoints.StepCheckpointer(current, "attack-uat", log=lambda m: None, delete=current.checkpoint.delete)
+    for step in (1, 2, 3):
+        ck.save(_state(step), step)
+    assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [1, 2, 3]
+
+
 def test_background_save_stores_sealed_folders_and_resume_is_exact():
     """save_in_background: the same stored checkpoints as save, each sealed before it is stored."""
     current = _FakeCurrent()
