@@ -70,7 +70,7 @@ class MonoFlow(FlowSpec):
         from monollm import cards, checkpoints, config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
-        ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log)
+        ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log, keep=cfg.train.keep_checkpoints)
         blocks = {**self.blocks, "train": self.train_blocks}
         done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], blocks, "baseline", out,
                                   checkpointer=ckpt,
@@ -102,7 +102,7 @@ class MonoFlow(FlowSpec):
         from monollm import cards, checkpoints, config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
-        ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log)
+        ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log, keep=cfg.train.keep_checkpoints)
         blocks = {**self.blocks, "train": self.train_blocks}
         done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], blocks, "monotonic", out,
                                   checkpointer=ckpt,

@@ -14,6 +14,17 @@ Where a task continues from:
 - a step re-run by `resume`: the newest checkpoint of the origin run's task of this step,
   loaded explicitly (a resumed task is a new task and loads nothing by itself);
 - a brand-new run: nothing, ever.
+
+Only the newest `keep` checkpoints a training task saves stay in the datastore
+(`train.keep_checkpoints`; the attacks' small checkpoints are all kept):
+each older one is deleted (metaflow-checkpoint's `delete_model`) once a newer one is stored, so
+a failed save never leaves fewer than `keep` good ones. Checkpoints an earlier attempt of the
+task saved are not deleted by a later attempt (it may need them to fall back to).
+
+`StepCheckpointer.save_in_background` lets training go on while a checkpoint is written,
+sealed (hashed) and stored: only a copy of the state into host memory runs on the training
+loop, and a folder is offered to the datastore only after it is sealed, so a resume still
+sees sealed folders only (and `check`s them before use).
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 
 import torch
 
@@ -34,16 +46,25 @@ class CorruptCheckpoint(RuntimeError):
 
 def write(folder: str, state: dict):
     """Write `state` into `folder` (created) as `state.pt`, sealed; returns the folder."""
+    return seal(write_unsealed(folder, state), state["step"])
+
+
+def write_unsealed(folder: str, state: dict) -> str:
+    """Write `state` into `folder` (created) as `state.pt`, without `meta.json`: not yet a
+    checkpoint until `seal`ed. Returns the folder."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, STATE)
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # never leave a half-written state.pt behind
-    return seal(folder, state["step"])
+    return folder
 
 
-def seal(folder: str, step: int) -> str:
-    """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder."""
-    files = digests(folder, skip=(META,))
+def seal(folder: str, step: int, files: dict | None = None) -> str:
+    """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder.
+
+    `files`: the digests (as `digests` gives them) when already computed, e.g. by several
+    processes each hashing its own share (monollm.distributed)."""
+    files = digests(folder, skip=(META,)) if files is None else files
     with open(os.path.join(folder, META + ".tmp"), "w") as f:
         json.dump({"step": step, "files": files}, f)
     os.replace(os.path.join(folder, META + ".tmp"), os.path.join(folder, META))
@@ -64,16 +85,34 @@ def check(folder: str) -> str:
     return folder
 
 
-def digests(folder: str, skip: tuple[str, ...] = ()) -> dict:
-    """Relative path -> {"sha256", "bytes"} of every file under `folder` but those in `skip`."""
-    files = {}
+def digests(folder: str, skip: tuple[str, ...] = (), only: set[str] | None = None) -> dict:
+    """Relative path -> {"sha256", "bytes"} of every file under `folder` but those in `skip`
+    (and, if `only` is given, of those relative paths only)."""
+    return {rel: {"sha256": _sha256(os.path.join(folder, rel)), "bytes": os.path.getsize(os.path.join(folder, rel))}
+            for rel in files_of(folder, skip) if only is None or rel in only}
+
+
+def files_of(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Relative paths of the files under `folder` but those in `skip`, sorted."""
+    found = []
     for root, _, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if rel not in skip:
-                files[rel] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
-    return files
+        found += [os.path.relpath(os.path.join(root, name), folder) for name in names]
+    return sorted(rel for rel in found if rel not in skip)
+
+
+def share(folder: str, rank: int, world: int, skip: tuple[str, ...] = ()) -> set[str]:
+    """The files of `folder` that process `rank` of `world` hashes: largest first, each to the
+    process with the fewest bytes so far, so that every process hashes about as much. The same
+    on every process that sees the same files."""
+    load, mine = [0] * world, set()
+    sized = sorted(((os.path.getsize(os.path.join(folder, rel)), rel) for rel in files_of(folder, skip)),
+                   key=lambda sr: (-sr[0], sr[1]))
+    for size, rel in sized:
+        who = load.index(min(load))
+        load[who] += size
+        if who == rank:
+            mine.add(rel)
+    return mine
 
 
 def damage(folder: str, files: dict, kind: str) -> str | None:
@@ -125,21 +164,75 @@ def _sha256(path: str) -> str:
 class StepCheckpointer:
     """Saves and finds the training checkpoints of one Metaflow step (needs @checkpoint)."""
 
-    def __init__(self, current, name: str, log=print):
-        """`name` must be unique within the step (e.g. per attack in a foreach)."""
-        self.current, self.name, self.log = current, name, log
+    def __init__(self, current, name: str, log=print, keep: int | None = None, delete=None):
+        """`name` must be unique within the step (e.g. per attack in a foreach). `keep`: how many
+        of the newest checkpoints this task saves stay stored (at least 1; None: all, as the
+        attacks' small search checkpoints). `delete(ref)` removes a stored checkpoint (default:
+        metaflow-checkpoint's `delete_model`)."""
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep is {keep}: at least the newest checkpoint must be kept")
+        self.current, self.name, self.log, self.keep = current, name, log, keep
+        self._delete, self._stored, self._worker, self._failed = delete, [], None, None
 
     def save(self, state: dict, step: int):
         """Save the state as this task's newest checkpoint."""
+        self.wait()
         folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
-        write(folder, state)
-        self.save_folder(folder, step)
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            write(folder, state)
+            self.save_folder(folder, step)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def save_in_background(self, state: dict, step: int):
+        """Copy the state to host memory now (it refers to live weights and a growing history),
+        then write, seal and store the copy in a thread while the caller trains on. The previous
+        background save is finished first (and its error, if any, raised); call `wait` after the
+        last save. Needs host memory for one more copy of the state while it is written."""
+        self.wait()
+        copy = snapshot(state)
+        self._worker = threading.Thread(target=self._write_seal_store, args=(copy, step),
+                                        name=f"checkpoint-{self.name}", daemon=True)
+        self._worker.start()
+
+    def _write_seal_store(self, state: dict, step: int):
+        folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
+        try:
+            self.save_folder(write(folder, state), step)
+        except BaseException as err:  # raised on the training thread by the next `wait`
+            self._failed = err
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def wait(self):
+        """Finish the save running in the background, if any; raise its error, if it failed."""
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise RuntimeError(f"[{self.name}] saving a checkpoint failed: {failed}") from failed
 
     def save_folder(self, folder: str, step: int):
-        """Save a folder already sealed (`seal`) as this task's newest checkpoint."""
-        self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step}, storage_format="files")
+        """Save a folder already sealed (`seal`) as this task's newest checkpoint, then delete
+        the ones this task saved before beyond the newest `keep`."""
+        ref = self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step},
+                                           storage_format="files")
         self.log(f"[{self.name}] checkpoint saved at step {step}")
+        self._stored.append(ref)
+        self._prune()
+
+    def _prune(self):
+        """Delete this task's stored checkpoints beyond the newest `keep` (oldest first)."""
+        delete = self._delete or _delete_model
+        while self.keep is not None and len(self._stored) > self.keep:
+            ref = self._stored.pop(0)
+            try:
+                delete(ref)
+            except Exception as err:  # storage left over costs money, not correctness: go on training
+                self.log(f"[{self.name}] could not delete an older checkpoint ({err}); it stays stored")
+                continue
+            self.log(f"[{self.name}] deleted the checkpoint of step {_step_in(ref)} (keeping the newest {self.keep})")
 
     def restore(self, reader=read):
         """What to continue from, or None for a fresh start (see the module docstring).
@@ -200,7 +293,7 @@ class StepCheckpointer:
         for ref in refs:
             folder = tempfile.mkdtemp(prefix=f"monollm-load-{self.name}-")
             try:
-                self.current.checkpoint.load(ref, path=folder)
+                self._load(ref, folder)
                 state = reader(folder)
             except CorruptCheckpoint as err:
                 errors.append(str(err))
@@ -211,6 +304,39 @@ class StepCheckpointer:
         if errors:
             raise CorruptCheckpoint("no readable checkpoint: " + "; ".join(errors))
         return None
+
+
+    def _load(self, ref, folder: str):
+        """Download `ref` into `folder`; CorruptCheckpoint if it cannot be (e.g. deleted while listed)."""
+        try:
+            self.current.checkpoint.load(ref, path=folder)
+        except Exception as err:  # the datastore's errors come in many types
+            raise CorruptCheckpoint(f"checkpoint of step {_step_in(ref)} cannot be loaded: {err}") from err
+
+
+def snapshot(value):
+    """A copy of a state that later training cannot change: every tensor copied to host memory,
+    every dict, list and tuple rebuilt (the history list grows after a save); other values
+    (numbers, strings, None) are immutable and shared."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+def _step_in(ref) -> int | str:
+    """The step recorded in a stored checkpoint's reference (its metadata), or "?"."""
+    return ((ref or {}).get("metadata") or {}).get("step", "?") if isinstance(ref, dict) else "?"
+
+
+def _delete_model(ref):
+    from metaflow import delete_model  # metaflow-checkpoint: deletes checkpoints as well as models
+
+    if delete_model(ref) is False:
+        raise RuntimeError("delete_model reported a failure")
 
 
 def step_of(folder: str) -> int:

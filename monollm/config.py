@@ -139,6 +139,9 @@ class TrainConfig:
     """Progress line every N optimizer steps."""
     checkpoint_every: int = 0
     """Mid-training checkpoint every N optimizer steps (0: none)."""
+    keep_checkpoints: int = 2
+    """Mid-training checkpoints kept stored per training task (>= 1): each older one is deleted
+    from the datastore once a newer one is stored (one at paper scale is ~17 GB)."""
     monotonic_lr: float = 0.0
     """Per-arm override of lr for the monotonic arm (0: same as baseline); reported."""
     monotonic_warmup_frac: float = -1.0
@@ -195,6 +198,10 @@ class ParallelConfig:
     processes: int = 0
     """Training processes of a training step; 0: one per visible GPU (one on CPU). Above 1 on CPU,
     the processes talk over gloo (how the tests run it)."""
+    timeout_minutes: int = 60
+    """How long a training process waits in a collective (all-reduce, barrier) before the process
+    group gives up: torch.distributed.init_process_group(timeout=...). torch's default (10 minutes
+    under NCCL) is shorter than writing a large sharded checkpoint can take."""
 
 
 @dataclass(frozen=True)
@@ -313,6 +320,7 @@ def _check_train(t: TrainConfig, key: str):
     _require(t.max_grad_norm > 0, f"{key}.max_grad_norm", "must be positive")
     for name in ("eval_every", "val_blocks", "log_every", "checkpoint_every"):
         _require(getattr(t, name) >= 0, f"{key}.{name}", "must be >= 0")
+    _require(t.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1 (the newest checkpoint is always kept)")
     _require(t.monotonic_lr >= 0, f"{key}.monotonic_lr", "must be >= 0 (0: same as lr)")
     _require(t.monotonic_warmup_frac == -1 or 0 <= t.monotonic_warmup_frac < 1,
              f"{key}.monotonic_warmup_frac", "must be in [0, 1), or -1 for the same as warmup_frac")
@@ -387,6 +395,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     p = cfg.parallel
     _one_of(p.strategy, ("ddp", "fsdp"), "parallel.strategy")
     _require(p.processes >= 0, "parallel.processes", "must be >= 0 (0: one per visible GPU)")
+    _require(p.timeout_minutes >= 1, "parallel.timeout_minutes", "must be >= 1")
     gpus = r.gpu if r.train_gpu < 0 else r.train_gpu
     _require(p.processes in (0, gpus) or gpus == 0, "parallel.processes",
              f"is {p.processes} but the training steps ask for {gpus} GPUs: one process per GPU (or 0)")

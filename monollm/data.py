@@ -8,6 +8,7 @@ are disjoint by construction and never need the whole dataset in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 
 SPLITS = ("test", "attack_opt", "val")
+PARALLELISM = "TOKENIZERS_PARALLELISM"
+"""Environment variable that turns the fast tokenizer's threads on or off (read at each batch)."""
 FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
 """Compressed text files (e.g. the Pile's `*.jsonl.zst`) stream through `datasets` as they are."""
@@ -137,6 +140,25 @@ def split_documents(cfg, seed: int) -> tuple[dict[str, list[str]], Iterator[str]
     if cfg.max_train_docs:
         stream = itertools.islice(stream, cfg.max_train_docs)
     return held, stream
+
+
+@contextlib.contextmanager
+def tokenizer_threads():
+    """Within the block, a fast tokenizer encodes each batch of documents on all usable CPUs
+    (its Rust thread pool), when there is more than one; the ids are the same as on one thread.
+
+    TOKENIZERS_PARALLELISM (false in the Makefile, the Dockerfile and the tests, so that a
+    process forked after tokenizing never inherits a thread pool it cannot use) is set to
+    "true" for the block, and afterwards back to its value, or to "false" if it had none (so
+    that the tokenizer does not warn at every later fork, e.g. a subprocess).
+    """
+    before = os.environ.get(PARALLELISM)
+    if len(os.sched_getaffinity(0)) > 1:
+        os.environ[PARALLELISM] = "true"
+    try:
+        yield
+    finally:
+        os.environ[PARALLELISM] = before if before is not None else "false"
 
 
 def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:

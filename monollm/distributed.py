@@ -20,12 +20,15 @@ micro-batch: it must divide evenly over the processes.
   `fully_shard` per transformer layer), for models whose training state does not fit one GPU.
 
 Checkpoints are sharded (torch.distributed.checkpoint), one folder per save, written by all
-ranks and sealed by rank 0 (monollm.checkpoints.seal); they load on any number of ranks.
+ranks, hashed by all ranks (each an equal share of the files, at once) and sealed by rank 0
+(monollm.checkpoints.seal); they load on any number of ranks. The coordinator stores each
+sealed folder (and deletes older ones, see monollm.checkpoints) while the ranks train on.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import json
 import os
 import pickle
@@ -223,7 +226,11 @@ def _layers(model):
 
 
 def _save_sharded(job: str, par: Parallel, state: dict, step: int):
-    """Every rank writes its shards, RNG state and (rank 0) the rest; rank 0 seals the folder."""
+    """Every rank writes its shards, RNG state and (rank 0) the rest; then every rank hashes an
+    equal share of the folder's files at once, and rank 0 seals the folder with all the digests.
+
+    Hashing in parallel keeps the ranks' wait short: rank 0 alone would read the whole sharded
+    state (~110 GB at 6.9b) while the others sit in a collective."""
     import torch.distributed.checkpoint as dcp
 
     folder = os.path.join(job, CKPTS, f"step-{step:09d}")
@@ -231,9 +238,13 @@ def _save_sharded(job: str, par: Parallel, state: dict, step: int):
     torch.save(state["rng"], os.path.join(folder, f"rng-{par.rank}.pt"))
     if par.rank == 0:
         torch.save({k: state[k] for k in ("scheduler", "history", "step")}, os.path.join(folder, "rest.pt"))
-    par.dist.barrier()
+    par.dist.barrier()  # every file is written: each rank now sees the same listing
+    mine = checkpoints.digests(folder, skip=(checkpoints.META,),
+                               only=checkpoints.share(folder, par.rank, par.world, skip=(checkpoints.META,)))
+    everyone = [None] * par.world
+    par.dist.all_gather_object(everyone, mine)
     if par.rank == 0:
-        checkpoints.seal(folder, step)
+        checkpoints.seal(folder, step, files={rel: d for part in everyone for rel, d in sorted(part.items())})
 
 
 def _resume_state(folder: str, rank: int) -> dict:
@@ -311,7 +322,9 @@ def main(job: str):
     device = f"cuda:{local}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local)  # before NCCL starts, so each rank talks from its own GPU
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # a collective that waits longer than this fails the job; writing a large checkpoint takes long
+    dist.init_process_group("nccl" if cuda else "gloo",
+                            timeout=datetime.timedelta(minutes=cfg.parallel.timeout_minutes))
     rank = dist.get_rank()
     try:
         if cfg.threads:

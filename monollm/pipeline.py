@@ -1,6 +1,7 @@
 """What each flow step does, as plain functions: the flow file only wires them together."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -113,12 +114,14 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     result["sources"] = sources(cfg)  # after loading: the hub cache then records the model's commit
     config.block_limit(cfg, models.max_positions(model))
     eos, T = tokenizer.eos_token_id, cfg.data.block_len
-    held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}
+    needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
+    with data.tokenizer_threads():  # the step's CPUs; the same ids as one thread
+        held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}
+        train_blocks = data.train_blocks(tokenizer, stream, T, needed, eos)
     blocks = {name: data.pack(ids, T, eos) for name, ids in held_ids.items()}
     if cfg.eval.max_blocks:
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
-    needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
-    blocks["train"] = data.train_blocks(tokenizer, stream, T, needed, eos)
+    blocks["train"] = train_blocks
     log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in blocks.items()))
     a = cfg.attack
     examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
@@ -165,10 +168,7 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
         history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, lr=lr,
                                           warmup_frac=warmup, log=log, checkpointer=checkpointer, on_step=on_step)
     else:
-        history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
-                              lr=lr, warmup_frac=warmup, log=log,
-                              save_checkpoint=checkpointer.save if checkpointer else None,
-                              resume=checkpointer.restore() if checkpointer else None, on_step=on_step)
+        history = _train_one_process(cfg, model, blocks, arm, device, lr, warmup, checkpointer, on_step)
     if arm == "monotonic":
         checks["after_training"] = monotonic.verify(model, cfg.monotonic.variant)
         monotonic.materialize(model)
@@ -190,6 +190,25 @@ def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -
     log(f"constrained {len(names)} matrices ({cfg.monotonic.variant}, floor {cfg.monotonic.floor:g})")
     models.save(model, tokenizer, out_dir)
     return checks
+
+
+def _train_one_process(cfg, model, blocks: dict, arm: str, device: str, lr, warmup, checkpointer, on_step):
+    """monollm.train.train in this process; checkpoints are sealed and stored while training goes
+    on, and the last one is stored before this returns (or raises: a NaN keeps its last good one)."""
+    resume = checkpointer.restore() if checkpointer else None
+    try:
+        history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
+                              lr=lr, warmup_frac=warmup, log=log,
+                              save_checkpoint=checkpointer.save_in_background if checkpointer else None,
+                              resume=resume, on_step=on_step)
+    except BaseException:
+        if checkpointer:
+            with contextlib.suppress(Exception):  # the training error is the one to report
+                checkpointer.wait()
+        raise
+    if checkpointer:
+        checkpointer.wait()
+    return history
 
 
 def _require_nonnegative(checks: dict):

@@ -3,6 +3,7 @@ loss stops training with its step and keeps the last good checkpoint."""
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -90,7 +91,14 @@ class _FakeCheckpointAPI:
     def save(self, path, name, metadata, storage_format):
         keep = tempfile.mkdtemp()
         shutil.copytree(path, keep, dirs_exist_ok=True)
-        self.saved.append({"key": keep, "name": name, "metadata": metadata})
+        ref = {"key": keep, "name": name, "metadata": metadata}
+        self.saved.append(ref)
+        return dict(ref)  # like metaflow-checkpoint: a reference, not the stored entry itself
+
+    def delete(self, ref):
+        """What metaflow's delete_model does to a stored checkpoint: gone from store and listing."""
+        self.saved = [c for c in self.saved if c["key"] != ref["key"]]
+        shutil.rmtree(ref["key"])
 
     def list(self, name=None, task=None, attempt=None):
         if attempt not in (None, 0):
@@ -140,6 +148,121 @@ def test_fresh_task_restores_nothing():
     assert checkpoints.StepCheckpointer(_FakeCurrent(), "baseline").restore() is None
 
 
+def _checkpointer(current, **kw):
+    return checkpoints.StepCheckpointer(current, "monotonic", log=lambda m: None,
+                                        delete=current.checkpoint.delete, **kw)
+
+
+def test_only_the_newest_checkpoints_stay_stored_and_resume_finds_the_newest():
+    current = _FakeCurrent()
+    ck = _checkpointer(current, keep=2)
+    for step in (10, 20, 30, 40):
+        ck.save(_state(step), step)
+    assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [30, 40]
+    assert ck.restore() is None  # a fresh task: nothing, however many are stored
+    current.checkpoint.is_loaded = True  # a retry: the newest is loaded into the directory ...
+    current.checkpoint.directory = current.checkpoint.saved[-1]["key"]
+    assert ck.restore()["step"] == 40
+    shutil.rmtree(current.checkpoint.directory)  # ... and if it is gone, the one kept before it
+    assert ck.restore()["step"] == 30
+
+
+def test_keep_one_keeps_only_the_newest_and_a_failed_delete_keeps_training():
+    current = _FakeCurrent()
+    messages = []
+    ck = checkpoints.StepCheckpointer(current, "baseline", log=messages.append, keep=1,
+                                      delete=lambda ref: (_ for _ in ()).throw(OSError("denied")))
+    ck.save(_state(1), 1)
+    ck.save(_state(2), 2)  # the delete fails: logged, the checkpoint stays, the save succeeds
+    assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [1, 2]
+    assert any("could not delete" in m and "denied" in m for m in messages)
+    with pytest.raises(ValueError, match="keep"):
+        checkpoints.StepCheckpointer(current, "baseline", keep=0)
+
+
+def test_without_keep_every_checkpoint_stays_stored():
+    """The attacks' checkpointers give no `keep`: their small checkpoints are all kept."""
+    current = _FakeCurrent()
+    ck = checkpoints.StepCheckpointer(current, "attack-uat", log=lambda m: None, delete=current.checkpoint.delete)
+    for step in (1, 2, 3):
+        ck.save(_state(step), step)
+    assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [1, 2, 3]
+
+
+def test_background_save_stores_sealed_folders_and_resume_is_exact():
+    """save_in_background: the same stored checkpoints as save, each sealed before it is stored."""
+    current = _FakeCurrent()
+    ck = _checkpointer(current, keep=3)
+    offered = []
+    real_save = current.checkpoint.save
+
+    def save(path, **kw):  # what the datastore is offered must already be sealed and whole
+        offered.append(checkpoints.step_of(checkpoints.check(path)))
+        return real_save(path, **kw)
+
+    current.checkpoint.save = save
+    for step in (1, 2, 3, 4):
+        ck.save_in_background(_state(step), step)
+    ck.wait()
+    assert offered == [1, 2, 3, 4]
+    assert [checkpoints.read(c["key"])["step"] for c in current.checkpoint.saved] == [2, 3, 4]
+    assert checkpoints.read(current.checkpoint.saved[-1]["key"])["model"]["w"].tolist() == [4.0] * 3
+
+
+def test_background_save_stores_the_state_as_it_was_when_saved(monkeypatch):
+    """Training changes the weights in place and appends to the history right after a save:
+    the stored checkpoint holds the state at the save, not what the thread finds later."""
+    current = _FakeCurrent()
+    ck = _checkpointer(current)
+    state = _state(5)
+    gate, real_write = threading.Event(), checkpoints.write
+    monkeypatch.setattr(checkpoints, "write", lambda folder, st: (gate.wait(), real_write(folder, st))[1])
+    ck.save_in_background(state, 5)  # the thread writes only once training has changed the state
+    state["model"]["w"].add_(100.0)  # what optimizer.step does to a live tensor
+    state["history"].append({"step": 6})
+    gate.set()
+    ck.wait()
+    stored = checkpoints.read(current.checkpoint.saved[-1]["key"])
+    assert stored["model"]["w"].tolist() == [5.0] * 3 and stored["history"] == [{"step": 5}]
+
+
+def test_background_save_failure_is_raised_on_the_next_wait():
+    current = _FakeCurrent()
+    ck = _checkpointer(current)
+
+    def broken(**kw):
+        raise OSError("bucket gone")
+
+    current.checkpoint.save = lambda path, **kw: broken()
+    ck.save_in_background(_state(1), 1)
+    with pytest.raises(RuntimeError, match="bucket gone"):
+        ck.wait()
+    ck.wait()  # reported once
+
+
+def test_shares_of_the_files_cover_every_file_once_and_seal_the_same(tmp_path):
+    """Per-process hashing (monollm.distributed): the shares partition the files, and the digests
+    they give together seal a folder that `check` accepts, exactly as one process's would."""
+    folder = tmp_path / "c"
+    (folder / "shards").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, size in enumerate((5000, 100, 3000, 3000, 7, 0)):
+        (folder / "shards" / f"__{i}_0.distcp").write_bytes(rng.bytes(size))
+    (folder / "rest.pt").write_bytes(b"rest")
+    world = 3
+    shares = [checkpoints.share(str(folder), r, world) for r in range(world)]
+    every = checkpoints.files_of(str(folder))
+    assert sorted(f for s in shares for f in s) == every
+    assert all(shares)  # each process hashes something
+    parts = [checkpoints.digests(str(folder), only=s) for s in shares]
+    merged = {rel: d for part in parts for rel, d in part.items()}
+    assert merged == checkpoints.digests(str(folder))
+    checkpoints.check(checkpoints.seal(str(folder), 3, files=merged))
+    (folder / "shards" / "__2_0.distcp").write_bytes(rng.bytes(3000))  # same size, other bytes
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="__2_0.distcp"):
+        checkpoints.check(str(folder))
+
+
 def _tiny_model():
     torch.manual_seed(0)
     cfg = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -162,3 +285,100 @@ def test_non_finite_loss_stops_with_its_step_and_keeps_last_checkpoint(monkeypat
         train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="monotonic",
                     save_checkpoint=lambda state, step: saved.append(step), log=lambda m: None)
     assert saved == [2, 4]  # the last good checkpoint (step 4) is there; nothing after the NaN
+
+
+def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypatch):
+    """Training goes on while checkpoints are sealed and stored; the run stopped by a NaN still
+    stores its last good one (the newest `keep` only), and continuing from it ends where an
+    uninterrupted run does."""
+    from monollm import pipeline
+
+    tcfg = config.TrainConfig(tokens=16 * 8 * 8, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=0)
+    cfg = config.ExperimentConfig(train=tcfg)
+    rows = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
+    blocks = {"train": rows, "val": rows[:8]}
+    whole = pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", None, None, None, None)
+    real, calls = train._accumulate, {"n": 0}
+
+    def poisoned(model, batch, tcfg, device, par=None):
+        calls["n"] += 1
+        return float("nan") if calls["n"] == 7 else real(model, batch, tcfg, device, par)
+
+    monkeypatch.setattr(train, "_accumulate", poisoned)
+    current = _FakeCurrent()
+    with pytest.raises(FloatingPointError, match="step 7/8"):
+        pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", None, None,
+                                    _checkpointer(current, keep=2), None)
+    assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [4, 6]
+    monkeypatch.setattr(train, "_accumulate", real)
+    current.checkpoint.is_loaded = True  # the retry: the newest checkpoint is in the directory
+    current.checkpoint.directory = current.checkpoint.saved[-1]["key"]
+    fresh = _tiny_model()
+    with torch.no_grad():  # other weights: everything must come from the checkpoint
+        for p in fresh.parameters():
+            p.add_(0.5)
+    resumed = pipeline._train_one_process(cfg, fresh, blocks, "monotonic", "cpu", None, None,
+                                          _checkpointer(current, keep=2), None)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    assert resumed[6]["resumed_from"] == 6
+
+
+PRUNE_FLOW = '''
+from metaflow import FlowSpec, checkpoint, current, retry, step
+
+
+class PruneFlow(FlowSpec):
+    @retry(times=1)
+    @checkpoint(load_policy="fresh", show_card=False)
+    @step
+    def start(self):
+        import torch
+
+        from monollm import checkpoints
+
+        ck = checkpoints.StepCheckpointer(current, "arm", keep=2)
+        if current.retry_count == 0:
+            for step in (1, 2, 3, 4):
+                ck.save_in_background({"step": step, "w": torch.full((4,), float(step))}, step)
+            ck.wait()
+            raise RuntimeError("the first attempt fails after four checkpoints")
+        self.stored_by_first = sorted(c["metadata"]["step"] for c in ck._listed(None))
+        self.restored = ck.restore()["step"]
+        ck.save({"step": 5, "w": torch.full((4,), 5.0)}, 5)
+        self.stored = sorted(c["metadata"]["step"] for c in ck._listed(None))
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    PruneFlow()
+'''
+
+
+@pytest.mark.flow
+def test_older_checkpoints_are_deleted_from_the_real_datastore(tmp_path):
+    """Through metaflow-checkpoint itself: a task keeps its newest 2 of 4 checkpoints (the older
+    ones' files are gone from the datastore), its retry continues from the newest, and a retry
+    leaves what the failed attempt stored."""
+    import subprocess
+    import sys
+
+    from conftest import flow_env
+    from metaflow import Flow, namespace
+
+    (tmp_path / "prune_flow.py").write_text(PRUNE_FLOW)
+    done = subprocess.run([sys.executable, "prune_flow.py", "run"], cwd=tmp_path, env=flow_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deleted the checkpoint of step 1" in done.stderr + done.stdout
+    namespace(None)
+    run = Flow("PruneFlow").latest_run
+    data = run["start"].task.data
+    assert (data.stored_by_first, data.restored, data.stored) == ([3, 4], 4, [3, 4, 5])
+    root = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+    files = [os.path.join(d, checkpoints.STATE) for d, _, names in os.walk(root)  # glob skips .metaflow
+             if checkpoints.STATE in names and "mf.checkpoints" in d and "PruneFlow" in d]
+    assert sorted(float(checkpoints.load_tensors(f)["w"][0]) for f in files) == [3.0, 4.0, 5.0]

@@ -199,6 +199,8 @@ BAD = {
     "block_len 1": ({"data__block_len": 1}, ["'data.block_len'", "at least 2"]),
     "warmup 1": ({"train__warmup_frac": 1.0}, ["'train.warmup_frac'", "[0, 1)"]),
     "heads": ({"model__build__num_heads": 5}, ["'model.build.num_heads'", "divide"]),
+    "keep no checkpoint": ({"train__keep_checkpoints": 0}, ["'train.keep_checkpoints'", ">= 1"]),
+    "zero collective timeout": ({"parallel__timeout_minutes": 0}, ["'parallel.timeout_minutes'", ">= 1"]),
     # wrong types
     "string for int": ({"train__tokens": "1000"}, ["'train.tokens'", "integer", "'1000'"]),
     "float for int": ({"train__batch_size": 4.5}, ["'train.batch_size'", "integer"]),

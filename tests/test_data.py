@@ -3,6 +3,7 @@ the token budget, and local files read through `datasets`."""
 import dataclasses
 import itertools
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -191,6 +192,29 @@ def test_train_blocks_short_stream_returns_what_exists(tokenizer):
     T, eos = 16, tokenizer.eos_token_id
     blocks = data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=4)
     np.testing.assert_array_equal(blocks, data.pack(data.tokenize(tokenizer, docs), T, eos))
+
+
+@pytest.mark.parametrize("before", ["false", None])
+def test_tokenizer_threads_give_the_same_ids_and_restore_the_setting(tokenizer, monkeypatch, before):
+    """setup tokenizes on all CPUs; the ids and blocks are those of one thread."""
+    if before is None:
+        monkeypatch.delenv(data.PARALLELISM, raising=False)
+    else:
+        monkeypatch.setenv(data.PARALLELISM, before)
+    docs = corpus.generate(300)
+    T, eos = 16, tokenizer.eos_token_id
+    os.environ[data.PARALLELISM] = "false"
+    one = data.tokenize(tokenizer, docs), data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=50)
+    if before is None:
+        del os.environ[data.PARALLELISM]
+    with data.tokenizer_threads():
+        if len(os.sched_getaffinity(0)) > 1:
+            assert os.environ[data.PARALLELISM] == "true"
+        many = data.tokenize(tokenizer, docs), data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=50)
+    assert many[0] == one[0]
+    np.testing.assert_array_equal(many[1], one[1])
+    # back as it was; "false" where it was unset, so that later forks do not make the tokenizer warn
+    assert os.environ[data.PARALLELISM] == "false"
 
 
 def test_train_blocks_empty_stream(tokenizer):

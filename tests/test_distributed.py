@@ -1,5 +1,6 @@
 """Training over several processes (torchrun, gloo on CPU): DDP and FSDP give the history and
 weights of one process, resume from their sharded checkpoints, and fail loudly."""
+import json
 import os
 import pickle
 import shutil
@@ -117,12 +118,42 @@ def test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks(model_dir,
 def test_damaged_shard_is_named(model_dir, tmp_path):
     keep = Keep(str(tmp_path / "kept"))
     train_arm(cfg(2, "ddp", checkpoint_every=3), model_dir, "baseline", tmp_path / "out", checkpointer=keep)
+    # both ranks hashed a share; together their digests cover every file of the folder
+    with open(os.path.join(keep.saved[3], checkpoints.META)) as f:
+        listed = json.load(f)["files"]
+    assert sorted(listed) == checkpoints.files_of(keep.saved[3], skip=(checkpoints.META,))
+    assert listed == checkpoints.digests(checkpoints.check(keep.saved[3]), skip=(checkpoints.META,))
     shard_dir = os.path.join(keep.saved[3], "shards")
     shard = os.path.join(shard_dir, sorted(f for f in os.listdir(shard_dir) if f.endswith(".distcp"))[0])
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) // 2)
     with pytest.raises(checkpoints.CorruptCheckpoint, match=shard):
         checkpoints.check(keep.saved[3])
+
+
+def test_process_group_waits_as_long_as_parallel_timeout_minutes(tmp_path, monkeypatch):
+    """A rank's collectives give up after parallel.timeout_minutes, not torch's default."""
+    import datetime
+
+    import torch.distributed as dist
+
+    class Stop(Exception):
+        pass
+
+    got = {}
+
+    def init(backend, timeout):
+        got.update(backend=backend, timeout=timeout)
+        raise Stop
+
+    c = config.load({"device": "cpu", "parallel": {"timeout_minutes": 45}})
+    with open(tmp_path / distributed.JOB, "w") as f:
+        json.dump({"config": config.to_dict(c)}, f)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(dist, "init_process_group", init)
+    with pytest.raises(Stop):
+        distributed.main(str(tmp_path))
+    assert got == {"backend": "gloo", "timeout": datetime.timedelta(minutes=45)}
 
 
 def test_a_failing_rank_stops_the_step_with_its_error(model_dir, tmp_path):
