@@ -280,7 +280,7 @@ def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, 
     out.append(f"Constraint check: {findings['constrained_matrices']} constrained matrices, {neg} negative entries "
                f"over {len(constraint)} checks ({', '.join(constraint['stage'])})"
                + (": W >= 0 holds." if findings["constraint_holds"] else ": the constraint FAILED."))
-    for attack, comp in findings.get("robustness_above_control", {}).items():  # the claim METHOD.md allows
+    for attack, comp in findings.get("robustness_above_control", {}).items():  # the claim docs/method.md allows
         rows = _own(summary, attack, "attack")
         each = "; ".join(f"{r.model} {signed(r.above_control)} "
                          f"{signed_ci(r.above_control_ci_low, r.above_control_ci_high)}" for r in rows.itertuples())

@@ -189,7 +189,7 @@ def _compare(wide: pd.DataFrame, n_boot: int, seed: int) -> dict:
 
 def robustness_above_control(df: pd.DataFrame, attack: str, n_boot: int, seed: int) -> dict:
     """The same comparison on dNLL above each model's own primary control (per example, trials
-    averaged): the robustness claim METHOD.md allows. {} without a control or without both models."""
+    averaged): the robustness claim docs/method.md allows. {} without a control or without both models."""
     ex = per_example(df[(df.attack == attack) & (df.model == df.source_model)])
     own = ex[ex.kind == "attack"].pivot(index="example", columns="model", values="dnll")
     ctrl = ex[ex.kind == PRIMARY_CONTROL].pivot(index="example", columns="model", values="dnll")
