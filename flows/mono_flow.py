@@ -178,7 +178,7 @@ class MonoFlow(FlowSpec):
         from monollm import results
 
         self.origin_run_id = current.origin_run_id  # also when only `end` ran again
-        print(results.summary_text(self))
+        print(results.summary_text(self, current.run_id))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ def build_model(build, tokenizer, seed: int, attn_implementation: str = "sdpa"):
     return GPTNeoXForCausalLM(config).float()
 
 
+def quiet_progress():
+    """No per-file progress bars from transformers (loading and writing weights): a step's log
+    keeps its own progress lines only."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_foundation(mcfg):
     """(model, tokenizer) from the hub (`model.source = "hub"`) or a local directory ("local").
 
@@ -66,6 +74,7 @@ def load_foundation(mcfg):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_progress()
     kwargs = {"local_files_only": True} if mcfg.source == "local" else {"revision": mcfg.revision}
     if mcfg.source == "local":
         verify(mcfg.name, f"model.name {mcfg.name!r}")  # checked only if `save` wrote it
@@ -107,6 +116,7 @@ def max_positions(model) -> int:
 def save(model, tokenizer, path: str):
     """Hugging Face format (safetensors + tokenizer files) that vanilla transformers loads, plus
     `checksums.json` (file -> size and SHA-256), written last: `load` verifies against it."""
+    quiet_progress()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     files = checkpoints.digests(path, skip=(MANIFEST,))
@@ -151,6 +161,7 @@ def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa"
 
     if not verified:
         verify(path, what, next_step)
+    quiet_progress()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
                                                  attn_implementation=attn_implementation)
     return model.to(device).eval()

@@ -144,32 +144,73 @@ def tag_current_run(tags: list[str]):
     Run(f"{current.flow_name}/{current.run_id}").add_tags(tags)
 
 
-def summary_text(data) -> str:
-    """The headline tables as text: perplexity, constraint checks, attack summary, verdicts."""
-    import pandas as pd
+WIDTH = 120
+"""Console summary width: every line of `summary_text` fits it."""
 
-    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 4):
-        parts = ["Perplexity on the test blocks (95% bootstrap CI over blocks):",
-                 data.perplexity.to_string(index=False), "",
-                 "Constraint verification (negative entries must be 0):",
-                 data.constraint.to_string(index=False), ""]
-        cols = ["attack", "kind", "model", "source_model", "examples", "clean_nll", "attacked_nll",
-                "dnll_mean", "dnll_ci_low", "dnll_ci_high", "rel_ppl_increase", "control_dnll",
-                "above_control", "above_control_ci_low", "above_control_ci_high"]
-        cols = [c for c in cols if c in data.attack_summary.columns]
-        parts += ["Attacks (dNLL in nats per continuation token):",
-                  data.attack_summary[cols].to_string(index=False), ""]
+
+def headline(findings: dict) -> list[str]:
+    """The answer in a sentence per attack (damage above the matched control, baseline minus
+    monotonic, with its 95% CI), then the perplexity cost."""
+    out = []
+    for attack, c in findings.get("robustness_above_control", {}).items():
+        out.append(f"{attack}: damage above its control, baseline minus monotonic {c['diff']:+.3f} nats/token "
+                   f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]: {c['verdict']}")
+    cost = findings["nll_cost_monotonic_minus_baseline"]
+    out.append(f"cost: perplexity x{findings['perplexity_ratio_monotonic_vs_baseline']:.3f} (monotonic / baseline), "
+               f"NLL {cost['diff']:+.4f} nats/token [{cost['ci_low']:+.4f}, {cost['ci_high']:+.4f}]")
+    return out
+
+
+def text_table(df, columns: dict) -> list[str]:
+    """Rows of `df` as `| a | b |` lines, columns padded to one width (text left, numbers right).
+
+    columns: column -> (title, format or None for text). The leading `|` keeps the alignment
+    where a log prefixes and strips each line."""
+    cells = [[title for title, _ in columns.values()]]
+    for _, row in df.iterrows():
+        cells.append([str(row[c]) if fmt is None else format(row[c], fmt) for c, (_, fmt) in columns.items()])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    numeric = [fmt is not None for _, fmt in columns.values()]
+    pad = [[c.rjust(w) if num and j else c.ljust(w) for c, w, num in zip(r, widths, numeric)]
+           for j, r in enumerate(cells)]
+    return ["| " + " | ".join(r) + " |" for r in pad]
+
+
+def summary_text(data, run_id: str = "") -> str:
+    """The end of a run on the console, at most WIDTH columns: the answer first, then perplexity,
+    constraint checks and attack damage as aligned tables, and where the card is."""
     f = data.findings
-    parts.append(f"Perplexity monotonic / baseline: {f['perplexity_ratio_monotonic_vs_baseline']:.3f}; "
-                 f"NLL cost {f['nll_cost_monotonic_minus_baseline']['diff']:+.4f} nats "
-                 f"[{f['nll_cost_monotonic_minus_baseline']['ci_low']:+.4f}, "
-                 f"{f['nll_cost_monotonic_minus_baseline']['ci_high']:+.4f}]")
-    for key, comp in f["robustness"].items():
-        parts.append(f"{key}: dNLL baseline {comp['dnll_baseline']:+.3f} vs monotonic {comp['dnll_monotonic']:+.3f}, "
-                     f"difference {comp['diff']:+.3f} [{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]: {comp['verdict']}")
-    for attack, comp in f.get("robustness_above_control", {}).items():
-        parts.append(f"{attack} above its random control: baseline {comp['dnll_baseline']:+.3f} vs monotonic "
-                     f"{comp['dnll_monotonic']:+.3f}, difference {comp['diff']:+.3f} "
-                     f"[{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]: {comp['verdict']}")
-    parts.append(f["activation_note"])
-    return "\n".join(parts)
+    ci = "[{:+.3f}, {:+.3f}]"
+    parts = ["Answer (positive: the monotonic model is damaged less):", *headline(f), ""]
+    parts += ["Perplexity on the test blocks (95% bootstrap CI over blocks):"]
+    parts += text_table(data.perplexity, {"model": ("model", None), "perplexity": ("perplexity", ".3f"),
+                                          "ppl_ci_low": ("CI low", ".3f"), "ppl_ci_high": ("CI high", ".3f"),
+                                          "tokens": ("tokens", "d")})
+    parts += ["", "Constraint verification (negative entries must be 0):"]
+    formats = {"matrices": "d", "negative": "d", "min": ".5g", "parametrized": "d"}
+    parts += text_table(data.constraint, {c: (c, formats.get(c)) for c in data.constraint.columns})
+    s = data.attack_summary
+    if len(s):
+        view = s.assign(dnll_ci=[ci.format(lo, hi) for lo, hi in zip(s["dnll_ci_low"], s["dnll_ci_high"])],
+                        above=[("" if pd_isna(a) else f"{a:+.3f} " + ci.format(lo, hi))
+                               for a, lo, hi in zip(s["above_control"], s["above_control_ci_low"],
+                                                    s["above_control_ci_high"])])
+        parts += ["", "Attacks (dNLL: attacked minus clean NLL, nats per continuation token; 95% CIs):"]
+        parts += text_table(view, {"attack": ("attack", None), "kind": ("kind", None), "model": ("model", None),
+                                   "source_model": ("found on", None), "dnll_mean": ("dNLL", "+.3f"),
+                                   "dnll_ci": ("CI", None), "above": ("above control", None)})
+    parts += ["", f["activation_note"]]
+    if run_id:
+        parts += ["", f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"]
+    return "\n".join(line for part in parts for line in _wrap(part))
+
+
+def pd_isna(x) -> bool:
+    return x is None or x != x
+
+
+def _wrap(line: str) -> list[str]:
+    """A prose line longer than WIDTH, wrapped at spaces (tables are built to fit)."""
+    import textwrap
+
+    return textwrap.wrap(line, WIDTH, subsequent_indent="  ") if len(line) > WIDTH else [line]

@@ -6,6 +6,9 @@ import tempfile
 
 import pytest
 
+# before anything imports huggingface_hub, which reads it once: no test may reach for the network
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # metaflow.Runner loads the flow module in-process and leaves metaflow's vendored
 # typing_extensions behind, which torch's lazily imported distributed modules then
 # reject; import them first.

@@ -168,3 +168,19 @@ def test_profile_without_resources_runs_end_to_end(tmp_path_factory):
     run = run_flow(profile)
     assert run.successful and run.data.resolved_config["resources"] == dataclasses.asdict(config.ResourcesConfig())
     assert set(run.data.attacks["model"]) == {"baseline", "monotonic"}
+
+
+def test_console_summary_answers_first_and_fits_120_columns(micro_run):
+    from monollm import results
+
+    text = results.summary_text(micro_run.data, micro_run.id)
+    lines = text.splitlines()
+    assert lines[0].startswith("Answer") and "baseline minus monotonic" in lines[1]
+    assert max(map(len, lines)) <= results.WIDTH
+    assert not any(line.startswith(" ") for line in lines if line.strip() and not line.startswith("  "))
+    tables = [line for line in lines if line.startswith("|")]
+    assert len(tables) >= len(micro_run.data.perplexity) + len(micro_run.data.attack_summary)
+    for block in "\n".join(lines).split("\n\n"):  # the rows of one table share one width
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        assert len({len(r) for r in rows}) <= 1
+    assert lines[-1] == f"Experiment card: python flows/mono_flow.py card get {micro_run.id}/join_attacks report.html"
