@@ -117,8 +117,8 @@ def split_documents(cfg, seed: int) -> tuple[dict[str, list[str]], Iterator[str]
 
     Each held-out split is filled from its own source (`data.<split>_from`) or, by default,
     from the start of the training source's stream; splits that share a source take
-    consecutive, disjoint documents of it, and no text is in two held-out splits. Raises ValueError when a source runs out before
-    its splits are full.
+    consecutive, disjoint documents of it, and no text is in two held-out splits. Raises
+    ValueError when a source runs out before its splits are full.
     """
     stream = document_stream(cfg, seed)
     streams = {"": stream}

@@ -50,9 +50,9 @@ def _split_or_config_error(cfg):
 
 def require_disjoint(held: dict):
     """Refuse held-out splits where a `test` document is also an `attack_opt` document (split ->
-    list of texts): a trigger optimized on a text would then be reported on the same text. The
-    splits are disjoint by position in the stream; this also catches a source that holds the
-    same text twice."""
+    list of texts): a trigger optimized on a text would then be reported on the same text.
+    data.split_documents already skips a text seen in an earlier split; this guards that
+    promise where setup relies on it."""
     shared = set(held["test"]) & set(held["attack_opt"])
     if shared:
         raise ValueError(f"{len(shared)} documents are in both the test and attack_opt splits (data.test_docs, "

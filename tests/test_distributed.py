@@ -10,20 +10,8 @@ import pytest
 import torch
 
 from monollm import checkpoints, config, distributed, models, pipeline
-from monollm.config import BuildConfig
 
 T = 16
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    docs = [f"document {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}." for i in range(200)]
-    tok = models.build_tokenizer(docs, 320)
-    model = models.build_model(BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                                           max_position=64), tok, seed=0)
-    path = str(tmp_path_factory.mktemp("model"))
-    models.save(model, tok, path)
-    return path
 
 
 def blocks(vocab=300):

@@ -15,7 +15,6 @@ from attack_models import CONT, CONTEXT, examples, model, plant, tokenizer, unus
 from monollm import config, data, models, monotonic, pipeline
 from monollm.attacks.common import allowed_tokens, continuation_nll, make_examples
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
-from monollm.config import BuildConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,17 +51,6 @@ def test_verify_counts_negatives_under_any_parametrization(make):
     assert want > 0 and got["negative"] == want and got["parametrized"] == len(linears) == got["matrices"]
     with torch.no_grad():
         assert got["min"] == pytest.approx(min(float(linear.weight.min()) for _, linear in linears))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    docs = [f"document {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}." for i in range(200)]
-    tok = models.build_tokenizer(docs, 320)
-    built = models.build_model(BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                                           max_position=64), tok, seed=0)
-    path = str(tmp_path_factory.mktemp("model"))
-    models.save(built, tok, path)
-    return path
 
 
 @pytest.fixture
