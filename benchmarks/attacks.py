@@ -67,7 +67,7 @@ def reference(cfg, profile_path: str, model_dir: str):
             note(f"building the reference model of {profile_path} in {model_dir} (once)")
             prep = pipeline.setup(cfg, model_dir)
             with open(os.path.join(model_dir, "examples.pkl"), "wb") as f:
-                pickle.dump(prep["examples"], f)
+                pickle.dump(prep.examples, f)
     with open(os.path.join(model_dir, "examples.pkl"), "rb") as f:
         examples = pickle.load(f)
     model, tokenizer = models.load(model_dir, models.pick_device(cfg.device))

@@ -158,7 +158,8 @@ def measure(cfg, reference, arm: str, blocks, steps: int, warmup: int, device: s
         monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
     rows = cfg.train.batch_size * cfg.train.grad_accum
     tcfg = dataclasses.replace(cfg.train, tokens=(warmup + steps) * rows * blocks.shape[1], eval_every=0,
-                               checkpoint_every=0, log_every=0, val_blocks=1, warmup_frac=0.0)
+                               checkpoint_every=0, log_every=0, val_blocks=1, warmup_frac=0.0,
+                               monotonic_warmup_frac=0.0)
     if world > 1:
         history = distributed.train_model(dataclasses.replace(cfg, train=tcfg), model, model_dir,
                                           {"train": blocks, "val": blocks[:1]}, arm, cfg.seed, world,

@@ -52,10 +52,9 @@ class MonoFlow(FlowSpec):
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("reference")
         prep = pipeline.setup(cfg, out)
         # the training blocks apart: only the training steps load them (~400 MB at paper scale)
-        self.train_blocks = prep["blocks"].pop("train")
-        self.blocks, self.examples = prep["blocks"], prep["examples"]
-        self.untrained_perplexity, self.hidden_act = prep["untrained_perplexity"], prep["hidden_act"]
-        self.pretraining, self.sources = prep["pretraining"], prep["sources"]
+        self.train_blocks, self.blocks, self.examples = prep.train_blocks, prep.blocks, prep.examples
+        self.untrained_perplexity, self.hidden_act = prep.untrained_perplexity, prep.hidden_act
+        self.pretraining, self.sources = prep.pretraining, prep.sources
         self.reference_model = current.model.save(out, label="reference", storage_format="files")
         self.next(self.train_baseline, self.make_monotonic)
 
@@ -67,16 +66,7 @@ class MonoFlow(FlowSpec):
     @step
     def train_baseline(self):
         """Recovery training, unconstrained; continues from its last checkpoint after a failure."""
-        from monollm import cards, checkpoints, config, pipeline
-
-        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("baseline")
-        ckpt = checkpoints.StepCheckpointer(current, "baseline", log=pipeline.log, keep=cfg.train.keep_checkpoints)
-        blocks = {**self.blocks, "train": self.train_blocks}
-        done = pipeline.train_arm(cfg, current.model.loaded["reference_model"], blocks, "baseline", out,
-                                  checkpointer=ckpt,
-                                  on_step=cards.live_training(current.card["training"], cfg, "baseline"))
-        self.history, self.constraint_checks = done["history"], {}
-        self.baseline_model = current.model.save(out, label="baseline", storage_format="files")
+        self.history, self.constraint_checks = self._train_arm("baseline", "reference_model")
         self.next(self.join_models)
 
     @resources(**CPU_MODEL_STEP)
@@ -99,17 +89,23 @@ class MonoFlow(FlowSpec):
     @step
     def train_monotonic(self):
         """Recovery training of the constrained copy, then materialize; resumable like the baseline."""
+        self.history, checks = self._train_arm("monotonic", "monotonic_init_model")
+        self.constraint_checks = {**self.init_checks, **checks}
+        self.next(self.join_models)
+
+    def _train_arm(self, arm: str, start_model: str) -> tuple[list, dict]:
+        """The body of both training steps: train `arm` from the model artifact `start_model`,
+        store it as `<arm>_model`; (history, constraint checks)."""
         from monollm import cards, checkpoints, config, pipeline
 
-        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic")
-        ckpt = checkpoints.StepCheckpointer(current, "monotonic", log=pipeline.log, keep=cfg.train.keep_checkpoints)
-        blocks = {**self.blocks, "train": self.train_blocks}
-        done = pipeline.train_arm(cfg, current.model.loaded["monotonic_init_model"], blocks, "monotonic", out,
-                                  checkpointer=ckpt,
-                                  on_step=cards.live_training(current.card["training"], cfg, "monotonic"))
-        self.history, self.constraint_checks = done["history"], {**self.init_checks, **done["constraint"]}
-        self.monotonic_model = current.model.save(out, label="monotonic", storage_format="files")
-        self.next(self.join_models)
+        cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir(arm)
+        ckpt = checkpoints.StepCheckpointer(current, arm, log=pipeline.log, keep=cfg.train.keep_checkpoints,
+                                            background=True)  # training goes on while a checkpoint is stored
+        done = pipeline.train_arm(cfg, current.model.loaded[start_model], {**self.blocks, "train": self.train_blocks},
+                                  arm, out, checkpointer=ckpt,
+                                  on_step=cards.live_training(current.card["training"], cfg, arm))
+        setattr(self, f"{arm}_model", current.model.save(out, label=arm, storage_format="files"))
+        return done.history, done.constraint
 
     @step
     def join_models(self, inputs):
@@ -146,10 +142,10 @@ class MonoFlow(FlowSpec):
     def attack(self):
         """One attack type against `baseline` and `monotonic` on the same examples; a long
         attack continues from its last checkpoint after a failure."""
-        from monollm import checkpoints, config, pipeline
+        from monollm import checkpoints, config, constants, pipeline
 
         cfg = config.from_dict(self.resolved_config)
-        dirs = {m: current.model.loaded[f"{m}_model"] for m in ("baseline", "monotonic")}
+        dirs = {m: current.model.loaded[f"{m}_model"] for m in constants.ARMS}
         ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
         self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
         self.next(self.join_attacks)

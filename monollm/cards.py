@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from monollm.compare import flatten
+from monollm.schema import flatten
 from monollm.data import split_sources
 
 VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
@@ -89,16 +89,14 @@ def config_summary(cfg: dict) -> pd.DataFrame:
     m, t, a = cfg["model"], cfg["train"], cfg["attack"]
     built = "built GPT-NeoX " + ", ".join(f"{k} {v}" for k, v in m["build"].items())
     model = m["name"] if m["source"] != "build" else built
-    lr_mono = t.get("monotonic_lr") or t["lr"]
-    warm_mono = t["warmup_frac"] if t.get("monotonic_warmup_frac", -1) < 0 else t["monotonic_warmup_frac"]
     rows = [("profile", cfg["name"]), ("seed", cfg["seed"]), ("model", f"{m['source']}: {model}"),
             ("data", f"{cfg['data']['source']} {cfg['data'].get('name') or cfg['data'].get('path') or ''}".strip()),
             ("block length", cfg["data"]["block_len"]),
             ("constraint", f"{cfg['monotonic']['variant']} (floor {cfg['monotonic']['floor']:g})"),
             ("training tokens", fmt(t["tokens"])),
             ("tokens per step", fmt(t["batch_size"] * t["grad_accum"] * cfg["data"]["block_len"])),
-            ("lr baseline / monotonic", f"{t['lr']:g} / {lr_mono:g}"),
-            ("warmup baseline / monotonic", f"{t['warmup_frac']:g} / {warm_mono:g}"),
+            ("lr baseline / monotonic", f"{t['lr']:g} / {t['monotonic_lr']:g}"),
+            ("warmup baseline / monotonic", f"{t['warmup_frac']:g} / {t['monotonic_warmup_frac']:g}"),
             ("schedule", f"{t['schedule']}, weight decay {t['weight_decay']:g}, clip {t['max_grad_norm']:g}"),
             ("attacks", ", ".join(cfg["attacks"])),
             ("attack examples", f"{a['examples']} x ({a['context_len']} context + {a['continuation_len']} scored)"),
@@ -107,11 +105,12 @@ def config_summary(cfg: dict) -> pd.DataFrame:
 
 
 def arm_differences(cfg: dict) -> list[str]:
-    """Sentences for every deliberate difference between the two arms' training."""
+    """Sentences for every deliberate difference between the two arms' training (`cfg`: a
+    resolved config dict, where the monotonic_* settings hold concrete values)."""
     t, out = cfg["train"], []
-    if t.get("monotonic_lr") and t["monotonic_lr"] != t["lr"]:
+    if t["monotonic_lr"] != t["lr"]:
         out.append(f"The monotonic arm trains at lr {t['monotonic_lr']:g}, the baseline at {t['lr']:g}.")
-    if t.get("monotonic_warmup_frac", -1) >= 0 and t["monotonic_warmup_frac"] != t["warmup_frac"]:
+    if t["monotonic_warmup_frac"] != t["warmup_frac"]:
         out.append(f"The monotonic arm warms up for {t['monotonic_warmup_frac']:g} of training, "
                    f"the baseline for {t['warmup_frac']:g}.")
     return out or ["Both arms train with the same settings on the same token stream."]
@@ -121,9 +120,7 @@ def schedule_caveat(cfg: dict) -> list[str]:
     """A leading finding when the arms were trained differently: the comparison is then not
     about the constraint alone ([] when both arms share one schedule)."""
     t = cfg["train"]
-    differ = (t.get("monotonic_lr") and t["monotonic_lr"] != t["lr"]) or (
-        t.get("monotonic_warmup_frac", -1) >= 0 and t["monotonic_warmup_frac"] != t["warmup_frac"])
-    if not differ:
+    if t["monotonic_lr"] == t["lr"] and t["monotonic_warmup_frac"] == t["warmup_frac"]:
         return []
     return ["**The arms differ by more than the constraint**: " + " ".join(arm_differences(cfg))
             + " Every difference below mixes the constraint with the schedule."]

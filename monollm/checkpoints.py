@@ -21,7 +21,13 @@ each older one is deleted (metaflow-checkpoint's `delete_model`) once a newer on
 a failed save never leaves fewer than `keep` good ones. Checkpoints an earlier attempt of the
 task saved are not deleted by a later attempt (it may need them to fall back to).
 
-`StepCheckpointer.save_in_background` lets training go on while a checkpoint is written,
+Everything that saves progress speaks one contract, `Checkpoint`: `restore()` gives the newest
+readable state (a dict of tensors and plain values, holding its "step") or None for a fresh
+start, and `save(state, step)` stores a newer one. `StepCheckpointer` keeps them in Metaflow's
+datastore (training steps and attacks); monollm.distributed's ranks write sharded folders through
+the same two calls; `InMemory` keeps them in memory (tests, benchmarks).
+
+`StepCheckpointer(background=True)` lets training go on while a checkpoint is written,
 sealed (hashed) and stored: only a copy of the state into host memory runs on the training
 loop, and a folder is offered to the datastore only after it is sealed, so a resume still
 sees sealed folders only (and `check`s them before use).
@@ -34,6 +40,7 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import Protocol
 
 import torch
 
@@ -161,21 +168,50 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-class StepCheckpointer:
-    """Saves and finds the training checkpoints of one Metaflow step (needs @checkpoint)."""
+class Checkpoint(Protocol):
+    """What training (one process or several) and attacks save progress through."""
 
-    def __init__(self, current, name: str, log=print, keep: int | None = None, delete=None):
+    def restore(self) -> dict | None:
+        """The newest readable state to continue from, or None for a fresh start."""
+
+    def save(self, state: dict, step: int) -> None:
+        """Store `state` (tensors and plain values) as the newest checkpoint, made at `step`."""
+
+
+class InMemory:
+    """A Checkpoint kept in memory: `saved` maps step -> a copy of each saved state; `restore`
+    gives `start` (a state to continue from, or None)."""
+
+    def __init__(self, start: dict | None = None):
+        self.start, self.saved = start, {}
+
+    def restore(self) -> dict | None:
+        return self.start
+
+    def save(self, state: dict, step: int):
+        self.saved[step] = snapshot(state)
+
+
+class StepCheckpointer:
+    """The Checkpoint of one Metaflow step, in its datastore (the step needs @checkpoint)."""
+
+    def __init__(self, current, name: str, log=print, keep: int | None = None, delete=None,
+                 background: bool = False):
         """`name` must be unique within the step (e.g. per attack in a foreach). `keep`: how many
         of the newest checkpoints this task saves stay stored (at least 1; None: all, as the
         attacks' small search checkpoints). `delete(ref)` removes a stored checkpoint (default:
-        metaflow-checkpoint's `delete_model`)."""
+        metaflow-checkpoint's `delete_model`). `background`: `save` returns once the state is
+        copied to host memory and stores it in a thread (`save_in_background`); call `wait`
+        after the last one."""
         if keep is not None and keep < 1:
             raise ValueError(f"keep is {keep}: at least the newest checkpoint must be kept")
-        self.current, self.name, self.log, self.keep = current, name, log, keep
+        self.current, self.name, self.log, self.keep, self.background = current, name, log, keep, background
         self._delete, self._stored, self._worker, self._failed = delete, [], None, None
 
     def save(self, state: dict, step: int):
-        """Save the state as this task's newest checkpoint."""
+        """Save the state as this task's newest checkpoint (in a thread if `background`)."""
+        if self.background:
+            return self.save_in_background(state, step)
         self.wait()
         folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
         try:
@@ -234,11 +270,17 @@ class StepCheckpointer:
                 continue
             self.log(f"[{self.name}] deleted the checkpoint of step {_step_in(ref)} (keeping the newest {self.keep})")
 
-    def restore(self, reader=read):
-        """What to continue from, or None for a fresh start (see the module docstring).
+    def restore(self) -> dict | None:
+        """The state to continue from, or None for a fresh start (see the module docstring)."""
+        return self._restore(read)
 
-        `reader(folder)` turns a checkpoint folder into it: `read` (default) gives the state,
-        `check` the verified folder itself (sharded checkpoints, loaded by the processes)."""
+    def restore_folder(self) -> str | None:
+        """The verified folder to continue from (a sharded checkpoint, which the training
+        processes load themselves), or None for a fresh start."""
+        return self._restore(check)
+
+    def _restore(self, reader):
+        """`reader(folder)` applied to the newest checkpoint that reads cleanly, or None."""
         cp = self.current.checkpoint
         if cp.is_loaded:
             state = self._first_readable(self._listed(None), reader, loaded_dir=cp.directory)
@@ -252,7 +294,7 @@ class StepCheckpointer:
     def _listed(self, task) -> list:
         """Checkpoints of `task` (None: this task), all attempts, newest first."""
         found = []
-        attempts = range(0, 10) if task is not None else [None]
+        attempts = range(_attempts(task)) if task is not None else [None]
         for attempt in attempts:
             try:
                 found += self.current.checkpoint.list(name=self.name, task=task, attempt=attempt)
@@ -312,6 +354,16 @@ class StepCheckpointer:
             self.current.checkpoint.load(ref, path=folder)
         except Exception as err:  # the datastore's errors come in many types
             raise CorruptCheckpoint(f"checkpoint of step {_step_in(ref)} cannot be loaded: {err}") from err
+
+
+def _attempts(task) -> int:
+    """How many attempts a finished or failed task made (a Metaflow client Task)."""
+    try:
+        return int(task.current_attempt) + 1
+    except Exception:  # no record of its attempts: every attempt Metaflow allows a task
+        from metaflow.metaflow_config import MAX_ATTEMPTS
+
+        return MAX_ATTEMPTS
 
 
 def snapshot(value):

@@ -24,6 +24,7 @@ import warnings
 import pandas as pd
 
 from monollm import stats
+from monollm.schema import flatten
 
 ALWAYS_VARY = ("seed",)
 # where and how fast a run ran, not what it computed
@@ -38,17 +39,6 @@ class IncompatibleRuns(ValueError):
 class DuplicateSeeds(UserWarning):
     """Runs that share a seed (and the varied keys): the same computation repeated, e.g. a
     resumed or re-run seed, not an independent sample."""
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dict -> {"train.lr": ..., ...} (lists stay values)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def config_differences(configs: dict) -> dict:

@@ -11,20 +11,17 @@ while Metaflow parses the command line); modules that need them are imported whe
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
-import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-DEFAULT_FLOOR = 1e-4
-"""Default init floor of the constraint (monotonic.floor)."""
-MAX_SEED = 2 ** 32 - 1
-"""Largest seed: 32 bits, the range every numpy seeding API accepts (np.random.seed and RandomState
-take no more), so that one seed can be handed to any library unchanged."""
+from monollm import checks
+from monollm.constants import DEFAULT_FLOOR, MAX_SEED
+from monollm.errors import ConfigError
+from monollm.schema import build
 
-
-class ConfigError(ValueError):
-    """A profile that cannot run; the message names the key and what is allowed."""
+__all__ = ["ConfigError", "DEFAULT_FLOOR", "MAX_SEED", "ExperimentConfig", "load", "load_file", "from_dict",
+           "to_dict", "step_resources", "block_limit"]
 
 
 @dataclass(frozen=True)
@@ -142,10 +139,19 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Mid-training checkpoints kept stored per training task (>= 1): each older one is deleted
     from the datastore once a newer one is stored (one at paper scale is ~17 GB)."""
-    monotonic_lr: float = 0.0
-    """Per-arm override of lr for the monotonic arm (0: same as baseline); reported."""
-    monotonic_warmup_frac: float = -1.0
-    """Per-arm override of warmup_frac for the monotonic arm (-1: same); reported."""
+    monotonic_lr: float | None = None
+    """Per-arm override of lr for the monotonic arm; left out, the same as `lr` (a loaded config
+    holds the resolved value). An arm difference the findings report first."""
+    monotonic_warmup_frac: float | None = None
+    """Per-arm override of warmup_frac for the monotonic arm; left out, the same as `warmup_frac`
+    (a loaded config holds the resolved value)."""
+
+    def __post_init__(self):
+        # resolved once, here: every reader (steps, card, findings, compare) sees concrete values
+        if self.monotonic_lr is None:
+            object.__setattr__(self, "monotonic_lr", self.lr)
+        if self.monotonic_warmup_frac is None:
+            object.__setattr__(self, "monotonic_warmup_frac", self.warmup_frac)
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,8 @@ class AttackConfig:
     scored in fp32 whatever this says."""
     params: dict = field(default_factory=dict)
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
+    EXTRA_TABLES: ClassVar[str] = "params"
+    """The profile's [attack.<name>] tables are collected into `params` (schema.build)."""
 
 
 @dataclass(frozen=True)
@@ -209,12 +217,13 @@ class ResourcesConfig:
     """What each model step asks of a remote backend (@resources)."""
     gpu: int = 0
     """GPUs per model step (0 or 1: evaluation and attacks use one)."""
-    train_gpu: int = -1
-    """GPUs of the two training steps (-1: same as gpu); above 1, see [parallel]."""
-    train_cpu: int = -1
-    """CPUs of the two training steps (-1: same as cpu)."""
-    train_memory: int = -1
-    """Memory of the two training steps, MB (-1: same as memory)."""
+    train_gpu: int | None = None
+    """GPUs of the two training steps; left out, the same as `gpu` (a loaded config holds the
+    resolved value). Above 1, see [parallel]."""
+    train_cpu: int | None = None
+    """CPUs of the two training steps; left out, the same as `cpu`."""
+    train_memory: int | None = None
+    """Memory of the two training steps, MB; left out, the same as `memory`."""
     train_shared_memory: int = 0
     """/dev/shm of the two training steps, MiB (0: the backend's default, 64 MiB on Kubernetes,
     too small for NCCL between several GPUs)."""
@@ -226,6 +235,11 @@ class ResourcesConfig:
     """Local disk per model step, MB (Kubernetes ephemeral storage): model files, checkpoints, caches."""
     retries: int = 0
     """@retry attempts of the training steps; a retried task continues from its last checkpoint."""
+
+    def __post_init__(self):
+        for key in ("gpu", "cpu", "memory"):  # resolved once, here (see TrainConfig)
+            if getattr(self, f"train_{key}") is None:
+                object.__setattr__(self, f"train_{key}", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -253,157 +267,15 @@ class ExperimentConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
-
-def _build(cls, raw: dict, where: str):
-    """Construct dataclass `cls` from `raw`, refusing unknown keys and wrong types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"'{where or 'config'}' must be a table, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "params"]
-    extra = {k: v for k, v in raw.items() if k not in names}
-    if extra and cls is not AttackConfig:
-        raise ConfigError(f"unknown key '{_join(where, sorted(extra)[0])}' (allowed: {', '.join(names)})")
-    kwargs = {n: _coerce(hints[n], raw[n], _join(where, n)) for n in names if n in raw}
-    if cls is AttackConfig:
-        kwargs["params"] = extra  # [attack.<name>] tables, checked against the registry in load()
-    return cls(**kwargs)
-
-
-def _coerce(hint, value, key: str):
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"'{key}' must be a string, got {value!r}")
-        return value
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}' must be a list, got {value!r}")
-        inner = typing.get_args(hint)[0]
-        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
-    return value
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _require(ok: bool, key: str, message: str):
-    if not ok:
-        raise ConfigError(f"'{key}' {message}")
-
-
-def _one_of(value, allowed, key: str):
-    _require(value in allowed, key, f"is {value!r}; allowed: {', '.join(map(str, allowed))}")
-
-
-def _check_train(t: TrainConfig, key: str):
-    for name in ("tokens", "batch_size", "grad_accum"):
-        _require(getattr(t, name) > 0, f"{key}.{name}", "must be positive")
-    _require(t.lr > 0, f"{key}.lr", "must be positive")
-    _require(0 <= t.warmup_frac < 1, f"{key}.warmup_frac", "must be in [0, 1)")
-    _one_of(t.schedule, ("cosine", "linear", "constant"), f"{key}.schedule")
-    _require(0 <= t.min_lr_frac <= 1, f"{key}.min_lr_frac", "must be in [0, 1]")
-    _require(t.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
-    _require(t.max_grad_norm > 0, f"{key}.max_grad_norm", "must be positive")
-    for name in ("eval_every", "val_blocks", "log_every", "checkpoint_every"):
-        _require(getattr(t, name) >= 0, f"{key}.{name}", "must be >= 0")
-    _require(t.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1 (the newest checkpoint is always kept)")
-    _require(t.monotonic_lr >= 0, f"{key}.monotonic_lr", "must be >= 0 (0: same as lr)")
-    _require(t.monotonic_warmup_frac == -1 or 0 <= t.monotonic_warmup_frac < 1,
-             f"{key}.monotonic_warmup_frac", "must be in [0, 1), or -1 for the same as warmup_frac")
-
-
-def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check values that types alone cannot; returns cfg or raises ConfigError."""
-    from monollm.attacks import ATTACKS
-    from monollm.monotonic import ALL_VARIANTS
-
-    _require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
-             f"the range numpy's seeding accepts (np.random.seed takes no more)")
-    _one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
-    _require(cfg.threads >= 0, "threads", "must be >= 0")
-    _require(len(cfg.attacks) > 0, "attacks", f"must name at least one of: {', '.join(ATTACKS)}")
-    for name in cfg.attacks:
-        _one_of(name, tuple(ATTACKS), "attacks")
-    _require(len(set(cfg.attacks)) == len(cfg.attacks), "attacks", "lists an attack twice")
-    m = cfg.model
-    _one_of(m.source, ("build", "hub", "local"), "model.source")
-    _one_of(m.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
-    if m.source == "build":
-        b = m.build
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
-            _require(getattr(b, name) > 0, f"model.build.{name}", "must be positive")
-        _require(b.hidden_size % b.num_heads == 0, "model.build.num_heads", "must divide hidden_size")
-        _require(b.vocab_size >= 300, "model.build.vocab_size", "must be >= 300 (256 bytes + merges)")
-        _check_train(cfg.pretrain, "pretrain")
-    else:
-        _require(bool(m.name), "model.name", f"is required for model.source = {m.source!r}")
-        if m.source == "local":
-            _require(os.path.isdir(m.name), "model.name", f"is not a directory: {m.name!r}")
-    d = cfg.data
-    _one_of(d.source, ("builtin", "local", "hub"), "data.source")
-    if d.source != "builtin":
-        _require(bool(d.path), "data.path", f"is required for data.source = {d.source!r}")
-    if d.source == "local":
-        from monollm.data import local_files
-
-        local_files(d.path)  # raises ConfigError naming the path
-    for split in ("test", "attack_opt", "val"):
-        held = getattr(d, f"{split}_from")
-        _require(not held or d.source != "builtin", f"data.{split}_from",
-                 "applies to data.source = \"local\" or \"hub\" (the built-in corpus has one source)")
-        if held and d.source == "local":
-            local_files(held, f"data.{split}_from")
-    for name in ("val_docs", "attack_opt_docs", "test_docs", "block_len", "shuffle_buffer", "builtin_docs"):
-        _require(getattr(d, name) > 0, f"data.{name}", "must be positive")
-    _require(d.max_train_docs >= 0, "data.max_train_docs", "must be >= 0")
-    _require(d.block_len >= 2, "data.block_len", "must be at least 2")
-    _check_train(cfg.train, "train")
-    _one_of(cfg.monotonic.variant, ALL_VARIANTS, "monotonic.variant")
-    _require(0 < cfg.monotonic.floor < 1, "monotonic.floor", "must be in (0, 1)")
-    e = cfg.eval
-    _require(e.batch_size > 0, "eval.batch_size", "must be positive")
-    _require(e.max_blocks >= 0, "eval.max_blocks", "must be >= 0")
-    _require(e.bootstrap >= 100, "eval.bootstrap", "must be >= 100")
-    a = cfg.attack
-    for name in ("examples", "context_len", "continuation_len", "batch_size"):
-        _require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
-    _require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
-    _one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
-    r = cfg.resources
-    for name in ("gpu", "cpu", "memory", "retries", "disk", "train_shared_memory"):
-        _require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")
-    for name in ("gpu", "cpu", "memory"):
-        _require(getattr(r, f"train_{name}") >= -1, f"resources.train_{name}",
-                 f"must be >= 0 (or -1: same as resources.{name})")
-    # evaluation and attacks run in one process on one device: more GPUs would sit idle
-    _require(r.gpu <= 1, "resources.gpu", f"is {r.gpu}: evaluation and attacks use one GPU; ask for several "
-             "in the training steps with resources.train_gpu (see docs/cluster.md, 'Past one GPU')")
-    p = cfg.parallel
-    _one_of(p.strategy, ("ddp", "fsdp"), "parallel.strategy")
-    _require(p.processes >= 0, "parallel.processes", "must be >= 0 (0: one per visible GPU)")
-    _require(p.timeout_minutes >= 1, "parallel.timeout_minutes", "must be >= 1")
-    gpus = r.gpu if r.train_gpu < 0 else r.train_gpu
-    _require(p.processes in (0, gpus) or gpus == 0, "parallel.processes",
-             f"is {p.processes} but the training steps ask for {gpus} GPUs: one process per GPU (or 0)")
-    if p.processes > 1:
-        _require(cfg.train.batch_size % p.processes == 0, "train.batch_size",
-                 f"is {cfg.train.batch_size}: the global micro-batch is split evenly over "
-                 f"{p.processes} processes (parallel.processes), so it must be a multiple of it")
-    return cfg
+    def train_for(self, arm: str) -> TrainConfig:
+        """The training settings of `arm`: "baseline", "monotonic" (its per-arm overrides
+        applied) or "pretrain" (the built model's pretraining)."""
+        if arm == "pretrain":
+            return self.pretrain
+        if arm == "monotonic":
+            t = self.train
+            return dataclasses.replace(t, lr=t.monotonic_lr, warmup_frac=t.monotonic_warmup_frac)
+        return self.train
 
 
 def load(raw: dict, seed: int | None = None) -> ExperimentConfig:
@@ -411,16 +283,9 @@ def load(raw: dict, seed: int | None = None) -> ExperimentConfig:
     raw = dict(raw)
     if seed is not None:
         raw["seed"] = seed
-    built = _build(ExperimentConfig, raw, "")
-    for name in built.attacks:  # before from_dict, which looks each name up in the registry
-        _one_of(name, _attack_names(), "attacks")
-    params = built.attack.params
-    unknown = sorted(set(params) - set(_attack_names()))
-    if unknown:
-        settings = ", ".join(f.name for f in dataclasses.fields(AttackConfig) if f.name != "params")
-        raise ConfigError(f"unknown key 'attack.{unknown[0]}' (attack settings are {settings}, "
-                          f"or a table named after an attack: {', '.join(_attack_names())})")
-    return validate(from_dict(raw))
+    checks.one_arm_only(raw.get("pretrain", {}), "pretrain")
+    checks.attack_tables(build(ExperimentConfig, raw, ""), _attack_names(), AttackConfig)
+    return checks.validate(from_dict(raw))
 
 
 def step_resources(raw: dict, train: bool = False, step: str = "") -> dict:
@@ -428,19 +293,17 @@ def step_resources(raw: dict, train: bool = False, step: str = "") -> dict:
     from a parsed profile (the flow's `config`) with every [resources] default applied; the
     flow's @resources and @retry take these values, so a key (or the whole table) may be absent.
 
-    Returns {"gpu", "cpu", "memory", "disk", "retries", "shared_memory"}: in a training step each
-    `train_<key>` set (not -1) replaces `<key>`; shared_memory (MiB) is train_shared_memory in a
-    training step, None otherwise or when 0 (the backend's default). Steps that use no GPU ask for
-    none: `step = "setup"` unless it pretrains a built model (a hub or local model is only loaded
-    and saved), and `step = "cpu"` (make_monotonic). Raises ConfigError like `load`.
+    Returns {"gpu", "cpu", "memory", "disk", "retries", "shared_memory"}: in a training step the
+    `train_<key>` values (resolved: `<key>`'s where left out); shared_memory (MiB) is
+    train_shared_memory in a training step, None otherwise or when 0 (the backend's default).
+    Steps that use no GPU ask for none: `step = "setup"` unless it pretrains a built model (a hub
+    or local model is only loaded and saved), and `step = "cpu"` (make_monotonic). Raises
+    ConfigError like `load`.
     """
-    r = _build(ResourcesConfig, raw.get("resources", {}), "resources")
-    out = {"gpu": r.gpu, "cpu": r.cpu, "memory": r.memory, "disk": r.disk, "retries": r.retries,
-           "shared_memory": None}
-    if train:
-        out.update({key: getattr(r, f"train_{key}") for key in ("gpu", "cpu", "memory")
-                    if getattr(r, f"train_{key}") != -1})
-        out["shared_memory"] = r.train_shared_memory or None
+    r = build(ResourcesConfig, raw.get("resources", {}), "resources")
+    prefix = "train_" if train else ""
+    out = {key: getattr(r, prefix + key) for key in ("gpu", "cpu", "memory")}
+    out.update(disk=r.disk, retries=r.retries, shared_memory=(r.train_shared_memory or None) if train else None)
     model = raw.get("model", {})
     source = model.get("source", ModelConfig.source) if isinstance(model, dict) else ModelConfig.source
     if step == "cpu" or (step == "setup" and source != "build"):
@@ -448,7 +311,7 @@ def step_resources(raw: dict, train: bool = False, step: str = "") -> dict:
     return out
 
 
-def _attack_names():
+def _attack_names() -> tuple[str, ...]:
     from monollm.attacks import ATTACKS
 
     return tuple(ATTACKS)
@@ -470,11 +333,11 @@ def to_dict(cfg: ExperimentConfig) -> dict:
 
 
 def from_dict(raw: dict) -> ExperimentConfig:
-    """Rebuild a config that `load` already validated (e.g. the `cfg` artifact in a later step),
-    without re-checking paths that only exist where the run started."""
+    """Rebuild a config that `load` already validated (e.g. the `resolved_config`
+    artifact in a later step), without re-checking paths that only exist where the run started."""
     from monollm.attacks import attack_config
 
-    cfg = _build(ExperimentConfig, raw, "")
+    cfg = build(ExperimentConfig, raw, "")
     # every [attack.<name>] table is checked, also for attacks the profile does not run now
     names = list(cfg.attacks) + [n for n in cfg.attack.params if n not in cfg.attacks]
     built = {name: attack_config(name, cfg.attack.params.get(name, {}), f"attack.{name}") for name in names}
@@ -482,11 +345,5 @@ def from_dict(raw: dict) -> ExperimentConfig:
 
 
 def block_limit(cfg: ExperimentConfig, max_position: int):
-    """Raise if blocks or attack windows do not fit the model's context."""
-    _require(cfg.data.block_len <= max_position, "data.block_len",
-             f"is {cfg.data.block_len}, above the model's context of {max_position} tokens")
-    a = cfg.attack
-    longest = a.context_len + a.continuation_len + max(
-        (getattr(p, "trigger_len", 0) for p in a.params.values()), default=0)
-    _require(longest <= max_position, "attack.context_len",
-             f"+ continuation_len + trigger length is {longest}, above the model's context of {max_position}")
+    """Raise ConfigError if blocks or attack windows do not fit the model's context."""
+    checks.context_fits(cfg, max_position)

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from monollm.errors import ConfigError
+
 SPLITS = ("test", "attack_opt", "val")
 PARALLELISM = "TOKENIZERS_PARALLELISM"
 """Environment variable that turns the fast tokenizer's threads on or off (read at each batch)."""
@@ -35,8 +37,6 @@ def file_format(path: str) -> str | None:
 def local_files(path: str, key: str = "data.path") -> tuple[str, list[str]]:
     """(datasets builder, files) for a local file, directory or glob; raises ConfigError naming
     `key` if unusable."""
-    from monollm.config import ConfigError
-
     if os.path.isdir(path):
         files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if os.path.isfile(f))
     else:
@@ -166,22 +166,25 @@ def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
     return tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
 
 
-def pack(token_docs, block_len: int, eos_id: int, max_blocks: int = 0) -> np.ndarray:
-    """Join documents with EOS and cut into full blocks: (N, block_len) int32, tail dropped.
+def pack(token_docs, block_len: int, eos_id: int, max_blocks: int = 0, chunk: int = 1000) -> np.ndarray:
+    """Join documents (lists of token ids) with EOS and cut into full blocks: (N, block_len)
+    int32, the tail dropped. No padding: every position is a real token.
 
-    No padding: every position is a real token. `max_blocks` > 0 stops early (streams).
+    Works `chunk` documents at a time, carrying each unfinished block into the next chunk, so a
+    long stream is held as compact arrays; `max_blocks` > 0 stops reading once it has as many.
     """
-    buf: list[int] = []
-    blocks = []
-    for doc in token_docs:
-        buf.extend(doc)
-        buf.append(eos_id)
-        while len(buf) >= block_len:
-            blocks.append(buf[:block_len])
-            buf = buf[block_len:]
-            if max_blocks and len(blocks) >= max_blocks:
-                return np.asarray(blocks, dtype=np.int32)
-    return np.asarray(blocks, dtype=np.int32).reshape(-1, block_len)
+    parts, carry, count = [], [], 0
+    docs = iter(token_docs)
+    while not max_blocks or count < max_blocks:
+        batch = list(itertools.islice(docs, chunk))
+        if not batch:
+            break
+        flat = carry + [t for d in batch for t in (*d, eos_id)]
+        n = len(flat) // block_len
+        parts.append(np.asarray(flat[:n * block_len], dtype=np.int32).reshape(n, block_len))
+        carry, count = flat[n * block_len:], count + n
+    blocks = np.concatenate(parts) if parts else np.zeros((0, block_len), dtype=np.int32)
+    return blocks[:max_blocks] if max_blocks else blocks
 
 
 def train_blocks(tokenizer, stream: Iterator[str], block_len: int, tokens_needed: int,
@@ -191,21 +194,13 @@ def train_blocks(tokenizer, stream: Iterator[str], block_len: int, tokens_needed
     Tokenizes in chunks so a streamed source is read only as far as the budget needs;
     the trainer cycles over the blocks (reshuffled each epoch) if they are fewer.
     """
-    max_blocks = -(-tokens_needed // block_len)
-    blocks = np.zeros((0, block_len), dtype=np.int32)
-    carry: list[int] = []
-    while len(blocks) < max_blocks:
-        docs = list(itertools.islice(stream, chunk))
-        if not docs:
-            break
-        ids = [carry] + tokenize(tokenizer, docs)
-        # carry the unfinished tail into the next chunk instead of dropping it
-        flat = [t for d in ids[1:] for t in d + [eos_id]]
-        flat = carry + flat
-        n = len(flat) // block_len
-        new = np.asarray(flat[:n * block_len], dtype=np.int32).reshape(n, block_len)
-        carry = flat[n * block_len:]
-        blocks = np.concatenate([blocks, new])
+    blocks = pack(_tokenized(tokenizer, stream, chunk), block_len, eos_id, -(-tokens_needed // block_len), chunk)
     if len(blocks) == 0:
         raise ValueError("the training split is empty: no documents remain after the held-out splits")
-    return blocks[:max_blocks]
+    return blocks
+
+
+def _tokenized(tokenizer, stream: Iterator[str], chunk: int):
+    """Token ids of each document of `stream`, tokenized `chunk` documents at a time."""
+    while docs := list(itertools.islice(stream, chunk)):
+        yield from tokenize(tokenizer, docs)

@@ -62,7 +62,7 @@ def processes(cfg: config.ExperimentConfig, device: str) -> int:
 
 
 def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dict, arm: str, seed: int,
-                world: int, *, lr=None, warmup_frac=None, log=print, checkpointer=None, on_step=None) -> list[dict]:
+                world: int, *, log=print, checkpointer=None, on_step=None) -> list[dict]:
     """Train `model` (on CPU, constrained already if `arm` is monotonic) on `world` processes.
 
     The ranks load the weights from `model_dir` themselves (and constrain them likewise);
@@ -72,12 +72,12 @@ def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dic
     """
     job = tempfile.mkdtemp(prefix=f"monollm-dist-{arm}-", dir=os.environ.get("MONOLLM_TMP"))
     try:
-        resume = checkpointer.restore(reader=checkpoints.check) if checkpointer else None
+        resume = checkpointer.restore_folder() if checkpointer else None
         np.save(os.path.join(job, "train.npy"), blocks["train"])
         np.save(os.path.join(job, "val.npy"), blocks["val"])
         with open(os.path.join(job, JOB), "w") as f:
             json.dump({"config": config.to_dict(cfg), "model_dir": os.path.abspath(model_dir), "arm": arm,
-                       "seed": seed, "lr": lr, "warmup_frac": warmup_frac, "resume": resume,
+                       "seed": seed, "resume": resume,
                        "checkpoints": checkpointer is not None}, f)
         log(f"[{arm}] training on {world} processes ({cfg.parallel.strategy})")
         _run(job, world, arm, checkpointer, on_step)
@@ -225,6 +225,22 @@ def _layers(model):
     raise ValueError(f"no list of transformer blocks found in {type(model).__name__} to shard with FSDP")
 
 
+class RankCheckpoint:
+    """The Checkpoint of one training process: `save` writes its shards into the job folder
+    (the coordinator stores each sealed folder); `restore` reads this rank's part of the folder
+    the coordinator verified (`resume`: its path, or None for a fresh start)."""
+
+    def __init__(self, job: str, par: Parallel, resume: str | None, saving: bool):
+        self.job, self.par, self.resume, self.saving = job, par, resume, saving
+
+    def restore(self) -> dict | None:
+        return _resume_state(self.resume, self.par.rank) if self.resume else None
+
+    def save(self, state: dict, step: int):
+        if self.saving:
+            _save_sharded(self.job, self.par, state, step)
+
+
 def _save_sharded(job: str, par: Parallel, state: dict, step: int):
     """Every rank writes its shards, RNG state and (rank 0) the rest; then every rank hashes an
     equal share of the folder's files at once, and rank 0 seals the folder with all the digests.
@@ -312,8 +328,6 @@ def main(job: str):
     """One rank: load and (monotonic arm) constrain the model, train its share, rank 0 writes results."""
     import torch.distributed as dist
 
-    from monollm.pipeline import log
-
     with open(os.path.join(job, JOB)) as f:
         spec = json.load(f)
     cfg = config.from_dict(spec["config"])
@@ -327,37 +341,7 @@ def main(job: str):
                             timeout=datetime.timedelta(minutes=cfg.parallel.timeout_minutes))
     rank = dist.get_rank()
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        # the coordinator verified the files (models.load) before starting the ranks
-        model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
-        if spec["arm"] == "monotonic":
-            monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
-        par = Parallel(cfg.parallel.strategy)
-        blocks = np.load(os.path.join(job, "train.npy"), mmap_mode="r")
-        val = np.load(os.path.join(job, "val.npy"))
-        resume = _resume_state(spec["resume"], rank) if spec["resume"] else None
-        rows = open(os.path.join(job, ROWS), "a") if rank == 0 else None
-
-        def on_step(row):
-            rows.write(json.dumps(row) + "\n")
-            rows.flush()
-
-        save = (lambda state, step: _save_sharded(job, par, state, step)) if spec["checkpoints"] else None
-        history = train.train(model, blocks, val, cfg.train, spec["seed"], device, arm=spec["arm"],
-                              lr=spec["lr"], warmup_frac=spec["warmup_frac"], log=log if rank == 0 else _quiet,
-                              save_checkpoint=save, resume=resume, on_step=on_step if rank == 0 else None,
-                              parallel=par)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            torch.save(full, os.path.join(job, FINAL + ".tmp"))
-            os.replace(os.path.join(job, FINAL + ".tmp"), os.path.join(job, FINAL))
-            with open(os.path.join(job, HISTORY), "w") as f:
-                json.dump(history, f)
-            rows.close()
+        _train_rank(job, spec, cfg, device, rank)
         dist.barrier()
     except BaseException as err:
         with open(os.path.join(job, f"error-rank{rank:04d}.txt"), "w") as f:
@@ -365,6 +349,41 @@ def main(job: str):
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
+    """This rank's part of the training; rank 0 writes the rows, the final weights and the history."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from monollm.runtime import log
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    # the coordinator verified the files (models.load) before starting the ranks
+    model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
+    if spec["arm"] == "monotonic":
+        monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
+    par = Parallel(cfg.parallel.strategy)
+    blocks = np.load(os.path.join(job, "train.npy"), mmap_mode="r")
+    val = np.load(os.path.join(job, "val.npy"))
+    rows = open(os.path.join(job, ROWS), "a") if rank == 0 else None
+
+    def on_step(row):
+        rows.write(json.dumps(row) + "\n")
+        rows.flush()
+
+    ckpt = RankCheckpoint(job, par, spec["resume"], saving=spec["checkpoints"])
+    history = train.train(model, blocks, val, cfg.train_for(spec["arm"]), spec["seed"], device, arm=spec["arm"],
+                          log=log if rank == 0 else _quiet, checkpoint=ckpt,
+                          on_step=on_step if rank == 0 else None, parallel=par)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save(full, os.path.join(job, FINAL + ".tmp"))
+        os.replace(os.path.join(job, FINAL + ".tmp"), os.path.join(job, FINAL))
+        with open(os.path.join(job, HISTORY), "w") as f:
+            json.dump(history, f)
+        rows.close()
 
 
 def _quiet(msg: str):

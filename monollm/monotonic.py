@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from monollm.config import DEFAULT_FLOOR
+from monollm.constants import DEFAULT_FLOOR
 
 # Raw V parameters are registered by torch under this path fragment.
 _CONSTRAINT_PARAM_MARK = "parametrizations.weight.original"

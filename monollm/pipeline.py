@@ -1,21 +1,52 @@
-"""What each flow step does, as plain functions: the flow file only wires them together."""
+"""What each flow step does, as plain functions: the flow file only wires them together.
+
+Steps hand each other small dataclasses (`SetupResult`, `ArmResult`) whose fields become the
+flow's artifacts, so the shapes passed between steps are written down in one place.
+"""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
-import time
 
 import numpy as np
-import torch
 
 from monollm import attacks, config, data, models, monotonic, report, train
 from monollm.attacks.common import make_examples, resolved_precision
 from monollm.evaluate import block_nll, perplexity
+from monollm.runtime import log, setup_torch
+
+__all__ = ["log", "setup_torch", "start", "setup", "train_arm", "make_monotonic", "evaluate", "attack",
+           "SetupResult", "ArmResult", "tags", "sources", "tmpdir"]
 
 
-def log(msg: str):
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
+@dataclasses.dataclass
+class SetupResult:
+    """What `setup` makes besides the saved foundation model (the step stores each field)."""
+    blocks: dict
+    """Held-out packed blocks: "val", "attack_opt", "test" -> (N, block_len) int arrays."""
+    train_blocks: np.ndarray
+    """Training blocks (N, block_len) int: a separate artifact, loaded only by the training steps."""
+    examples: dict
+    """Attack windows: "test", "attack_opt" -> (N, context_len + continuation_len) int arrays."""
+    hidden_act: str
+    """The model's MLP activation (GELU is not monotone: the findings say so)."""
+    sources: dict
+    """Where the model and documents came from (see `sources`)."""
+    untrained_perplexity: float | None = None
+    """A built model's test perplexity before pretraining (None for hub and local models)."""
+    pretraining: list = dataclasses.field(default_factory=list)
+    """A built model's pretraining history rows (empty for hub and local models)."""
+
+
+@dataclasses.dataclass
+class ArmResult:
+    """What `train_arm` returns besides the saved trained model."""
+    history: list
+    """One dict per optimizer step (monollm.train.train)."""
+    constraint: dict
+    """Stage -> monollm.monotonic.verify dict (monotonic arm: before and after training and after
+    materializing; empty for the baseline)."""
 
 
 def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
@@ -84,15 +115,7 @@ def sources(cfg: config.ExperimentConfig) -> dict:
     return {"model": model, "data": data_src}
 
 
-def setup_torch(cfg: config.ExperimentConfig) -> str:
-    """Seed torch, set CPU threads; returns the device to use."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    return models.pick_device(cfg.device)
-
-
-def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
+def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
     """Foundation model saved to `out_dir`, packed blocks and attack examples of every split.
 
     A built model's tokenizer is trained on the training documents only, then the model is
@@ -103,7 +126,6 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     require_disjoint(held)
     log("splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
     log("sources: " + "; ".join(f"{k} from {v}" for k, v in data.split_sources(dataclasses.asdict(cfg.data)).items()))
-    result = {"untrained_perplexity": None, "pretraining": []}
     if cfg.model.source == "build":
         train_docs = list(stream)
         tokenizer = models.build_tokenizer(train_docs, cfg.model.build.vocab_size)
@@ -111,8 +133,23 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
         stream = iter(train_docs)
     else:
         model, tokenizer = models.load_foundation(cfg.model)
-    result["sources"] = sources(cfg)  # after loading: the hub cache then records the model's commit
+    found = sources(cfg)  # after loading: the hub cache then records the model's commit
     config.block_limit(cfg, models.max_positions(model))
+    held_ids, blocks, train_blocks = _packed(cfg, tokenizer, held, stream)
+    a = cfg.attack
+    examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
+                                    a.continuation_len, cfg.seed, tokenizer, split=name)
+                for name in ("test", "attack_opt")}
+    result = SetupResult(blocks=blocks, train_blocks=train_blocks, examples=examples, sources=found,
+                         hidden_act=str(getattr(model.config, "hidden_act", "")))
+    if cfg.model.source == "build":
+        _pretrain(cfg, model, blocks, train_blocks, device, result)
+    models.save(model, tokenizer, out_dir)
+    return result
+
+
+def _packed(cfg: config.ExperimentConfig, tokenizer, held: dict, stream) -> tuple[dict, dict, np.ndarray]:
+    """(token ids of each held-out split, its packed blocks, the training blocks)."""
     eos, T = tokenizer.eos_token_id, cfg.data.block_len
     needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
     with data.tokenizer_threads():  # the step's CPUs; the same ids as one thread
@@ -121,34 +158,30 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> dict:
     blocks = {name: data.pack(ids, T, eos) for name, ids in held_ids.items()}
     if cfg.eval.max_blocks:
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
-    blocks["train"] = train_blocks
-    log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in blocks.items()))
-    a = cfg.attack
-    examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
-                                    a.continuation_len, cfg.seed, tokenizer, split=name)
-                for name in ("test", "attack_opt")}
-    if cfg.model.source == "build":
-        result["untrained_perplexity"] = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device,
-                                                               name="built model before pretraining"))
-        log(f"pretraining the built model (untrained test perplexity {result['untrained_perplexity']:.1f})")
-        result["pretraining"] = train.train(model, blocks["train"], blocks["val"], cfg.pretrain, cfg.seed, device,
-                                            arm="pretrain", log=log)
-    models.save(model, tokenizer, out_dir)
-    result.update(blocks=blocks, examples=examples, hidden_act=str(getattr(model.config, "hidden_act", "")))
-    return result
+    log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in {**blocks, "train": train_blocks}.items()))
+    return held_ids, blocks, train_blocks
+
+
+def _pretrain(cfg: config.ExperimentConfig, model, blocks: dict, train_blocks: np.ndarray, device: str,
+              result: SetupResult):
+    """Pretrain a built model in place; records its perplexity before and its history."""
+    result.untrained_perplexity = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device,
+                                                        name="built model before pretraining"))
+    log(f"pretraining the built model (untrained test perplexity {result.untrained_perplexity:.1f})")
+    result.pretraining = train.train(model, train_blocks, blocks["val"], cfg.train_for("pretrain"), cfg.seed,
+                                     device, arm="pretrain", log=log)
 
 
 def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: str, out_dir: str,
-              checkpointer=None, on_step=None) -> dict:
+              checkpointer=None, on_step=None) -> ArmResult:
     """Recovery training of one arm; the monotonic arm is constrained, trained, materialized.
 
-    `checkpointer` (a monollm.checkpoints.StepCheckpointer, or None) saves mid-training
-    checkpoints and finds the one to continue from. `on_step(row)` receives every history
-    row as it is made (the live training card). With several training processes
-    (`[parallel]`, one per GPU) the training runs under torchrun (monollm.distributed).
-
-    Returns {"history": [...], "constraint": {stage: verify dict}}; the trained model is saved
-    to `out_dir` as a plain transformers checkpoint.
+    `blocks`: "train" and "val" packed blocks. `checkpointer` (a
+    monollm.checkpoints.StepCheckpointer, or None) saves mid-training checkpoints (in the
+    background: the last one is stored before this returns) and finds the one to continue from. `on_step(row)` receives every history row as it is made (the live
+    training card). With several training processes (`[parallel]`, one per GPU) the training
+    runs under torchrun (monollm.distributed). The trained model is saved to `out_dir` as a
+    plain transformers checkpoint.
     """
     device = setup_torch(cfg)
     from monollm import distributed
@@ -158,24 +191,21 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     model, tokenizer = models.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation,
                                    what=f"the model the {arm} arm starts from")
     checks = {}
-    lr = warmup = None
     if arm == "monotonic":
         monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
         checks["before_training"] = monotonic.verify(model, cfg.monotonic.variant)
-        lr = cfg.train.monotonic_lr or None
-        warmup = None if cfg.train.monotonic_warmup_frac < 0 else cfg.train.monotonic_warmup_frac
     if world > 1:
-        history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, lr=lr,
-                                          warmup_frac=warmup, log=log, checkpointer=checkpointer, on_step=on_step)
+        history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, log=log,
+                                          checkpointer=checkpointer, on_step=on_step)
     else:
-        history = _train_one_process(cfg, model, blocks, arm, device, lr, warmup, checkpointer, on_step)
+        history = _train_one_process(cfg, model, blocks, arm, device, checkpointer, on_step)
     if arm == "monotonic":
         checks["after_training"] = monotonic.verify(model, cfg.monotonic.variant)
         monotonic.materialize(model)
         checks["after_materializing"] = monotonic.verify(model, cfg.monotonic.variant)
         _require_nonnegative(checks)
     models.save(model.float(), tokenizer, out_dir)
-    return {"history": history, "constraint": checks}
+    return ArmResult(history=history, constraint=checks)
 
 
 def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -> dict:
@@ -192,15 +222,12 @@ def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -
     return checks
 
 
-def _train_one_process(cfg, model, blocks: dict, arm: str, device: str, lr, warmup, checkpointer, on_step):
+def _train_one_process(cfg, model, blocks: dict, arm: str, device: str, checkpointer, on_step):
     """monollm.train.train in this process; checkpoints are sealed and stored while training goes
     on, and the last one is stored before this returns (or raises: a NaN keeps its last good one)."""
-    resume = checkpointer.restore() if checkpointer else None
     try:
-        history = train.train(model, blocks["train"], blocks["val"], cfg.train, cfg.seed + 1, device, arm=arm,
-                              lr=lr, warmup_frac=warmup, log=log,
-                              save_checkpoint=checkpointer.save_in_background if checkpointer else None,
-                              resume=resume, on_step=on_step)
+        history = train.train(model, blocks["train"], blocks["val"], cfg.train_for(arm), cfg.seed + 1, device,
+                              arm=arm, log=log, checkpoint=checkpointer, on_step=on_step)
     except BaseException:
         if checkpointer:
             with contextlib.suppress(Exception):  # the training error is the one to report

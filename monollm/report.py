@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from monollm import stats
+from monollm.constants import MODELS
 from monollm.evaluate import perplexity
 
-MODELS = ("reference", "baseline", "monotonic_init", "monotonic")
 # Activations that are monotone non-decreasing; with one of these and W >= 0 in every
 # constrained matrix an MLP is monotone in its input. GELU (Pythia's) is not.
 MONOTONE_ACTIVATIONS = ("relu", "relu2", "sigmoid", "tanh", "softplus", "leaky_relu")

@@ -16,8 +16,10 @@ import contextlib
 import os
 import tempfile
 
-MODEL_ARTIFACTS = {"reference": "reference_model", "baseline": "baseline_model",
-                   "monotonic_init": "monotonic_init_model", "monotonic": "monotonic_model"}
+from monollm.constants import MODELS
+
+MODEL_ARTIFACTS = {name: f"{name}_model" for name in MODELS}
+"""Model name -> the flow's artifact holding its stored checkpoint."""
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import math
 import random
 import time
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -129,66 +130,51 @@ def _is_cuda(device: str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Which blocks each optimizer step reads: fixed by the budget, the data and the seed."""
+    total: int
+    """Optimizer steps (steps_for)."""
+    rows: int
+    """Blocks per optimizer step (batch_size * grad_accum)."""
+    block_len: int
+    """Tokens per block."""
+    order: np.ndarray
+    """Block index of every row of every step (batch_order), (total * rows,) int."""
+
+    @classmethod
+    def of(cls, tcfg, blocks: np.ndarray, seed: int) -> Plan:
+        total, rows = steps_for(tcfg, blocks.shape[1]), tcfg.batch_size * tcfg.grad_accum
+        return cls(total, rows, blocks.shape[1], batch_order(len(blocks), total * rows, seed))
+
+    def batch(self, blocks: np.ndarray, step: int) -> np.ndarray:
+        """The global batch of optimizer step `step` (0-based), (rows, block_len) int."""
+        return blocks[self.order[step * self.rows:(step + 1) * self.rows]]
+
+
 def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, device: str, *,
-          arm: str, lr: float | None = None, warmup_frac: float | None = None, log=print,
-          save_checkpoint=None, resume: dict | None = None, on_step=None, parallel=None) -> list[dict]:
+          arm: str, log=print, checkpoint=None, on_step=None, parallel=None) -> list[dict]:
     """Train `model` in place on packed `blocks` (N, T) int; returns the history (one dict per step).
 
-    `save_checkpoint(state, step)` is called every `tcfg.checkpoint_every` steps with the full
-    training state; `resume` is such a state to continue from. `on_step(row)` is called with
-    each step's history row (e.g. a live card); after a resume, first with the checkpoint's
-    rows, marked `"replayed": True`. Raises FloatingPointError on a non-finite loss,
-    naming the step. `parallel` (default: OneProcess()) spreads each batch over processes; the
-    history is the same as one process's, up to floating-point summation order.
+    `tcfg`: the arm's TrainConfig (ExperimentConfig.train_for). `checkpoint` (a
+    monollm.checkpoints.Checkpoint, or None): training continues from what its `restore()` gives,
+    and its `save(state, step)` gets the full training state every `tcfg.checkpoint_every`
+    steps (never after the last). `on_step(row)` is called with each step's history row (e.g. a live
+    card); after a resume, first with the checkpoint's rows, marked `"replayed": True`. Raises
+    FloatingPointError on a non-finite loss, naming the step. `parallel` (default: OneProcess())
+    spreads each batch over processes; the history is the same as one process's, up to
+    floating-point summation order.
     """
     par = parallel or OneProcess()
-    lr = lr or tcfg.lr
-    warmup_frac = tcfg.warmup_frac if warmup_frac is None else warmup_frac
-    block_len = blocks.shape[1]
-    total = steps_for(tcfg, block_len)
-    rows = tcfg.batch_size * tcfg.grad_accum
-    order = batch_order(len(blocks), total * rows, seed)
-    if tcfg.grad_checkpointing:  # transformers renamed it; older releases have only the old name
-        _checkpointing(model, "enable")
-    # the wrapped (and compiled) module shares the parameters; state, clipping and eval use `model`
-    forward = par.wrap(model, device)
-    model.train()
-    forward = torch.compile(forward) if tcfg.compile else forward
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr, betas=(0.9, 0.95),
-                            fused=_is_cuda(device))
-    warmup = int(round(warmup_frac * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, tcfg.schedule, tcfg.min_lr_frac))
-    history, start = [], 0
-    if resume is not None:
-        par.load(model, opt, resume)
-        sched.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
-        history, start = list(resume["history"]), resume["step"]
-        log(f"[{arm}] resuming at step {start}/{total} from a checkpoint")
-        if on_step:  # the live card shows the whole run, not only this task's part of it
-            for row in history:
-                on_step({**row, "replayed": True})
+    plan = Plan.of(tcfg, blocks, seed)
+    forward, opt, sched = _prepare(model, tcfg, plan.total, device, par)
+    resume = checkpoint.restore() if checkpoint else None
+    history, start = _restore(resume, model, opt, sched, par, arm, plan.total, log, on_step)
     t_begin = time.time()
-    for step in range(start, total):
-        t0 = time.time()
-        batch = blocks[order[step * rows:(step + 1) * rows]]
-        loss = par.mean(_accumulate(forward, par.rows(batch), tcfg, device, par))
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"[{arm}] non-finite loss {loss} at step {step + 1}/{total}; "
-                                     f"the last good checkpoint is kept")
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # FSDP: a DTensor
-        lr_now = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        row = {"arm": arm, "step": step + 1, "tokens": (step + 1) * rows * block_len, "loss": loss,
-               "lr": lr_now,
-               "grad_norm": gnorm, "tokens_per_s": rows * block_len / max(time.time() - t0, 1e-9),
-               "val_loss": float("nan"), "batch_hash": batch_hash(batch),
-               "resumed_from": start if (resume is not None and step == start) else -1}
-        last = step + 1 == total
+    for step in range(start, plan.total):
+        row = _step(model, forward, opt, sched, plan.batch(blocks, step), tcfg, device, par, arm, step, plan)
+        row["resumed_from"] = start if (resume is not None and step == start) else -1
+        last = step + 1 == plan.total
         if (tcfg.eval_every and (step + 1) % tcfg.eval_every == 0) or last:
             row["val_loss"] = validation_loss(model, val_blocks, tcfg, device)
             model.train()
@@ -196,15 +182,65 @@ def train(model, blocks: np.ndarray, val_blocks: np.ndarray, tcfg, seed: int, de
         if on_step:
             on_step(row)
         if tcfg.log_every and ((step + 1) % tcfg.log_every == 0 or last or step == start):
-            log(_progress(row, total, total * rows * block_len, t_begin, step - start + 1, total - step - 1))
-        if save_checkpoint and tcfg.checkpoint_every and ((step + 1) % tcfg.checkpoint_every == 0) and not last:
-            save_checkpoint({**par.state(model, opt),
-                             "scheduler": sched.state_dict(), "rng": rng_state(), "history": history,
-                             "step": step + 1}, step + 1)
+            log(_progress(row, plan, t_begin, step - start + 1, plan.total - step - 1))
+        if checkpoint and tcfg.checkpoint_every and ((step + 1) % tcfg.checkpoint_every == 0) and not last:
+            checkpoint.save({**par.state(model, opt), "scheduler": sched.state_dict(), "rng": rng_state(),
+                             "history": history, "step": step + 1}, step + 1)
     if tcfg.grad_checkpointing:
         _checkpointing(model, "disable")
     model.eval()
     return history
+
+
+def _prepare(model, tcfg, total: int, device: str, par):
+    """(the module that runs forward/backward, AdamW, its lr schedule) for `model`."""
+    if tcfg.grad_checkpointing:  # transformers renamed it; older releases have only the old name
+        _checkpointing(model, "enable")
+    # the wrapped (and compiled) module shares the parameters; state, clipping and eval use `model`
+    forward = par.wrap(model, device)
+    model.train()
+    forward = torch.compile(forward) if tcfg.compile else forward
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.95),
+                            fused=_is_cuda(device))
+    warmup = int(round(tcfg.warmup_frac * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, warmup, tcfg.schedule, tcfg.min_lr_frac))
+    return forward, opt, sched
+
+
+def _restore(resume: dict | None, model, opt, sched, par, arm: str, total: int, log, on_step) -> tuple[list, int]:
+    """Load a checkpoint's state, if any: (the history so far, the step to continue at)."""
+    if resume is None:
+        return [], 0
+    par.load(model, opt, resume)
+    sched.load_state_dict(resume["scheduler"])
+    set_rng_state(resume["rng"])
+    history, start = list(resume["history"]), resume["step"]
+    log(f"[{arm}] resuming at step {start}/{total} from a checkpoint")
+    if on_step:  # the live card shows the whole run, not only this task's part of it
+        for row in history:
+            on_step({**row, "replayed": True})
+    return history, start
+
+
+def _step(model, forward, opt, sched, batch: np.ndarray, tcfg, device: str, par, arm: str, step: int,
+          plan: Plan) -> dict:
+    """One optimizer step on the global `batch`; its history row (val_loss still NaN)."""
+    t0 = time.time()
+    loss = par.mean(_accumulate(forward, par.rows(batch), tcfg, device, par))
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"[{arm}] non-finite loss {loss} at step {step + 1}/{plan.total}; "
+                                 f"the last good checkpoint is kept")
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # FSDP: a DTensor
+    lr_now = opt.param_groups[0]["lr"]
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    tokens = plan.rows * plan.block_len
+    return {"arm": arm, "step": step + 1, "tokens": (step + 1) * tokens, "loss": loss, "lr": lr_now,
+            "grad_norm": gnorm, "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
+            "val_loss": float("nan"), "batch_hash": batch_hash(batch)}
 
 
 def _accumulate(model, batch: np.ndarray, tcfg, device: str, par=None) -> float:
@@ -227,7 +263,8 @@ def validation_loss(model, val_blocks: np.ndarray, tcfg, device: str) -> float:
     return float(nll.sum() / count.sum())
 
 
-def _progress(row: dict, total: int, budget: int, t_begin: float, done: int, left: int) -> str:
+def _progress(row: dict, plan: Plan, t_begin: float, done: int, left: int) -> str:
+    total, budget = plan.total, plan.total * plan.rows * plan.block_len
     elapsed = time.time() - t_begin
     eta = elapsed / done * left
     val = f" val {row['val_loss']:.3f}" if math.isfinite(row["val_loss"]) else ""

@@ -1,6 +1,5 @@
 """Card components from the tables (synthetic, fast) and the cards of a real micro run."""
 import base64
-import copy
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from monollm import cards, config, report
 from monollm.attacks.common import AttackResult
 
 
-def synthetic_run(monotonic_lr=0.0):
+def synthetic_run(monotonic_lr=None):
     """The artifacts join_attacks has, from the real report functions on made-up numbers."""
     rng = np.random.default_rng(0)
     tokens = np.full(40, 31)
@@ -42,7 +41,8 @@ def synthetic_run(monotonic_lr=0.0):
                for arm in ("baseline", "monotonic")}
     with open(MICRO, "rb") as f:
         raw = tomllib.load(f)
-    raw["train"]["monotonic_lr"] = monotonic_lr
+    if monotonic_lr is not None:
+        raw["train"]["monotonic_lr"] = monotonic_lr
     return SimpleNamespace(
         resolved_config=config.to_dict(config.load(raw)), perplexity=ppl, constraint=constraint, attacks=attacks,
         training=report.training_table(history), attack_summary=report.attack_summary(attacks, [0.5, 1.0], 200, 0),
@@ -199,8 +199,10 @@ def test_resumed_training_card_shows_the_checkpointed_steps_too():
 
     from monollm.train import steps_for
 
-    cfg, saved = tcfg(checkpoint_every=2), {}
-    full = run(neox(), cfg, arm="baseline", save_checkpoint=lambda st, step: saved.setdefault(step, copy.deepcopy(st)))
+    from monollm.checkpoints import InMemory
+
+    cfg, saved = tcfg(checkpoint_every=2), InMemory()
+    full = run(neox(), cfg, arm="baseline", checkpoint=saved)
     now, card, seen = [100.0], FakeCard(), []
     live = cards.LiveTraining(card, "baseline", steps_for(cfg, T), cfg.batch_size * T, every=3600,
                               clock=lambda: now[0])
@@ -210,7 +212,7 @@ def test_resumed_training_card_shows_the_checkpointed_steps_too():
         now[0] += 2.0  # two seconds per step of this task
         live(row)
 
-    run(neox(seed=5), cfg, arm="baseline", resume=saved[4], on_step=on_step)
+    run(neox(seed=5), cfg, arm="baseline", checkpoint=InMemory(saved.saved[4]), on_step=on_step)
     assert [r["step"] for r in seen] == [r["step"] for r in full]  # the whole run, in order
     assert [bool(r.get("replayed")) for r in seen] == [r["step"] <= 4 for r in full]
     values = card.components[2].render()["spec"]["data"]["values"]

@@ -69,16 +69,20 @@ def test_training_checkpoint_on_disk_is_read_back_without_unpickling(tmp_path):
     tcfg = config.TrainConfig(tokens=16 * 8 * 5, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=0,
                               eval_every=2)
     blocks = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
-    folders = {}
+    class Folders(checkpoints.InMemory):  # a Checkpoint that writes each state to its own folder
+        def save(self, state, step):
+            self.saved[step] = checkpoints.write(str(tmp_path / str(step)), state)
+
+    ck = Folders()
+    folders = ck.saved
     whole = train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
-                        save_checkpoint=lambda state, step: folders.setdefault(
-                            step, checkpoints.write(str(tmp_path / str(step)), state)))
+                        checkpoint=ck)
     assert sorted(folders) == [2, 4]
     torch.load(os.path.join(folders[4], checkpoints.STATE), weights_only=True)
     state = checkpoints.read(folders[4])
     assert set(state["rng"]) >= {"python", "numpy", "torch"} and state["step"] == 4
     resumed = train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
-                          resume=state)
+                          checkpoint=checkpoints.InMemory(state))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
 
 
@@ -280,11 +284,11 @@ def test_non_finite_loss_stops_with_its_step_and_keeps_last_checkpoint(monkeypat
         return float("nan") if calls["n"] == 5 else real(model, batch, tcfg, device, par)
 
     monkeypatch.setattr(train, "_accumulate", poisoned)
-    saved = []
+    saved = checkpoints.InMemory()
     with pytest.raises(FloatingPointError, match="step 5/10"):
-        train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="monotonic",
-                    save_checkpoint=lambda state, step: saved.append(step), log=lambda m: None)
-    assert saved == [2, 4]  # the last good checkpoint (step 4) is there; nothing after the NaN
+        train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="monotonic", checkpoint=saved,
+                    log=lambda m: None)
+    assert list(saved.saved) == [2, 4]  # the last good checkpoint (step 4) is there; nothing after the NaN
 
 
 def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypatch):
@@ -297,7 +301,7 @@ def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypat
     cfg = config.ExperimentConfig(train=tcfg)
     rows = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
     blocks = {"train": rows, "val": rows[:8]}
-    whole = pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", None, None, None, None)
+    whole = pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", None, None)
     real, calls = train._accumulate, {"n": 0}
 
     def poisoned(model, batch, tcfg, device, par=None):
@@ -307,8 +311,8 @@ def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypat
     monkeypatch.setattr(train, "_accumulate", poisoned)
     current = _FakeCurrent()
     with pytest.raises(FloatingPointError, match="step 7/8"):
-        pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", None, None,
-                                    _checkpointer(current, keep=2), None)
+        pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", _checkpointer(current, keep=2, background=True),
+                                    None)
     assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [4, 6]
     monkeypatch.setattr(train, "_accumulate", real)
     current.checkpoint.is_loaded = True  # the retry: the newest checkpoint is in the directory
@@ -317,8 +321,8 @@ def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypat
     with torch.no_grad():  # other weights: everything must come from the checkpoint
         for p in fresh.parameters():
             p.add_(0.5)
-    resumed = pipeline._train_one_process(cfg, fresh, blocks, "monotonic", "cpu", None, None,
-                                          _checkpointer(current, keep=2), None)
+    resumed = pipeline._train_one_process(cfg, fresh, blocks, "monotonic", "cpu", _checkpointer(current, keep=2, background=True),
+                                          None)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     assert resumed[6]["resumed_from"] == 6
 

@@ -150,7 +150,7 @@ def test_step_resources_agree_with_the_loaded_config(path):
     r = config.load(raw).resources
     train_ = config.step_resources(raw, train=True)
     assert config.step_resources(raw)["gpu"] == r.gpu and train_["retries"] == r.retries
-    assert train_["gpu"] == (r.gpu if r.train_gpu == -1 else r.train_gpu)
+    assert (train_["gpu"], train_["cpu"], train_["memory"]) == (r.train_gpu, r.train_cpu, r.train_memory)
 
 
 def test_step_resources_refuse_bad_values_by_key():
@@ -324,3 +324,34 @@ def test_data_revision_is_read_and_names_its_key_when_wrong():
     assert config.from_dict(config.to_dict(cfg)) == cfg
     with pytest.raises(config.ConfigError, match="'data.revision'"):
         config.load({"data": {**raw["data"], "revision": 3}})
+
+
+# --- settings that default to another one are resolved once, at load --------------------
+
+def test_left_out_per_arm_settings_resolve_to_the_shared_ones():
+    cfg = config.load(micro())
+    t = cfg.train
+    assert (t.monotonic_lr, t.monotonic_warmup_frac) == (t.lr, t.warmup_frac)
+    assert cfg.train_for("monotonic") == cfg.train_for("baseline") == t
+    assert cfg.train_for("pretrain") is cfg.pretrain
+    assert config.to_dict(cfg)["train"]["monotonic_lr"] == t.lr  # what the card and compare show
+    r = cfg.resources
+    assert (r.train_gpu, r.train_cpu, r.train_memory) == (r.gpu, r.cpu, r.memory)
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_a_per_arm_override_reaches_only_the_monotonic_arm():
+    cfg = config.load(micro(train__monotonic_lr=5e-3, train__monotonic_warmup_frac=0.5))
+    mono, base = cfg.train_for("monotonic"), cfg.train_for("baseline")
+    assert (mono.lr, mono.warmup_frac) == (5e-3, 0.5)
+    assert (base.lr, base.warmup_frac) == (cfg.train.lr, cfg.train.warmup_frac) != (5e-3, 0.5)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"train__monotonic_lr": 0}, ["'train.monotonic_lr'", "leave it out"]),
+    ({"train__monotonic_warmup_frac": -1}, ["'train.monotonic_warmup_frac'", "leave it out"]),
+    ({"resources__train_gpu": -1}, ["'resources.train_gpu'", "leave it out"]),
+    ({"pretrain__monotonic_lr": 1e-3}, ["'pretrain.monotonic_lr'", "[train] only"]),
+], ids=["lr 0", "warmup -1", "train_gpu -1", "pretrain override"])
+def test_the_old_sentinel_values_are_refused_with_what_to_do(changes, words):
+    assert_config_error(lambda: config.load(micro(**changes)), *words)

@@ -42,8 +42,8 @@ class Keep:
     def save_folder(self, folder, step):
         self.saved[step] = shutil.copytree(folder, os.path.join(self.root, f"step-{step}"))
 
-    def restore(self, reader):
-        return reader(self.resume) if self.resume else None
+    def restore_folder(self):
+        return checkpoints.check(self.resume) if self.resume else None
 
 
 def train_arm(c, model_dir, arm, out, **kw):
@@ -66,9 +66,9 @@ def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, reco
     one = train_arm(cfg(**settings), model_dir, arm, tmp_path / "one")
     rows = []
     two = train_arm(cfg(2, strategy, **settings), model_dir, arm, tmp_path / "two", on_step=rows.append)
-    assert len(one["history"]) == 6 and len({r["loss"] for r in one["history"]}) == 6
-    assert_same_history(two["history"], one["history"])
-    assert rows == two["history"]  # the live card saw every row, in order
+    assert len(one.history) == 6 and len({r["loss"] for r in one.history}) == 6
+    assert_same_history(two.history, one.history)
+    assert rows == two.history  # the live card saw every row, in order
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
     for k in a:
@@ -76,8 +76,8 @@ def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, reco
     moved = max(float((a[k] - weights(model_dir)[k]).abs().max()) for k in a)
     assert moved > 1e-3  # training changed the weights, so agreeing means something
     if arm == "monotonic":
-        assert two["constraint"]["after_materializing"]["negative"] == 0
-        assert two["constraint"]["after_materializing"]["matrices"] == 4
+        assert two.constraint["after_materializing"]["negative"] == 0
+        assert two.constraint["after_materializing"]["matrices"] == 4
 
 
 def test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks(model_dir, tmp_path):
@@ -91,10 +91,10 @@ def test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks(model_dir,
     resumed = train_arm(cfg(4, "fsdp", checkpoint_every=2), model_dir, "monotonic", tmp_path / "resumed",
                         on_step=rows.append,
                         checkpointer=Keep(str(tmp_path / "kept2"), resume=keep.saved[2]))
-    assert resumed["history"][2]["resumed_from"] == 2
+    assert resumed.history[2]["resumed_from"] == 2
     # the live card gets the checkpoint's rows first, marked, then this task's
     assert [(r["step"], bool(r.get("replayed"))) for r in rows] == [(s, s <= 2) for s in range(1, 7)]
-    assert_same_history(resumed["history"], full["history"])
+    assert_same_history(resumed.history, full.history)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -99,14 +99,14 @@ def test_the_largest_profile_shards_training_over_one_node():
     assert r.train_memory >= 8 * 27_600  # every rank reads the fp32 weights before sharding them
     for small in ("pythia-160m", "pythia-1.4b"):  # one GPU everywhere
         r = config.load_file(os.path.join(ROOT, "config", f"{small}.toml")).resources
-        assert (r.gpu, r.train_gpu) == (1, -1)
+        assert (r.gpu, r.train_gpu) == (1, 1)  # train_gpu left out: resolved to gpu
 
 
 @pytest.mark.parametrize("name", ["pythia-160m", "pythia-1.4b", "pythia-6.9b"])
 def test_paper_profiles_train_both_arms_alike_and_hold_out_the_piles_own_splits(name):
     cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
     t, d = cfg.train, cfg.data
-    assert not t.monotonic_lr and t.monotonic_warmup_frac < 0  # one schedule for both arms
+    assert (t.monotonic_lr, t.monotonic_warmup_frac) == (t.lr, t.warmup_frac)  # one schedule for both arms
     assert (d.split, d.test_from, d.attack_opt_from, d.val_from) == ("train", "test.jsonl.zst", "val.jsonl.zst",
                                                                    "val.jsonl.zst")
     if name != "pythia-160m":

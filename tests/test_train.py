@@ -1,4 +1,5 @@
 """Tests for monollm.train on tiny random GPT-NeoX models (CPU, fixed seeds)."""
+import dataclasses
 import io
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import monotonic, train
+from monollm import checkpoints, monotonic, train
 from monollm.config import TrainConfig
 
 VOCAB, T = 128, 16
@@ -47,7 +48,7 @@ def test_both_arms_receive_identical_batches():
     base = run(neox(), cfg, seed=5, arm="baseline")
     mono_model = neox()
     monotonic.apply(mono_model, "mlp_both")
-    mono = run(mono_model, cfg, seed=5, arm="monotonic", lr=5e-3, warmup_frac=0.5)
+    mono = run(mono_model, dataclasses.replace(cfg, lr=5e-3, warmup_frac=0.5), seed=5, arm="monotonic")
     hashes = [r["batch_hash"] for r in base]
     assert hashes == [r["batch_hash"] for r in mono]
     assert len(hashes) == train.steps_for(cfg, T) and len(set(hashes)) > 1
@@ -205,14 +206,15 @@ def test_checkpoint_every_n_and_resume_is_exact():
     cfg = tcfg(tokens=7 * 4 * T, checkpoint_every=2, eval_every=3)
     saved = {}
 
-    def save_checkpoint(st, step):  # what a real callback does: persist immediately
-        buf = io.BytesIO()
-        torch.save(st, buf)
-        saved[step] = buf.getvalue()
+    class Bytes(checkpoints.InMemory):  # what a real Checkpoint does: persist immediately
+        def save(self, st, step):
+            buf = io.BytesIO()
+            torch.save(st, buf)
+            saved[step] = buf.getvalue()
 
     model = neox()
     monotonic.apply(model, "mlp_both")  # the monotonic arm is the one that gets preempted
-    full = run(model, cfg, seed=2, save_checkpoint=save_checkpoint)
+    full = run(model, cfg, seed=2, checkpoint=Bytes())
     assert sorted(saved) == [2, 4, 6]  # every 2 steps, never after the last
 
     st = torch.load(io.BytesIO(saved[4]), weights_only=True)  # tensors and plain values only: nothing unpickled
@@ -220,7 +222,7 @@ def test_checkpoint_every_n_and_resume_is_exact():
     assert set(st) >= {"model", "optimizer", "scheduler", "rng", "history"}
     fresh = neox(seed=123)  # different init: everything must come from the checkpoint
     monotonic.apply(fresh, "mlp_both")
-    resumed = run(fresh, cfg, seed=2, resume=st)
+    resumed = run(fresh, cfg, seed=2, checkpoint=checkpoints.InMemory(st))
     final, again = state(model), state(fresh)
     assert final.keys() == again.keys()
     for name in final:
@@ -244,6 +246,6 @@ def test_rng_state_is_tensors_and_plain_values_and_round_trips():
 
 
 def test_no_checkpoint_callback_when_disabled():
-    calls = []
-    run(neox(), tcfg(tokens=3 * 4 * T, checkpoint_every=0), save_checkpoint=lambda *a: calls.append(a))
-    assert calls == []
+    kept = checkpoints.InMemory()
+    run(neox(), tcfg(tokens=3 * 4 * T, checkpoint_every=0), checkpoint=kept)
+    assert kept.saved == {}

@@ -10,6 +10,8 @@ from monollm.attacks import hotflip as _hotflip
 from monollm.attacks import random as _random
 from monollm.attacks import uat as _uat
 from monollm.attacks.common import AttackResult
+from monollm.errors import ConfigError
+from monollm.schema import build
 
 ATTACKS = {
     "random": (_random.RandomConfig, _random.run),
@@ -20,10 +22,8 @@ ATTACKS = {
 
 def attack_config(name: str, raw: dict, where: str):
     """Build attack `name`'s config from its [attack.<name>] table, refusing unknown keys."""
-    from monollm.config import ConfigError, _build
-
     cls, _ = ATTACKS[name]
-    cfg = _build(cls, raw, where)
+    cfg = build(cls, raw, where)
     try:
         cfg.check()
     except ValueError as err:

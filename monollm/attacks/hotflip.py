@@ -51,6 +51,11 @@ class HotFlipConfig:
     max_tries: int = 100
     """Redraws of a random flip whose text does not survive decode -> encode."""
 
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the attack prepends to a window: none (it flips tokens in place)."""
+        return 0
+
     def check(self):
         for name in ("max_flips", "candidates", "controls", "max_tries"):
             if getattr(self, name) < 1:

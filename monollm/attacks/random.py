@@ -20,6 +20,11 @@ class RandomConfig:
     max_tries: int = 200
     """Draws per position before giving up on a token that survives re-tokenization."""
 
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the attack prepends to a window (its trigger)."""
+        return self.trigger_len
+
     def check(self):
         if self.trigger_len < 1 or self.samples < 1 or self.max_tries < 1:
             raise ValueError("attack.random: trigger_len, samples and max_tries must be positive")

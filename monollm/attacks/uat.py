@@ -46,6 +46,11 @@ class UATConfig:
     max_tries: int = 200
     """Draws per position when sampling a random trigger that survives re-tokenization."""
 
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the attack prepends to a window (its trigger)."""
+        return self.trigger_len
+
     def check(self):
         for name in ("trigger_len", "steps", "top_k", "widen", "restarts", "controls", "max_tries"):
             if getattr(self, name) < 1:
@@ -261,9 +266,17 @@ def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_si
         results += rows
         log(f"[uat] {source}: trigger {tokenizer.decode(trigger)!r} after {cost['candidate_evals']} candidates, "
             f"attack_opt NLL {max(s.objective for s in found):.3f}; test " + _summary(rows))
-    rng = np.random.default_rng([seed, 1])
+    return results + _controls(models, tokenizer, examples["test"], test, clean, allowed, params, seed,
+                               continuation_len, batch_size, log)
+
+
+def _controls(models: dict, tokenizer, windows: np.ndarray, test: torch.Tensor, clean: dict, allowed,
+              params: UATConfig, seed: int, continuation_len: int, batch_size: int, log) -> list[AttackResult]:
+    """`params.controls` random triggers of the trigger's length, each scored on every model
+    (kind "control"): the same triggers, examples and position for every model."""
+    rng, results = np.random.default_rng([seed, 1]), []
     for trial in range(params.controls):
-        trigger = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples["test"], params.max_tries)
+        trigger = sample_trigger(rng, allowed, params.trigger_len, tokenizer, windows, params.max_tries)
         rows = _evaluate(models, tokenizer, trigger, test, clean, continuation_len, batch_size, trial=trial)
         results += rows
         log(f"[uat] control {trial + 1}/{params.controls} {tokenizer.decode(trigger)!r}: " + _summary(rows))

@@ -1,0 +1,168 @@
+"""The checks a loaded profile must pass that types alone cannot express, one per section.
+
+`validate(cfg)` runs them all (monollm.config.load calls it) and raises ConfigError naming the
+key and what is allowed. Checks that need the model (its context length) are `context_fits`,
+run once the model's config is known. Torch-free: registries that live next to torch code
+(attacks, constraint variants) are imported inside the check that needs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from monollm.constants import MAX_SEED
+from monollm.schema import one_of, require
+
+
+def validate(cfg):
+    """Check every section of an ExperimentConfig (resolved); returns it or raises ConfigError."""
+    _check_top(cfg)
+    _check_model(cfg.model)
+    if cfg.model.source == "build":
+        train_section(cfg.pretrain, "pretrain")
+    _check_data(cfg.data)
+    train_section(cfg.train, "train")
+    _check_monotonic(cfg.monotonic)
+    _check_eval(cfg.eval)
+    _check_attack(cfg.attack)
+    _check_resources(cfg.resources)
+    _check_parallel(cfg.parallel, cfg.resources, cfg.train)
+    return cfg
+
+
+def attack_tables(cfg, names: tuple[str, ...], attack_cls):
+    """The attacks a profile runs and its [attack.<name>] tables name registered attacks."""
+    for name in cfg.attacks:
+        one_of(name, names, "attacks")
+    unknown = sorted(set(cfg.attack.params) - set(names))
+    if unknown:
+        settings = ", ".join(f.name for f in dataclasses.fields(attack_cls) if f.name != "params")
+        require(False, f"attack.{unknown[0]}", f"is unknown (attack settings are {settings}, "
+                f"or a table named after an attack: {', '.join(names)})")
+
+
+def _check_top(cfg):
+    from monollm.attacks import ATTACKS
+
+    require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
+            f"the range numpy's seeding accepts (np.random.seed takes no more)")
+    one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
+    require(cfg.threads >= 0, "threads", "must be >= 0")
+    require(len(cfg.attacks) > 0, "attacks", f"must name at least one of: {', '.join(ATTACKS)}")
+    for name in cfg.attacks:
+        one_of(name, tuple(ATTACKS), "attacks")
+    require(len(set(cfg.attacks)) == len(cfg.attacks), "attacks", "lists an attack twice")
+
+
+def _check_model(m):
+    one_of(m.source, ("build", "hub", "local"), "model.source")
+    one_of(m.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
+    if m.source == "build":
+        b = m.build
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
+            require(getattr(b, name) > 0, f"model.build.{name}", "must be positive")
+        require(b.hidden_size % b.num_heads == 0, "model.build.num_heads", "must divide hidden_size")
+        require(b.vocab_size >= 300, "model.build.vocab_size", "must be >= 300 (256 bytes + merges)")
+    else:
+        require(bool(m.name), "model.name", f"is required for model.source = {m.source!r}")
+        if m.source == "local":
+            require(os.path.isdir(m.name), "model.name", f"is not a directory: {m.name!r}")
+
+
+def _check_data(d):
+    from monollm.data import local_files
+
+    one_of(d.source, ("builtin", "local", "hub"), "data.source")
+    if d.source != "builtin":
+        require(bool(d.path), "data.path", f"is required for data.source = {d.source!r}")
+    if d.source == "local":
+        local_files(d.path)  # raises ConfigError naming the path
+    for split in ("test", "attack_opt", "val"):
+        held = getattr(d, f"{split}_from")
+        require(not held or d.source != "builtin", f"data.{split}_from",
+                "applies to data.source = \"local\" or \"hub\" (the built-in corpus has one source)")
+        if held and d.source == "local":
+            local_files(held, f"data.{split}_from")
+    for name in ("val_docs", "attack_opt_docs", "test_docs", "block_len", "shuffle_buffer", "builtin_docs"):
+        require(getattr(d, name) > 0, f"data.{name}", "must be positive")
+    require(d.max_train_docs >= 0, "data.max_train_docs", "must be >= 0")
+    require(d.block_len >= 2, "data.block_len", "must be at least 2")
+
+
+def one_arm_only(raw, key: str):
+    """A parsed [pretrain] table sets no per-arm override (pretraining has one arm)."""
+    for name in ("monotonic_lr", "monotonic_warmup_frac"):
+        require(not (isinstance(raw, dict) and name in raw), f"{key}.{name}",
+                "applies to [train] only (pretraining has one arm)")
+
+
+def train_section(t, key: str):
+    """A [train] or [pretrain] table (resolved: the per-arm settings hold concrete values)."""
+    for name in ("tokens", "batch_size", "grad_accum"):
+        require(getattr(t, name) > 0, f"{key}.{name}", "must be positive")
+    require(t.lr > 0, f"{key}.lr", "must be positive")
+    require(0 <= t.warmup_frac < 1, f"{key}.warmup_frac", "must be in [0, 1)")
+    one_of(t.schedule, ("cosine", "linear", "constant"), f"{key}.schedule")
+    require(0 <= t.min_lr_frac <= 1, f"{key}.min_lr_frac", "must be in [0, 1]")
+    require(t.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+    require(t.max_grad_norm > 0, f"{key}.max_grad_norm", "must be positive")
+    for name in ("eval_every", "val_blocks", "log_every", "checkpoint_every"):
+        require(getattr(t, name) >= 0, f"{key}.{name}", "must be >= 0")
+    require(t.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1 (the newest checkpoint is always kept)")
+    require(t.monotonic_lr > 0, f"{key}.monotonic_lr", "must be positive (leave it out for the same as lr)")
+    require(0 <= t.monotonic_warmup_frac < 1, f"{key}.monotonic_warmup_frac",
+            "must be in [0, 1) (leave it out for the same as warmup_frac)")
+
+
+def _check_monotonic(m):
+    from monollm.monotonic import ALL_VARIANTS
+
+    one_of(m.variant, ALL_VARIANTS, "monotonic.variant")
+    require(0 < m.floor < 1, "monotonic.floor", "must be in (0, 1)")
+
+
+def _check_eval(e):
+    require(e.batch_size > 0, "eval.batch_size", "must be positive")
+    require(e.max_blocks >= 0, "eval.max_blocks", "must be >= 0")
+    require(e.bootstrap >= 100, "eval.bootstrap", "must be >= 100")
+
+
+def _check_attack(a):
+    for name in ("examples", "context_len", "continuation_len", "batch_size"):
+        require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
+    require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
+    one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
+
+
+def _check_resources(r):
+    for name in ("gpu", "cpu", "memory", "retries", "disk", "train_shared_memory"):
+        require(getattr(r, name) >= 0, f"resources.{name}", "must be >= 0")
+    for name in ("gpu", "cpu", "memory"):
+        require(getattr(r, f"train_{name}") >= 0, f"resources.train_{name}",
+                f"must be >= 0 (leave it out for the same as resources.{name})")
+    # evaluation and attacks run in one process on one device: more GPUs would sit idle
+    require(r.gpu <= 1, "resources.gpu", f"is {r.gpu}: evaluation and attacks use one GPU; ask for several "
+            "in the training steps with resources.train_gpu (see docs/cluster.md, 'Past one GPU')")
+
+
+def _check_parallel(p, r, train):
+    one_of(p.strategy, ("ddp", "fsdp"), "parallel.strategy")
+    require(p.processes >= 0, "parallel.processes", "must be >= 0 (0: one per visible GPU)")
+    require(p.timeout_minutes >= 1, "parallel.timeout_minutes", "must be >= 1")
+    require(p.processes in (0, r.train_gpu) or r.train_gpu == 0, "parallel.processes",
+            f"is {p.processes} but the training steps ask for {r.train_gpu} GPUs: one process per GPU (or 0)")
+    if p.processes > 1:
+        require(train.batch_size % p.processes == 0, "train.batch_size",
+                f"is {train.batch_size}: the global micro-batch is split evenly over "
+                f"{p.processes} processes (parallel.processes), so it must be a multiple of it")
+
+
+def context_fits(cfg, max_position: int):
+    """Blocks and attack windows (context, continuation and the longest prefix an attack
+    prepends: its config's `prefix_len`) fit the model's context of `max_position` tokens."""
+    require(cfg.data.block_len <= max_position, "data.block_len",
+            f"is {cfg.data.block_len}, above the model's context of {max_position} tokens")
+    a = cfg.attack
+    longest = a.context_len + a.continuation_len + max((p.prefix_len for p in a.params.values()), default=0)
+    require(longest <= max_position, "attack.context_len",
+            f"+ continuation_len + trigger length is {longest}, above the model's context of {max_position}")

@@ -1,0 +1,12 @@
+"""Names and defaults that several modules share (no imports: any module can use them)."""
+
+MODELS = ("reference", "baseline", "monotonic_init", "monotonic")
+"""The four models of a run, in the order every table lists them: the foundation model, the
+unconstrained arm after recovery training, the constrained copy before and after it."""
+ARMS = ("baseline", "monotonic")
+"""The two trained arms; attacks target these."""
+MAX_SEED = 2 ** 32 - 1
+"""Largest seed: 32 bits, the range every numpy seeding API accepts (np.random.seed and RandomState
+take no more), so that one seed can be handed to any library unchanged."""
+DEFAULT_FLOOR = 1e-4
+"""Default init floor of the constraint (monotonic.floor)."""

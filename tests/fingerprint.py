@@ -1,0 +1,67 @@
+"""Fingerprints of a run's result tables, to show that a change of code leaves results alone.
+
+    python tests/fingerprint.py RUN_ID OUT.json     # write the fingerprint of a finished run
+
+A fingerprint keeps every value of `perplexity`, `training`, `attacks`, `attack_summary` and
+`findings`, except wall-clock columns (they differ on every run). Token-id columns are kept as a
+digest of their values. `compare` checks two fingerprints value by value: text and integers
+exactly, floats to a relative 1e-6 (the same seed on the same CPU build gives the same bits;
+the tolerance only absorbs JSON's decimal round trip).
+"""
+import hashlib
+import json
+import math
+import sys
+
+TABLES = ("perplexity", "training", "attacks", "attack_summary")
+WALL_CLOCK = {"tokens_per_s", "seconds", "search_seconds", "wall_s"}
+"""Columns that measure time, not results."""
+
+
+def _value(v):
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return "sha:" + hashlib.sha256(json.dumps(v, default=str).encode()).hexdigest()[:16]
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return v
+
+
+def fingerprint(data) -> dict:
+    """The comparable content of a run's data (a Metaflow `Run.data` or any object with the
+    same attributes)."""
+    out = {}
+    for name in TABLES:
+        table = getattr(data, name)
+        out[name] = {col: [_value(v) for v in table[col]] for col in table.columns if col not in WALL_CLOCK}
+    out["findings"] = json.loads(json.dumps(data.findings, default=_value))
+    return out
+
+
+def differences(expected, got, path="") -> list[str]:
+    """Where `got` differs from `expected` (paths), at most a few per table."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        diffs = [f"{path}/{k}: missing" for k in expected if k not in got]
+        diffs += [f"{path}/{k}: unexpected" for k in got if k not in expected]
+        for k in expected:
+            if k in got:
+                diffs += differences(expected[k], got[k], f"{path}/{k}")[:5]
+        return diffs
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return [f"{path}: {len(got)} values, expected {len(expected)}"]
+        return [d for i, (e, g) in enumerate(zip(expected, got)) for d in differences(e, g, f"{path}[{i}]")][:5]
+    if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return [] if math.isclose(expected, got, rel_tol=1e-6, abs_tol=1e-12) else [f"{path}: {got} != {expected}"]
+    return [] if expected == got else [f"{path}: {got!r} != {expected!r}"]
+
+
+if __name__ == "__main__":
+    from metaflow import Run, namespace
+
+    namespace(None)
+    run_id, out_path = sys.argv[1], sys.argv[2]
+    with open(out_path, "w") as f:
+        json.dump(fingerprint(Run(f"MonoFlow/{run_id}").data), f, sort_keys=True)
+    print(f"wrote {out_path}")
