@@ -16,7 +16,8 @@ Two sets ship with the package, under monollm/resources/order/, one chain per li
   durations, sizes, ...) x 16 towns.
 
 Both are generated here, deterministically (no randomness at all), and the shipped files must
-equal the generated ones (tests/test_order.py checks it). Regenerate them with
+equal the generated ones (tests/test_order.py checks it); `load_chains` generates a shipped set
+instead of reading its file. Regenerate the files with
 
     python -m monollm.order_chains
 """
@@ -220,16 +221,22 @@ def write(folder: str = DATA_DIR) -> list[str]:
 
 def load_chains(name_or_path: str) -> list[dict]:
     """Chains of a shipped set ("english", "builtin") or of a .jsonl file in the same format,
-    checked: every chain has an axis, a topic and at least two distinct texts."""
-    path = _path(name_or_path) if name_or_path in CHAIN_SETS else name_or_path
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no chain file {path!r}: give one of {', '.join(CHAIN_SETS)} or a .jsonl path")
-    with open(path, encoding="utf-8") as f:
-        chains = [json.loads(line) for line in f if line.strip()]
+    checked: every chain has an axis, a topic and at least two distinct texts.
+
+    A shipped set is generated here rather than read from its file (the two are equal): a code
+    package that carries only Python files, such as Metaflow's for remote steps, has it too."""
+    if name_or_path in CHAIN_SETS:
+        chains, where = generate(name_or_path), f"chain set {name_or_path!r}"
+    elif os.path.exists(name_or_path):
+        with open(name_or_path, encoding="utf-8") as f:
+            chains, where = [json.loads(line) for line in f if line.strip()], name_or_path
+    else:
+        raise FileNotFoundError(f"no chain file {name_or_path!r}: give one of {', '.join(CHAIN_SETS)} "
+                                "or the path of a .jsonl file")
     for i, c in enumerate(chains):
         texts = c.get("texts", [])
         if not c.get("axis") or not c.get("topic") or len(texts) < 2 or len(set(texts)) != len(texts):
-            raise ValueError(f"{path} line {i + 1}: a chain needs an axis, a topic and >= 2 distinct texts")
+            raise ValueError(f"{where} chain {i + 1}: a chain needs an axis, a topic and >= 2 distinct texts")
     return chains
 
 

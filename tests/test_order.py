@@ -43,7 +43,7 @@ def test_builtin_chains_use_the_corpus_words():
 def test_load_chains_refuses_bad_files(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"axis": "a", "topic": "t", "texts": ["only one"]}\n')
-    with pytest.raises(ValueError, match="line 1"):
+    with pytest.raises(ValueError, match="chain 1"):
         order_chains.load_chains(str(bad))
     with pytest.raises(FileNotFoundError, match="english, builtin"):
         order_chains.load_chains("no-such-set")
