@@ -6,7 +6,9 @@ A fingerprint keeps every value of `perplexity`, `training`, `attacks`, `attack_
 `findings`, except wall-clock columns (they differ on every run). Token-id columns are kept as a
 digest of their values. `compare` checks two fingerprints value by value: text and integers
 exactly, floats to a relative 1e-6 (the same seed on the same CPU build gives the same bits;
-the tolerance only absorbs JSON's decimal round trip).
+the tolerance only absorbs JSON's decimal round trip). Bit-equal results need the same torch
+build and CPU kernels: `machine` records both, and `close` is the weaker check for another
+machine (training and perplexity to a relative 1e-3, the same rows and columns elsewhere).
 """
 import hashlib
 import json
@@ -28,6 +30,34 @@ def _value(v):
     return v
 
 
+def machine() -> dict:
+    """What decides the bits of a CPU run: the torch build and the CPU kernels it dispatches to."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def close(expected: dict, got: dict) -> list[str]:
+    """Differences that floating-point reordering on other CPU kernels cannot explain: the tables'
+    shapes and labels, and the training and perplexity numbers beyond a relative 1e-3."""
+    diffs = []
+    for name in ("perplexity", "training", "attacks", "attack_summary"):
+        if sorted(expected[name]) != sorted(got[name]):
+            diffs.append(f"/{name}: columns {sorted(got[name])} != {sorted(expected[name])}")
+            continue
+        for col, values in expected[name].items():
+            if len(values) != len(got[name][col]):
+                diffs.append(f"/{name}/{col}: {len(got[name][col])} rows, expected {len(values)}")
+            elif all(isinstance(v, str) for v in values) and name != "training":
+                diffs += [f"/{name}/{col}: labels differ"] if values != got[name][col] else []
+    for name, col in (("perplexity", "perplexity"), ("training", "loss"), ("training", "val_loss")):
+        for i, (e, g) in enumerate(zip(expected[name][col], got[name][col])):
+            if isinstance(e, float) and not math.isclose(e, g, rel_tol=1e-3):
+                diffs.append(f"/{name}/{col}[{i}]: {g} != {e}")
+                break
+    return diffs
+
+
 def fingerprint(data) -> dict:
     """The comparable content of a run's data (a Metaflow `Run.data` or any object with the
     same attributes)."""
@@ -36,6 +66,7 @@ def fingerprint(data) -> dict:
         table = getattr(data, name)
         out[name] = {col: [_value(v) for v in table[col]] for col in table.columns if col not in WALL_CLOCK}
     out["findings"] = json.loads(json.dumps(data.findings, default=_value))
+    out["machine"] = machine()
     return out
 
 

@@ -124,10 +124,15 @@ def test_micro_run_matches_its_fingerprint(micro_run):
     """The micro run's tables equal those stored in tests/fingerprints/micro.json. A change that
     is meant to change results regenerates it (python tests/fingerprint.py RUN_ID FILE) and
     says so; any other difference is a regression."""
-    from fingerprint import differences, fingerprint
+    from fingerprint import close, differences, fingerprint, machine
 
     with open(os.path.join(ROOT, "tests", "fingerprints", "micro.json")) as f:
         expected = json.load(f)
     got = json.loads(json.dumps(fingerprint(micro_run.data), sort_keys=True))
-    diffs = differences(expected, got)
-    assert not diffs, "the micro run's results changed:\n" + "\n".join(diffs[:20])
+    if expected["machine"] == machine():
+        diffs = differences(expected, got)
+        assert not diffs, "the micro run's results changed:\n" + "\n".join(diffs[:20])
+    else:  # other kernels reorder floating-point sums: the same shapes, numbers to 1e-3
+        diffs = close(expected, got)
+        assert not diffs, (f"the micro run's results changed (stored on {expected['machine']}, compared on "
+                           f"{machine()} to 1e-3):\n" + "\n".join(diffs[:20]))
