@@ -146,12 +146,14 @@ class MonoFlow(FlowSpec):
     def attack(self):
         """One attack type against `baseline` and `monotonic` on the same examples; a long
         attack continues from its last checkpoint after a failure."""
-        from monollm import checkpoints, config, pipeline
+        from monollm import card_sections, checkpoints, config, models, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in ("baseline", "monotonic")}
         ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
         self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
+        # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
+        self.token_text = card_sections.token_text(self.attack_rows, models.load_tokenizer(dirs["baseline"]))
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)
@@ -160,11 +162,12 @@ class MonoFlow(FlowSpec):
         """Tidy attack table, summaries and findings computed from the tables; the experiment card."""
         import pandas as pd
 
-        from monollm import cards, config, report
+        from monollm import card_sections, cards, config, report
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         self.attacks = pd.concat([i.attack_rows for i in inputs], ignore_index=True)
-        self.merge_artifacts(inputs, exclude=["attack_rows"])
+        self.token_text = card_sections.merged_token_text(inputs)
+        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text"])
         cfg = config.from_dict(self.resolved_config)
         self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
