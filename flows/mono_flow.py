@@ -134,7 +134,9 @@ class MonoFlow(FlowSpec):
         dirs = {m: current.model.loaded[f"{m}_model"] for m in report.MODELS}
         self.per_block = pipeline.evaluate(cfg, dirs, self.blocks["test"])
         self.perplexity = report.perplexity_table(self.per_block, cfg.eval.bootstrap, cfg.seed)
-        print(self.perplexity.to_string(index=False))
+        # one line: `end` prints the table, aligned, with the rest of the summary
+        pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],
+                                                                              self.perplexity["perplexity"])))
         self.attack_names = list(cfg.attacks)
         self.next(self.attack, foreach="attack_names")
 

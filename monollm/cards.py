@@ -90,22 +90,25 @@ def attack_view(summary: pd.DataFrame, attack: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def attack_search_view(summary: pd.DataFrame, attack: str) -> pd.DataFrame:
-    """The same rows' examples, clean and attacked NLL, compute spent finding the perturbations
-    (on "trigger from") and success rates with their Wilson intervals."""
+def attack_search_view(summary: pd.DataFrame, attack: str, success: bool = False) -> pd.DataFrame:
+    """The same rows' examples, clean and attacked NLL and the compute spent finding the
+    perturbations (on "trigger from"); with `success`, their success rates with Wilson intervals
+    instead (two tables: one would be too wide for a laptop screen)."""
     s = summary[summary.attack == attack]
     out = pd.DataFrame({"kind": s["kind"].map(lambda k: KIND_LABELS.get(k, k)), "model": s["model"],
-                        "trigger from": s["source_model"],
-                        "examples": s["examples"].map(fmt), "clean NLL": s["clean_nll"].map("{:.3f}".format),
-                        "attacked NLL": s["attacked_nll"].map("{:.3f}".format),
-                        "ppl increase": s["rel_ppl_increase"].map(lambda x: f"{100 * x:+.1f}%")})
+                        "trigger from": s["source_model"]})
+    if success:
+        for col in s.columns:
+            if col.startswith("success@") and not col.endswith(("_low", "_high")):
+                out[col] = [sections.nowrap(f"{100 * p:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]") for p, lo, hi in
+                            zip(s[col], s[col + "_ci_low"], s[col + "_ci_high"])]
+        return out.reset_index(drop=True)
+    out = out.assign(examples=s["examples"].map(fmt), **{
+        "clean NLL": s["clean_nll"].map("{:.3f}".format), "attacked NLL": s["attacked_nll"].map("{:.3f}".format),
+        "ppl increase": s["rel_ppl_increase"].map(lambda x: f"{100 * x:+.1f}%")})
     for col, name in (("trials", "trials"), ("forward_passes", "forward passes"), ("candidate_evals", "candidates")):
         if col in s.columns:
             out[name] = s[col].map(fmt).to_numpy()
-    for col in s.columns:
-        if col.startswith("success@") and not col.endswith(("_low", "_high")):
-            out[col] = [sections.nowrap(f"{100 * p:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]") for p, lo, hi in
-                        zip(s[col], s[col + "_ci_low"], s[col + "_ci_high"])]
     return out.reset_index(drop=True)
 
 
@@ -307,8 +310,10 @@ def attack_section(data, attack: str) -> list:
     text = getattr(data, "token_text", None)
     return [Markdown(f"## Attack `{attack}` (dNLL in nats per continuation token)"),
             _table(attack_view(data.attack_summary, attack)),
-            Markdown(f"### `{attack}`: examples, NLL, search compute and success rates"),
-            _table(attack_search_view(data.attack_summary, attack)), VegaChart(dnll_chart(data.attacks, attack)),
+            Markdown(f"### `{attack}`: examples, NLL and search compute"),
+            _table(attack_search_view(data.attack_summary, attack)),
+            Markdown(f"### `{attack}`: success rates (share of examples with dNLL >= t, Wilson 95% CI)"),
+            _table(attack_search_view(data.attack_summary, attack, success=True)), VegaChart(dnll_chart(data.attacks, attack)),
             Markdown(f"### `{attack}`: the {sections.PER_EXAMPLE} most and least damaged examples of each model\n"
                      + sections.examples_note(text)),
             Markdown(sections.examples_html(data.attacks, attack, text))]

@@ -11,7 +11,7 @@ UNITS = "damage above random control, baseline minus monotonic, nats per continu
 # verdict (report._compare) -> what the attack did to the monotonic model, against the baseline
 CLAUSE = {"monotonic more robust": "{a} damages the monotonic model less than the baseline",
           "baseline more robust": "{a} damages the monotonic model more than the baseline",
-          "no significant difference": "{a} damages both models about equally (no significant difference)"}
+          "no significant difference": "{a} does not damage them significantly differently"}
 
 
 def interval(diff: float, lo: float, hi: float, decimals: int = 3) -> str:
@@ -31,8 +31,8 @@ def robustness_sentence(above: dict) -> str:
     elif verdicts == {"baseline more robust"}:
         lead = f"The monotonic model is less robust: beyond random control, {which} damages it more than the baseline"
     elif verdicts == {"no significant difference"}:
-        lead = (f"Inconclusive: beyond random control, {which} damages both models about equally "
-                f"(no significant difference)")
+        lead = ("Inconclusive: beyond random control, " + ("no attack damages" if len(above) > 1 else
+                f"{which} does not damage") + " the two models significantly differently")
     else:
         lead = "Mixed: beyond random control, " + "; ".join(CLAUSE[c["verdict"]].format(a=a) for a, c in above.items())
     return f"{lead} ({UNITS}: {numbers})."
