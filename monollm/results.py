@@ -148,19 +148,6 @@ WIDTH = 120
 """Console summary width: every line of `summary_text` fits it."""
 
 
-def headline(findings: dict) -> list[str]:
-    """The answer in a sentence per attack (damage above the matched control, baseline minus
-    monotonic, with its 95% CI), then the perplexity cost."""
-    out = []
-    for attack, c in findings.get("robustness_above_control", {}).items():
-        out.append(f"{attack}: damage above its control, baseline minus monotonic {c['diff']:+.3f} nats/token "
-                   f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]: {c['verdict']}")
-    cost = findings["nll_cost_monotonic_minus_baseline"]
-    out.append(f"cost: perplexity x{findings['perplexity_ratio_monotonic_vs_baseline']:.3f} (monotonic / baseline), "
-               f"NLL {cost['diff']:+.4f} nats/token [{cost['ci_low']:+.4f}, {cost['ci_high']:+.4f}]")
-    return out
-
-
 def text_table(df, columns: dict) -> list[str]:
     """Rows of `df` as `| a | b |` lines, columns padded to one width (text left, numbers right).
 
@@ -179,9 +166,13 @@ def text_table(df, columns: dict) -> list[str]:
 def summary_text(data, run_id: str = "") -> str:
     """The end of a run on the console, at most WIDTH columns: the answer first, then perplexity,
     constraint checks and attack damage as aligned tables, and where the card is."""
+    from monollm.card_sections import arms_differ
+    from monollm.headline import headline
+
     f = data.findings
     ci = "[{:+.3f}, {:+.3f}]"
-    parts = ["Answer (positive: the monotonic model is damaged less):", *headline(f), ""]
+    # the same sentences that open the experiment card
+    parts = ["Answer: " + " ".join(headline(f, arms_differ(data.resolved_config))), ""]
     parts += ["Perplexity on the test blocks (95% bootstrap CI over blocks):"]
     parts += text_table(data.perplexity, {"model": ("model", None), "perplexity": ("perplexity", ".3f"),
                                           "ppl_ci_low": ("CI low", ".3f"), "ppl_ci_high": ("CI high", ".3f"),
