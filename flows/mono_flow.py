@@ -128,11 +128,13 @@ class MonoFlow(FlowSpec):
     @step
     def evaluate(self):
         """Perplexity of all four models on the same test blocks; then one branch per attack."""
-        from monollm import config, pipeline, report
+        from monollm import config, pipeline, results
 
         cfg = config.from_dict(self.resolved_config)
-        dirs = {m: current.model.loaded[f"{m}_model"] for m in report.MODELS}
+        dirs = {m: current.model.loaded[artifact] for m, artifact in results.MODEL_ARTIFACTS.items()}
         self.per_block = pipeline.evaluate(cfg, dirs, self.blocks["test"])
+        from monollm import report  # pandas and the statistics: imported once the models' work has started
+
         self.perplexity = report.perplexity_table(self.per_block, cfg.eval.bootstrap, cfg.seed)
         # one line: `end` prints the table, aligned, with the rest of the summary
         pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],
@@ -148,12 +150,13 @@ class MonoFlow(FlowSpec):
     def attack(self):
         """One attack type against `baseline` and `monotonic` on the same examples; a long
         attack continues from its last checkpoint after a failure."""
-        from monollm import card_sections, checkpoints, config, models, pipeline
+        from monollm import checkpoints, config, models, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in ("baseline", "monotonic")}
         ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
         self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
+        from monollm import card_sections  # pandas: imported once the attack has run
         # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
         self.token_text = card_sections.token_text(self.attack_rows, models.load_tokenizer(dirs["baseline"]))
         self.next(self.join_attacks)

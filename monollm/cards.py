@@ -313,7 +313,8 @@ def attack_section(data, attack: str) -> list:
             Markdown(f"### `{attack}`: examples, NLL and search compute"),
             _table(attack_search_view(data.attack_summary, attack)),
             Markdown(f"### `{attack}`: success rates (share of examples with dNLL >= t, Wilson 95% CI)"),
-            _table(attack_search_view(data.attack_summary, attack, success=True)), VegaChart(dnll_chart(data.attacks, attack)),
+            _table(attack_search_view(data.attack_summary, attack, success=True)),
+            VegaChart(dnll_chart(data.attacks, attack)),
             Markdown(f"### `{attack}`: the {sections.PER_EXAMPLE} most and least damaged examples of each model\n"
                      + sections.examples_note(text)),
             Markdown(sections.examples_html(data.attacks, attack, text))]
