@@ -34,9 +34,11 @@ class MonoFlow(FlowSpec):
     @step
     def start(self):
         """Load and validate the profile before any model work."""
-        from monollm import config, pipeline, results
+        from monollm import config, errors, pipeline, results
 
-        cfg = pipeline.start(dict(self.config), self.seed)
+        # a bad key or value: one message naming it, no traceback
+        with errors.user_errors(f"profile {dict(self.config).get('name', '')!r}"):
+            cfg = pipeline.start(dict(self.config), self.seed)
         self.resolved_config = config.to_dict(cfg)
         results.tag_current_run(pipeline.tags(cfg))
         self.next(self.setup)
@@ -47,10 +49,12 @@ class MonoFlow(FlowSpec):
     def setup(self):
         """Data splits, packed blocks (`train_blocks`; `blocks`: val, attack_opt, test), attack
         examples; the foundation model (`reference`)."""
-        from monollm import config, pipeline
+        from monollm import config, errors, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("reference")
-        prep = pipeline.setup(cfg, out)
+        m, d = cfg.model, cfg.data
+        with errors.user_errors(f"profile {cfg.name!r}", f"model {m.name!r} or data {d.name or d.path!r}"):
+            prep = pipeline.setup(cfg, out)
         # the training blocks apart: only the training steps load them (~400 MB at paper scale)
         self.train_blocks = prep["blocks"].pop("train")
         self.blocks, self.examples = prep["blocks"], prep["examples"]
@@ -192,8 +196,9 @@ class MonoFlow(FlowSpec):
 if __name__ == "__main__":
     import sys
 
-    from monollm.results import check_resume_origin, resume_tags
+    from monollm.results import check_card_get, check_resume_origin, resume_tags
 
+    check_card_get(sys.argv)  # a bare step name means the latest run: say which, if it did not succeed
     check_resume_origin(sys.argv)
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()

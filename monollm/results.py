@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 
 MODEL_ARTIFACTS = {"reference": "reference_model", "baseline": "baseline_model",
@@ -97,6 +98,40 @@ def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
         raise SystemExit(f"resume: there is no {flow} run with id {run_id!r} in this metadata store; "
                          f"list runs with: python -c \"from metaflow import Flow, namespace; "
                          f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
+
+
+def check_card_get(argv: list[str], flow: str = "MonoFlow"):
+    """For `card get STEP ...` with a bare step name, which Metaflow resolves to the latest run
+    started from this directory: say which run that is when it failed or is still running, and
+    how to pick another; exit with that message when its STEP has not finished (no card yet)."""
+    if "card" not in argv or "get" not in argv[argv.index("card"):] or argv.index("get") + 1 >= len(argv):
+        return
+    step = argv[argv.index("get") + 1]
+    if "/" in step or step.startswith("-"):
+        return
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+    from metaflow.util import get_latest_run_id
+
+    run_id = get_latest_run_id(lambda *args, **kwargs: None, flow)
+    try:
+        run = Run(f"{flow}/{run_id}", _namespace_check=False) if run_id else None
+    except MetaflowNotFound:
+        return
+    if run is None or run.successful:
+        return
+    done = step in [s.id for s in run] and any(t.finished for t in run[step])
+    rest = " ".join(argv[argv.index("get") + 2:]) or "FILE"
+    try:
+        latest = f"the latest successful run is {get_run().id}: "
+    except LookupError:
+        latest = "there is no successful run yet; "
+    note = (f"card get: the latest run started here, {run_id}, did not succeed (it failed or is still running); "
+            + ("its card is from the steps that finished. " if done else f"its {step} step has no card. ")
+            + f"To pick another run: {latest}python flows/mono_flow.py card get RUN_ID/{step} {rest}")
+    if not done:
+        raise SystemExit(note)
+    print(note, file=sys.stderr)
 
 
 RUN_TAGS = ("profile:", "variant:", "seed:")
