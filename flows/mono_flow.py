@@ -34,9 +34,11 @@ class MonoFlow(FlowSpec):
     @step
     def start(self):
         """Load and validate the profile before any model work."""
-        from monollm import config, pipeline, results
+        from monollm import config, errors, pipeline, results
 
-        cfg = pipeline.start(dict(self.config), self.seed)
+        # a bad key or value: one message naming it, no traceback
+        with errors.user_errors(f"profile {dict(self.config).get('name', '')!r}"):
+            cfg = pipeline.start(dict(self.config), self.seed)
         self.resolved_config = config.to_dict(cfg)
         results.tag_current_run(pipeline.tags(cfg))
         self.next(self.setup)
@@ -47,10 +49,12 @@ class MonoFlow(FlowSpec):
     def setup(self):
         """Data splits, packed blocks (`train_blocks`; `blocks`: val, attack_opt, test), attack
         examples; the foundation model (`reference`)."""
-        from monollm import config, pipeline
+        from monollm import config, errors, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("reference")
-        prep = pipeline.setup(cfg, out)
+        m, d = cfg.model, cfg.data
+        with errors.user_errors(f"profile {cfg.name!r}", f"model {m.name!r} or data {d.name or d.path!r}"):
+            prep = pipeline.setup(cfg, out)
         # the training blocks apart: only the training steps load them (~400 MB at paper scale)
         self.train_blocks, self.blocks, self.examples = prep.train_blocks, prep.blocks, prep.examples
         self.untrained_perplexity, self.hidden_act = prep.untrained_perplexity, prep.hidden_act
@@ -124,13 +128,17 @@ class MonoFlow(FlowSpec):
     @step
     def evaluate(self):
         """Perplexity of all four models on the same test blocks; then one branch per attack."""
-        from monollm import config, pipeline, report
+        from monollm import config, pipeline, results
 
         cfg = config.from_dict(self.resolved_config)
-        dirs = {m: current.model.loaded[f"{m}_model"] for m in report.MODELS}
+        dirs = {m: current.model.loaded[artifact] for m, artifact in results.MODEL_ARTIFACTS.items()}
         self.per_block = pipeline.evaluate(cfg, dirs, self.blocks["test"])
+        from monollm import report  # pandas and the statistics: imported once the models' work has started
+
         self.perplexity = report.perplexity_table(self.per_block, cfg.eval.bootstrap, cfg.seed)
-        print(self.perplexity.to_string(index=False))
+        # one line: `end` prints the table, aligned, with the rest of the summary
+        pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],
+                                                                              self.perplexity["perplexity"])))
         self.attack_names = list(cfg.attacks)
         self.next(self.attack, foreach="attack_names")
 
@@ -142,12 +150,15 @@ class MonoFlow(FlowSpec):
     def attack(self):
         """One attack type against `baseline` and `monotonic` on the same examples; a long
         attack continues from its last checkpoint after a failure."""
-        from monollm import checkpoints, config, constants, pipeline
+        from monollm import checkpoints, config, constants, models, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in constants.ARMS}
         ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
         self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
+        from monollm import card_sections  # pandas: imported once the attack has run
+        # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
+        self.token_text = card_sections.token_text(self.attack_rows, models.load_tokenizer(dirs["baseline"]))
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)
@@ -156,11 +167,12 @@ class MonoFlow(FlowSpec):
         """Tidy attack table, summaries and findings computed from the tables; the experiment card."""
         import pandas as pd
 
-        from monollm import cards, config, report
+        from monollm import card_sections, cards, config, report
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         self.attacks = pd.concat([i.attack_rows for i in inputs], ignore_index=True)
-        self.merge_artifacts(inputs, exclude=["attack_rows"])
+        self.token_text = card_sections.merged_token_text(inputs)
+        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text"])
         cfg = config.from_dict(self.resolved_config)
         self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
@@ -180,8 +192,9 @@ class MonoFlow(FlowSpec):
 if __name__ == "__main__":
     import sys
 
-    from monollm.results import check_resume_origin, resume_tags
+    from monollm.results import check_card_get, check_resume_origin, resume_tags
 
+    check_card_get(sys.argv)  # a bare step name means the latest run: say which, if it did not succeed
     check_resume_origin(sys.argv)
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()

@@ -15,8 +15,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from monollm.schema import flatten
+from monollm import card_sections as sections
+from monollm.card_sections import (arm_differences, ci, config_summary, fmt, schedule_caveat,  # noqa: F401
+                                   signed, signed_ci)
 from monollm.data import split_sources
+from monollm.headline import headline
 
 VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
@@ -24,6 +27,9 @@ MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a
 COLORS = {"reference": "#9d9d9d", "baseline": "#4c78a8", "monotonic_init": "#f2b36b", "monotonic": "#e45756"}
 CONDITIONS = {"attack": "attack (own)", "control": "control (random)",
               "control_random_positions": "control (random positions)", "transfer": "transfer (other's)"}
+# a table's kind column: the table keeps the attack table's names, which can wrap between words
+KIND_LABELS = {"attack": "attack", "control": "control", "transfer": "transfer",
+               "control_random_positions": "control random positions"}
 
 
 def clean(x):
@@ -37,32 +43,6 @@ def clean(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
-
-
-def fmt(x, digits: int = 4) -> str:
-    """A number for a table: ints with separators, floats to `digits` significant digits."""
-    if x is None or (isinstance(x, (float, np.floating)) and not np.isfinite(x)):
-        return "-"
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    if isinstance(x, (float, np.floating)):
-        return f"{float(x):.{digits}g}"
-    return str(x)
-
-
-def ci(lo, hi, digits: int = 4) -> str:
-    return f"[{fmt(lo, digits)}, {fmt(hi, digits)}]"
-
-
-def signed(x, decimals: int = 3) -> str:
-    """A difference in nats: fixed decimals with its sign, so numbers in a sentence line up."""
-    return f"{x:+.{decimals}f}" if x is not None and np.isfinite(x) else "-"
-
-
-def signed_ci(lo, hi, decimals: int = 3) -> str:
-    return f"[{signed(lo, decimals)}, {signed(hi, decimals)}]"
 
 
 class show:
@@ -84,48 +64,6 @@ def chart_title(spec: dict) -> str:
 
 # ---- tables ---------------------------------------------------------------------------
 
-def config_summary(cfg: dict) -> pd.DataFrame:
-    """The settings a reader needs to interpret the numbers, one row each; per-arm overrides shown."""
-    m, t, a = cfg["model"], cfg["train"], cfg["attack"]
-    built = "built GPT-NeoX " + ", ".join(f"{k} {v}" for k, v in m["build"].items())
-    model = m["name"] if m["source"] != "build" else built
-    rows = [("profile", cfg["name"]), ("seed", cfg["seed"]), ("model", f"{m['source']}: {model}"),
-            ("data", f"{cfg['data']['source']} {cfg['data'].get('name') or cfg['data'].get('path') or ''}".strip()),
-            ("block length", cfg["data"]["block_len"]),
-            ("constraint", f"{cfg['monotonic']['variant']} (floor {cfg['monotonic']['floor']:g})"),
-            ("training tokens", fmt(t["tokens"])),
-            ("tokens per step", fmt(t["batch_size"] * t["grad_accum"] * cfg["data"]["block_len"])),
-            ("lr baseline / monotonic", f"{t['lr']:g} / {t['monotonic_lr']:g}"),
-            ("warmup baseline / monotonic", f"{t['warmup_frac']:g} / {t['monotonic_warmup_frac']:g}"),
-            ("schedule", f"{t['schedule']}, weight decay {t['weight_decay']:g}, clip {t['max_grad_norm']:g}"),
-            ("attacks", ", ".join(cfg["attacks"])),
-            ("attack examples", f"{a['examples']} x ({a['context_len']} context + {a['continuation_len']} scored)"),
-            ("bootstrap resamples", cfg["eval"]["bootstrap"])]
-    return pd.DataFrame([(k, str(v)) for k, v in rows], columns=["setting", "value"])
-
-
-def arm_differences(cfg: dict) -> list[str]:
-    """Sentences for every deliberate difference between the two arms' training (`cfg`: a
-    resolved config dict, where the monotonic_* settings hold concrete values)."""
-    t, out = cfg["train"], []
-    if t["monotonic_lr"] != t["lr"]:
-        out.append(f"The monotonic arm trains at lr {t['monotonic_lr']:g}, the baseline at {t['lr']:g}.")
-    if t["monotonic_warmup_frac"] != t["warmup_frac"]:
-        out.append(f"The monotonic arm warms up for {t['monotonic_warmup_frac']:g} of training, "
-                   f"the baseline for {t['warmup_frac']:g}.")
-    return out or ["Both arms train with the same settings on the same token stream."]
-
-
-def schedule_caveat(cfg: dict) -> list[str]:
-    """A leading finding when the arms were trained differently: the comparison is then not
-    about the constraint alone ([] when both arms share one schedule)."""
-    t = cfg["train"]
-    if t["monotonic_lr"] == t["lr"] and t["monotonic_warmup_frac"] == t["warmup_frac"]:
-        return []
-    return ["**The arms differ by more than the constraint**: " + " ".join(arm_differences(cfg))
-            + " Every difference below mixes the constraint with the schedule."]
-
-
 def perplexity_view(ppl: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"model": ppl["model"], "perplexity": ppl["perplexity"].map(fmt),
                          "95% CI": [ci(lo, hi) for lo, hi in zip(ppl["ppl_ci_low"], ppl["ppl_ci_high"])],
@@ -138,25 +76,39 @@ def constraint_view(constraint: pd.DataFrame) -> pd.DataFrame:
 
 
 def attack_view(summary: pd.DataFrame, attack: str) -> pd.DataFrame:
-    """One attack's summary rows: dNLL mean/median with CI, relative ppl increase, success rates."""
+    """One attack's damage per row: dNLL mean with CI and median, and the
+    damage above the matched control with CI (nats per continuation token, 3 decimals)."""
     s = summary[summary.attack == attack]
-    out = pd.DataFrame({"kind": s["kind"], "model": s["model"], "trigger from": s["source_model"],
-                        "examples": s["examples"].map(fmt), "clean NLL": s["clean_nll"].map(fmt),
-                        "attacked NLL": s["attacked_nll"].map(fmt), "dNLL mean": s["dnll_mean"].map(fmt),
-                        "dNLL 95% CI": [ci(lo, hi) for lo, hi in zip(s["dnll_ci_low"], s["dnll_ci_high"])],
-                        "dNLL median": s["dnll_median"].map(fmt),
-                        "ppl increase": s["rel_ppl_increase"].map(lambda x: f"{100 * x:+.1f}%")})
+    out = pd.DataFrame({"kind": s["kind"].map(lambda k: KIND_LABELS.get(k, k)), "model": s["model"],
+                        "trigger from": s["source_model"],
+                        "dNLL mean [95% CI]": [sections.estimate(*v) for v in
+                                               zip(s["dnll_mean"], s["dnll_ci_low"], s["dnll_ci_high"])],
+                        "dNLL median": s["dnll_median"].map(signed)})
     if "above_control" in s.columns:  # the attack's dNLL minus its matched control's, paired by example
-        out["above control"] = s["above_control"].map(fmt).to_numpy()
-        out["above control 95% CI"] = [ci(lo, hi) for lo, hi in zip(s["above_control_ci_low"],
-                                                                    s["above_control_ci_high"])]
+        out["above control [95% CI]"] = [sections.estimate(*v) for v in zip(
+            s["above_control"], s["above_control_ci_low"], s["above_control_ci_high"])]
+    return out.reset_index(drop=True)
+
+
+def attack_search_view(summary: pd.DataFrame, attack: str, success: bool = False) -> pd.DataFrame:
+    """The same rows' examples, clean and attacked NLL and the compute spent finding the
+    perturbations (on "trigger from"); with `success`, their success rates with Wilson intervals
+    instead (two tables: one would be too wide for a laptop screen)."""
+    s = summary[summary.attack == attack]
+    out = pd.DataFrame({"kind": s["kind"].map(lambda k: KIND_LABELS.get(k, k)), "model": s["model"],
+                        "trigger from": s["source_model"]})
+    if success:
+        for col in s.columns:
+            if col.startswith("success@") and not col.endswith(("_low", "_high")):
+                out[col] = [sections.nowrap(f"{100 * p:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]") for p, lo, hi in
+                            zip(s[col], s[col + "_ci_low"], s[col + "_ci_high"])]
+        return out.reset_index(drop=True)
+    out = out.assign(examples=s["examples"].map(fmt), **{
+        "clean NLL": s["clean_nll"].map("{:.3f}".format), "attacked NLL": s["attacked_nll"].map("{:.3f}".format),
+        "ppl increase": s["rel_ppl_increase"].map(lambda x: f"{100 * x:+.1f}%")})
     for col, name in (("trials", "trials"), ("forward_passes", "forward passes"), ("candidate_evals", "candidates")):
-        if col in s.columns:  # compute spent finding the perturbations (on "trigger from")
+        if col in s.columns:
             out[name] = s[col].map(fmt).to_numpy()
-    for col in s.columns:
-        if col.startswith("success@") and not col.endswith(("_low", "_high")):
-            out[col] = [f"{100 * p:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]" for p, lo, hi in
-                        zip(s[col], s[col + "_ci_low"], s[col + "_ci_high"])]
     return out.reset_index(drop=True)
 
 
@@ -170,16 +122,22 @@ def _color(field: str, names, legend=True) -> dict:
 
 
 def perplexity_chart(ppl: pd.DataFrame) -> dict:
-    """Bars of perplexity by model with the 95% bootstrap CI as error bars."""
+    """Perplexity by model as points with the 95% bootstrap CI as error bars, on a log scale:
+    the constrained-but-untrained model can be many times worse than the others, and a linear
+    axis would flatten the differences that matter between the other three."""
     values = clean(ppl[["model", "perplexity", "ppl_ci_low", "ppl_ci_high"]].to_dict("records"))
     x = {"field": "model", "type": "nominal", "sort": list(ppl["model"]), "title": None, "axis": {"labelAngle": 0}}
-    y = {"field": "perplexity", "type": "quantitative", "title": "perplexity"}
-    return {"$schema": VEGA, "title": "Test perplexity by model (95% CI)", "height": 220,
+    y = {"field": "perplexity", "type": "quantitative", "title": "perplexity (log scale)",
+         "scale": {"type": "log", "zero": False}}
+    return {"$schema": VEGA, "title": "Test perplexity by model (95% CI, log scale)", "height": 220,
             "data": {"values": values},
-            "layer": [{"mark": "bar", "encoding": {"x": x, "y": y, "color": _color("model", ppl["model"], False),
-                                                   "tooltip": [{"field": f} for f in values[0]] if values else []}},
+            "layer": [{"mark": {"type": "point", "filled": True, "size": 90},
+                       "encoding": {"x": x, "y": y, "color": _color("model", ppl["model"], False),
+                                    "tooltip": [{"field": f} for f in values[0]] if values else []}},
                       {"mark": "errorbar", "encoding": {"x": x, "y": {**y, "field": "ppl_ci_low"},
-                                                        "y2": {"field": "ppl_ci_high"}}}]}
+                                                        "y2": {"field": "ppl_ci_high"}}},
+                      {"mark": {"type": "text", "dx": 28, "align": "left"},
+                       "encoding": {"x": x, "y": y, "text": {"field": "perplexity", "format": ".4g"}}}]}
 
 
 def _thin(df: pd.DataFrame, n: int = MAX_POINTS) -> pd.DataFrame:
@@ -310,29 +268,56 @@ def _table(df: pd.DataFrame):
 
 def experiment(data) -> list:
     """Components of the experiment card. data: the flow at join_attacks (or run.data) with
-    resolved_config, perplexity, training, constraint, attacks, attack_summary and findings."""
+    resolved_config, perplexity, training, constraint, attacks, attack_summary and findings
+    (and token_text where the run stored it). The answer and its key numbers come first, the
+    details after, the configuration last and collapsed."""
     from metaflow.cards import Markdown, VegaChart
 
     cfg = data.resolved_config
-    out = [Markdown(f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, "
-                    f"seed {cfg['seed']}"),
-           Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
-               data.findings, data.perplexity, data.attack_summary, data.constraint))),
-           Markdown("## Configuration\n" + " ".join(arm_differences(cfg))), _table(config_summary(cfg)),
-           Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
-               getattr(data, "sources", None), getattr(data, "origin_run_id", None)))),
-           Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
-                                              for split, where in split_sources(cfg.get("data", {})).items())),
-           Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
-           _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
-           Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),
-           Markdown("## Constraint verification (negative entries must be 0)"),
-           _table(constraint_view(data.constraint))]
+    out = lead(data) + [
+        Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
+            data.findings, data.perplexity, data.attack_summary, data.constraint))),
+        Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
+            getattr(data, "sources", None), getattr(data, "origin_run_id", None)))),
+        Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
+                                           for split, where in split_sources(cfg.get("data", {})).items())),
+        Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
+        _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
+        Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),
+        Markdown("## Constraint verification (negative entries must be 0)"),
+        _table(constraint_view(data.constraint))]
     for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
-        out += [Markdown(f"## Attack `{attack}` (dNLL in nats per continuation token)"),
-                _table(attack_view(data.attack_summary, attack)), VegaChart(dnll_chart(data.attacks, attack))]
-    full = pd.DataFrame(sorted(flatten(cfg).items()), columns=["key", "value"])
-    return out + [Markdown("## Full configuration"), _table(full)]
+        out += attack_section(data, attack)
+    return out + sections.configuration(cfg)
+
+
+def lead(data) -> list:
+    """The title, the answer in two sentences (headline.headline) and the table of its numbers."""
+    from metaflow.cards import Markdown
+
+    cfg, f = data.resolved_config, data.findings
+    title = f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, seed {cfg['seed']}"
+    answer = "**Answer.** " + " ".join(headline(f, sections.arms_differ(cfg)))
+    return [Markdown(title), Markdown(answer),
+            _table(sections.key_numbers(f, data.perplexity, data.attack_summary))]
+
+
+def attack_section(data, attack: str) -> list:
+    """One attack: its damage table, the search and success table, the dNLL distribution, and the
+    most and least damaged examples of each model."""
+    from metaflow.cards import Markdown, VegaChart
+
+    text = getattr(data, "token_text", None)
+    return [Markdown(f"## Attack `{attack}` (dNLL in nats per continuation token)"),
+            _table(attack_view(data.attack_summary, attack)),
+            Markdown(f"### `{attack}`: examples, NLL and search compute"),
+            _table(attack_search_view(data.attack_summary, attack)),
+            Markdown(f"### `{attack}`: success rates (share of examples with dNLL >= t, Wilson 95% CI)"),
+            _table(attack_search_view(data.attack_summary, attack, success=True)),
+            VegaChart(dnll_chart(data.attacks, attack)),
+            Markdown(f"### `{attack}`: the {sections.PER_EXAMPLE} most and least damaged examples of each model\n"
+                     + sections.examples_note(text)),
+            Markdown(sections.examples_html(data.attacks, attack, text))]
 
 
 class LiveTraining:

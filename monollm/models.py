@@ -150,6 +150,13 @@ def load(path: str, device: str = "cpu", attn_implementation: str = "sdpa", what
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def load_tokenizer(path: str):
+    """The tokenizer of a `save` (or `save_pretrained`) directory, without loading the model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa", verified: bool = False,
                what: str = "", next_step: str = ""):
     """The model of a `save` (or `save_pretrained`) directory, in eval mode on `device`; its files

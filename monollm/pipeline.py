@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from monollm import attacks, config, data, models, monotonic, report, train
+from monollm import attacks, config, data, models, monotonic, train
 from monollm.attacks.common import make_examples, resolved_precision
 from monollm.evaluate import block_nll, perplexity
 from monollm.runtime import log, setup_torch
@@ -266,6 +266,8 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
                                  a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
                                  checkpoint=checkpoint, precision=a.search_precision)
+    from monollm import report  # pandas: only the attack step needs it
+
     table = report.attack_table(results)
     table["search_precision"] = resolved_precision(device, a.search_precision)
     return table

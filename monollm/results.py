@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 
 from monollm.constants import MODELS
@@ -101,6 +102,40 @@ def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
                          f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
 
 
+def check_card_get(argv: list[str], flow: str = "MonoFlow"):
+    """For `card get STEP ...` with a bare step name, which Metaflow resolves to the latest run
+    started from this directory: say which run that is when it failed or is still running, and
+    how to pick another; exit with that message when its STEP has not finished (no card yet)."""
+    if "card" not in argv or "get" not in argv[argv.index("card"):] or argv.index("get") + 1 >= len(argv):
+        return
+    step = argv[argv.index("get") + 1]
+    if "/" in step or step.startswith("-"):
+        return
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+    from metaflow.util import get_latest_run_id
+
+    run_id = get_latest_run_id(lambda *args, **kwargs: None, flow)
+    try:
+        run = Run(f"{flow}/{run_id}", _namespace_check=False) if run_id else None
+    except MetaflowNotFound:
+        return
+    if run is None or run.successful:
+        return
+    done = step in [s.id for s in run] and any(t.finished for t in run[step])
+    rest = " ".join(argv[argv.index("get") + 2:]) or "FILE"
+    try:
+        latest = f"the latest successful run is {get_run().id}: "
+    except LookupError:
+        latest = "there is no successful run yet; "
+    note = (f"card get: the latest run started here, {run_id}, did not succeed (it failed or is still running); "
+            + ("its card is from the steps that finished. " if done else f"its {step} step has no card. ")
+            + f"To pick another run: {latest}python flows/mono_flow.py card get RUN_ID/{step} {rest}")
+    if not done:
+        raise SystemExit(note)
+    print(note, file=sys.stderr)
+
+
 RUN_TAGS = ("profile:", "variant:", "seed:")
 """Prefixes of the tags every run carries (pipeline.tags)."""
 
@@ -150,19 +185,6 @@ WIDTH = 120
 """Console summary width: every line of `summary_text` fits it."""
 
 
-def headline(findings: dict) -> list[str]:
-    """The answer in a sentence per attack (damage above the matched control, baseline minus
-    monotonic, with its 95% CI), then the perplexity cost."""
-    out = []
-    for attack, c in findings.get("robustness_above_control", {}).items():
-        out.append(f"{attack}: damage above its control, baseline minus monotonic {c['diff']:+.3f} nats/token "
-                   f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]: {c['verdict']}")
-    cost = findings["nll_cost_monotonic_minus_baseline"]
-    out.append(f"cost: perplexity x{findings['perplexity_ratio_monotonic_vs_baseline']:.3f} (monotonic / baseline), "
-               f"NLL {cost['diff']:+.4f} nats/token [{cost['ci_low']:+.4f}, {cost['ci_high']:+.4f}]")
-    return out
-
-
 def text_table(df, columns: dict) -> list[str]:
     """Rows of `df` as `| a | b |` lines, columns padded to one width (text left, numbers right).
 
@@ -181,9 +203,13 @@ def text_table(df, columns: dict) -> list[str]:
 def summary_text(data, run_id: str = "") -> str:
     """The end of a run on the console, at most WIDTH columns: the answer first, then perplexity,
     constraint checks and attack damage as aligned tables, and where the card is."""
+    from monollm.card_sections import arms_differ
+    from monollm.headline import headline
+
     f = data.findings
     ci = "[{:+.3f}, {:+.3f}]"
-    parts = ["Answer (positive: the monotonic model is damaged less):", *headline(f), ""]
+    # the same sentences that open the experiment card
+    parts = ["Answer: " + " ".join(headline(f, arms_differ(data.resolved_config))), ""]
     parts += ["Perplexity on the test blocks (95% bootstrap CI over blocks):"]
     parts += text_table(data.perplexity, {"model": ("model", None), "perplexity": ("perplexity", ".3f"),
                                           "ppl_ci_low": ("CI low", ".3f"), "ppl_ci_high": ("CI high", ".3f"),

@@ -1,13 +1,17 @@
-"""Confidence intervals: bootstrap via scipy, Wilson via statsmodels."""
+"""Confidence intervals: bootstrap via scipy, Wilson via statsmodels.
+
+scipy.stats and statsmodels are imported where they are used: together they take ~2 s to
+import, which every model step would otherwise pay before its first log line.
+"""
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as _st
-from statsmodels.stats.proportion import proportion_confint
 
 
 def bootstrap_ci(x, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of x (N,). For paired data pass the differences."""
+    from scipy import stats as _st
+
     x = np.asarray(x, dtype=float)
     if len(x) < 2 or np.all(x == x[0]):
         return float(x.mean()) if len(x) else float("nan"), float(x.mean()) if len(x) else float("nan")
@@ -22,6 +26,8 @@ def ratio_bootstrap_ci(num, den, n_resamples: int = 2000, seed: int = 0, level: 
 
     For perplexity: num = NLL sums per block, den = tokens per block, transform = exp.
     """
+    from scipy import stats as _st
+
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     res = _st.bootstrap((num, den), lambda a, b: transform(a.sum() / b.sum()), paired=True,
                         vectorized=False, n_resamples=n_resamples, confidence_level=level,
@@ -38,6 +44,8 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
     mean = float(x.mean())
     if len(x) < 2:
         return mean, float("nan"), float("nan")
+    from scipy import stats as _st
+
     sem = float(_st.sem(x))
     if sem == 0:
         return mean, mean, mean
@@ -49,5 +57,7 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for k successes out of n."""
     if n == 0:
         return float("nan"), float("nan")
+    from statsmodels.stats.proportion import proportion_confint
+
     lo, hi = proportion_confint(k, n, alpha=1 - level, method="wilson")
     return float(lo), float(hi)

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from conftest import FLOW, MICRO, flow_env
 
-from monollm import cards, config, report
+from monollm import card_sections, cards, config, errors, headline, report
+from monollm.compare import flatten
 from monollm.attacks.common import AttackResult
 
 
@@ -28,12 +29,14 @@ def synthetic_run(monotonic_lr=None):
               for s, p in (("applied", 4), ("after_training", 4), ("after_materializing", 0))}
     constraint = report.constraint_table(checks)
     ex, results = np.arange(20), []
+    ids = rng.integers(10, 60, (20, 6))  # 4 context + 2 scored tokens per example
     for model, other in (("baseline", "monotonic"), ("monotonic", "baseline")):
         clean = rng.normal(3, 0.3, 20)
         for kind, source, trial in (("attack", model, 0), ("control", "", 0), ("control", "", 1),
                                     ("transfer", other, 0)):
             results.append(AttackResult("uat", model, kind, ex, clean, clean + rng.normal(0.5, 0.2, 20),
-                                        trial=trial, source_model=source))
+                                        trial=trial, source_model=source, trigger_ids=[7, 8], input_ids=ids,
+                                        scored_tokens=2))
         results.append(AttackResult("random", model, "attack", ex, clean, clean + rng.normal(0.1, 0.1, 20)))
     attacks = report.attack_table(results)
     history = {arm: [{"arm": arm, "step": s, "tokens": 512 * s, "loss": 4 - 0.01 * s, "lr": 1e-3, "grad_norm": 1.0,
@@ -46,7 +49,8 @@ def synthetic_run(monotonic_lr=None):
     return SimpleNamespace(
         resolved_config=config.to_dict(config.load(raw)), perplexity=ppl, constraint=constraint, attacks=attacks,
         training=report.training_table(history), attack_summary=report.attack_summary(attacks, [0.5, 1.0], 200, 0),
-        findings=report.findings(ppl, per_block, constraint, attacks, "gelu", 200, 0), per_block=per_block)
+        findings=report.findings(ppl, per_block, constraint, attacks, "gelu", 200, 0), per_block=per_block,
+        token_text={i: f"w{i} " for i in range(100)})
 
 
 def rendered(components):
@@ -100,6 +104,96 @@ def test_experiment_card_names_sources_commits_and_the_resumed_run():
     data.sources = {"model": {"source": "build", "name": "", "revision": "", "commit": None},
                     "data": {"source": "builtin", "path": "", "revision": "", "commit": None}}
     assert "model: built from [model.build]" in text(data) and "data: the built-in corpus" in text(data)
+
+
+def markdown(parts):
+    return [p["source"].strip() for p in parts if p["type"] == "markdown"]
+
+
+def test_experiment_card_opens_with_the_headline_and_its_key_numbers():
+    data = synthetic_run()
+    parts = rendered(cards.experiment(data))
+    answer = headline.headline(data.findings)
+    assert markdown(parts)[1] == "**Answer.** " + " ".join(answer)  # right after the title
+    key = parts[2]
+    assert key["type"] == "table" and key["columns"][:3] == ["", "baseline", "monotonic"]
+    comp = data.findings["robustness_above_control"]["uat"]
+    row = next(r for r in key["data"] if r[0] == "uat: damage above control")
+    assert row[4] == card_sections.nowrap(headline.interval(comp["diff"], comp["ci_low"], comp["ci_high"]))
+    assert row[5] == comp["verdict"] and " " not in row[4]  # one unbreakable cell
+    config = [m for m in markdown(parts) if m.startswith("<details>")]
+    assert len(config) == 2 and all("</details>" in m and "\n\n" not in m for m in config)  # collapsed, one block
+
+
+@pytest.mark.parametrize("diffs, lead", [
+    ({"uat": (0.1, 0.05, 0.15)}, "The monotonic model is more robust"),
+    ({"uat": (-0.1, -0.15, -0.05), "hotflip": (-0.2, -0.3, -0.1)}, "The monotonic model is less robust"),
+    ({"uat": (0.01, -0.05, 0.07), "hotflip": (-0.01, -0.2, 0.1)}, "Inconclusive"),
+    ({"uat": (0.1, 0.05, 0.15), "hotflip": (-0.01, -0.2, 0.1)}, "Mixed"),
+])
+def test_headline_follows_the_verdicts_of_either_sign(diffs, lead):
+    verdict = lambda lo, hi: ("monotonic more robust" if lo > 0 else "baseline more robust" if hi < 0
+                              else "no significant difference")
+    findings = synthetic_run().findings
+    findings["robustness_above_control"] = {a: {"diff": d, "ci_low": lo, "ci_high": hi, "verdict": verdict(lo, hi)}
+                                            for a, (d, lo, hi) in diffs.items()}
+    text = " ".join(headline.headline(findings))
+    assert text.startswith(lead + ":")
+    for attack, (d, lo, hi) in diffs.items():
+        assert f"{attack} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in text
+    cost = findings["nll_cost_monotonic_minus_baseline"]
+    assert f"{cost['diff']:+.4f} [{cost['ci_low']:+.4f}, {cost['ci_high']:+.4f}]" in text
+    findings["perplexity_cost_significant"] = False
+    assert "not significant" in headline.headline(findings)[1]
+
+
+def test_card_shows_the_most_and_least_damaged_examples_with_their_text():
+    data = synthetic_run()
+    parts = rendered(cards.experiment(data))
+    view = next(m for m in markdown(parts) if m.startswith("<table><tr><th>model</th><th>damaged</th>"))
+    own = data.attacks.query("attack == 'uat' and kind == 'attack' and model == 'baseline'")
+    by_dnll = own.groupby("example")["dnll"].mean().sort_values()
+    for example in (by_dnll.index[-1], by_dnll.index[0]):  # the most and the least damaged
+        assert f"<td>#{example}</td><td style='white-space:nowrap'>{by_dnll[example]:+.3f}</td>" in view
+    row = own[own.example == by_dnll.index[-1]].iloc[0]
+    ids = row["input_ids"]
+    assert f"<mark>w7 w8 </mark>{''.join(f'w{i} ' for i in ids[:4])}<b>w{ids[4]} </b><b>w{ids[5]} </b>" in view
+    assert view.count("<tr>") == 1 + 2 * 2 * card_sections.PER_EXAMPLE  # both models, most and least
+    data.token_text = None  # a run from before token_text: ids, said so
+    text = " ".join(markdown(rendered(cards.experiment(data))))
+    assert f"#{ids[0]}" in text and "stored no token text" in text
+
+
+def test_flipped_tokens_are_struck_through_and_highlighted():
+    row = {"input_ids": [1, 2, 3, 4], "attacked_ids": [1, 9, 3, 4], "changed_positions": [1], "trigger_ids": [],
+           "scored_tokens": 1}
+    html = card_sections.marked_tokens(row, {1: "a", 2: "b", 3: "<c>", 4: "\n"})
+    assert html == "a<del>b</del><mark>#9</mark>&lt;c&gt;<b>\u21b5</b>"
+
+
+def test_configuration_shows_only_the_keys_that_apply():
+    cfg = synthetic_run().resolved_config  # micro: a built model, uat and hotflip
+    keys = [k for k in flatten(cfg) if card_sections.applies(k, cfg)]
+    assert "pretrain.tokens" in keys and "model.build.hidden_size" in keys and "attack.uat.steps" in keys
+    assert not [k for k in keys if k.startswith(("attack.random.", "pretrain.monotonic_", "data.path"))]
+    hub = {**cfg, "model": {**cfg["model"], "source": "hub"}}
+    assert not card_sections.applies("pretrain.tokens", hub) and card_sections.applies("model.revision", hub)
+
+
+def test_user_errors_are_one_message_naming_the_key_or_the_resource():
+    from metaflow.exception import MetaflowException
+
+    with pytest.raises(MetaflowException) as err:
+        with errors.user_errors("profile 'p'"):
+            raise config.ConfigError("'train.lr' must be a number, got 'x'")
+    assert str(err.value) == "profile 'p': 'train.lr' must be a number, got 'x'" and err.value.__cause__ is None
+    with pytest.raises(MetaflowException) as err:
+        with errors.user_errors("profile 'p'", "model 'org/missing'"):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    assert "model 'org/missing' could not be loaded" in str(err.value) and "docs/cluster.md" in str(err.value)
+    with pytest.raises(ZeroDivisionError):  # a bug stays a traceback
+        with errors.user_errors("profile 'p'"):
+            1 / 0
 
 
 def test_findings_in_words_carry_numbers_and_intervals():

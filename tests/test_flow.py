@@ -175,7 +175,10 @@ def test_console_summary_answers_first_and_fits_120_columns(micro_run):
 
     text = results.summary_text(micro_run.data, micro_run.id)
     lines = text.splitlines()
-    assert lines[0].startswith("Answer") and "baseline minus monotonic" in lines[1]
+    from monollm.headline import headline
+
+    answer = " ".join(text.split("\n\n")[0].split())  # the answer first, unwrapped
+    assert answer == "Answer: " + " ".join(headline(micro_run.data.findings))
     assert max(map(len, lines)) <= results.WIDTH
     assert not any(line.startswith(" ") for line in lines if line.strip() and not line.startswith("  "))
     tables = [line for line in lines if line.startswith("|")]
