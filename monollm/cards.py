@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from monollm import report
 from monollm.schema import flatten
 from monollm.data import split_sources
 
@@ -92,7 +93,7 @@ def config_summary(cfg: dict) -> pd.DataFrame:
     rows = [("profile", cfg["name"]), ("seed", cfg["seed"]), ("model", f"{m['source']}: {model}"),
             ("data", f"{cfg['data']['source']} {cfg['data'].get('name') or cfg['data'].get('path') or ''}".strip()),
             ("block length", cfg["data"]["block_len"]),
-            ("constraint", f"{cfg['monotonic']['variant']} (floor {cfg['monotonic']['floor']:g})"),
+            ("constraint", report.constraint_setting(cfg["monotonic"])),
             ("training tokens", fmt(t["tokens"])),
             ("tokens per step", fmt(t["batch_size"] * t["grad_accum"] * cfg["data"]["block_len"])),
             ("lr baseline / monotonic", f"{t['lr']:g} / {t['monotonic_lr']:g}"),
@@ -273,10 +274,7 @@ def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, 
               "not significantly different from zero.")]
     out.append(f"Applying the constraint moved perplexity from {pp('reference')} (reference) to "
                f"{pp('monotonic_init')}; recovery training brought it to {pp('monotonic')}.")
-    neg = int(constraint["negative"].sum())
-    out.append(f"Constraint check: {findings['constrained_matrices']} constrained matrices, {neg} negative entries "
-               f"over {len(constraint)} checks ({', '.join(constraint['stage'])})"
-               + (": W >= 0 holds." if findings["constraint_holds"] else ": the constraint FAILED."))
+    out += report.constraint_sentences(findings, constraint)
     for attack, comp in findings.get("robustness_above_control", {}).items():  # the claim docs/method.md allows
         rows = _own(summary, attack, "attack")
         each = "; ".join(f"{r.model} {signed(r.above_control)} "
@@ -314,7 +312,8 @@ def experiment(data) -> list:
     from metaflow.cards import Markdown, VegaChart
 
     cfg = data.resolved_config
-    out = [Markdown(f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, "
+    mode = cfg["monotonic"].get("mode", "nonneg")
+    out = [Markdown(f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, mode `{mode}`, "
                     f"seed {cfg['seed']}"),
            Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
                data.findings, data.perplexity, data.attack_summary, data.constraint))),
@@ -326,7 +325,7 @@ def experiment(data) -> list:
            Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
            _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
            Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),
-           Markdown("## Constraint verification (negative entries must be 0)"),
+           Markdown(f"## Constraint verification (mode `{mode}`: `{report.promise_column(mode)}` must be 0)"),
            _table(constraint_view(data.constraint))]
     for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
         out += [Markdown(f"## Attack `{attack}` (dNLL in nats per continuation token)"),

@@ -21,7 +21,7 @@ from monollm.errors import ConfigError
 from monollm.schema import build
 
 __all__ = ["ConfigError", "DEFAULT_FLOOR", "MAX_SEED", "ExperimentConfig", "load", "load_file", "from_dict",
-           "to_dict", "step_resources", "block_limit"]
+           "to_dict", "step_resources", "block_limit", "layer_limit"]
 
 
 @dataclass(frozen=True)
@@ -156,11 +156,31 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MonotonicConfig:
-    """The non-negativity constraint W = softplus(V)."""
+    """The constraint on the selected matrices (W = softplus(V) in the default mode) and its
+    attribution controls; docs/method.md says what each mode holds fixed."""
     variant: str = "mlp_both"
     """Which matrices are constrained; resolved per architecture (see monollm.monotonic)."""
     floor: float = DEFAULT_FLOOR
     """Init floor: V = softplus^-1(max(|W|, floor))."""
+    mode: str = "nonneg"
+    """"nonneg" (W = softplus(V) >= 0, the constraint), "sign_frozen" (W = sign(W0) * softplus(V):
+    the reference's sign pattern frozen, magnitudes free; no change of the weights at init) or
+    "abs_init_free" (W = V from max(|W0|, floor): the constraint's change of the weights at
+    init, no constraint afterwards)."""
+    layers: str = "all"
+    """Which transformer layers the variant's matrices are taken from: "all", "top:K" (the last
+    K layers), "bottom:K" (the first K) or indices "0,3,5" (0 = the layer next to the
+    embeddings). Resolved against the model's number of layers when it is known."""
+    init: str = "abs"
+    """Where the constrained weights start: "abs" (max(|W0|, floor)) or "mean_bias" (the same
+    weights; each constrained linear's free bias absorbs the shift of its mean output over
+    `calibration_blocks` validation blocks). Only for the modes that change the weights at init
+    (nonneg, abs_init_free)."""
+    calibration_blocks: int = 8
+    """Validation blocks whose tokens calibrate init = "mean_bias" (one forward pass)."""
+    activation: str = "keep"
+    """The MLP activation of both arms: "keep" (the model's) or "relu" (swapped into the
+    reference model in `setup`, so every model has it and the reference shows what it costs)."""
 
 
 @dataclass(frozen=True)
@@ -347,3 +367,8 @@ def from_dict(raw: dict) -> ExperimentConfig:
 def block_limit(cfg: ExperimentConfig, max_position: int):
     """Raise ConfigError if blocks or attack windows do not fit the model's context."""
     checks.context_fits(cfg, max_position)
+
+
+def layer_limit(cfg: ExperimentConfig, num_layers: int):
+    """Raise ConfigError if monotonic.layers names a layer the model (of `num_layers`) does not have."""
+    checks.layer_indices(cfg.monotonic.layers, num_layers)

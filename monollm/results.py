@@ -101,7 +101,7 @@ def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
                          f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
 
 
-RUN_TAGS = ("profile:", "variant:", "seed:")
+RUN_TAGS = ("profile:", "variant:", "mode:", "seed:")
 """Prefixes of the tags every run carries (pipeline.tags)."""
 
 
