@@ -78,8 +78,7 @@ class MonoFlow(FlowSpec):
         from monollm import config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic_init")
-        self.init_checks = pipeline.make_monotonic(cfg, current.model.loaded["reference_model"], out,
-                                                   calibration=self.blocks["val"])
+        self.init_checks = pipeline.make_monotonic(cfg, current.model.loaded["reference_model"], out)
         self.monotonic_init_model = current.model.save(out, label="monotonic_init", storage_format="files")
         self.next(self.train_monotonic)
 

@@ -123,7 +123,6 @@ def _check_monotonic(m):
     one_of(m.init, INITS, "monotonic.init")
     require(m.init == "abs" or m.mode != "sign_frozen", "monotonic.init",
             f"is {m.init!r}; mode \"sign_frozen\" keeps the reference's weights at init, so only \"abs\" applies")
-    require(m.calibration_blocks > 0, "monotonic.calibration_blocks", "must be positive")
     one_of(m.activation, ACTIVATIONS, "monotonic.activation")
     layer_indices(m.layers, None)  # the form now; the range once the model's depth is known
 

@@ -165,19 +165,17 @@ class MonotonicConfig:
     mode: str = "nonneg"
     """"nonneg" (W = softplus(V) >= 0, the constraint), "sign_frozen" (W = sign(W0) * softplus(V):
     the reference's sign pattern frozen, magnitudes free; no change of the weights at init) or
-    "abs_init_free" (W = V from max(|W0|, floor): the constraint's change of the weights at
-    init, no constraint afterwards)."""
+    "abs_init_free" (W = V from the constraint's start, max(|W0|, floor) with init "abs": the
+    constraint's change of the weights at init, no constraint afterwards)."""
     layers: str = "all"
     """Which transformer layers the variant's matrices are taken from: "all", "top:K" (the last
     K layers), "bottom:K" (the first K) or indices "0,3,5" (0 = the layer next to the
     embeddings). Resolved against the model's number of layers when it is known."""
     init: str = "abs"
-    """Where the constrained weights start: "abs" (max(|W0|, floor)) or "mean_bias" (the same
-    weights; each constrained linear's free bias absorbs the shift of its mean output over
-    `calibration_blocks` validation blocks). Only for the modes that change the weights at init
-    (nonneg, abs_init_free)."""
-    calibration_blocks: int = 8
-    """Validation blocks whose tokens calibrate init = "mean_bias" (one forward pass)."""
+    """Where the constrained weights start: "abs" (max(|W0|, floor): every weight keeps its
+    magnitude, negative ones flip sign) or "clip" (max(W0, floor): the nearest matrix >= floor to
+    W0, negative weights drop to the floor). Only for the modes that change the weights at init
+    (nonneg, abs_init_free); docs/method.md has both measured."""
     activation: str = "keep"
     """The MLP activation of both arms: "keep" (the model's) or "relu" (swapped into the
     reference model in `setup`, so every model has it and the reference shows what it costs)."""

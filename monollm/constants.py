@@ -12,7 +12,7 @@ DEFAULT_FLOOR = 1e-4
 """Default init floor of the constraint (monotonic.floor)."""
 MODES = ("nonneg", "sign_frozen", "abs_init_free")
 """Constraint modes (monotonic.mode): the constraint and its two attribution controls."""
-INITS = ("abs", "mean_bias")
+INITS = ("abs", "clip")
 """Where the constrained weights start (monotonic.init)."""
 ACTIVATIONS = ("keep", "relu")
 """MLP activation of both arms (monotonic.activation): the model's own, or ReLU swapped in."""

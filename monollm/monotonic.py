@@ -6,7 +6,8 @@ re-parametrized as ``W = softplus(V)`` with ``torch.nn.utils.parametrize``, so t
 optimizer updates the unconstrained V and W can never go negative. Biases stay free.
 The controls: ``sign_frozen`` (W = sign(W0) * softplus(V): the weights start as they were
 and keep the reference's sign pattern) and ``abs_init_free`` (W a plain weight that starts
-at max(|W0|, floor), as the constraint's does, and trains unconstrained).
+where the constraint's does, and trains unconstrained). The start (``start_weight``) is
+max(|W0|, floor) (init "abs") or max(W0, floor) (init "clip", the nearest matrix >= floor).
 
 Which weights are constrained is a *variant*, resolved per architecture family
 (``model.config.model_type``) by module type (``isinstance`` against the family's
@@ -24,11 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from monollm.constants import DEFAULT_FLOOR, MODES
+from monollm.constants import DEFAULT_FLOOR, INITS, MODES
 
 # The verify() count that breaks each mode's promise (must be 0 at every stage that has it):
 # nonneg: negative entries; sign_frozen: entries whose sign is not the reference's;
-# abs_init_free: entries that did not start at max(|W0|, floor) (checked at init only: after
+# abs_init_free: entries that did not start where the constraint starts (checked at init only: after
 # that the weights are free, and their negative entries are reported, not required to be 0).
 PROMISE = {"nonneg": "negative", "sign_frozen": "sign_flipped", "abs_init_free": "init_mismatch"}
 
@@ -200,25 +201,33 @@ def num_layers(model_config) -> int:
     return int(model_config.num_hidden_layers)
 
 
-@torch.no_grad()
-def _init_v(weight: Tensor, floor: float) -> Tensor:
-    """V = softplus^-1(max(|W|, floor)), computed in fp32, cast to W's dtype.
+def start_weight(weight: Tensor, floor: float, init: str = "abs") -> Tensor:
+    """Where a constrained weight starts, in fp32, same shape: max(|W|, floor) for init "abs"
+    (magnitudes kept, negative weights flipped) or max(W, floor) for "clip" (the Euclidean
+    projection of W onto {W >= floor}: negative weights drop to the floor). The floor is applied
+    exactly once, here: it keeps softplus^-1 finite at W = 0 (log 0 = -inf)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
+    w = weight.detach().float()
+    return (w.abs() if init == "abs" else w).clamp_min(floor)
 
-    The floor is applied exactly once, here: it keeps softplus^-1 finite at W = 0
-    (log 0 = -inf) while changing |W| by at most ``floor``.
-    """
-    magnitude = weight.detach().float().abs().clamp_min(floor)
-    return softplus_inverse(magnitude).to(weight.dtype)
+
+@torch.no_grad()
+def _init_v(weight: Tensor, floor: float, init: str = "abs") -> Tensor:
+    """V = softplus^-1(start_weight(W)), computed in fp32, cast to W's dtype."""
+    return softplus_inverse(start_weight(weight, floor, init)).to(weight.dtype)
 
 
 def apply(model: nn.Module, variant: str, floor: float = DEFAULT_FLOOR, mode: str = "nonneg",
-          layers: tuple[int, ...] | None = None) -> list[str]:
+          layers: tuple[int, ...] | None = None, init: str = "abs") -> list[str]:
     """Put every selected weight under `mode`; returns module names.
 
-    nonneg: ``module.weight`` evaluates softplus(V) (shape ``[out, in]``) and the trainable
-    parameter is ``module.parametrizations.weight.original`` (V), kept in the model's dtype.
-    sign_frozen: the same with W = sign(W0) * softplus(V) (``SignedSoftplusWeight``).
-    abs_init_free: the weight stays a plain parameter, set to max(|W0|, floor); it then trains
+    nonneg: ``module.weight`` evaluates softplus(V) (shape ``[out, in]``), V started at
+    softplus^-1(start_weight(W0, floor, init)); the trainable parameter is
+    ``module.parametrizations.weight.original`` (V), kept in the model's dtype.
+    sign_frozen: W = sign(W0) * softplus(V) (``SignedSoftplusWeight``), V from |W0| (init "abs"
+    only: the weights start as they were, up to the floor).
+    abs_init_free: the weight stays a plain parameter, set to start_weight(W0); it then trains
     as the baseline's weights do (weight decay included). Raises ValueError if any selected
     weight is already parametrized (a second apply would stack softplus on softplus).
     """
@@ -226,6 +235,8 @@ def apply(model: nn.Module, variant: str, floor: float = DEFAULT_FLOOR, mode: st
         raise ValueError(f"floor must be > 0, got {floor}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    if mode == "sign_frozen" and init != "abs":
+        raise ValueError(f"mode 'sign_frozen' starts from |W0| (init 'abs'), not init {init!r}")
     selected = constrained_linears(model, variant, layers)
     already = [n for n, m in selected if parametrize.is_parametrized(m, "weight")]
     if already:
@@ -233,57 +244,15 @@ def apply(model: nn.Module, variant: str, floor: float = DEFAULT_FLOOR, mode: st
     for _, linear in selected:
         if mode == "abs_init_free":
             with torch.no_grad():
-                linear.weight.copy_(linear.weight.float().abs().clamp_min(floor).to(linear.weight.dtype))
+                linear.weight.copy_(start_weight(linear.weight, floor, init).to(linear.weight.dtype))
             continue
         # the sign pattern is read before V overwrites the weight
         parametrization = SoftplusWeight() if mode == "nonneg" else SignedSoftplusWeight(linear.weight.detach() >= 0)
         # Write V into the existing Parameter before registering: with no
         # right_inverse, torch keeps that same Parameter object as `original`.
-        linear.weight.data.copy_(_init_v(linear.weight, floor))
+        linear.weight.data.copy_(_init_v(linear.weight, floor, init))
         parametrize.register_parametrization(linear, "weight", parametrization)
     return [n for n, _ in selected]
-
-
-@torch.no_grad()
-def center_biases(model: nn.Module, variant: str, ids: Tensor, floor: float = DEFAULT_FLOOR,
-                  layers: tuple[int, ...] | None = None) -> int:
-    """init = "mean_bias": set each selected weight to max(|W0|, floor) and shift its bias so that
-    its mean output over the calibration tokens `ids` ``[N, T]`` is what W0 gave on the same inputs.
-
-    One forward pass of the backbone: a pre-hook on each selected linear takes the mean of its
-    input over all N*T tokens (mu, shape ``[in]``) *as the model now computes it* (the linears
-    before it already changed), then sets b += (W0 - |W0|) mu and W = max(|W0|, floor). So
-    E[W x + b] = E[W0 x + b0] on these tokens, layer after layer. Returns the linears changed;
-    ValueError if one has no bias (gated Llama-family MLPs have none) or was not called once.
-    """
-    selected = constrained_linears(model, variant, layers)
-    missing = [n for n, m in selected if m.bias is None]
-    if missing:
-        raise ValueError(f"monotonic.init = 'mean_bias' shifts the biases, but {missing[0]} has none; "
-                         f"use monotonic.init = 'abs'")
-    calls = {name: 0 for name, _ in selected}
-
-    def shift(name):
-        def hook(module, args):
-            calls[name] += 1
-            w0 = module.weight.float()
-            w = w0.abs().clamp_min(floor)
-            mu = args[0].float().reshape(-1, w0.shape[1]).mean(0)
-            module.bias.add_(((w0 - w) @ mu).to(module.bias.dtype))
-            module.weight.copy_(w.to(module.weight.dtype))
-        return hook
-
-    handles = [m.register_forward_pre_hook(shift(n)) for n, m in selected]
-    try:
-        model.eval()
-        model.base_model(input_ids=ids.to(next(model.parameters()).device))  # no LM head: its logits are not needed
-    finally:
-        for h in handles:
-            h.remove()
-    wrong = {n: c for n, c in calls.items() if c != 1}
-    if wrong:
-        raise ValueError(f"mean_bias calibration expects one call per linear per forward pass; got {wrong}")
-    return len(selected)
 
 
 def swap_activation(model: nn.Module, name: str) -> str:
@@ -325,15 +294,15 @@ def materialize(model: nn.Module) -> int:
 
 @torch.no_grad()
 def snapshot(model: nn.Module, variant: str, mode: str, floor: float = DEFAULT_FLOOR,
-             layers: tuple[int, ...] | None = None) -> dict | None:
+             layers: tuple[int, ...] | None = None, init: str = "abs") -> dict | None:
     """What `verify` compares a mode against, taken before `apply`: name -> the reference's sign
     pattern (sign_frozen: bool ``[out, in]``, True where W0 >= 0) or the promised start
-    max(|W0|, floor) (abs_init_free: a copy in the weight's dtype); None for nonneg."""
+    start_weight(W0, floor, init) (abs_init_free: in the weight's dtype); None for nonneg."""
     selected = constrained_linears(model, variant, layers)
     if mode == "sign_frozen":
         return {n: m.weight.detach() >= 0 for n, m in selected}
     if mode == "abs_init_free":
-        return {n: m.weight.detach().float().abs().clamp_min(floor).to(m.weight.dtype) for n, m in selected}
+        return {n: start_weight(m.weight, floor, init).to(m.weight.dtype) for n, m in selected}
     return None
 
 
@@ -347,7 +316,7 @@ def verify(model: nn.Module, variant: str, mode: str = "nonneg", layers: tuple[i
     "min": float, "parametrized": int}``, plus for sign_frozen ``"sign_flipped"`` (entries whose
     sign is the opposite of `reference`'s pattern; 0 counts as either sign) and, for
     abs_init_free given a `reference` (`snapshot`), ``"init_mismatch"`` (entries not equal to
-    max(|W0|, floor) within fp32 rounding). `PROMISE[mode]` names the count that must be 0.
+    the promised start within fp32 rounding). `PROMISE[mode]` names the count that must be 0.
     """
     selected = constrained_linears(model, variant, layers)
     if mode == "sign_frozen" and reference is None:

@@ -10,7 +10,6 @@ import dataclasses
 import os
 
 import numpy as np
-import torch
 
 from monollm import attacks, config, data, models, monotonic, report, train
 from monollm.attacks.common import make_examples, resolved_precision
@@ -215,8 +214,8 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     if arm == "monotonic":
         layers = monotonic.resolve_layers(model, m.layers)
         # monotonic_init's signs are the reference's (checked in make_monotonic): the pattern to hold
-        reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers)
-        monotonic.apply(model, m.variant, m.floor, m.mode, layers)
+        reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers, m.init)
+        monotonic.apply(model, m.variant, m.floor, m.mode, layers, m.init)
         checks["before_training"] = monotonic.verify(model, m.variant, m.mode, layers, reference)
     if world > 1:
         history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, log=log,
@@ -233,21 +232,15 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     return ArmResult(history=history, constraint=checks)
 
 
-def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str,
-                   calibration: np.ndarray | None = None) -> dict:
-    """Put `reference` under monotonic.mode (init monotonic.init), verify, materialize and save
-    `monotonic_init`. `calibration`: (N, block_len) validation blocks, read by init = "mean_bias"."""
+def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -> dict:
+    """Put `reference` under monotonic.mode (from monotonic.init), verify, materialize and save
+    `monotonic_init`."""
     setup_torch(cfg)
     m = cfg.monotonic
     model, tokenizer = models.load(model_dir, what="reference")
     layers = monotonic.resolve_layers(model, m.layers)
-    reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers)
-    if m.init == "mean_bias":
-        if calibration is None:
-            raise ValueError("monotonic.init = 'mean_bias' needs calibration blocks")
-        ids = torch.as_tensor(np.asarray(calibration[:m.calibration_blocks]), dtype=torch.long)
-        monotonic.center_biases(model, m.variant, ids, m.floor, layers)
-    names = monotonic.apply(model, m.variant, m.floor, m.mode, layers)
+    reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers, m.init)
+    names = monotonic.apply(model, m.variant, m.floor, m.mode, layers, m.init)
     checks = {"applied": monotonic.verify(model, m.variant, m.mode, layers, reference)}
     monotonic.materialize(model)
     checks["init_materialized"] = monotonic.verify(model, m.variant, m.mode, layers, reference)

@@ -362,7 +362,7 @@ def test_the_old_sentinel_values_are_refused_with_what_to_do(changes, words):
 MONOTONIC_BAD = {
     "unknown mode": ({"monotonic__mode": "positive"}, ["'monotonic.mode'", "'positive'", "nonneg", "sign_frozen",
                                                          "abs_init_free"]),
-    "unknown init": ({"monotonic__init": "zeros"}, ["'monotonic.init'", "'zeros'", "abs", "mean_bias"]),
+    "unknown init": ({"monotonic__init": "zeros"}, ["'monotonic.init'", "'zeros'", "abs", "clip"]),
     "unknown activation": ({"monotonic__activation": "swish"}, ["'monotonic.activation'", "'swish'", "keep",
                                                                  "relu"]),
     "empty layers": ({"monotonic__layers": ""}, ["'monotonic.layers'", "empty", "all", "top:K"]),
@@ -370,9 +370,8 @@ MONOTONIC_BAD = {
     "malformed layers": ({"monotonic__layers": "first"}, ["'monotonic.layers'", "'first'", "bottom:K", "0,3,5"]),
     "layer twice": ({"monotonic__layers": "1,1"}, ["'monotonic.layers'", "twice"]),
     "layers as a list": ({"monotonic__layers": [0, 1]}, ["'monotonic.layers'", "string"]),
-    "sign_frozen with mean_bias": ({"monotonic__mode": "sign_frozen", "monotonic__init": "mean_bias"},
+    "sign_frozen with clip": ({"monotonic__mode": "sign_frozen", "monotonic__init": "clip"},
                                    ["'monotonic.init'", "sign_frozen", "abs"]),
-    "no calibration": ({"monotonic__calibration_blocks": 0}, ["'monotonic.calibration_blocks'", "positive"]),
 }
 
 
@@ -385,7 +384,7 @@ def test_monotonic_defaults_and_good_settings_load():
     m = config.load(micro()).monotonic
     assert (m.mode, m.layers, m.init, m.activation) == ("nonneg", "all", "abs", "keep")
     for changes in ({"monotonic__mode": "sign_frozen"}, {"monotonic__mode": "abs_init_free", "monotonic__init":
-                    "mean_bias"}, {"monotonic__layers": "top:1"}, {"monotonic__layers": "0, 1"},
+                    "clip"}, {"monotonic__layers": "top:1"}, {"monotonic__layers": "0, 1"},
                     {"monotonic__activation": "relu"}):
         cfg = config.load(micro(**changes))
         assert config.from_dict(config.to_dict(cfg)) == cfg

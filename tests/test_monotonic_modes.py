@@ -124,39 +124,27 @@ def test_resolve_layers_follows_the_models_depth():
         mono.resolve_layers(model, "3")
 
 
-# 4. init = mean_bias ------------------------------------------------------------------------
+# 4. init = clip ------------------------------------------------------------------------------
 
-def _inputs(model, variant="mlp_both"):
-    """The input of every selected linear on one forward pass: name -> (tokens, in)."""
-    seen, handles = {}, []
-    for name, m in mono.constrained_linears(model, variant):
-        handles.append(m.register_forward_pre_hook(
-            lambda mod, args, name=name: seen.__setitem__(name, args[0].reshape(-1, args[0].shape[-1]).clone())))
-    return seen, handles
-
-
-def test_mean_bias_keeps_every_linears_mean_output_on_its_new_inputs():
-    model, ids = neox(), batch(seed=3, n=4)
+def test_clip_init_starts_at_the_nearest_matrix_above_the_floor():
+    model = neox()
     w0 = weights(model)
-    b0 = {n: m.bias.detach().clone() for n, m in mono.constrained_linears(model, "mlp_both")}
-    assert mono.center_biases(model, "mlp_both", ids) == 4
-    seen, handles = _inputs(model)
-    with torch.no_grad():
-        model.base_model(input_ids=ids)
-    for h in handles:
-        h.remove()
-    for name, m in mono.constrained_linears(model, "mlp_both"):
-        assert torch.equal(m.weight, w0[name].abs().clamp_min(mono.DEFAULT_FLOOR))
-        x = seen[name]  # what the changed model feeds this linear
-        torch.testing.assert_close((x @ m.weight.T + m.bias).mean(0), (x @ w0[name].T + b0[name]).mean(0),
-                                   rtol=1e-4, atol=1e-5)
-        assert not torch.equal(m.bias, b0[name])
-
-
-def test_mean_bias_needs_biases():
-    model = gated()  # Llama's MLP has no biases
-    with pytest.raises(ValueError, match="mean_bias.*'abs'"):
-        mono.center_biases(model, "gated_all", batch())
+    mono.apply(model, "mlp_both", init="clip")
+    for name, w in weights(model).items():
+        expected = w0[name].clamp_min(mono.DEFAULT_FLOOR)
+        torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-7)
+        # negative weights sit at the floor, positive ones keep their value
+        assert torch.allclose(w[w0[name] < 0], torch.tensor(mono.DEFAULT_FLOOR), rtol=1e-4)
+    free = neox()
+    expected = mono.snapshot(free, "mlp_both", "abs_init_free", init="clip")
+    mono.apply(free, "mlp_both", mode="abs_init_free", init="clip")
+    assert mono.verify(free, "mlp_both", "abs_init_free", reference=expected)["init_mismatch"] == 0
+    assert mono.verify(free, "mlp_both", "abs_init_free",
+                       reference=mono.snapshot(neox(), "mlp_both", "abs_init_free"))["init_mismatch"] > 0
+    with pytest.raises(ValueError, match="sign_frozen"):
+        mono.apply(neox(), "mlp_both", mode="sign_frozen", init="clip")
+    with pytest.raises(ValueError, match="allowed: abs, clip"):
+        mono.start_weight(w0["gpt_neox.layers.0.mlp.dense_h_to_4h"], 1e-4, "round")
 
 
 # 5. activation swap and the property it buys ------------------------------------------------
@@ -252,12 +240,12 @@ def _cfg(model_dir, **monotonic):
 
 
 @pytest.mark.parametrize("mode,init", [("nonneg", "abs"), ("sign_frozen", "abs"), ("abs_init_free", "abs"),
-                                       ("nonneg", "mean_bias")])
+                                       ("nonneg", "clip"), ("abs_init_free", "clip")])
 def test_pipeline_records_each_modes_promise(local_model, tmp_path, mode, init):
     cfg = _cfg(local_model, mode=mode, init=init, layers="top:1")
     blocks = np.random.default_rng(0).integers(0, 128, (16, 16))
     init_dir, trained_dir = str(tmp_path / "init"), str(tmp_path / "trained")
-    checks = pipeline.make_monotonic(cfg, local_model, init_dir, calibration=blocks)
+    checks = pipeline.make_monotonic(cfg, local_model, init_dir)
     arm = pipeline.train_arm(cfg, init_dir, {"train": blocks, "val": blocks[:4]}, "monotonic", trained_dir)
     checks.update(arm.constraint)
     table = report.constraint_table(checks)
@@ -270,6 +258,11 @@ def test_pipeline_records_each_modes_promise(local_model, tmp_path, mode, init):
     free_layer = reference.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
     assert torch.equal(AutoModelForCausalLM.from_pretrained(init_dir).gpt_neox.layers[0].mlp.dense_h_to_4h.weight,
                        free_layer)  # layer 0 is not touched at init
+    start = AutoModelForCausalLM.from_pretrained(init_dir).gpt_neox.layers[1].mlp.dense_h_to_4h.weight
+    torch.testing.assert_close(start, mono.start_weight(reference.gpt_neox.layers[1].mlp.dense_h_to_4h.weight,
+                                                        cfg.monotonic.floor, "abs" if mode == "sign_frozen" else init)
+                               * (torch.where(reference.gpt_neox.layers[1].mlp.dense_h_to_4h.weight >= 0, 1.0, -1.0)
+                                  if mode == "sign_frozen" else 1.0), rtol=1e-5, atol=1e-7)
     if mode == "sign_frozen":
         assert (table["sign_flipped"] == 0).all()
         ref = mono.snapshot(reference, "mlp_both", "sign_frozen", layers=(1,))
