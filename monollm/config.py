@@ -18,6 +18,7 @@ from typing import ClassVar
 from monollm import checks
 from monollm.constants import DEFAULT_FLOOR, MAX_SEED
 from monollm.errors import ConfigError
+from monollm.layers import layer_indices
 from monollm.schema import build
 
 __all__ = ["ConfigError", "DEFAULT_FLOOR", "MAX_SEED", "ExperimentConfig", "load", "load_file", "from_dict",
@@ -369,4 +370,4 @@ def block_limit(cfg: ExperimentConfig, max_position: int):
 
 def layer_limit(cfg: ExperimentConfig, num_layers: int):
     """Raise ConfigError if monotonic.layers names a layer the model (of `num_layers`) does not have."""
-    checks.layer_indices(cfg.monotonic.layers, num_layers)
+    layer_indices(cfg.monotonic.layers, num_layers)
