@@ -58,7 +58,7 @@ class MonoFlow(FlowSpec):
         # the training blocks apart: only the training steps load them (~400 MB at paper scale)
         self.train_blocks, self.blocks, self.examples = prep.train_blocks, prep.blocks, prep.examples
         self.untrained_perplexity, self.hidden_act = prep.untrained_perplexity, prep.hidden_act
-        self.pretraining, self.sources = prep.pretraining, prep.sources
+        self.pretraining, self.sources, self.activation_swap = prep.pretraining, prep.sources, prep.activation_swap
         self.reference_model = current.model.save(out, label="reference", storage_format="files")
         self.next(self.train_baseline, self.make_monotonic)
 
@@ -77,7 +77,8 @@ class MonoFlow(FlowSpec):
     @model(load=["reference_model"])
     @step
     def make_monotonic(self):
-        """Constrain `reference` (W = softplus(V)), verify, save it materialized as `monotonic_init`."""
+        """Constrain `reference` (W = softplus(V), or a control mode), verify, save it materialized as
+        `monotonic_init`."""
         from monollm import config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic_init")
@@ -176,7 +177,9 @@ class MonoFlow(FlowSpec):
         cfg = config.from_dict(self.resolved_config)
         self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
-                                        self.hidden_act, cfg.eval.bootstrap, cfg.seed)
+                                        self.hidden_act, cfg.eval.bootstrap, cfg.seed,
+                                        setting=self.resolved_config["monotonic"],
+                                        activation_swap=getattr(self, "activation_swap", None))
         current.card["experiment"].extend(cards.experiment(self))
         self.next(self.end)
 

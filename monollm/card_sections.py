@@ -12,8 +12,9 @@ import html
 import numpy as np
 import pandas as pd
 
-from monollm.schema import flatten
+from monollm import report
 from monollm.headline import interval
+from monollm.schema import flatten
 
 NBSP = "\u00a0"
 PER_EXAMPLE = 3
@@ -199,7 +200,7 @@ def config_summary(cfg: dict) -> pd.DataFrame:
     rows = [("profile", cfg["name"]), ("seed", cfg["seed"]), ("model", f"{m['source']}: {model}"),
             ("data", f"{cfg['data']['source']} {cfg['data'].get('name') or cfg['data'].get('path') or ''}".strip()),
             ("block length", cfg["data"]["block_len"]),
-            ("constraint", f"{cfg['monotonic']['variant']} (floor {cfg['monotonic']['floor']:g})"),
+            ("constraint", report.constraint_setting(cfg["monotonic"])),
             ("training tokens", fmt(t["tokens"])),
             ("tokens per step", fmt(t["batch_size"] * t["grad_accum"] * cfg["data"]["block_len"])),
             ("lr baseline / monotonic", f"{t['lr']:g} / {t['monotonic_lr']:g}"),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monollm import card_sections as sections
+from monollm import report
 from monollm.card_sections import (arm_differences, ci, config_summary, fmt, schedule_caveat,  # noqa: F401
                                    signed, signed_ci)
 from monollm.data import split_sources
@@ -231,10 +232,7 @@ def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, 
               "not significantly different from zero.")]
     out.append(f"Applying the constraint moved perplexity from {pp('reference')} (reference) to "
                f"{pp('monotonic_init')}; recovery training brought it to {pp('monotonic')}.")
-    neg = int(constraint["negative"].sum())
-    out.append(f"Constraint check: {findings['constrained_matrices']} constrained matrices, {neg} negative entries "
-               f"over {len(constraint)} checks ({', '.join(constraint['stage'])})"
-               + (": W >= 0 holds." if findings["constraint_holds"] else ": the constraint FAILED."))
+    out += report.constraint_sentences(findings, constraint)
     for attack, comp in findings.get("robustness_above_control", {}).items():  # the claim docs/method.md allows
         rows = _own(summary, attack, "attack")
         each = "; ".join(f"{r.model} {signed(r.above_control)} "
@@ -274,6 +272,7 @@ def experiment(data) -> list:
     from metaflow.cards import Markdown, VegaChart
 
     cfg = data.resolved_config
+    mode = cfg["monotonic"].get("mode", "nonneg")
     out = lead(data) + [
         Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
             data.findings, data.perplexity, data.attack_summary, data.constraint))),
@@ -284,7 +283,7 @@ def experiment(data) -> list:
         Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
         _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
         Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),
-        Markdown("## Constraint verification (negative entries must be 0)"),
+        Markdown(f"## Constraint verification (mode `{mode}`: `{report.promise_column(mode)}` must be 0)"),
         _table(constraint_view(data.constraint))]
     for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
         out += attack_section(data, attack)
@@ -296,7 +295,8 @@ def lead(data) -> list:
     from metaflow.cards import Markdown
 
     cfg, f = data.resolved_config, data.findings
-    title = f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, seed {cfg['seed']}"
+    title = (f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, "
+             f"mode `{cfg['monotonic'].get('mode', 'nonneg')}`, seed {cfg['seed']}")
     answer = "**Answer.** " + " ".join(headline(f, sections.arms_differ(cfg)))
     return [Markdown(title), Markdown(answer),
             _table(sections.key_numbers(f, data.perplexity, data.attack_summary))]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from monollm.constants import MAX_SEED
+from monollm.constants import ACTIVATIONS, INITS, MAX_SEED, MODES
+from monollm.layers import layer_indices
 from monollm.schema import one_of, require
 
 
@@ -119,6 +120,12 @@ def _check_monotonic(m):
 
     one_of(m.variant, ALL_VARIANTS, "monotonic.variant")
     require(0 < m.floor < 1, "monotonic.floor", "must be in (0, 1)")
+    one_of(m.mode, MODES, "monotonic.mode")
+    one_of(m.init, INITS, "monotonic.init")
+    require(m.init == "abs" or m.mode != "sign_frozen", "monotonic.init",
+            f"is {m.init!r}; mode \"sign_frozen\" keeps the reference's weights at init, so only \"abs\" applies")
+    one_of(m.activation, ACTIVATIONS, "monotonic.activation")
+    layer_indices(m.layers, None)  # the form now; the range once the model's depth is known
 
 
 def _check_eval(e):

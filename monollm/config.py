@@ -18,10 +18,11 @@ from typing import ClassVar
 from monollm import checks
 from monollm.constants import DEFAULT_FLOOR, MAX_SEED
 from monollm.errors import ConfigError
+from monollm.layers import layer_indices
 from monollm.schema import build
 
 __all__ = ["ConfigError", "DEFAULT_FLOOR", "MAX_SEED", "ExperimentConfig", "load", "load_file", "from_dict",
-           "to_dict", "step_resources", "block_limit"]
+           "to_dict", "step_resources", "block_limit", "layer_limit"]
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,29 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MonotonicConfig:
-    """The non-negativity constraint W = softplus(V)."""
+    """The constraint on the selected matrices (W = softplus(V) in the default mode) and its
+    attribution controls; docs/method.md says what each mode holds fixed."""
     variant: str = "mlp_both"
     """Which matrices are constrained; resolved per architecture (see monollm.monotonic)."""
     floor: float = DEFAULT_FLOOR
     """Init floor: V = softplus^-1(max(|W|, floor))."""
+    mode: str = "nonneg"
+    """"nonneg" (W = softplus(V) >= 0, the constraint), "sign_frozen" (W = sign(W0) * softplus(V):
+    the reference's sign pattern frozen, magnitudes free; no change of the weights at init) or
+    "abs_init_free" (W = V from the constraint's start, max(|W0|, floor) with init "abs": the
+    constraint's change of the weights at init, no constraint afterwards)."""
+    layers: str = "all"
+    """Which transformer layers the variant's matrices are taken from: "all", "top:K" (the last
+    K layers), "bottom:K" (the first K) or indices "0,3,5" (0 = the layer next to the
+    embeddings). Resolved against the model's number of layers when it is known."""
+    init: str = "abs"
+    """Where the constrained weights start: "abs" (max(|W0|, floor): every weight keeps its
+    magnitude, negative ones flip sign) or "clip" (max(W0, floor): the nearest matrix >= floor to
+    W0, negative weights drop to the floor). Only for the modes that change the weights at init
+    (nonneg, abs_init_free); docs/method.md has both measured."""
+    activation: str = "keep"
+    """The MLP activation of both arms: "keep" (the model's) or "relu" (swapped into the
+    reference model in `setup`, so every model has it and the reference shows what it costs)."""
 
 
 @dataclass(frozen=True)
@@ -347,3 +366,8 @@ def from_dict(raw: dict) -> ExperimentConfig:
 def block_limit(cfg: ExperimentConfig, max_position: int):
     """Raise ConfigError if blocks or attack windows do not fit the model's context."""
     checks.context_fits(cfg, max_position)
+
+
+def layer_limit(cfg: ExperimentConfig, num_layers: int):
+    """Raise ConfigError if monotonic.layers names a layer the model (of `num_layers`) does not have."""
+    layer_indices(cfg.monotonic.layers, num_layers)

@@ -10,3 +10,9 @@ MAX_SEED = 2 ** 32 - 1
 take no more), so that one seed can be handed to any library unchanged."""
 DEFAULT_FLOOR = 1e-4
 """Default init floor of the constraint (monotonic.floor)."""
+MODES = ("nonneg", "sign_frozen", "abs_init_free")
+"""Constraint modes (monotonic.mode): the constraint and its two attribution controls."""
+INITS = ("abs", "clip")
+"""Where the constrained weights start (monotonic.init)."""
+ACTIVATIONS = ("keep", "relu")
+"""MLP activation of both arms (monotonic.activation): the model's own, or ReLU swapped in."""

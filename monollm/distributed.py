@@ -363,7 +363,8 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
     # the coordinator verified the files (models.load) before starting the ranks
     model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
     if spec["arm"] == "monotonic":
-        monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
+        m = cfg.monotonic
+        monotonic.apply(model, m.variant, m.floor, m.mode, monotonic.resolve_layers(model, m.layers), m.init)
     par = Parallel(cfg.parallel.strategy)
     blocks = np.load(os.path.join(job, "train.npy"), mmap_mode="r")
     val = np.load(os.path.join(job, "val.npy"))

@@ -33,6 +33,9 @@ class SetupResult:
     """The model's MLP activation (GELU is not monotone: the findings say so)."""
     sources: dict
     """Where the model and documents came from (see `sources`)."""
+    activation_swap: dict | None = None
+    """{"from", "to", "perplexity_before"}: the activation swapped into the reference model
+    (monotonic.activation) and its test perplexity before the swap; None when kept."""
     untrained_perplexity: float | None = None
     """A built model's test perplexity before pretraining (None for hub and local models)."""
     pretraining: list = dataclasses.field(default_factory=list)
@@ -59,10 +62,13 @@ def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
             f"splits (val + attack_opt + test = {held} documents, and train needs at least one more)")
     if cfg.model.source == "build":
         config.block_limit(cfg, cfg.model.build.max_position)
+        config.layer_limit(cfg, cfg.model.build.num_layers)
     elif cfg.model.source == "local":
         from transformers import AutoConfig
 
-        config.block_limit(cfg, models.max_positions(AutoConfig.from_pretrained(cfg.model.name, local_files_only=True)))
+        meta = AutoConfig.from_pretrained(cfg.model.name, local_files_only=True)
+        config.block_limit(cfg, models.max_positions(meta))
+        config.layer_limit(cfg, monotonic.num_layers(meta))
     if cfg.data.source == "local":
         _, rest = _split_or_config_error(cfg)
         if next(rest, None) is None:
@@ -92,8 +98,8 @@ def require_disjoint(held: dict):
 
 
 def tags(cfg: config.ExperimentConfig) -> list[str]:
-    """Run tags that let a user find runs: profile, variant and seed."""
-    return [f"profile:{cfg.name}", f"variant:{cfg.monotonic.variant}", f"seed:{cfg.seed}"]
+    """Run tags that let a user find runs: profile, variant, mode and seed."""
+    return [f"profile:{cfg.name}", f"variant:{cfg.monotonic.variant}", f"mode:{cfg.monotonic.mode}", f"seed:{cfg.seed}"]
 
 
 def sources(cfg: config.ExperimentConfig) -> dict:
@@ -135,6 +141,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
         model, tokenizer = models.load_foundation(cfg.model)
     found = sources(cfg)  # after loading: the hub cache then records the model's commit
     config.block_limit(cfg, models.max_positions(model))
+    config.layer_limit(cfg, monotonic.num_layers(model.config))
     held_ids, blocks, train_blocks = _packed(cfg, tokenizer, held, stream)
     a = cfg.attack
     examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
@@ -144,8 +151,21 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
                          hidden_act=str(getattr(model.config, "hidden_act", "")))
     if cfg.model.source == "build":
         _pretrain(cfg, model, blocks, train_blocks, device, result)
+    if cfg.monotonic.activation != "keep":
+        _swap_activation(cfg, model, blocks["test"], device, result)
     models.save(model, tokenizer, out_dir)
     return result
+
+
+def _swap_activation(cfg: config.ExperimentConfig, model, test_blocks: np.ndarray, device: str, result: SetupResult):
+    """Swap monotonic.activation into the reference model (after a built model's pretraining: the
+    foundation model is trained with its own activation, as Pythia was); records its test
+    perplexity before, so the reference row shows what the swap alone costs."""
+    before = perplexity(*block_nll(model, test_blocks, cfg.eval.batch_size, device, name="reference before the swap"))
+    old = monotonic.swap_activation(model, cfg.monotonic.activation)
+    result.hidden_act = cfg.monotonic.activation
+    result.activation_swap = {"from": old, "to": cfg.monotonic.activation, "perplexity_before": before}
+    log(f"activation {old} -> {cfg.monotonic.activation} in every MLP (test perplexity before: {before:.2f})")
 
 
 def _packed(cfg: config.ExperimentConfig, tokenizer, held: dict, stream) -> tuple[dict, dict, np.ndarray]:
@@ -190,34 +210,44 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     # with several processes this one only coordinates: the model stays on the CPU
     model, tokenizer = models.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation,
                                    what=f"the model the {arm} arm starts from")
-    checks = {}
+    checks, m = {}, cfg.monotonic
     if arm == "monotonic":
-        monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
-        checks["before_training"] = monotonic.verify(model, cfg.monotonic.variant)
+        layers = monotonic.resolve_layers(model, m.layers)
+        # monotonic_init's signs are the reference's (checked in make_monotonic): the pattern to hold
+        reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers, m.init)
+        monotonic.apply(model, m.variant, m.floor, m.mode, layers, m.init)
+        checks["before_training"] = monotonic.verify(model, m.variant, m.mode, layers, reference)
     if world > 1:
         history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, log=log,
                                           checkpointer=checkpointer, on_step=on_step)
     else:
         history = _train_one_process(cfg, model, blocks, arm, device, checkpointer, on_step)
     if arm == "monotonic":
-        checks["after_training"] = monotonic.verify(model, cfg.monotonic.variant)
+        held = reference if m.mode == "sign_frozen" else None  # abs_init_free: free after its start
+        checks["after_training"] = monotonic.verify(model, m.variant, m.mode, layers, held)
         monotonic.materialize(model)
-        checks["after_materializing"] = monotonic.verify(model, cfg.monotonic.variant)
-        _require_nonnegative(checks)
+        checks["after_materializing"] = monotonic.verify(model, m.variant, m.mode, layers, held)
+        _require_promise(checks, m.mode)
     models.save(model.float(), tokenizer, out_dir)
     return ArmResult(history=history, constraint=checks)
 
 
 def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -> dict:
-    """Apply the constraint to `reference`, verify, materialize and save `monotonic_init`."""
+    """Put `reference` under monotonic.mode (from monotonic.init), verify, materialize and save
+    `monotonic_init`."""
     setup_torch(cfg)
+    m = cfg.monotonic
     model, tokenizer = models.load(model_dir, what="reference")
-    names = monotonic.apply(model, cfg.monotonic.variant, cfg.monotonic.floor)
-    checks = {"applied": monotonic.verify(model, cfg.monotonic.variant)}
+    layers = monotonic.resolve_layers(model, m.layers)
+    reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers, m.init)
+    names = monotonic.apply(model, m.variant, m.floor, m.mode, layers, m.init)
+    checks = {"applied": monotonic.verify(model, m.variant, m.mode, layers, reference)}
     monotonic.materialize(model)
-    checks["init_materialized"] = monotonic.verify(model, cfg.monotonic.variant)
-    _require_nonnegative(checks)
-    log(f"constrained {len(names)} matrices ({cfg.monotonic.variant}, floor {cfg.monotonic.floor:g})")
+    checks["init_materialized"] = monotonic.verify(model, m.variant, m.mode, layers, reference)
+    _require_promise(checks, m.mode)
+    log(f"constrained {len(names)} matrices ({m.variant}, floor {m.floor:g})"
+        + ("" if (m.mode, m.layers, m.init) == ("nonneg", "all", "abs") else
+           f", mode {m.mode}, layers {m.layers}, init {m.init}"))
     models.save(model, tokenizer, out_dir)
     return checks
 
@@ -238,10 +268,11 @@ def _train_one_process(cfg, model, blocks: dict, arm: str, device: str, checkpoi
     return history
 
 
-def _require_nonnegative(checks: dict):
+def _require_promise(checks: dict, mode: str):
+    """Stop the run where a stage found no matrices or broke `mode`'s promise (monotonic.PROMISE)."""
     for stage, c in checks.items():
-        if c["negative"] or not c["matrices"]:
-            raise RuntimeError(f"constraint check failed {stage}: {c}")
+        if monotonic.violations(c, mode) or not c["matrices"]:
+            raise RuntimeError(f"constraint check failed {stage} (mode {mode}): {c}")
 
 
 def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.ndarray) -> dict:

@@ -12,8 +12,25 @@ from monollm.constants import MODELS
 from monollm.evaluate import perplexity
 
 # Activations that are monotone non-decreasing; with one of these and W >= 0 in every
-# constrained matrix an MLP is monotone in its input. GELU (Pythia's) is not.
+# matrix of an MLP it is monotone in its input. GELU (Pythia's) is not.
 MONOTONE_ACTIVATIONS = ("relu", "relu2", "sigmoid", "tanh", "softplus", "leaky_relu")
+FULL_MLP_VARIANTS = ("mlp_both",)
+"""Variants that constrain every matrix of a (non-gated) MLP. A gated MLP's act(gate x) * (up x)
+is not monotone even with every matrix >= 0: up x may be negative."""
+DEFAULT_SETTING = {"variant": "mlp_both", "mode": "nonneg", "layers": "all", "init": "abs", "activation": "keep"}
+"""The [monotonic] settings a run without them (or a caller passing none) had."""
+MODE_NOTES = {
+    "nonneg": ("Mode nonneg: the constrained matrices are W = softplus(V) >= 0, started at max(|W0|, floor). "
+               "Against the baseline this changes two things, the weights at init (every sign lost) and the "
+               "constraint during training; the controls sign_frozen and abs_init_free each keep one of them."),
+    "sign_frozen": ("Mode sign_frozen (a control): W = sign(W0) * softplus(V), started at W0 itself (no change of "
+                    "the weights at init) with the reference's sign pattern frozen while magnitudes train. It "
+                    "isolates a fixed-sign constraint without non-negativity and without the init disruption."),
+    "abs_init_free": ("Mode abs_init_free (a control): the constrained matrices start at max(|W0|, floor), as under "
+                      "the constraint, then train unconstrained ({negative} negative entries after training). It "
+                      "isolates the init disruption plus recovery training, without W >= 0."),
+}
+"""What each monotonic.mode holds fixed against the baseline, for the findings."""
 
 
 def perplexity_table(per_block: dict, n_boot: int, seed: int) -> pd.DataFrame:
@@ -198,11 +215,50 @@ def robustness_above_control(df: pd.DataFrame, attack: str, n_boot: int, seed: i
     return _compare(own - ctrl.reindex(own.index), n_boot, seed)
 
 
+def constraint_holds(constraint: pd.DataFrame, mode: str) -> bool:
+    """Every verification stage found > 0 matrices and nothing that breaks `mode`'s promise
+    (monotonic.PROMISE: negative entries, flipped signs, or a start other than max(|W0|, floor))."""
+    column = promise_column(mode)
+    broken = constraint[column].fillna(0) if column in constraint.columns else pd.Series(0, index=constraint.index)
+    return bool((broken == 0).all() and (constraint["matrices"] > 0).all())
+
+
+def mode_note(constraint: pd.DataFrame, mode: str) -> str:
+    """MODE_NOTES[mode], with abs_init_free's negative entries after training."""
+    after = constraint.loc[constraint["stage"] == "after_training", "negative"] if "stage" in constraint else []
+    return MODE_NOTES[mode].format(negative=int(after.iloc[0]) if len(after) else "unknown")
+
+
+def activation_findings(hidden_act: str, setting: dict, swap: dict | None, reference_ppl: float) -> dict:
+    """`activation`, `mlp_monotone` (a monotone activation and every MLP matrix of every layer
+    under W >= 0: mode nonneg, a FULL_MLP_VARIANTS variant, layers "all") and `activation_note` (with what a swap did to the reference's perplexity,
+    `reference_ppl` the reference row's)."""
+    monotone = hidden_act in MONOTONE_ACTIVATIONS
+    full = (setting["mode"] == "nonneg" and setting["variant"] in FULL_MLP_VARIANTS
+            and setting["layers"] == "all")
+    if not monotone:
+        note = f"The MLP activation is {hidden_act!r}, which is not monotone: W >= 0 alone does not make the MLP a monotone function."
+    elif full:
+        note = f"The MLP activation is {hidden_act!r}, which is monotone, so W >= 0 makes each constrained MLP monotone."
+    else:
+        note = (f"The MLP activation is {hidden_act!r}, which is monotone, but not every MLP matrix is held >= 0 "
+                f"(mode {setting['mode']}, variant {setting['variant']}, layers {setting['layers']}), so the MLPs "
+                f"are not monotone functions.")
+    if swap:
+        note += (f" {swap['to']!r} replaced {swap['from']!r} in the reference model, so both arms have it; the swap "
+                 f"moved the reference's test perplexity from {swap['perplexity_before']:.4g} to "
+                 f"{reference_ppl:.4g} (the reference row).")
+    return {"activation": hidden_act, "mlp_monotone": bool(monotone and full), "activation_note": note}
+
+
 def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attacks: pd.DataFrame,
-             hidden_act: str, n_boot: int, seed: int) -> dict:
-    """Key numbers and verdicts, each computed from the tables."""
+             hidden_act: str, n_boot: int, seed: int, setting: dict | None = None,
+             activation_swap: dict | None = None) -> dict:
+    """Key numbers and verdicts, each computed from the tables. `setting`: the run's [monotonic]
+    table (left out: DEFAULT_SETTING); `activation_swap`: what `setup` swapped (None: nothing)."""
     p = ppl.set_index("model")["perplexity"]
     cost = nll_difference(per_block, "monotonic", "baseline", n_boot, seed)
+    setting = {**DEFAULT_SETTING, **(setting or {})}
     out = {
         "perplexity": {m: float(p[m]) for m in p.index},
         "perplexity_ratio_monotonic_vs_baseline": float(p["monotonic"] / p["baseline"]),
@@ -210,14 +266,11 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
         "perplexity_cost_significant": bool(cost["ci_low"] > 0 or cost["ci_high"] < 0),
         "constraint_applied_raises_ppl": bool(p["monotonic_init"] > p["reference"]),
         "recovery_lowers_ppl": bool(p["monotonic"] < p["monotonic_init"]),
-        "constraint_holds": bool((constraint["negative"] == 0).all() and (constraint["matrices"] > 0).all()),
+        "constraint_holds": constraint_holds(constraint, setting["mode"]),
         "constrained_matrices": int(constraint["matrices"].max()),
-        "activation": hidden_act,
-        "mlp_monotone": hidden_act in MONOTONE_ACTIVATIONS,
-        "activation_note": (f"The MLP activation is {hidden_act!r}, which is "
-                            + ("monotone, so W >= 0 makes each constrained MLP monotone."
-                               if hidden_act in MONOTONE_ACTIVATIONS else
-                               "not monotone: W >= 0 alone does not make the MLP a monotone function.")),
+        "mode": setting["mode"],
+        "mode_note": mode_note(constraint, setting["mode"]),
+        **activation_findings(hidden_act, setting, activation_swap, float(p["reference"])),
         "robustness": {},
         "robustness_above_control": {},
     }
@@ -231,3 +284,32 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
             if comp:
                 out["robustness_above_control"][attack] = comp
     return out
+
+
+def constraint_setting(m: dict) -> str:
+    """The [monotonic] table in one line; a run made before the modes existed shows its variant
+    and floor only."""
+    extra = ", ".join(f"{k} {m[k]}" for k in ("mode", "layers", "init", "activation") if k in m)
+    return f"{m['variant']} (floor {m['floor']:g}{', ' + extra if extra else ''})"
+
+
+def promise_column(mode: str) -> str:
+    """The constraint-table column that must be 0 under `mode` (monotonic.PROMISE)."""
+    from monollm.monotonic import PROMISE
+
+    return PROMISE[mode]
+
+
+def constraint_sentences(findings: dict, constraint: pd.DataFrame) -> list[str]:
+    """The constraint check in words, for what the run's mode promises, and what the mode isolates."""
+    mode = findings.get("mode", "nonneg")
+    column = promise_column(mode)
+    counted = int(constraint[column].fillna(0).sum()) if column in constraint.columns else 0
+    what = {"nonneg": "negative entries", "sign_frozen": "entries off the reference's sign pattern",
+            "abs_init_free": "entries off max(|W0|, floor) at init"}[mode]
+    promise = {"nonneg": "W >= 0 holds.", "sign_frozen": "the sign pattern holds.",
+               "abs_init_free": "the start matches the constraint's."}[mode]
+    out = [f"Constraint check: {findings['constrained_matrices']} constrained matrices, {counted} {what} "
+           f"over {len(constraint)} checks ({', '.join(constraint['stage'])})"
+           + (f": {promise}" if findings["constraint_holds"] else ": the constraint FAILED.")]
+    return out + ([findings["mode_note"]] if "mode_note" in findings else [])

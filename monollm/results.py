@@ -136,7 +136,7 @@ def check_card_get(argv: list[str], flow: str = "MonoFlow"):
     print(note, file=sys.stderr)
 
 
-RUN_TAGS = ("profile:", "variant:", "seed:")
+RUN_TAGS = ("profile:", "variant:", "mode:", "seed:")
 """Prefixes of the tags every run carries (pipeline.tags)."""
 
 

@@ -355,3 +355,51 @@ def test_a_per_arm_override_reaches_only_the_monotonic_arm():
 ], ids=["lr 0", "warmup -1", "train_gpu -1", "pretrain override"])
 def test_the_old_sentinel_values_are_refused_with_what_to_do(changes, words):
     assert_config_error(lambda: config.load(micro(**changes)), *words)
+
+
+# --- [monotonic] mode, layers, init, activation ----------------------------------------
+
+MONOTONIC_BAD = {
+    "unknown mode": ({"monotonic__mode": "positive"}, ["'monotonic.mode'", "'positive'", "nonneg", "sign_frozen",
+                                                         "abs_init_free"]),
+    "unknown init": ({"monotonic__init": "zeros"}, ["'monotonic.init'", "'zeros'", "abs", "clip"]),
+    "unknown activation": ({"monotonic__activation": "swish"}, ["'monotonic.activation'", "'swish'", "keep",
+                                                                 "relu"]),
+    "empty layers": ({"monotonic__layers": ""}, ["'monotonic.layers'", "empty", "all", "top:K"]),
+    "top:0": ({"monotonic__layers": "top:0"}, ["'monotonic.layers'", "empty"]),
+    "malformed layers": ({"monotonic__layers": "first"}, ["'monotonic.layers'", "'first'", "bottom:K", "0,3,5"]),
+    "layer twice": ({"monotonic__layers": "1,1"}, ["'monotonic.layers'", "twice"]),
+    "layers as a list": ({"monotonic__layers": [0, 1]}, ["'monotonic.layers'", "string"]),
+    "sign_frozen with clip": ({"monotonic__mode": "sign_frozen", "monotonic__init": "clip"},
+                                   ["'monotonic.init'", "sign_frozen", "abs"]),
+}
+
+
+@pytest.mark.parametrize("changes,needles", MONOTONIC_BAD.values(), ids=MONOTONIC_BAD.keys())
+def test_bad_monotonic_settings_fail_in_start(no_model_work, changes, needles):
+    assert_config_error(lambda: pipeline.start(micro(**changes), None), *needles)
+
+
+def test_monotonic_defaults_and_good_settings_load():
+    m = config.load(micro()).monotonic
+    assert (m.mode, m.layers, m.init, m.activation) == ("nonneg", "all", "abs", "keep")
+    for changes in ({"monotonic__mode": "sign_frozen"}, {"monotonic__mode": "abs_init_free", "monotonic__init":
+                    "clip"}, {"monotonic__layers": "top:1"}, {"monotonic__layers": "0, 1"},
+                    {"monotonic__activation": "relu"}):
+        cfg = config.load(micro(**changes))
+        assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_start_layer_out_of_range_names_the_built_models_layers(no_model_work):
+    n = _MICRO_RAW["model"]["build"]["num_layers"]
+    for spec, bad in ((f"0,{n}", str(n)), (f"top:{n + 1}", f"top:{n + 1}"), (f"bottom:{n + 3}", f"bottom:{n + 3}")):
+        assert_config_error(lambda: pipeline.start(micro(monotonic__layers=spec), None),
+                            "'monotonic.layers'", bad, f"{n} layers", f"0 .. {n - 1}")
+    pipeline.start(micro(monotonic__layers=f"top:{n}"), None)  # every layer is fine
+
+
+def test_start_layer_out_of_range_of_a_local_model(no_model_work, local_model_dir):
+    raw = micro(model__source="local", model__name=local_model_dir, data__block_len=32, monotonic__layers="2")
+    assert_config_error(lambda: pipeline.start(raw, None), "'monotonic.layers'", "2 layers", "0 .. 1")
+    raw["monotonic"]["layers"] = "1"
+    assert pipeline.start(raw, None).monotonic.layers == "1"
