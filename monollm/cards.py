@@ -334,8 +334,31 @@ def experiment(data) -> list:
     for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
         out += [Markdown(f"## Attack `{attack}` (dNLL in nats per continuation token)"),
                 _table(attack_view(data.attack_summary, attack)), VegaChart(dnll_chart(data.attacks, attack))]
+    out += downstream_section(data)
     full = pd.DataFrame(sorted(flatten(cfg).items()), columns=["key", "value"])
     return out + [Markdown("## Full configuration"), _table(full)]
+
+
+def downstream_section(data) -> list:
+    """The downstream tasks' components: per task and metric, each model's score with its
+    stderr, the items and chance; then the constraint's cost per task (monotonic minus baseline,
+    paired bootstrap 95% CI over items). [] for a run without them (none listed, or older)."""
+    from metaflow.cards import Markdown
+
+    table = getattr(data, "downstream", None)
+    if table is None or not len(table):
+        return []
+    wide = table.assign(score=[f"{fmt(v)} ± {fmt(e, 2)}" for v, e in zip(table["value"], table["stderr"])])
+    wide = wide.pivot_table(index=["task", "metric", "n", "chance"], columns="model", values="score",
+                            aggfunc="first", sort=False, dropna=False).reset_index()
+    models = [m for m in COLORS if m in wide.columns]
+    view = wide[["task", "metric", "n", "chance"] + models].assign(chance=lambda d: d["chance"].map(fmt))
+    lines = [f"* `{task}`: {c['metric']} {fmt(c['monotonic'])} (monotonic) vs {fmt(c['baseline'])} (baseline), "
+             f"difference {signed(c['diff'])} {signed_ci(c['ci_low'], c['ci_high'])} over {c['items']} items"
+             for task, c in data.findings.get("downstream", {}).items()]
+    return [Markdown("## Downstream tasks (lm-evaluation-harness; value ± stderr)"), _table(view),
+            Markdown("Cost of the constraint per task (monotonic minus baseline, paired bootstrap 95% CI "
+                     "over items; negative = the constraint costs):\n" + "\n".join(lines))]
 
 
 class LiveTraining:

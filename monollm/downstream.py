@@ -35,8 +35,10 @@ from monollm import corpus
 
 CORPUS_TASKS = ("corpus_cloze", "corpus_choice")
 """Tasks generated from the built-in corpus (`write_corpus_tasks`)."""
-HUB_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "winogrande")
-"""lm-eval tasks whose data comes from the hub (Pythia's paper reports these)."""
+HUB_TASKS = {"lambada_openai": "lambada", "hellaswag": "hellaswag", "piqa": "piqa", "arc_easy": "arc",
+             "winogrande": "winogrande"}
+"""lm-eval tasks whose data comes from the hub (Pythia's paper reports these) -> the folder of
+lm_eval/tasks that defines each: only those folders are indexed (all of lm-eval's take ~30 s)."""
 BRANCH = "downstream"
 """The foreach branch that runs the tasks, beside one branch per attack."""
 TASK_SEED = 20240917
@@ -58,10 +60,10 @@ def branches(cfg) -> list[str]:
 
 # ---- the corpus tasks -------------------------------------------------------------------
 
-def _name(word: str) -> str:
-    """`word` without punctuation when it is one of the corpus's proper names, else ""."""
-    bare = word.strip('.,?"')
-    return bare if bare in corpus.names() else ""
+def _names(words: list[str]) -> list[str]:
+    """Each word without punctuation where it is one of the corpus's proper names, else ""."""
+    known = corpus.names()
+    return [w.strip('.,?"') if w.strip('.,?"') in known else "" for w in words]
 
 
 def cloze_items(seed: int = TASK_SEED, n_docs: int = CLOZE_DOCS, words: int = CLOZE_WORDS) -> list[dict]:
@@ -75,15 +77,16 @@ def cloze_items(seed: int = TASK_SEED, n_docs: int = CLOZE_DOCS, words: int = CL
     rng, out = random.Random(seed), []
     for doc in corpus.generate(n_docs, seed):
         w = doc.split()
-        candidates = [i for i in range(1, len(w)) if _name(w[i]) and not w[i - 1].endswith(".")
-                      and _name(w[i]) in {_name(x) for x in w[max(0, i - words):i]}]
+        names = _names(w)
+        candidates = [i for i in range(1, len(w)) if names[i] and not w[i - 1].endswith(".")
+                      and names[i] in names[max(0, i - words):i]]
         if not candidates:
             continue
         i = rng.choice(candidates)
         lo = max(0, i - words)
-        last = max(j for j in range(lo, i) if _name(w[j]) == _name(w[i]))  # the passage keeps this mention
+        last = max(j for j in range(lo, i) if names[j] == names[i])  # the passage keeps this mention
         start = next((j for j in range(lo, last + 1) if j == 0 or w[j - 1].endswith(".")), lo)
-        out.append({"context": " ".join(w[start:i]), "target": _name(w[i])})
+        out.append({"context": " ".join(w[start:i]), "target": names[i]})
     return out
 
 
@@ -162,7 +165,7 @@ def check(d, key: str = "eval.downstream"):
     (or names no task), a task listed twice or a negative limit. d: config.DownstreamConfig."""
     from monollm.config import ConfigError
 
-    allowed = ", ".join(CORPUS_TASKS + HUB_TASKS) + ", or the path of an lm-eval task YAML file"
+    allowed = ", ".join(CORPUS_TASKS + tuple(HUB_TASKS)) + ", or the path of an lm-eval task YAML file"
     for i, entry in enumerate(d.tasks):
         where = f"'{key}.tasks[{i}]'"
         if _is_file_entry(entry):
@@ -172,7 +175,7 @@ def check(d, key: str = "eval.downstream"):
                 yaml_task_name(entry)
             except Exception as err:  # any YAML or shape error: the file cannot name a task
                 raise ConfigError(f"{where} is {entry!r}, which is not an lm-eval task file: {err}") from None
-        elif entry not in CORPUS_TASKS + HUB_TASKS:
+        elif entry not in CORPUS_TASKS + tuple(HUB_TASKS):
             raise ConfigError(f"{where} is {entry!r}; allowed: {allowed}")
     if len(set(d.tasks)) != len(d.tasks):
         raise ConfigError(f"'{key}.tasks' lists a task twice: {list(d.tasks)}")
@@ -194,6 +197,10 @@ def resolve(tasks, folder: str) -> tuple[list[str], list[str]]:
             include.append(os.path.dirname(os.path.abspath(entry)))
         else:
             names.append(entry)
+        if entry in HUB_TASKS:
+            import lm_eval.tasks
+
+            include.append(os.path.join(os.path.dirname(lm_eval.tasks.__file__), HUB_TASKS[entry]))
     return names, sorted(set(include))
 
 
@@ -211,17 +218,18 @@ def load_tasks(names: list[str], include: list[str], hub: bool) -> tuple:
     this offline run cannot read fails with one line (HubUnreachable), not a datasets traceback."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include or None, include_defaults=hub)
+    manager = TaskManager(include_path=include, include_defaults=False)
     try:
         return manager, list(manager.load(names)["tasks"].values())
     except Exception as err:
         if not (hub and _offline()):
             raise
         listed = [n for n in names if n in HUB_TASKS]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise HubUnreachable(
-            f"downstream tasks {', '.join(listed)} read their data from the hub, but this run is offline "
-            f"(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the datasets cache has no copy "
-            f"({type(err).__name__}): run where the hub is reachable, or fill HF_DATASETS_CACHE first") from None
+            f"downstream tasks {', '.join(listed)} (eval.downstream.tasks) read their data from the hub, but "
+            f"this run is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the datasets cache has no copy: "
+            f"{first}. Run where the hub is reachable, or fill HF_DATASETS_CACHE first") from None
 
 
 def run_tasks(model, tokenizer, manager, tasks: list, limit: int, batch_size: int, seed: int, n_boot: int) -> dict:
