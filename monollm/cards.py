@@ -348,11 +348,12 @@ def downstream_section(data) -> list:
     table = getattr(data, "downstream", None)
     if table is None or not len(table):
         return []
-    wide = table.assign(score=[f"{fmt(v)} ± {fmt(e, 2)}" for v, e in zip(table["value"], table["stderr"])])
-    wide = wide.pivot_table(index=["task", "metric", "n", "chance"], columns="model", values="score",
-                            aggfunc="first", sort=False, dropna=False).reset_index()
-    models = [m for m in COLORS if m in wide.columns]
-    view = wide[["task", "metric", "n", "chance"] + models].assign(chance=lambda d: d["chance"].map(fmt))
+    rows = []
+    for (task, metric), g in table.groupby(["task", "metric"], sort=False):
+        by = g.set_index("model")
+        rows.append({"task": task, "metric": metric, "n": fmt(by["n"].iloc[0]), "chance": fmt(by["chance"].iloc[0]),
+                     **{m: f"{fmt(by.loc[m, 'value'])} ± {fmt(by.loc[m, 'stderr'], 2)}" for m in COLORS if m in by.index}})
+    view = pd.DataFrame(rows)
     lines = [f"* `{task}`: {c['metric']} {fmt(c['monotonic'])} (monotonic) vs {fmt(c['baseline'])} (baseline), "
              f"difference {signed(c['diff'])} {signed_ci(c['ci_low'], c['ci_high'])} over {c['items']} items"
              for task, c in data.findings.get("downstream", {}).items()]
