@@ -238,7 +238,11 @@ def run_tasks(model, tokenizer, manager, tasks: list, limit: int, batch_size: in
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    class QuietHFLM(HFLM):  # no per-request progress bars in the step's log (its own lines say what runs)
+        def loglikelihood(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+    lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     return evaluator.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit or None,
                                      bootstrap_iters=n_boot, log_samples=True, random_seed=seed,
                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
