@@ -351,8 +351,9 @@ def downstream_section(data) -> list:
     rows = []
     for (task, metric), g in table.groupby(["task", "metric"], sort=False):
         by = g.set_index("model")
+        scores = {m: f"{fmt(by.loc[m, 'value'])} ± {fmt(by.loc[m, 'stderr'], 2)}" for m in COLORS if m in by.index}
         rows.append({"task": task, "metric": metric, "n": fmt(by["n"].iloc[0]), "chance": fmt(by["chance"].iloc[0]),
-                     **{m: f"{fmt(by.loc[m, 'value'])} ± {fmt(by.loc[m, 'stderr'], 2)}" for m in COLORS if m in by.index}})
+                     **scores})
     view = pd.DataFrame(rows)
     lines = [f"* `{task}`: {c['metric']} {fmt(c['monotonic'])} (monotonic) vs {fmt(c['baseline'])} (baseline), "
              f"difference {signed(c['diff'])} {signed_ci(c['ci_low'], c['ci_high'])} over {c['items']} items"

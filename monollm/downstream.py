@@ -71,8 +71,9 @@ def cloze_items(seed: int = TASK_SEED, n_docs: int = CLOZE_DOCS, words: int = CL
 
     A target is a proper name (town, river, person, day) inside a sentence (never its first word)
     that the passage names earlier, so that the passage, not a fixed phrase, decides it: one
-    target per document, drawn with `seed` among its candidates. The passage starts at the first sentence start within the `words`
-    words before the target (or `words` words before it inside a long sentence).
+    target per document, drawn with `seed` among its candidates. The passage starts at the first
+    sentence start within the `words` words before the target that keeps the name's last
+    mention (else `words` words before it, inside a long sentence).
     """
     rng, out = random.Random(seed), []
     for doc in corpus.generate(n_docs, seed):
