@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 # Metaflow refuses to run as root or an unknown user.
 export USERNAME ?= monollm
 export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup run test clean

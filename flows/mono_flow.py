@@ -128,8 +128,9 @@ class MonoFlow(FlowSpec):
     @model(load=["reference_model", "baseline_model", "monotonic_init_model", "monotonic_model"])
     @step
     def evaluate(self):
-        """Perplexity of all four models on the same test blocks; then one branch per attack."""
-        from monollm import config, pipeline, results
+        """Perplexity of all four models on the same test blocks; then one branch per attack, and
+        one for the downstream tasks beside them."""
+        from monollm import config, downstream, pipeline, results
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[artifact] for m, artifact in results.MODEL_ARTIFACTS.items()}
@@ -140,8 +141,8 @@ class MonoFlow(FlowSpec):
         # one line: `end` prints the table, aligned, with the rest of the summary
         pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],
                                                                               self.perplexity["perplexity"])))
-        self.attack_names = list(cfg.attacks)
-        self.next(self.attack, foreach="attack_names")
+        self.branches = downstream.branches(cfg)
+        self.next(self.attack, foreach="branches")
 
     @resources(**MODEL_STEP)
     @retry(times=RETRIES)
@@ -149,37 +150,47 @@ class MonoFlow(FlowSpec):
     @model(load=["baseline_model", "monotonic_model"])
     @step
     def attack(self):
-        """One attack type against `baseline` and `monotonic` on the same examples; a long
-        attack continues from its last checkpoint after a failure."""
-        from monollm import checkpoints, config, constants, models, pipeline
+        """One attack type against `baseline` and `monotonic` on the same examples (a long attack
+        continues from its last checkpoint after a failure); or, in the `downstream` branch, the
+        downstream tasks on all four models (the other two are loaded in this branch only)."""
+        from monollm import checkpoints, config, constants, downstream, models, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in constants.ARMS}
-        ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
-        self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
-        from monollm import card_sections  # pandas: imported once the attack has run
-        # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
-        self.token_text = card_sections.token_text(self.attack_rows, models.load_tokenizer(dirs["baseline"]))
+        self.attack_rows = self.downstream_results = self.token_text = None
+        if self.input == downstream.BRANCH:
+            dirs.update({m: current.model.load(getattr(self, f"{m}_model")) for m in ("reference", "monotonic_init")})
+            self.downstream_results = pipeline.downstream(cfg, {m: dirs[m] for m in constants.MODELS})
+        else:
+            ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
+            self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
+            from monollm import card_sections  # pandas: imported once the attack has run
+            # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
+            self.token_text = card_sections.token_text(self.attack_rows, models.load_tokenizer(dirs["baseline"]))
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)
     @step
     def join_attacks(self, inputs):
-        """Tidy attack table, summaries and findings computed from the tables; the experiment card."""
+        """Tidy attack and downstream tables, summaries and findings computed from the tables; the
+        experiment card."""
         import pandas as pd
 
-        from monollm import card_sections, cards, config, report
+        from monollm import card_sections, cards, config, downstream, report
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
-        self.attacks = pd.concat([i.attack_rows for i in inputs], ignore_index=True)
+        self.attacks = pd.concat([i.attack_rows for i in inputs if i.attack_rows is not None], ignore_index=True)
         self.token_text = card_sections.merged_token_text(inputs)
-        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text"])
+        done = next((i.downstream_results for i in inputs if i.downstream_results is not None), downstream.empty())
+        self.downstream, self.downstream_items = done["table"], done["items"]
+        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text", "downstream_results"])
         cfg = config.from_dict(self.resolved_config)
         self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
                                         self.hidden_act, cfg.eval.bootstrap, cfg.seed,
                                         setting=self.resolved_config["monotonic"],
                                         activation_swap=getattr(self, "activation_swap", None))
+        self.findings["downstream"] = downstream.cost(self.downstream_items, cfg.eval.bootstrap, cfg.seed)
         current.card["experiment"].extend(cards.experiment(self))
         self.next(self.end)
 

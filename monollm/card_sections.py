@@ -249,3 +249,27 @@ def config_html(rows: list[tuple[str, object]], summary: str) -> str:
     cells = "".join(f"<tr><td style='text-align:left'>{html.escape(str(k))}</td>"
                     f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<details><summary>{html.escape(summary)}</summary><table>{cells}</table></details>"
+
+
+# ---- downstream tasks ---------------------------------------------------------------------------
+
+def downstream_view(data) -> tuple[pd.DataFrame, list[str]] | None:
+    """The downstream tasks for the card: per task and metric, each model's score with its stderr,
+    the items and chance; and one line per task with the constraint's cost (monotonic minus
+    baseline, paired bootstrap 95% CI over items). None for a run without them (none listed, or
+    older)."""
+    from monollm.constants import MODELS
+
+    table = getattr(data, "downstream", None)
+    if table is None or not len(table):
+        return None
+    rows = []
+    for (task, metric), g in table.groupby(["task", "metric"], sort=False):
+        by = g.set_index("model")
+        scores = {m: f"{fmt(by.loc[m, 'value'])} ± {fmt(by.loc[m, 'stderr'], 2)}" for m in MODELS if m in by.index}
+        rows.append({"task": task, "metric": metric, "n": fmt(by["n"].iloc[0]), "chance": fmt(by["chance"].iloc[0]),
+                     **scores})
+    lines = [f"* `{task}`: {c['metric']} {fmt(c['monotonic'])} (monotonic) vs {fmt(c['baseline'])} (baseline), "
+             f"difference {signed(c['diff'])} {signed_ci(c['ci_low'], c['ci_high'])} over {c['items']} items"
+             for task, c in data.findings.get("downstream", {}).items()]
+    return pd.DataFrame(rows), lines

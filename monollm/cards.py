@@ -287,7 +287,20 @@ def experiment(data) -> list:
         _table(constraint_view(data.constraint))]
     for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
         out += attack_section(data, attack)
-    return out + sections.configuration(cfg)
+    return out + downstream_section(data) + sections.configuration(cfg)
+
+
+def downstream_section(data) -> list:
+    """The downstream tasks' table and the constraint's cost per task ([] for a run without them)."""
+    from metaflow.cards import Markdown
+
+    parts = sections.downstream_view(data)
+    if parts is None:
+        return []
+    view, lines = parts
+    return [Markdown("## Downstream tasks (lm-evaluation-harness; value ± stderr)"), _table(view),
+            Markdown("Cost of the constraint per task (monotonic minus baseline, paired bootstrap 95% CI "
+                     "over items; negative = the constraint costs):\n" + "\n".join(lines))]
 
 
 def lead(data) -> list:

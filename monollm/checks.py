@@ -132,6 +132,9 @@ def _check_eval(e):
     require(e.batch_size > 0, "eval.batch_size", "must be positive")
     require(e.max_blocks >= 0, "eval.max_blocks", "must be >= 0")
     require(e.bootstrap >= 100, "eval.bootstrap", "must be >= 100")
+    from monollm.downstream import check as check_downstream
+
+    check_downstream(e.downstream)  # task names and files, naming eval.downstream.tasks[i]
 
 
 def _check_attack(a):

@@ -96,7 +96,20 @@ def key_numbers(data) -> dict:
         out[f"dNLL {key} baseline - monotonic"] = comp["diff"]
     for attack, comp in f.get("robustness_above_control", {}).items():
         out[f"dNLL above control {attack} baseline - monotonic"] = comp["diff"]
+    out.update(downstream_numbers(data))
     return {k: float(v) for k, v in out.items()}
+
+
+def downstream_numbers(data) -> dict:
+    """Each downstream task's accuracy per model and monotonic minus baseline (findings); {} for a
+    run without downstream tasks."""
+    table, out = getattr(data, "downstream", None), {}
+    if table is not None and len(table):
+        for row in table[table.metric == "acc"].itertuples():
+            out[f"downstream {row.task} acc {row.model}"] = row.value
+    for task, c in data.findings.get("downstream", {}).items():
+        out[f"downstream {task} {c['metric']} monotonic - baseline"] = c["diff"]
+    return out
 
 
 def select_runs(runs=None, tag=None, flow: str = "MonoFlow", like=None, vary=(), namespace: str | None = None) -> list:
@@ -246,6 +259,7 @@ DIFFERENCES = {  # metric prefix/suffix -> (positive, negative) reading of an in
     "baseline - monotonic": ("monotonic damaged less", "baseline damaged less"),
     "NLL cost monotonic - baseline": ("monotonic has the higher NLL (a perplexity cost)",
                                       "monotonic has the lower NLL"),
+    "acc monotonic - baseline": ("monotonic scores higher", "monotonic scores lower (a downstream cost)"),
 }
 
 

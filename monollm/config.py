@@ -183,6 +183,18 @@ class MonotonicConfig:
 
 
 @dataclass(frozen=True)
+class DownstreamConfig:
+    """Downstream tasks through lm-evaluation-harness, for all four models, in one foreach branch
+    beside the attacks (monollm.downstream)."""
+    tasks: tuple[str, ...] = ()
+    """Tasks: "corpus_cloze" and "corpus_choice" (generated from the built-in corpus at run time,
+    offline), lm-eval tasks read from the hub ("lambada_openai", "hellaswag", "piqa", "arc_easy",
+    "winogrande"), or the path of an lm-eval task YAML file. Empty: no downstream branch."""
+    limit: int = 0
+    """Items per task: the first `limit` of its evaluation split (0: all)."""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Perplexity on the test blocks."""
     batch_size: int = 32
@@ -191,6 +203,8 @@ class EvalConfig:
     """Cap on test blocks (0: all)."""
     bootstrap: int = 2000
     """Bootstrap resamples for confidence intervals."""
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    """[eval.downstream]: tasks through lm-evaluation-harness (batch_size and bootstrap above apply)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["generate", "DEFAULT_SEED"]
+__all__ = ["generate", "DEFAULT_SEED", "world_facts", "names"]
 
 DEFAULT_SEED = 1234
 
@@ -100,6 +100,29 @@ def _town_facts(t: str) -> list[str]:
 def _person_fact(p: str) -> str:
     i = _PERSON[p]
     return f"{p} is a {i['job']} from {i['home']}."
+
+
+FACT_SLOTS = {"river": _RIVERS, "trade": _TRADES, "neighbour": _TOWNS, "colour": _COLOURS, "home": _TOWNS}
+"""What each fact's last word is drawn from: slot -> every value the world may give it."""
+
+
+def world_facts() -> list[dict]:
+    """Every fact of the world as {"prefix", "answer", "slot"}: a fact sentence of the corpus
+    (the wording documents use) without its last word, that word, and its slot in FACT_SLOTS.
+    Four facts per town (river, trade, neighbour, colour) and one per person (home)."""
+    slots = ("river", "trade", "neighbour", "colour")
+    pairs = [(s, slot) for t in _TOWNS for s, slot in zip(_town_facts(t), slots)]
+    pairs += [(_person_fact(p), "home") for p in _PEOPLE]
+    out = []
+    for sentence, slot in pairs:
+        prefix, answer = sentence.rstrip(".").rsplit(" ", 1)
+        out.append({"prefix": prefix, "answer": answer, "slot": slot})
+    return out
+
+
+def names() -> frozenset[str]:
+    """Every proper name the corpus uses: towns, rivers, people and days."""
+    return frozenset(_TOWNS + _RIVERS + _PEOPLE + _DAYS)
 
 
 def _count(rng: random.Random, noun: str) -> str:

@@ -304,6 +304,15 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
     return table
 
 
+def downstream(cfg: config.ExperimentConfig, model_dirs: dict) -> dict:
+    """The downstream tasks (monollm.downstream) on every model in `model_dirs` (name -> saved
+    model directory): {"table": one row per task x model x metric, "items": per-item values}."""
+    from monollm import downstream as tasks
+
+    device = setup_torch(cfg)
+    return tasks.evaluate(cfg, model_dirs, device, tmpdir("downstream"), log=log)
+
+
 def tmpdir(step: str) -> str:
     import tempfile
 

@@ -43,6 +43,8 @@ CHANGES = {
     ("train", "tokens"): 12_288, ("train", "eval_every"): 2, ("train", "val_blocks"): 4,
     ("train", "log_every"): 1, ("train", "checkpoint_every"): 2,
     ("eval", "bootstrap"): 200, ("eval", "max_blocks"): 48,
+    # the paper's tasks read the hub; the corpus tasks run the same branch offline
+    ("eval.downstream", "tasks"): ["corpus_cloze", "corpus_choice"], ("eval.downstream", "limit"): 24,
     ("attack", "examples"): 24, ("attack", "batch_size"): 64,
     ("attack.uat", "steps"): 2, ("attack.uat", "top_k"): 4, ("attack.uat", "restarts"): 1,
     ("attack.uat", "opt_examples"): 16, ("attack.uat", "controls"): 2,

@@ -362,6 +362,8 @@ def test_card_get_writes_the_experiment_card(micro_run, datastore_root, tmp_path
     assert [row[1] for row in ppl["data"]] == [cards.fmt(p) for p in data.perplexity["perplexity"]]
     assert any(t["columns"][:3] == ["kind", "model", "trigger from"] for t in tables)  # the attack summary
     assert sum(p.get("type") == "vegaChart" for p in parts) >= 3
+    downstream = next(t for t in tables if t["columns"][:4] == ["task", "metric", "n", "chance"])
+    assert {row[0] for row in downstream["data"]} == set(data.downstream["task"])
 
 
 @pytest.mark.flow
@@ -375,3 +377,23 @@ def test_training_card_shows_the_finished_run(micro_run, datastore_root, tmp_pat
     chart = next(p for p in parts if p.get("type") == "vegaChart")
     steps = micro_run.data.training.query("arm == 'monotonic'")["step"].max()
     assert max(v["step"] for v in chart["spec"]["data"]["values"]) == steps
+
+
+def test_downstream_section_shows_scores_and_the_cost_per_task():
+    data = synthetic_run()
+    rows = [{"task": t, "model": m, "metric": "acc", "value": v, "stderr": 0.03, "n": 100, "chance": 0.25}
+            for t in ("corpus_choice", "piqa") for m, v in zip(report.MODELS, (0.7, 0.65, 0.4, 0.6))]
+    rows += [{"task": "corpus_cloze", "model": m, "metric": "perplexity", "value": 5.0, "stderr": 0.4, "n": 100,
+              "chance": math.nan} for m in report.MODELS]
+    data.downstream = pd.DataFrame(rows)
+    data.findings["downstream"] = {"piqa": {"metric": "acc", "baseline": 0.65, "monotonic": 0.6, "diff": -0.05,
+                                            "ci_low": -0.09, "ci_high": -0.01, "items": 100}}
+    parts = rendered(cards.downstream_section(data))
+    table = next(p for p in parts if p["type"] == "table")
+    assert table["columns"] == ["task", "metric", "n", "chance", *report.MODELS]
+    assert table["data"][0][:4] == ["corpus_choice", "acc", "100", "0.25"] and "0.65 ± 0.03" in table["data"][0]
+    assert table["data"][2][:5] == ["corpus_cloze", "perplexity", "100", "-", "5 ± 0.4"]  # no chance for perplexity
+    text = " ".join(p["source"] for p in parts if p["type"] == "markdown")
+    assert "`piqa`: acc 0.6 (monotonic) vs 0.65 (baseline), difference -0.050 [-0.090, -0.010] over 100 items" in text
+    del data.downstream  # a run made before downstream tasks existed
+    assert cards.downstream_section(data) == []

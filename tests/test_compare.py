@@ -114,6 +114,23 @@ def test_verdict_rows_read_the_interval_across_runs():
     assert (one["verdict"] == "no interval: fewer than two runs").all()
 
 
+def test_downstream_rows_and_their_verdict():
+    runs = []
+    for i, diff in enumerate((-0.05, -0.04, -0.06)):
+        run = fake_run(str(60 + i), i)
+        run.data.downstream = pd.DataFrame([{"task": "piqa", "model": m, "metric": metric, "value": 0.6, "stderr": 0.01,
+                                             "n": 100, "chance": 0.5} for m in ("baseline", "monotonic")
+                                            for metric in ("acc", "acc_norm")])
+        run.data.findings["downstream"] = {"piqa": {"metric": "acc", "diff": diff}}
+        runs.append(run)
+    table = compare.compare(runs)
+    assert {"downstream piqa acc baseline", "downstream piqa acc monotonic"} <= set(table.index)
+    assert not any("acc_norm" in m for m in table.index)
+    v = compare.verdicts(table).set_index("metric").loc["downstream piqa acc monotonic - baseline"]
+    assert v["mean"] == pytest.approx(-0.05) and v["verdict"] == "monotonic scores lower (a downstream cost)"
+    assert "downstream piqa" not in " ".join(compare.compare([fake_run("70", 0)]).index)  # a run without them
+
+
 def test_duplicate_seeds_warn_and_keep_distinct_labels(monkeypatch, capsys):
     runs = [fake_run("51", 0), fake_run("52", 0), fake_run("53", 1)]
     with pytest.warns(compare.DuplicateSeeds, match="MonoFlow/51, MonoFlow/52 share seed 0"):

@@ -187,3 +187,23 @@ def test_console_summary_answers_first_and_fits_120_columns(micro_run):
         rows = [line for line in block.splitlines() if line.startswith("|")]
         assert len({len(r) for r in rows}) <= 1
     assert lines[-1] == f"Experiment card: python flows/mono_flow.py card get {micro_run.id}/join_attacks report.html"
+
+
+def test_downstream_tasks_on_all_four_models(micro_run):
+    """The downstream branch ran beside the attacks: every model on every task, the table's scores
+    are the means of the per-item values, and the cost per task is monotonic minus baseline."""
+    data = micro_run.data
+    d, listed = data.downstream, data.resolved_config["eval"]["downstream"]
+    assert set(d["model"]) == set(report.MODELS) and set(d["task"]) == set(listed["tasks"])
+    assert (d["n"] == listed["limit"]).all()  # both tasks have more items than the micro limit
+    acc = d[d.metric == "acc"].set_index(["task", "model"])
+    means = data.downstream_items.groupby(["task", "model", "metric"])["value"].mean()
+    for (task, model), row in acc.iterrows():
+        assert means[task, model, "acc"] == pytest.approx(row["value"])
+    choice = acc.loc["corpus_choice"]
+    assert (choice["chance"] == 0.25).all()
+    assert choice.loc["reference", "value"] > 0.25  # the world's facts were learned
+    for task in listed["tasks"]:
+        cost, a = data.findings["downstream"][task], acc.loc[task, "value"]
+        assert cost["diff"] == pytest.approx(a["monotonic"] - a["baseline"])
+        assert cost["ci_low"] <= cost["diff"] <= cost["ci_high"] and cost["items"] == listed["limit"]
