@@ -130,7 +130,7 @@ class MonoFlow(FlowSpec):
     def evaluate(self):
         """Perplexity of all four models on the same test blocks; then one branch per attack, and
         one for the downstream tasks beside them."""
-        from monollm import config, downstream, pipeline, results
+        from monollm import config, pipeline, results
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[artifact] for m, artifact in results.MODEL_ARTIFACTS.items()}
@@ -141,7 +141,7 @@ class MonoFlow(FlowSpec):
         # one line: `end` prints the table, aligned, with the rest of the summary
         pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],
                                                                               self.perplexity["perplexity"])))
-        self.branches = downstream.branches(cfg)
+        self.branches = pipeline.branches(cfg)
         self.next(self.attack, foreach="branches")
 
     @resources(**MODEL_STEP)
@@ -151,16 +151,21 @@ class MonoFlow(FlowSpec):
     @step
     def attack(self):
         """One attack type against `baseline` and `monotonic` on the same examples (a long attack
-        continues from its last checkpoint after a failure); or, in the `downstream` branch, the
-        downstream tasks on all four models (the other two are loaded in this branch only)."""
+        continues from its last checkpoint after a failure); or, in the `downstream` and `order`
+        branches, the downstream tasks or order preservation of all four models (the other two
+        are loaded in these branches only)."""
         from monollm import checkpoints, config, constants, downstream, models, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in constants.ARMS}
-        self.attack_rows = self.downstream_results = self.token_text = None
-        if self.input == downstream.BRANCH:
+        self.attack_rows = self.downstream_results = self.order_results = self.token_text = None
+        if self.input in (downstream.BRANCH, pipeline.ORDER_BRANCH):
             dirs.update({m: current.model.load(getattr(self, f"{m}_model")) for m in ("reference", "monotonic_init")})
-            self.downstream_results = pipeline.downstream(cfg, {m: dirs[m] for m in constants.MODELS})
+            dirs = {m: dirs[m] for m in constants.MODELS}
+            if self.input == downstream.BRANCH:
+                self.downstream_results = pipeline.downstream(cfg, dirs)
+            else:
+                self.order_results = pipeline.order(cfg, dirs)
         else:
             ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
             self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
@@ -179,11 +184,16 @@ class MonoFlow(FlowSpec):
         from monollm import card_sections, cards, config, downstream, report
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
-        self.attacks = pd.concat([i.attack_rows for i in inputs if i.attack_rows is not None], ignore_index=True)
+        self.attacks = pd.concat([i.attack_rows for i in inputs if getattr(i, "attack_rows", None) is not None],
+                                 ignore_index=True)
         self.token_text = card_sections.merged_token_text(inputs)
-        done = next((i.downstream_results for i in inputs if i.downstream_results is not None), downstream.empty())
+        # getattr: a branch cloned by `resume` from a run made before these branches existed has neither
+        done = next((r for r in (getattr(i, "downstream_results", None) for i in inputs) if r is not None),
+                    downstream.empty())
         self.downstream, self.downstream_items = done["table"], done["items"]
-        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text", "downstream_results"])
+        self.order_preservation = next((r for r in (getattr(i, "order_results", None) for i in inputs)
+                                        if r is not None), None)
+        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text", "downstream_results", "order_results"])
         cfg = config.from_dict(self.resolved_config)
         self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
@@ -191,6 +201,10 @@ class MonoFlow(FlowSpec):
                                         setting=self.resolved_config["monotonic"],
                                         activation_swap=getattr(self, "activation_swap", None))
         self.findings["downstream"] = downstream.cost(self.downstream_items, cfg.eval.bootstrap, cfg.seed)
+        if self.order_preservation is not None:
+            from monollm import order
+
+            self.findings["order_preservation"] = order.findings(self.order_preservation)
         current.card["experiment"].extend(cards.experiment(self))
         self.next(self.end)
 

@@ -273,3 +273,37 @@ def downstream_view(data) -> tuple[pd.DataFrame, list[str]] | None:
              f"difference {signed(c['diff'])} {signed_ci(c['ci_low'], c['ci_high'])} over {c['items']} items"
              for task, c in data.findings.get("downstream", {}).items()]
     return pd.DataFrame(rows), lines
+
+
+# ---- order preservation -------------------------------------------------------------------------
+
+def order_section(data) -> list:
+    """Order preservation: per-layer curves of the share of held-out checks that keep the order,
+    one line per model (95% CI band), primary pooling; and the findings in one sentence. [] for
+    a run without it."""
+    from metaflow.cards import Markdown, VegaChart
+
+    table, found = getattr(data, "order_preservation", None), (data.findings or {}).get("order_preservation")
+    if table is None or not len(table) or not found:
+        return []
+    rows = table[table["pooling"] == found["pooling"]]
+    values = [{k: (None if v != v else v) for k, v in r.items()}
+              for r in rows[["model", "layer", "preserved", "ci_low", "ci_high"]].to_dict("records")]
+    x = {"field": "layer", "type": "ordinal", "title": "layer (0: embeddings)"}
+    color = {"field": "model", "type": "nominal", "sort": list(dict.fromkeys(rows["model"]))}
+    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "height": 220,
+            "title": f"Held-out checks that keep the order, by layer ({found['pooling']}-token pooling, 95% CI)",
+            "data": {"values": values},
+            "layer": [{"mark": {"type": "area", "opacity": 0.15},
+                       "encoding": {"x": x, "y": {"field": "ci_low", "type": "quantitative"},
+                                    "y2": {"field": "ci_high"}, "color": color}},
+                      {"mark": {"type": "line", "point": True},
+                       "encoding": {"x": x, "y": {"field": "preserved", "type": "quantitative",
+                                                  "title": "share preserved", "scale": {"domain": [0, 1]}},
+                                    "color": color}}]}
+    at = ", ".join(f"{m} {fmt(v['preserved'], 3)} [{fmt(v['ci_low'], 3)}, {fmt(v['ci_high'], 3)}]"
+                   for m, v in found["models"].items())
+    return [Markdown(f"## Order preservation\nAt the deepest layer ({found['layer']}), over {found['n_pairs']} "
+                     f"held-out pairs: {at}. Probes are fit per model, so this measures whether order stays "
+                     f"linearly readable, not whether the model is monotone (docs/method.md)."),
+            VegaChart(spec)]

@@ -287,7 +287,7 @@ def experiment(data) -> list:
         _table(constraint_view(data.constraint))]
     for attack in data.attack_summary["attack"].unique() if len(data.attack_summary) else []:
         out += attack_section(data, attack)
-    return out + downstream_section(data) + sections.configuration(cfg)
+    return out + downstream_section(data) + sections.order_section(data) + sections.configuration(cfg)
 
 
 def downstream_section(data) -> list:

@@ -135,6 +135,20 @@ def _check_eval(e):
     from monollm.downstream import check as check_downstream
 
     check_downstream(e.downstream)  # task names and files, naming eval.downstream.tasks[i]
+    _check_order(e.order)
+
+
+def _check_order(o):
+    from monollm.order_chains import CHAIN_SETS
+
+    require(o.chains in ("auto", *CHAIN_SETS) or (o.chains.endswith(".jsonl") and os.path.isfile(o.chains)),
+            "eval.order.chains", f"is {o.chains!r}; allowed: auto, {', '.join(CHAIN_SETS)} or an existing .jsonl file")
+    require(len(o.pooling) > 0, "eval.order.pooling", "must name at least one of: last, mean")
+    for i, p in enumerate(o.pooling):
+        one_of(p, ("last", "mean"), f"eval.order.pooling[{i}]")
+    require(0 < o.fit_fraction < 1, "eval.order.fit_fraction", "must be in (0, 1)")
+    require(o.probe_c > 0, "eval.order.probe_c", "must be positive")
+    require(o.batch_size > 0, "eval.order.batch_size", "must be positive")
 
 
 def _check_attack(a):

@@ -1,4 +1,5 @@
 """Experiment configuration: frozen dataclasses loaded from a profile's TOML.
+# long: the schema, one frozen dataclass per profile table with a docstring per field
 
 `load(dict) -> ExperimentConfig` checks every key and value and raises
 `ConfigError` naming the key and the allowed values, so that a bad profile
@@ -195,6 +196,25 @@ class DownstreamConfig:
 
 
 @dataclass(frozen=True)
+class OrderConfig:
+    """Order preservation (monollm.order): probe directions per layer on ordered text pairs, for
+    all four models, in one foreach branch beside the attacks."""
+    enabled: bool = False
+    """Measure it (a branch named "order")."""
+    chains: str = "auto"
+    """"english" (hub models), "builtin" (the built-in corpus's words), "auto" (builtin for a built
+    model, english otherwise) or the path of a .jsonl file of chains (monollm.order_chains)."""
+    pooling: tuple[str, ...] = ("last", "mean")
+    """Poolings of each layer's hidden states: "last" (the last token; primary), "mean" (a check)."""
+    fit_fraction: float = 0.5
+    """Share of the topics whose pairs fit the probes; the other topics' pairs are checked."""
+    probe_c: float = 1.0
+    """Inverse L2 strength of the logistic-regression probes."""
+    batch_size: int = 32
+    """Texts per forward pass."""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Perplexity on the test blocks."""
     batch_size: int = 32
@@ -205,6 +225,8 @@ class EvalConfig:
     """Bootstrap resamples for confidence intervals."""
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     """[eval.downstream]: tasks through lm-evaluation-harness (batch_size and bootstrap above apply)."""
+    order: OrderConfig = field(default_factory=OrderConfig)
+    """[eval.order]: order preservation (bootstrap above applies)."""
 
 
 @dataclass(frozen=True)

@@ -222,3 +222,19 @@ def order_table(model_dirs: dict, chains, *, device: str = "cpu", attn_implement
         tables.append(order_preservation(model, tokenizer, chains, name=name, **kwargs))
         del model
     return pd.concat(tables, ignore_index=True)
+
+
+def findings(table: pd.DataFrame) -> dict:
+    """What the card and the console say of an order_preservation table: for the primary pooling
+    (the first measured: "last" by default) and the deepest layer, each model's share of checks
+    that keep the order with its 95% bootstrap CI, and monotonic minus baseline (a difference of
+    the two estimates; their CIs are each model's own)."""
+    pooling = table["pooling"].iloc[0]
+    rows = table[table["pooling"] == pooling]
+    deepest = rows[rows["layer"] == rows["layer"].max()].set_index("model")
+    out = {"pooling": pooling, "layer": int(rows["layer"].max()), "n_pairs": int(deepest["n_pairs"].iloc[0]),
+           "models": {m: {k: float(deepest.loc[m, k]) for k in ("preserved", "ci_low", "ci_high")}
+                      for m in deepest.index}}
+    if {"baseline", "monotonic"} <= set(deepest.index):
+        out["monotonic_minus_baseline"] = float(deepest.loc["monotonic", "preserved"] - deepest.loc["baseline", "preserved"])
+    return out

@@ -17,6 +17,7 @@ from monollm.evaluate import block_nll, perplexity
 from monollm.runtime import log, setup_torch
 
 __all__ = ["log", "setup_torch", "start", "setup", "train_arm", "make_monotonic", "evaluate", "attack",
+           "branches", "downstream", "order",
            "SetupResult", "ArmResult", "tags", "sources", "tmpdir"]
 
 
@@ -311,6 +312,31 @@ def downstream(cfg: config.ExperimentConfig, model_dirs: dict) -> dict:
 
     device = setup_torch(cfg)
     return tasks.evaluate(cfg, model_dirs, device, tmpdir("downstream"), log=log)
+
+
+ORDER_BRANCH = "order"
+"""The foreach branch that measures order preservation, beside the attacks."""
+
+
+def branches(cfg: config.ExperimentConfig) -> list[str]:
+    """The evaluate step's foreach: one branch per attack, then the downstream tasks' and the
+    order-preservation branch where the profile asks for them."""
+    from monollm import downstream as tasks
+
+    return tasks.branches(cfg) + ([ORDER_BRANCH] if cfg.eval.order.enabled else [])
+
+
+def order(cfg: config.ExperimentConfig, model_dirs: dict):
+    """Order preservation (monollm.order) of every model in `model_dirs` on the same pairs; one
+    row per model x layer x pooling."""
+    from monollm import order as measure
+
+    o, device = cfg.eval.order, setup_torch(cfg)
+    chains = o.chains if o.chains != "auto" else ("builtin" if cfg.model.source == "build" else "english")
+    log(f"order preservation: {chains} chains, {', '.join(o.pooling)} pooling, {len(model_dirs)} models")
+    return measure.order_table(model_dirs, chains, device=device, attn_implementation=cfg.model.attn_implementation,
+                               pooling=o.pooling, seed=cfg.seed, bootstrap=cfg.eval.bootstrap,
+                               fit_fraction=o.fit_fraction, C=o.probe_c, batch_size=o.batch_size)
 
 
 def tmpdir(step: str) -> str:

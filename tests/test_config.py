@@ -212,6 +212,10 @@ BAD = {
     "bad list item": ({"attack__thresholds": [0.5, "x"]}, ["'attack.thresholds[1]'", "number"]),
     "value for table": ({"model": "build"}, ["'model'", "table"]),
     "value for attack table": ({"attack__random": 3}, ["'attack.random'", "table"]),
+    "order chains": ({"eval__order__chains": "german"}, ["'eval.order.chains'", "english, builtin"]),
+    "order pooling": ({"eval__order__pooling": ["max"]}, ["'eval.order.pooling[0]'", "last, mean"]),
+    "no order pooling": ({"eval__order__pooling": []}, ["'eval.order.pooling'", "at least one"]),
+    "order fit": ({"eval__order__fit_fraction": 1.0}, ["'eval.order.fit_fraction'", "(0, 1)"]),
 }
 
 

@@ -207,3 +207,20 @@ def test_downstream_tasks_on_all_four_models(micro_run):
         cost, a = data.findings["downstream"][task], acc.loc[task, "value"]
         assert cost["diff"] == pytest.approx(a["monotonic"] - a["baseline"])
         assert cost["ci_low"] <= cost["diff"] <= cost["ci_high"] and cost["items"] == listed["limit"]
+
+
+def test_order_preservation_on_all_four_models(micro_run):
+    """The order branch measured every model at every layer on the same held-out pairs, and the
+    findings read the deepest layer of that table."""
+    from monollm import order
+
+    data = micro_run.data
+    table, found = data.order_preservation, data.findings["order_preservation"]
+    layers = data.resolved_config["model"]["build"]["num_layers"] + 1  # the embeddings, then each block
+    assert set(table["model"]) == set(report.MODELS) and set(table["pooling"]) == {"last"}
+    assert (table.groupby("model")["layer"].nunique() == layers).all()
+    assert table["n_pairs"].nunique() == 1 and table["n_pairs"].iloc[0] > 0  # the same pairs for every model
+    assert ((table["ci_low"] <= table["preserved"]) & (table["preserved"] <= table["ci_high"])).all()
+    assert found == order.findings(table) and found["layer"] == layers - 1
+    deepest = table[table["layer"] == layers - 1].set_index("model")["preserved"]
+    assert found["monotonic_minus_baseline"] == pytest.approx(deepest["monotonic"] - deepest["baseline"])

@@ -262,3 +262,15 @@ def test_metric_on_tiny_model_equals_direct_computation(model_dir):
     # the last-token embeddings of texts that end alike tie: layer 0 is preserved by ties alone
     assert table.loc[table["layer"] == 0, "tied"].item() == 1.0
     assert table.loc[table["layer"] > 0, "tied"].max() == 0.0
+
+
+def test_findings_read_the_deepest_layer_of_the_primary_pooling():
+    import pandas as pd
+
+    rows = [{"model": m, "layer": layer, "pooling": p, "preserved": 0.5 + 0.1 * layer + (0.05 if m == "monotonic" else 0),
+             "ci_low": 0.1, "ci_high": 0.99, "n_pairs": 7}
+            for p in ("last", "mean") for m in ("baseline", "monotonic") for layer in range(3)]
+    found = order.findings(pd.DataFrame(rows))
+    assert (found["pooling"], found["layer"], found["n_pairs"]) == ("last", 2, 7)
+    assert found["models"]["baseline"]["preserved"] == pytest.approx(0.7)
+    assert found["monotonic_minus_baseline"] == pytest.approx(0.05)
