@@ -185,7 +185,9 @@ if __name__ == "__main__":
     import sys
 
     from monollm.results import check_resume_origin, resume_tags
+    from monollm.slurm import use_step_resources
 
     check_resume_origin(sys.argv)
+    use_step_resources()  # --with slurm: each step's job asks for its @resources (monollm/slurm.py)
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()
