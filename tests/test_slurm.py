@@ -7,17 +7,17 @@ them the module skips with the reason, unless MONOLLM_REQUIRE_SLURM is set (CI s
 missing package or a service that does not start fails the tests with the reason and log tail.
 """
 import glob
-import json
 import os
 import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 import slurm_cluster
 from conftest import FLOW, MICRO, ROOT
-from test_deploy import BUCKET, PREFIX, s3_endpoint, s3_env  # noqa: F401  (s3_endpoint: the S3 server fixture)
+from test_deploy import s3_endpoint, s3_env  # noqa: F401  (s3_endpoint: the S3 server fixture)
 
 MODEL_STEPS = ("setup", "train_baseline", "make_monotonic", "train_monotonic", "evaluate", "attack")
 LIGHT_STEPS = ("start", "join_models", "join_attacks", "end")
@@ -85,19 +85,18 @@ def jobcomp(cluster) -> list[dict]:
 
 
 READBACK = """
-import json, sys
+import pickle, sys
 from metaflow import Run, namespace
 
 namespace(None)
 run = Run(sys.argv[1])
-print(json.dumps({
-    "successful": run.successful,
-    "perplexity": [float(p) for p in run.data.perplexity["perplexity"]],
-    "dnll": [float(d) for d in run.data.attacks["dnll"]],
-    "training": run.data.training.to_dict(orient="list"),
-    "jobs": {s.id: [t.metadata_dict.get("slurm-job-id") for t in s] for s in run},
-    "partitions": {s.id: [t.metadata_dict.get("slurm-job-partition") for t in s] for s in run},
-}, default=str))
+with open(sys.argv[2], "wb") as f:
+    pickle.dump({
+        "successful": run.successful,
+        "tables": {name: getattr(run.data, name) for name in ("perplexity", "training", "attacks")},
+        "jobs": {s.id: [t.metadata_dict.get("slurm-job-id") for t in s] for s in run},
+        "partitions": {s.id: [t.metadata_dict.get("slurm-job-partition") for t in s] for s in run},
+    }, f)
 """
 
 
@@ -113,10 +112,11 @@ def test_micro_run_with_slurm_runs_model_steps_as_jobs_and_matches_local(cluster
     script = os.path.join(home, "readback.py")
     with open(script, "w") as f:
         f.write(READBACK)
-    out = subprocess.run([sys.executable, script, f"MonoFlow/{run_id}"], env=env, cwd=home, capture_output=True,
-                         text=True, timeout=300)
+    result = os.path.join(home, "readback.pkl")
+    out = subprocess.run([sys.executable, script, f"MonoFlow/{run_id}", result], env=env, cwd=home,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-5000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = pd.read_pickle(result)
     assert got["successful"]
 
     # every model step ran as a Slurm job, and only they did: the task's own record of its job
@@ -141,10 +141,11 @@ def test_micro_run_with_slurm_runs_model_steps_as_jobs_and_matches_local(cluster
         assert "#SBATCH --cpus-per-task=1\n" in text and "#SBATCH --mem=2000M\n" in text, path
         assert f"#SBATCH --time={TIMEOUT_HOURS * 60}\n" in text and "--gres" not in text, path
 
-    # the same profile and seed on a laptop's local datastore gives the same tables (CPU)
-    assert got["perplexity"] == [float(p) for p in micro_run.data.perplexity["perplexity"]]
-    assert got["dnll"] == [float(d) for d in micro_run.data.attacks["dnll"]]
-    assert got["training"] == json.loads(json.dumps(micro_run.data.training.to_dict(orient="list"), default=str))
+    # the same profile and seed on a laptop's local datastore gives the same tables (CPU: exact)
+    for name, table in got["tables"].items():
+        local = getattr(micro_run.data, name)
+        drop = ["tokens_per_s"] if name == "training" else []  # a speed, not a result
+        pd.testing.assert_frame_equal(table.drop(columns=drop), local.drop(columns=drop), obj=name)
 
 
 def _logs(cluster) -> str:
