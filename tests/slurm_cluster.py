@@ -30,7 +30,8 @@ def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b, path=path) is None]
 
 
-def _which(name: str) -> str:
+def which(name: str) -> str:
+    """The path of a program, also where sbin is not on PATH."""
     return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN]))
 
 
@@ -70,10 +71,17 @@ class Cluster:
 
     def run(self, *cmd: str, timeout: int = 30) -> subprocess.CompletedProcess:
         """A Slurm client command on this cluster (as on its login node)."""
-        return subprocess.run([_which(cmd[0]), *cmd[1:]], env={**os.environ, "SLURM_CONF": self.slurm_conf},
+        return subprocess.run([which(cmd[0]), *cmd[1:]], env={**os.environ, "SLURM_CONF": self.slurm_conf},
                               capture_output=True, text=True, timeout=timeout)
 
     def stop(self):
+        """Cancel what is still queued or running (slurmstepd outlives slurmd), then stop the services."""
+        ctl = self.procs.get("slurmctld")
+        if ctl is not None and ctl.poll() is None:
+            self.run("scancel", "--full", "--user=root")
+            end = time.monotonic() + 20
+            while self.run("squeue", "--noheader").stdout.strip() and time.monotonic() < end:
+                time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "sshd", "munged"):
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
@@ -108,15 +116,18 @@ def _wait(what: str, ready, procs: dict, name: str, log: str, timeout: float = 6
     raise ServiceError(f"{name}: no {what} after {timeout:.0f} s; log tail:\n{tail(log)}")
 
 
-def start(root: str, login_env: dict, cpus: int | None = None, memory_mb: int = 8000) -> Cluster:
+def start(root: str, login_env: dict) -> Cluster:
     """Start munged, slurmctld, slurmd and sshd under `root`; `login_env` is added to the login
-    node's environment (and so to every job's). Raises ServiceError naming the service and its log."""
+    node's environment (and so to every job's). The node offers the machine's CPUs and 80% of
+    its memory (slurmd drains a node that has less than slurm.conf says). Raises ServiceError
+    naming the service and its log."""
     if os.geteuid() != 0:
         raise ServiceError("the Slurm test cluster needs root (slurmd starts jobs as their user)")
     missing = missing_binaries()
     if missing:
         raise ServiceError(f"not installed: {', '.join(missing)} (scripts/install-slurm.sh installs them)")
-    cpus = cpus or os.cpu_count() or 1
+    cpus = os.cpu_count() or 1
+    memory_mb = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20 * 0.8)
     host = socket.gethostname().split(".")[0]
     paths = {k: os.path.join(root, k) for k in ("munge", "state", "spool", "logs", "home", "work", "ssh")}
     for p in paths.values():
@@ -129,7 +140,7 @@ def start(root: str, login_env: dict, cpus: int | None = None, memory_mb: int = 
         key = os.path.join(paths["munge"], "munge.key")
         _write(key, os.urandom(128).hex(), 0o600)
         sock, mlog = os.path.join(paths["munge"], "munge.socket"), os.path.join(paths["logs"], "munged.log")
-        _start(procs, "munged", [_which("munged"), "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
+        _start(procs, "munged", [which("munged"), "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
                                  f"--log-file={mlog}", f"--pid-file={paths['munge']}/munged.pid",
                                  f"--seed-file={paths['munge']}/munged.seed"], mlog)
         _wait("socket", lambda: os.path.exists(sock), procs, "munged", mlog)
@@ -144,10 +155,10 @@ def start(root: str, login_env: dict, cpus: int | None = None, memory_mb: int = 
         senv = {**os.environ, "SLURM_CONF": conf}
         cluster = Cluster(root=root, home=paths["home"], key=os.path.join(paths["ssh"], "id_ed25519"),
                           workdir=paths["work"], slurm_conf=conf, jobcomp=jobcomp, procs=procs)
-        _start(procs, "slurmctld", [_which("slurmctld"), "-D", "-i", "-f", conf], ctl_log, senv)
+        _start(procs, "slurmctld", [which("slurmctld"), "-D", "-i", "-f", conf], ctl_log, senv)
         _wait("answer to `scontrol ping`", lambda: "UP" in cluster.run("scontrol", "ping").stdout,
               procs, "slurmctld", ctl_log)
-        _start(procs, "slurmd", [_which("slurmd"), "-D", "-f", conf], d_log, senv)
+        _start(procs, "slurmd", [which("slurmd"), "-D", "-f", conf], d_log, senv)
         _wait(f"idle node in partition {PARTITION}",
               lambda: "idle" in cluster.run("sinfo", "-h", "-p", PARTITION, "-o", "%t").stdout,
               procs, "slurmd", d_log)
@@ -166,7 +177,7 @@ def start(root: str, login_env: dict, cpus: int | None = None, memory_mb: int = 
 def _start_sshd(paths: dict, cluster: Cluster, procs: dict, login_env: dict):
     """sshd on 127.0.0.1 with a host key and a client key made for the test; the client's
     ~/.ssh/config names it HOST_ALIAS."""
-    keygen = _which("ssh-keygen")
+    keygen = which("ssh-keygen")
     hostkey = os.path.join(paths["ssh"], "host_ed25519")
     for k in (hostkey, cluster.key):
         subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", k], check=True, capture_output=True)
@@ -176,7 +187,7 @@ def _start_sshd(paths: dict, cluster: Cluster, procs: dict, login_env: dict):
     setenv = " ".join(f'"{k}={v}"' for k, v in login_env.items())
     _write(sshd_conf, SSHD_CONF.format(port=port, hostkey=hostkey, ssh=paths["ssh"], setenv=setenv))
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    _start(procs, "sshd", [_which("sshd"), "-D", "-e", "-f", sshd_conf], log)
+    _start(procs, "sshd", [which("sshd"), "-D", "-e", "-f", sshd_conf], log)
 
     def listening():
         with socket.socket() as s:

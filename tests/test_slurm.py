@@ -209,7 +209,7 @@ def test_unreachable_login_node_is_named(check, cluster):
 
 def test_wrong_key_is_named(check, tmp_path):
     other = str(tmp_path / "other_key")
-    subprocess.run([slurm_cluster._which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+    subprocess.run([slurm_cluster.which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
     msg = check(ssh_key_file=other)
     assert msg and "refused the key" in msg and f"METAFLOW_SLURM_SSH_KEY_FILE={other!r}" in msg
     msg = check(ssh_key_file=str(tmp_path / "absent"))
