@@ -221,8 +221,10 @@ if __name__ == "__main__":
     import sys
 
     from monollm.results import check_card_get, check_resume_origin, resume_tags
+    from monollm.slurm import use_step_resources
 
     check_card_get(sys.argv)  # a bare step name means the latest run: say which, if it did not succeed
     check_resume_origin(sys.argv)
+    use_step_resources()  # --with slurm: each step's job asks for its @resources (monollm/slurm.py)
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()

@@ -1,0 +1,271 @@
+"""Slurm through the published metaflow-slurm extension (`run --with slurm`): each step's sbatch
+request from its @resources, and one check of the cluster before any step runs.
+
+metaflow-slurm 0.0.4 submits a step over SSH with sbatch, but its @slurm decorator reads neither
+@resources nor @timeout: it asks for no GPU, CPUs or memory unless they are given as @slurm
+attributes, and it always asks for `--time=432000`, Metaflow's 5-day default in seconds, which
+sbatch reads as minutes (300 days), so on any partition with a MaxTime the job waits forever
+(Reason=PartitionTimeLimit). Its `slurm step` command does take `--gres` and `--run-time-limit` (an integer that becomes
+`--time`, so minutes);
+`use_step_resources` passes them, and `cpus_per_task` / `memory`, from the step's decorators:
+
+    @resources(gpu=N, cpu=C, memory=M)  ->  --gres=gpu:N  --cpus-per-task=C  --mem=MM
+    @timeout (Metaflow's default: 5 days)  ->  --time=MINUTES
+
+@slurm attributes given on the command line (`--with slurm:cpus_per_task=...,memory=...`) win.
+Steps without @resources (start, the joins, end: no model work) run where `run` runs unless
+MONOLLM_SLURM_LIGHT_STEPS=slurm; their artifacts still go through the shared datastore.
+
+Kept free of torch: the flow's `__main__` calls `use_step_resources` in every process.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from metaflow.exception import MetaflowException
+
+LIGHT_STEPS_ENV = "MONOLLM_SLURM_LIGHT_STEPS"
+"""Environment variable: "slurm" sends the steps without @resources to Slurm too; unset or
+"local": they run where `run` runs."""
+REMOTE_DATASTORES = ("s3", "azure", "gs")
+"""Datastores a Slurm job can download the code package from (the extension has no other way)."""
+CONNECT_TIMEOUT_S = 20
+"""How long the check waits for the login node before calling it unreachable."""
+
+_REQUESTS: dict[str, dict] = {}  # step -> what its job asks for, filled by step_init in this process
+_CHECKED: list = []  # one cluster check per process
+
+
+class SlurmSetupError(MetaflowException):
+    """A Slurm setting that cannot work; the message names the setting (the command line prints
+    it alone, without a traceback)."""
+    headline = "Slurm setup"
+
+
+def slurm_time(seconds: int) -> str:
+    """Seconds as sbatch's `--time` D-HH:MM:SS (a bare number would be read as minutes)."""
+    seconds = int(seconds)
+    if seconds <= 0:
+        raise SlurmSetupError(f"@timeout must be positive for a Slurm job, got {seconds} s")
+    days, rest = divmod(seconds, 86400)
+    return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+
+
+def parse_slurm_time(text: str) -> int | None:
+    """Seconds of a Slurm time limit as sinfo prints it ("infinite", "1-00:00:00", "12:00:00",
+    "30:00", "45"); None for no limit."""
+    text = text.strip()
+    if text.lower() in ("infinite", "unlimited", "n/a", ""):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if len(parts) == 1:  # minutes
+        parts = [0, parts[0], 0]
+    elif len(parts) == 2 and not days:  # MM:SS
+        parts = [0, *parts]
+    elif len(parts) == 2:  # D-HH:MM
+        parts = [*parts, 0]
+    h, m, s = parts
+    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + s
+
+
+def job_request(resources: dict, seconds: int) -> dict:
+    """What one step's Slurm job asks for, from its @resources attributes (cpu, gpu, memory in MB;
+    values may be strings) and its run-time limit in seconds.
+
+    Returns {"cpus_per_task": str, "memory": "<MB>M", "gres": "gpu:N" or None, "minutes": int (sbatch's
+    `--time`, rounded up), "time": the same as D-HH:MM:SS, "gpu": int}.
+    """
+    gpu = int(float(resources.get("gpu") or 0))
+    minutes = -(-int(seconds) // 60)
+    return {"cpus_per_task": str(int(float(resources.get("cpu") or 1))),
+            "memory": f"{int(float(resources.get('memory') or 4096))}M",
+            "gres": f"gpu:{gpu}" if gpu > 0 else None, "minutes": minutes, "time": slurm_time(minutes * 60),
+            "gpu": gpu}
+
+
+def light_steps_on_slurm() -> bool:
+    """Whether steps without @resources go to Slurm too (MONOLLM_SLURM_LIGHT_STEPS)."""
+    value = os.environ.get(LIGHT_STEPS_ENV, "local").strip().lower()
+    if value not in ("local", "slurm"):
+        raise SlurmSetupError(f"{LIGHT_STEPS_ENV} must be 'local' or 'slurm', got {value!r}")
+    return value == "slurm"
+
+
+def use_step_resources() -> None:
+    """Make metaflow-slurm's @slurm request what each step's @resources and @timeout ask for, run
+    light steps locally (see LIGHT_STEPS_ENV), and check the cluster once before a run starts.
+    Does nothing when metaflow-slurm is not installed."""
+    try:
+        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_decorator import SlurmDecorator
+    except ImportError:
+        return
+    if getattr(SlurmDecorator, "_monollm_resources", False):
+        return
+    SlurmDecorator._monollm_resources = True
+    step_init, runtime_init, runtime_step_cli = (SlurmDecorator.step_init, SlurmDecorator.runtime_init,
+                                                 SlurmDecorator.runtime_step_cli)
+
+    def init_step(self, flow, graph, step, decos, environment, flow_datastore, logger):
+        step_init(self, flow, graph, step, decos, environment, flow_datastore, logger)
+        _apply_request(self, step, decos)
+
+    def init_runtime(self, flow, graph, package, run_id):
+        runtime_init(self, flow, graph, package, run_id)
+        if not _CHECKED:
+            _CHECKED.append(True)
+            check_cluster(self.attributes, _REQUESTS, self.flow_datastore.TYPE)
+
+    def step_cli(self, cli_args, retry_count, max_user_code_retries, ubf_context):
+        if not self._monollm_remote:
+            return  # the runtime runs the step here, as without --with slurm
+        runtime_step_cli(self, cli_args, retry_count, max_user_code_retries, ubf_context)
+        gres = _REQUESTS[self.step]["gres"]
+        if retry_count <= max_user_code_retries and gres:
+            cli_args.command_options["gres"] = gres  # an option of `slurm step`, not a decorator attribute
+
+    SlurmDecorator.step_init, SlurmDecorator.runtime_init, SlurmDecorator.runtime_step_cli = (
+        init_step, init_runtime, step_cli)
+
+
+def _apply_request(deco, step: str, decos: list) -> None:
+    """Fill the decorator's job request for `step` from its other decorators (see module doc)."""
+    from metaflow.plugins.resources_decorator import ResourcesDecorator
+    from metaflow.plugins.timeout_decorator import get_run_time_limit_for_task
+
+    resources = next((d.attributes for d in decos if isinstance(d, ResourcesDecorator)), None)
+    deco._monollm_remote = resources is not None or light_steps_on_slurm()
+    request = job_request(resources or ResourcesDecorator.defaults, get_run_time_limit_for_task(decos))
+    for key in ("cpus_per_task", "memory"):
+        if deco.attributes.get(key) is None:  # a value given with --with slurm:... wins
+            deco.attributes[key] = request[key]
+    deco.run_time_limit = request["minutes"]  # `slurm step --run-time-limit`, written as sbatch's --time
+    if deco._monollm_remote:
+        _REQUESTS[step] = {**request, "partition": deco.attributes.get("partition")}
+
+
+def check_cluster(attributes: dict, requests: dict, datastore: str) -> None:
+    """Before any step runs: the datastore is one a job can read, the login node answers with the
+    key, sbatch is there, and each partition the steps use exists, has GPUs (gres) where a step
+    asks for them and allows the steps' time. Raises SlurmSetupError (a MetaflowException on
+    the command line) naming the setting."""
+    if not requests:
+        return
+    if datastore not in REMOTE_DATASTORES:
+        _fail(f"Slurm jobs read the code package and artifacts from a shared datastore, but this run's is "
+              f"{datastore!r}: set METAFLOW_DEFAULT_DATASTORE=s3 and METAFLOW_DATASTORE_SYSROOT_S3 "
+              f"(or azure / gs)")
+    for key, env in (("address", "METAFLOW_SLURM_ADDRESS"), ("ssh_key_file", "METAFLOW_SLURM_SSH_KEY_FILE")):
+        if not attributes.get(key):
+            _fail(f"no Slurm login node setting {key}: set {env} (or --with slurm:{key}=...)")
+    key_file = os.path.expanduser(attributes["ssh_key_file"])
+    if not os.path.isfile(key_file):
+        _fail(f"METAFLOW_SLURM_SSH_KEY_FILE (slurm:ssh_key_file) = {key_file!r}: no such file")
+    out = _login_node_run(attributes, key_file, _probe_command(attributes))
+    if "MONOLLM_NO_SBATCH" in out:
+        _fail(f"sbatch is not found on the Slurm login node {attributes['address']!r} (PATH, or `module load slurm`)")
+    partitions = parse_sinfo(out)
+    for partition in sorted({r["partition"] or "" for r in requests.values()}):
+        steps = {s: r for s, r in requests.items() if (r["partition"] or "") == partition}
+        check_partition(partition, steps, partitions)
+
+
+def _probe_command(attributes: dict) -> str:
+    from metaflow_extensions.slurm_ext.plugins.slurm.slurm_client import _LOAD_SLURM_PREFIX
+
+    # the job writes its output to stdout/ and stderr/ under the work folder, which sbatch does not create
+    workdir = attributes.get("remote_workdir") or "~/metaflow"
+    return (_LOAD_SLURM_PREFIX + "command -v sbatch >/dev/null || { echo MONOLLM_NO_SBATCH; exit 0; }\n"
+            f"mkdir -p {workdir}/stdout {workdir}/stderr\n" + "sinfo --noheader --format='%P|%l|%G'")
+
+
+def parse_sinfo(text: str) -> dict:
+    """`sinfo --format='%P|%l|%G'` lines -> {partition: {"default": bool, "time": seconds or None,
+    "gpus": most GPUs of one node (0: no gpu gres)}}; a partition may span several lines."""
+    out: dict = {}
+    for line in text.splitlines():
+        if line.count("|") != 2:
+            continue
+        name, limit, gres = (p.strip() for p in line.split("|"))
+        default = name.endswith("*")
+        entry = out.setdefault(name.rstrip("*"), {"default": False, "time": parse_slurm_time(limit), "gpus": 0})
+        entry["default"] |= default
+        entry["gpus"] = max(entry["gpus"], gres_gpus(gres))
+    return out
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs in a node's gres string ("gpu:a100:4(S:0-1),shard:8" -> 4; "(null)" -> 0)."""
+    total = 0
+    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = item.strip().split(":")
+        if parts[0] == "gpu":
+            total += int(parts[-1]) if parts[-1].isdigit() else 1
+    return total
+
+
+def check_partition(name: str, requests: dict, partitions: dict) -> None:
+    """One partition (`name`; "" = the cluster's default) against the steps sent to it."""
+    if not partitions:
+        _fail("sinfo on the Slurm login node lists no partitions")
+    label = name or next((p for p, e in partitions.items() if e["default"]), "")
+    if name and name not in partitions:
+        _fail(f"Slurm partition {name!r} (slurm:partition) does not exist; the cluster has: "
+              f"{', '.join(sorted(partitions))}")
+    if not label:
+        _fail(f"the Slurm cluster has no default partition: choose one of {', '.join(sorted(partitions))} "
+              f"with --with slurm:partition=NAME")
+    part = partitions[label]
+    gpu_steps = {s: r["gpu"] for s, r in requests.items() if r["gpu"] > part["gpus"]}
+    if gpu_steps:
+        has = f"at most {part['gpus']} GPUs per node" if part["gpus"] else "no GPUs (no gpu gres)"
+        _fail(f"steps {', '.join(sorted(gpu_steps))} ask for {max(gpu_steps.values())} GPU(s) (the profile's "
+              f"resources.gpu / resources.train_gpu), but Slurm partition {label!r} has {has}: choose a GPU "
+              f"partition with --with slurm:partition=NAME, or set resources.gpu = 0 for a CPU run")
+    too_long = {s: r["time"] for s, r in requests.items()
+                if part["time"] is not None and r["minutes"] * 60 > part["time"]}
+    if too_long:
+        _fail(f"steps {', '.join(sorted(too_long))} ask for --time={max(too_long.values())} (their @timeout; "
+              f"Metaflow's default is 5 days), but Slurm partition {label!r} allows at most "
+              f"{slurm_time(part['time'])}: add e.g. --with timeout:hours=N within that limit")
+
+
+def _login_node_run(attributes: dict, key_file: str, command: str) -> str:
+    """Run `command` on the login node as the extension connects (asyncssh: the same address,
+    user, key, certificate and ~/.ssh/config); its stdout. Connection failures name the setting."""
+    import asyncio
+
+    import asyncssh
+
+    address, user = attributes["address"], attributes.get("username")
+    who = f"METAFLOW_SLURM_ADDRESS={address!r} as METAFLOW_SLURM_USERNAME={user!r}"
+
+    async def run():
+        key = asyncssh.read_private_key(key_file)
+        cert = attributes.get("cert_file")
+        keys = [(key, asyncssh.read_certificate(os.path.expanduser(cert)))] if cert else [key]
+        async with asyncssh.connect(address, username=user, client_keys=keys, known_hosts=None,
+                                    connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            return await conn.run(command)
+
+    loop = asyncio.new_event_loop()  # not the extension's loop, which its `slurm step` process uses
+    try:
+        proc = loop.run_until_complete(run())
+    except asyncssh.PermissionDenied:
+        _fail(f"the Slurm login node refused the key METAFLOW_SLURM_SSH_KEY_FILE={key_file!r} "
+              f"({who}): add its public key to ~/.ssh/authorized_keys there")
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as err:
+        _fail(f"METAFLOW_SLURM_SSH_KEY_FILE={key_file!r} is not a usable private key: {err}")
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as err:
+        _fail(f"cannot reach the Slurm login node {who}: {type(err).__name__}: {err}")
+    finally:
+        loop.close()
+    if proc.exit_status != 0:
+        _fail(f"checking the Slurm cluster on {address!r} failed (exit {proc.exit_status}): "
+              f"{(proc.stderr or '').strip()[-500:]}")
+    return proc.stdout or ""
+
+
+def _fail(message: str):
+    raise SlurmSetupError(message) from None
