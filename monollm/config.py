@@ -1,5 +1,5 @@
-"""Experiment configuration: frozen dataclasses loaded from a profile's TOML.
 # long: the schema, one frozen dataclass per profile table with a docstring per field
+"""Experiment configuration: frozen dataclasses loaded from a profile's TOML.
 
 `load(dict) -> ExperimentConfig` checks every key and value and raises
 `ConfigError` naming the key and the allowed values, so that a bad profile

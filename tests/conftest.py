@@ -50,6 +50,14 @@ def run_flow(profile: str = MICRO, cwd: str = _HOME, **params):
         return running.run
 
 
+LEAN = {'tasks = ["corpus_cloze", "corpus_choice"]': "tasks = []",
+        "[eval.order]\nenabled = true": "[eval.order]\nenabled = false"}
+"""micro_variant changes that leave out the downstream and order branches, for the flow tests
+about other things (datastores, clusters, resume): test_flow's micro run covers those branches."""
+HOTFLIP_ONLY = {'attacks = ["uat", "hotflip"]': 'attacks = ["hotflip"]'}
+"""micro_variant changes that keep one attack branch (its rows equal the micro run's hotflip rows)."""
+
+
 def micro_variant(folder, name: str, changes: dict, append: str = "") -> str:
     """The micro profile with each `old: new` text change made (each must apply) and `append`
     added, written to `folder`/`name`.toml; its path."""

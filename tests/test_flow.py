@@ -156,13 +156,13 @@ def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datasto
 
 def test_profile_without_resources_runs_end_to_end(tmp_path_factory):
     """Every [resources] key absent (the table removed): @resources and @retry take the
-    documented defaults and the whole flow runs (the random attack alone keeps it short)."""
-    from conftest import micro_variant, run_flow
+    documented defaults and the whole flow runs (the random attack alone, no evaluation branches)."""
+    from conftest import LEAN, micro_variant, run_flow
 
     from monollm import config
 
     profile = micro_variant(tmp_path_factory.mktemp("profiles"), "nores", {
-        "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": "",
+        **LEAN, "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": "",
         'attacks = ["uat", "hotflip"]': 'attacks = ["random"]'})
     assert "resources" not in open(profile).read()
     run = run_flow(profile)

@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import FLOW, MICRO, flow_env, micro_variant, run_flow
+from conftest import FLOW, LEAN, MICRO, flow_env, micro_variant, run_flow
 from test_cards import card_data, walk
 
 pytestmark = pytest.mark.flow
@@ -21,6 +21,7 @@ CHECKPOINT_EVERY = 50
 def resume_profile(tmp_path_factory) -> str:
     """The micro profile with a longer training budget and frequent checkpoints."""
     return micro_variant(tmp_path_factory.mktemp("profiles"), "resume", {
+        **LEAN,  # resume of the attack and training steps is what these tests are about
         "tokens = 40_000": "tokens = 160_000",
         "log_every = 20": f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}",
         "restarts = 2": "restarts = 8",  # a uat branch long enough to be killed mid-way
