@@ -129,7 +129,7 @@ class MonoFlow(FlowSpec):
     @step
     def evaluate(self):
         """Perplexity of all four models on the same test blocks; then one branch per attack, and
-        one for the downstream tasks beside them."""
+        the downstream and order-preservation branches beside them."""
         from monollm import config, pipeline, results
 
         cfg = config.from_dict(self.resolved_config)

@@ -8,6 +8,7 @@ and its interval are one cell joined by no-break spaces, so a narrow column neve
 from __future__ import annotations
 
 import html
+import math
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from monollm import report
 from monollm.headline import interval
 from monollm.schema import flatten
 
+VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
 NBSP = "\u00a0"
 PER_EXAMPLE = 3
 """Most and least damaged examples shown per attack and model."""
@@ -31,6 +33,19 @@ def estimate(x, lo, hi, decimals: int = 3) -> str:
     if any(v is None or v != v for v in (x, lo, hi)):
         return "-"
     return nowrap(interval(x, lo, hi, decimals))
+
+
+def clean(x):
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None (a card's JSON must parse in a browser)."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def arms_differ(cfg: dict) -> bool:
@@ -287,11 +302,10 @@ def order_section(data) -> list:
     if table is None or not len(table) or not found:
         return []
     rows = table[table["pooling"] == found["pooling"]]
-    values = [{k: (None if v != v else v) for k, v in r.items()}
-              for r in rows[["model", "layer", "preserved", "ci_low", "ci_high"]].to_dict("records")]
+    values = clean(rows[["model", "layer", "preserved", "ci_low", "ci_high"]].to_dict("records"))
     x = {"field": "layer", "type": "ordinal", "title": "layer (0: embeddings)"}
     color = {"field": "model", "type": "nominal", "sort": list(dict.fromkeys(rows["model"]))}
-    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "height": 220,
+    spec = {"$schema": VEGA, "height": 220,
             "title": f"Held-out checks that keep the order, by layer ({found['pooling']}-token pooling, 95% CI)",
             "data": {"values": values},
             "layer": [{"mark": {"type": "area", "opacity": 0.15},

@@ -17,12 +17,11 @@ import pandas as pd
 
 from monollm import card_sections as sections
 from monollm import report
-from monollm.card_sections import (arm_differences, ci, config_summary, fmt, schedule_caveat,  # noqa: F401
-                                   signed, signed_ci)
+from monollm.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
+                                   schedule_caveat, signed, signed_ci)
 from monollm.data import split_sources
 from monollm.headline import headline
 
-VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
 # one colour per model (and arm) in every chart
 COLORS = {"reference": "#9d9d9d", "baseline": "#4c78a8", "monotonic_init": "#f2b36b", "monotonic": "#e45756"}
@@ -31,19 +30,6 @@ CONDITIONS = {"attack": "attack (own)", "control": "control (random)",
 # a table's kind column: the table keeps the attack table's names, which can wrap between words
 KIND_LABELS = {"attack": "attack", "control": "control", "transfer": "transfer",
                "control_random_positions": "control random positions"}
-
-
-def clean(x):
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None (a card's JSON must parse in a browser)."""
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 class show:
