@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attack_models import CONT, CONTEXT, examples, model, plant, tokenizer, unused_symbol
+from monollm.attacks import run_attack
 from monollm.attacks import hotflip
 from monollm.attacks.common import allowed_tokens, continuation_nll, retokenized
 
@@ -15,7 +16,7 @@ SMALL = hotflip.HotFlipConfig(max_flips=3, candidates=6, controls=2)
 @pytest.fixture(scope="module")
 def rows():
     models = {"baseline": model(0), "monotonic": model(1)}
-    return models, hotflip.run(models, tokenizer(), {"test": examples(8, 0)}, CONT, 16, SMALL, seed=0,
+    return models, run_attack("hotflip", models, tokenizer(), {"test": examples(8, 0)}, CONT, 16, SMALL, seed=0,
                                log=lambda _: None)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attack_models import CONT, examples, model, plant, tokenizer, unused_symbol
+from monollm.attacks import run_attack
 from monollm import checkpoints
 from monollm.attacks import uat
 from monollm.attacks.common import allowed_tokens, continuation_nll, prepend, retokenized
@@ -21,7 +22,7 @@ def split():
 @pytest.fixture(scope="module")
 def rows():
     models = {"baseline": model(0), "monotonic": model(1)}
-    return models, uat.run(models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None)
+    return models, run_attack("uat", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None)
 
 
 def test_ascent_never_lowers_the_objective():
@@ -89,7 +90,7 @@ def test_planted_weakness_is_found():
     token = unused_symbol()
     weak = plant(model(0), token, sink=unused_symbol(skip=(token,)))
     params = uat.UATConfig(trigger_len=3, top_k=4, steps=4, restarts=1, controls=2)
-    results = uat.run({"weak": weak, "plain": model(1)}, tokenizer(), split(), CONT, 16, params, seed=0,
+    results = run_attack("uat", {"weak": weak, "plain": model(1)}, tokenizer(), split(), CONT, 16, params, seed=0,
                       log=lambda _: None)
     found = results[0]
     assert (found.kind, found.model) == ("attack", "weak")
@@ -119,7 +120,7 @@ def test_bf16_search_reports_fp32_scores(rows):
     with search_precision("cpu", "auto"):
         assert (x @ x).dtype == torch.float32
     models, fp32 = rows
-    bf16 = uat.run(models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, precision="bf16")
+    bf16 = run_attack("uat", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, precision="bf16")
     test = torch.as_tensor(split()["test"])
     for a, b in zip(fp32, bf16):
         assert (a.kind, a.model) == (b.kind, b.model)
@@ -155,7 +156,7 @@ def test_final_trigger_cannot_fail_on_the_test_examples():
                    for t in [merging_test(x)] if t is not None)
     planted = {"baseline": plant(model(0), x, unused_symbol(skip=(x,)))}
     params = uat.UATConfig(trigger_len=1, top_k=4, widen=2, steps=4, restarts=1, controls=1)
-    rows = uat.run(planted, tok, {"test": test, "attack_opt": opt}, CONT, 16, params, seed=0, log=lambda _: None)
+    rows = run_attack("uat", planted, tok, {"test": test, "attack_opt": opt}, CONT, 16, params, seed=0, log=lambda _: None)
     trigger = rows[0].trigger_ids
     assert trigger != [x] and trigger_survives(tok, trigger, test)
 
@@ -177,10 +178,10 @@ class _Disk:
 def test_interrupted_search_continues_from_a_weights_only_checkpoint(rows, tmp_path):
     models, whole = rows
     first = _Disk(str(tmp_path / "a"))
-    uat.run(models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, checkpoint=first)
+    run_attack("uat", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, checkpoint=first)
     assert len(first.folders) == SMALL.restarts * len(models)
     lines = []
-    resumed = uat.run(models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lines.append,
+    resumed = run_attack("uat", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lines.append,
                       checkpoint=_Disk(str(tmp_path / "b"), resume_from=first.folders[0]))
     assert any("continuing after 1 finished restarts" in line for line in lines)
     for got, want in zip(resumed, whole, strict=True):

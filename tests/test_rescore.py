@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from attack_models import CONT, examples, model, tokenizer
+from monollm.attacks import run_attack
 from monollm import report
 from monollm.attacks import hotflip, random, uat
 from monollm.rescore import attacked_input, rescore
@@ -13,11 +14,11 @@ from monollm.rescore import attacked_input, rescore
 def table():
     models = {"baseline": model(0), "monotonic": model(1)}
     split, quiet = {"test": examples(8, 0), "attack_opt": examples(8, 1)}, (lambda _: None)
-    results = (hotflip.run(models, tokenizer(), split, CONT, 16, hotflip.HotFlipConfig(max_flips=2, candidates=4,
+    results = (run_attack("hotflip", models, tokenizer(), split, CONT, 16, hotflip.HotFlipConfig(max_flips=2, candidates=4,
                                                                                           controls=1), 0, log=quiet)
-               + uat.run(models, tokenizer(), split, CONT, 16, uat.UATConfig(trigger_len=2, top_k=3, steps=2,
+               + run_attack("uat", models, tokenizer(), split, CONT, 16, uat.UATConfig(trigger_len=2, top_k=3, steps=2,
                                                                               restarts=1, controls=1), 0, log=quiet)
-               + random.run(models, tokenizer(), split, CONT, 16, random.RandomConfig(trigger_len=2, samples=1), 0,
+               + run_attack("random", models, tokenizer(), split, CONT, 16, random.RandomConfig(trigger_len=2, samples=1), 0,
                             log=quiet))
     return models, report.attack_table(results)
 

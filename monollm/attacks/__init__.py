@@ -1,7 +1,8 @@
 """Attack registry: name -> (config dataclass, run function).
 
-Every run function takes (models, tokenizer, examples, continuation_len, batch_size,
-params, seed, log, checkpoint, precision), where examples maps split ("test", "attack_opt") to (N, C + K) windows, and returns a list of `AttackResult`.
+Every run function takes (ctx, params): the attack context (common.AttackContext: models,
+tokenizer, examples, allowed tokens, clean NLLs, budgets) and the attack's config, and returns
+a list of `AttackResult`. Adding an attack is one module plus one line here.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from monollm.attacks import hotflip as _hotflip
 from monollm.attacks import random as _random
 from monollm.attacks import uat as _uat
-from monollm.attacks.common import AttackResult
+from monollm.attacks.common import AttackResult, context
 from monollm.errors import ConfigError
 from monollm.schema import build
 
@@ -40,8 +41,8 @@ def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: i
     `precision` ("auto", "bf16", "fp32": common.search_precision) is that of the search only.
     """
     _, fn = ATTACKS[name]
-    return fn(models, tokenizer, examples, continuation_len, batch_size, params, seed, log=log, checkpoint=checkpoint,
-              precision=precision)
+    return fn(context(models, tokenizer, examples, continuation_len, batch_size, seed, log=log, checkpoint=checkpoint,
+                      precision=precision), params)
 
 
 __all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]

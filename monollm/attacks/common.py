@@ -52,6 +52,16 @@ class AttackResult:
     where the attacked input is `trigger_ids` + `input_ids`."""
     scored_tokens: int = 0
     """Continuation tokens scored: the last `scored_tokens` of every input."""
+    ranking: str = ""
+    """How the search chose which candidates to score exactly: "gradient" (first-order estimate),
+    "random" (random candidates, same count) or "exact" (every allowed token at the positions
+    searched); "" on rows no search produced (controls, random triggers)."""
+    guidance_spearman: float = float("nan")
+    """Spearman correlation between the first-order estimate and the exact loss change over a
+    random sample of single-token swaps on the source model (monollm.attacks.guidance); NaN where
+    not measured."""
+    guidance_n: int = 0
+    """Swaps in that sample (summed over the examples it was measured on)."""
 
     def __post_init__(self):
         # every attack's reported numbers pass through here: a NaN model fails loudly, by name
@@ -73,7 +83,8 @@ class AttackResult:
                 "dnll": float(a - c), "n_changed": int(k),
                 "trigger_text": self.trigger_text, "trigger_ids": list(self.trigger_ids),
                 "forward_passes": self.forward_passes, "candidate_evals": self.candidate_evals,
-                "scored_tokens": self.scored_tokens, **_ids(x, y),
+                "scored_tokens": self.scored_tokens, "ranking": self.ranking,
+                "guidance_spearman": float(self.guidance_spearman), "guidance_n": int(self.guidance_n), **_ids(x, y),
             }
             for e, c, a, k, x, y in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed, clean, attacked)
         ]
@@ -86,6 +97,65 @@ def _ids(clean, attacked) -> dict:
     same_len = len(attacked) == len(clean)
     changed = [i for i, (a, b) in enumerate(zip(attacked, clean)) if a != b] if same_len else []
     return {"input_ids": clean, "attacked_ids": attacked, "changed_positions": changed}
+
+
+@dataclass
+class AttackContext:
+    """What every attack starts from, built once per attack step (`context`): an attack is
+    `run(ctx, params) -> list[AttackResult]`."""
+    models: dict
+    """name -> model in eval mode (all on one device)."""
+    tokenizer: object
+    examples: dict
+    """split ("test", "attack_opt") -> (N, context_len + continuation_len) int64 windows."""
+    test: torch.Tensor
+    """(N, T) long on the device: the examples every reported row is scored on."""
+    allowed: torch.Tensor
+    """(V,) bool: tokens an attack may insert (`allowed_tokens`)."""
+    clean: dict
+    """model -> clean NLL (N,) float32 numpy on `test` (`clean_nlls`)."""
+    n_cont: int
+    """Continuation tokens scored per example (the last `n_cont` of every row)."""
+    batch_size: int
+    seed: int
+    precision: str = "fp32"
+    """Of the search only ("auto", "bf16", "fp32"; `search_precision`); reported NLLs are fp32."""
+    log: object = print
+    checkpoint: object = None
+    """A monollm.checkpoints.StepCheckpointer (or None): long attacks save progress to it."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.test.device
+
+    @property
+    def context_len(self) -> int:
+        return self.test.shape[1] - self.n_cont
+
+    def split(self, name: str) -> torch.Tensor:
+        """The windows of split `name` as (N, T) long on the device."""
+        return torch.as_tensor(self.examples[name], device=self.device)
+
+    def searching(self):
+        """The context a search runs in (bf16 autocast where the precision asks for it)."""
+        return search_precision(self.device, self.precision)
+
+    def score(self, attack: str, attacked: torch.Tensor, **kw) -> list[AttackResult]:
+        """Attacked test inputs (N, T') scored on every model (`score_attacked`)."""
+        return score_attacked(attack, self.models, self.tokenizer, attacked, self.test, self.clean, self.n_cont,
+                              self.batch_size, **kw)
+
+
+def context(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int, seed: int,
+            log=print, checkpoint=None, precision: str = "fp32") -> AttackContext:
+    """The attack context: allowed tokens, test examples on the device and every model's clean NLL
+    (checked finite before any search time is spent)."""
+    any_model = next(iter(models.values()))
+    test = torch.as_tensor(examples["test"], device=any_model.device)
+    return AttackContext(models=models, tokenizer=tokenizer, examples=examples, test=test,
+                         allowed=allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0]),
+                         clean=clean_nlls(models, test, continuation_len, batch_size), n_cont=continuation_len,
+                         batch_size=batch_size, seed=seed, precision=precision, log=log, checkpoint=checkpoint)
 
 
 def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_len: int,

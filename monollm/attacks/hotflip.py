@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, rows_survive, score_attacked,
-                                    search_precision)
+from monollm.attacks.common import AttackContext, AttackResult, continuation_nll, rows_survive
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
 
@@ -190,53 +189,39 @@ def _until_survive(ids: torch.Tensor, todo: np.ndarray, draw, tokenizer, max_tri
     raise RuntimeError(f"{len(todo)} examples got no random flips that survive decode -> encode in {max_tries} draws")
 
 
-def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: HotFlipConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
+def run(ctx: AttackContext, params: HotFlipConfig) -> list[AttackResult]:
     """Flips searched on each model, scored on every model (its own: "attack"; others: "transfer"),
     and for each of them `params.controls` draws of both random controls (module docstring),
     each scored on every model with `source_model` the model the flips were found on.
 
-    examples: split -> (N, C + K) int64 windows; hotflip attacks "test" only (per example).
-    models: name -> model in eval mode. The search runs in `precision` (common.search_precision);
+    hotflip attacks the "test" examples (per example). The search runs in the context's precision;
     every reported NLL is scored in fp32. Every row keeps its attacked inputs (`attacked_ids`).
     """
-    any_model = next(iter(models.values()))
-    device = any_model.device
-    allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
-    test = torch.as_tensor(examples["test"], device=device)
-    context_len = test.shape[1] - continuation_len
-    clean = clean_nlls(models, test, continuation_len, batch_size)
-    score = _scorer(models, tokenizer, test, clean, continuation_len, batch_size)
-    results, rng = [], np.random.default_rng([seed, 2])
-    for source, model in models.items():
-        with search_precision(device, precision):
-            found = search(model, tokenizer, test, allowed, context_len, continuation_len, params, batch_size,
-                           log=lambda msg, source=source: log(f"[hotflip] {source}: {msg}"))
+    test, results, rng = ctx.test, [], np.random.default_rng([ctx.seed, 2])
+
+    def score(attacked, source, **fields):
+        return ctx.score("hotflip", attacked, source=source, attacked_ids=attacked.cpu().numpy(), **fields)
+
+    for source, model in ctx.models.items():
+        with ctx.searching():
+            found = search(model, ctx.tokenizer, test, ctx.allowed, ctx.context_len, ctx.n_cont, params,
+                           ctx.batch_size, log=lambda msg, source=source: ctx.log(f"[hotflip] {source}: {msg}"))
         positions = found.ids != test  # (N, T) bool: only context positions ever change
         changed = positions.sum(dim=1).cpu().numpy()
         rows = score(found.ids, source, n_changed=changed, forward_passes=found.forward_passes,
                      candidate_evals=found.candidate_evals)
-        log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {found.candidate_evals} candidates; "
-            + _summary(rows))
+        ctx.log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {found.candidate_evals} candidates; "
+                + _summary(rows))
         for trial in range(params.controls):
             # the same draw on every model: controls are paired across models, like the attack's inputs
-            at_positions = random_tokens_at(rng, test, positions, allowed, tokenizer, params.max_tries)
+            at_positions = random_tokens_at(rng, test, positions, ctx.allowed, ctx.tokenizer, params.max_tries)
             rows += score(at_positions, source, kind="control", trial=trial, n_changed=changed)
-            anywhere = random_flips(rng, test, changed, allowed, context_len, tokenizer, params.max_tries)
+            anywhere = random_flips(rng, test, changed, ctx.allowed, ctx.context_len, ctx.tokenizer, params.max_tries)
             rows += score(anywhere, source, kind="control_random_positions", trial=trial, n_changed=changed)
-        log(f"[hotflip] controls for {source}'s flips ({params.controls} draws each): "
-            + _summary([r for r in rows if r.kind != "attack" and r.kind != "transfer"], mean_trials=True))
+        ctx.log(f"[hotflip] controls for {source}'s flips ({params.controls} draws each): "
+                + _summary([r for r in rows if r.kind != "attack" and r.kind != "transfer"], mean_trials=True))
         results += rows
     return results
-
-
-def _scorer(models: dict, tokenizer, test: torch.Tensor, clean: dict, n_cont: int, batch_size: int):
-    """score(attacked (N, T), source, kind="", trial=0, **fields): the flipped examples scored on
-    every model (common.score_attacked), keeping the attacked inputs in the rows."""
-    def score(attacked: torch.Tensor, source: str, kind: str = "", trial: int = 0, **fields) -> list[AttackResult]:
-        return score_attacked("hotflip", models, tokenizer, attacked, test, clean, n_cont, batch_size, source=source,
-                              trial=trial, kind=kind, attacked_ids=attacked.cpu().numpy(), **fields)
-    return score
 
 
 def _summary(rows: list[AttackResult], mean_trials: bool = False) -> str:

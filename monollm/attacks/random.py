@@ -6,8 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, continuation_nll, prepend,
-                                    sample_trigger)
+from monollm.attacks.common import AttackContext, AttackResult, prepend, sample_trigger
 
 
 @dataclass(frozen=True)
@@ -30,33 +29,20 @@ class RandomConfig:
             raise ValueError("attack.random: trigger_len, samples and max_tries must be positive")
 
 
-def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: RandomConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
-    """Score `params.samples` random triggers against every model on the same examples.
+def run(ctx: AttackContext, params: RandomConfig) -> list[AttackResult]:
+    """Score `params.samples` random triggers against every model on the test examples.
 
-    examples: split -> (N, C + K) int64 windows; the random attack uses only "test".
-    models: name -> model in eval mode.
     Returns one AttackResult per (trigger, model), kind "attack" (the random attack is its
     own control: the draw is the attack).
     """
-    rng = np.random.default_rng(seed)
-    examples = examples["test"]
-    any_model = next(iter(models.values()))
-    device = any_model.device
-    allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
-    ids = torch.as_tensor(examples, device=device)
-    clean = clean_nlls(models, ids, continuation_len, batch_size)
-    results = []
+    rng, results = np.random.default_rng(ctx.seed), []
     for trial in range(params.samples):
-        trigger = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
-        attacked_ids = prepend(torch.tensor(trigger, device=device), ids)
-        for name, model in models.items():
-            attacked = continuation_nll(model, attacked_ids, continuation_len, batch_size)
-            results.append(AttackResult(
-                attack="random", model=name, kind="attack", example_ids=np.arange(len(examples)),
-                clean_nll=clean[name], attacked_nll=attacked.numpy(), trial=trial,
-                trigger_ids=trigger, trigger_text=tokenizer.decode(trigger),
-                forward_passes=0, candidate_evals=0, input_ids=examples, scored_tokens=continuation_len))
-        log(f"[random] trigger {trial + 1}/{params.samples} {tokenizer.decode(trigger)!r}: " + ", ".join(
-            f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in results[-len(models):]))
+        trigger = sample_trigger(rng, ctx.allowed, params.trigger_len, ctx.tokenizer, ctx.examples["test"],
+                                 params.max_tries)
+        attacked = prepend(torch.tensor(trigger, device=ctx.device), ctx.test)
+        rows = ctx.score("random", attacked, kind="attack", trial=trial, trigger_ids=trigger,
+                         trigger_text=ctx.tokenizer.decode(trigger))
+        results += rows
+        ctx.log(f"[random] trigger {trial + 1}/{params.samples} {ctx.tokenizer.decode(trigger)!r}: " + ", ".join(
+            f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows))
     return results

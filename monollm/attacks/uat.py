@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import (AttackResult, allowed_tokens, clean_nlls, prepend, rows_survive,
-                                    sample_trigger, search_precision, score_attacked, trigger_survives)
+from monollm.attacks.common import (AttackContext, AttackResult, prepend, rows_survive, sample_trigger,
+                                    score_attacked, trigger_survives)
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
 
 
@@ -222,52 +222,47 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
                        "must be given the test examples as `survive`)")
 
 
-def run(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int,
-        params: UATConfig, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
+def run(ctx: AttackContext, params: UATConfig) -> list[AttackResult]:
     """A trigger searched on each model, scored on every model (its own: kind "attack"; the
     others: "transfer"), plus `params.controls` random triggers on every model ("control").
 
-    `checkpoint` (optional; `save(state, step)` and `restore()`, see monollm.checkpoints)
-    keeps every finished restart, so an interrupted branch continues with the restarts it
-    finished and ends with the same trigger as an uninterrupted one.
+    The context's `checkpoint` (optional; `save(state, step)` and `restore()`, see
+    monollm.checkpoints) keeps every finished restart, so an interrupted branch continues with
+    the restarts it finished and ends with the same trigger as an uninterrupted one.
 
-    examples: split -> (N, C + K) int64 windows ("attack_opt" to search, "test" to report);
-    models: name -> model in eval mode. Every model's search starts from the same random
+    Searches "attack_opt", reports on "test". Every model's search starts from the same random
     restarts; the controls are the same random triggers for every model (paired). The search
-    runs in `precision` (common.search_precision); every reported NLL is scored in fp32.
+    runs in the context's precision; every reported NLL is scored in fp32.
     """
-    any_model = next(iter(models.values()))
-    device = any_model.device
-    allowed = allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0])
-    test = torch.as_tensor(examples["test"], device=device)
-    opt_all = torch.as_tensor(examples["attack_opt"], device=device)
+    examples, log, n_cont, batch_size = ctx.examples, ctx.log, ctx.n_cont, ctx.batch_size
+    tokenizer, allowed, test, checkpoint = ctx.tokenizer, ctx.allowed, ctx.test, ctx.checkpoint
+    opt_all = ctx.split("attack_opt")
     opt = opt_all[:params.opt_examples or None]
-    clean = clean_nlls(models, test, continuation_len, batch_size)
     results = []
     saved = (checkpoint.restore() or {}).get("uat", {}) if checkpoint else {}
     # every trigger is kept re-tokenizable before all the examples it will be scored on
     survive = np.concatenate([examples["attack_opt"], examples["test"]])
-    for source, model in models.items():
-        rng = np.random.default_rng([seed, 0])
+    for source, model in ctx.models.items():
+        rng = np.random.default_rng([ctx.seed, 0])
         if source in saved:
             rng.bit_generator.state = saved[source]["rng"]
             log(f"[uat] {source}: continuing after {len(saved[source]['found'])} finished restarts")
-        with search_precision(device, precision):
-            found = search(model, tokenizer, opt, allowed, params, rng, continuation_len, batch_size,
+        with ctx.searching():
+            found = search(model, tokenizer, opt, allowed, params, rng, n_cont, batch_size,
                            log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
                            done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
                            on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None,
                            survive=survive)
-            trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], continuation_len,
+            trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], n_cont,
                                     batch_size, rescore=len(opt) < len(opt_all))
         cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,
                     candidate_evals=sum(s.candidate_evals for s in found))
-        rows = _evaluate(models, tokenizer, trigger, test, clean, continuation_len, batch_size, source=source, **cost)
+        rows = _evaluate(ctx.models, tokenizer, trigger, test, ctx.clean, n_cont, batch_size, source=source, **cost)
         results += rows
         log(f"[uat] {source}: trigger {tokenizer.decode(trigger)!r} after {cost['candidate_evals']} candidates, "
             f"attack_opt NLL {max(s.objective for s in found):.3f}; test " + _summary(rows))
-    return results + _controls(models, tokenizer, examples["test"], test, clean, allowed, params, seed,
-                               continuation_len, batch_size, log)
+    return results + _controls(ctx.models, tokenizer, examples["test"], test, ctx.clean, allowed, params, ctx.seed,
+                               n_cont, batch_size, log)
 
 
 def _controls(models: dict, tokenizer, windows: np.ndarray, test: torch.Tensor, clean: dict, allowed,
