@@ -186,3 +186,35 @@ def test_interrupted_search_continues_from_a_weights_only_checkpoint(rows, tmp_p
     assert any("continuing after 1 finished restarts" in line for line in lines)
     for got, want in zip(resumed, whole, strict=True):
         assert got.trigger_ids == want.trigger_ids and np.array_equal(got.attacked_nll, want.attacked_nll)
+
+
+@pytest.mark.parametrize("ranking", ["random", "exact"])
+def test_rankings_without_gradient_spend_no_gradient_pass(ranking):
+    m, tok = model(0), tokenizer()
+    opt, allowed = torch.as_tensor(examples(8, 1)), allowed_tokens(tokenizer(), 320)
+    params = uat.UATConfig(trigger_len=3, top_k=4, widen=2, steps=3, restarts=1, ranking=ranking)
+    (s,) = uat.search(m, tok, opt, allowed, params, np.random.default_rng(3), CONT, 16)
+    assert s.forward_passes == len(opt) * s.candidate_evals  # one pass per example per scored trigger
+    assert np.all(np.diff(s.history) > 0) and len(s.history) >= 2
+    if ranking == "exact":  # every allowed token at one position per step, nothing more
+        assert s.candidate_evals >= 1 + int(allowed.sum()) - 1
+
+
+def test_exact_ranking_scores_every_token_at_a_position_and_finds_the_planted_one():
+    """On the planted model the gradient is not needed: exact scoring of every allowed token at a
+    position finds the planted token in its first step."""
+    token = unused_symbol()
+    weak = plant(model(0), token, sink=unused_symbol(skip=(token,)))
+    params = uat.UATConfig(trigger_len=2, steps=1, restarts=1, controls=1, ranking="exact", guidance_sample=0)
+    results = run_attack("uat", {"weak": weak}, tokenizer(), split(), CONT, 16, params, seed=0, log=lambda _: None)
+    found = results[0]
+    assert found.ranking == "exact" and token in found.trigger_ids
+    n_allowed = int(allowed_tokens(tokenizer(), 320).sum())
+    # the start, then every allowed token but the current one at position 0
+    assert found.candidate_evals == 1 + n_allowed - 1
+    assert np.isnan(found.guidance_spearman) and found.guidance_n == 0  # not measured when asked not to
+
+
+def test_ranking_is_checked():
+    with pytest.raises(ValueError, match="attack.uat.ranking"):
+        uat.UATConfig(ranking="best").check()

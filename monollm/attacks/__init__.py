@@ -7,6 +7,7 @@ a list of `AttackResult`. Adding an attack is one module plus one line here.
 from __future__ import annotations
 
 
+from monollm.attacks import gcg as _gcg
 from monollm.attacks import hotflip as _hotflip
 from monollm.attacks import random as _random
 from monollm.attacks import uat as _uat
@@ -18,6 +19,7 @@ ATTACKS = {
     "random": (_random.RandomConfig, _random.run),
     "uat": (_uat.UATConfig, _uat.run),
     "hotflip": (_hotflip.HotFlipConfig, _hotflip.run),
+    "gcg": (_gcg.GCGConfig, _gcg.run),
 }
 
 

@@ -1,28 +1,32 @@
 """`uat`: universal adversarial trigger (Wallace et al. 2019).
 
-One prefix of L tokens for all inputs, found by gradient-guided coordinate ascent on
-`attack_opt` examples: each step takes the gradient of the mean continuation loss w.r.t.
-the one-hot trigger, keeps the top-k tokens per position by the first-order estimate,
-re-scores all L * k single-token swaps exactly in batches, then the combinations of the
-best improving swap at each position (also scored exactly), and accepts the best of them
-if it raises the loss and survives decode -> encode before every optimization example.
-Restarts begin from random triggers; the best final trigger on `attack_opt` is evaluated
-once on `test`, together with K random triggers of the same length (the matched control)
-and on every other model (transfer).
+One prefix of L tokens for all inputs, found by coordinate ascent on `attack_opt` examples.
+Each step proposes single-token swaps of the trigger, scores them exactly in batches, then
+the combinations of the best improving swap at each position (also scored exactly), and
+accepts the best of them if it raises the loss and survives decode -> encode before every
+example it will be scored on. How the swaps are proposed is `ranking`:
+
+* "gradient": the gradient of the mean continuation loss w.r.t. the one-hot trigger ranks
+  every swap by its first-order gain; the top-k tokens per position are scored, then (when
+  none helps) the next ranks under the same gradient;
+* "random": the same counts, ranked at random (no gradient) -- what the gradient adds;
+* "exact": every allowed token at one position per step, positions in turn, until a whole
+  round of positions brings no gain (no gradient: nothing rests on the first-order estimate).
+
+Restarts, selection, test scoring, transfer, the matched control, checkpoints and the
+gradient guidance measurement are the trigger-attack skeleton's (monollm.attacks.trigger).
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from monollm import progress
-from monollm.attacks.common import (AttackContext, AttackResult, prepend, rows_survive, sample_trigger,
-                                    score_attacked, trigger_survives)
+from monollm.attacks import trigger as skeleton
+from monollm.attacks.common import AttackContext, AttackResult, prepend
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
-
+from monollm.attacks.trigger import Search, best_surviving
 
 @dataclass(frozen=True)
 class UATConfig:
@@ -45,6 +49,11 @@ class UATConfig:
     """Random triggers of the same length scored as the matched control (K)."""
     max_tries: int = 200
     """Draws per position when sampling a random trigger that survives re-tokenization."""
+    ranking: str = "gradient"
+    """How swaps are proposed for exact scoring: "gradient", "random" or "exact" (module docstring)."""
+    guidance_sample: int = 64
+    """Random single-token swaps of the final trigger on which the first-order estimate is
+    compared with the exact loss change (monollm.attacks.guidance); 0: not measured."""
 
     @property
     def prefix_len(self) -> int:
@@ -52,27 +61,10 @@ class UATConfig:
         return self.trigger_len
 
     def check(self):
-        for name in ("trigger_len", "steps", "top_k", "widen", "restarts", "controls", "max_tries"):
+        skeleton.check_common("uat", self)
+        for name in ("steps", "top_k", "widen"):
             if getattr(self, name) < 1:
                 raise ValueError(f"attack.uat: {name} must be >= 1, got {getattr(self, name)}")
-        if self.opt_examples < 0:
-            raise ValueError(f"attack.uat: opt_examples must be >= 0 (0: all), got {self.opt_examples}")
-
-
-@dataclass
-class Search:
-    """One trigger search: where it ended and what it cost."""
-    trigger: list[int]
-    objective: float
-    """Mean continuation NLL on the optimization batch with `trigger` prepended."""
-    history: list[float] = field(default_factory=list)
-    """Objective after the start and after every step (never decreasing)."""
-    forward_passes: int = 0
-    """Sequences through the model, gradient passes included."""
-    candidate_evals: int = 0
-    """Triggers scored exactly (each over the whole optimization batch)."""
-    start: list[int] = field(default_factory=list)
-    """The random trigger the ascent began from."""
 
 
 def propose(grad: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -93,6 +85,50 @@ def propose(grad: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, lo
     return cands
 
 
+class _Proposer:
+    """The single-token swaps of the next step under `params.ranking` (module docstring)."""
+
+    def __init__(self, model, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig, n_cont: int,
+                 batch_size: int, init: list[int]):
+        self.model, self.opt_ids, self.allowed, self.params = model, opt_ids, allowed, params
+        self.n_cont, self.batch_size = n_cont, batch_size
+        self.rng = np.random.default_rng(init)  # "random": seeded by the restart's start
+        self.depth, self.scores = 0, None  # ranks per position scored under the current scores
+        self.position, self.misses = 0, 0  # "exact": next position, positions tried since a gain
+
+    def accepted(self):
+        self.depth, self.misses = 0, 0
+
+    def next(self, trigger: torch.Tensor, s: Search) -> torch.Tensor | None:
+        """(M, L) candidates, or None when this ranking has nothing left to try."""
+        L, tokens = len(trigger), self.allowed.nonzero().flatten().to(trigger.device)
+        if self.params.ranking == "exact":
+            if self.misses >= L:
+                return None
+            p, self.position, self.misses = self.position % L, self.position + 1, self.misses + 1
+            tokens = tokens[tokens != trigger[p]]
+            cands = trigger.repeat(len(tokens), 1)
+            cands[:, p] = tokens
+            return cands
+        if self.depth >= min(self.params.top_k * self.params.widen, len(tokens)):
+            return None
+        if self.depth == 0:
+            self.scores = self._scores(trigger, s)
+        cands = propose(self.scores, trigger, self.allowed, self.depth, self.depth + (self.depth or self.params.top_k))
+        self.depth += self.depth or self.params.top_k
+        return cands
+
+    def _scores(self, trigger: torch.Tensor, s: Search) -> torch.Tensor:
+        """(L, V) swap scores: the one-hot gradient (one pass over the batch), or random ones."""
+        if self.params.ranking == "random":
+            V = len(self.allowed)
+            return torch.from_numpy(self.rng.random((len(trigger), V))).float().to(trigger.device)
+        _, grad = onehot_grad(self.model, prepend(trigger, self.opt_ids), 0, len(trigger), self.n_cont,
+                              self.batch_size, shared=True)
+        s.forward_passes += len(self.opt_ids)
+        return grad
+
+
 def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: UATConfig,
            n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0,
            survive: np.ndarray | None = None) -> Search:
@@ -102,39 +138,33 @@ def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init:
     `survive` (N, T) (default: the optimization examples): give it every example the trigger
     will be scored on, so that the final choice can never fail after the search.
 
-    Each step scores the next ranks of the first-order ranking: the top `top_k` per position
-    after a new gradient; when none of them raises the loss, the following ranks (doubling,
-    up to `top_k * widen`) under the same gradient before the ascent gives up. Stops after
-    `params.steps` steps, at that point, when the objective reaches `target`, or (max_evals > 0)
-    once `max_evals` candidates have been scored.
+    Stops after `params.steps` steps, when the ranking has nothing left to propose (module
+    docstring), when the objective reaches `target`, or (max_evals > 0) once `max_evals`
+    candidates have been scored.
     """
     examples = opt_ids.cpu().numpy() if survive is None else survive
-    B, L = len(opt_ids), len(init)
+    B = len(opt_ids)
     trigger = torch.tensor(init, device=opt_ids.device)
     objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
     s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init))
-    depth = 0  # ranks per position already scored under the current gradient
+    proposer = _Proposer(model, opt_ids, allowed, params, n_cont, batch_size, init)
     for _ in range(params.steps):
         left = max_evals - s.candidate_evals if max_evals else None
-        if s.objective >= target or left == 0 or depth >= min(params.top_k * params.widen, int(allowed.sum())):
+        cands = None if s.objective >= target or left == 0 else proposer.next(trigger, s)
+        if cands is None:
             break
-        if depth == 0:
-            _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, L, n_cont, batch_size, shared=True)
-            s.forward_passes += B
-        cands = propose(grad, trigger, allowed, depth, depth + (depth or params.top_k))[:left]
-        depth += depth or params.top_k
+        cands = cands[:left]
         loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
-        s.forward_passes += B * len(cands)
-        s.candidate_evals += len(cands)
         combos = combine(trigger, cands, loss, s.objective)[:max(0, left - len(cands)) if left else None]
         if len(combos):
             cands = torch.cat([cands, combos])
             loss = torch.cat([loss, score_triggers(model, combos, opt_ids, n_cont, batch_size).mean(dim=1)])
-            s.forward_passes += B * len(combos)
-            s.candidate_evals += len(combos)
-        accepted = _best_surviving(tokenizer, cands, loss, s.objective, examples)
+        s.forward_passes += B * len(cands)
+        s.candidate_evals += len(cands)
+        accepted = best_surviving(tokenizer, cands, loss, s.objective, examples)
         if accepted is not None:
-            trigger, s.objective, depth = cands[accepted], float(loss[accepted]), 0
+            trigger, s.objective = cands[accepted], float(loss[accepted])
+            proposer.accepted()
             s.trigger = trigger.tolist()
             s.history.append(s.objective)
     return s
@@ -163,145 +193,13 @@ def combine(trigger: torch.Tensor, cands: torch.Tensor, loss: torch.Tensor, curr
     return torch.stack(out[1:]) if len(out) > 1 else trigger.new_zeros((0, len(trigger)))
 
 
-def _best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: float, examples: np.ndarray):
-    """Index of the highest-loss candidate above `current` that survives re-tokenization, or None."""
-    for i in loss.argsort(descending=True).tolist():
-        if float(loss[i]) <= current:
-            return None
-        if trigger_survives(tokenizer, cands[i].tolist(), examples):
-            return i
-    return None
-
-
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig,
-           rng: np.random.Generator, n_cont: int, batch_size: int, target: float = float("inf"),
-           max_evals: int = 0, log=None, done: list[Search] | None = None, on_restart=None,
-           survive: np.ndarray | None = None) -> list[Search]:
-    """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
-
-    Returns one Search per restart run; their compute adds up to the search's. `log`, if given,
-    gets a progress line after every restart. `done` holds restarts finished before an
-    interruption (with `rng` restored to its state after them); `on_restart(found)` is called
-    after every restart so that a long search can be checkpointed. Random starts and accepted
-    swaps survive decode -> encode before every row of `survive` (default: opt_ids; see `ascend`).
-    """
-    examples = opt_ids.cpu().numpy() if survive is None else survive
-    found, started = list(done or []), time.time()
-    for restart in range(len(found), params.restarts):
-        spent = sum(s.candidate_evals for s in found)
-        if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
-            break
-        init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
-        found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
-                            target=target, max_evals=max_evals - spent if max_evals else 0, survive=examples))
-        if on_restart:
-            on_restart(found)
-        if log:
-            log(progress.line("restart", restart + 1, params.restarts, started) + f"; best attack_opt NLL "
-                f"{max(s.objective for s in found):.3f}, {sum(s.candidate_evals for s in found)} candidates")
-    return found
-
-
-def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: np.ndarray, n_cont: int,
-           batch_size: int, rescore: bool) -> tuple[list[int], int]:
-    """The best trigger on all of attack_opt among those that survive before every test example.
-
-    opt_all: (N, T) long. When `rescore` (the search used a subset of attack_opt), the final
-    triggers are scored on all of it first. Returns (trigger, forward passes spent here).
-    """
-    triggers = torch.tensor([s.trigger for s in found], device=opt_all.device)
-    if rescore:
-        objective, spent = score_triggers(model, triggers, opt_all, n_cont, batch_size).mean(dim=1), len(found) * len(opt_all)
-    else:
-        objective, spent = torch.tensor([s.objective for s in found]), 0
-    for i in objective.argsort(descending=True).tolist():
-        alone = rows_survive(tokenizer, [found[i].trigger])[0]  # the reported ids are its text's ids
-        if alone and trigger_survives(tokenizer, found[i].trigger, test):
-            return found[i].trigger, spent
-    raise RuntimeError("no final trigger survives decode -> encode before every test example (the search "
-                       "must be given the test examples as `survive`)")
+           rng: np.random.Generator, n_cont: int, batch_size: int, **kw) -> list[Search]:
+    """`params.restarts` ascents from random triggers (monollm.attacks.trigger.search with `ascend`)."""
+    return skeleton.search(model, tokenizer, opt_ids, allowed, params, rng, n_cont, batch_size, ascend, **kw)
 
 
 def run(ctx: AttackContext, params: UATConfig) -> list[AttackResult]:
-    """A trigger searched on each model, scored on every model (its own: kind "attack"; the
-    others: "transfer"), plus `params.controls` random triggers on every model ("control").
-
-    The context's `checkpoint` (optional; `save(state, step)` and `restore()`, see
-    monollm.checkpoints) keeps every finished restart, so an interrupted branch continues with
-    the restarts it finished and ends with the same trigger as an uninterrupted one.
-
-    Searches "attack_opt", reports on "test". Every model's search starts from the same random
-    restarts; the controls are the same random triggers for every model (paired). The search
-    runs in the context's precision; every reported NLL is scored in fp32.
-    """
-    examples, log, n_cont, batch_size = ctx.examples, ctx.log, ctx.n_cont, ctx.batch_size
-    tokenizer, allowed, test, checkpoint = ctx.tokenizer, ctx.allowed, ctx.test, ctx.checkpoint
-    opt_all = ctx.split("attack_opt")
-    opt = opt_all[:params.opt_examples or None]
-    results = []
-    saved = (checkpoint.restore() or {}).get("uat", {}) if checkpoint else {}
-    # every trigger is kept re-tokenizable before all the examples it will be scored on
-    survive = np.concatenate([examples["attack_opt"], examples["test"]])
-    for source, model in ctx.models.items():
-        rng = np.random.default_rng([ctx.seed, 0])
-        if source in saved:
-            rng.bit_generator.state = saved[source]["rng"]
-            log(f"[uat] {source}: continuing after {len(saved[source]['found'])} finished restarts")
-        with ctx.searching():
-            found = search(model, tokenizer, opt, allowed, params, rng, n_cont, batch_size,
-                           log=lambda msg, source=source: log(f"[uat] {source}: {msg}"),
-                           done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
-                           on_restart=_saver(checkpoint, saved, source, rng) if checkpoint else None,
-                           survive=survive)
-            trigger, extra = select(model, tokenizer, found, opt_all, examples["test"], n_cont,
-                                    batch_size, rescore=len(opt) < len(opt_all))
-        cost = dict(forward_passes=sum(s.forward_passes for s in found) + extra,
-                    candidate_evals=sum(s.candidate_evals for s in found))
-        rows = _evaluate(ctx.models, tokenizer, trigger, test, ctx.clean, n_cont, batch_size, source=source, **cost)
-        results += rows
-        log(f"[uat] {source}: trigger {tokenizer.decode(trigger)!r} after {cost['candidate_evals']} candidates, "
-            f"attack_opt NLL {max(s.objective for s in found):.3f}; test " + _summary(rows))
-    return results + _controls(ctx.models, tokenizer, examples["test"], test, ctx.clean, allowed, params, ctx.seed,
-                               n_cont, batch_size, log)
-
-
-def _controls(models: dict, tokenizer, windows: np.ndarray, test: torch.Tensor, clean: dict, allowed,
-              params: UATConfig, seed: int, continuation_len: int, batch_size: int, log) -> list[AttackResult]:
-    """`params.controls` random triggers of the trigger's length, each scored on every model
-    (kind "control"): the same triggers, examples and position for every model."""
-    rng, results = np.random.default_rng([seed, 1]), []
-    for trial in range(params.controls):
-        trigger = sample_trigger(rng, allowed, params.trigger_len, tokenizer, windows, params.max_tries)
-        rows = _evaluate(models, tokenizer, trigger, test, clean, continuation_len, batch_size, trial=trial)
-        results += rows
-        log(f"[uat] control {trial + 1}/{params.controls} {tokenizer.decode(trigger)!r}: " + _summary(rows))
-    return results
-
-
-def _saver(checkpoint, saved: dict, source: str, rng: np.random.Generator):
-    """on_restart callback: checkpoint every model's finished restarts and the RNG after them."""
-    def save(found: list[Search]):
-        # plain values only: checkpoints are read back with torch.load(weights_only=True)
-        saved[source] = {"found": [_plain(s) for s in found], "rng": rng.bit_generator.state}
-        checkpoint.save({"uat": saved, "step": sum(len(v["found"]) for v in saved.values())},
-                        sum(len(v["found"]) for v in saved.values()))
-    return save
-
-
-def _plain(s: Search) -> dict:
-    """A Search as plain Python values (`Search(**_plain(s)) == s`)."""
-    return {"trigger": [int(t) for t in s.trigger], "objective": float(s.objective),
-            "history": [float(h) for h in s.history], "forward_passes": int(s.forward_passes),
-            "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start]}
-
-
-def _evaluate(models: dict, tokenizer, trigger: list[int], test: torch.Tensor, clean: dict, n_cont: int,
-              batch_size: int, source: str = "", trial: int = 0, **cost) -> list[AttackResult]:
-    """`trigger` before every test example (N, T), scored on every model (common.score_attacked)."""
-    attacked = prepend(torch.tensor(trigger, device=test.device), test)
-    return score_attacked("uat", models, tokenizer, attacked, test, clean, n_cont, batch_size, source=source,
-                          trial=trial, trigger_ids=list(trigger), trigger_text=tokenizer.decode(trigger), **cost)
-
-
-def _summary(rows: list[AttackResult]) -> str:
-    return ", ".join(f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)
+    """A trigger searched on each model, scored on every model, plus its matched control
+    (monollm.attacks.trigger.run)."""
+    return skeleton.run(ctx, params, "uat", ascend)

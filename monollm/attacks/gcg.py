@@ -1,0 +1,139 @@
+"""`gcg`: greedy coordinate gradient, a universal multi-example trigger (Zou et al. 2023).
+
+One prefix of L tokens for all inputs, searched on a batch of `attack_opt` examples. Each
+step takes the gradient of the mean continuation loss w.r.t. the one-hot trigger (summed over
+the batch), keeps the top-k tokens per position by the first-order gain, samples `batch`
+single-token swaps (a uniformly random position, then one of its top-k tokens), scores them
+all exactly in one batched pass over the examples, and moves to the best one if it raises
+the loss and the trigger survives decode -> encode before every example it will be scored
+on. Unlike the original, which moves to the batch's best even when it is worse, a step
+without gain keeps the trigger (and its gradient) and draws a new sample, so the objective
+never decreases, as in `uat`.
+
+`ranking = "random"` draws the k tokens per position uniformly instead of by gradient (no
+gradient pass): the same search with the gradient's contribution removed.
+
+Restarts, selection, test scoring, transfer, the matched control, checkpoints and the
+gradient guidance measurement are the trigger-attack skeleton's (monollm.attacks.trigger).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monollm.attacks import trigger as skeleton
+from monollm.attacks.common import AttackContext, AttackResult, prepend
+from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
+from monollm.attacks.trigger import Search, best_surviving
+
+
+@dataclass(frozen=True)
+class GCGConfig:
+    """Budget of the greedy coordinate gradient search and of its random control."""
+    trigger_len: int = 5
+    """Tokens in the trigger (L)."""
+    steps: int = 16
+    """Sampled batches per restart (each scored exactly in one batched pass)."""
+    top_k: int = 32
+    """Candidate tokens per trigger position from the first-order estimate."""
+    batch: int = 64
+    """Single-token swaps sampled and scored per step (duplicates are scored once)."""
+    restarts: int = 2
+    """Independent searches from random triggers; the best on attack_opt is kept."""
+    opt_examples: int = 0
+    """attack_opt examples in the optimization batch (0: all of them)."""
+    controls: int = 8
+    """Random triggers of the same length scored as the matched control (K)."""
+    max_tries: int = 200
+    """Draws per position when sampling a random trigger that survives re-tokenization."""
+    ranking: str = "gradient"
+    """"gradient" (top-k by first-order gain) or "random" (k random tokens per position)."""
+    guidance_sample: int = 64
+    """Random single-token swaps of the final trigger on which the first-order estimate is
+    compared with the exact loss change (monollm.attacks.guidance); 0: not measured."""
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the attack prepends to a window (its trigger)."""
+        return self.trigger_len
+
+    def check(self):
+        skeleton.check_common("gcg", self, rankings=("gradient", "random"))
+        for name in ("steps", "top_k", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"attack.gcg: {name} must be >= 1, got {getattr(self, name)}")
+
+
+def sample_swaps(scores: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, k: int, n: int,
+                 rng: np.random.Generator) -> torch.Tensor:
+    """`n` single-token swaps of `trigger` (L,): per swap a uniformly random position and one of
+    that position's top-k tokens by `scores` (L, V) (the current token and disallowed ones never).
+
+    Returns (M, L) long, M <= n distinct rows.
+    """
+    L = len(trigger)
+    k = min(k, int(allowed.sum()) - 1)  # the current token is never a candidate
+    top = flip_scores(scores, trigger, allowed).topk(k, dim=-1).indices  # (L, k)
+    pos = torch.from_numpy(rng.integers(0, L, n)).to(trigger.device)
+    col = torch.from_numpy(rng.integers(0, k, n)).to(trigger.device)
+    cands = trigger.repeat(n, 1)
+    cands[torch.arange(n, device=trigger.device), pos] = top[pos, col]
+    return torch.unique(cands, dim=0)
+
+
+def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: GCGConfig,
+           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0,
+           survive: np.ndarray | None = None) -> Search:
+    """GCG steps from trigger `init` on the optimization examples opt_ids (B, T) long.
+
+    A swap is accepted only if it raises the loss and the trigger survives decode -> encode
+    before every row of `survive` (N, T) (default: the optimization examples). Stops after
+    `params.steps` steps, when the objective reaches `target`, or (max_evals > 0) once
+    `max_evals` candidates have been scored.
+    """
+    examples = opt_ids.cpu().numpy() if survive is None else survive
+    B = len(opt_ids)
+    trigger = torch.tensor(init, device=opt_ids.device)
+    objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
+    s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init))
+    rng, scores = np.random.default_rng(init), None  # seeded by the restart's start
+    for _ in range(params.steps):
+        left = max_evals - s.candidate_evals if max_evals else None
+        if s.objective >= target or left == 0:
+            break
+        if scores is None:  # a new trigger: new gradient (or new random ranking)
+            scores = _scores(model, trigger, opt_ids, allowed, params, n_cont, batch_size, rng)
+            s.forward_passes += B if params.ranking == "gradient" else 0
+        cands = sample_swaps(scores, trigger, allowed, params.top_k, params.batch, rng)[:left]
+        loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
+        s.forward_passes += B * len(cands)
+        s.candidate_evals += len(cands)
+        accepted = best_surviving(tokenizer, cands, loss, s.objective, examples)
+        if accepted is not None:
+            trigger, s.objective, scores = cands[accepted], float(loss[accepted]), None
+            s.trigger = trigger.tolist()
+            s.history.append(s.objective)
+    return s
+
+
+def _scores(model, trigger: torch.Tensor, opt_ids: torch.Tensor, allowed: torch.Tensor, params: GCGConfig,
+            n_cont: int, batch_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """(L, V) swap scores: the shared one-hot gradient over the batch, or random ones."""
+    if params.ranking == "random":
+        return torch.from_numpy(rng.random((len(trigger), len(allowed)))).float().to(trigger.device)
+    _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, len(trigger), n_cont, batch_size, shared=True)
+    return grad
+
+
+def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: GCGConfig,
+           rng: np.random.Generator, n_cont: int, batch_size: int, **kw) -> list[Search]:
+    """`params.restarts` GCG searches from random triggers (monollm.attacks.trigger.search)."""
+    return skeleton.search(model, tokenizer, opt_ids, allowed, params, rng, n_cont, batch_size, ascend, **kw)
+
+
+def run(ctx: AttackContext, params: GCGConfig) -> list[AttackResult]:
+    """A GCG trigger searched on each model, scored on every model, plus its matched control
+    (monollm.attacks.trigger.run)."""
+    return skeleton.run(ctx, params, "gcg", ascend)

@@ -1,0 +1,217 @@
+"""What every universal-trigger attack does around its search.
+
+A trigger attack (`uat`, `gcg`) is a config dataclass plus an `ascend` function: one search
+from a random start on the attack_opt examples. Everything else is here, the same for all:
+
+* restarts from random triggers of allowed tokens, each re-tokenizable before every example
+  it will be scored on (attack_opt and test), with the same seeded starts on every model;
+* a checkpoint after every finished restart (an interrupted branch continues with the
+  restarts it finished and ends with the same trigger as an uninterrupted one);
+* selection of the best final trigger on all of attack_opt;
+* scoring on the test examples: on the source model (kind "attack") and on every other model
+  (kind "transfer");
+* the gradient guidance around the final trigger (monollm.attacks.guidance);
+* the matched control ("control"): `controls` random triggers of the same length, at the same
+  place (before the context), on the same test examples, the same draws for every model. It
+  holds fixed the trigger length, position, examples and scoring model; only the tokens are
+  random (and unsearched).
+
+The config must have `trigger_len`, `restarts`, `opt_examples`, `controls`, `max_tries`,
+`ranking` and `guidance_sample`; `ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont,
+batch_size, target=, max_evals=, survive=) -> Search`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from monollm import progress
+from monollm.attacks import guidance
+from monollm.attacks.common import (AttackContext, AttackResult, prepend, rows_survive, sample_trigger,
+                                    trigger_survives)
+from monollm.attacks.gradients import score_triggers
+
+RANKINGS = ("gradient", "random", "exact")
+"""How a search may choose the candidates it scores exactly (each attack says which it supports)."""
+
+
+@dataclass
+class Search:
+    """One trigger search: where it ended and what it cost."""
+    trigger: list[int]
+    objective: float
+    """Mean continuation NLL on the optimization batch with `trigger` prepended."""
+    history: list[float] = field(default_factory=list)
+    """Objective after the start and after every accepted step (never decreasing)."""
+    forward_passes: int = 0
+    """Sequences through the model, gradient passes included."""
+    candidate_evals: int = 0
+    """Triggers scored exactly (each over the whole optimization batch)."""
+    start: list[int] = field(default_factory=list)
+    """The random trigger the ascent began from."""
+
+
+def check_common(name: str, params, rankings=RANKINGS):
+    """Refuse bad values of the settings every trigger attack has, naming `attack.<name>.<key>`."""
+    for key in ("trigger_len", "restarts", "controls", "max_tries"):
+        if getattr(params, key) < 1:
+            raise ValueError(f"attack.{name}: {key} must be >= 1, got {getattr(params, key)}")
+    for key in ("opt_examples", "guidance_sample"):
+        if getattr(params, key) < 0:
+            raise ValueError(f"attack.{name}: {key} must be >= 0 (0: {'all' if key == 'opt_examples' else 'off'}), "
+                             f"got {getattr(params, key)}")
+    if params.ranking not in rankings:
+        raise ValueError(f"attack.{name}.ranking must be one of {', '.join(map(repr, rankings))}, "
+                         f"got {params.ranking!r}")
+
+
+def best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: float, examples: np.ndarray):
+    """Index of the highest-loss candidate (M, L) above `current` that survives re-tokenization
+    before every row of `examples` (N, T), or None."""
+    for i in loss.argsort(descending=True).tolist():
+        if float(loss[i]) <= current:
+            return None
+        if trigger_survives(tokenizer, cands[i].tolist(), examples):
+            return i
+    return None
+
+
+def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params, rng: np.random.Generator,
+           n_cont: int, batch_size: int, ascend, target: float = float("inf"), max_evals: int = 0, log=None,
+           done: list[Search] | None = None, on_restart=None, survive: np.ndarray | None = None) -> list[Search]:
+    """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
+
+    Returns one Search per restart run; their compute adds up to the search's. `log`, if given,
+    gets a progress line after every restart. `done` holds restarts finished before an
+    interruption (with `rng` restored to its state after them); `on_restart(found)` is called
+    after every restart so that a long search can be checkpointed. Random starts and accepted
+    swaps survive decode -> encode before every row of `survive` (default: opt_ids).
+    """
+    examples = opt_ids.cpu().numpy() if survive is None else survive
+    found, started = list(done or []), time.time()
+    for restart in range(len(found), params.restarts):
+        spent = sum(s.candidate_evals for s in found)
+        if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
+            break
+        init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
+        found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
+                            target=target, max_evals=max_evals - spent if max_evals else 0, survive=examples))
+        if on_restart:
+            on_restart(found)
+        if log:
+            log(progress.line("restart", restart + 1, params.restarts, started) + f"; best attack_opt NLL "
+                f"{max(s.objective for s in found):.3f}, {sum(s.candidate_evals for s in found)} candidates")
+    return found
+
+
+def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: np.ndarray, n_cont: int,
+           batch_size: int, rescore: bool) -> tuple[list[int], int]:
+    """The best trigger on all of attack_opt among those that survive before every test example.
+
+    opt_all: (N, T) long. When `rescore` (the search used a subset of attack_opt), the final
+    triggers are scored on all of it first. Returns (trigger, forward passes spent here).
+    """
+    triggers = torch.tensor([s.trigger for s in found], device=opt_all.device)
+    if rescore:
+        objective = score_triggers(model, triggers, opt_all, n_cont, batch_size).mean(dim=1)
+        spent = len(found) * len(opt_all)
+    else:
+        objective, spent = torch.tensor([s.objective for s in found]), 0
+    for i in objective.argsort(descending=True).tolist():
+        alone = rows_survive(tokenizer, [found[i].trigger])[0]  # the reported ids are its text's ids
+        if alone and trigger_survives(tokenizer, found[i].trigger, test):
+            return found[i].trigger, spent
+    raise RuntimeError("no final trigger survives decode -> encode before every test example (the search "
+                       "must be given the test examples as `survive`)")
+
+
+def run(ctx: AttackContext, params, name: str, ascend) -> list[AttackResult]:
+    """A trigger searched with `ascend` on each model, scored on every model (its own: kind
+    "attack"; the others: "transfer"), plus `params.controls` random triggers ("control").
+
+    Searches "attack_opt" (its first `opt_examples`, 0: all), reports on "test". The search runs
+    in the context's precision; every reported NLL is scored in fp32.
+    """
+    opt_all = ctx.split("attack_opt")
+    opt = opt_all[:params.opt_examples or None]
+    saved = (ctx.checkpoint.restore() or {}).get(name, {}) if ctx.checkpoint else {}
+    # every trigger is kept re-tokenizable before all the examples it will be scored on
+    survive = np.concatenate([ctx.examples["attack_opt"], ctx.examples["test"]])
+    results = []
+    for source, model in ctx.models.items():
+        rng = np.random.default_rng([ctx.seed, 0])
+        if source in saved:
+            rng.bit_generator.state = saved[source]["rng"]
+            ctx.log(f"[{name}] {source}: continuing after {len(saved[source]['found'])} finished restarts")
+        with ctx.searching():
+            found = search(model, ctx.tokenizer, opt, ctx.allowed, params, rng, ctx.n_cont, ctx.batch_size, ascend,
+                           log=lambda msg, source=source: ctx.log(f"[{name}] {source}: {msg}"),
+                           done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
+                           on_restart=_saver(ctx.checkpoint, name, saved, source, rng) if ctx.checkpoint else None,
+                           survive=survive)
+            trigger, extra = select(model, ctx.tokenizer, found, opt_all, ctx.examples["test"], ctx.n_cont,
+                                    ctx.batch_size, rescore=len(opt) < len(opt_all))
+            agree = _guidance(ctx, model, trigger, opt, params)
+        rows = _evaluate(ctx, name, trigger, source=source, ranking=params.ranking,
+                         guidance_spearman=agree.spearman, guidance_n=agree.n,
+                         forward_passes=sum(s.forward_passes for s in found) + extra,
+                         candidate_evals=sum(s.candidate_evals for s in found))
+        results += rows
+        ctx.log(f"[{name}] {source}: trigger {ctx.tokenizer.decode(trigger)!r} after {rows[0].candidate_evals} "
+                f"candidates ({params.ranking} ranking), attack_opt NLL {max(s.objective for s in found):.3f}; "
+                f"gradient guidance Spearman {agree.spearman:.2f} over {agree.n} swaps; test " + _summary(rows))
+    return results + _controls(ctx, name, params)
+
+
+def _guidance(ctx: AttackContext, model, trigger: list[int], opt: torch.Tensor, params) -> guidance.Agreement:
+    """The gradient guidance around the final trigger (a measurement: not counted as attack compute)."""
+    if not params.guidance_sample:
+        return guidance.Agreement(float("nan"), 0, 0)
+    rng = np.random.default_rng([ctx.seed, 3])
+    return guidance.trigger_agreement(model, torch.tensor(trigger, device=ctx.device), opt, ctx.n_cont, ctx.allowed,
+                                      params.guidance_sample, rng, ctx.batch_size)
+
+
+def _controls(ctx: AttackContext, name: str, params) -> list[AttackResult]:
+    """`params.controls` random triggers of the trigger's length, each scored on every model
+    (kind "control"): the same triggers, examples and position for every model."""
+    rng, results = np.random.default_rng([ctx.seed, 1]), []
+    for trial in range(params.controls):
+        trigger = sample_trigger(rng, ctx.allowed, params.trigger_len, ctx.tokenizer, ctx.examples["test"],
+                                 params.max_tries)
+        rows = _evaluate(ctx, name, trigger, trial=trial)
+        results += rows
+        ctx.log(f"[{name}] control {trial + 1}/{params.controls} {ctx.tokenizer.decode(trigger)!r}: " + _summary(rows))
+    return results
+
+
+def _saver(checkpoint, name: str, saved: dict, source: str, rng: np.random.Generator):
+    """on_restart callback: checkpoint every model's finished restarts and the RNG after them."""
+    def save(found: list[Search]):
+        # plain values only: checkpoints are read back with torch.load(weights_only=True)
+        saved[source] = {"found": [_plain(s) for s in found], "rng": rng.bit_generator.state}
+        step = sum(len(v["found"]) for v in saved.values())
+        checkpoint.save({name: saved, "step": step}, step)
+    return save
+
+
+def _plain(s: Search) -> dict:
+    """A Search as plain Python values (`Search(**_plain(s)) == s`)."""
+    return {"trigger": [int(t) for t in s.trigger], "objective": float(s.objective),
+            "history": [float(h) for h in s.history], "forward_passes": int(s.forward_passes),
+            "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start]}
+
+
+def _evaluate(ctx: AttackContext, name: str, trigger: list[int], source: str = "", trial: int = 0,
+              **fields) -> list[AttackResult]:
+    """`trigger` before every test example (N, T), scored on every model (AttackContext.score)."""
+    attacked = prepend(torch.tensor(trigger, device=ctx.device), ctx.test)
+    return ctx.score(name, attacked, source=source, trial=trial, trigger_ids=list(trigger),
+                     trigger_text=ctx.tokenizer.decode(trigger), **fields)
+
+
+def _summary(rows: list[AttackResult]) -> str:
+    return ", ".join(f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)
