@@ -209,6 +209,20 @@ def test_card_shows_no_gradient_guidance_where_none_was_measured():
     assert heads == [] and tables == [] and "Attack `uat`" in text
 
 
+def test_console_summary_has_a_guidance_line_per_measured_attack():
+    from monollm import results
+
+    text = results.summary_text(synthetic_run(), "12")
+    line = next(x for x in text.splitlines() if x.startswith("uat: ranking"))
+    assert line == "uat: ranking gradient; " + ", ".join(
+        f"{m} {r:+.2f} over 64 swaps" + (" (weak)" if abs(r) < report.WEAK_GUIDANCE else "")
+        for m, r in GUIDANCE.items())
+    assert "(weak)" in line and max(map(len, text.splitlines())) <= results.WIDTH
+    assert not any(x.startswith("random: ranking") for x in text.splitlines())
+    unmeasured = results.summary_text(synthetic_run(guidance={"baseline": math.nan, "monotonic": math.nan}))
+    assert "Gradient guidance" not in unmeasured and "uat: ranking" not in unmeasured
+
+
 def test_flipped_tokens_are_struck_through_and_highlighted():
     row = {"input_ids": [1, 2, 3, 4], "attacked_ids": [1, 9, 3, 4], "changed_positions": [1], "trigger_ids": [],
            "scored_tokens": 1}
