@@ -184,6 +184,57 @@ def examples_note(text: dict | None) -> str:
     return base + " Each token is decoded on its own (\u21b5: a newline)."
 
 
+# ---- gradient guidance --------------------------------------------------------------------------
+
+RANKINGS = {
+    "gradient": ("the search scored exactly only the candidates this estimate ranked highest, so the "
+                 "candidates it never scored were passed over on the estimate's word"),
+    "random": "the search scored exactly randomly drawn candidates (as many), so the estimate chose none of them",
+    "exact": ("the search scored exactly every allowed token at the positions it searched, so the estimate "
+              "chose nothing and the number only describes the model"),
+}
+"""What each `ranking` means for how much a search's results rest on the first-order estimate."""
+
+
+def guidance_view(summary: pd.DataFrame, attack: str) -> pd.DataFrame | None:
+    """The models `attack` searched on, with the ranking, the Spearman rho of the first-order
+    estimate against the exact loss change ("-" where not measured) and the swaps behind it;
+    None where no model has a measurement (or the run predates it)."""
+    g = report.guidance_table(summary)
+    g = g[g["attack"] == attack]
+    measured = np.isfinite(g["guidance_spearman"].astype(float))
+    if not measured.any():
+        return None
+    return pd.DataFrame({"model": g["model"], "ranking": g["ranking"],
+                         "Spearman rho": [signed(r, 2) for r in g["guidance_spearman"]],
+                         "swaps sampled": [fmt(n) if m else "-" for n, m in zip(g["guidance_n"], measured)]
+                         }).reset_index(drop=True)
+
+
+def guidance_text(view: pd.DataFrame, found: dict) -> str:
+    """One paragraph on what the rho means, what the ranking was, and (`found`: the attack's
+    findings["guidance"] entry) the sentence when it is weak."""
+    rankings = "; ".join(f"ranking `{r}`: {RANKINGS.get(r, 'see docs/method.md')}"
+                         for r in dict.fromkeys(view["ranking"]))
+    return ("Spearman rho between the first-order (gradient) estimate of a single-token swap's loss change and "
+            "the exact change when the swap is scored, over a random sample of swaps on the model the search ran "
+            f"on: 1 orders swaps as their real effect does, 0 no better than chance (|rho| below "
+            f"{report.WEAK_GUIDANCE:g} counts as weak). {rankings[0].upper()}{rankings[1:]}."
+            + (f" {found['note']}" if found.get("note") else ""))
+
+
+def guidance_section(data, attack: str) -> list:
+    """`attack`'s gradient-guidance table and its explanation; [] where nothing was measured."""
+    from metaflow.cards import Markdown, Table
+
+    view = guidance_view(data.attack_summary, attack)
+    if view is None:
+        return []
+    found = (data.findings or {}).get("guidance", {}).get(attack, {})
+    return [Markdown(f"### `{attack}`: gradient guidance\n" + guidance_text(view, found)),
+            Table(data=[list(r) for r in view.itertuples(index=False)], headers=list(view.columns))]
+
+
 # ---- configuration ------------------------------------------------------------------------------
 
 def applies(key: str, cfg: dict) -> bool:

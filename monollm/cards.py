@@ -233,6 +233,7 @@ def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, 
         out.append(f"{attack} ({kind}), mean dNLL per continuation token: {each}; baseline minus monotonic "
                    f"{signed(comp['diff'])} {signed_ci(comp['ci_low'], comp['ci_high'])} over {comp['examples']} "
                    f"examples: {comp['verdict']}.")
+    out += [g["note"] for g in findings.get("guidance", {}).values() if g.get("note")]  # a weak gradient ranking
     out.append(findings["activation_note"])
     return out
 
@@ -302,8 +303,9 @@ def lead(data) -> list:
 
 
 def attack_section(data, attack: str) -> list:
-    """One attack: its damage table, the search and success table, the dNLL distribution, and the
-    most and least damaged examples of each model."""
+    """One attack: its damage table, the search and success tables, how far its gradient ranking can
+    be trusted (where measured), the dNLL distribution, and the most and least damaged examples of
+    each model."""
     from metaflow.cards import Markdown, VegaChart
 
     text = getattr(data, "token_text", None)
@@ -313,7 +315,7 @@ def attack_section(data, attack: str) -> list:
             _table(attack_search_view(data.attack_summary, attack)),
             Markdown(f"### `{attack}`: success rates (share of examples with dNLL >= t, Wilson 95% CI)"),
             _table(attack_search_view(data.attack_summary, attack, success=True)),
-            VegaChart(dnll_chart(data.attacks, attack)),
+            *sections.guidance_section(data, attack), VegaChart(dnll_chart(data.attacks, attack)),
             Markdown(f"### `{attack}`: the {sections.PER_EXAMPLE} most and least damaged examples of each model\n"
                      + sections.examples_note(text)),
             Markdown(sections.examples_html(data.attacks, attack, text))]

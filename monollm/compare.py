@@ -78,7 +78,8 @@ def check_compatible(configs: dict, vary=()):
 
 
 def key_numbers(data) -> dict:
-    """The headline numbers of one run, by name, from its artifacts (run.data or the flow)."""
+    """The headline numbers of one run, by name, from its artifacts (run.data or the flow); the
+    summary's text columns (kind, ranking, ...) are labels, never numbers."""
     out = {}
     for row in data.perplexity.itertuples():
         out[f"perplexity {row.model}"] = row.perplexity
@@ -96,6 +97,9 @@ def key_numbers(data) -> dict:
         out[f"dNLL {key} baseline - monotonic"] = comp["diff"]
     for attack, comp in f.get("robustness_above_control", {}).items():
         out[f"dNLL above control {attack} baseline - monotonic"] = comp["diff"]
+    for attack, g in f.get("guidance", {}).items():  # a run from before it has none
+        for model, rho in g["spearman"].items():  # only where measured
+            out[f"gradient guidance Spearman {attack} {model}"] = rho
     out.update(downstream_numbers(data))
     return {k: float(v) for k, v in out.items()}
 

@@ -111,11 +111,32 @@ def compute_spent(g: pd.DataFrame) -> dict:
     return {k: int(per_trial[k].sum()) for k in per_trial.columns}
 
 
+GUIDANCE = ("ranking", "guidance_spearman", "guidance_n")
+"""The attack table's columns on how the search ranked its candidates (AttackResult)."""
+WEAK_GUIDANCE = 0.3
+"""|Spearman rho| below which the first-order estimate is said to barely predict the exact loss
+change of a single-token swap: a ranking that weak orders candidates little better than chance,
+so a search that ranks by it finds what it finds through the exact re-scoring of the few
+candidates the ranking proposes."""
+
+
+def search_guidance(g: pd.DataFrame) -> dict:
+    """`ranking`, `guidance_spearman` and `guidance_n` of one attack x kind x model x source: its
+    first row's (one search gives every row of a group the same). A table without the columns
+    (made by hand, or before they existed) gives none; a row without them (a table concatenated
+    from older and newer branches) gives "", NaN and 0."""
+    first = g.iloc[0]
+    convert = {"ranking": lambda v: "" if pd.isna(v) else str(v), "guidance_spearman": float,
+               "guidance_n": lambda v: 0 if pd.isna(v) else int(v)}
+    return {c: convert[c](first[c]) for c in GUIDANCE if c in g.columns}
+
+
 def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
     """Per attack x kind x model x source: clean/attacked NLL, dNLL (mean, median, CI over examples,
     trials averaged per example), relative perplexity increase exp(dNLL) - 1, success rates with
     Wilson intervals (per trial over *all* examples, then averaged: `success_rates`), the compute
-    spent and the damage above the primary control (`above_control`).
+    spent, how the search ranked its candidates (`search_guidance`) and the damage above the
+    primary control (`above_control`).
     """
     rows = []
     for key, g in df.groupby(KEYS, sort=False):
@@ -131,6 +152,7 @@ def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.D
             rate, w_lo, w_hi = success_rates(g, t)
             row.update({f"success@{t:g}": rate, f"success@{t:g}_ci_low": w_lo, f"success@{t:g}_ci_high": w_hi})
         row.update(compute_spent(g))
+        row.update(search_guidance(g))
         row.update(above_control(df, row["attack"], row["kind"], row["model"], row["source_model"], n_boot, seed))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -179,6 +201,52 @@ def above_control(df: pd.DataFrame, attack: str, kind: str, model: str, source: 
     out.update({"control_source": ctrl["source_model"].iloc[0], "control_dnll": float(ctrl["dnll"].mean()),
                 "above_control": float(diff.mean()), "above_control_ci_low": lo, "above_control_ci_high": hi})
     return out
+
+
+def guidance_table(df: pd.DataFrame) -> pd.DataFrame:
+    """How far each search's first-order ranking can be trusted: one row per attack x model a
+    search ran on (kind "attack" rows found on their own model with a `ranking`; controls, transfers
+    and search-free attacks such as `random` have none), with attack, model, ranking,
+    guidance_spearman (NaN where not measured) and guidance_n. df: the attack table or its summary;
+    one without the columns (an older run) gives an empty table."""
+    columns = ["attack", "model", *GUIDANCE]
+    if not len(df) or not set(GUIDANCE) <= set(df.columns):
+        return pd.DataFrame(columns=columns)
+    own = df[(df.kind == "attack") & (df.model == df.source_model)]
+    rows = [{"attack": a, "model": m, **search_guidance(g)}
+            for (a, m), g in own.groupby(["attack", "model"], sort=False)]
+    out = pd.DataFrame(rows, columns=columns)
+    return out[out["ranking"] != ""].reset_index(drop=True)
+
+
+def guidance_findings(attacks: pd.DataFrame) -> dict:
+    """Per attack with a search (`guidance_table`): the `ranking` it used, the Spearman rho per
+    model and the swaps (`swaps`) behind it, both only where measured, and a `note` when some
+    measured |rho| is below WEAK_GUIDANCE."""
+    out = {}
+    for attack, g in guidance_table(attacks).groupby("attack", sort=False):
+        measured = g[np.isfinite(g["guidance_spearman"].astype(float))]
+        entry = {"ranking": ", ".join(dict.fromkeys(g["ranking"])),
+                 "spearman": {m: float(r) for m, r in zip(measured["model"], measured["guidance_spearman"])},
+                 "swaps": {m: int(n) for m, n in zip(measured["model"], measured["guidance_n"])}}
+        weak = {m: r for m, r in entry["spearman"].items() if abs(r) < WEAK_GUIDANCE}
+        if weak:
+            entry["note"] = weak_guidance_note(attack, entry["ranking"], weak, entry["swaps"])
+        out[attack] = entry
+    return out
+
+
+def weak_guidance_note(attack: str, ranking: str, weak: dict, swaps: dict) -> str:
+    """The sentence for models (`weak`: model -> rho) whose first-order estimate barely predicts
+    the exact loss change, saying whether `attack`'s results rest on it (ranking "gradient") or not."""
+    each = ", ".join(f"{m} (Spearman {r:+.2f} over {swaps[m]} swaps)" for m, r in weak.items())
+    out = (f"{attack}: the first-order estimate barely predicts the exact loss change of a single-token swap "
+           f"on {each}, |rho| below {WEAK_GUIDANCE:g}.")
+    if ranking == "gradient":
+        return out + (" The search ranks its candidates by that estimate, so the damage it finds comes from "
+                      "scoring exactly the few candidates the ranking proposes, chosen little better than at "
+                      "random: a better-guided search may do more damage.")
+    return out + f" This search did not rank by it (ranking: {ranking}), so its results do not rest on it."
 
 
 def robustness_comparison(df: pd.DataFrame, attack: str, kind: str, n_boot: int, seed: int) -> dict:
@@ -273,6 +341,7 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
         **activation_findings(hidden_act, setting, activation_swap, float(p["reference"])),
         "robustness": {},
         "robustness_above_control": {},
+        "guidance": guidance_findings(attacks),
     }
     if len(attacks):
         for (attack, kind), _ in attacks.groupby(["attack", "kind"], sort=False):

@@ -202,7 +202,8 @@ def text_table(df, columns: dict) -> list[str]:
 
 def summary_text(data, run_id: str = "") -> str:
     """The end of a run on the console, at most WIDTH columns: the answer first, then perplexity,
-    constraint checks and attack damage as aligned tables, and where the card is."""
+    constraint checks and attack damage as aligned tables, how far each search's gradient ranking
+    can be trusted (where measured), and where the card is."""
     from monollm.card_sections import arms_differ
     from monollm.headline import headline
 
@@ -227,10 +228,27 @@ def summary_text(data, run_id: str = "") -> str:
         parts += text_table(view, {"attack": ("attack", None), "kind": ("kind", None), "model": ("model", None),
                                    "source_model": ("found on", None), "dnll_mean": ("dNLL", "+.3f"),
                                    "dnll_ci": ("CI", None), "above": ("above control", None)})
+    parts += guidance_lines(f)
     parts += ["", f["activation_note"]]
     if run_id:
         parts += ["", f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"]
     return "\n".join(line for part in parts for line in _wrap(part))
+
+
+def guidance_lines(findings: dict) -> list[str]:
+    """One line per attack whose gradient guidance was measured (findings["guidance"]): the ranking
+    its search used and each model's Spearman rho, "weak" where |rho| is below the threshold; []
+    where nothing was measured (or the run predates it)."""
+    from monollm.report import WEAK_GUIDANCE
+
+    measured = {a: g for a, g in findings.get("guidance", {}).items() if g["spearman"]}
+    if not measured:
+        return []
+    return ["", f"Gradient guidance (Spearman rho, first-order estimate vs exact loss change of a swap; "
+                f"weak: |rho| < {WEAK_GUIDANCE:g}):"] + [
+        f"{attack}: ranking {g['ranking']}; " + ", ".join(
+            f"{m} {r:+.2f} over {g['swaps'][m]} swaps" + (" (weak)" if abs(r) < WEAK_GUIDANCE else "")
+            for m, r in g["spearman"].items()) for attack, g in measured.items()]
 
 
 def pd_isna(x) -> bool:

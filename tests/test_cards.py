@@ -19,8 +19,13 @@ from monollm.compare import flatten
 from monollm.attacks.common import AttackResult
 
 
-def synthetic_run(monotonic_lr=None):
-    """The artifacts join_attacks has, from the real report functions on made-up numbers."""
+GUIDANCE = {"baseline": 0.12, "monotonic": 0.65}
+"""Spearman rho of uat's gradient ranking per model it searched on, in `synthetic_run`."""
+
+
+def synthetic_run(monotonic_lr=None, guidance=GUIDANCE):
+    """The artifacts join_attacks has, from the real report functions on made-up numbers; uat's
+    search ranked by gradient, with `guidance` (model -> rho) on the rows it produced."""
     rng = np.random.default_rng(0)
     tokens = np.full(40, 31)
     per_block = {m: (rng.normal(3 + 0.3 * i, 0.2, 40) * 31, tokens) for i, m in enumerate(report.MODELS)}
@@ -34,9 +39,11 @@ def synthetic_run(monotonic_lr=None):
         clean = rng.normal(3, 0.3, 20)
         for kind, source, trial in (("attack", model, 0), ("control", "", 0), ("control", "", 1),
                                     ("transfer", other, 0)):
+            searched = {} if kind == "control" else dict(ranking="gradient", guidance_spearman=guidance[source],
+                                                         guidance_n=64)
             results.append(AttackResult("uat", model, kind, ex, clean, clean + rng.normal(0.5, 0.2, 20),
                                         trial=trial, source_model=source, trigger_ids=[7, 8], input_ids=ids,
-                                        scored_tokens=2))
+                                        scored_tokens=2, **searched))
         results.append(AttackResult("random", model, "attack", ex, clean, clean + rng.normal(0.1, 0.1, 20)))
     attacks = report.attack_table(results)
     history = {arm: [{"arm": arm, "step": s, "tokens": 512 * s, "loss": 4 - 0.01 * s, "lr": 1e-3, "grad_norm": 1.0,
@@ -162,6 +169,58 @@ def test_card_shows_the_most_and_least_damaged_examples_with_their_text():
     data.token_text = None  # a run from before token_text: ids, said so
     text = " ".join(markdown(rendered(cards.experiment(data))))
     assert f"#{ids[0]}" in text and "stored no token text" in text
+
+
+def guidance_parts(data):
+    """The card's gradient-guidance headings and tables."""
+    parts = rendered(cards.experiment(data))
+    heads = [m for m in markdown(parts) if "gradient guidance" in m]
+    tables = [p for p in parts if p["type"] == "table" and "Spearman rho" in p["columns"]]
+    return heads, tables, " ".join(markdown(parts))
+
+
+def test_card_shows_how_far_the_gradient_ranking_can_be_trusted():
+    heads, tables, text = guidance_parts(synthetic_run())
+    assert len(heads) == len(tables) == 1  # uat only: random has no search
+    assert heads[0].startswith("### `uat`: gradient guidance") and "Ranking `gradient`" in heads[0]
+    assert tables[0]["columns"] == ["model", "ranking", "Spearman rho", "swaps sampled"]
+    assert tables[0]["data"] == [[m, "gradient", card_sections.signed(r, 2), "64"] for m, r in GUIDANCE.items()]
+    # the weak model is named in a sentence, in the section and in the findings; the other is not
+    weak = [m for m, r in GUIDANCE.items() if abs(r) < report.WEAK_GUIDANCE]
+    assert weak == ["baseline"]
+    note = synthetic_run().findings["guidance"]["uat"]["note"]
+    assert "on baseline (Spearman +0.12 over 64 swaps)" in note and "monotonic" not in note
+    assert note in heads[0] and text.count(note) == 2
+    strong = synthetic_run(guidance={"baseline": 0.9, "monotonic": 0.65})
+    heads, tables, text = guidance_parts(strong)
+    assert len(tables) == 1 and "barely predicts" not in text
+
+
+def test_card_shows_no_gradient_guidance_where_none_was_measured():
+    heads, tables, _ = guidance_parts(synthetic_run(guidance={"baseline": math.nan, "monotonic": math.nan}))
+    assert heads == [] and tables == []
+    # a run from before the columns: its summary and card are made without them
+    data = synthetic_run()
+    data.attacks = data.attacks.drop(columns=list(report.GUIDANCE))
+    data.attack_summary = report.attack_summary(data.attacks, [0.5, 1.0], 200, 0)
+    data.findings = report.findings(data.perplexity, data.per_block, data.constraint, data.attacks, "gelu", 200, 0)
+    del data.findings["guidance"]
+    heads, tables, text = guidance_parts(data)
+    assert heads == [] and tables == [] and "Attack `uat`" in text
+
+
+def test_console_summary_has_a_guidance_line_per_measured_attack():
+    from monollm import results
+
+    text = results.summary_text(synthetic_run(), "12")
+    line = next(x for x in text.splitlines() if x.startswith("uat: ranking"))
+    assert line == "uat: ranking gradient; " + ", ".join(
+        f"{m} {r:+.2f} over 64 swaps" + (" (weak)" if abs(r) < report.WEAK_GUIDANCE else "")
+        for m, r in GUIDANCE.items())
+    assert "(weak)" in line and max(map(len, text.splitlines())) <= results.WIDTH
+    assert not any(x.startswith("random: ranking") for x in text.splitlines())
+    unmeasured = results.summary_text(synthetic_run(guidance={"baseline": math.nan, "monotonic": math.nan}))
+    assert "Gradient guidance" not in unmeasured and "uat: ranking" not in unmeasured
 
 
 def test_flipped_tokens_are_struck_through_and_highlighted():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import FLOW, MICRO, ROOT, flow_env, run_flow
 from scipy import stats as st
-from test_cards import synthetic_run
+from test_cards import GUIDANCE, synthetic_run
 
 from monollm import compare, results
 from monollm.stats import t_interval
@@ -59,6 +59,24 @@ def test_table_per_run_with_mean_and_interval():
         f["robustness_above_control"]["uat"]["diff"])
     assert "dNLL above control random baseline" not in table.index  # no control, no row
     assert "3 run(s): seed 0 = MonoFlow/11; seed 1 = MonoFlow/12; seed 2 = MonoFlow/13" in compare.format_table(table)
+
+
+def test_gradient_guidance_per_run_and_the_ranking_column_is_a_label():
+    runs = [fake_run("14", 0), fake_run("15", 1)]
+    runs[1].data.findings["guidance"]["uat"]["spearman"]["baseline"] = 0.4
+    assert pd.api.types.is_string_dtype(runs[0].data.attack_summary["ranking"])  # a text column in the summary
+    table = compare.compare(runs)
+    row = table.loc["gradient guidance Spearman uat baseline"]
+    assert list(row[["seed 0", "seed 1"]]) == pytest.approx([GUIDANCE["baseline"], 0.4])
+    assert row["mean"] == pytest.approx((GUIDANCE["baseline"] + 0.4) / 2) and row["n"] == 2
+    assert table.loc["gradient guidance Spearman uat monotonic", "mean"] == pytest.approx(GUIDANCE["monotonic"])
+    assert not any("random" in m and "guidance" in m for m in table.index)  # no search, no number
+    assert "gradient guidance" not in " ".join(compare.verdicts(table)["metric"])  # a measurement, not a verdict
+    unmeasured = fake_run("16", 2)
+    unmeasured.data.findings["guidance"]["uat"].update(spearman={}, swaps={})
+    del runs[0].data.findings["guidance"]  # a run from before it
+    table = compare.compare([runs[0], unmeasured])
+    assert "gradient guidance Spearman uat baseline" not in table.index
 
 
 def test_incompatible_configs_are_refused_naming_the_keys():

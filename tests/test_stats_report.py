@@ -99,12 +99,12 @@ def test_nll_difference_refuses_different_blocks():
 
 # --- attack tables ----------------------------------------------------------------------
 
-def result(model, dnll, clean=2.0, trial=0, kind="attack", source="", attack="random"):
+def result(model, dnll, clean=2.0, trial=0, kind="attack", source="", attack="random", **fields):
     dnll = np.asarray(dnll, dtype=float)
     ids = np.arange(len(dnll))
     c = np.full(len(dnll), clean)
     return AttackResult(attack=attack, model=model, kind=kind, example_ids=ids, clean_nll=c,
-                        attacked_nll=c + dnll, trial=trial, source_model=source)
+                        attacked_nll=c + dnll, trial=trial, source_model=source, **fields)
 
 
 def test_attack_table_one_row_per_example():
@@ -148,6 +148,85 @@ def test_attack_summary_compute_columns():
     s = report.attack_summary(report.attack_table(rows), (0.5,), N_BOOT, 0).set_index("kind")
     assert (s.loc["attack", "forward_passes"], s.loc["attack", "candidate_evals"]) == (150, 50)  # summed over trials
     assert (s.loc["control", "forward_passes"], s.loc["control", "candidate_evals"]) == (0, 0)
+
+
+def guided_rows(rho_baseline, rho_monotonic, ranking="gradient", attack="hotflip"):
+    """A searched attack on both models (the search's guidance on every row it produced, transfer
+    included), a control per model, and the search-free `random` attack."""
+    found = {"baseline": dict(ranking=ranking, guidance_spearman=rho_baseline, guidance_n=120),
+             "monotonic": dict(ranking=ranking, guidance_spearman=rho_monotonic, guidance_n=80)}
+    return [result("baseline", [1.0, 2.0], attack=attack, **found["baseline"]),
+            result("monotonic", [0.5, 1.0], attack=attack, **found["monotonic"]),
+            result("monotonic", [0.8, 0.9], kind="transfer", source="baseline", attack=attack, **found["baseline"]),
+            result("baseline", [0.1, 0.2], kind="control", attack=attack),
+            result("monotonic", [0.1, 0.1], kind="control", attack=attack),
+            result("baseline", [0.3, 0.3]), result("monotonic", [0.2, 0.2])]
+
+
+def test_attack_summary_carries_the_search_guidance():
+    s = report.attack_summary(report.attack_table(guided_rows(0.25, 0.7)), (0.5,), N_BOOT, 0)
+    s = s.set_index(["attack", "kind", "model"])
+    assert tuple(s.loc[("hotflip", "attack", "baseline"), list(report.GUIDANCE)]) == ("gradient", 0.25, 120)
+    assert tuple(s.loc[("hotflip", "attack", "monotonic"), list(report.GUIDANCE)]) == ("gradient", 0.7, 80)
+    # a transfer row shows its source's search
+    assert tuple(s.loc[("hotflip", "transfer", "monotonic"), list(report.GUIDANCE)]) == ("gradient", 0.25, 120)
+    for key in (("hotflip", "control", "baseline"), ("random", "attack", "monotonic")):  # no search made them
+        assert s.loc[key, "ranking"] == "" and np.isnan(s.loc[key, "guidance_spearman"])
+        assert s.loc[key, "guidance_n"] == 0
+
+
+def test_guidance_table_has_one_row_per_searched_model_and_none_for_controls():
+    df = report.attack_table(guided_rows(0.25, float("nan"), ranking="exact"))
+    table = report.guidance_table(df)
+    assert list(table.columns) == ["attack", "model", "ranking", "guidance_spearman", "guidance_n"]
+    assert list(zip(table["attack"], table["model"])) == [("hotflip", "baseline"), ("hotflip", "monotonic")]
+    assert list(table["ranking"]) == ["exact", "exact"] and list(table["guidance_n"]) == [120, 80]
+    assert table["guidance_spearman"].iloc[0] == 0.25 and np.isnan(table["guidance_spearman"].iloc[1])
+    # the summary gives the same rows
+    summary = report.attack_summary(df, (0.5,), N_BOOT, 0)
+    pd.testing.assert_frame_equal(report.guidance_table(summary), table)
+
+
+@pytest.mark.parametrize("offset", [-0.05, 0.05])
+def test_findings_say_when_the_first_order_ranking_is_weak(offset):
+    rho = report.WEAK_GUIDANCE + offset  # just below, or just above the threshold
+    f = findings(report.attack_table(guided_rows(rho, 0.9)))
+    g = f["guidance"]
+    assert set(g) == {"hotflip"}  # random has no search, so no guidance
+    assert g["hotflip"]["ranking"] == "gradient"
+    assert g["hotflip"]["spearman"] == pytest.approx({"baseline": rho, "monotonic": 0.9})
+    assert g["hotflip"]["swaps"] == {"baseline": 120, "monotonic": 80}
+    if offset < 0:
+        note = g["hotflip"]["note"]
+        assert "barely predicts the exact loss change" in note and f"{rho:+.2f} over 120 swaps" in note
+        assert "monotonic" not in note and "ranks its candidates by that estimate" in note
+    else:
+        assert "note" not in g["hotflip"]
+    # the threshold is on |rho|; a weak estimate the search did not rank by is said not to matter
+    exact = findings(report.attack_table(guided_rows(-rho, 0.9, ranking="exact")))["guidance"]["hotflip"]
+    assert ("note" in exact) == (offset < 0)
+    if offset < 0:
+        assert "(ranking: exact), so its results do not rest on it" in exact["note"]
+
+
+def test_findings_guidance_only_where_measured():
+    g = findings(report.attack_table(guided_rows(float("nan"), float("nan"))))["guidance"]["hotflip"]
+    assert g == {"ranking": "gradient", "spearman": {}, "swaps": {}}  # no number, no sentence
+
+
+def test_a_table_without_the_guidance_columns_still_summarizes():
+    old = report.attack_table(guided_rows(0.1, 0.1)).drop(columns=list(report.GUIDANCE))
+    s = report.attack_summary(old, (0.5,), N_BOOT, 0)
+    assert len(s) == 7 and not set(report.GUIDANCE) & set(s.columns)
+    assert report.guidance_table(old).empty and report.guidance_table(s).empty
+    assert findings(old)["guidance"] == {}
+    # rows of an older branch concatenated with a newer one's: no search information, not an error
+    mixed = pd.concat([old[old.attack == "random"], report.attack_table(guided_rows(0.1, 0.1))
+                       .query("attack == 'hotflip'")], ignore_index=True)
+    s = report.attack_summary(mixed, (0.5,), N_BOOT, 0).set_index(["attack", "kind", "model"])
+    assert s.loc[("random", "attack", "baseline"), "ranking"] == ""
+    assert s.loc[("random", "attack", "baseline"), "guidance_n"] == 0
+    assert list(report.guidance_table(mixed)["model"]) == ["baseline", "monotonic"]
 
 
 def test_attack_summary_separates_models_and_kinds():
