@@ -218,7 +218,7 @@ def guidance_text(view: pd.DataFrame, found: dict) -> str:
                          for r in dict.fromkeys(view["ranking"]))
     return ("Spearman rho between the first-order (gradient) estimate of a single-token swap's loss change and "
             "the exact change when the swap is scored, over a random sample of swaps on the model the search ran "
-            f"on: 1 orders swaps as their real effect does, 0 no better than chance (|rho| below "
+            f"on: 1 orders swaps as their real effect does, 0 no better than chance, below 0 worse (rho below "
             f"{report.WEAK_GUIDANCE:g} counts as weak). {rankings[0].upper()}{rankings[1:]}."
             + (f" {found['note']}" if found.get("note") else ""))
 

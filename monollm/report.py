@@ -114,10 +114,15 @@ def compute_spent(g: pd.DataFrame) -> dict:
 GUIDANCE = ("ranking", "guidance_spearman", "guidance_n")
 """The attack table's columns on how the search ranked its candidates (AttackResult)."""
 WEAK_GUIDANCE = 0.3
-"""|Spearman rho| below which the first-order estimate is said to barely predict the exact loss
-change of a single-token swap: a ranking that weak orders candidates little better than chance,
-so a search that ranks by it finds what it finds through the exact re-scoring of the few
-candidates the ranking proposes."""
+"""Spearman rho below which the first-order estimate is said to barely predict the exact loss
+change of a single-token swap: a ranking that weak orders candidates little better than chance
+(a negative rho: worse than chance), so a search that ranks by it finds what it finds through
+the exact re-scoring of the few candidates the ranking proposes."""
+
+
+def weak_guidance(rho: float) -> bool:
+    """Whether a measured Spearman rho counts as weak guidance (below WEAK_GUIDANCE, negatives included)."""
+    return rho < WEAK_GUIDANCE
 
 
 def search_guidance(g: pd.DataFrame) -> dict:
@@ -222,14 +227,14 @@ def guidance_table(df: pd.DataFrame) -> pd.DataFrame:
 def guidance_findings(attacks: pd.DataFrame) -> dict:
     """Per attack with a search (`guidance_table`): the `ranking` it used, the Spearman rho per
     model and the swaps (`swaps`) behind it, both only where measured, and a `note` when some
-    measured |rho| is below WEAK_GUIDANCE."""
+    measured rho is below WEAK_GUIDANCE."""
     out = {}
     for attack, g in guidance_table(attacks).groupby("attack", sort=False):
         measured = g[np.isfinite(g["guidance_spearman"].astype(float))]
         entry = {"ranking": ", ".join(dict.fromkeys(g["ranking"])),
                  "spearman": {m: float(r) for m, r in zip(measured["model"], measured["guidance_spearman"])},
                  "swaps": {m: int(n) for m, n in zip(measured["model"], measured["guidance_n"])}}
-        weak = {m: r for m, r in entry["spearman"].items() if abs(r) < WEAK_GUIDANCE}
+        weak = {m: r for m, r in entry["spearman"].items() if weak_guidance(r)}
         if weak:
             entry["note"] = weak_guidance_note(attack, entry["ranking"], weak, entry["swaps"])
         out[attack] = entry
@@ -241,7 +246,7 @@ def weak_guidance_note(attack: str, ranking: str, weak: dict, swaps: dict) -> st
     the exact loss change, saying whether `attack`'s results rest on it (ranking "gradient") or not."""
     each = ", ".join(f"{m} (Spearman {r:+.2f} over {swaps[m]} swaps)" for m, r in weak.items())
     out = (f"{attack}: the first-order estimate barely predicts the exact loss change of a single-token swap "
-           f"on {each}, |rho| below {WEAK_GUIDANCE:g}.")
+           f"on {each}, rho below {WEAK_GUIDANCE:g}.")
     if ranking == "gradient":
         return out + (" The search ranks its candidates by that estimate, so the damage it finds comes from "
                       "scoring exactly the few candidates the ranking proposes, chosen little better than at "

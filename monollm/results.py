@@ -237,17 +237,17 @@ def summary_text(data, run_id: str = "") -> str:
 
 def guidance_lines(findings: dict) -> list[str]:
     """One line per attack whose gradient guidance was measured (findings["guidance"]): the ranking
-    its search used and each model's Spearman rho, "weak" where |rho| is below the threshold; []
+    its search used and each model's Spearman rho, "weak" where rho is below the threshold; []
     where nothing was measured (or the run predates it)."""
-    from monollm.report import WEAK_GUIDANCE
+    from monollm.report import WEAK_GUIDANCE, weak_guidance
 
     measured = {a: g for a, g in findings.get("guidance", {}).items() if g["spearman"]}
     if not measured:
         return []
     return ["", f"Gradient guidance (Spearman rho, first-order estimate vs exact loss change of a swap; "
-                f"weak: |rho| < {WEAK_GUIDANCE:g}):"] + [
+                f"weak: rho < {WEAK_GUIDANCE:g}):"] + [
         f"{attack}: ranking {g['ranking']}; " + ", ".join(
-            f"{m} {r:+.2f} over {g['swaps'][m]} swaps" + (" (weak)" if abs(r) < WEAK_GUIDANCE else "")
+            f"{m} {r:+.2f} over {g['swaps'][m]} swaps" + (" (weak)" if weak_guidance(r) else "")
             for m, r in g["spearman"].items()) for attack, g in measured.items()]
 
 

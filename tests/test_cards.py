@@ -186,7 +186,7 @@ def test_card_shows_how_far_the_gradient_ranking_can_be_trusted():
     assert tables[0]["columns"] == ["model", "ranking", "Spearman rho", "swaps sampled"]
     assert tables[0]["data"] == [[m, "gradient", card_sections.signed(r, 2), "64"] for m, r in GUIDANCE.items()]
     # the weak model is named in a sentence, in the section and in the findings; the other is not
-    weak = [m for m, r in GUIDANCE.items() if abs(r) < report.WEAK_GUIDANCE]
+    weak = [m for m, r in GUIDANCE.items() if report.weak_guidance(r)]
     assert weak == ["baseline"]
     note = synthetic_run().findings["guidance"]["uat"]["note"]
     assert "on baseline (Spearman +0.12 over 64 swaps)" in note and "monotonic" not in note
@@ -215,7 +215,7 @@ def test_console_summary_has_a_guidance_line_per_measured_attack():
     text = results.summary_text(synthetic_run(), "12")
     line = next(x for x in text.splitlines() if x.startswith("uat: ranking"))
     assert line == "uat: ranking gradient; " + ", ".join(
-        f"{m} {r:+.2f} over 64 swaps" + (" (weak)" if abs(r) < report.WEAK_GUIDANCE else "")
+        f"{m} {r:+.2f} over 64 swaps" + (" (weak)" if report.weak_guidance(r) else "")
         for m, r in GUIDANCE.items())
     assert "(weak)" in line and max(map(len, text.splitlines())) <= results.WIDTH
     assert not any(x.startswith("random: ranking") for x in text.splitlines())
