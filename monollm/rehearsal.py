@@ -48,6 +48,8 @@ CHANGES = {
     ("attack", "examples"): 24, ("attack", "batch_size"): 64,
     ("attack.uat", "steps"): 2, ("attack.uat", "top_k"): 4, ("attack.uat", "restarts"): 1,
     ("attack.uat", "opt_examples"): 16, ("attack.uat", "controls"): 2,
+    ("attack.gcg", "steps"): 2, ("attack.gcg", "top_k"): 8, ("attack.gcg", "batch"): 8,
+    ("attack.gcg", "opt_examples"): 16, ("attack.gcg", "controls"): 2,
     ("attack.hotflip", "max_flips"): 2, ("attack.hotflip", "candidates"): 4, ("attack.hotflip", "controls"): 2,
     ("attack.random", "samples"): 2,
     ("resources", "retries"): 0, ("resources", "gpu"): 0, ("resources", "cpu"): 1,

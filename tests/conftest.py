@@ -50,11 +50,13 @@ def run_flow(profile: str = MICRO, cwd: str = _HOME, **params):
         return running.run
 
 
+ATTACKS = 'attacks = ["uat", "hotflip", "gcg"]'
+"""The micro profile's attacks line (micro_variant changes replace it)."""
 LEAN = {'tasks = ["corpus_cloze", "corpus_choice"]': "tasks = []",
-        "[eval.order]\nenabled = true": "[eval.order]\nenabled = false"}
-"""micro_variant changes that leave out the downstream and order branches, for the flow tests
-about other things (datastores, clusters, resume): test_flow's micro run covers those branches."""
-HOTFLIP_ONLY = {'attacks = ["uat", "hotflip"]': 'attacks = ["hotflip"]'}
+        "[eval.order]\nenabled = true": "[eval.order]\nenabled = false", ATTACKS: 'attacks = ["uat", "hotflip"]'}
+"""micro_variant changes that leave out the downstream and order branches and the gcg attack, for
+the flow tests about other things (datastores, clusters, resume): test_flow's micro run covers them."""
+HOTFLIP_ONLY = {ATTACKS: 'attacks = ["hotflip"]'}
 """micro_variant changes that keep one attack branch (its rows equal the micro run's hotflip rows)."""
 
 

@@ -6,7 +6,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import FLOW, LEAN, flow_env, micro_variant, run_flow
+from conftest import ATTACKS, FLOW, LEAN, flow_env, micro_variant, run_flow
 from test_resume import _run_and_kill
 
 pytestmark = pytest.mark.flow
@@ -16,7 +16,7 @@ CHECKPOINT_EVERY = 50
 @pytest.fixture(scope="module")
 def fsdp_profile(tmp_path_factory) -> str:
     return micro_variant(tmp_path_factory.mktemp("profiles"), "fsdp", {
-        **LEAN, 'attacks = ["uat", "hotflip"]': 'attacks = ["random"]',  # the training is what this test is about
+        **LEAN, ATTACKS: 'attacks = ["random"]',  # the training is what this test is about
         "tokens = 40_000": "tokens = 120_000",
         "log_every = 20": f"log_every = 50\ncheckpoint_every = {CHECKPOINT_EVERY}",
     }, append='\n[parallel]\nstrategy = "fsdp"\nprocesses = 2\n')

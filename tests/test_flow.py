@@ -92,7 +92,7 @@ def test_uat_beats_its_random_control_on_baseline(micro_run):
 def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
     data = micro_run.data
     a, cfg = data.attacks, data.resolved_config
-    for attack in ("uat", "hotflip"):
+    for attack in ("uat", "hotflip", "gcg"):
         rows = a[a.attack == attack]
         second = {"control_random_positions"} if attack == "hotflip" else set()
         assert set(rows["kind"]) == {"attack", "control", "transfer"} | second
@@ -103,18 +103,23 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
         assert set(zip(transfer["source_model"], transfer["model"])) == {("baseline", "monotonic"),
                                                                         ("monotonic", "baseline")}
         assert attack in data.findings["robustness_above_control"]
+        # how the search ranked its candidates, and how well the gradient predicted exact changes
+        assert (own["ranking"] == cfg["attack"][attack]["ranking"]).all()
+        assert own["guidance_spearman"].between(-1, 1).all() and (own["guidance_n"] > 0).all()
+        assert set(data.findings["guidance"][attack]["spearman"]) == {"baseline", "monotonic"}
     # hotflip's controls: for the flips found on each model, on every model, at that model's flip positions
     ctrl = a[(a.attack == "hotflip") & a.kind.str.startswith("control")]
     assert set(zip(ctrl["source_model"], ctrl["model"])) == {(s, m) for s in ("baseline", "monotonic")
                                                              for m in ("baseline", "monotonic")}
-    uat = a[(a.attack == "uat") & (a.kind != "control")]
-    assert (uat["trigger_ids"].map(len) == cfg["attack"]["uat"]["trigger_len"]).all()
-    assert (uat["trigger_text"].str.len() > 0).all()
+    for attack in ("uat", "gcg"):
+        found = a[(a.attack == attack) & (a.kind != "control")]
+        assert (found["trigger_ids"].map(len) == cfg["attack"][attack]["trigger_len"]).all()
+        assert (found["trigger_text"].str.len() > 0).all()
     flips = a[(a.attack == "hotflip") & (a.kind == "attack")]
     assert flips["n_changed"].between(0, cfg["attack"]["hotflip"]["max_flips"]).all()
     assert flips["n_changed"].max() > 0
     s = data.attack_summary
-    attacked = s[~s.kind.str.startswith("control") & s.attack.isin(["uat", "hotflip"])]
+    attacked = s[~s.kind.str.startswith("control") & s.attack.isin(["uat", "hotflip", "gcg"])]
     assert attacked["above_control_ci_low"].notna().all()
     assert (attacked["forward_passes"] > 0).all() and (attacked["candidate_evals"] > 0).all()
 
@@ -126,7 +131,7 @@ def test_attack_rows_rescore_from_the_table(micro_run):
     a = micro_run.data.attacks
     model, tokenizer = results.load_model(micro_run, "baseline")
     rows = a[(a.model == "baseline") & (a.example == 0)].groupby(["attack", "kind", "source_model"]).head(1)
-    assert {"hotflip", "uat"} <= set(rows["attack"])
+    assert {"hotflip", "uat", "gcg"} <= set(rows["attack"])
     for _, row in rows.iterrows():
         assert rescore(row, model, tokenizer) == pytest.approx(row["attacked_nll"], abs=1e-4)
 
@@ -157,13 +162,13 @@ def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datasto
 def test_profile_without_resources_runs_end_to_end(tmp_path_factory):
     """Every [resources] key absent (the table removed): @resources and @retry take the
     documented defaults and the whole flow runs (the random attack alone, no evaluation branches)."""
-    from conftest import LEAN, micro_variant, run_flow
+    from conftest import ATTACKS, LEAN, micro_variant, run_flow
 
     from monollm import config
 
     profile = micro_variant(tmp_path_factory.mktemp("profiles"), "nores", {
         **LEAN, "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": "",
-        'attacks = ["uat", "hotflip"]': 'attacks = ["random"]'})
+        ATTACKS: 'attacks = ["random"]'})
     assert "resources" not in open(profile).read()
     run = run_flow(profile)
     assert run.successful and run.data.resolved_config["resources"] == dataclasses.asdict(config.ResourcesConfig())
