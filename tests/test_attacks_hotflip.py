@@ -166,8 +166,8 @@ def test_rows_carry_ranking_and_guidance(rows, ranked):
             if r.kind in ("attack", "transfer"):
                 assert r.ranking in hotflip.RANKINGS and r.guidance_n == sample * 8
                 assert np.isfinite(r.guidance_spearman) and -1 <= r.guidance_spearman <= 1
-                same_source = [x for x in results if x.kind in ("attack", "transfer") and x.source_model == r.source_model]
-                assert {x.guidance_spearman for x in same_source} == {r.guidance_spearman}  # the source's measurement
+                same = [x for x in results if x.kind in ("attack", "transfer") and x.source_model == r.source_model]
+                assert {x.guidance_spearman for x in same} == {r.guidance_spearman}  # the source's measurement
             else:
                 assert r.ranking == "" and np.isnan(r.guidance_spearman) and r.guidance_n == 0
     for ranking, results in ranked.items():
