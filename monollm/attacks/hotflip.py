@@ -14,7 +14,7 @@ chosen is `ranking`; acceptance is the same for every ranking:
   whole context, afresh every round. Holds fixed the examples, the candidate count, the exact
   scoring and the acceptance; only the gradient's choice is replaced by chance (no gradient pass).
 * "exact": every allowed token at each of the last `exact_positions` context positions (those
-  right before the continuation, where the gradient search puts most of its flips) is scored.
+  right before the continuation, where the gradient search's flips concentrate) is scored.
   Holds fixed the examples, the scoring and the acceptance; gives up the rest of the context
   for an exhaustive search where flips matter most (no gradient pass).
 
