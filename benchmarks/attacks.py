@@ -3,7 +3,7 @@
     python benchmarks/attacks.py                        # config/tiny.toml, this CPU
     python benchmarks/attacks.py --model-dir DIR        # a saved model (models.save format)
 
-Prints exactly three lines, all measured in this one run:
+Prints exactly four lines, all measured in this one run:
 
 * `scoring/forward throughput ratio`: candidate sequences per second of the attack's
   scorer (`gradients.score_triggers`: builds trigger x example rows, forward, NLL of the
@@ -21,6 +21,14 @@ Prints exactly three lines, all measured in this one run:
 * `uat dNLL at equal candidate budget: A vs B`: `uat` stopped after as many candidate
   evaluations as the pool search made (A) against the pool search (B); dNLL in nats per
   continuation token on the optimization examples, mean over the seeds.
+
+* `hotflip dNLL at equal forward budget: gradient A, random B, exact C`: `hotflip.search` on
+  the profile's `test` examples with the profile's [attack.hotflip] settings, first with
+  "exact" ranking (every allowed token at the last `exact_positions` context positions), then
+  with "gradient" and "random" ranking, each with `candidates` set so that its forward passes
+  match the exact run's (`hotflip_equal_budget`). dNLL: mean over the examples, in nats per
+  continuation token; each run's forward passes and the gradient guidance Spearman of the
+  model (`guidance.flip_agreement`) go to stderr. With `--skip-uat` only this line is printed.
 
 Progress goes to stderr. The reference model is built once (about 30 s: tokenizer,
 pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile.
@@ -52,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
     p.add_argument("--seeds", type=int, default=5, help="pool search / uat comparisons, one per seed")
     p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--skip-uat", action="store_true",
+                   help="only the hotflip line: skip the throughput and pool-search comparisons")
     return p.parse_args(argv)
 
 
@@ -175,13 +185,77 @@ def compare(model, tokenizer, examples, params, n_cont: int, bs: int, sweeps: in
     return out
 
 
+def hotflip_equal_budget(model, tokenizer, examples, a, hot_params, seed: int) -> dict:
+    """Mean dNLL of hotflip's three rankings at (close to) the same forward-pass budget.
+
+    The "exact" run fixes the budget F (its forward passes: clean scoring of the N examples plus
+    every candidate; no gradient). "gradient" spends per active example and round one gradient
+    pass and `candidates` candidates, "random" `candidates` candidates, so each gets
+    candidates = (F - N) / R - g, where R is the number of (example, round) pairs searched and
+    g = 1 for "gradient" (0 for "random"). R is not known before a run (examples stop when no
+    candidate helps), so the first run takes the most there can be, N * max_flips; where examples
+    stopped early (its passes fall short of F by more than one candidate per (example, round)),
+    one more run takes the first run's R, and of the two the one whose forward passes are
+    closer to F is reported. Returns ranking -> dict(dnll, forward_passes, candidates, rounds).
+    """
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from monollm.attacks import hotflip
+    from monollm.attacks.common import allowed_tokens
+    from monollm.attacks.guidance import flip_agreement
+
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    test, n_cont, bs = torch.as_tensor(examples["test"], device=model.device), a.continuation_len, a.batch_size
+    context_len, n = test.shape[1] - n_cont, len(test)
+
+    def run(ranking, candidates=hot_params.candidates):
+        params = dataclasses.replace(hot_params, ranking=ranking, candidates=max(1, int(round(candidates))))
+        start = time.perf_counter()
+        found = hotflip.search(model, tokenizer, test, allowed, context_len, n_cont, params, bs,
+                               rng=np.random.default_rng([seed, 4]))
+        out = dict(dnll=float((found.loss - found.history[0]).mean()), forward_passes=found.forward_passes,
+                   candidates=params.candidates, rounds=_example_rounds(found))
+        size = "" if ranking == "exact" else f" (candidates {params.candidates})"
+        note(f"hotflip {ranking}{size}: dNLL {out['dnll']:+.4f}, {out['forward_passes']} forward passes, "
+             f"{out['rounds']} example-rounds, {time.perf_counter() - start:.1f} s")
+        return out
+
+    if hot_params.guidance_sample:
+        agree = flip_agreement(model, test, context_len, n_cont, allowed, hot_params.guidance_sample,
+                               np.random.default_rng([seed, 3]), bs)
+        note(f"gradient guidance Spearman {agree.spearman:.3f} over {hot_params.guidance_sample} x {n} swaps")
+    out = {"exact": run("exact")}
+    budget = out["exact"]["forward_passes"]
+    for ranking, g in (("gradient", 1), ("random", 0)):
+        out[ranking] = run(ranking, (budget - n) / (n * hot_params.max_flips) - g)
+        if abs(out[ranking]["forward_passes"] - budget) > out[ranking]["rounds"]:
+            second = run(ranking, (budget - n) / out[ranking]["rounds"] - g)
+            out[ranking] = min(out[ranking], second, key=lambda r: abs(r["forward_passes"] - budget))
+    return out
+
+
+def _example_rounds(found) -> int:
+    """(example, round) pairs a hotflip search scored candidates for: every example in the first
+    round, then those whose loss rose in the round before."""
+    import torch
+
+    active, total = torch.ones(len(found.loss), dtype=torch.bool), 0
+    for before, after in zip(found.history[:-1], found.history[1:]):
+        total += int(active.sum())
+        active &= after > before
+    return total
+
+
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
     import torch
 
     from monollm import config
-    from monollm.attacks import uat
+    from monollm.attacks import hotflip, uat
     from monollm.attacks.common import allowed_tokens, continuation_nll
 
     cfg = config.load_file(args.config)
@@ -193,17 +267,26 @@ def main(argv=None):
     allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
     clean = float(continuation_nll(model, opt, a.continuation_len, a.batch_size).mean())
-    ratio = throughput_ratio(model, opt, allowed, params.trigger_len, a.continuation_len, a.batch_size,
-                             args.rounds, args.seed)
-    runs = [compare(model, tokenizer, examples, params, a.continuation_len, a.batch_size, args.sweeps, seed, clean)
-            for seed in range(args.seed, args.seed + args.seeds)]
-    speedup = sum(r["pool_s"] for r in runs) / sum(r["uat_s"] for r in runs)
-    unmatched = sum(not r["matched"] for r in runs)
-    print(f"scoring/forward throughput ratio: {ratio:.2f}")
-    print(f"uat time-to-match vs pool search: {speedup:.1f}"
-          + (f" ({unmatched} of {len(runs)} searches never matched)" if unmatched else ""))
-    print(f"uat dNLL at equal candidate budget: {np.mean([r['equal_dnll'] for r in runs]):.4f} vs "
-          f"{np.mean([r['pool_dnll'] for r in runs]):.4f}")
+    if not args.skip_uat:
+        ratio = throughput_ratio(model, opt, allowed, params.trigger_len, a.continuation_len, a.batch_size,
+                                 args.rounds, args.seed)
+        runs = [compare(model, tokenizer, examples, params, a.continuation_len, a.batch_size, args.sweeps, seed,
+                        clean) for seed in range(args.seed, args.seed + args.seeds)]
+        speedup = sum(r["pool_s"] for r in runs) / sum(r["uat_s"] for r in runs)
+        unmatched = sum(not r["matched"] for r in runs)
+        print(f"scoring/forward throughput ratio: {ratio:.2f}")
+        print(f"uat time-to-match vs pool search: {speedup:.1f}"
+              + (f" ({unmatched} of {len(runs)} searches never matched)" if unmatched else ""))
+        print(f"uat dNLL at equal candidate budget: {np.mean([r['equal_dnll'] for r in runs]):.4f} vs "
+              f"{np.mean([r['pool_dnll'] for r in runs]):.4f}")
+    hot = hotflip_equal_budget(model, tokenizer, examples, a, a.params.get("hotflip") or hotflip.HotFlipConfig(),
+                               args.seed)
+    note("hotflip forward passes: " + ", ".join(f"{k} {hot[k]['forward_passes']} (candidates {hot[k]['candidates']})"
+                                                for k in ("gradient", "random"))
+         + f", exact {hot['exact']['forward_passes']} (every allowed token at the last "
+           f"{(a.params.get('hotflip') or hotflip.HotFlipConfig()).exact_positions} context positions)")
+    print(f"hotflip dNLL at equal forward budget: gradient {hot['gradient']['dnll']:.4f}, "
+          f"random {hot['random']['dnll']:.4f}, exact {hot['exact']['dnll']:.4f}")
 
 
 if __name__ == "__main__":

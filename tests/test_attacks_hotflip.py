@@ -1,14 +1,18 @@
 """`hotflip` on tiny random models: flips stay in the context, within budget, allowed; the search
 only climbs; the primary control flips exactly the attack's positions, the second one as many
-random positions; a planted weakness is found."""
+random positions; a planted weakness is found; every ranking ("gradient", "random", "exact")
+counts its compute honestly and the rows carry the ranking and the gradient guidance."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from attack_models import CONT, CONTEXT, examples, model, plant, tokenizer, unused_symbol
-from monollm.attacks import run_attack
+from monollm.attacks import attack_config, run_attack
 from monollm.attacks import hotflip
-from monollm.attacks.common import allowed_tokens, continuation_nll, retokenized
+from monollm.attacks.common import allowed_tokens, continuation_nll, retokenized, rows_survive
+from monollm.errors import ConfigError
 
 SMALL = hotflip.HotFlipConfig(max_flips=3, candidates=6, controls=2)
 
@@ -20,9 +24,18 @@ def rows():
                                log=lambda _: None)
 
 
-def search(m, params=SMALL):
+def search(m, params=SMALL, rng=None):
     tok, test = tokenizer(), torch.as_tensor(examples(8, 0))
-    return test, hotflip.search(m, tok, test, allowed_tokens(tok, 320), CONTEXT, CONT, params, batch_size=16)
+    return test, hotflip.search(m, tok, test, allowed_tokens(tok, 320), CONTEXT, CONT, params, batch_size=16, rng=rng)
+
+
+def active_per_round(found) -> list[int]:
+    """Examples searched in each round the search ran: all, then those whose loss rose in the last."""
+    history, active, out = torch.stack(found.history), torch.ones(len(found.loss), dtype=torch.bool), []
+    for r in range(1, len(history)):
+        out.append(int(active.sum()))
+        active &= history[r] > history[r - 1]
+    return out
 
 
 def test_at_most_f_flips_inside_the_context_with_allowed_tokens():
@@ -123,3 +136,108 @@ def test_config_check():
     hotflip.HotFlipConfig().check()
     with pytest.raises(ValueError, match="max_flips"):
         hotflip.HotFlipConfig(max_flips=0).check()
+    with pytest.raises(ValueError, match="attack.hotflip.ranking"):
+        hotflip.HotFlipConfig(ranking="topk").check()
+    with pytest.raises(ConfigError, match="attack.hotflip.ranking"):
+        attack_config("hotflip", {"ranking": "Gradient"}, "attack.hotflip")
+    with pytest.raises(ValueError, match="exact_positions"):
+        hotflip.HotFlipConfig(exact_positions=0).check()
+    hotflip.HotFlipConfig(guidance_sample=0).check()
+    with pytest.raises(ValueError, match="exact_positions.*context"):
+        search(model(0), hotflip.HotFlipConfig(ranking="exact", exact_positions=CONTEXT + 1))
+
+
+# --- rankings ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ranked():
+    """Every ranking run on two models, with a small guidance sample."""
+    models = {"baseline": model(0), "monotonic": model(1)}
+    return {ranking: run_attack("hotflip", models, tokenizer(), {"test": examples(8, 0)}, CONT, 16,
+                                dataclasses.replace(SMALL, ranking=ranking, guidance_sample=6, controls=1), seed=0,
+                                log=lambda _: None)
+            for ranking in hotflip.RANKINGS}
+
+
+def test_rows_carry_ranking_and_guidance(rows, ranked):
+    for params, results in [(SMALL, rows[1])] + [(None, r) for r in ranked.values()]:
+        sample = SMALL.guidance_sample if params else 6
+        for r in results:
+            if r.kind in ("attack", "transfer"):
+                assert r.ranking in hotflip.RANKINGS and r.guidance_n == sample * 8
+                assert np.isfinite(r.guidance_spearman) and -1 <= r.guidance_spearman <= 1
+                same = [x for x in results if x.kind in ("attack", "transfer") and x.source_model == r.source_model]
+                assert {x.guidance_spearman for x in same} == {r.guidance_spearman}  # the source's measurement
+            else:
+                assert r.ranking == "" and np.isnan(r.guidance_spearman) and r.guidance_n == 0
+    for ranking, results in ranked.items():
+        assert {r.ranking for r in results if r.kind == "attack"} == {ranking}
+    # the measurement is not attack compute: the same search without it reports the same passes
+    unmeasured = run_attack("hotflip", {"baseline": model(0)}, tokenizer(), {"test": examples(8, 0)}, CONT, 16,
+                            dataclasses.replace(SMALL, guidance_sample=0, controls=1), seed=0, log=lambda _: None)
+    own = next(r for r in unmeasured if r.kind == "attack")
+    measured = next(r for r in rows[1] if r.kind == "attack" and r.model == "baseline")
+    assert own.forward_passes == measured.forward_passes and own.guidance_n == 0 and np.isnan(own.guidance_spearman)
+
+
+def test_exact_ranking_scores_every_allowed_token_at_the_last_positions():
+    P, tok = 2, tokenizer()
+    allowed = allowed_tokens(tok, 320)
+    test, found = search(model(0), hotflip.HotFlipConfig(max_flips=1, ranking="exact", exact_positions=P))
+    # every allowed token at each of the last P positions, minus the tokens already there
+    already = allowed[test[:, CONTEXT - P:CONTEXT]].sum()
+    assert found.candidate_evals == len(test) * P * int(allowed.sum()) - int(already)
+    assert found.forward_passes == len(test) + found.candidate_evals  # clean scoring + candidates, no gradient
+    changed = found.ids != test
+    assert changed.any() and not changed[:, :CONTEXT - P].any() and not changed[:, CONTEXT:].any()
+    # exhaustive: no single swap at those positions does better than the one accepted
+    best = found.loss
+    for row in range(len(test)):
+        for p in range(CONTEXT - P, CONTEXT):
+            cands = test[row].repeat(int(allowed.sum()), 1)
+            cands[:, p] = allowed.nonzero().flatten()
+            exact = continuation_nll(model(0), cands, CONT, 256)
+            ok = torch.as_tensor(rows_survive(tok, cands.tolist()))
+            assert exact[ok].max() <= best[row] + 1e-5
+
+
+def test_search_compute_per_ranking(monkeypatch):
+    m = model(0)
+    _, grad = search(m, SMALL)
+    assert grad.forward_passes == 8 + sum(active_per_round(grad)) + grad.candidate_evals
+    assert grad.candidate_evals == SMALL.candidates * sum(active_per_round(grad))
+
+    def no_gradient(*a, **k):
+        raise AssertionError("a gradient pass")
+
+    monkeypatch.setattr(hotflip, "onehot_grad", no_gradient)
+    for ranking in ("random", "exact"):
+        test, found = search(m, dataclasses.replace(SMALL, ranking=ranking), rng=np.random.default_rng(0))
+        assert found.forward_passes == len(test) + found.candidate_evals
+        if ranking == "random":
+            assert found.candidate_evals == SMALL.candidates * sum(active_per_round(found))
+        history = torch.stack(found.history)
+        assert (history[1:] >= history[:-1]).all() and (found.loss > history[0]).any()
+        assert torch.allclose(found.loss, continuation_nll(m, found.ids, CONT, 16), atol=1e-5)
+
+
+def test_random_ranking_draws_allowed_new_tokens_anywhere_in_the_context():
+    tok, test = tokenizer(), torch.as_tensor(examples(8, 0))
+    allowed, params = allowed_tokens(tok, 320), dataclasses.replace(SMALL, ranking="random", candidates=40)
+    pos, tokens, valid = hotflip.propose(None, test, allowed, CONTEXT, CONT, params, 16, np.random.default_rng(0), 40)
+    assert pos.shape == tokens.shape == valid.shape == (8, 40) and valid.all()
+    assert (pos < CONTEXT).all() and allowed[tokens].all() and (test.gather(1, pos) != tokens).all()
+    assert all(len(set(zip(p.tolist(), t.tolist()))) == 40 for p, t in zip(pos, tokens))  # distinct swaps
+    assert len(set(pos.flatten().tolist())) > CONTEXT // 2  # spread over the context, not the last positions
+    again = hotflip.propose(None, test, allowed, CONTEXT, CONT, params, 16, np.random.default_rng(0), 40)
+    assert torch.equal(again[0], pos) and torch.equal(again[1], tokens)  # seeded
+
+
+def test_exact_ranking_finds_a_planted_weakness_at_least_as_well_as_gradient():
+    token = unused_symbol()
+    weak = plant(model(0), token, sink=unused_symbol(skip=(token,)))
+    test, grad = search(weak, hotflip.HotFlipConfig(max_flips=2, candidates=4))
+    _, exact = search(weak, hotflip.HotFlipConfig(max_flips=2, ranking="exact", exact_positions=2))
+    assert all(token in row[CONTEXT - 2:CONTEXT].tolist() for row in exact.ids)
+    assert (exact.loss - exact.history[0] > 10).all()
+    assert (exact.loss >= grad.loss - 1e-3).all()  # both saturate the planted sink (~56.6 nats)

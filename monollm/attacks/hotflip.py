@@ -1,12 +1,28 @@
 """`hotflip`: per-example token flips inside the context (Ebrahimi et al. 2018).
 
-For every test example, up to F flips, one at a time: the gradient of the example's
-continuation loss w.r.t. its one-hot context ranks every allowed (position, token) swap by
-the first-order gain grad[v] - grad[current]; the top candidates are re-scored exactly in
-one batch (all still-active examples together) and the best one is accepted if it raises
-the loss and the flipped text survives decode -> encode; the gradient is then recomputed.
-An example stops at F flips or when no candidate raises its loss. Only context tokens are
-ever flipped; the continuation is what is scored.
+For every test example, up to F flips, one at a time: each round a set of candidate
+(position, token) swaps is scored exactly in batches (all still-active examples together),
+and the best one is accepted if it raises the loss and the flipped text survives
+decode -> encode. An example stops at F flips or when no candidate raises its loss. Only
+context tokens are ever flipped; the continuation is what is scored. How the candidates are
+chosen is `ranking`; acceptance is the same for every ranking:
+
+* "gradient": the gradient of the example's continuation loss w.r.t. its one-hot context ranks
+  every allowed swap by the first-order gain grad[v] - grad[current]; the top `candidates` are
+  scored. The gradient is recomputed every round (one gradient pass per active example).
+* "random": `candidates` swaps drawn uniformly among the allowed (position, token) swaps of the
+  whole context, afresh every round. Holds fixed the examples, the candidate count, the exact
+  scoring and the acceptance; only the gradient's choice is replaced by chance (no gradient pass).
+* "exact": every allowed token at each of the last `exact_positions` context positions (those
+  right before the continuation, where the gradient search's flips concentrate) is scored.
+  Holds fixed the examples, the scoring and the acceptance; gives up the rest of the context
+  for an exhaustive search where flips matter most (no gradient pass).
+
+Before each model's search, the gradient's guidance is measured on the clean test examples
+(monollm.attacks.guidance.flip_agreement: Spearman of the first-order estimate against the
+exact loss change over `guidance_sample` random swaps per example) and recorded on the
+attack and transfer rows; it is a measurement, not attack compute, so its forward passes are
+logged but not counted in the rows' `forward_passes`.
 
 Two random controls per model the flips were found on (S), `controls` draws each, every draw
 scored on every model (M), rows `source_model` S:
@@ -35,6 +51,13 @@ import torch
 from monollm import progress
 from monollm.attacks.common import AttackContext, AttackResult, continuation_nll, rows_survive
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
+from monollm.attacks.guidance import Agreement, flip_agreement
+
+RANKINGS = ("gradient", "random", "exact")
+"""How a round chooses the swaps it scores exactly (module docstring)."""
+CANDIDATE_ELEMENTS = 1 << 22
+"""Most token ids of candidate inputs held at once (rows * candidates * T): exact ranking makes
+|allowed| * exact_positions candidates per row, so rows are taken in groups that fit."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +66,21 @@ class HotFlipConfig:
     max_flips: int = 5
     """Most flips per example (F)."""
     candidates: int = 16
-    """Top first-order (position, token) swaps re-scored exactly per example and flip."""
+    """(position, token) swaps re-scored exactly per example and flip: the top ones by first-order
+    gain ("gradient" ranking) or random ones ("random"); unused by "exact"."""
     controls: int = 4
     """Draws of each random control per model searched (module docstring): random tokens at the
     attack's own positions (the primary control), and at as many random positions."""
     max_tries: int = 100
     """Redraws of a random flip whose text does not survive decode -> encode."""
+    ranking: str = "gradient"
+    """Which swaps a round scores exactly: "gradient", "random" or "exact" (module docstring)."""
+    exact_positions: int = 2
+    """"exact" ranking: the last this many context positions are searched exhaustively (at most
+    the context length)."""
+    guidance_sample: int = 64
+    """Random swaps per test example on which the gradient's first-order estimate is compared
+    with the exact loss change before each model's search (0: not measured)."""
 
     @property
     def prefix_len(self) -> int:
@@ -56,9 +88,14 @@ class HotFlipConfig:
         return 0
 
     def check(self):
-        for name in ("max_flips", "candidates", "controls", "max_tries"):
+        for name in ("max_flips", "candidates", "controls", "max_tries", "exact_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"attack.hotflip: {name} must be >= 1, got {getattr(self, name)}")
+        if self.guidance_sample < 0:
+            raise ValueError(f"attack.hotflip: guidance_sample must be >= 0 (0: not measured), "
+                             f"got {self.guidance_sample}")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"attack.hotflip.ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
 
 
 @dataclass
@@ -75,24 +112,67 @@ class Flips:
 
 
 def flip_round(model, tokenizer, ids: torch.Tensor, loss: torch.Tensor, allowed: torch.Tensor, context_len: int,
-               n_cont: int, params: HotFlipConfig, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+               n_cont: int, params: HotFlipConfig, batch_size: int,
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """At most one accepted flip per row of ids (A, T) whose current loss is `loss` (A,).
 
-    Returns (new ids (A, T), new loss (A,), candidates scored); a row with no improving,
-    surviving candidate comes back unchanged (new loss == loss marks it as finished).
+    The candidates are `propose`'s (params.ranking); rows are taken in groups whose candidates
+    fit CANDIDATE_ELEMENTS. Returns (new ids (A, T), new loss (A,), candidates scored, gradient
+    passes); a row with no improving, surviving candidate comes back unchanged (new loss == loss
+    marks it as finished).
     """
-    k, V = min(params.candidates, int(allowed.sum()) * context_len), len(allowed)
-    tops = []
-    for chunk in ids.split(batch_size):  # (b, C, V) gradients live one chunk at a time
-        _, grad = onehot_grad(model, chunk, 0, context_len, n_cont, batch_size)
-        tops.append(flip_scores(grad, chunk[:, :context_len], allowed).flatten(1).topk(k, dim=1))
-    gain, flat = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])  # (A, k)
-    rows = torch.arange(len(ids), device=ids.device).repeat_interleave(k)
-    cands = with_flips(ids, rows, flat.flatten() // V, flat.flatten() % V)
-    cand_loss = continuation_nll(model, cands, n_cont, batch_size).view(len(ids), k)
-    cand_loss[~torch.isfinite(gain.cpu())] = float("-inf")  # a swap that is not allowed
-    new_ids, new_loss = _accept(tokenizer, ids, loss, cands.view(len(ids), k, -1), cand_loss)
-    return new_ids, new_loss, len(cands)
+    k = n_candidates(params, int(allowed.sum()), context_len)
+    step = max(1, CANDIDATE_ELEMENTS // (k * ids.shape[1]))
+    new_ids, new_loss, scored = ids.clone(), loss.clone(), 0
+    for start in range(0, len(ids), step):
+        chunk, before = ids[start:start + step], loss[start:start + step]
+        pos, tok, valid = propose(model, chunk, allowed, context_len, n_cont, params, batch_size, rng, k)
+        rows = torch.arange(len(chunk), device=ids.device).repeat_interleave(k)
+        cands = with_flips(chunk, rows, pos.flatten(), tok.flatten())
+        cand_loss, keep = torch.full((len(cands),), float("-inf")), valid.flatten()
+        if keep.any():  # a swap that is not allowed (or keeps the token) is neither scored nor counted
+            cand_loss[keep] = continuation_nll(model, cands[keep.to(cands.device)], n_cont, batch_size)
+        new_ids[start:start + step], new_loss[start:start + step] = _accept(
+            tokenizer, chunk, before, cands.view(len(chunk), k, -1), cand_loss.view(len(chunk), k))
+        scored += int(keep.sum())
+    return new_ids, new_loss, scored, len(ids) if params.ranking == "gradient" else 0
+
+
+def n_candidates(params: HotFlipConfig, n_allowed: int, context_len: int) -> int:
+    """Candidates proposed per row and round (k): for "exact" every allowed token at each searched
+    position (the current token among them, never scored); else `candidates`, capped by the swaps
+    there are (for "random": the swaps every row has, whatever its tokens)."""
+    if params.ranking == "exact":
+        return params.exact_positions * n_allowed
+    if params.ranking == "random":
+        return min(params.candidates, (n_allowed - 1) * context_len)
+    return min(params.candidates, n_allowed * context_len)
+
+
+def propose(model, ids: torch.Tensor, allowed: torch.Tensor, context_len: int, n_cont: int, params: HotFlipConfig,
+            batch_size: int, rng: np.random.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k candidate swaps per row of ids (b, T) under params.ranking: (positions (b, k) long,
+    tokens (b, k) long, both on ids' device; valid (b, k) bool on CPU: worth scoring)."""
+    V = len(allowed)
+    if params.ranking == "gradient":
+        tops = []
+        for chunk in ids.split(batch_size):  # (b, C, V) gradients live one chunk at a time
+            _, grad = onehot_grad(model, chunk, 0, context_len, n_cont, batch_size)
+            tops.append(flip_scores(grad, chunk[:, :context_len], allowed).flatten(1).topk(k, dim=1))
+        gain, flat = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
+        return flat // V, flat % V, torch.isfinite(gain).cpu()
+    pool = allowed.nonzero().flatten().to(ids.device)
+    if params.ranking == "exact":
+        pos = torch.arange(context_len - params.exact_positions, context_len, device=ids.device)
+        pos, tok = pos.repeat_interleave(len(pool)).expand(len(ids), -1), pool.repeat(params.exact_positions)
+        return pos, tok.expand(len(ids), -1), (ids.gather(1, pos) != tok).cpu()
+    current, n = ids[:, :context_len].cpu().numpy(), len(pool)
+    pool_np = pool.cpu().numpy()
+    # uniform over the (position, allowed token) pairs of each row, without replacement, current tokens excluded
+    flat = np.stack([rng.choice(np.flatnonzero(pool_np[None, :] != row[:, None]), size=k, replace=False)
+                     for row in current])
+    flat = torch.as_tensor(flat, device=ids.device)
+    return flat // n, pool[flat % n], torch.ones(flat.shape, dtype=torch.bool)
 
 
 def _accept(tokenizer, ids, loss, cands, cand_loss):
@@ -120,9 +200,14 @@ def _accept(tokenizer, ids, loss, cands, cand_loss):
 
 
 def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_len: int, n_cont: int,
-           params: HotFlipConfig, batch_size: int, log=None) -> Flips:
+           params: HotFlipConfig, batch_size: int, log=None, rng: np.random.Generator | None = None) -> Flips:
     """Up to `params.max_flips` flips per example of ids (N, T) long, all examples batched together.
-    `log`, if given, gets a progress line after every round of flips."""
+    `log`, if given, gets a progress line after every round of flips. "random" ranking draws its
+    candidates from `rng` (default: a generator seeded 0)."""
+    if params.ranking == "exact" and params.exact_positions > context_len:
+        raise ValueError(f"attack.hotflip.exact_positions ({params.exact_positions}) must be at most the context "
+                         f"length ({context_len} tokens, attack.context_len)")
+    rng = np.random.default_rng(0) if rng is None else rng
     loss, started = continuation_nll(model, ids, n_cont, batch_size), time.time()
     found = Flips(ids.clone(), loss.clone(), [loss.clone()], forward_passes=len(ids))
     active = torch.arange(len(ids))  # CPU indices of examples still being flipped
@@ -130,9 +215,9 @@ def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_l
         if not len(active):
             break
         on_device, before = active.to(ids.device), found.loss[active]
-        new_ids, new_loss, scored = flip_round(model, tokenizer, found.ids[on_device], before, allowed,
-                                               context_len, n_cont, params, batch_size)
-        found.forward_passes += len(active) + scored  # gradient passes, then the candidates
+        new_ids, new_loss, scored, gradient_passes = flip_round(model, tokenizer, found.ids[on_device], before,
+                                                                allowed, context_len, n_cont, params, batch_size, rng)
+        found.forward_passes += gradient_passes + scored
         found.candidate_evals += scored
         found.ids[on_device], found.loss[active] = new_ids, new_loss
         found.history.append(found.loss.clone())
@@ -194,22 +279,29 @@ def run(ctx: AttackContext, params: HotFlipConfig) -> list[AttackResult]:
     and for each of them `params.controls` draws of both random controls (module docstring),
     each scored on every model with `source_model` the model the flips were found on.
 
-    hotflip attacks the "test" examples (per example). The search runs in the context's precision;
-    every reported NLL is scored in fp32. Every row keeps its attacked inputs (`attacked_ids`).
+    hotflip attacks the "test" examples (per example). The search (and the guidance measurement
+    before it) runs in the context's precision; every reported NLL is scored in fp32. Every row
+    keeps its attacked inputs (`attacked_ids`); attack and transfer rows carry the ranking and the
+    source model's gradient guidance, controls the defaults.
     """
     test, results, rng = ctx.test, [], np.random.default_rng([ctx.seed, 2])
+    # own streams, so that the controls' draws do not depend on the ranking or the measurement
+    guide_rng, search_rng = np.random.default_rng([ctx.seed, 3]), np.random.default_rng([ctx.seed, 4])
 
     def score(attacked, source, **fields):
         return ctx.score("hotflip", attacked, source=source, attacked_ids=attacked.cpu().numpy(), **fields)
 
     for source, model in ctx.models.items():
         with ctx.searching():
+            agree = _guidance(ctx, source, model, params, guide_rng)
             found = search(model, ctx.tokenizer, test, ctx.allowed, ctx.context_len, ctx.n_cont, params,
-                           ctx.batch_size, log=lambda msg, source=source: ctx.log(f"[hotflip] {source}: {msg}"))
+                           ctx.batch_size, log=lambda msg, source=source: ctx.log(f"[hotflip] {source}: {msg}"),
+                           rng=search_rng)
         positions = found.ids != test  # (N, T) bool: only context positions ever change
         changed = positions.sum(dim=1).cpu().numpy()
         rows = score(found.ids, source, n_changed=changed, forward_passes=found.forward_passes,
-                     candidate_evals=found.candidate_evals)
+                     candidate_evals=found.candidate_evals, ranking=params.ranking,
+                     guidance_spearman=agree.spearman, guidance_n=agree.n)
         ctx.log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {found.candidate_evals} candidates; "
                 + _summary(rows))
         for trial in range(params.controls):
@@ -222,6 +314,18 @@ def run(ctx: AttackContext, params: HotFlipConfig) -> list[AttackResult]:
                 + _summary([r for r in rows if r.kind != "attack" and r.kind != "transfer"], mean_trials=True))
         results += rows
     return results
+
+
+def _guidance(ctx: AttackContext, source: str, model, params: HotFlipConfig, rng: np.random.Generator) -> Agreement:
+    """The gradient guidance of `source` on the clean test examples (flip_agreement), logged; a
+    measurement, so its forward passes are logged and not counted as the search's."""
+    if not params.guidance_sample:
+        return Agreement(float("nan"), 0, 0)
+    agree = flip_agreement(model, ctx.test, ctx.context_len, ctx.n_cont, ctx.allowed, params.guidance_sample, rng,
+                           ctx.batch_size)
+    ctx.log(f"[hotflip] {source}: gradient guidance Spearman {agree.spearman:.2f} over {params.guidance_sample} x "
+            f"{len(ctx.test)} swaps ({agree.n} scored; {agree.forward_passes} forward passes, not attack compute)")
+    return agree
 
 
 def _summary(rows: list[AttackResult], mean_trials: bool = False) -> str:
