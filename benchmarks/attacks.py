@@ -3,7 +3,7 @@
     python benchmarks/attacks.py                        # config/tiny.toml, this CPU
     python benchmarks/attacks.py --model-dir DIR        # a saved model (models.save format)
 
-Prints exactly four lines, all measured in this one run:
+Prints up to six lines (`--parts`), all measured in this one run:
 
 * `scoring/forward throughput ratio`: candidate sequences per second of the attack's
   scorer (`gradients.score_triggers`: builds trigger x example rows, forward, NLL of the
@@ -28,7 +28,14 @@ Prints exactly four lines, all measured in this one run:
   with "gradient" and "random" ranking, each with `candidates` set so that its forward passes
   match the exact run's (`hotflip_equal_budget`). dNLL: mean over the examples, in nats per
   continuation token; each run's forward passes and the gradient guidance Spearman of the
-  model (`guidance.flip_agreement`) go to stderr. With `--skip-uat` only this line is printed.
+  model (`guidance.flip_agreement`) go to stderr.
+* `uat dNLL at equal forward budget: gradient A, random B, exact C`: `uat.search` on the
+  profile's `attack_opt` examples, restarting as the budget allows, with each ranking at the
+  same forward-pass budget (`uat_equal_budget`; `--uat-budget` candidates, default two
+  positions' worth of exact scoring). dNLL: the best trigger's, nats per continuation token.
+* `gcg dNLL at equal candidate budget vs uat: A vs B`: `gcg` (the profile's [attack.gcg]) stopped
+  after as many candidate evaluations as `uat` made with the profile's settings (B), mean over
+  `--seeds` seeds (`gcg_vs_uat`).
 
 Progress goes to stderr. The reference model is built once (about 30 s: tokenizer,
 pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile.
@@ -60,8 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
     p.add_argument("--seeds", type=int, default=5, help="pool search / uat comparisons, one per seed")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--skip-uat", action="store_true",
-                   help="only the hotflip line: skip the throughput and pool-search comparisons")
+    p.add_argument("--parts", default="pool,hotflip,uat,gcg",
+                   help="comma-separated: pool (throughput and pool-search lines), hotflip, uat, gcg")
+    p.add_argument("--uat-budget", type=int, default=0,
+                   help="candidate evaluations of the uat rankings line (default: 2 x the allowed tokens)")
     return p.parse_args(argv)
 
 
@@ -237,6 +246,70 @@ def hotflip_equal_budget(model, tokenizer, examples, a, hot_params, seed: int) -
     return out
 
 
+def uat_equal_budget(model, tokenizer, opt, allowed, params, a, clean: float, budget: int, seed: int) -> dict:
+    """Best attack_opt dNLL of uat's three rankings at (close to) the same forward-pass budget.
+
+    Every ranking searches from the same seeded random starts, restarting as often as the
+    budget allows (the profile's steps per restart, top_k and widen; "exact" restarts when a
+    round of positions brings no gain). "exact" and "random" spend one forward
+    pass per optimization example per candidate and no gradient, so the same candidate budget
+    (`budget`, default 2 x the allowed tokens: two positions' worth of exact scoring) is the same
+    forward budget. "gradient" also spends one pass per example for every gradient; it runs
+    once at that candidate budget, then again with as many fewer candidates as it spent on
+    gradients, and the run whose forward passes are closer to the others' is reported.
+    Returns ranking -> dict(dnll, forward_passes, candidate_evals).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from monollm.attacks import uat
+
+    budget = budget or 2 * int(allowed.sum())
+    B = len(opt)
+
+    def run(ranking, evals):
+        p = dataclasses.replace(params, ranking=ranking, restarts=10_000)
+        start = time.perf_counter()
+        found = uat.search(model, tokenizer, opt, allowed, p, np.random.default_rng([seed, 5]), a.continuation_len,
+                           a.batch_size, max_evals=evals)
+        out = dict(dnll=max(s.objective for s in found) - clean, forward_passes=sum(s.forward_passes for s in found),
+                   candidate_evals=sum(s.candidate_evals for s in found))
+        note(f"uat {ranking}: dNLL {out['dnll']:+.4f} after {out['candidate_evals']} candidates, "
+             f"{out['forward_passes']} forward passes, {len(found)} restarts, {time.perf_counter() - start:.1f} s")
+        return out
+
+    out = {"exact": run("exact", budget), "random": run("random", budget)}
+    first = run("gradient", budget)
+    gradient_passes = first["forward_passes"] - B * first["candidate_evals"]
+    second = run("gradient", max(1, budget - gradient_passes // B))
+    target = out["exact"]["forward_passes"]
+    out["gradient"] = min(first, second, key=lambda r: abs(r["forward_passes"] - target))
+    return out
+
+
+def gcg_vs_uat(model, tokenizer, opt, allowed, uat_params, gcg_params, a, clean: float, seed: int) -> dict:
+    """Best attack_opt dNLL of `gcg` stopped after as many candidate evaluations as `uat` made with
+    the profile's settings (restarts included), from the same seeded random starts; gcg runs the
+    profile's steps per restart and restarts as often as that budget allows. Returns dict(uat, gcg, evals)."""
+    import dataclasses
+
+    import numpy as np
+
+    from monollm.attacks import gcg, uat
+
+    n_cont, bs = a.continuation_len, a.batch_size
+    found = uat.search(model, tokenizer, opt, allowed, uat_params, np.random.default_rng([seed, 6]), n_cont, bs)
+    evals = sum(s.candidate_evals for s in found)
+    unlimited = dataclasses.replace(gcg_params, restarts=10_000)  # the profile's steps per restart
+    other = gcg.search(model, tokenizer, opt, allowed, unlimited, np.random.default_rng([seed, 6]), n_cont, bs,
+                       max_evals=evals)
+    out = dict(uat=max(s.objective for s in found) - clean, gcg=max(s.objective for s in other) - clean, evals=evals)
+    note(f"seed {seed}: uat dNLL {out['uat']:+.4f} after {evals} candidates; gcg {out['gcg']:+.4f} after "
+         f"{sum(s.candidate_evals for s in other)} candidates in {len(other)} restarts")
+    return out
+
+
 def _example_rounds(found) -> int:
     """(example, round) pairs a hotflip search scored candidates for: every example in the first
     round, then those whose loss rose in the round before."""
@@ -267,7 +340,8 @@ def main(argv=None):
     allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
     clean = float(continuation_nll(model, opt, a.continuation_len, a.batch_size).mean())
-    if not args.skip_uat:
+    parts = set(args.parts.split(","))
+    if "pool" in parts:
         ratio = throughput_ratio(model, opt, allowed, params.trigger_len, a.continuation_len, a.batch_size,
                                  args.rounds, args.seed)
         runs = [compare(model, tokenizer, examples, params, a.continuation_len, a.batch_size, args.sweeps, seed,
@@ -279,8 +353,26 @@ def main(argv=None):
               + (f" ({unmatched} of {len(runs)} searches never matched)" if unmatched else ""))
         print(f"uat dNLL at equal candidate budget: {np.mean([r['equal_dnll'] for r in runs]):.4f} vs "
               f"{np.mean([r['pool_dnll'] for r in runs]):.4f}")
-    hot = hotflip_equal_budget(model, tokenizer, examples, a, a.params.get("hotflip") or hotflip.HotFlipConfig(),
-                               args.seed)
+    if "hotflip" in parts:
+        hotflip_line(model, tokenizer, examples, a, args.seed)
+    if "uat" in parts:
+        r = uat_equal_budget(model, tokenizer, opt, allowed, params, a, clean, args.uat_budget, args.seed)
+        print(f"uat dNLL at equal forward budget: gradient {r['gradient']['dnll']:.4f}, "
+              f"random {r['random']['dnll']:.4f}, exact {r['exact']['dnll']:.4f}")
+    if "gcg" in parts:
+        from monollm.attacks import gcg
+
+        runs = [gcg_vs_uat(model, tokenizer, opt, allowed, params, a.params.get("gcg") or gcg.GCGConfig(), a, clean,
+                           seed) for seed in range(args.seed, args.seed + args.seeds)]
+        print(f"gcg dNLL at equal candidate budget vs uat: {np.mean([r['gcg'] for r in runs]):.4f} vs "
+              f"{np.mean([r['uat'] for r in runs]):.4f}")
+
+
+def hotflip_line(model, tokenizer, examples, a, seed: int):
+    """Print the hotflip line (hotflip_equal_budget), with each run's budget on stderr."""
+    from monollm.attacks import hotflip
+
+    hot = hotflip_equal_budget(model, tokenizer, examples, a, a.params.get("hotflip") or hotflip.HotFlipConfig(), seed)
     note("hotflip forward passes: " + ", ".join(f"{k} {hot[k]['forward_passes']} (candidates {hot[k]['candidates']})"
                                                 for k in ("gradient", "random"))
          + f", exact {hot['exact']['forward_passes']} (every allowed token at the last "
