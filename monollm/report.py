@@ -248,9 +248,9 @@ def weak_guidance_note(attack: str, ranking: str, weak: dict, swaps: dict) -> st
     out = (f"{attack}: the first-order estimate barely predicts the exact loss change of a single-token swap "
            f"on {each}, rho below {WEAK_GUIDANCE:g}.")
     if ranking == "gradient":
-        return out + (" The search ranks its candidates by that estimate, so the damage it finds comes from "
-                      "scoring exactly the few candidates the ranking proposes, chosen little better than at "
-                      "random: a better-guided search may do more damage.")
+        return out + (" The search ranks its candidates by that estimate, so its damage is a lower bound on what a "
+                      "better-guided search could find; `ranking = \"random\"` or `\"exact\"` at the same budget "
+                      "shows how much the ranking matters (benchmarks/attacks.py).")
     return out + f" This search did not rank by it (ranking: {ranking}), so its results do not rest on it."
 
 
