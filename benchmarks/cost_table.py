@@ -14,6 +14,9 @@ FSDP on 8 GPUs, which may use them less well). The formula, per stage:
                        test tokens = test_docs x TOKENS_PER_DOC, the Pile's mean, or eval.max_blocks x block_len)
 * uat (2 models):      2 x restarts x steps x uat_step x opt_examples / timed windows   (an upper bound)
 * hotflip (2 models):  2 x max_flips x hotflip_round x examples / timed windows          (an upper bound)
+* gcg (2 models):      2 x restarts x steps x uat_step x (batch + 3) / (L x k + 3) x opt_examples / timed windows
+                       (a GCG step is a UAT step with `batch` candidates instead of the timed step's L x k,
+                       pythia-1.4b's [attack.uat] trigger_len x top_k; the gradient counts as ~3 forward passes)
 Steps that move data (setup's tokenization, checkpoints, model files) are not in it.
 """
 from __future__ import annotations
@@ -68,27 +71,41 @@ def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
     t, a = cfg.train, cfg.attack
     test_tokens = (cfg.eval.max_blocks * cfg.data.block_len if cfg.eval.max_blocks
                    else cfg.data.test_docs * TOKENS_PER_DOC)
-    uat, flip = a.params.get("uat"), a.params.get("hotflip")
+    uat, flip, gcg = a.params.get("uat"), a.params.get("hotflip"), a.params.get("gcg")
     out = {"train": 2 * t.tokens / train_rate, "evaluate": 4 * test_tokens / (3 * train_rate)}
     if uat:
         out["uat"] = (2 * uat.restarts * uat.steps * rates["uat_step_s"] * scale_fwd
                       * (uat.opt_examples or a.examples) / rates["uat_windows"])
     if flip:
         out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
+    if gcg:
+        per_candidate = rates["uat_step_s"] / (rates["uat_candidates"] + 3)
+        out["gcg"] = (2 * gcg.restarts * gcg.steps * per_candidate * (gcg.batch + 3) * scale_fwd
+                      * (gcg.opt_examples or a.examples) / rates["uat_windows"])
     return {k: v / 3600 for k, v in out.items()}
+
+
+def timed_uat_candidates() -> int:
+    """Candidates in the timed UAT step: pythia-1.4b's [attack.uat] trigger_len x top_k (attack_step.py)."""
+    from monollm import config
+
+    uat = config.load_file(os.path.join(ROOT, "config", "pythia-1.4b.toml")).attack.params["uat"]
+    return uat.trigger_len * uat.top_k
 
 
 def table(rates: dict) -> str:
     from monollm import config
 
     base_train, base_fwd = flops("pythia-1.4b", 2048)
-    rows = ["| profile | train | evaluate | uat | hotflip | total GPU-hours per seed |", "|---|---|---|---|---|---|"]
+    rows = ["| profile | train | evaluate | uat | hotflip | gcg | total GPU-hours per seed |",
+            "|---|---|---|---|---|---|---|"]
+    rates = {**rates, "uat_candidates": timed_uat_candidates()}
     for name in PROFILES:
         cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
         train, fwd = flops(name, cfg.data.block_len)
         h = stages(cfg, rates, train / base_train, fwd / base_fwd)
         mark = "" if name == "pythia-1.4b" else " (scaled)"
-        rows.append(f"| {name}{mark} | " + " | ".join(f"{h.get(k, 0):.2f}" for k in ("train", "evaluate", "uat", "hotflip"))
+        rows.append(f"| {name}{mark} | " + " | ".join(f"{h.get(k, 0):.2f}" for k in ("train", "evaluate", "uat", "hotflip", "gcg"))
                     + f" | {sum(h.values()):.2f} |")
     return (f"GPU-hours on one {rates['card']} (rates measured at pythia-1.4b's shape: "
             f"{rates['train_tokens_per_s']:,.0f} training tokens/s, UAT step {rates['uat_step_s']:.2f} s on "
