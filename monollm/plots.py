@@ -82,3 +82,19 @@ def dnll(attacks: pd.DataFrame, attack: str) -> Figure:
     ax.set_title(f"{attack}: dNLL per example")
     ax.legend(fontsize="small")
     return fig
+
+
+def order(table: pd.DataFrame, pooling: str) -> Figure:
+    """Share of held-out order checks preserved per layer (line) with its 95% CI (band), per model.
+    table: the run's `order_preservation` table (model, layer, pooling, preserved, ci_low, ci_high)."""
+    fig = Figure(figsize=(6.5, 3.4), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for model, g in table[table["pooling"] == pooling].groupby("model", sort=False):
+        ax.fill_between(g["layer"], g["ci_low"], g["ci_high"], color=_color(model), alpha=0.15)
+        ax.plot(g["layer"], g["preserved"], "-o", color=_color(model), markersize=3, label=model)
+    ax.set_xlabel("layer (0: embeddings)")
+    ax.set_ylabel("share preserved")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Order preservation by layer ({pooling}-token pooling, 95% CI)")
+    ax.legend(fontsize="small")
+    return fig

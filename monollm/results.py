@@ -215,7 +215,10 @@ def summary_text(data, run_id: str = "") -> str:
     parts += text_table(data.perplexity, {"model": ("model", None), "perplexity": ("perplexity", ".3f"),
                                           "ppl_ci_low": ("CI low", ".3f"), "ppl_ci_high": ("CI high", ".3f"),
                                           "tokens": ("tokens", "d")})
-    parts += ["", "Constraint verification (negative entries must be 0):"]
+    mode = f.get("mode", "nonneg")
+    from monollm.report import promise_column
+
+    parts += ["", f"Constraint verification (mode {mode}: {promise_column(mode)} must be 0):"]
     formats = {"matrices": "d", "negative": "d", "min": ".5g", "parametrized": "d"}
     parts += text_table(data.constraint, {c: (c, formats.get(c)) for c in data.constraint.columns})
     s = data.attack_summary
@@ -229,6 +232,7 @@ def summary_text(data, run_id: str = "") -> str:
                                    "source_model": ("found on", None), "dnll_mean": ("dNLL", "+.3f"),
                                    "dnll_ci": ("CI", None), "above": ("above control", None)})
     parts += guidance_lines(f)
+    parts += downstream_lines(f) + order_lines(f)
     parts += ["", f["activation_note"]]
     if run_id:
         parts += ["", f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"]
@@ -249,6 +253,37 @@ def guidance_lines(findings: dict) -> list[str]:
         f"{attack}: ranking {g['ranking']}; " + ", ".join(
             f"{m} {r:+.2f} over {g['swaps'][m]} swaps" + (" (weak)" if weak_guidance(r) else "")
             for m, r in g["spearman"].items()) for attack, g in measured.items()]
+
+
+def downstream_lines(findings: dict) -> list[str]:
+    """The downstream tasks' cost of the constraint (findings["downstream"]): per task, baseline,
+    monotonic and monotonic minus baseline with its 95% interval; [] where none ran."""
+    import pandas as pd
+
+    tasks = findings.get("downstream") or {}
+    if not tasks:
+        return []
+    rows = pd.DataFrame([{"task": t, "ci": f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", **d} for t, d in tasks.items()])
+    return ["", "Downstream tasks (monotonic minus baseline; negative = the constraint costs; 95% paired CI):"] + \
+        text_table(rows, {"task": ("task", None), "metric": ("metric", None), "baseline": ("baseline", ".3f"),
+                          "monotonic": ("monotonic", ".3f"), "diff": ("difference", "+.3f"), "ci": ("CI", None),
+                          "items": ("items", "d")})
+
+
+def order_lines(findings: dict) -> list[str]:
+    """Order preservation at the deepest layer (findings["order_preservation"]): per model the
+    share of probe directions along which the stronger text scores at least as high; []
+    where it was not measured."""
+    import pandas as pd
+
+    o = findings.get("order_preservation") or {}
+    if not o.get("models"):
+        return []
+    rows = pd.DataFrame([{"model": m, "ci": f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]", **v}
+                         for m, v in o["models"].items()])
+    return ["", f"Order preservation (layer {o['layer']}, {o['pooling']} pooling, {o['n_pairs']} held-out pairs; "
+                f"monotonic minus baseline {o['monotonic_minus_baseline']:+.3f}):"] + \
+        text_table(rows, {"model": ("model", None), "preserved": ("preserved", ".3f"), "ci": ("95% CI", None)})
 
 
 def pd_isna(x) -> bool:

@@ -192,6 +192,17 @@ def test_console_summary_answers_first_and_fits_120_columns(micro_run):
         rows = [line for line in block.splitlines() if line.startswith("|")]
         assert len({len(r) for r in rows}) <= 1
     assert lines[-1] == f"Experiment card: python flows/mono_flow.py card get {micro_run.id}/join_attacks report.html"
+    f = micro_run.data.findings
+    assert f"Constraint verification (mode {f['mode']}: negative must be 0):" in lines
+    # the downstream cost per task and order preservation per model, as in the findings
+    for task, d in f["downstream"].items():
+        row = next(x for x in lines if x.startswith(f"| {task} "))
+        assert f"{d['diff']:+.3f}" in row and f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" in row
+    o = f["order_preservation"]
+    for model, v in o["models"].items():
+        row = next(x for x in lines if x.startswith(f"| {model} ") and f"[{v['ci_low']:.3f}, " in x)
+        assert f"{v['preserved']:.3f}" in row
+    assert any(f"monotonic minus baseline {o['monotonic_minus_baseline']:+.3f}" in x for x in lines)
 
 
 def test_downstream_tasks_on_all_four_models(micro_run):

@@ -42,9 +42,14 @@ def test_notebook_explores_the_run(micro_run, datastore_root, monkeypatch):
         assert model in text
     assert "Perplexity cost: the monotonic model's test perplexity" in text  # the findings in words
     assert "all 4 constrained matrices are >= 0" in text  # the loaded monotonic model, checked
-    # static charts: perplexity, training curves and one dNLL distribution per attack
+    # static charts: perplexity, training curves, one dNLL distribution per attack, order preservation
     attacks = micro_run.data.resolved_config["attacks"]
-    assert len(images) == 2 + len(attacks) and all(png.startswith(b"\x89PNG") for png in images)
+    assert len(images) == 3 + len(attacks) and all(png.startswith(b"\x89PNG") for png in images)
+    # the downstream tasks' cost and order preservation, as in the findings
+    f = micro_run.data.findings
+    for task in f["downstream"]:
+        assert f"`{task}`:" in text
+    assert f"monotonic minus baseline at layer {f['order_preservation']['layer']}: " in text
     assert "application/vnd.vegalite.v5+json" not in str(nb)
     assert f"seed 0 = {micro_run.pathspec}" in text  # the comparison across seeds
     assert "Verdicts (mean and 95% t-interval across runs" in text
