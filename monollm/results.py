@@ -128,12 +128,22 @@ def check_card_get(argv: list[str], flow: str = "MonoFlow"):
         latest = f"the latest successful run is {get_run().id}: "
     except LookupError:
         latest = "there is no successful run yet; "
-    note = (f"card get: the latest run started here, {run_id}, did not succeed (it failed or is still running); "
+    note = (f"card get: the latest run started here, {run_id}, {run_state(run)}; "
             + ("its card is from the steps that finished. " if done else f"its {step} step has no card. ")
             + f"To pick another run: {latest}python flows/mono_flow.py card get RUN_ID/{step} {rest}")
     if not done:
         raise SystemExit(note)
     print(note, file=sys.stderr)
+
+
+def run_state(run) -> str:
+    """How an unsuccessful run stands, in words: failed (a task ended without success; its step
+    named) or still running (no task failed; a run stopped by a signal looks the same)."""
+    for step in run:
+        for task in step:
+            if task.finished and not task.successful:
+                return f"failed (in step {step.id})"
+    return "is still running, or was stopped before any step failed"
 
 
 RUN_TAGS = ("profile:", "variant:", "mode:", "seed:")

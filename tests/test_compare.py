@@ -326,3 +326,18 @@ def test_runs_are_found_whoever_ran_them(micro_run, datastore_root, tmp_path):
     subprocess.run([sys.executable, FLOW, "card", "get", f"{micro_run.id}/join_attacks", str(report)],
                    cwd=datastore_root, env=env, check=True, capture_output=True, timeout=120)
     assert report.stat().st_size > 10_000
+
+
+def test_card_get_says_whether_the_latest_run_failed_or_is_running():
+    from types import SimpleNamespace as NS
+
+    from monollm.results import run_state
+
+    def step(name, *tasks):  # tasks: (finished, successful)
+        s = [NS(finished=f, successful=ok) for f, ok in tasks]
+        return type("Step", (list,), {"id": name})(s)
+
+    failed = [step("start", (True, True)), step("train_baseline", (True, False))]
+    assert run_state(failed) == "failed (in step train_baseline)"
+    running = [step("start", (True, True)), step("train_baseline", (False, False))]
+    assert run_state(running).startswith("is still running")
