@@ -108,6 +108,19 @@ def hub_commit(repo_id: str, revision: str, repo_type: str = "model") -> str | N
         return None
 
 
+def hub_dataset_commit(repo_id: str, revision: str) -> str | None:
+    """The commit branch or tag `revision` of hub dataset `repo_id` points to now, asked of the hub
+    (a dataset is streamed, which leaves no record in the cache); None when the hub cannot be
+    asked (offline, unknown repository). Call it before streaming and stream that commit, so
+    that what is recorded is what is read."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(repo_id, revision=revision or None).sha
+    except Exception:  # offline or not on the hub (the hub's own errors vary): unknown, not a failure
+        return None
+
+
 def max_positions(model) -> int:
     """Longest context the model (or its transformers config) accepts."""
     return int(getattr(getattr(model, "config", model), "max_position_embeddings", 0) or 2 ** 31)

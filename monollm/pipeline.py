@@ -103,22 +103,41 @@ def tags(cfg: config.ExperimentConfig) -> list[str]:
     return [f"profile:{cfg.name}", f"variant:{cfg.monotonic.variant}", f"mode:{cfg.monotonic.mode}", f"seed:{cfg.seed}"]
 
 
-def sources(cfg: config.ExperimentConfig) -> dict:
+def pin_data(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, str | None]:
+    """(cfg to stream with, the dataset commit): a hub dataset's branch or tag is replaced by the
+    commit it points to now (models.hub_dataset_commit), so the run streams, and records, one
+    commit; unchanged for other sources, for a revision that is already a commit, and when the
+    hub cannot be asked (then the commit is not recorded, and the log says so)."""
+    d = cfg.data
+    if d.source != "hub" or os.path.exists(d.path):
+        return cfg, None
+    if models.COMMIT.fullmatch(d.revision or ""):
+        return cfg, d.revision
+    commit = models.hub_dataset_commit(d.path, d.revision)
+    if commit is None:
+        log(f"data: the commit of {d.path} at {d.revision or 'main'!r} could not be asked of the hub; streaming "
+            f"the branch, commit not recorded (pin data.revision to a commit to make the run repeatable)")
+        return cfg, None
+    log(f"data: {d.path} at {d.revision or 'main'!r} is commit {commit}; streaming that commit")
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, revision=commit)), commit
+
+
+def sources(cfg: config.ExperimentConfig, data_commit: str | None = None) -> dict:
     """Where the run's foundation model and documents came from, for the card and later readers:
     {"model": {"source", "name", "revision", "commit"}, "data": {"source", "path", "revision",
     "commit"}}. `revision` is what the profile asked for ("" where the source has none);
     `commit` is the hub commit it resolved to where that is known offline (models.hub_commit):
-    the model's once transformers has loaded it, the data's only when `data.revision` is a commit
-    (a streamed dataset leaves no record), else None."""
+    the model's once transformers has loaded it, the data's as `pin_data` resolved it
+    (`data_commit`), else None."""
     m, d = cfg.model, cfg.data
     model = {"source": m.source, "name": m.name, "revision": "", "commit": None}
     if m.source == "hub":
         model.update(revision=m.revision, commit=models.hub_commit(m.name, m.revision))
     data_src = {"source": d.source, "path": d.path, "revision": "", "commit": None}
     if d.source == "hub":
-        # a streamed dataset leaves no revision -> commit record in the cache: only a pinned commit is known
+        # a streamed dataset leaves no revision -> commit record in the cache: pin_data resolved it
         pinned = models.COMMIT.fullmatch(d.revision) and not os.path.exists(d.path)
-        data_src.update(revision=d.revision, commit=d.revision if pinned else None)
+        data_src.update(revision=d.revision, commit=data_commit or (d.revision if pinned else None))
     return {"model": model, "data": data_src}
 
 
@@ -129,6 +148,8 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
     pretrained on them; `untrained_perplexity` records the same architecture before that.
     """
     device = setup_torch(cfg)
+    asked = cfg
+    cfg, data_commit = pin_data(cfg)
     held, stream = _split_or_config_error(cfg)
     require_disjoint(held)
     log("splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
@@ -140,7 +161,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
         stream = iter(train_docs)
     else:
         model, tokenizer = models.load_foundation(cfg.model)
-    found = sources(cfg)  # after loading: the hub cache then records the model's commit
+    found = sources(asked, data_commit)  # after loading: the hub cache then records the model's commit
     config.block_limit(cfg, models.max_positions(model))
     config.layer_limit(cfg, monotonic.num_layers(model.config))
     held_ids, blocks, train_blocks = _packed(cfg, tokenizer, held, stream)

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import struct
+import types
 
 import pytest
 import torch
@@ -232,3 +233,39 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda"):
             models.pick_device("cuda")
+
+
+def test_a_hub_dataset_branch_is_pinned_to_its_commit_before_streaming(monkeypatch):
+    """setup asks the hub once what commit the dataset's branch points to, streams that commit and
+    records it beside the branch; offline (the hub cannot be asked) it streams the branch and
+    records no commit, saying so; a commit or a local folder is used as it is."""
+    import huggingface_hub
+
+    from monollm import config, pipeline
+
+    commit = hashlib.sha1(b"a made-up dataset commit").hexdigest()
+    asked = []
+
+    def dataset_info(self, repo_id, revision=None, **kw):
+        asked.append((repo_id, revision))
+        return types.SimpleNamespace(sha=commit)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    cfg = config.load({"data": {"source": "hub", "path": "acme/corpus", "revision": "main"}})
+    lines = []
+    monkeypatch.setattr(pipeline, "log", lines.append)
+    pinned, got = pipeline.pin_data(cfg)
+    assert (got, pinned.data.revision, asked) == (commit, commit, [("acme/corpus", "main")])
+    assert pinned.data.path == cfg.data.path and "is commit" in lines[-1]
+    assert pipeline.sources(cfg, got)["data"] == {"source": "hub", "path": "acme/corpus", "revision": "main",
+                                                   "commit": commit}
+    as_commit = config.load({"data": {"source": "hub", "path": "acme/corpus", "revision": commit}})
+    assert pipeline.pin_data(as_commit) == (as_commit, commit) and len(asked) == 1  # not asked again
+
+    def offline(self, repo_id, revision=None, **kw):
+        raise huggingface_hub.errors.OfflineModeIsEnabled("offline")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
+    assert pipeline.pin_data(cfg) == (cfg, None) and "commit not recorded" in lines[-1]
+    builtin = config.load({})
+    assert pipeline.pin_data(builtin) == (builtin, None)
