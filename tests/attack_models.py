@@ -77,3 +77,23 @@ def plant(m: GPTNeoXForCausalLM, token: int, sink: int) -> GPTNeoXForCausalLM:
     head -= torch.outer(head @ w, w)
     head[sink] += 10.0 * w
     return m
+
+
+class Disk:
+    """A checkpoint that saves as real files (checkpoints.write) and gives back one of them the way
+    a resumed step reads it (checkpoints.read: torch.load with weights_only=True)."""
+
+    def __init__(self, root, resume_from=None):
+        self.root, self.resume_from, self.folders = root, resume_from, []
+
+    def save(self, state, step):
+        import os
+
+        from monollm import checkpoints
+
+        self.folders.append(checkpoints.write(os.path.join(self.root, f"c{len(self.folders)}"), state))
+
+    def restore(self):
+        from monollm import checkpoints
+
+        return checkpoints.read(self.resume_from) if self.resume_from else None

@@ -1,14 +1,12 @@
 """`gcg` on tiny random models: its sampling step, its search invariants and compute, a planted
 weakness, and that it has everything the trigger-attack skeleton gives `uat` (rows, matched
 control, transfer, guidance, checkpoints)."""
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from attack_models import CONT, examples, model, plant, tokenizer, unused_symbol
-from monollm import checkpoints
+from attack_models import CONT, Disk, examples, model, plant, tokenizer, unused_symbol
 from monollm.attacks import attack_config, gcg, run_attack
 from monollm.attacks.common import allowed_tokens
 from monollm.attacks.gradients import flip_scores, score_triggers
@@ -87,25 +85,14 @@ def test_rows_have_transfer_matched_control_guidance_and_compute(rows):
         assert all(r.ranking == "" and np.isnan(r.guidance_spearman) and r.forward_passes == 0 for r in same)
 
 
-class _Disk:
-    def __init__(self, root, resume_from=None):
-        self.root, self.resume_from, self.folders = root, resume_from, []
-
-    def save(self, state, step):
-        self.folders.append(checkpoints.write(os.path.join(self.root, f"c{len(self.folders)}"), state))
-
-    def restore(self):
-        return checkpoints.read(self.resume_from) if self.resume_from else None
-
-
 def test_interrupted_search_continues_where_it_stopped(rows, tmp_path):
     models, whole = rows
-    first = _Disk(str(tmp_path / "a"))
+    first = Disk(str(tmp_path / "a"))
     run_attack("gcg", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, checkpoint=first)
     assert len(first.folders) == SMALL.restarts * len(models)
     lines = []
     resumed = run_attack("gcg", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lines.append,
-                         checkpoint=_Disk(str(tmp_path / "b"), resume_from=first.folders[0]))
+                         checkpoint=Disk(str(tmp_path / "b"), resume_from=first.folders[0]))
     assert any("[gcg] baseline: continuing after 1 finished restarts" in line for line in lines)
     for got, want in zip(resumed, whole, strict=True):
         assert got.trigger_ids == want.trigger_ids and np.array_equal(got.attacked_nll, want.attacked_nll)

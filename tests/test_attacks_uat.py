@@ -1,14 +1,10 @@
 """`uat` on tiny random models: invariants of the search, the rows it returns, a planted weakness."""
-import os
-
 import numpy as np
 import pytest
 import torch
 
-from attack_models import CONT, examples, model, plant, tokenizer, unused_symbol
-from monollm.attacks import run_attack
-from monollm import checkpoints
-from monollm.attacks import uat
+from attack_models import CONT, Disk, examples, model, plant, tokenizer, unused_symbol
+from monollm.attacks import run_attack, uat
 from monollm.attacks.common import allowed_tokens, continuation_nll, prepend, retokenized
 from monollm.attacks.gradients import score_triggers
 
@@ -161,28 +157,14 @@ def test_final_trigger_cannot_fail_on_the_test_examples():
     assert trigger != [x] and trigger_survives(tok, trigger, test)
 
 
-class _Disk:
-    """Saves checkpoints as real files (checkpoints.write) and gives back one of them the way a
-    resumed step reads it (checkpoints.read: torch.load with weights_only=True)."""
-
-    def __init__(self, root, resume_from=None):
-        self.root, self.resume_from, self.folders = root, resume_from, []
-
-    def save(self, state, step):
-        self.folders.append(checkpoints.write(os.path.join(self.root, f"c{len(self.folders)}"), state))
-
-    def restore(self):
-        return checkpoints.read(self.resume_from) if self.resume_from else None
-
-
 def test_interrupted_search_continues_from_a_weights_only_checkpoint(rows, tmp_path):
     models, whole = rows
-    first = _Disk(str(tmp_path / "a"))
+    first = Disk(str(tmp_path / "a"))
     run_attack("uat", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lambda _: None, checkpoint=first)
     assert len(first.folders) == SMALL.restarts * len(models)
     lines = []
     resumed = run_attack("uat", models, tokenizer(), split(), CONT, 16, SMALL, seed=0, log=lines.append,
-                      checkpoint=_Disk(str(tmp_path / "b"), resume_from=first.folders[0]))
+                      checkpoint=Disk(str(tmp_path / "b"), resume_from=first.folders[0]))
     assert any("continuing after 1 finished restarts" in line for line in lines)
     for got, want in zip(resumed, whole, strict=True):
         assert got.trigger_ids == want.trigger_ids and np.array_equal(got.attacked_nll, want.attacked_nll)

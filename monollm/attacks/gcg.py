@@ -26,38 +26,20 @@ import torch
 from monollm.attacks import trigger as skeleton
 from monollm.attacks.common import AttackContext, AttackResult, prepend
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
-from monollm.attacks.trigger import Search, best_surviving
+from monollm.attacks.trigger import Search, TriggerConfig, best_surviving
 
 
 @dataclass(frozen=True)
-class GCGConfig:
-    """Budget of the greedy coordinate gradient search and of its random control."""
-    trigger_len: int = 5
-    """Tokens in the trigger (L)."""
+class GCGConfig(TriggerConfig):
+    """Budget of the greedy coordinate gradient search (and, from TriggerConfig, of its restarts
+    and control). `ranking`: "gradient" (top-k by first-order gain) or "random" (k random tokens
+    per position)."""
     steps: int = 16
     """Sampled batches per restart (each scored exactly in one batched pass)."""
     top_k: int = 32
     """Candidate tokens per trigger position from the first-order estimate."""
     batch: int = 64
     """Single-token swaps sampled and scored per step (duplicates are scored once)."""
-    restarts: int = 2
-    """Independent searches from random triggers; the best on attack_opt is kept."""
-    opt_examples: int = 0
-    """attack_opt examples in the optimization batch (0: all of them)."""
-    controls: int = 8
-    """Random triggers of the same length scored as the matched control (K)."""
-    max_tries: int = 200
-    """Draws per position when sampling a random trigger that survives re-tokenization."""
-    ranking: str = "gradient"
-    """"gradient" (top-k by first-order gain) or "random" (k random tokens per position)."""
-    guidance_sample: int = 64
-    """Random single-token swaps of the final trigger on which the first-order estimate is
-    compared with the exact loss change (monollm.attacks.guidance); 0: not measured."""
-
-    @property
-    def prefix_len(self) -> int:
-        """Tokens the attack prepends to a window (its trigger)."""
-        return self.trigger_len
 
     def check(self):
         skeleton.check_common("gcg", self, rankings=("gradient", "random"))

@@ -16,8 +16,7 @@ from a random start on the attack_opt examples. Everything else is here, the sam
   holds fixed the trigger length, position, examples and scoring model; only the tokens are
   random (and unsearched).
 
-The config must have `trigger_len`, `restarts`, `opt_examples`, `controls`, `max_tries`,
-`ranking` and `guidance_sample`; `ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont,
+The config is a `TriggerConfig` plus the search's own budget; `ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont,
 batch_size, target=, max_evals=, survive=) -> Search`.
 """
 from __future__ import annotations
@@ -36,6 +35,32 @@ from monollm.attacks.gradients import score_triggers
 
 RANKINGS = ("gradient", "random", "exact")
 """How a search may choose the candidates it scores exactly (each attack says which it supports)."""
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """What every universal-trigger attack's config has; each attack adds its search's budget."""
+    trigger_len: int = 5
+    """Tokens in the trigger (L)."""
+    restarts: int = 2
+    """Independent searches from random triggers; the best on attack_opt is kept."""
+    opt_examples: int = 0
+    """attack_opt examples in the optimization batch (0: all of them)."""
+    controls: int = 8
+    """Random triggers of the same length scored as the matched control (K)."""
+    max_tries: int = 200
+    """Draws per position when sampling a random trigger that survives re-tokenization."""
+    ranking: str = "gradient"
+    """How the search chooses the candidates it scores exactly (the attack's module docstring says
+    which of RANKINGS it supports)."""
+    guidance_sample: int = 64
+    """Random single-token swaps of the final trigger on which the first-order estimate is
+    compared with the exact loss change (monollm.attacks.guidance); 0: not measured."""
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the attack prepends to a window (its trigger)."""
+        return self.trigger_len
 
 
 @dataclass

@@ -26,13 +26,11 @@ import torch
 from monollm.attacks import trigger as skeleton
 from monollm.attacks.common import AttackContext, AttackResult, prepend
 from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
-from monollm.attacks.trigger import Search, best_surviving
+from monollm.attacks.trigger import Search, TriggerConfig, best_surviving
 
 @dataclass(frozen=True)
-class UATConfig:
-    """Budget of the universal trigger search and of its random control."""
-    trigger_len: int = 5
-    """Tokens in the trigger (L)."""
+class UATConfig(TriggerConfig):
+    """Budget of the universal trigger search (and, from TriggerConfig, of its restarts and control)."""
     steps: int = 10
     """Scoring rounds per restart: one batched exact re-score each, after a new gradient (or a
     widening, below); a restart also ends early when no candidate raises the loss."""
@@ -41,24 +39,6 @@ class UATConfig:
     widen: int = 4
     """When no swap among the top k raises the loss, the next ranks are scored (k more, then
     doubling) under the same gradient, up to the top `k * widen`, before the ascent stops."""
-    restarts: int = 2
-    """Independent searches from random triggers; the best on attack_opt is kept."""
-    opt_examples: int = 0
-    """attack_opt examples in the optimization batch (0: all of them)."""
-    controls: int = 8
-    """Random triggers of the same length scored as the matched control (K)."""
-    max_tries: int = 200
-    """Draws per position when sampling a random trigger that survives re-tokenization."""
-    ranking: str = "gradient"
-    """How swaps are proposed for exact scoring: "gradient", "random" or "exact" (module docstring)."""
-    guidance_sample: int = 64
-    """Random single-token swaps of the final trigger on which the first-order estimate is
-    compared with the exact loss change (monollm.attacks.guidance); 0: not measured."""
-
-    @property
-    def prefix_len(self) -> int:
-        """Tokens the attack prepends to a window (its trigger)."""
-        return self.trigger_len
 
     def check(self):
         skeleton.check_common("uat", self)
