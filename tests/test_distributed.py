@@ -20,11 +20,11 @@ def blocks(vocab=300):
             "val": rng.integers(0, vocab, (8, T)).astype(np.int32)}
 
 
-def cfg(processes=1, strategy="ddp", **train):
+def cfg(processes=1, strategy="ddp", mode="nonneg", **train):
     tcfg = dict(tokens=6 * 8 * train.get("grad_accum", 1) * T, batch_size=8, grad_accum=1, lr=3e-3, warmup_frac=0.2, log_every=0,
                 val_blocks=8, eval_every=3)
     tcfg.update(train)
-    return config.load({"device": "cpu", "threads": 1, "train": tcfg,
+    return config.load({"device": "cpu", "threads": 1, "train": tcfg, "monotonic": {"mode": mode},
                         "parallel": {"strategy": strategy, "processes": processes}})
 
 
@@ -58,11 +58,13 @@ def assert_same_history(got, want):
     np.testing.assert_allclose([r["val_loss"] for r in got], [r["val_loss"] for r in want], rtol=1e-4)
 
 
-# fsdp as config/pythia-6.9b.toml runs it: recomputed activations, the monotonic arm's V sharded
-@pytest.mark.parametrize("strategy, arm, accum, recompute", [("ddp", "baseline", 2, False),
-                                                            ("fsdp", "monotonic", 1, True)])
-def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, recompute):
-    settings = dict(grad_accum=accum, grad_checkpointing=recompute)
+# fsdp as config/pythia-6.9b.toml runs it: recomputed activations, the monotonic arm's V sharded;
+# sign_frozen shards V beside a frozen sign pattern (a buffer every rank must hold whole)
+@pytest.mark.parametrize("strategy, arm, accum, recompute, mode", [("ddp", "baseline", 2, False, "nonneg"),
+                                                                  ("fsdp", "monotonic", 1, True, "nonneg"),
+                                                                  ("fsdp", "monotonic", 1, False, "sign_frozen")])
+def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, recompute, mode):
+    settings = dict(grad_accum=accum, grad_checkpointing=recompute, mode=mode)
     one = train_arm(cfg(**settings), model_dir, arm, tmp_path / "one")
     rows = []
     two = train_arm(cfg(2, strategy, **settings), model_dir, arm, tmp_path / "two", on_step=rows.append)
@@ -76,7 +78,9 @@ def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, reco
     moved = max(float((a[k] - weights(model_dir)[k]).abs().max()) for k in a)
     assert moved > 1e-3  # training changed the weights, so agreeing means something
     if arm == "monotonic":
-        assert two.constraint["after_materializing"]["negative"] == 0
+        from monollm.monotonic import PROMISE
+
+        assert two.constraint["after_materializing"][PROMISE[mode]] == 0
         assert two.constraint["after_materializing"]["matrices"] == 4
 
 
