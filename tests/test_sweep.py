@@ -281,3 +281,23 @@ def test_a_micro_sweep_runs_then_skips_and_reports(tmp_path, monkeypatch, capsys
     contrast = pd.read_csv(out / "contrasts.csv").set_index("metric").loc[metric]
     assert contrast["mean"] == pytest.approx(runs.loc["monotonic.mode=nonneg", metric]
                                              - runs.loc["monotonic.mode=sign_frozen", metric])
+
+
+def test_a_failed_run_never_stops_the_others(tmp_path, monkeypatch, capsys):
+    """execute with a stand-in flow script that fails for one cell: every task still runs, each
+    with its log, a progress line at start and finish, and the failure is reported with its exit code."""
+    fake = tmp_path / "flow.py"
+    fake.write_text("import sys\nseed = sys.argv[sys.argv.index('--seed') + 1]\n"
+                    "print(f'Workflow starting (run-id 7{seed}), ...')\n"
+                    "sys.exit(3 if 'sign_frozen' in ' '.join(sys.argv) else 0)\n")
+    monkeypatch.setattr(sweep, "FLOW_FILE", str(fake))
+    cells = two_cells()
+    tasks = plan(cells, (0, 1), [], {(c.name, s): resolved(c, s) for c in cells for s in (0, 1)})
+    done = sweep.execute(load_sweep(MICRO_SWEEP), tasks, {c.name: "x.toml" for c in cells}, str(tmp_path), 2)
+    assert [(d["task"].cell.name, d["task"].seed, d["rc"]) for d in done] == [
+        ("monotonic.mode=nonneg", 0, 0), ("monotonic.mode=nonneg", 1, 0),
+        ("monotonic.mode=sign_frozen", 0, 3), ("monotonic.mode=sign_frozen", 1, 3)]
+    assert [d["run_id"] for d in done] == ["70", "71", "70", "71"]
+    out = capsys.readouterr().out
+    assert out.count("] start cell") == 4 and out.count("succeeded after") == 2 and out.count("FAILED (exit 3") == 2
+    assert sorted(os.listdir(tmp_path / "logs"))[0] == "monotonic.mode=nonneg.seed0.log"
