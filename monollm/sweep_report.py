@@ -161,8 +161,8 @@ def html_report(title: str, lines: list[str], cells: pd.DataFrame, contrast: pd.
                     "key minus another value, the other grid keys held fixed; per seed, then the mean and 95% "
                     "t-interval across seeds. The verdict says where the interval lies.</p>")
         for metric in contrast["metric"].unique():
-            body.append(f'<p class="note">{html.escape(metric)}: {html.escape(reading(metric))}</p>'
-                        + forest_svg(contrast, metric))
+            note = f"{metric}: in a cell, {reading(metric)}; a contrast above 0: the first value's number is the larger"
+            body.append(f'<p class="note">{html.escape(note)}</p>' + forest_svg(contrast, metric))
         body.append(_fmt(_with_verdicts(contrast)))
     body.append("<h2>Per cell, across seeds</h2>" + _fmt(_with_verdicts(cells)))
     body.append("<h2>Per run</h2>" + _fmt(per_run))
