@@ -1,0 +1,197 @@
+"""Grids of MonoFlow runs (seeds x values of chosen config keys) and a report that contrasts them.
+
+    python -m monollm.sweep config/sweeps/attribution.toml        # run what is missing, then report
+    python -m monollm.sweep SWEEP.toml --max-parallel 3           # three runs at a time
+    python -m monollm.sweep SWEEP.toml --dry-run                  # the plan only
+    python -m monollm.sweep SWEEP.toml --report-only              # the report from the runs there are
+    python -m monollm.sweep SWEEP.toml -- --with kubernetes       # options for every run and resume
+
+Every cell's profile is written to <out>/cells/<cell>.toml (out: sweeps/<name> in the current
+directory) and checked with the project's loader before any run starts. Each (cell, seed) runs
+as `python flows/mono_flow.py --config config CELL.toml run --seed S --tag sweep:NAME --tag
+cell:CELL`, in the current directory (the local datastore is ./.metaflow). Re-running the sweep
+skips pairs that have a successful run of the sweep with that configuration and seed, and
+resumes the newest failed one (`resume --origin-run-id RUN`). The report (sweep_report) is
+written to <out>/report.html with its tables as CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+
+from monollm import sweep_report
+from monollm.sweep_plan import (RunRecord, SweepError, Task, check_cells, expand, load_sweep, plan, resolved,
+                                write_cell)
+
+FLOW_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flows", "mono_flow.py")
+
+
+def prepare(path: str, out: str | None = None):
+    """(sweep, cells, {cell: profile path}, {(cell, seed): resolved config}, out folder): the
+    sweep file checked, every cell built, validated and written; raises SweepError."""
+    sweep = load_sweep(path)
+    with open(sweep.profile, "rb") as f:
+        raw = tomllib.load(f)
+    cells = expand(sweep, raw)
+    check_cells(cells, sweep.seeds[0])
+    expected = {(c.name, s): resolved(c, s) for c in cells for s in sweep.seeds}
+    out = out or os.path.join("sweeps", sweep.name)
+    paths = {c.name: os.path.abspath(write_cell(c, os.path.join(out, "cells"))) for c in cells}
+    return sweep, cells, paths, expected, out
+
+
+def records(name: str, flow: str = "MonoFlow", namespace: str | None = None) -> list[RunRecord]:
+    """Every run tagged sweep:<name>, newest first, with the configuration its `start` stored."""
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    from monollm import results
+
+    with results.in_namespace(namespace):
+        try:
+            runs = list(Flow(flow).runs(f"sweep:{name}"))
+        except MetaflowNotFound:  # the flow has never run here
+            return []
+    return [RunRecord(str(r.id), bool(r.successful), _start_config(r), r) for r in runs]
+
+
+def _start_config(run) -> dict | None:
+    from metaflow.exception import MetaflowNotFound
+
+    try:  # a failed run has no `end` data: its configuration is start's artifact
+        return run["start"].task["resolved_config"].data
+    except (KeyError, AttributeError, MetaflowNotFound):
+        return None
+
+
+def command(sweep, task: Task, paths: dict, extra: list[str]) -> list[str]:
+    """The flow command of a task: `run` a cell's profile with its seed, or `resume` the failed run
+    (which keeps that run's configuration). Both tag the run with the sweep and the cell."""
+    tags = ["--tag", f"sweep:{sweep.name}", "--tag", f"cell:{task.cell.name}"]
+    if task.action == "resume":
+        return [sys.executable, FLOW_FILE, "resume", "--origin-run-id", task.runs[0].id, *tags, *extra]
+    return [sys.executable, FLOW_FILE, "--config", "config", paths[task.cell.name], "run",
+            "--seed", str(task.seed), *tags, *extra]
+
+
+def describe(task: Task) -> str:
+    what = {"skip": "skip: done by run " + ", ".join(r.id for r in task.runs),
+            "resume": f"resume failed run {task.runs[0].id}" if task.runs else "", "run": "run"}[task.action]
+    return f"cell {task.cell.name} seed {task.seed}: {what}"
+
+
+def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int = 1, extra=()) -> list[dict]:
+    """Run every task that is not a skip, `max_parallel` at a time, each with its log in
+    <out>/logs; a failed one never stops the others. One progress line per start and finish;
+    returns {"task", "rc", "run_id", "log"} per task run."""
+    todo = [t for t in tasks if t.action != "skip"]
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    lock = threading.Lock()
+
+    def say(line: str):
+        with lock:
+            print(line, flush=True)
+
+    def one(i_task):
+        i, task = i_task
+        log = os.path.join(out, "logs", f"{task.cell.name}.seed{task.seed}.log")
+        say(f"[{i}/{len(todo)}] start {describe(task)} (log: {log})")
+        began = time.monotonic()
+        with open(log, "w") as f:
+            rc = subprocess.run(command(sweep, task, paths, list(extra)), stdout=f, stderr=subprocess.STDOUT).returncode
+        found = re.findall(r"\(run-id (\w+)\)", open(log, errors="replace").read())
+        run_id = found[0] if found else None
+        state = "succeeded" if rc == 0 else f"FAILED (exit {rc}; see {log})"
+        say(f"[{i}/{len(todo)}] finish cell {task.cell.name} seed {task.seed}: run {run_id} {state} "
+            f"after {time.monotonic() - began:.0f} s")
+        return {"task": task, "rc": rc, "run_id": run_id, "log": log}
+
+    with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
+        return list(pool.map(one, enumerate(todo, 1)))
+
+
+def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
+    """(table, notes): one row per (cell, seed) with a successful run (cell, seed, run and the
+    numbers sweep_report.pick takes from it). A run and its resumed copies are one computation
+    (compare.one_per_computation); where a pair still has several runs, the oldest counts."""
+    from monollm import compare
+
+    done = [t for t in tasks if t.action == "skip"]
+    kept, notes = compare.one_per_computation([r.run for t in done for r in t.runs])
+    kept_ids = {str(r.id) for r in kept}
+    rows = []
+    for t in done:
+        mine = [r.run for r in t.runs if str(r.run.id) in kept_ids]
+        if not mine:  # its runs count under another pair's computation (not expected: one config each)
+            continue
+        if len(mine) > 1:
+            notes.append(f"cell {t.cell.name} seed {t.seed}: runs {', '.join(str(r.id) for r in mine)} repeat one "
+                         f"computation; run {mine[0].id} counts")
+        rows.append({"cell": t.cell.name, "seed": t.seed, "run": mine[0].pathspec,
+                     **sweep_report.pick(compare.key_numbers(mine[0].data))})
+    table = pd.DataFrame(rows)
+    return (table if rows else pd.DataFrame(columns=["cell", "seed", "run"])), notes
+
+
+def report(sweep, cells, tasks: list[Task], out: str) -> dict:
+    """Write the report of the runs `tasks` found (see sweep_report.write); prints its tables."""
+    table, notes = per_run(tasks)
+    missing = [t for t in tasks if t.action != "skip"]
+    lines = [f"Sweep {sweep.name}: profile {sweep.profile}; seeds {list(sweep.seeds)}; grid "
+             + ("; ".join(f"{k} = {list(v)}" for k, v in sweep.grid.items()) or "none")
+             + ("; set " + "; ".join(f"{k} = {v!r}" for k, v in sweep.fixed.items()) if sweep.fixed else ""),
+             f"{len(tasks) - len(missing)} of {len(tasks)} (cell, seed) pairs have a successful run."]
+    lines += [f"Not done: cell {t.cell.name} seed {t.seed}: " + (f"run {t.runs[0].id} failed (re-running the sweep "
+              "resumes it)" if t.action == "resume" else "no run") for t in missing]
+    lines += [f"Note: {n}" for n in notes]
+    written = sweep_report.write(out, f"Sweep {sweep.name}", lines, table, cells, sweep.grid)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print("\n".join(lines))
+        print("\nContrasts (first listed value minus the other, paired by seed):")
+        print(written["contrasts"].drop(columns="seeds").to_string(index=False, float_format=lambda v: f"{v:+.4g}"))
+        print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv)")
+    return written
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m monollm.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", help="the sweep file (TOML; see config/sweeps/)")
+    parser.add_argument("--out", help="the sweep's folder: cells, logs and report (default: sweeps/<name>)")
+    parser.add_argument("--max-parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, seeds, skip/resume/run)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the runs there are")
+    parser.add_argument("--namespace", default=None, metavar="NS",
+                        help="Metaflow namespace to look runs up in (default: every user's runs)")
+    args = parser.parse_args(argv)
+    try:
+        sweep, cells, paths, expected, out = prepare(args.sweep, args.out)
+    except (SweepError, OSError, tomllib.TOMLDecodeError) as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 2
+    tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
+    print(f"sweep {sweep.name}: {len(cells)} cell(s) x {len(sweep.seeds)} seed(s); cells in {out}/cells")
+    print("\n".join(f"  {describe(t)}" for t in tasks), flush=True)
+    if args.dry_run:
+        return 0
+    if not args.report_only:
+        ran = execute(sweep, tasks, paths, out, args.max_parallel, extra)
+        if ran:
+            tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
+    report(sweep, cells, tasks, out)
+    return 0 if args.report_only or all(t.action == "skip" for t in tasks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

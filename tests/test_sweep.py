@@ -1,0 +1,303 @@
+"""Sweeps: the sweep file and its checks, the grid of cells, the plan (skip / resume / run) from
+run records, the report's statistics against a hand computation, and one real micro sweep."""
+import copy
+import json
+import os
+import tomllib
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import MICRO, ROOT
+from scipy import stats as st
+from test_cards import synthetic_run
+
+from monollm import compare, config, sweep, sweep_report
+from monollm.sweep_plan import (Cell, RunRecord, SweepError, check_cells, check_key, expand, load_sweep, plan,
+                                resolved, toml_text, write_cell)
+
+MICRO_SWEEP = os.path.join(ROOT, "tests", "sweeps", "micro.toml")
+ATTRIBUTION = os.path.join(ROOT, "config", "sweeps", "attribution.toml")
+
+
+def sweep_file(folder, body: str, profile: str = MICRO) -> str:
+    path = os.path.join(str(folder), "s.toml")
+    with open(path, "w") as f:
+        f.write(f'name = "t"\nprofile = "{os.path.relpath(profile, str(folder))}"\n' + body)
+    return path
+
+
+def micro_raw() -> dict:
+    with open(MICRO, "rb") as f:
+        return tomllib.load(f)
+
+
+def test_the_shipped_sweeps_load_and_expand():
+    s = load_sweep(ATTRIBUTION)
+    assert s.profile == os.path.join(ROOT, "config", "tiny.toml") and s.seeds == (0, 1, 2)
+    with open(s.profile, "rb") as f:
+        cells = expand(s, tomllib.load(f))
+    assert [c.name for c in cells] == ["monotonic.mode=nonneg", "monotonic.mode=sign_frozen",
+                                       "monotonic.mode=abs_init_free"]
+    resolved_configs = check_cells(cells, 0)
+    assert [r["monotonic"]["mode"] for r in resolved_configs.values()] == ["nonneg", "sign_frozen", "abs_init_free"]
+    micro = load_sweep(MICRO_SWEEP)
+    lean = expand(micro, micro_raw())[0].raw
+    assert lean["attacks"] == ["hotflip"] and lean["eval"]["downstream"]["tasks"] == []
+    assert lean["eval"]["order"]["enabled"] is False
+
+
+def test_grid_expansion_in_order_with_set_values(tmp_path):
+    path = sweep_file(tmp_path, 'seeds = [3]\n[grid]\n"monotonic.mode" = ["nonneg", "sign_frozen"]\n'
+                                'train.lr = [0.002, 0.004]\n[set]\n"attack.hotflip.max_flips" = 2\n')
+    s = load_sweep(path)
+    assert s.grid == {"monotonic.mode": ("nonneg", "sign_frozen"), "train.lr": (0.002, 0.004)}  # dotted = quoted
+    cells = expand(s, micro_raw())
+    assert [c.values for c in cells] == [
+        (("monotonic.mode", m), ("train.lr", lr)) for m in ("nonneg", "sign_frozen") for lr in (0.002, 0.004)]
+    assert cells[1].name == "monotonic.mode=nonneg,train.lr=0.004"
+    cfg = config.load(cells[3].raw, seed=3)
+    assert (cfg.monotonic.mode, cfg.train.lr, cfg.attack.params["hotflip"].max_flips) == ("sign_frozen", 0.004, 2)
+    assert micro_raw()["train"]["lr"] == 0.002 and "mode" not in micro_raw()["monotonic"]  # the profile's dict untouched
+
+
+@pytest.mark.parametrize("key, named", [
+    ("monotonic.mdoe", "unknown key 'monotonic.mdoe'"), ("attack.hotflip.flips", "unknown key 'attack.hotflip.flips'"),
+    ("attack.nosuch.steps", "unknown key 'attack.nosuch'"), ("monotonic", "key 'monotonic' is a table"),
+    ("monotonic.mode.x", "unknown key 'monotonic.mode.x'"), ("seed", "list the seeds in `seeds`")])
+def test_a_bad_grid_key_is_named_before_anything_runs(tmp_path, key, named):
+    with pytest.raises(SweepError, match=named.replace(".", r"\.").replace("`", ".")):
+        check_key(key)
+    path = sweep_file(tmp_path, f'seeds = [0, 1]\n[grid]\n"{key}" = [1, 2]\n')
+    with pytest.raises(SweepError, match=r"s\.toml: "):
+        load_sweep(path)
+
+
+def test_good_keys_pass():
+    for key in ("monotonic.mode", "attack.hotflip.max_flips", "train.monotonic_lr", "eval.order.enabled", "attacks"):
+        check_key(key)
+
+
+def test_a_bad_value_names_the_cell_and_the_key(tmp_path):
+    s = load_sweep(sweep_file(tmp_path, '[grid]\n"monotonic.mode" = ["nonneg", "bogus"]\n'))
+    with pytest.raises(SweepError, match=r"cell monotonic\.mode=bogus: 'monotonic\.mode' is 'bogus'"):
+        check_cells(expand(s, micro_raw()), 0)
+
+
+def test_nothing_to_vary_fails(tmp_path):
+    with pytest.raises(SweepError, match="nothing to vary"):
+        load_sweep(sweep_file(tmp_path, "seeds = [0]\n"))
+    with pytest.raises(SweepError, match="nothing to vary"):
+        load_sweep(sweep_file(tmp_path, ""))  # no seeds: the profile's own, one
+    assert load_sweep(sweep_file(tmp_path, "seeds = [0, 1]\n")).grid == {}
+
+
+def test_other_file_errors_name_their_key(tmp_path):
+    for body, named in (('seeds = [0, 0]\n[grid]\n"monotonic.mode" = ["nonneg"]\n', "lists a seed twice"),
+                        ('[grid]\n"monotonic.mode" = []\n', "non-empty list"),
+                        ('colour = 1\n[grid]\n"monotonic.mode" = ["nonneg"]\n', "unknown key 'colour'"),
+                        ('[grid]\n"monotonic.mode" = ["nonneg"]\n[set]\n"monotonic.mode" = "nonneg"\n',
+                         "both in \\[grid\\] and in \\[set\\]")):
+        with pytest.raises(SweepError, match=named):
+            load_sweep(sweep_file(tmp_path, body))
+
+
+def test_cells_with_the_same_configuration_are_refused(tmp_path):
+    s = load_sweep(sweep_file(tmp_path, '[grid]\n"resources.cpu" = [1, 2]\n'))  # where a run runs: not a setting
+    with pytest.raises(SweepError, match=r"cells resources\.cpu=1 and resources\.cpu=2 resolve to the same"):
+        check_cells(expand(s, micro_raw()), 0)
+    s = load_sweep(sweep_file(tmp_path, '[grid]\n"train.lr" = [0.001, 1e-3]\n'))
+    with pytest.raises(SweepError, match=r"two cells are named 'train\.lr=0\.001'"):
+        check_cells(expand(s, micro_raw()), 0)
+
+
+def test_cell_profiles_survive_toml_and_load_as_the_flow_loads_them(tmp_path):
+    raw = config.to_dict(config.load(micro_raw()))
+    raw["name"] = 'quote " and \u00e9'
+    raw["monotonic"]["floor"] = 1e-05
+    raw["data"]["inner"] = {}
+    assert tomllib.loads(toml_text(raw)) == json.loads(json.dumps(raw))
+    cell = expand(load_sweep(sweep_file(tmp_path, '[grid]\n"monotonic.init" = ["abs", "clip"]\n')), micro_raw())[1]
+    path = write_cell(cell, str(tmp_path / "cells"))
+    assert os.path.basename(path) == "monotonic.init=clip.toml"
+    assert config.to_dict(config.load_file(path, seed=4)) == resolved(cell, 4)
+
+
+def two_cells():
+    raw = micro_raw()
+    return [Cell(f"monotonic.mode={m}", (("monotonic.mode", m),), {**raw, "monotonic": {"mode": m}})
+            for m in ("nonneg", "sign_frozen")]
+
+
+def test_the_plan_skips_resumes_and_runs_by_configuration_not_tags():
+    cells, seeds = two_cells(), (0, 1)
+    expected = {(c.name, s): resolved(c, s) for c in cells for s in seeds}
+    a0, a1, b1 = expected[("monotonic.mode=nonneg", 0)], expected[("monotonic.mode=nonneg", 1)], \
+        expected[("monotonic.mode=sign_frozen", 1)]
+    elsewhere = copy.deepcopy(a0)
+    elsewhere["resources"]["memory"] = 64000  # where a run ran: the same computation
+    other_lr = copy.deepcopy(expected[("monotonic.mode=sign_frozen", 0)])
+    other_lr["train"]["lr"] = 0.5  # a profile edited since: not this cell
+    records = [RunRecord("9", False, a1), RunRecord("8", True, b1), RunRecord("7", False, b1),
+               RunRecord("6", True, other_lr), RunRecord("5", False, None), RunRecord("4", False, a1),
+               RunRecord("3", True, elsewhere), RunRecord("2", True, a0)]  # newest first
+    got = [(t.cell.name, t.seed, t.action, [r.id for r in t.runs]) for t in plan(cells, seeds, records, expected)]
+    assert got == [("monotonic.mode=nonneg", 0, "skip", ["2", "3"]),  # oldest first
+                   ("monotonic.mode=nonneg", 1, "resume", ["9"]),  # the newest failed run
+                   ("monotonic.mode=sign_frozen", 0, "run", []),
+                   ("monotonic.mode=sign_frozen", 1, "skip", ["8"])]
+
+
+def test_the_flow_commands_of_run_and_resume():
+    s = load_sweep(MICRO_SWEEP)
+    cells = two_cells()
+    tasks = plan(cells, (0,), [RunRecord("12", False, resolved(cells[1], 0))],
+                 {(c.name, 0): resolved(c, 0) for c in cells})
+    paths = {c.name: f"/x/{c.name}.toml" for c in cells}
+    tags = ["--tag", "sweep:micro", "--tag"]
+    assert sweep.command(s, tasks[0], paths, ["--with", "kubernetes"])[1:] == [
+        sweep.FLOW_FILE, "--config", "config", "/x/monotonic.mode=nonneg.toml", "run", "--seed", "0",
+        *tags, "cell:monotonic.mode=nonneg", "--with", "kubernetes"]
+    assert sweep.command(s, tasks[1], paths, [])[1:] == [
+        sweep.FLOW_FILE, "resume", "--origin-run-id", "12", *tags, "cell:monotonic.mode=sign_frozen"]
+
+
+def test_pick_takes_the_cost_and_robustness_above_control():
+    numbers = compare.key_numbers(synthetic_run())
+    picked = sweep_report.pick(numbers)
+    assert list(picked) == [sweep_report.NLL_COST, sweep_report.PPL_RATIO,
+                            "dNLL above control uat baseline - monotonic"]
+    assert all(picked[k] == numbers[k] for k in picked)
+
+
+def grid_cells(grid: dict) -> list[Cell]:
+    import itertools
+
+    return [Cell(",".join(f"{k}={v}" for k, v in zip(grid, combo)), tuple(zip(grid, combo)), {})
+            for combo in itertools.product(*grid.values())]
+
+
+def t_by_hand(x):
+    x = np.asarray(x, float)
+    half = st.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+def test_cells_and_contrasts_paired_by_seed_against_a_hand_computation():
+    grid = {"mode": ("nonneg", "sign_frozen", "abs_init_free")}
+    cells = grid_cells(grid)
+    cost = {"mode=nonneg": [0.30, 0.35, 0.20], "mode=sign_frozen": [0.10, 0.05, 0.12],
+            "mode=abs_init_free": [0.25, np.nan, 0.21]}  # seed 1 of abs_init_free failed
+    above = {"mode=nonneg": [0.5, 0.9, 0.4], "mode=sign_frozen": [0.1, 0.6, 0.3], "mode=abs_init_free": [0.2, 0.0, 0.1]}
+    rows = [{"cell": c, "seed": s, "run": f"MonoFlow/{c}{s}", "cost": cost[c][s], "above": above[c][s]}
+            for c in cost for s in range(3) if not (c == "mode=abs_init_free" and s == 1)]
+    per_run = pd.DataFrame(rows)
+    by_cell = sweep_report.cell_table(per_run, cells).set_index(["cell", "metric"])
+    r = by_cell.loc[("mode=nonneg", "cost")]
+    assert r["n"] == 3 and (r["mean"], r["ci_low"], r["ci_high"]) == pytest.approx(t_by_hand([0.30, 0.35, 0.20]))
+    assert by_cell.loc[("mode=abs_init_free", "above"), "n"] == 2
+    c = sweep_report.contrasts(per_run, cells, grid).set_index(["value", "metric"])
+    sf = c.loc[("sign_frozen", "above")]  # nonneg minus sign_frozen, seed by seed: 0.4, 0.3, 0.1
+    assert (sf["n"], sf["seeds"], sf["first"], sf["held"]) == (3, "0,1,2", "nonneg", "")
+    assert (sf["mean"], sf["ci_low"], sf["ci_high"]) == pytest.approx(t_by_hand([0.4, 0.3, 0.1]))
+    # paired, not two independent means: the unpaired interval of the same numbers is wider
+    unpaired = st.ttest_ind([0.5, 0.9, 0.4], [0.1, 0.6, 0.3]).confidence_interval()
+    assert sf["ci_high"] - sf["ci_low"] < unpaired.high - unpaired.low
+    ab = c.loc[("abs_init_free", "cost")]  # only the seeds both cells have: 0 and 2
+    assert (ab["n"], ab["seeds"]) == (2, "0,2")
+    assert (ab["mean"], ab["ci_low"], ab["ci_high"]) == pytest.approx(t_by_hand([0.30 - 0.25, 0.20 - 0.21]))
+    assert len(c) == 4  # two values against the first, two metrics
+
+
+def test_contrasts_hold_the_other_grid_keys_fixed():
+    grid = {"mode": ("nonneg", "sign_frozen"), "lr": (1, 2)}
+    cells = grid_cells(grid)
+    value = {"mode=nonneg,lr=1": 1.0, "mode=nonneg,lr=2": 10.0, "mode=sign_frozen,lr=1": 3.0,
+             "mode=sign_frozen,lr=2": 40.0}
+    per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v + s} for c, v in value.items() for s in (0, 1)])
+    c = sweep_report.contrasts(per_run, cells, grid)
+    got = {(r.key, r.held): r.mean for r in c.itertuples()}
+    assert got == pytest.approx({("mode", "lr=1"): 1.0 - 3.0, ("mode", "lr=2"): 10.0 - 40.0,
+                                 ("lr", "mode=nonneg"): 1.0 - 10.0, ("lr", "mode=sign_frozen"): 3.0 - 40.0})
+    assert (c["ci_low"] == c["mean"]).all()  # both seeds give the same difference: no spread
+
+
+def test_the_html_report_is_standalone_with_a_forest_plot(tmp_path):
+    grid = {"mode": ("nonneg", "sign_frozen")}
+    per_run = pd.DataFrame([{"cell": c.name, "seed": s, "run": "", sweep_report.NLL_COST: 0.1 * s + i}
+                            for i, c in enumerate(grid_cells(grid)) for s in range(3)])
+    written = sweep_report.write(str(tmp_path), "Sweep t", ["a line"], per_run, grid_cells(grid), grid)
+    page = open(written["html"]).read()
+    assert "<script" not in page and page.count("<svg") == 1 and page.count("<circle") == 1
+    assert "nonneg \u2212 sign_frozen" in page and "positive: the constraint costs perplexity" in page
+    assert pd.read_csv(tmp_path / "report.csv")["cell"].tolist() == ["mode=nonneg", "mode=sign_frozen"]
+    assert pd.read_csv(tmp_path / "contrasts.csv")["mean"].tolist() == pytest.approx([-1.0])
+
+
+def test_verdicts():
+    assert sweep_report.verdict(0.1, 0.3) == "above 0" and sweep_report.verdict(-0.3, -0.1) == "below 0"
+    assert sweep_report.verdict(-0.1, 0.3) == "includes 0"
+    assert sweep_report.verdict(float("nan"), float("nan")).startswith("no interval")
+
+
+def test_dry_run_prints_the_plan_and_writes_the_cells(tmp_path, capsys):
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cell monotonic.mode=nonneg seed 0: run" in out and "cell monotonic.mode=sign_frozen seed 0: run" in out
+    assert sorted(os.listdir(tmp_path / "cells")) == ["monotonic.mode=nonneg.toml", "monotonic.mode=sign_frozen.toml"]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_bad_sweep_stops_with_one_line(tmp_path, capsys):
+    assert sweep.main([sweep_file(tmp_path, '[grid]\n"monotonic.mdoe" = [1]\n'), "--out", str(tmp_path)]) == 2
+    assert "unknown key 'monotonic.mdoe'" in capsys.readouterr().err
+    assert not (tmp_path / "cells").exists()
+
+
+@pytest.mark.flow
+def test_a_micro_sweep_runs_then_skips_and_reports(tmp_path, monkeypatch, capsys):
+    """Two cells x one seed on the lean micro profile, two at a time; re-running the sweep skips
+    both; the report has both cells and their contrast equals the difference of their runs."""
+    from metaflow import Run, namespace
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sweep"
+    assert sweep.main([MICRO_SWEEP, "--out", str(out), "--max-parallel", "2"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("succeeded after") == 2, first
+    assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert again.count(": skip: done by run") == 2 and "start cell" not in again, again
+    cells = pd.read_csv(out / "report.csv")
+    assert sorted(set(cells["cell"])) == ["monotonic.mode=nonneg", "monotonic.mode=sign_frozen"]
+    assert (cells["n"] == 1).all()
+    runs = pd.read_csv(out / "runs.csv").set_index("cell")
+    namespace(None)
+    for cell, row in runs.iterrows():
+        run = Run(row["run"])
+        assert {"sweep:micro", f"cell:{cell}"} <= set(run.user_tags)
+        assert run.data.resolved_config["monotonic"]["mode"] == cell.split("=")[1]
+    metric = "dNLL above control hotflip baseline - monotonic"
+    contrast = pd.read_csv(out / "contrasts.csv").set_index("metric").loc[metric]
+    assert contrast["mean"] == pytest.approx(runs.loc["monotonic.mode=nonneg", metric]
+                                             - runs.loc["monotonic.mode=sign_frozen", metric])
+
+
+def test_a_failed_run_never_stops_the_others(tmp_path, monkeypatch, capsys):
+    """execute with a stand-in flow script that fails for one cell: every task still runs, each
+    with its log, a progress line at start and finish, and the failure is reported with its exit code."""
+    fake = tmp_path / "flow.py"
+    fake.write_text("import sys\nseed = sys.argv[sys.argv.index('--seed') + 1]\n"
+                    "print(f'Workflow starting (run-id 7{seed}), ...')\n"
+                    "sys.exit(3 if 'sign_frozen' in ' '.join(sys.argv) else 0)\n")
+    monkeypatch.setattr(sweep, "FLOW_FILE", str(fake))
+    cells = two_cells()
+    tasks = plan(cells, (0, 1), [], {(c.name, s): resolved(c, s) for c in cells for s in (0, 1)})
+    done = sweep.execute(load_sweep(MICRO_SWEEP), tasks, {c.name: "x.toml" for c in cells}, str(tmp_path), 2)
+    assert [(d["task"].cell.name, d["task"].seed, d["rc"]) for d in done] == [
+        ("monotonic.mode=nonneg", 0, 0), ("monotonic.mode=nonneg", 1, 0),
+        ("monotonic.mode=sign_frozen", 0, 3), ("monotonic.mode=sign_frozen", 1, 3)]
+    assert [d["run_id"] for d in done] == ["70", "71", "70", "71"]
+    out = capsys.readouterr().out
+    assert out.count("] start cell") == 4 and out.count("succeeded after") == 2 and out.count("FAILED (exit 3") == 2
+    assert sorted(os.listdir(tmp_path / "logs"))[0] == "monotonic.mode=nonneg.seed0.log"
