@@ -89,6 +89,19 @@ def micro_run():
     return run_flow()
 
 
+NO_RESOURCES = {"[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": ""}
+"""micro_variant change that removes the [resources] table (every key then takes its default)."""
+
+
+@pytest.fixture(scope="session")
+def seed1_run(tmp_path_factory):
+    """A second micro run, differing from `micro_run` only in its seed and in having no
+    [resources] table (where and with what a step runs, which comparisons leave out): it is
+    also the run of a profile that leaves every [resources] key to its default."""
+    profile = micro_variant(tmp_path_factory.mktemp("profiles"), "seed1", NO_RESOURCES)
+    return run_flow(profile, seed=1)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A tiny built GPT-NeoX and its tokenizer, saved by models.save (checksums included)."""

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FLOW, MICRO, ROOT, flow_env, run_flow
+from conftest import FLOW, ROOT, flow_env
 from scipy import stats as st
 from test_cards import GUIDANCE, synthetic_run
 
@@ -211,12 +211,6 @@ def test_cli_reports_errors_without_a_traceback(monkeypatch, capsys):
 
 
 # ---- real runs ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def seed1_run():
-    """A second micro run, differing from `micro_run` only in its seed."""
-    return run_flow(MICRO, seed=1)
-
 
 @pytest.mark.flow
 def test_compare_two_seeds_from_the_command_line(micro_run, seed1_run, datastore_root, tmp_path):

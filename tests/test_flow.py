@@ -159,20 +159,15 @@ def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datasto
     results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
 
 
-def test_profile_without_resources_runs_end_to_end(tmp_path_factory):
-    """Every [resources] key absent (the table removed): @resources and @retry take the
-    documented defaults and the whole flow runs (the random attack alone, no evaluation branches)."""
-    from conftest import ATTACKS, LEAN, micro_variant, run_flow
-
+def test_profile_without_resources_runs_end_to_end(micro_run, seed1_run):
+    """Every [resources] key absent (the table removed, in the seed-1 micro run): @resources and
+    @retry take the documented defaults and the whole flow runs."""
     from monollm import config
 
-    profile = micro_variant(tmp_path_factory.mktemp("profiles"), "nores", {
-        **LEAN, "[resources]\nretries = 0\ngpu = 0\ncpu = 1\nmemory = 2000\n": "",
-        ATTACKS: 'attacks = ["random"]'})
-    assert "resources" not in open(profile).read()
-    run = run_flow(profile)
-    assert run.successful and run.data.resolved_config["resources"] == dataclasses.asdict(config.ResourcesConfig())
-    assert set(run.data.attacks["model"]) == {"baseline", "monotonic"}
+    defaults = dataclasses.asdict(config.ResourcesConfig())
+    assert seed1_run.successful and seed1_run.data.resolved_config["resources"] == defaults
+    assert micro_run.data.resolved_config["resources"] != defaults  # the micro profile's own table differs
+    assert set(seed1_run.data.attacks["model"]) == {"baseline", "monotonic"}
 
 
 def test_console_summary_answers_first_and_fits_120_columns(micro_run):
