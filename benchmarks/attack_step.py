@@ -7,7 +7,8 @@ The steps are the attacks' own functions (monollm.attacks.gradients and uat.prop
 the profile's [attack] shape: a UAT step is the one-hot gradient over the optimization batch
 (`opt_examples` windows of context + continuation, trigger prepended), the top `top_k` swaps
 per position, and the exact re-score of those trigger_len x top_k candidates on every
-optimization window; a HotFlip round is the one-hot gradient over `examples` windows, the
+optimization window; a GCG step is the same gradient, `batch` single-token swaps sampled from
+the top `top_k` tokens per position, and their exact re-score; a HotFlip round is the one-hot gradient over `examples` windows, the
 top `candidates` swaps per example, and their exact re-score. Token ids are random (step time
 does not depend on them; tokenizer checks are CPU work and left out). Each step runs under
 `common.search_precision` ("fp32", then "bf16"), rounds alternating, best of each kept.
@@ -17,7 +18,7 @@ Prints, all measured in this one run:
 * how far bf16 moves the search's decisions: Spearman correlation of the candidates' exact
   losses, whether the best candidate is the same, and the largest |loss difference|;
 * the search budget of the profile in GPU hours per attacked model, at each precision
-  (UAT: restarts x steps x a step, an upper bound since restarts may stop early; HotFlip:
+  (UAT and GCG: restarts x steps x a step, an upper bound since restarts may stop early; HotFlip:
   max_flips rounds over all examples, also an upper bound).
 """
 from __future__ import annotations
@@ -66,6 +67,21 @@ def uat_step(model, opt, allowed, trigger_len: int, top_k: int, n_cont: int, bat
     return score_triggers(model, cands, opt, n_cont, batch_size).mean(dim=1)
 
 
+def gcg_step(model, opt, allowed, trigger_len: int, top_k: int, batch: int, n_cont: int, batch_size: int):
+    """One GCG step (gradient, top-k per position, `batch` sampled swaps scored in one pass); (M,) losses."""
+    import numpy as np
+    import torch
+
+    from monollm.attacks import gcg
+    from monollm.attacks.common import prepend
+    from monollm.attacks.gradients import onehot_grad, score_triggers
+
+    trigger = allowed.nonzero().flatten()[torch.arange(trigger_len) * 7].to(opt.device)
+    _, grad = onehot_grad(model, prepend(trigger, opt), 0, trigger_len, n_cont, batch_size, shared=True)
+    cands = gcg.sample_swaps(grad, trigger, allowed, top_k, batch, np.random.default_rng(0))
+    return score_triggers(model, cands, opt, n_cont, batch_size).mean(dim=1)
+
+
 def hotflip_round(model, ids, allowed, context_len: int, n_cont: int, candidates: int, batch_size: int):
     """One HotFlip round over every row of ids (gradient, top candidates, exact re-score); (N * k,) losses."""
     from monollm.attacks.common import continuation_nll
@@ -107,7 +123,7 @@ def main(argv=None):
 
     import train_step
     from monollm import pipeline
-    from monollm.attacks import hotflip, uat
+    from monollm.attacks import gcg, hotflip, uat
     from monollm.attacks.common import search_precision
 
     cfg = train_step.load_profile(argparse.Namespace(config=args.config, compile="profile",
@@ -118,27 +134,32 @@ def main(argv=None):
     a = cfg.attack
     up = a.params.get("uat") or uat.UATConfig()
     hp = a.params.get("hotflip") or hotflip.HotFlipConfig()
+    gp = a.params.get("gcg") or gcg.GCGConfig()
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     allowed = torch.zeros(vocab_rows, dtype=torch.bool)
     allowed[:n_tokens] = True
     rng = np.random.default_rng(cfg.seed)
     width = a.context_len + a.continuation_len
-    full = {"uat step": up.opt_examples or a.examples, "hotflip round": a.examples}
+    full = {"uat step": up.opt_examples or a.examples, "hotflip round": a.examples,
+            "gcg step": gp.opt_examples or a.examples}
     opt = torch.as_tensor(rng.integers(0, n_tokens, size=(args.opt_examples or full["uat step"], width)),
                           device=device)
     test = torch.as_tensor(rng.integers(0, n_tokens, size=(args.examples or full["hotflip round"], width)),
                            device=device)
-    timed_rows = {"uat step": len(opt), "hotflip round": len(test)}
+    timed_rows = {"uat step": len(opt), "hotflip round": len(test), "gcg step": len(opt)}
     card = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"profile {cfg.name}: {card}; {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"vocabulary rows {vocab_rows}; UAT: {len(opt)} windows x {width} tokens, trigger {up.trigger_len}, "
-          f"top_k {up.top_k}; HotFlip: {len(test)} windows, {hp.candidates} candidates; batch {a.batch_size}",
+          f"top_k {up.top_k}; HotFlip: {len(test)} windows, {hp.candidates} candidates; GCG: top_k {gp.top_k}, "
+          f"{gp.batch} swaps sampled per step; batch {a.batch_size}",
           flush=True)
     steps = {
         "uat step": lambda: uat_step(model, opt, allowed, up.trigger_len, up.top_k, a.continuation_len,
                                      a.batch_size),
         "hotflip round": lambda: hotflip_round(model, test, allowed, a.context_len, a.continuation_len,
                                                hp.candidates, a.batch_size),
+        "gcg step": lambda: gcg_step(model, opt, allowed, gp.trigger_len, gp.top_k, gp.batch, a.continuation_len,
+                                     a.batch_size),
     }
     best = {(s, p): float("inf") for s in steps for p in ("fp32", "bf16")}
     losses = {}
@@ -151,7 +172,7 @@ def main(argv=None):
                     best[name, precision] = min(best[name, precision], seconds)
                 losses[name, precision] = out.float().cpu()
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    budget = {"uat step": up.restarts * up.steps, "hotflip round": hp.max_flips}
+    budget = {"uat step": up.restarts * up.steps, "hotflip round": hp.max_flips, "gcg step": gp.restarts * gp.steps}
     for name in steps:
         fp32, bf16 = best[name, "fp32"], best[name, "bf16"]
         scale = full[name] / timed_rows[name]  # step time is linear in the windows (batches of equal rows)

@@ -14,9 +14,10 @@ FSDP on 8 GPUs, which may use them less well). The formula, per stage:
                        test tokens = test_docs x TOKENS_PER_DOC, the Pile's mean, or eval.max_blocks x block_len)
 * uat (2 models):      2 x restarts x steps x uat_step x opt_examples / timed windows   (an upper bound)
 * hotflip (2 models):  2 x max_flips x hotflip_round x examples / timed windows          (an upper bound)
-* gcg (2 models):      2 x restarts x steps x uat_step x (batch + 3) / (L x k + 3) x opt_examples / timed windows
-                       (a GCG step is a UAT step with `batch` candidates instead of the timed step's L x k,
-                       pythia-1.4b's [attack.uat] trigger_len x top_k; the gradient counts as ~3 forward passes)
+* gcg (2 models):      2 x restarts x steps x gcg_step x opt_examples / timed windows, where a log has the GCG
+                       step (attack_step.py times it); else estimated as uat_step x (batch + 3) / (L x k + 3):
+                       a UAT step with `batch` candidates instead of the timed step's L x k (pythia-1.4b's
+                       [attack.uat] trigger_len x top_k; the gradient counts as ~3 forward passes)
 Steps that move data (setup's tokenization, checkpoints, model files) are not in it.
 """
 from __future__ import annotations
@@ -52,8 +53,12 @@ def from_log(path: str) -> dict:
                    .replace(",", ""))
     uat = grab(r"uat step on (\d+) windows: fp32 \d+ ms, bf16 (\d+) ms")
     flip = grab(r"hotflip round on (\d+) windows: fp32 \d+ ms, bf16 (\d+) ms")
-    return {"card": card, "train_tokens_per_s": tokens, "uat_step_s": int(uat[1]) / 1000,
-            "uat_windows": int(uat[0]), "hotflip_round_s": int(flip[1]) / 1000, "hotflip_windows": int(flip[0])}
+    out = {"card": card, "train_tokens_per_s": tokens, "uat_step_s": int(uat[1]) / 1000,
+           "uat_windows": int(uat[0]), "hotflip_round_s": int(flip[1]) / 1000, "hotflip_windows": int(flip[0])}
+    gcg = re.search(r"gcg step on (\d+) windows: fp32 \d+ ms, bf16 (\d+) ms", text)  # logs since gcg was timed
+    if gcg:
+        out.update(gcg_step_s=int(gcg[2]) / 1000, gcg_windows=int(gcg[1]))
+    return out
 
 
 def flops(name: str, block_len: int) -> tuple[float, float]:
@@ -78,7 +83,10 @@ def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
                       * (uat.opt_examples or a.examples) / rates["uat_windows"])
     if flip:
         out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
-    if gcg:
+    if gcg and "gcg_step_s" in rates:  # timed at pythia-1.4b's [attack.gcg] batch
+        out["gcg"] = (2 * gcg.restarts * gcg.steps * rates["gcg_step_s"] * scale_fwd
+                      * (gcg.opt_examples or a.examples) / rates["gcg_windows"])
+    elif gcg:  # estimated from the UAT step's cost per candidate
         per_candidate = rates["uat_step_s"] / (rates["uat_candidates"] + 3)
         out["gcg"] = (2 * gcg.restarts * gcg.steps * per_candidate * (gcg.batch + 3) * scale_fwd
                       * (gcg.opt_examples or a.examples) / rates["uat_windows"])

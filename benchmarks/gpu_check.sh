@@ -38,8 +38,8 @@ has() { [[ " $parts " == *" $1 "* ]]; }
         --grad-checkpointing on
   fi
   if has attacks; then
-    echo "== attack steps, pythia-1.4b shape"
-    timeout 120 python3 benchmarks/attack_step.py --config config/pythia-1.4b.toml --random-init --rounds 2 \
+    echo "== attack steps (uat, hotflip, gcg), pythia-1.4b shape"
+    timeout 180 python3 benchmarks/attack_step.py --config config/pythia-1.4b.toml --random-init --rounds 2 \
         --opt-examples 32 --examples 128
   fi
   if has flow; then
