@@ -42,9 +42,8 @@ def test_the_shipped_sweeps_load_and_expand():
     resolved_configs = check_cells(cells, 0)
     assert [r["monotonic"]["mode"] for r in resolved_configs.values()] == ["nonneg", "sign_frozen", "abs_init_free"]
     micro = load_sweep(MICRO_SWEEP)
-    lean = expand(micro, micro_raw())[0].raw
-    assert lean["attacks"] == ["hotflip"] and lean["eval"]["downstream"]["tasks"] == []
-    assert lean["eval"]["order"]["enabled"] is False
+    first = expand(micro, micro_raw())[0].raw  # the micro profile as it is, the mode set
+    assert first == {**micro_raw(), "monotonic": {**micro_raw()["monotonic"], "mode": "nonneg"}}
 
 
 def test_grid_expansion_in_order_with_set_values(tmp_path):
@@ -255,28 +254,37 @@ def test_a_bad_sweep_stops_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.flow
-def test_a_micro_sweep_runs_then_skips_and_reports(tmp_path, monkeypatch, capsys):
-    """Two cells x one seed on the lean micro profile, two at a time; re-running the sweep skips
-    both; the report has both cells and their contrast equals the difference of their runs."""
+def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypatch, capsys):
+    """Two cells x one seed on the micro profile. The nonneg cell at seed 0 has the micro run's
+    configuration: tagged for the sweep, it is skipped (matched by configuration), and the other
+    cell runs for real. Re-running the sweep skips both; the report has both cells and their
+    contrast equals the difference of their runs."""
     from metaflow import Run, namespace
 
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "sweep"
-    assert sweep.main([MICRO_SWEEP, "--out", str(out), "--max-parallel", "2"]) == 0
-    first = capsys.readouterr().out
-    assert first.count("succeeded after") == 2, first
-    assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
-    again = capsys.readouterr().out
-    assert again.count(": skip: done by run") == 2 and "start cell" not in again, again
+    namespace(None)
+    own = Run(micro_run.pathspec)
+    tags = ["sweep:micro", "cell:monotonic.mode=nonneg"]
+    own.add_tags(tags)
+    try:
+        monkeypatch.chdir(tmp_path)
+        out = tmp_path / "sweep"
+        assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
+        first = capsys.readouterr().out
+        assert first.count(f": skip: done by run {micro_run.id}") == 1, first
+        assert first.count("] start cell") == 1 and first.count("succeeded after") == 1, first
+        assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
+        again = capsys.readouterr().out
+        assert again.count(": skip: done by run") == 2 and "start cell" not in again, again
+    finally:
+        own.remove_tags(tags)  # the micro run is shared with the other flow tests
     cells = pd.read_csv(out / "report.csv")
     assert sorted(set(cells["cell"])) == ["monotonic.mode=nonneg", "monotonic.mode=sign_frozen"]
     assert (cells["n"] == 1).all()
     runs = pd.read_csv(out / "runs.csv").set_index("cell")
-    namespace(None)
-    for cell, row in runs.iterrows():
-        run = Run(row["run"])
-        assert {"sweep:micro", f"cell:{cell}"} <= set(run.user_tags)
-        assert run.data.resolved_config["monotonic"]["mode"] == cell.split("=")[1]
+    assert runs.loc["monotonic.mode=nonneg", "run"] == micro_run.pathspec
+    new = Run(runs.loc["monotonic.mode=sign_frozen", "run"])
+    assert {"sweep:micro", "cell:monotonic.mode=sign_frozen"} <= set(new.user_tags)
+    assert new.data.resolved_config["monotonic"]["mode"] == "sign_frozen"
     metric = "dNLL above control hotflip baseline - monotonic"
     contrast = pd.read_csv(out / "contrasts.csv").set_index("metric").loc[metric]
     assert contrast["mean"] == pytest.approx(runs.loc["monotonic.mode=nonneg", metric]
