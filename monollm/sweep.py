@@ -175,6 +175,11 @@ def main(argv=None) -> int:
     parser.add_argument("--namespace", default=None, metavar="NS",
                         help="Metaflow namespace to look runs up in (default: every user's runs)")
     args = parser.parse_args(argv)
+    from metaflow.util import get_username
+
+    if not get_username():  # the flow would refuse every run: say so once, before any
+        print("sweep: Metaflow needs a user name: set USERNAME (the Makefile uses USERNAME=monollm)", file=sys.stderr)
+        return 2
     try:
         sweep, cells, paths, expected, out = prepare(args.sweep, args.out)
     except (SweepError, OSError, tomllib.TOMLDecodeError) as err:

@@ -309,3 +309,11 @@ def test_a_failed_run_never_stops_the_others(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("] start cell") == 4 and out.count("succeeded after") == 2 and out.count("FAILED (exit 3") == 2
     assert sorted(os.listdir(tmp_path / "logs"))[0] == "monotonic.mode=nonneg.seed0.log"
+
+
+def test_an_unknown_user_stops_the_sweep_with_one_line(tmp_path, monkeypatch, capsys):
+    for var in ("METAFLOW_USER", "SUDO_USER", "USERNAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("USER", "root")  # Metaflow refuses root as it refuses no user
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 2
+    assert "set USERNAME" in capsys.readouterr().err
