@@ -116,8 +116,9 @@ GUIDANCE = ("ranking", "guidance_spearman", "guidance_n")
 WEAK_GUIDANCE = 0.3
 """Spearman rho below which the first-order estimate is said to barely predict the exact loss
 change of a single-token swap: a ranking that weak orders candidates little better than chance
-(a negative rho: worse than chance), so a search that ranks by it finds what it finds through
-the exact re-scoring of the few candidates the ranking proposes."""
+(a negative rho: worse than chance), so the damage a search that ranks by it finds is a lower
+bound. (Over uniformly sampled swaps; the top of the ranking may still beat random picks, which
+benchmarks/attacks.py measures.)"""
 
 
 def weak_guidance(rho: float) -> bool:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from monollm.attacks import trigger as skeleton
-from monollm.attacks.common import AttackContext, AttackResult, prepend
-from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
-from monollm.attacks.trigger import Search, TriggerConfig, best_surviving
+from monollm.attacks.common import AttackContext, AttackResult
+from monollm.attacks.gradients import flip_scores, score_triggers
+from monollm.attacks.trigger import Search, TriggerConfig, best_surviving, swap_scores
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init:
         if s.objective >= target or left == 0:
             break
         if scores is None:  # a new trigger: new gradient (or new random ranking)
-            scores = _scores(model, trigger, opt_ids, allowed, params, n_cont, batch_size, rng)
-            s.forward_passes += B if params.ranking == "gradient" else 0
+            scores, passes = swap_scores(model, trigger, opt_ids, allowed, params.ranking, n_cont, batch_size, rng)
+            s.forward_passes += passes
         cands = sample_swaps(scores, trigger, allowed, params.top_k, params.batch, rng)[:left]
         loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
         s.forward_passes += B * len(cands)
@@ -98,15 +98,6 @@ def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init:
             s.trigger = trigger.tolist()
             s.history.append(s.objective)
     return s
-
-
-def _scores(model, trigger: torch.Tensor, opt_ids: torch.Tensor, allowed: torch.Tensor, params: GCGConfig,
-            n_cont: int, batch_size: int, rng: np.random.Generator) -> torch.Tensor:
-    """(L, V) swap scores: the shared one-hot gradient over the batch, or random ones."""
-    if params.ranking == "random":
-        return torch.from_numpy(rng.random((len(trigger), len(allowed)))).float().to(trigger.device)
-    _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, len(trigger), n_cont, batch_size, shared=True)
-    return grad
 
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: GCGConfig,

@@ -31,7 +31,7 @@ from monollm import progress
 from monollm.attacks import guidance
 from monollm.attacks.common import (AttackContext, AttackResult, prepend, rows_survive, sample_trigger,
                                     trigger_survives)
-from monollm.attacks.gradients import score_triggers
+from monollm.attacks.gradients import onehot_grad, score_triggers
 
 RANKINGS = ("gradient", "random", "exact")
 """How a search may choose the candidates it scores exactly (each attack says which it supports)."""
@@ -91,6 +91,17 @@ def check_common(name: str, params, rankings=RANKINGS):
     if params.ranking not in rankings:
         raise ValueError(f"attack.{name}.ranking must be one of {', '.join(map(repr, rankings))}, "
                          f"got {params.ranking!r}")
+
+
+def swap_scores(model, trigger: torch.Tensor, opt_ids: torch.Tensor, allowed: torch.Tensor, ranking: str,
+                n_cont: int, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+    """(L, V) scores that rank the single-token swaps of `trigger` (L,) on opt_ids (B, T), and the
+    forward passes they cost: the shared one-hot gradient over the batch (B passes) for ranking
+    "gradient", else uniformly random scores (no pass: the same search without the gradient)."""
+    if ranking != "gradient":
+        return torch.from_numpy(rng.random((len(trigger), len(allowed)))).float().to(trigger.device), 0
+    _, grad = onehot_grad(model, prepend(trigger, opt_ids), 0, len(trigger), n_cont, batch_size, shared=True)
+    return grad, len(opt_ids)
 
 
 def best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: float, examples: np.ndarray):

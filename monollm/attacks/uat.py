@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from monollm.attacks import trigger as skeleton
-from monollm.attacks.common import AttackContext, AttackResult, prepend
-from monollm.attacks.gradients import flip_scores, onehot_grad, score_triggers
-from monollm.attacks.trigger import Search, TriggerConfig, best_surviving
+from monollm.attacks.common import AttackContext, AttackResult
+from monollm.attacks.gradients import flip_scores, score_triggers
+from monollm.attacks.trigger import Search, TriggerConfig, best_surviving, swap_scores
 
 @dataclass(frozen=True)
 class UATConfig(TriggerConfig):
@@ -93,20 +93,12 @@ class _Proposer:
         if self.depth >= min(self.params.top_k * self.params.widen, len(tokens)):
             return None
         if self.depth == 0:
-            self.scores = self._scores(trigger, s)
+            self.scores, passes = swap_scores(self.model, trigger, self.opt_ids, self.allowed, self.params.ranking,
+                                              self.n_cont, self.batch_size, self.rng)
+            s.forward_passes += passes
         cands = propose(self.scores, trigger, self.allowed, self.depth, self.depth + (self.depth or self.params.top_k))
         self.depth += self.depth or self.params.top_k
         return cands
-
-    def _scores(self, trigger: torch.Tensor, s: Search) -> torch.Tensor:
-        """(L, V) swap scores: the one-hot gradient (one pass over the batch), or random ones."""
-        if self.params.ranking == "random":
-            V = len(self.allowed)
-            return torch.from_numpy(self.rng.random((len(trigger), V))).float().to(trigger.device)
-        _, grad = onehot_grad(self.model, prepend(trigger, self.opt_ids), 0, len(trigger), self.n_cont,
-                              self.batch_size, shared=True)
-        s.forward_passes += len(self.opt_ids)
-        return grad
 
 
 def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: UATConfig,
