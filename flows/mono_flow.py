@@ -199,7 +199,8 @@ class MonoFlow(FlowSpec):
         self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
                                         self.hidden_act, cfg.eval.bootstrap, cfg.seed,
                                         setting=self.resolved_config["monotonic"],
-                                        activation_swap=getattr(self, "activation_swap", None))
+                                        activation_swap=getattr(self, "activation_swap", None),
+                                        training=self.training)
         self.findings["downstream"] = downstream.cost(self.downstream_items, cfg.eval.bootstrap, cfg.seed)
         if self.order_preservation is not None:
             from monollm import order

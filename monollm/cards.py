@@ -218,6 +218,8 @@ def finding_sentences(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, 
               "not significantly different from zero.")]
     out.append(f"Applying the constraint moved perplexity from {pp('reference')} (reference) to "
                f"{pp('monotonic_init')}; recovery training brought it to {pp('monotonic')}.")
+    if findings.get("convergence_note"):  # runs made before it was measured have none
+        out.append(findings["convergence_note"])
     out += report.constraint_sentences(findings, constraint)
     for attack, comp in findings.get("robustness_above_control", {}).items():  # the claim docs/method.md allows
         rows = _own(summary, attack, "attack")

@@ -243,6 +243,7 @@ def summary_text(data, run_id: str = "") -> str:
                                    "dnll_ci": ("CI", None), "above": ("above control", None)})
     parts += guidance_lines(f)
     parts += downstream_lines(f) + order_lines(f)
+    parts += ["", f["convergence_note"]] if f.get("convergence_note") else []
     parts += ["", f["activation_note"]]
     if run_id:
         parts += ["", f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"]

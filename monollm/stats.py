@@ -53,6 +53,21 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
     return mean, float(lo), float(hi)
 
 
+def slope_interval(x, y, level: float = 0.95) -> tuple[float, float, float]:
+    """(slope, low, high): least-squares slope of y on x (both (n,)) with its Student-t interval
+    (n - 2 degrees of freedom). NaN interval for fewer than three points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    from scipy import stats as _st
+
+    fit = _st.linregress(x, y)
+    if len(x) < 3:
+        return float(fit.slope), float("nan"), float("nan")
+    half = float(_st.t.ppf(0.5 + level / 2, len(x) - 2)) * float(fit.stderr)
+    return float(fit.slope), float(fit.slope - half), float(fit.slope + half)
+
+
 def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for k successes out of n."""
     if n == 0:

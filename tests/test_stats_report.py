@@ -370,3 +370,50 @@ def test_findings_follow_the_data_not_the_names():
 
 def test_findings_without_attacks():
     assert findings(pd.DataFrame())["robustness"] == {}
+
+
+# --- convergence at the end of training ------------------------------------------------
+
+
+def test_slope_interval_matches_a_hand_fit():
+    x = np.arange(10.0)
+    y = 2.0 - 0.3 * x + np.array([0.1, -0.1, 0.05, 0.0, -0.05, 0.1, -0.1, 0.0, 0.05, -0.05])
+    slope, lo, hi = stats.slope_interval(x, y)
+    b = np.polyfit(x, y, 1)[0]
+    resid = y - np.polyval(np.polyfit(x, y, 1), x)
+    se = math.sqrt((resid ** 2).sum() / 8 / ((x - x.mean()) ** 2).sum())
+    assert slope == pytest.approx(b) and hi - slope == pytest.approx(2.306004 * se, rel=1e-5)
+    assert lo < slope < hi < 0
+    assert math.isnan(stats.slope_interval([0.0, 1.0], [1.0, 2.0])[1])
+
+
+def history(arm, slope, steps=80, seed=0, val_every=20):
+    rng = np.random.default_rng(seed)
+    return [{"arm": arm, "step": s, "loss": 3.0 + slope * s + rng.normal(0, 0.01),
+             "val_loss": (3.0 + slope * s) if s % val_every == 0 else float("nan")}
+            for s in range(1, steps + 1)]
+
+
+def test_convergence_tells_a_falling_arm_from_a_flat_one():
+    table = report.training_table({"baseline": history("baseline", 0.0),
+                                   "monotonic": history("monotonic", -0.002, seed=1)})
+    conv = report.convergence(table)
+    assert conv["monotonic"]["still_falling"] and not conv["baseline"]["still_falling"]
+    assert conv["monotonic"]["slope_per_100_steps"] == pytest.approx(-0.2, abs=0.03)
+    assert conv["monotonic"]["steps"] == [61, 80]  # the last quarter of 80 steps
+    assert conv["monotonic"]["val_steps"] == [60, 80]
+    assert conv["monotonic"]["val_loss_last"] == pytest.approx(3.0 - 0.16)
+    note = report.convergence_note(conv)
+    assert "monotonic still improving" in note and "baseline still" not in note
+    flat = report.convergence(report.training_table({"baseline": history("baseline", 0.0)}))
+    assert "no arm's training loss was still measurably falling" in report.convergence_note(flat)
+
+
+def test_findings_report_convergence_only_when_given_the_histories():
+    attacks = attacks_df(1.0, 1.0)
+    assert "convergence" not in findings(attacks)
+    pb = per_block()
+    table = report.training_table({"baseline": history("baseline", 0.0), "monotonic": history("monotonic", -0.002)})
+    f = report.findings(report.perplexity_table(pb, N_BOOT, 0), pb, constraint(), attacks, "gelu", N_BOOT, 0,
+                        training=table)
+    assert f["convergence"]["monotonic"]["still_falling"] and "monotonic still improving" in f["convergence_note"]
