@@ -7,8 +7,11 @@ The state is shaped like a training checkpoint (monollm.train's `state`): fp32 w
 AdamW's two moments of the same shapes, a third each of `--mb`. Each round times
 monollm.checkpoints' own steps, as StepCheckpointer runs them:
 
-- copy: `snapshot`, the copy into host memory that a background save makes on the training
-  loop (here a CPU-to-CPU copy; on a GPU it is a device-to-host copy, not measured here);
+- copy (fresh): `snapshot`, the copy into host memory that a background save makes on the
+  training loop, into newly allocated memory, as the first save of a task does (here a
+  CPU-to-CPU copy; on a GPU it is a device-to-host copy, not measured here);
+- copy (reused): `snapshot(state, reuse=...)` into the previous copy's tensors, as every later
+  save of a task does (StepCheckpointer keeps its last copy);
 - write: `write_unsealed` (torch.save to a temporary file, renamed) plus an fsync, so that the
   bytes are on the disk and not only in the page cache;
 - seal (warm): `seal` right after the write, as a save does (the file still in the page cache);
@@ -55,6 +58,9 @@ def one_round(state: dict, where: str) -> dict:
         tc = time.perf_counter()
         copied = checkpoints.snapshot(state)
         copy_s = time.perf_counter() - tc
+        tc = time.perf_counter()
+        checkpoints.snapshot(state, reuse=copied)
+        reuse_s = time.perf_counter() - tc
         del copied
         t0 = time.perf_counter()
         checkpoints.write_unsealed(folder, state)
@@ -69,7 +75,7 @@ def one_round(state: dict, where: str) -> dict:
         t3 = time.perf_counter()
         checkpoints.seal(folder, state["step"])
         t4 = time.perf_counter()
-        return {"mb": os.path.getsize(path) / 1e6, "copy": copy_s, "write": t1 - t0, "seal_warm": t2 - t1, "seal_cold": t4 - t3}
+        return {"mb": os.path.getsize(path) / 1e6, "copy": copy_s, "reuse": reuse_s, "write": t1 - t0, "seal_warm": t2 - t1, "seal_cold": t4 - t3}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -90,7 +96,7 @@ def main():
     mb = rounds[0]["mb"]
     print(f"checkpoint of {mb:,.0f} MB in {args.dir or tempfile.gettempdir()}, {args.rounds} rounds")
     rate = {}  # MB/s of the median round: other processes on the machine slow some rounds
-    for key, what in (("copy", "copy into host memory"), ("write", "write (torch.save + fsync)"), ("seal_warm", "seal, file in page cache"),
+    for key, what in (("copy", "copy into fresh host memory"), ("reuse", "copy into the last copy"), ("write", "write (torch.save + fsync)"), ("seal_warm", "seal, file in page cache"),
                       ("seal_cold", "seal, file read from disk")):
         times = [r[key] for r in rounds]
         rate[key] = mb / statistics.median(times)
@@ -98,12 +104,14 @@ def main():
               f"fastest {min(times):6.2f} s ({mb / min(times):6,.0f} MB/s)")
     target_mb = args.target_gb * 1e3
     write_s, seal_s = target_mb / rate["write"], target_mb / rate["seal_warm"]
-    copy_s = target_mb / rate["copy"]
+    copy_s, reuse_s = target_mb / rate["copy"], target_mb / rate["reuse"]
     train_s = args.steps * args.step_s
-    for label, per_ckpt in (("write + seal on the training loop", write_s + seal_s),
-                            ("write on the loop, seal in the background", write_s),
-                            ("host copy on the loop, the rest in the background", copy_s)):
-        total = per_ckpt * args.checkpoints
+    n = args.checkpoints
+    for label, total in (("write + seal on the training loop", (write_s + seal_s) * n),
+                         ("write on the loop, seal in the background", write_s * n),
+                         ("host copy (fresh memory) on the loop, the rest in the background", copy_s * n),
+                         ("host copy on the loop, into the last copy after the first", copy_s + reuse_s * (n - 1))):
+        per_ckpt = total / n
         print(f"at {args.target_gb:g} GB x {args.checkpoints} checkpoints, {label}: {per_ckpt:.0f} s each, "
               f"{total:.0f} s of {train_s:.0f} s training = {100 * total / train_s:.1f}% overhead")
 

@@ -230,6 +230,41 @@ def test_background_save_stores_the_state_as_it_was_when_saved(monkeypatch):
     assert stored["model"]["w"].tolist() == [5.0] * 3 and stored["history"] == [{"step": 5}]
 
 
+def test_snapshot_reuses_an_earlier_copy_without_aliasing_the_live_state():
+    live = {"model": {"w": torch.arange(4.0), "b": torch.ones(2)}, "rng": [torch.tensor([1, 2])], "step": 3}
+    first = checkpoints.snapshot(live)
+    assert first["model"]["w"].data_ptr() != live["model"]["w"].data_ptr()
+    live["model"]["w"].mul_(10)
+    live["model"]["b"] = torch.ones(5)  # a new shape: its old buffer cannot hold it
+    second = checkpoints.snapshot(live, reuse=first)
+    assert second["model"]["w"].data_ptr() == first["model"]["w"].data_ptr()  # copied in place
+    assert second["rng"][0].data_ptr() == first["rng"][0].data_ptr()
+    assert second["model"]["b"].shape == (5,) and second["model"]["b"].data_ptr() != first["model"]["b"].data_ptr()
+    assert second["model"]["w"].tolist() == [0.0, 10.0, 20.0, 30.0] and second["step"] == 3
+    live["model"]["w"].add_(1)  # later training does not reach the copy
+    assert second["model"]["w"].tolist() == [0.0, 10.0, 20.0, 30.0]
+    # reusing the live state itself would alias it: a fresh copy is made instead
+    assert checkpoints.snapshot(live, reuse=live)["model"]["w"].data_ptr() != live["model"]["w"].data_ptr()
+
+
+def test_background_saves_of_one_live_state_each_store_their_own_step():
+    """Training updates the same tensors in place between saves; each background save copies
+    into the previous save's host copy, once that save is stored, and stores its own values."""
+    current = _FakeCurrent()
+    ck = _checkpointer(current, keep=3)
+    state = _state(1)
+    ptrs = []
+    for step in (1, 2, 3):
+        state["model"]["w"].fill_(float(step))
+        state["step"] = step
+        ck.save_in_background(state, step)
+        ptrs.append(ck._copy["model"]["w"].data_ptr())
+    ck.wait()
+    assert len(set(ptrs)) == 1  # one host copy, reused
+    assert [checkpoints.read(c["key"])["model"]["w"].tolist() for c in current.checkpoint.saved] == \
+        [[1.0] * 3, [2.0] * 3, [3.0] * 3]
+
+
 def test_background_save_failure_is_raised_on_the_next_wait():
     current = _FakeCurrent()
     ck = _checkpointer(current)
