@@ -30,7 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = "4ccd2e8"
 """The last revision that imported scipy.stats, statsmodels and pandas with monollm.pipeline."""
-PROFILE = os.path.join(ROOT, "config", "tiny.toml")
+PROFILE = os.path.join("config", "tiny.toml")
+"""Relative to the checkout timed (its working directory): each revision reads its own profile."""
 FIRST_LOG = f"""
 import metaflow
 from monollm import config, pipeline
@@ -60,9 +61,10 @@ def timed(code: str, path: str, marker: str | None = None) -> float:
 
 
 def checkout(rev: str) -> str:
-    """A temporary copy of the monollm package at git revision `rev`."""
+    """A temporary copy of the monollm package and the default profile at git revision `rev`."""
     out = tempfile.mkdtemp(prefix="monollm-before-")
-    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "monollm"], check=True, capture_output=True)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "monollm", PROFILE], check=True,
+                             capture_output=True)
     subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
     # compiled like the checkout it is compared with: a first import would otherwise pay for it
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(out, "monollm")], check=True)

@@ -226,6 +226,7 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     plain transformers checkpoint.
     """
     device = setup_torch(cfg)
+    log(f"[{arm}] loading the model it starts from ({device}); {len(blocks['train'])} training blocks")
     from monollm import distributed
 
     world = distributed.processes(cfg, device)
@@ -313,6 +314,7 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
 
     `checkpoint`: see monollm.attacks.run_attack."""
     device = setup_torch(cfg)
+    log(f"[{name}] loading {' and '.join(model_dirs)} ({device})")
     loaded = {m: models.load(path, device, cfg.model.attn_implementation, what=m) for m, path in model_dirs.items()}
     tokenizer = next(iter(loaded.values()))[1]
     a = cfg.attack
@@ -329,9 +331,11 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
 def downstream(cfg: config.ExperimentConfig, model_dirs: dict) -> dict:
     """The downstream tasks (monollm.downstream) on every model in `model_dirs` (name -> saved
     model directory): {"table": one row per task x model x metric, "items": per-item values}."""
+    device = setup_torch(cfg)
+    log(f"downstream tasks {', '.join(cfg.eval.downstream.tasks)} on {len(model_dirs)} models ({device}); "
+        "loading lm-evaluation-harness")
     from monollm import downstream as tasks
 
-    device = setup_torch(cfg)
     return tasks.evaluate(cfg, model_dirs, device, tmpdir("downstream"), log=log)
 
 
