@@ -8,29 +8,23 @@ writes a sharded folder (see monollm.distributed). `meta.json` is written last: 
 without it was never finished. State files hold only tensors and plain values and are read
 with torch.load(weights_only=True): nothing read back from a datastore is unpickled.
 
-Where a task continues from:
-- a retry of the same task (@retry): the newest checkpoint of its earlier attempts
-  (`@checkpoint(load_policy="fresh")` loads it into `current.checkpoint.directory`);
-- a step re-run by `resume`: the newest checkpoint of the origin run's task of this step,
-  loaded explicitly (a resumed task is a new task and loads nothing by itself);
-- a brand-new run: nothing, ever.
+Where a task continues from: a retry of the same task (@retry), the newest checkpoint of its
+earlier attempts (`@checkpoint(load_policy="fresh")` loads it into
+`current.checkpoint.directory`); a step re-run by `resume`, the newest checkpoint of the origin
+run's task of this step, loaded explicitly (a resumed task loads nothing by itself); a
+brand-new run, nothing, ever.
 
-Only the newest `keep` checkpoints a training task saves stay in the datastore
-(`train.keep_checkpoints`; the attacks' small checkpoints are all kept):
-each older one is deleted (metaflow-checkpoint's `delete_model`) once a newer one is stored, so
-a failed save never leaves fewer than `keep` good ones. Checkpoints an earlier attempt of the
-task saved are not deleted by a later attempt (it may need them to fall back to).
+Only the newest `keep` checkpoints a training task saves stay stored (`train.keep_checkpoints`;
+the attacks' small ones are all kept): an older one is deleted (`delete_model`) once a newer one
+is stored, never those of an earlier attempt of the task (it may need them to fall back to).
 
 Everything that saves progress speaks one contract, `Checkpoint`: `restore()` gives the newest
 readable state (a dict of tensors and plain values, holding its "step") or None for a fresh
 start, and `save(state, step)` stores a newer one. `StepCheckpointer` keeps them in Metaflow's
-datastore (training steps and attacks); monollm.distributed's ranks write sharded folders through
-the same two calls; `InMemory` keeps them in memory (tests, benchmarks).
+datastore; monollm.distributed's ranks write sharded folders; `InMemory` (tests, benchmarks).
 
 `StepCheckpointer(background=True)` lets training go on while a checkpoint is written,
-sealed (hashed) and stored: only a copy of the state into host memory runs on the training
-loop, and a folder is offered to the datastore only after it is sealed, so a resume still
-sees sealed folders only (and `check`s them before use).
+sealed (hashed) and stored: only a copy into host memory runs on the training loop.
 """
 from __future__ import annotations
 
@@ -206,8 +200,8 @@ class StepCheckpointer:
         if keep is not None and keep < 1:
             raise ValueError(f"keep is {keep}: at least the newest checkpoint must be kept")
         self.current, self.name, self.log, self.keep, self.background = current, name, log, keep, background
-        self._delete, self._stored, self._worker, self._failed = delete, [], None, None
-        self._copy = None  # the last background save's host copy, reused by the next one
+        # _copy: the last background save's host copy, reused by the next one
+        self._delete, self._stored, self._worker, self._failed, self._copy = delete, [], None, None, None
 
     def save(self, state: dict, step: int):
         """Save the state as this task's newest checkpoint (in a thread if `background`)."""
@@ -222,11 +216,10 @@ class StepCheckpointer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def save_in_background(self, state: dict, step: int):
-        """Copy the state to host memory now (it refers to live weights and a growing history),
-        then write, seal and store the copy in a thread while the caller trains on. The previous
-        background save is finished first (and its error, if any, raised); call `wait` after the
-        last save. Needs host memory for one more copy of the state, kept from one save to the
-        next: each save copies into the previous copy's tensors (`snapshot`'s `reuse`)."""
+        """Copy the state to host memory now (into the previous save's copy: it refers to live
+        weights and a growing history), then write, seal and store it in a thread while the caller
+        trains on. The previous save is finished first (its error, if any, raised); call `wait`
+        after the last. Holds host memory for one more copy of the state, from save to save."""
         self.wait()
         copy = self._copy = snapshot(state, reuse=self._copy)
         self._worker = threading.Thread(target=self._write_seal_store, args=(copy, step),
@@ -369,14 +362,11 @@ def _attempts(task) -> int:
 
 
 def snapshot(value, reuse=None):
-    """A copy of a state that later training cannot change: every tensor copied to host memory,
-    every dict, list and tuple rebuilt (the history list grows after a save); other values
-    (numbers, strings, None) are immutable and shared.
-
-    `reuse`: an earlier snapshot that nothing reads any more (its save has finished). A tensor
-    whose place in it holds a host tensor of the same shape and dtype is copied into that one
-    in place: its memory is already mapped, which makes the copy several times faster than
-    into fresh memory (benchmarks/checkpoint_io.py), and the training loop waits for it."""
+    """A copy of a state that later training cannot change: tensors copied to host memory, dicts,
+    lists and tuples rebuilt (the history grows after a save), other (immutable) values shared.
+    `reuse`: an earlier snapshot nothing reads any more; a tensor whose place there holds a host
+    tensor of its shape and dtype is copied into it, memory already mapped: several times faster
+    than fresh memory (benchmarks/checkpoint_io.py)."""
     if isinstance(value, torch.Tensor):
         value = value.detach()
         if (isinstance(reuse, torch.Tensor) and reuse.device.type == "cpu" and reuse.shape == value.shape

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monollm import report, stats
+from monollm import convergence, report, stats
 from monollm.attacks.common import AttackResult
 
 N_BOOT = 500
@@ -397,16 +397,16 @@ def history(arm, slope, steps=80, seed=0, val_every=20):
 def test_convergence_tells_a_falling_arm_from_a_flat_one():
     table = report.training_table({"baseline": history("baseline", 0.0),
                                    "monotonic": history("monotonic", -0.002, seed=1)})
-    conv = report.convergence(table)
+    conv = convergence.convergence(table)
     assert conv["monotonic"]["still_falling"] and not conv["baseline"]["still_falling"]
     assert conv["monotonic"]["slope_per_100_steps"] == pytest.approx(-0.2, abs=0.03)
     assert conv["monotonic"]["steps"] == [61, 80]  # the last quarter of 80 steps
     assert conv["monotonic"]["val_steps"] == [60, 80]
     assert conv["monotonic"]["val_loss_last"] == pytest.approx(3.0 - 0.16)
-    note = report.convergence_note(conv)
+    note = convergence.note(conv)
     assert "monotonic still improving" in note and "baseline still" not in note
-    flat = report.convergence(report.training_table({"baseline": history("baseline", 0.0)}))
-    assert "no arm's training loss was still measurably falling" in report.convergence_note(flat)
+    flat = convergence.convergence(report.training_table({"baseline": history("baseline", 0.0)}))
+    assert "no arm's training loss was still measurably falling" in convergence.note(flat)
 
 
 def test_findings_report_convergence_only_when_given_the_histories():
