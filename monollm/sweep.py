@@ -11,7 +11,8 @@ directory) and checked with the project's loader before any run starts. Each (ce
 as `python flows/mono_flow.py --config config CELL.toml run --seed S --tag sweep:NAME --tag
 cell:CELL`, in the current directory (the local datastore is ./.metaflow). Re-running the sweep
 skips pairs that have a successful run of the sweep with that configuration and seed, and
-resumes the newest failed one (`resume --origin-run-id RUN`). The report (sweep_report) is
+resumes the newest failed one (`resume --origin-run-id RUN`). An invocation that starts runs
+holds <out>/sweep.lock (monollm.sweep_lock): a second one stops at once. The report (sweep_report) is
 written to <out>/report.html with its tables as CSV.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from monollm import sweep_report
+from monollm import sweep_lock, sweep_report
 from monollm.sweep_plan import (RunRecord, SweepError, Task, check_cells, expand, load_sweep, plan, resolved,
                                 write_cell)
 
@@ -185,6 +186,22 @@ def main(argv=None) -> int:
     except (SweepError, OSError, tomllib.TOMLDecodeError) as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
+    if args.dry_run or args.report_only:  # no run starts: no lock (see sweep_lock)
+        return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
+    try:
+        lock, note = sweep_lock.acquire(out, " ".join(["python -m monollm.sweep", *argv]))
+    except sweep_lock.SweepLocked as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 3
+    if note:
+        print(f"sweep: note: {note}", flush=True)
+    try:
+        return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
+    finally:
+        sweep_lock.release(lock)
+
+
+def _plan_and_run(args, sweep, cells, paths, expected, out, extra) -> int:
     tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
     print(f"sweep {sweep.name}: {len(cells)} cell(s) x {len(sweep.seeds)} seed(s); cells in {out}/cells")
     print("\n".join(f"  {describe(t)}" for t in tasks), flush=True)

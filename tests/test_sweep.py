@@ -317,3 +317,50 @@ def test_an_unknown_user_stops_the_sweep_with_one_line(tmp_path, monkeypatch, ca
     monkeypatch.setenv("USER", "root")  # Metaflow refuses root as it refuses no user
     assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 2
     assert "set USERNAME" in capsys.readouterr().err
+
+
+def test_a_second_invocation_stops_at_the_lock_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
+    """The lock names its holder; a live holder stops a second invocation before it plans, a dead
+    one (its pid no longer alive on this host) is taken over with a note; --dry-run and
+    --report-only take no lock."""
+    import socket
+    import subprocess
+    import sys
+
+    from monollm import sweep_lock
+
+    path, note = sweep_lock.acquire(str(tmp_path), "python -m monollm.sweep s.toml")
+    assert note is None and json.load(open(path))["pid"] == os.getpid()
+    with pytest.raises(sweep_lock.SweepLocked, match=f"pid {os.getpid()} on host .* started .*rm {path}"):
+        sweep_lock.acquire(str(tmp_path))
+    planned = []
+    monkeypatch.setattr(sweep, "records", lambda *a, **k: planned.append(1) or [])
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert f"holds the lock {path}: pid {os.getpid()}" in err and f"rm {path}" in err and not planned
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 0 and planned  # no lock needed
+    sweep_lock.release(path)
+    assert not os.path.exists(path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has exited
+    with open(path, "w") as f:
+        json.dump({"pid": dead, "host": socket.gethostname(), "started": "earlier"}, f)
+    mine, note = sweep_lock.acquire(str(tmp_path))
+    assert mine == path and f"took over the stale lock {path} of pid {dead}" in note
+    assert json.load(open(path))["pid"] == os.getpid()
+    sweep_lock.release(path)
+    with open(path, "w") as f:  # another host's lock: its pid cannot be checked, so it is never taken over
+        json.dump({"pid": dead, "host": "elsewhere", "started": "earlier"}, f)
+    with pytest.raises(sweep_lock.SweepLocked, match="on host elsewhere"):
+        sweep_lock.acquire(str(tmp_path))
+
+
+def test_the_lock_is_released_when_the_sweep_ends(tmp_path, monkeypatch):
+    from monollm import sweep_lock
+
+    monkeypatch.setattr(sweep, "records", lambda *a, **k: [])
+    seen = []
+    monkeypatch.setattr(sweep, "execute", lambda *a, **k: seen.append(os.path.exists(tmp_path / sweep_lock.FILE)) or [])
+    monkeypatch.setattr(sweep, "report", lambda *a, **k: None)
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 1  # nothing ran: pairs not done
+    assert seen == [True] and not (tmp_path / sweep_lock.FILE).exists()
