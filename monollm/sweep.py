@@ -157,7 +157,8 @@ def report(sweep, cells, tasks: list[Task], out: str) -> dict:
     written = sweep_report.write(out, f"Sweep {sweep.name}", lines, table, cells, sweep.grid)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print("\n".join(lines))
-        print("\nContrasts (first listed value minus the other, paired by seed):")
+        print("\nContrasts (first listed value minus the other, paired by seed; scope: per combination of the "
+              "other grid keys, or pooled over them):")
         print(written["contrasts"].drop(columns="seeds").to_string(index=False, float_format=lambda v: f"{v:+.4g}"))
         print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv)")
     return written

@@ -215,10 +215,43 @@ def test_contrasts_hold_the_other_grid_keys_fixed():
              "mode=sign_frozen,lr=2": 40.0}
     per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v + s} for c, v in value.items() for s in (0, 1)])
     c = sweep_report.contrasts(per_run, cells, grid)
-    got = {(r.key, r.held): r.mean for r in c.itertuples()}
+    per = c[c.scope == sweep_report.PER_COMBINATION]
+    got = {(r.key, r.held): r.mean for r in per.itertuples()}
     assert got == pytest.approx({("mode", "lr=1"): 1.0 - 3.0, ("mode", "lr=2"): 10.0 - 40.0,
                                  ("lr", "mode=nonneg"): 1.0 - 10.0, ("lr", "mode=sign_frozen"): 3.0 - 40.0})
     assert (c["ci_low"] == c["mean"]).all()  # both seeds give the same difference: no spread
+    pooled = c[c.scope == sweep_report.POOLED].set_index("key")
+    assert list(pooled.index) == ["mode", "lr"] and pooled.loc["mode", "held"] == "mean over lr in [1, 2]"
+
+
+def test_pooled_contrasts_average_the_paired_difference_over_the_other_keys():
+    """Three keys; the pooled contrast of mode against a hand computation: per seed, the mean over
+    the four (lr, init) combinations of nonneg minus sign_frozen at that seed and combination,
+    then the t-interval across seeds. Seed 2 lacks one cell, so it is left out of the pooled row
+    (not averaged over fewer combinations) but kept where its pairs are complete."""
+    grid = {"mode": ("nonneg", "sign_frozen"), "lr": (1, 2), "init": ("abs", "clip")}
+    cells = grid_cells(grid)
+    rng = np.random.default_rng(5)
+    value = {(c.name, s): float(rng.normal()) for c in cells for s in range(4)}
+    missing = ("mode=sign_frozen,lr=2,init=clip", 2)
+    per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v} for (c, s), v in value.items() if (c, s) != missing])
+    c = sweep_report.contrasts(per_run, cells, grid)
+    pooled = c[(c.scope == sweep_report.POOLED) & (c.key == "mode")].iloc[0]
+    combos = [(lr, init) for lr in (1, 2) for init in ("abs", "clip")]
+    by_hand = [np.mean([value[(f"mode=nonneg,lr={lr},init={i}", s)] - value[(f"mode=sign_frozen,lr={lr},init={i}", s)]
+                        for lr, i in combos]) for s in (0, 1, 3)]
+    assert (pooled["n"], pooled["seeds"], pooled["first"], pooled["value"]) == (3, "0,1,3", "nonneg", "sign_frozen")
+    assert (pooled["mean"], pooled["ci_low"], pooled["ci_high"]) == pytest.approx(t_by_hand(by_hand))
+    assert pooled["held"] == "mean over lr in [1, 2]; init in ['abs', 'clip']"
+    per = c[(c.scope == sweep_report.PER_COMBINATION) & (c.key == "mode")].set_index("held")
+    assert list(per.index) == ["lr=1, init=abs", "lr=1, init=clip", "lr=2, init=abs", "lr=2, init=clip"]
+    assert per.loc["lr=1, init=abs", "seeds"] == "0,1,2,3" and per.loc["lr=2, init=clip", "seeds"] == "0,1,3"
+    lr = c[(c.scope == sweep_report.POOLED) & (c.key == "lr")].iloc[0]  # lr=1 minus lr=2 over mode x init
+    assert lr["seeds"] == "0,1,3" and lr["held"] == "mean over mode in ['nonneg', 'sign_frozen']; init in ['abs', 'clip']"
+    assert len(c) == 3 * (4 + 1)  # per key: four combinations of the other two, and the pooled row
+    one_key = sweep_report.contrasts(per_run[per_run.cell.str.contains("lr=1,init=abs")],
+                                     [x for x in cells if x.name.endswith("lr=1,init=abs")], {"mode": grid["mode"]})
+    assert (one_key.scope == sweep_report.PER_COMBINATION).all()  # one key: nothing to pool over
 
 
 def test_the_html_report_is_standalone_with_a_forest_plot(tmp_path):
