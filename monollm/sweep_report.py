@@ -1,7 +1,8 @@
 """A sweep's report: per cell the perplexity cost and the robustness above control per attack
 (mean and 95% t-interval across seeds), and contrasts between the values of each grid key,
-paired by seed, per combination of the other keys' values and pooled over them; as CSV files and one standalone HTML file with a forest plot (inline SVG: no
-script, no network, it renders in any browser).
+paired by seed, per combination of the other keys' values and pooled over them; as CSV files
+and one standalone HTML file with a forest plot (inline SVG: no script, no network, it renders
+in any browser).
 
 The numbers are those of `compare.key_numbers`; the functions here take plain tables, so the
 statistics are tested on synthetic numbers without Metaflow.
