@@ -210,7 +210,8 @@ def test_a_repeated_seed_picked_automatically_is_refused_given_explicitly_warned
         in capsys.readouterr().err
     with pytest.warns(compare.DuplicateSeeds, match="MonoFlow/111, MonoFlow/112 share seed 0"):
         assert len(compare.compare(["111", "112", "113"]).attrs["warnings"]) == 1
-    runs[:] = [fake_run("121", 0), fake_run("122", 0, monotonic__mode="sign_frozen"), resumed(fake_run("123", 0), "121")]
+    runs[:] = [fake_run("121", 0), fake_run("122", 0, monotonic__mode="sign_frozen"),
+               resumed(fake_run("123", 0), "121")]
     table = compare.compare(tag="sweep:t", vary=["monotonic.mode"])
     assert list(table.attrs["runs"].values()) == ["MonoFlow/121", "MonoFlow/122"] and table.attrs["resumed"]
 

@@ -234,7 +234,8 @@ def test_pooled_contrasts_average_the_paired_difference_over_the_other_keys():
     rng = np.random.default_rng(5)
     value = {(c.name, s): float(rng.normal()) for c in cells for s in range(4)}
     missing = ("mode=sign_frozen,lr=2,init=clip", 2)
-    per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v} for (c, s), v in value.items() if (c, s) != missing])
+    per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v} for (c, s), v in value.items()
+                            if (c, s) != missing])
     c = sweep_report.contrasts(per_run, cells, grid)
     pooled = c[(c.scope == sweep_report.POOLED) & (c.key == "mode")].iloc[0]
     combos = [(lr, init) for lr in (1, 2) for init in ("abs", "clip")]
@@ -247,7 +248,8 @@ def test_pooled_contrasts_average_the_paired_difference_over_the_other_keys():
     assert list(per.index) == ["lr=1, init=abs", "lr=1, init=clip", "lr=2, init=abs", "lr=2, init=clip"]
     assert per.loc["lr=1, init=abs", "seeds"] == "0,1,2,3" and per.loc["lr=2, init=clip", "seeds"] == "0,1,3"
     lr = c[(c.scope == sweep_report.POOLED) & (c.key == "lr")].iloc[0]  # lr=1 minus lr=2 over mode x init
-    assert lr["seeds"] == "0,1,3" and lr["held"] == "mean over mode in ['nonneg', 'sign_frozen']; init in ['abs', 'clip']"
+    assert lr["seeds"] == "0,1,3"
+    assert lr["held"] == "mean over mode in ['nonneg', 'sign_frozen']; init in ['abs', 'clip']"
     assert len(c) == 3 * (4 + 1)  # per key: four combinations of the other two, and the pooled row
     one_key = sweep_report.contrasts(per_run[per_run.cell.str.contains("lr=1,init=abs")],
                                      [x for x in cells if x.name.endswith("lr=1,init=abs")], {"mode": grid["mode"]})
