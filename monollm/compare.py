@@ -5,14 +5,19 @@
     python -m monollm.compare --tag profile:tiny --csv seeds.csv
     python -m monollm.compare 17 18 --vary monotonic.variant
     python -m monollm.compare --namespace user:alice   # only alice's runs (default: everyone's)
+    python -m monollm.compare --tag sweep:attribution --vary monotonic.mode --where monotonic.mode=nonneg
 
 From a notebook, `compare.compare(["1712", "1745"])` returns the same table as a DataFrame:
 one row per key number, one column per run (labelled by its seed and the values of the varied
 keys), then the mean, a 95% t-interval across runs (scipy) and the number of runs. Runs whose
 configurations differ in anything but the seed (and the keys given to `vary`) are refused with
 a message naming the differing keys. A run and its resumed copies (`resume` clones the steps
-that had finished) are one computation and count once. Runs are looked up in Metaflow's global
-namespace unless `namespace` names one.
+that had finished) are one computation and count once. `--where KEY=VALUE` (`where`) keeps only
+the runs whose resolved_config has that value, however they were picked (a key no run has is
+refused, named). Two runs started afresh with one seed and the same varied keys' values are not
+two samples: picked by tag or likeness they are refused with a message listing them (choose by
+giving run ids, or narrow with --where); given explicitly, they are compared with a warning.
+Runs are looked up in Metaflow's global namespace unless `namespace` names one.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import pandas as pd
 
 from monollm import stats
 from monollm.schema import flatten
+from monollm.where import filter_where, parse_where
 
 ALWAYS_VARY = ("seed",)
 # where and how fast a run ran, not what it computed
@@ -34,6 +40,11 @@ OPERATIONAL = ("resources", "threads", "parallel")
 
 class IncompatibleRuns(ValueError):
     """Runs whose configurations differ in keys that may not vary."""
+
+
+class DuplicateRuns(ValueError):
+    """Runs picked by tag or likeness that share a seed and the varied keys' values: which one
+    counts is the user's choice, so compare refuses rather than pick."""
 
 
 class DuplicateSeeds(UserWarning):
@@ -116,11 +127,17 @@ def downstream_numbers(data) -> dict:
     return out
 
 
-def select_runs(runs=None, tag=None, flow: str = "MonoFlow", like=None, vary=(), namespace: str | None = None) -> list:
+def select_runs(runs=None, tag=None, flow: str = "MonoFlow", like=None, vary=(), namespace: str | None = None,
+                where: dict | None = None) -> list:
     """Run objects, oldest first: the given ids/pathspecs/Runs; else the successful runs with
     every tag in `tag` (a tag or a list); else the successful runs of `like`'s profile (default:
     the latest successful run) whose configuration matches its own up to the seed and `vary`.
-    Runs are looked up in `namespace` (None: Metaflow's global namespace, every user's runs)."""
+    Then only those whose configuration has every `where` value (`filter_where`), however they
+    were picked. Runs are looked up in `namespace` (None: Metaflow's global namespace)."""
+    return filter_where(_select(runs, tag, flow, like, vary, namespace), where or {})
+
+
+def _select(runs, tag, flow: str, like, vary, namespace) -> list:
     from metaflow import Flow
 
     from monollm import results
@@ -193,23 +210,28 @@ def one_per_computation(runs: list, flow: str = "MonoFlow") -> tuple[list, list[
 
 
 def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
-            namespace: str | None = None) -> pd.DataFrame:
+            namespace: str | None = None, where: dict | None = None) -> pd.DataFrame:
     """Key numbers per run, their mean and 95% t-interval across runs, and n.
 
-    runs / tag / like / namespace: as `select_runs`; vary: config keys besides the seed that may
-    differ. Returns a DataFrame indexed by metric with one column per run, labelled by its seed
-    and the varied keys' values (`run_labels`), then mean, ci_low, ci_high, n.
+    runs / tag / like / namespace / where: as `select_runs`; vary: config keys besides the seed
+    that may differ. Runs picked by tag or likeness (no `runs`) that share a seed and the varied
+    keys' values are refused (DuplicateRuns); given explicitly, they are compared with a warning.
+    Returns a DataFrame indexed by metric with one column per run, labelled by its seed and the
+    varied keys' values (`run_labels`), then mean, ci_low, ci_high, n.
     `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
     `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings) and
     `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`).
-    Raises IncompatibleRuns.
+    Raises IncompatibleRuns, DuplicateRuns.
     """
-    selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace), flow)
+    selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace, where), flow)
     for r in selected:
         if r.data is None or not hasattr(r.data, "findings"):
             raise LookupError(f"run {r.pathspec} has no results (did it finish?)")
     configs = {r.id: r.data.resolved_config for r in selected}
     check_compatible(configs, vary)
+    repeated = duplicate_seeds(configs, {r.id: r.pathspec for r in selected})
+    if repeated and not runs:
+        raise DuplicateRuns(refusal(repeated))
     labels = run_labels(configs)
     table = pd.DataFrame({labels[r.id]: key_numbers(r.data) for r in selected})
     runs_cols = list(table.columns)
@@ -219,7 +241,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     table.index.name = "metric"
     table.attrs["runs"] = {labels[r.id]: r.pathspec for r in selected}
     table.attrs["seeds"] = {labels[rid]: c.get("seed") for rid, c in configs.items()}
-    table.attrs["warnings"] = duplicate_seeds(configs, {r.id: r.pathspec for r in selected})
+    table.attrs["warnings"] = repeated
     table.attrs["resumed"] = resumed
     for message in table.attrs["warnings"]:
         warnings.warn(message, DuplicateSeeds, stacklevel=2)
@@ -257,6 +279,14 @@ def duplicate_seeds(configs: dict, names: dict | None = None) -> list[str]:
             + ": they are not independent samples (a resumed or re-run seed repeats the same computation), "
               "yet the interval counts each of them; compare one run per seed"
             for (_, c), rids in groups.items() if len(rids) > 1]
+
+
+def refusal(messages: list[str]) -> str:
+    """The DuplicateRuns message: each group of runs sharing a seed, and how to choose."""
+    groups = [m.split(": they are not independent")[0] for m in messages]
+    return ("the runs picked (by tag or like the latest) repeat a seed: " + "; ".join(groups) + ". Which of "
+            "them counts is your choice: give the run ids to compare (python -m monollm.compare ID ID ..., one "
+            "run per seed), or narrow the selection with --where KEY=VALUE or another --tag")
 
 
 DIFFERENCES = {  # metric prefix/suffix -> (positive, negative) reading of an interval off zero
@@ -315,6 +345,9 @@ def main(argv=None) -> int:
                         "e.g. --tag profile:tiny --tag variant:mlp_both")
     parser.add_argument("--vary", action="append", default=[], metavar="KEY",
                         help="a config key (or section) besides the seed that may differ; repeatable")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="only runs whose resolved_config has this value (a TOML value, e.g. "
+                             "monotonic.mode=nonneg or train.lr=0.002); repeatable, all must hold")
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     parser.add_argument("--flow", default="MonoFlow")
     parser.add_argument("--namespace", default=None, metavar="NS",
@@ -326,7 +359,8 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DuplicateSeeds)
-            table = compare(args.runs or None, args.tag, args.vary, args.flow, namespace=args.namespace)
+            table = compare(args.runs or None, args.tag, args.vary, args.flow, namespace=args.namespace,
+                            where=parse_where(args.where))
     except (IncompatibleRuns, LookupError, ValueError, MetaflowNotFound, MetaflowNamespaceMismatch) as err:
         print(f"compare: {err}", file=sys.stderr)
         return 2

@@ -5,13 +5,16 @@
     python -m monollm.sweep SWEEP.toml --dry-run                  # the plan only
     python -m monollm.sweep SWEEP.toml --report-only              # the report from the runs there are
     python -m monollm.sweep SWEEP.toml -- --with kubernetes       # options for every run and resume
+    python -m monollm.sweep SWEEP.toml --argo create              # one Argo Workflows template per cell
+    python -m monollm.sweep SWEEP.toml --argo trigger             # one Argo run per (cell, seed) not done
 
 Every cell's profile is written to <out>/cells/<cell>.toml (out: sweeps/<name> in the current
 directory) and checked with the project's loader before any run starts. Each (cell, seed) runs
 as `python flows/mono_flow.py --config config CELL.toml run --seed S --tag sweep:NAME --tag
 cell:CELL`, in the current directory (the local datastore is ./.metaflow). Re-running the sweep
 skips pairs that have a successful run of the sweep with that configuration and seed, and
-resumes the newest failed one (`resume --origin-run-id RUN`). The report (sweep_report) is
+resumes the newest failed one (`resume --origin-run-id RUN`). An invocation that starts runs
+holds <out>/sweep.lock (monollm.sweep_lock): a second one stops at once. The report (sweep_report) is
 written to <out>/report.html with its tables as CSV.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -28,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from monollm import sweep_report
+from monollm import sweep_argo, sweep_lock, sweep_report
 from monollm.sweep_plan import (RunRecord, SweepError, Task, check_cells, expand, load_sweep, plan, resolved,
                                 write_cell)
 
@@ -156,7 +160,8 @@ def report(sweep, cells, tasks: list[Task], out: str) -> dict:
     written = sweep_report.write(out, f"Sweep {sweep.name}", lines, table, cells, sweep.grid)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print("\n".join(lines))
-        print("\nContrasts (first listed value minus the other, paired by seed):")
+        print("\nContrasts (first listed value minus the other, paired by seed; scope: per combination of the "
+              "other grid keys, or pooled over them):")
         print(written["contrasts"].drop(columns="seeds").to_string(index=False, float_format=lambda v: f"{v:+.4g}"))
         print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv)")
     return written
@@ -172,6 +177,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, seeds, skip/resume/run)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the runs there are")
+    parser.add_argument("--argo", choices=("create", "trigger"), default=None,
+                        help="on Argo Workflows: `create` deploys one template per cell (options after -- go "
+                             "to `argo-workflows create`, e.g. --only-json), `trigger` starts one run per "
+                             "(cell, seed) without a successful run (see monollm.sweep_argo)")
     parser.add_argument("--namespace", default=None, metavar="NS",
                         help="Metaflow namespace to look runs up in (default: every user's runs)")
     args = parser.parse_args(argv)
@@ -185,9 +194,46 @@ def main(argv=None) -> int:
     except (SweepError, OSError, tomllib.TOMLDecodeError) as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
+    if args.argo and args.report_only:
+        print("sweep: --report-only reads the runs there are; leave out --argo", file=sys.stderr)
+        return 2
+    if args.argo == "create":  # deploys templates, starts no run: no lock
+        return _argo_create(sweep, cells, paths, out, extra, args.dry_run)
+    if args.dry_run or args.report_only:  # no run starts: no lock (see sweep_lock)
+        return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
+    try:
+        lock, note = sweep_lock.acquire(out, " ".join(["python -m monollm.sweep", *argv]))
+    except sweep_lock.SweepLocked as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 3
+    if note:
+        print(f"sweep: note: {note}", flush=True)
+    try:
+        return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
+    finally:
+        sweep_lock.release(lock)
+
+
+def _argo_create(sweep, cells, paths, out, extra, dry_run: bool) -> int:
+    print(f"sweep {sweep.name}: {len(cells)} cell(s), one Argo Workflows template each; cells in {out}/cells")
+    if dry_run:
+        print("\n".join("  " + shlex.join(sweep_argo.create_command(FLOW_FILE, sweep, c.name, paths[c.name], extra))
+                        for c in cells))
+        return 0
+    return 1 if sweep_argo.create(FLOW_FILE, sweep, cells, paths, out, extra) else 0
+
+
+def _plan_and_run(args, sweep, cells, paths, expected, out, extra) -> int:
     tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
     print(f"sweep {sweep.name}: {len(cells)} cell(s) x {len(sweep.seeds)} seed(s); cells in {out}/cells")
     print("\n".join(f"  {describe(t)}" for t in tasks), flush=True)
+    if args.argo == "trigger":
+        if args.dry_run:
+            todo, notes = sweep_argo.to_trigger(tasks)
+            print("\n".join([f"  note: {n}" for n in notes] + [
+                "  " + shlex.join(sweep_argo.trigger_command(FLOW_FILE, sweep, t, paths, extra)) for t in todo]))
+            return 0
+        return 1 if sweep_argo.trigger(FLOW_FILE, sweep, tasks, paths, out, extra) else 0
     if args.dry_run:
         return 0
     if not args.report_only:

@@ -1,7 +1,8 @@
 """A sweep's report: per cell the perplexity cost and the robustness above control per attack
 (mean and 95% t-interval across seeds), and contrasts between the values of each grid key,
-paired by seed; as CSV files and one standalone HTML file with a forest plot (inline SVG: no
-script, no network, it renders in any browser).
+paired by seed, per combination of the other keys' values and pooled over them; as CSV files
+and one standalone HTML file with a forest plot (inline SVG: no script, no network, it renders
+in any browser).
 
 The numbers are those of `compare.key_numbers`; the functions here take plain tables, so the
 statistics are tested on synthetic numbers without Metaflow.
@@ -56,29 +57,55 @@ def cell_table(per_run: pd.DataFrame, cells) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", *keys, "metric", "n", "mean", "ci_low", "ci_high"])
 
 
-def contrasts(per_run: pd.DataFrame, cells, grid: dict) -> pd.DataFrame:
-    """For each grid key with several values, each later value against the first listed, the other
-    grid keys held at the same values: per metric, the first value's number minus the later
-    value's for every seed both cells have, then the mean and 95% t-interval of those differences.
+PER_COMBINATION, POOLED = "per combination", "pooled"
+"""The `scope` of a contrast row: the other grid keys held at one combination of values, or
+averaged over all of their combinations."""
 
-    Columns: key, first, value, held (the other keys' values), metric, n, mean, ci_low, ci_high,
-    seeds (the paired seeds, comma-separated)."""
+
+def contrasts(per_run: pd.DataFrame, cells, grid: dict) -> pd.DataFrame:
+    """For each grid key with several values, each later value against the first listed.
+
+    Per combination (scope "per combination"): the other grid keys held at one combination of
+    values; per metric, the first value's number minus the later value's for every seed both
+    cells have, then the mean and 95% t-interval across seeds of those differences.
+
+    Pooled (scope "pooled", only where the grid has other keys): the same difference, paired by
+    seed and by the other keys' values, averaged over every combination of the other keys' values
+    within each seed; then the mean and 95% t-interval across seeds of that per-seed average.
+    Held fixed in each difference: the seed and every other key's value; a seed counts only
+    where it has the difference at every combination (so each seed averages the same set of
+    combinations, with equal weight).
+
+    Columns: key, first, value, scope, held (the other keys' values; for a pooled row, the values
+    averaged over), metric, n, mean, ci_low, ci_high, seeds (the paired seeds, comma-separated)."""
     by_values = {cell.values: cell.name for cell in cells}
     table = per_run.set_index(["cell", "seed"])
     rows = []
     for key, values in grid.items():
-        for cell in cells:
-            here = dict(cell.values)
-            if len(values) < 2 or here[key] == values[0]:
-                continue
-            first = by_values[tuple((k, values[0] if k == key else v) for k, v in cell.values)]
-            held = ", ".join(f"{k}={v}" for k, v in cell.values if k != key)
-            for metric in metric_columns(per_run):
-                diffs = _paired(table, first, cell.name, metric)
-                rows.append({"key": key, "first": values[0], "value": here[key], "held": held, "metric": metric,
-                             **_interval(diffs.to_numpy(float)), "seeds": ",".join(map(str, diffs.index))})
-    columns = ["key", "first", "value", "held", "metric", "n", "mean", "ci_low", "ci_high", "seeds"]
+        others = [k for k in grid if k != key]
+        for value in values[1:]:
+            diffs = {}  # metric -> [seed -> difference, one series per combination of the other keys]
+            for cell in cells:
+                if dict(cell.values)[key] != value:
+                    continue
+                first = by_values[tuple((k, values[0] if k == key else v) for k, v in cell.values)]
+                held = ", ".join(f"{k}={v}" for k, v in cell.values if k != key)
+                for metric in metric_columns(per_run):
+                    d = _paired(table, first, cell.name, metric)
+                    diffs.setdefault(metric, []).append(d)
+                    rows.append(_row(key, values[0], value, PER_COMBINATION, held, metric, d))
+            if others:
+                held = "mean over " + "; ".join(f"{k} in {list(grid[k])}" for k in others)
+                for metric, series in diffs.items():
+                    pooled = pd.concat(series, axis=1).dropna().mean(axis=1)  # seeds with every combination
+                    rows.append(_row(key, values[0], value, POOLED, held, metric, pooled))
+    columns = ["key", "first", "value", "scope", "held", "metric", "n", "mean", "ci_low", "ci_high", "seeds"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _row(key, first, value, scope: str, held: str, metric: str, diffs: pd.Series) -> dict:
+    return {"key": key, "first": first, "value": value, "scope": scope, "held": held, "metric": metric,
+            **_interval(diffs.to_numpy(float)), "seeds": ",".join(map(str, diffs.index))}
 
 
 def _paired(table: pd.DataFrame, a: str, b: str, metric: str) -> pd.Series:
@@ -158,8 +185,12 @@ def html_report(title: str, lines: list[str], cells: pd.DataFrame, contrast: pd.
     body = [f"<h1>{html.escape(title)}</h1>"] + [f'<p class="note">{html.escape(x)}</p>' for x in lines]
     if len(contrast):
         body.append("<h2>Contrasts, paired by seed</h2><p class=\"note\">Each row: the first listed value of a grid "
-                    "key minus another value, the other grid keys held fixed; per seed, then the mean and 95% "
-                    "t-interval across seeds. The verdict says where the interval lies.</p>")
+                    "key minus another value, per seed, then the mean and 95% t-interval across seeds. Scope "
+                    "'per combination': the other grid keys held at the values in 'held'. Scope 'pooled': "
+                    "the difference paired by seed and by the other keys' values, averaged over every "
+                    "combination of those values within each seed (seeds with every combination only), "
+                    "then the interval across seeds of that average. The verdict says where the interval "
+                    "lies.</p>")
         for metric in contrast["metric"].unique():
             note = f"{metric}: in a cell, {reading(metric)}; a contrast above 0: the first value's number is the larger"
             body.append(f'<p class="note">{html.escape(note)}</p>' + forest_svg(contrast, metric))

@@ -165,6 +165,57 @@ def test_duplicate_seeds_warn_and_keep_distinct_labels(monkeypatch, capsys):
     assert "compare: warning: runs MonoFlow/51, MonoFlow/52 share seed 0" in err
 
 
+def test_where_keeps_runs_with_the_value_however_they_were_picked(monkeypatch, capsys):
+    """--where filters the runs picked by tag or likeness (and given ones) on their resolved_config:
+    values read as TOML, matched as configuration values; a key no run has is named and refused."""
+    runs = [fake_run("101", 0), fake_run("102", 1), fake_run("103", 0, monotonic__mode="sign_frozen"),
+            fake_run("104", 1, monotonic__mode="sign_frozen", train__lr=0.004)]
+    picked = []
+    monkeypatch.setattr(compare, "_select", lambda *args: picked.append(args) or runs)
+    table = compare.compare(tag="sweep:t", vary=["monotonic.mode"], where={"monotonic.mode": "nonneg"})
+    assert list(table.attrs["runs"].values()) == ["MonoFlow/101", "MonoFlow/102"] and picked[0][1] == "sweep:t"
+    table = compare.compare(vary=["monotonic.mode", "train.lr"], where=compare.parse_where(
+        ["monotonic.mode=sign_frozen", "train.lr=0.004"]))  # no tag, no ids: like the latest
+    assert list(table.attrs["runs"].values()) == ["MonoFlow/104"] and picked[1][:2] == (None, None)
+    assert compare.parse_where(["train.lr=2e-3", 'monotonic.mode="a=b"', "eval.order.enabled=true", "x=plain text"]) \
+        == {"train.lr": 0.002, "monotonic.mode": "a=b", "eval.order.enabled": True, "x": "plain text"}
+    assert compare.filter_where(runs, {"train.lr": 0.002}) == runs[:3]  # 2e-3 written either way
+    assert compare.filter_where(runs, {"seed": 1}) == [runs[1], runs[3]]
+    with pytest.raises(ValueError, match="unknown key 'monotonic.mdoe'"):
+        compare.compare(tag="sweep:t", where={"monotonic.mdoe": "nonneg"})
+    with pytest.raises(ValueError, match="'monotonic' is a table; name one of its settings, e.g. monotonic\\."):
+        compare.filter_where(runs, {"monotonic": 1})
+    with pytest.raises(LookupError, match="no run left after --where train.lr=0.5 \\(of 4 selected\\)"):
+        compare.filter_where(runs, {"train.lr": 0.5})
+    assert compare.main(["--tag", "sweep:t", "--where", "monotonic.mdoe=nonneg"]) == 2
+    assert "compare: --where monotonic.mdoe: unknown key 'monotonic.mdoe'" in capsys.readouterr().err
+    assert compare.main(["--where", "monotonic.mode"]) == 2 and "give KEY=VALUE" in capsys.readouterr().err
+    assert compare.main(["--tag", "sweep:t", "--vary", "monotonic.mode", "--where", "monotonic.mode=nonneg"]) == 0
+    assert "2 run(s): seed 0 = MonoFlow/101; seed 1 = MonoFlow/102" in capsys.readouterr().out
+
+
+def test_a_repeated_seed_picked_automatically_is_refused_given_explicitly_warned(monkeypatch, capsys):
+    """Two runs started afresh with one seed and one configuration: by tag or likeness compare
+    cannot know which counts, so it refuses, listing them; given by id, it warns as before.
+    The same seed under two values of a varied key, or a resumed copy, is no repeat."""
+    runs = [fake_run("111", 0), fake_run("112", 0), fake_run("113", 1)]
+    monkeypatch.setattr(compare, "_select", lambda *args: runs)
+    with pytest.raises(compare.DuplicateRuns, match="runs MonoFlow/111, MonoFlow/112 share seed 0") as err:
+        compare.compare(tag="sweep:t")
+    assert "give the run ids" in str(err.value) and "--where" in str(err.value)
+    with pytest.raises(compare.DuplicateRuns):
+        compare.compare()  # like the latest
+    assert compare.main(["--tag", "sweep:t"]) == 2
+    assert "compare: the runs picked (by tag or like the latest) repeat a seed: runs MonoFlow/111, MonoFlow/112" \
+        in capsys.readouterr().err
+    with pytest.warns(compare.DuplicateSeeds, match="MonoFlow/111, MonoFlow/112 share seed 0"):
+        assert len(compare.compare(["111", "112", "113"]).attrs["warnings"]) == 1
+    runs[:] = [fake_run("121", 0), fake_run("122", 0, monotonic__mode="sign_frozen"),
+               resumed(fake_run("123", 0), "121")]
+    table = compare.compare(tag="sweep:t", vary=["monotonic.mode"])
+    assert list(table.attrs["runs"].values()) == ["MonoFlow/121", "MonoFlow/122"] and table.attrs["resumed"]
+
+
 def resumed(run, origin: str):
     """`run` as a resume of run `origin` (what its `origin_run_id` artifact records)."""
     run.data.origin_run_id = origin
@@ -196,7 +247,7 @@ def test_resumed_copies_count_once():
 
 def test_cli_looks_runs_up_in_the_global_namespace_unless_told(monkeypatch):
     seen = []
-    monkeypatch.setattr(compare, "select_runs", lambda *args: seen.append(args[-1]) or [fake_run("71", 0)])
+    monkeypatch.setattr(compare, "select_runs", lambda *args: seen.append(args[5]) or [fake_run("71", 0)])
     assert compare.main(["71"]) == 0 and compare.main(["71", "--namespace", "user:alice"]) == 0
     assert seen == [None, "user:alice"]
 

@@ -215,10 +215,45 @@ def test_contrasts_hold_the_other_grid_keys_fixed():
              "mode=sign_frozen,lr=2": 40.0}
     per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v + s} for c, v in value.items() for s in (0, 1)])
     c = sweep_report.contrasts(per_run, cells, grid)
-    got = {(r.key, r.held): r.mean for r in c.itertuples()}
+    per = c[c.scope == sweep_report.PER_COMBINATION]
+    got = {(r.key, r.held): r.mean for r in per.itertuples()}
     assert got == pytest.approx({("mode", "lr=1"): 1.0 - 3.0, ("mode", "lr=2"): 10.0 - 40.0,
                                  ("lr", "mode=nonneg"): 1.0 - 10.0, ("lr", "mode=sign_frozen"): 3.0 - 40.0})
     assert (c["ci_low"] == c["mean"]).all()  # both seeds give the same difference: no spread
+    pooled = c[c.scope == sweep_report.POOLED].set_index("key")
+    assert list(pooled.index) == ["mode", "lr"] and pooled.loc["mode", "held"] == "mean over lr in [1, 2]"
+
+
+def test_pooled_contrasts_average_the_paired_difference_over_the_other_keys():
+    """Three keys; the pooled contrast of mode against a hand computation: per seed, the mean over
+    the four (lr, init) combinations of nonneg minus sign_frozen at that seed and combination,
+    then the t-interval across seeds. Seed 2 lacks one cell, so it is left out of the pooled row
+    (not averaged over fewer combinations) but kept where its pairs are complete."""
+    grid = {"mode": ("nonneg", "sign_frozen"), "lr": (1, 2), "init": ("abs", "clip")}
+    cells = grid_cells(grid)
+    rng = np.random.default_rng(5)
+    value = {(c.name, s): float(rng.normal()) for c in cells for s in range(4)}
+    missing = ("mode=sign_frozen,lr=2,init=clip", 2)
+    per_run = pd.DataFrame([{"cell": c, "seed": s, "run": "", "m": v} for (c, s), v in value.items()
+                            if (c, s) != missing])
+    c = sweep_report.contrasts(per_run, cells, grid)
+    pooled = c[(c.scope == sweep_report.POOLED) & (c.key == "mode")].iloc[0]
+    combos = [(lr, init) for lr in (1, 2) for init in ("abs", "clip")]
+    by_hand = [np.mean([value[(f"mode=nonneg,lr={lr},init={i}", s)] - value[(f"mode=sign_frozen,lr={lr},init={i}", s)]
+                        for lr, i in combos]) for s in (0, 1, 3)]
+    assert (pooled["n"], pooled["seeds"], pooled["first"], pooled["value"]) == (3, "0,1,3", "nonneg", "sign_frozen")
+    assert (pooled["mean"], pooled["ci_low"], pooled["ci_high"]) == pytest.approx(t_by_hand(by_hand))
+    assert pooled["held"] == "mean over lr in [1, 2]; init in ['abs', 'clip']"
+    per = c[(c.scope == sweep_report.PER_COMBINATION) & (c.key == "mode")].set_index("held")
+    assert list(per.index) == ["lr=1, init=abs", "lr=1, init=clip", "lr=2, init=abs", "lr=2, init=clip"]
+    assert per.loc["lr=1, init=abs", "seeds"] == "0,1,2,3" and per.loc["lr=2, init=clip", "seeds"] == "0,1,3"
+    lr = c[(c.scope == sweep_report.POOLED) & (c.key == "lr")].iloc[0]  # lr=1 minus lr=2 over mode x init
+    assert lr["seeds"] == "0,1,3"
+    assert lr["held"] == "mean over mode in ['nonneg', 'sign_frozen']; init in ['abs', 'clip']"
+    assert len(c) == 3 * (4 + 1)  # per key: four combinations of the other two, and the pooled row
+    one_key = sweep_report.contrasts(per_run[per_run.cell.str.contains("lr=1,init=abs")],
+                                     [x for x in cells if x.name.endswith("lr=1,init=abs")], {"mode": grid["mode"]})
+    assert (one_key.scope == sweep_report.PER_COMBINATION).all()  # one key: nothing to pool over
 
 
 def test_the_html_report_is_standalone_with_a_forest_plot(tmp_path):
@@ -317,3 +352,50 @@ def test_an_unknown_user_stops_the_sweep_with_one_line(tmp_path, monkeypatch, ca
     monkeypatch.setenv("USER", "root")  # Metaflow refuses root as it refuses no user
     assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 2
     assert "set USERNAME" in capsys.readouterr().err
+
+
+def test_a_second_invocation_stops_at_the_lock_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
+    """The lock names its holder; a live holder stops a second invocation before it plans, a dead
+    one (its pid no longer alive on this host) is taken over with a note; --dry-run and
+    --report-only take no lock."""
+    import socket
+    import subprocess
+    import sys
+
+    from monollm import sweep_lock
+
+    path, note = sweep_lock.acquire(str(tmp_path), "python -m monollm.sweep s.toml")
+    assert note is None and json.load(open(path))["pid"] == os.getpid()
+    with pytest.raises(sweep_lock.SweepLocked, match=f"pid {os.getpid()} on host .* started .*rm {path}"):
+        sweep_lock.acquire(str(tmp_path))
+    planned = []
+    monkeypatch.setattr(sweep, "records", lambda *a, **k: planned.append(1) or [])
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert f"holds the lock {path}: pid {os.getpid()}" in err and f"rm {path}" in err and not planned
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 0 and planned  # no lock needed
+    sweep_lock.release(path)
+    assert not os.path.exists(path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has exited
+    with open(path, "w") as f:
+        json.dump({"pid": dead, "host": socket.gethostname(), "started": "earlier"}, f)
+    mine, note = sweep_lock.acquire(str(tmp_path))
+    assert mine == path and f"took over the stale lock {path} of pid {dead}" in note
+    assert json.load(open(path))["pid"] == os.getpid()
+    sweep_lock.release(path)
+    with open(path, "w") as f:  # another host's lock: its pid cannot be checked, so it is never taken over
+        json.dump({"pid": dead, "host": "elsewhere", "started": "earlier"}, f)
+    with pytest.raises(sweep_lock.SweepLocked, match="on host elsewhere"):
+        sweep_lock.acquire(str(tmp_path))
+
+
+def test_the_lock_is_released_when_the_sweep_ends(tmp_path, monkeypatch):
+    from monollm import sweep_lock
+
+    monkeypatch.setattr(sweep, "records", lambda *a, **k: [])
+    seen = []
+    monkeypatch.setattr(sweep, "execute", lambda *a, **k: seen.append(os.path.exists(tmp_path / sweep_lock.FILE)) or [])
+    monkeypatch.setattr(sweep, "report", lambda *a, **k: None)
+    assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 1  # nothing ran: pairs not done
+    assert seen == [True] and not (tmp_path / sweep_lock.FILE).exists()
