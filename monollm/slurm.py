@@ -15,6 +15,9 @@ sbatch reads as minutes (300 days), so on any partition with a MaxTime the job w
     MONOLLM_SLURM_ACCOUNT / MONOLLM_SLURM_QOS where `run` runs  ->  --account=A  --qos=Q
 
 @slurm attributes given on the command line (`--with slurm:cpus_per_task=...,memory=...`) win.
+The extension has no account or QoS option: they are added to its batch script as it renders it,
+in the `slurm step` process that `run` starts for each task (with `run`'s environment).
+`resume` goes through the same hooks; its cloned steps submit nothing.
 Steps without @resources (start, the joins, end: no model work) run where `run` runs unless
 MONOLLM_SLURM_LIGHT_STEPS=slurm; their artifacts still go through the shared datastore.
 
