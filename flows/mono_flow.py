@@ -226,6 +226,7 @@ if __name__ == "__main__":
 
     check_card_get(sys.argv)  # a bare step name means the latest run: say which, if it did not succeed
     check_resume_origin(sys.argv)
-    use_step_resources()  # --with slurm: each step's job asks for its @resources (monollm/slurm.py)
+    # --with slurm: each step's job asks for its @resources, and GPUs of the profile's type (monollm/slurm.py)
+    use_step_resources(gpu_type=config_expr("step_resources(config)['gpu_type']"))
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()

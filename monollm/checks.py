@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from monollm.constants import ACTIVATIONS, INITS, MAX_SEED, MODES
 from monollm.layers import layer_indices
@@ -167,6 +168,19 @@ def _check_resources(r):
     # evaluation and attacks run in one process on one device: more GPUs would sit idle
     require(r.gpu <= 1, "resources.gpu", f"is {r.gpu}: evaluation and attacks use one GPU; ask for several "
             "in the training steps with resources.train_gpu (see docs/cluster.md, 'Past one GPU')")
+    gpu_type(r.gpu_type)
+
+
+GPU_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""A Slurm gres type as gres.conf names it (a100, h100_80gb, tesla-v100): ':' and ',' separate
+gres fields, so neither they, spaces nor quotes may appear."""
+
+
+def gpu_type(value: str):
+    """resources.gpu_type is "" or a Slurm gres type (GPU_TYPE); raises ConfigError naming it."""
+    require(value == "" or GPU_TYPE.fullmatch(value) is not None, "resources.gpu_type",
+            f"is {value!r}: a Slurm GPU type as the cluster names it (letters, digits, '_', '.', '-'; "
+            f"e.g. \"a100\", as in `sinfo -o %G`: gpu:a100:4), or \"\" for any GPU")
 
 
 def _check_parallel(p, r, train):

@@ -290,6 +290,11 @@ class ResourcesConfig:
     """Local disk per model step, MB (Kubernetes ephemeral storage): model files, checkpoints, caches."""
     retries: int = 0
     """@retry attempts of the training steps; a retried task continues from its last checkpoint."""
+    gpu_type: str = ""
+    """GPU model the steps with GPUs ask for on Slurm, as the cluster's gres type ("a100" ->
+    `--gres=gpu:a100:N`); "" asks for any GPU (`--gres=gpu:N`: the partition decides). Slurm
+    only: Kubernetes and AWS Batch ignore it (@kubernetes takes a vendor, not a model; there the
+    node pool or node selector, or Batch's compute environment, decides the GPU model)."""
 
     def __post_init__(self):
         for key in ("gpu", "cpu", "memory"):  # resolved once, here (see TrainConfig)
@@ -348,7 +353,7 @@ def step_resources(raw: dict, train: bool = False, step: str = "") -> dict:
     from a parsed profile (the flow's `config`) with every [resources] default applied; the
     flow's @resources and @retry take these values, so a key (or the whole table) may be absent.
 
-    Returns {"gpu", "cpu", "memory", "disk", "retries", "shared_memory"}: in a training step the
+    Returns {"gpu", "cpu", "memory", "disk", "retries", "shared_memory", "gpu_type"}: in a training step the
     `train_<key>` values (resolved: `<key>`'s where left out); shared_memory (MiB) is
     train_shared_memory in a training step, None otherwise or when 0 (the backend's default).
     Steps that use no GPU ask for none: `step = "setup"` unless it pretrains a built model (a hub
@@ -356,9 +361,11 @@ def step_resources(raw: dict, train: bool = False, step: str = "") -> dict:
     ConfigError like `load`.
     """
     r = build(ResourcesConfig, raw.get("resources", {}), "resources")
+    checks.gpu_type(r.gpu_type)  # it goes into a batch script line: refused before any job is written
     prefix = "train_" if train else ""
     out = {key: getattr(r, prefix + key) for key in ("gpu", "cpu", "memory")}
-    out.update(disk=r.disk, retries=r.retries, shared_memory=(r.train_shared_memory or None) if train else None)
+    out.update(disk=r.disk, retries=r.retries, shared_memory=(r.train_shared_memory or None) if train else None,
+               gpu_type=r.gpu_type)
     model = raw.get("model", {})
     source = model.get("source", ModelConfig.source) if isinstance(model, dict) else ModelConfig.source
     if step == "cpu" or (step == "setup" and source != "build"):

@@ -10,9 +10,14 @@ sbatch reads as minutes (300 days), so on any partition with a MaxTime the job w
 `use_step_resources` passes them, and `cpus_per_task` / `memory`, from the step's decorators:
 
     @resources(gpu=N, cpu=C, memory=M)  ->  --gres=gpu:N  --cpus-per-task=C  --mem=MM
+    the profile's resources.gpu_type = T  ->  --gres=gpu:T:N  (a typed request)
     @timeout (Metaflow's default: 5 days)  ->  --time=MINUTES
+    MONOLLM_SLURM_ACCOUNT / MONOLLM_SLURM_QOS where `run` runs  ->  --account=A  --qos=Q
 
 @slurm attributes given on the command line (`--with slurm:cpus_per_task=...,memory=...`) win.
+The extension has no account or QoS option: they are added to its batch script as it renders it,
+in the `slurm step` process that `run` starts for each task (with `run`'s environment).
+`resume` goes through the same hooks; its cloned steps submit nothing.
 Steps without @resources (start, the joins, end: no model work) run where `run` runs unless
 MONOLLM_SLURM_LIGHT_STEPS=slurm; their artifacts still go through the shared datastore.
 
@@ -32,8 +37,15 @@ REMOTE_DATASTORES = ("s3", "azure", "gs")
 """Datastores a Slurm job can download the code package from (the extension has no other way)."""
 CONNECT_TIMEOUT_S = 20
 """How long the check waits for the login node before calling it unreachable."""
+SBATCH_ENV = {"account": "MONOLLM_SLURM_ACCOUNT", "qos": "MONOLLM_SLURM_QOS"}
+"""sbatch options the extension has no setting for -> the environment variable, read where `run`
+runs, that gives them to every job (`#SBATCH --account=...` / `--qos=...`; unset or empty: left
+out, so the cluster's default for the user applies). A cluster setting, not a profile's."""
+SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""An account or QoS name: it is written into a batch script line, so nothing else is let in."""
 
 _REQUESTS: dict[str, dict] = {}  # step -> what its job asks for, filled by step_init in this process
+_GPU_TYPE = {"source": ""}  # resources.gpu_type: a str, or the flow's config_expr (see use_step_resources)
 _CHECKED: list = []  # one cluster check per process
 
 
@@ -70,19 +82,35 @@ def parse_slurm_time(text: str) -> int | None:
     return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + s
 
 
-def job_request(resources: dict, seconds: int) -> dict:
+def job_request(resources: dict, seconds: int, gpu_type: str = "") -> dict:
     """What one step's Slurm job asks for, from its @resources attributes (cpu, gpu, memory in MB;
-    values may be strings) and its run-time limit in seconds.
+    values may be strings), its run-time limit in seconds and the profile's resources.gpu_type
+    ("" for any GPU; validated by monollm.checks.gpu_type when the profile is read).
 
-    Returns {"cpus_per_task": str, "memory": "<MB>M", "gres": "gpu:N" or None, "minutes": int (sbatch's
-    `--time`, rounded up), "time": the same as D-HH:MM:SS, "gpu": int}.
+    Returns {"cpus_per_task": str, "memory": "<MB>M", "gres": "gpu:N", "gpu:TYPE:N" or None,
+    "minutes": int (sbatch's `--time`, rounded up), "time": the same as D-HH:MM:SS, "gpu": int,
+    "gpu_type": the type when GPUs are asked for, else ""}.
     """
     gpu = int(float(resources.get("gpu") or 0))
+    gpu_type = gpu_type if gpu > 0 else ""
     minutes = -(-int(seconds) // 60)
     return {"cpus_per_task": str(int(float(resources.get("cpu") or 1))),
             "memory": f"{int(float(resources.get('memory') or 4096))}M",
-            "gres": f"gpu:{gpu}" if gpu > 0 else None, "minutes": minutes, "time": slurm_time(minutes * 60),
-            "gpu": gpu}
+            "gres": ":".join(["gpu", *([gpu_type] if gpu_type else []), str(gpu)]) if gpu > 0 else None,
+            "minutes": minutes, "time": slurm_time(minutes * 60), "gpu": gpu, "gpu_type": gpu_type}
+
+
+def extra_sbatch_options() -> dict:
+    """{"account": ..., "qos": ...} from SBATCH_ENV's variables, only those set; a value that is
+    not a plain Slurm name raises SlurmSetupError naming its variable."""
+    out = {}
+    for option, env in SBATCH_ENV.items():
+        value = os.environ.get(env, "").strip()
+        if value and not SLURM_NAME.fullmatch(value):
+            raise SlurmSetupError(f"{env}={value!r} is not a Slurm {option} name (letters, digits, '_', '.', '-')")
+        if value:
+            out[option] = value
+    return out
 
 
 def light_steps_on_slurm() -> bool:
@@ -93,12 +121,20 @@ def light_steps_on_slurm() -> bool:
     return value == "slurm"
 
 
-def use_step_resources() -> None:
-    """Make metaflow-slurm's @slurm request what each step's @resources and @timeout ask for, run
-    light steps locally (see LIGHT_STEPS_ENV), and check the cluster once before a run starts.
-    Does nothing when metaflow-slurm is not installed."""
+def use_step_resources(gpu_type="") -> None:
+    """Make metaflow-slurm's @slurm request what each step's @resources and @timeout ask for, add
+    the account and QoS (SBATCH_ENV) to every batch script, run light steps locally (see
+    LIGHT_STEPS_ENV), and check the cluster once before a run starts. Does nothing when
+    metaflow-slurm is not installed.
+
+    `gpu_type`: the Slurm GPU type of every step that asks for GPUs ("" for any), or a
+    `config_expr` giving it from the flow's profile (the flow cannot hand it to @resources,
+    which has no such attribute); a later call replaces it.
+    """
+    _GPU_TYPE["source"] = gpu_type
     try:
         from metaflow_extensions.slurm_ext.plugins.slurm.slurm_decorator import SlurmDecorator
+        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_job import SlurmJob
     except ImportError:
         return
     if getattr(SlurmDecorator, "_monollm_resources", False):
@@ -109,7 +145,7 @@ def use_step_resources() -> None:
 
     def init_step(self, flow, graph, step, decos, environment, flow_datastore, logger):
         step_init(self, flow, graph, step, decos, environment, flow_datastore, logger)
-        _apply_request(self, step, decos)
+        _apply_request(self, step, decos, asked_gpu_type())
 
     def init_runtime(self, flow, graph, package, run_id):
         runtime_init(self, flow, graph, package, run_id)
@@ -127,16 +163,39 @@ def use_step_resources() -> None:
 
     SlurmDecorator.step_init, SlurmDecorator.runtime_init, SlurmDecorator.runtime_step_cli = (
         init_step, init_runtime, step_cli)
+    _add_sbatch_options(SlurmJob)
 
 
-def _apply_request(deco, step: str, decos: list) -> None:
-    """Fill the decorator's job request for `step` from its other decorators (see module doc)."""
+def _add_sbatch_options(job_class) -> None:
+    """The extension's batch script takes only its own options; `slurm step` (a child of `run`,
+    with its environment) renders the script through job_class.create_slurm_script, so the
+    account and QoS are added to the script's #SBATCH lines there."""
+    create = job_class.create_slurm_script
+
+    def create_script(self):
+        create(self)
+        self.slurm_job_script.sbatch_options.update(extra_sbatch_options())
+        return self
+
+    job_class.create_slurm_script = create_script
+
+
+def asked_gpu_type() -> str:
+    """The GPU type every GPU step asks for ("" for any): use_step_resources's `gpu_type`,
+    evaluated now if it is a config_expr (steps are set up once the profile is read)."""
+    source = _GPU_TYPE["source"]
+    return str(source() if callable(source) else source or "")
+
+
+def _apply_request(deco, step: str, decos: list, gpu_type: str = "") -> None:
+    """Fill the decorator's job request for `step` from its other decorators and the profile's
+    GPU type (see module doc)."""
     from metaflow.plugins.resources_decorator import ResourcesDecorator
     from metaflow.plugins.timeout_decorator import get_run_time_limit_for_task
 
     resources = next((d.attributes for d in decos if isinstance(d, ResourcesDecorator)), None)
     deco._monollm_remote = resources is not None or light_steps_on_slurm()
-    request = job_request(resources or ResourcesDecorator.defaults, get_run_time_limit_for_task(decos))
+    request = job_request(resources or ResourcesDecorator.defaults, get_run_time_limit_for_task(decos), gpu_type)
     for key in ("cpus_per_task", "memory"):
         if deco.attributes.get(key) is None:  # a value given with --with slurm:... wins
             deco.attributes[key] = request[key]
@@ -152,6 +211,7 @@ def check_cluster(attributes: dict, requests: dict, datastore: str) -> None:
     the command line) naming the setting."""
     if not requests:
         return
+    extra_sbatch_options()  # a bad account or QoS name stops the run here, not in its first job
     if datastore not in REMOTE_DATASTORES:
         _fail(f"Slurm jobs read the code package and artifacts from a shared datastore, but this run's is "
               f"{datastore!r}: set METAFLOW_DEFAULT_DATASTORE=s3 and METAFLOW_DATASTORE_SYSROOT_S3 "
@@ -182,27 +242,40 @@ def _probe_command(attributes: dict) -> str:
 
 def parse_sinfo(text: str) -> dict:
     """`sinfo --format='%P|%l|%G'` lines -> {partition: {"default": bool, "time": seconds or None,
-    "gpus": most GPUs of one node (0: no gpu gres)}}; a partition may span several lines."""
+    "gpus": most GPUs of one node (0: no gpu gres), "gpu_types": {type: most GPUs of that type
+    on one node} ("" for GPUs without a type)}}; a partition may span several lines."""
     out: dict = {}
     for line in text.splitlines():
         if line.count("|") != 2:
             continue
         name, limit, gres = (p.strip() for p in line.split("|"))
         default = name.endswith("*")
-        entry = out.setdefault(name.rstrip("*"), {"default": False, "time": parse_slurm_time(limit), "gpus": 0})
+        entry = out.setdefault(name.rstrip("*"), {"default": False, "time": parse_slurm_time(limit), "gpus": 0,
+                                                  "gpu_types": {}})
         entry["default"] |= default
         entry["gpus"] = max(entry["gpus"], gres_gpus(gres))
+        for kind, count in gres_gpu_types(gres).items():
+            entry["gpu_types"][kind] = max(entry["gpu_types"].get(kind, 0), count)
     return out
+
+
+def gres_gpu_types(gres: str) -> dict:
+    """GPUs of each type in a node's gres string: "gpu:a100:2(S:0),gpu:v100:2,shard:8" ->
+    {"a100": 2, "v100": 2}; "gpu:4" -> {"": 4} (no type); "(null)" -> {}."""
+    types: dict = {}
+    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = item.strip().split(":")
+        if parts[0] != "gpu":
+            continue
+        count = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+        kind = parts[1] if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()) else ""
+        types[kind] = types.get(kind, 0) + count
+    return types
 
 
 def gres_gpus(gres: str) -> int:
     """GPUs in a node's gres string ("gpu:a100:4(S:0-1),shard:8" -> 4; "(null)" -> 0)."""
-    total = 0
-    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
-        parts = item.strip().split(":")
-        if parts[0] == "gpu":
-            total += int(parts[-1]) if parts[-1].isdigit() else 1
-    return total
+    return sum(gres_gpu_types(gres).values())
 
 
 def check_partition(name: str, requests: dict, partitions: dict) -> None:
@@ -223,12 +296,29 @@ def check_partition(name: str, requests: dict, partitions: dict) -> None:
         _fail(f"steps {', '.join(sorted(gpu_steps))} ask for {max(gpu_steps.values())} GPU(s) (the profile's "
               f"resources.gpu / resources.train_gpu), but Slurm partition {label!r} has {has}: choose a GPU "
               f"partition with --with slurm:partition=NAME, or set resources.gpu = 0 for a CPU run")
+    _check_gpu_type(label, requests, part["gpu_types"])
     too_long = {s: r["time"] for s, r in requests.items()
                 if part["time"] is not None and r["minutes"] * 60 > part["time"]}
     if too_long:
         _fail(f"steps {', '.join(sorted(too_long))} ask for --time={max(too_long.values())} (their @timeout; "
               f"Metaflow's default is 5 days), but Slurm partition {label!r} allows at most "
               f"{slurm_time(part['time'])}: add e.g. --with timeout:hours=N within that limit")
+
+
+def _check_gpu_type(label: str, requests: dict, offered: dict) -> None:
+    """Steps that ask for a GPU type (resources.gpu_type) against the types partition `label`
+    offers ({type: most GPUs of it on one node}, "" = no type)."""
+    typed = {s: r for s, r in requests.items() if r.get("gpu_type")}
+    if not typed:
+        return
+    kind = next(iter(typed.values()))["gpu_type"]  # one profile: one type for every step
+    short = {s: r["gpu"] for s, r in typed.items() if r["gpu"] > offered.get(kind, 0)}
+    if short:
+        has = ", ".join(f"{k or 'no type'}: {n}" for k, n in sorted(offered.items())) or "none"
+        _fail(f"steps {', '.join(sorted(short))} ask for {max(short.values())} GPU(s) of type {kind!r} (the "
+              f"profile's resources.gpu_type), but one node of Slurm partition {label!r} has at most "
+              f"{offered.get(kind, 0)} of them (gpu gres per node by type: {has}): set resources.gpu_type to "
+              f"a type it has (\"\" for any), or choose another partition with --with slurm:partition=NAME")
 
 
 def _login_node_run(attributes: dict, key_file: str, command: str) -> str:

@@ -131,7 +131,7 @@ def test_step_resources_apply_every_default(raw):
     for train in (False, True):
         got = config.step_resources(raw, train=train)
         assert got == {"gpu": d.gpu, "cpu": d.cpu, "memory": d.memory, "disk": d.disk, "retries": d.retries,
-                       "shared_memory": None}
+                       "shared_memory": None, "gpu_type": ""}
 
 
 def test_step_resources_training_overrides_and_shared_memory():
@@ -157,6 +157,12 @@ def test_step_resources_refuse_bad_values_by_key():
     assert_config_error(lambda: config.step_resources({"resources": {"gpu": "x"}}), "'resources.gpu'", "integer")
     assert_config_error(lambda: config.step_resources({"resources": {"gpus": 1}}), "'resources.gpus'", "train_gpu")
     assert_config_error(lambda: config.step_resources({"resources": 3}), "'resources'", "table")
+    # the type goes into a Slurm batch script line (`--gres=gpu:TYPE:N`): no separators, spaces or newlines
+    for bad in ("a100:2", "a100,v100", "a 100", "a100\n#SBATCH --qos=high", "-a100", "'a100'"):
+        assert_config_error(lambda: config.step_resources({"resources": {"gpu_type": bad}}), "'resources.gpu_type'",
+                            "a Slurm GPU type")
+    for good in ("", "a100", "h100_80gb", "nvidia_a100-sxm4-80gb", "tesla.v100"):
+        assert config.step_resources({"resources": {"gpu_type": good}}, train=True)["gpu_type"] == good
 
 
 def test_defaults_fill_missing_keys():
@@ -201,6 +207,7 @@ BAD = {
     "heads": ({"model__build__num_heads": 5}, ["'model.build.num_heads'", "divide"]),
     "keep no checkpoint": ({"train__keep_checkpoints": 0}, ["'train.keep_checkpoints'", ">= 1"]),
     "zero collective timeout": ({"parallel__timeout_minutes": 0}, ["'parallel.timeout_minutes'", ">= 1"]),
+    "gpu type with count": ({"resources__gpu_type": "a100:1"}, ["'resources.gpu_type'", "Slurm GPU type", "a100"]),
     # wrong types
     "string for int": ({"train__tokens": "1000"}, ["'train.tokens'", "integer", "'1000'"]),
     "float for int": ({"train__batch_size": 4.5}, ["'train.batch_size'", "integer"]),

@@ -24,6 +24,9 @@ LIGHT_STEPS = ("start", "join_models", "join_attacks", "end")
 TIMEOUT_HOURS = 2
 """@timeout of the test run: within the test partition's MaxTime of one day (Metaflow's 5-day
 default is not, and the cluster check says so)."""
+ACCOUNT, QOS = "monollm_test", "normal"
+"""The resumed run's MONOLLM_SLURM_ACCOUNT / MONOLLM_SLURM_QOS. The test cluster has no accounting
+database: Slurm records the account of a job as given and ignores its QoS."""
 
 
 def _unavailable(reason: str):
@@ -111,14 +114,7 @@ def test_micro_run_with_slurm_runs_model_steps_as_jobs_and_matches_local(cluster
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:] + "\n" + _logs(cluster)
     with open(run_id_file) as f:
         run_id = f.read().strip()
-    script = os.path.join(home, "readback.py")
-    with open(script, "w") as f:
-        f.write(READBACK)
-    result = os.path.join(home, "readback.pkl")
-    out = subprocess.run([sys.executable, script, f"MonoFlow/{run_id}", result], env=env, cwd=home,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-5000:]
-    got = pd.read_pickle(result)
+    got = readback(env, home, run_id)
     assert got["successful"]
 
     # every model step ran as a Slurm job, and only they did: the task's own record of its job
@@ -153,6 +149,49 @@ def test_micro_run_with_slurm_runs_model_steps_as_jobs_and_matches_local(cluster
     # what tests/test_deploy.py checks of an S3 run (which it leaves to this run when Slurm is required);
     # model files the jobs wrote on the cluster's disk are the cluster's business
     check_s3_run(s3_endpoint, env, home, f"MonoFlow/{run_id}", micro_run, local_files=False)
+    check_resume_from_attack(cluster, env, home, run_id, got)
+
+
+def readback(env: dict, home: str, run_id: str) -> dict:
+    """READBACK's dict of run `run_id`, read through the Client API in a separate process."""
+    script, result = os.path.join(home, "readback.py"), os.path.join(home, f"readback-{run_id}.pkl")
+    with open(script, "w") as f:
+        f.write(READBACK)
+    out = subprocess.run([sys.executable, script, f"MonoFlow/{run_id}", result], env=env, cwd=home,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-5000:]
+    return pd.read_pickle(result)
+
+
+def check_resume_from_attack(cluster, env: dict, home: str, origin: str, original: dict):
+    """`resume attack --with slurm` of run `origin` (whose READBACK is `original`): the latest
+    step with a model runs again as a new Slurm job, carrying the account and QoS set where
+    `resume` runs; every step before it is cloned, without a job; the tables equal the origin's.
+    Kept to one cheap job (one attack branch): CI time."""
+    resume_id_file = os.path.join(home, "resume_id")
+    proc = run_flow(["resume", "attack", "--origin-run-id", origin, *with_slurm(), "--run-id-file", resume_id_file],
+                    {**env, "MONOLLM_SLURM_ACCOUNT": ACCOUNT, "MONOLLM_SLURM_QOS": QOS}, home, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:] + "\n" + _logs(cluster)
+    with open(resume_id_file) as f:
+        run_id = f.read().strip()
+    got = readback(env, home, run_id)
+    assert got["successful"] and run_id != origin
+    records = {r["JobId"]: r for r in jobcomp(cluster) if f"MonoFlow{run_id}" in r["Name"]}
+    attack_jobs = got["jobs"]["attack"]
+    assert attack_jobs and all(attack_jobs) and set(attack_jobs) == set(records), (attack_jobs, records)
+    for job in attack_jobs:  # a new job, not the origin's
+        assert job not in original["jobs"]["attack"] and "attack" in records[job]["Name"], records[job]
+        assert records[job]["JobState"] == "COMPLETED" and records[job]["Account"] == ACCOUNT, records[job]
+    for step in ("setup", "train_baseline", "make_monotonic", "train_monotonic", "evaluate"):
+        # cloned: no job of the resumed run (a clone may keep the origin task's record of its job)
+        assert set(got["jobs"][step]) <= {None, *original["jobs"][step]}, (step, got["jobs"][step])
+    scripts = glob.glob(os.path.join(cluster.workdir, f"*MonoFlow{run_id}*.sh"))
+    assert len(scripts) == len(attack_jobs), scripts
+    for path in scripts:  # the QoS is only written: without accounting, Slurm does not keep it
+        lines = set(open(path).read().splitlines())
+        assert {f"#SBATCH --account={ACCOUNT}", f"#SBATCH --qos={QOS}", "#SBATCH --cpus-per-task=1"} <= lines, path
+    for name, table in original["tables"].items():  # cloned (training) or recomputed (attacks): equal
+        pd.testing.assert_frame_equal(got["tables"][name], table, obj=name)
 
 
 def _logs(cluster) -> str:
@@ -257,8 +296,9 @@ def _extension():
     return SlurmDecorator, SlurmJob
 
 
-def rendered_script(step: str, resources: dict, partition: str = "gpu") -> str:
-    """The sbatch script of `step` with @resources(**resources) under `--with slurm`."""
+def rendered_script(step: str, resources: dict, partition: str = "gpu", gpu_type: str = "") -> str:
+    """The sbatch script of `step` with @resources(**resources) under `--with slurm`, in a flow
+    whose profile has resources.gpu_type = `gpu_type` (the flow's `__main__` passes it on)."""
     from types import SimpleNamespace
 
     from metaflow.plugins.resources_decorator import ResourcesDecorator
@@ -266,7 +306,7 @@ def rendered_script(step: str, resources: dict, partition: str = "gpu") -> str:
     from monollm import slurm
 
     SlurmDecorator, SlurmJob = _extension()
-    slurm.use_step_resources()
+    slurm.use_step_resources(gpu_type=gpu_type)
     deco = SlurmDecorator(attributes={"partition": partition})
     decos = [ResourcesDecorator(attributes={k: resources[k] for k in ("gpu", "cpu", "memory")}), deco]
     deco.step_init(None, None, step, decos, None, None, None)
@@ -280,25 +320,52 @@ def rendered_script(step: str, resources: dict, partition: str = "gpu") -> str:
     return job.slurm_job_script.generate_script(command="true")
 
 
-@pytest.mark.parametrize("profile", ["pythia-1.4b", "pythia-6.9b"])
-def test_gpu_profile_job_scripts_carry_gres(profile):
+@pytest.mark.parametrize("profile,kind", [("pythia-1.4b", ""), ("pythia-6.9b", ""), ("pythia-1.4b", "a100")])
+def test_gpu_profile_job_scripts_carry_gres(profile, kind):
     import tomllib
 
     from monollm.profiles import step_resources
 
     with open(os.path.join(ROOT, "config", f"{profile}.toml"), "rb") as f:
         raw = tomllib.load(f)
+    raw["resources"]["gpu_type"] = kind
     gres = {}
     for step, kwargs in FLOW_STEPS.items():
         res = step_resources(raw, **kwargs)
-        text = rendered_script(step, res)
+        text = rendered_script(step, res, gpu_type=res["gpu_type"])
         lines = set(text.splitlines())
         gres[step] = [line for line in lines if "--gres" in line]
         assert {"#SBATCH --partition=gpu", f"#SBATCH --cpus-per-task={res['cpu']}",
                 f"#SBATCH --mem={res['memory']}M", f"#SBATCH --time={5 * 24 * 60}"} <= lines, (step, text)
-        assert gres[step] == ([f"#SBATCH --gres=gpu:{res['gpu']}"] if res["gpu"] else []), (step, gres[step])
+        typed = f"gpu:{kind}:{res['gpu']}" if kind else f"gpu:{res['gpu']}"
+        assert gres[step] == ([f"#SBATCH --gres={typed}"] if res["gpu"] else []), (step, gres[step])
+        assert not any(line.startswith(("#SBATCH --account", "#SBATCH --qos")) for line in lines), (step, text)
     assert all(gres[s] for s in ("train_baseline", "train_monotonic", "evaluate", "attack")), gres
     assert not gres["setup"] and not gres["make_monotonic"]  # a hub model is only loaded; the constraint on CPU
+
+
+def test_account_and_qos_reach_every_batch_script(monkeypatch):
+    """MONOLLM_SLURM_ACCOUNT / _QOS where `run` runs (and so in each `slurm step` process) become
+    #SBATCH lines of the extension's script; a value that could break the script is refused."""
+    from monollm import slurm
+
+    monkeypatch.setenv("MONOLLM_SLURM_ACCOUNT", "proj-42")
+    monkeypatch.setenv("MONOLLM_SLURM_QOS", "high")
+    lines = rendered_script("evaluate", {"gpu": 1, "cpu": 8, "memory": 64000}).splitlines()
+    directives = [line for line in lines if line.startswith("#SBATCH")]
+    assert {"#SBATCH --account=proj-42", "#SBATCH --qos=high", "#SBATCH --gres=gpu:1"} <= set(directives), lines
+    assert lines.index(directives[-1]) < lines.index(next(line for line in lines if line.startswith("source")))
+    monkeypatch.delenv("MONOLLM_SLURM_QOS")
+    assert slurm.extra_sbatch_options() == {"account": "proj-42"}
+    monkeypatch.setenv("MONOLLM_SLURM_QOS", "high\n#SBATCH --nodes=64")
+    with pytest.raises(slurm.SlurmSetupError, match="MONOLLM_SLURM_QOS"):
+        rendered_script("evaluate", {"gpu": 1, "cpu": 8, "memory": 64000})
+
+
+def test_bad_account_stops_the_check_before_the_login_node(check, monkeypatch):
+    monkeypatch.setenv("MONOLLM_SLURM_ACCOUNT", "my account")
+    msg = check(address="slurm-nowhere")  # not reached: the name is refused first
+    assert msg and "MONOLLM_SLURM_ACCOUNT='my account'" in msg and "account name" in msg
 
 
 def test_light_steps_run_locally_unless_asked(monkeypatch):
@@ -334,6 +401,46 @@ def test_slurm_times_and_gres_strings():
     assert [slurm.gres_gpus(g) for g in ("(null)", "gpu:4", "gpu:a100:4(S:0-1)", "gpu:a100:2,gpu:v100:2", "shard:8")] == [
         0, 4, 4, 4, 0]
     assert slurm.job_request({"gpu": "1", "cpu": "8", "memory": "64000"}, 3601) == {
-        "cpus_per_task": "8", "memory": "64000M", "gres": "gpu:1", "minutes": 61, "time": "0-01:01:00", "gpu": 1}
+        "cpus_per_task": "8", "memory": "64000M", "gres": "gpu:1", "minutes": 61, "time": "0-01:01:00", "gpu": 1,
+        "gpu_type": ""}
+    assert slurm.job_request({"gpu": 8}, 60, "h100")["gres"] == "gpu:h100:8"
+    assert slurm.job_request({"gpu": 0}, 60, "h100")["gres"] is None  # a CPU step asks for no GPU of any type
+    assert [slurm.gres_gpu_types(g) for g in ("(null)", "gpu:4", "gpu:a100:4(S:0-1),shard:8", "gpu:a100:2,gpu:v100:2")] == [
+        {}, {"": 4}, {"a100": 4}, {"a100": 2, "v100": 2}]
     parsed = slurm.parse_sinfo("cpu*|1-00:00:00|(null)\ngpu|2-00:00:00|gpu:a100:4(S:0-1)\ngpu|2-00:00:00|(null)\n")
-    assert parsed == {"cpu": {"default": True, "time": 86400, "gpus": 0}, "gpu": {"default": False, "time": 172800, "gpus": 4}}
+    assert parsed == {"cpu": {"default": True, "time": 86400, "gpus": 0, "gpu_types": {}},
+                      "gpu": {"default": False, "time": 172800, "gpus": 4, "gpu_types": {"a100": 4}}}
+
+
+SINFO = """cpu*|1-00:00:00|(null)
+gpu|2-00:00:00|gpu:a100:4(S:0-1)
+gpu|2-00:00:00|gpu:v100:2,gpu:a100:1
+gpu|2-00:00:00|(null)
+legacy|2-00:00:00|gpu:2
+"""
+"""A stand-in for `sinfo --format='%P|%l|%G'` of a cluster with typed and untyped GPU nodes."""
+
+
+@pytest.mark.parametrize("partition,gpu,kind,needles", [
+    ("gpu", 4, "a100", None),
+    ("gpu", 2, "v100", None),
+    ("gpu", 1, "", None),
+    ("legacy", 2, "", None),
+    ("gpu", 1, "h100", ["type 'h100'", "resources.gpu_type", "partition 'gpu'", "a100: 4", "v100: 2", "at most 0"]),
+    ("gpu", 3, "v100", ["3 GPU(s) of type 'v100'", "at most 2"]),
+    ("legacy", 1, "a100", ["type 'a100'", "no type: 2", "resources.gpu_type"]),
+    ("gpu", 8, "a100", ["ask for 8 GPU(s)", "at most 4 GPUs per node"]),  # too many of any type: said first
+])
+def test_gpu_type_against_the_partition(partition, gpu, kind, needles):
+    from monollm import slurm
+
+    request = slurm.job_request({"gpu": gpu}, 3600, kind)
+    try:
+        slurm.check_partition(partition, {"train_baseline": request}, slurm.parse_sinfo(SINFO))
+        msg = None
+    except slurm.SlurmSetupError as err:
+        msg = str(err)
+    if needles is None:
+        assert msg is None
+    else:
+        assert msg and all(n in msg for n in needles), msg
