@@ -71,7 +71,12 @@ _MORE_ADJS = (
     "soft rough heavy fresh dry wet clean muddy tall short new broken steep deep "
     "loud calm pale sweet bitter empty full strange plain fine thin thick round flat "
     "sharp smooth shiny dusty rusty wooden stony sunny shady lonely friendly proud "
-    "tired hungry lucky gentle clever simple rich poor hollow golden silver"
+    "tired hungry lucky gentle clever simple rich poor hollow golden silver ancient angry "
+    "bold brave cheap cheerful crooked curly damp eager faint fancy fierce foggy frozen "
+    "grand greedy hard honest huge icy kind lazy little lively lovely mighty misty modest "
+    "neat nervous noisy odd patient plump polite pretty quick rare ripe rotten royal salty "
+    "sandy secret shy silly sleepy slim sour spare stiff sticky stormy strong sturdy tame "
+    "tender tidy tiny tough ugly weak wild wise worn young"
 ).split()
 _ADJ_ALL = _ADJS + _MORE_ADJS
 # More nouns with a plain "s" plural.
@@ -80,29 +85,47 @@ _THINGS = (
     "garden orchard barn mill inn shop kitchen path lane shore cloud fire kettle spoon "
     "bucket letter song map box pot pan cup plate knife book bag rug bed shed hut cap "
     "boot glove scarf coin ring clock drum flute pipe kite ball shovel hammer plank nail "
-    "pillow blanket mirror lantern tent wagon sled raft oar net"
+    "pillow blanket mirror lantern tent wagon sled raft oar net anchor apron arrow badge "
+    "banner blade bolt bone bottle bowl brick button cabin canoe carpet castle chain cloak "
+    "collar comb cottage cradle crown curtain cushion dagger desk doll drawer feather flag "
+    "flower fork frame gown handle harp helmet hook horn jacket jug key lock log mask mat "
+    "medal needle oven paddle pail pebble pen pencil pin pole purse quilt ribbon rock rod "
+    "sail saddle scale seed shell shield shirt sign skirt slipper sock spade stool stove "
+    "string sword tile tool towel toy trap tray trumpet tub tunnel vase vest whistle wing "
+    "wire worm"
 ).split()
 _NOUN_ALL = _NOUNS + _THINGS
 _PLACES = (
     "mill inn shop barn kitchen garden orchard square church harbour school bakery forge yard "
-    "meadow wood quarry dairy stable cellar attic hall library tower chapel pier ferry"
+    "meadow wood quarry dairy stable cellar attic hall library tower chapel pier ferry "
+    "cottage farm fountain hillside lighthouse palace pasture riverbank sawmill smithy "
+    "stall tannery tavern temple vineyard warehouse workshop"
 ).split()
 _MORE_GOODS = (
     "pears plums onions butter flour oats turnips carrots herbs soap thread cabbages "
-    "cherries nuts peas barley rye leeks mushrooms berries lamps boots hats ribbons"
+    "cherries nuts peas barley rye leeks mushrooms berries lamps boots hats ribbons "
+    "almonds apricots beets chestnuts cloves corn cream dates figs garlic ginger grapes hay "
+    "jam lentils lemons melons mustard olives peppers potatoes radishes raisins rice seeds "
+    "silk spices sugar tea walnuts wax wheat"
 ).split()
 _GOODS_ALL = _GOODS + _MORE_GOODS
 _MORE_WEATHER = "hail thunder mist drizzle sleet".split()
 _INTRANS = (
     "waited rested worked sang laughed listened slept stayed wandered hurried returned "
     "arrived waved smiled shouted whistled danced read wrote cooked prayed fished swam "
-    "climbed jumped knocked nodded sighed wept yawned coughed grumbled hummed paused"
+    "climbed jumped knocked nodded sighed wept yawned coughed grumbled hummed paused "
+    "argued blinked bowed chuckled cried drifted frowned giggled groaned hopped howled "
+    "leaned lingered marched mumbled napped paced rushed shivered shrugged skipped "
+    "snored sneezed stumbled trembled whispered wobbled"
 ).split()
 _TRANS = (
     "mended painted cleaned carried found lost kept fixed filled washed moved sold bought "
     "loaded opened closed watched followed checked fetched dropped shared emptied pulled "
     "pushed lifted hid burned covered tied polished guarded borrowed hung stacked sorted "
-    "weighed traded gathered"
+    "weighed traded gathered baked boiled brushed buried chased chopped collected delivered "
+    "dried dug folded grabbed hammered harvested hauled kicked knitted measured mixed oiled "
+    "packed peeled picked planted pressed rolled rubbed scrubbed sewed sharpened shook "
+    "spilled squeezed stirred swept tasted tossed twisted wrapped"
 ).split()
 _ADVS = "slowly quickly quietly carefully gladly early late again alone together twice happily".split()
 _TIMES = (
@@ -194,35 +217,56 @@ def _cap(s: str) -> str:
     return s[0].upper() + s[1:]
 
 
+def _a(word: str) -> str:
+    """`word` with its indefinite article."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _time(rng: random.Random) -> str:
+    """A time of day or of the year, now and then a clock time."""
+    if rng.random() < 0.25:
+        return f"at {rng.randint(1, 12)} " + rng.choice(("o'clock", "in the morning", "at night"))
+    return rng.choice(_TIMES)
+
+
 def _qty(rng: random.Random) -> str:
     """A random quantity: a number word, digits or a vague amount."""
     k = rng.randrange(4)
     if k == 0:
         return rng.choice(_NUMBERS[1:])
-    if k == 1:
-        return str(rng.randint(21, 240))
+    if k in (1, 2):
+        return str(rng.randint(21, 999))
     return rng.choice(("a few", "some", "many", "a dozen", "several", "a pair of", "a cart of", "a sack of"))
 
 
 def _np(rng: random.Random) -> str:
     """An object noun phrase: 'the old ladder', 'seven buckets', 'a sack of plums'."""
     noun = rng.choice(_NOUN_ALL)
-    k = rng.randrange(5)
+    k = rng.randrange(8)
+    if k == 5:
+        return f"{_qty(rng)} {rng.choice(_ADJ_ALL)} {_PLURAL.get(noun, noun + 's')}"
+    if k == 6:
+        return f"the {noun} of {rng.choice(_PEOPLE)}"
+    if k == 7:
+        a, b = rng.sample(_ADJ_ALL, 2)
+        return f"{_a(a)}, {b} {noun}"
     if k == 0:
         return f"the {noun}"
     if k == 1:
         return f"the {rng.choice(_ADJ_ALL)} {noun}"
     if k == 2:
-        return f"a {rng.choice(_ADJ_ALL)} {noun}"
+        return f"{_a(rng.choice(_ADJ_ALL))} {noun}"
     if k == 3:
         return f"{_qty(rng)} {_PLURAL.get(noun, noun + 's')}"
     return f"{_qty(rng)} {rng.choice(_GOODS_ALL)}"
 
 
 def _subject(rng: random.Random, c: dict) -> str:
-    k = rng.randrange(8)
+    k = rng.randrange(10)
     if k < 2:
         return c[rng.choice("pq")]
+    if k >= 8:
+        return rng.choice(_PEOPLE)
     if k == 2:
         return f"the {rng.choice(_JOBS + _MORE_JOBS)}"
     if k == 3:
@@ -238,12 +282,14 @@ def _subject(rng: random.Random, c: dict) -> str:
 
 def _place(rng: random.Random, c: dict) -> str:
     k = rng.randrange(7)
+    # half the time the document's own town, river or neighbour (copying pays), else any
+    own = rng.random() < 0.5
     if k == 0:
-        return f"near {c['t']}"
+        return f"near {c['t'] if own else rng.choice(_TOWNS)}"
     if k == 1:
-        return f"by the river {c['r']}"
+        return f"by the river {c['r'] if own else rng.choice(_RIVERS)}"
     if k == 2:
-        return f"on the road to {c['n']}"
+        return f"on the road to {c['n'] if own else rng.choice(_TOWNS)}"
     if k == 3:
         return f"in the {rng.choice(_PLACES)}"
     if k == 4:
@@ -260,19 +306,19 @@ def _clause(rng: random.Random, c: dict) -> str:
         parts.append(rng.choice(_INTRANS))
     else:
         parts += [rng.choice(_TRANS), _np(rng)]
-    if rng.random() < 0.3:
+    if rng.random() < 0.4:
         parts.append(rng.choice(_ADVS))
-    if rng.random() < 0.6:
+    if rng.random() < 0.7:
         parts.append(_place(rng, c))
-    if rng.random() < 0.35:
-        parts.append(rng.choice(_TIMES))
+    if rng.random() < 0.45:
+        parts.append(_time(rng))
     return " ".join(parts)
 
 
 def _action(rng: random.Random, c: dict) -> str:
     """A sentence of one or two clauses, with an optional opener."""
     s = _clause(rng, c)
-    if rng.random() < 0.35:
+    if rng.random() < 0.45:
         s += f"{rng.choice(_CONJS)} {_clause(rng, c)}"
     if rng.random() < 0.3:
         s = f"{rng.choice(_OPENERS + _TIMES)}, {s}"
@@ -284,16 +330,16 @@ def _describe(rng: random.Random, c: dict) -> str:
     a, b = rng.sample(_ADJ_ALL, 2)
     k = rng.randrange(5)
     if k == 4:
-        return f"It was a {a} {rng.choice(('day', 'night', 'morning', 'week', 'year'))} in {c['t']}, and {_clause(rng, c)}."
+        return f"It was {_a(a)} {rng.choice(('day', 'night', 'morning', 'week', 'year'))} in {c['t']}, and {_clause(rng, c)}."
     if k == 0:
         return f"The {noun} {_place(rng, c)} was {a} and {rng.choice(_COLOURS)}."
     if k == 1:
         return f"The {noun} was {a}, and the {rng.choice(_NOUN_ALL)} was {b}."
     if k == 2:
-        return f"The road to {c['n']} was {a} {rng.choice(_TIMES)}, {_clause(rng, c)}."
+        return f"The road to {c['n']} was {a} {_time(rng)}, {_clause(rng, c)}."
     if rng.random() < 0.5:
-        return f"The sky over {c['t']} was {rng.choice(_COLOURS + ['dark', 'bright', 'pale'])} {rng.choice(_TIMES)}."
-    return f"The {rng.choice(_PLACES)} was {a} {rng.choice(_TIMES)}, and {_clause(rng, c)}."
+        return f"The sky over {c['t']} was {rng.choice(_COLOURS + ['dark', 'bright', 'pale'])} {_time(rng)}."
+    return f"The {rng.choice(_PLACES)} was {a} {_time(rng)}, and {_clause(rng, c)}."
 
 
 def _weather(rng: random.Random, c: dict) -> str:
@@ -302,12 +348,12 @@ def _weather(rng: random.Random, c: dict) -> str:
     if k == 0:
         return f"On {rng.choice(_DAYS)} there was {w} over {c['t']}."
     if k == 1:
-        return f"The {w} {rng.choice(('came', 'stopped', 'returned', 'lasted', 'grew'))} {rng.choice(_TIMES)}."
-    return f"There was {w} {_place(rng, c)} {rng.choice(_TIMES)}, {rng.choice(('so', 'and', 'but'))} {_clause(rng, c)}."
+        return f"The {w} {rng.choice(('came', 'stopped', 'returned', 'lasted', 'grew'))} {_time(rng)}."
+    return f"There was {w} {_place(rng, c)} {_time(rng)}, {rng.choice(('so', 'and', 'but'))} {_clause(rng, c)}."
 
 
 def _speech(rng: random.Random, c: dict) -> str:
-    who = c[rng.choice("pq")]
+    who = c[rng.choice("pq")] if rng.random() < 0.6 else rng.choice(_PEOPLE)
     k = rng.randrange(3)
     if k == 0:
         return f"{who} said that {_clause(rng, c)}."
@@ -320,11 +366,43 @@ def _trade_talk(rng: random.Random, c: dict) -> str:
     who = c[rng.choice("pq")]
     k = rng.choice((0, 0, 0, 1, 2, 2))
     if k == 0:
-        return f"{who} {rng.choice(('bought', 'sold', 'wanted'))} {_qty(rng)} {rng.choice(_GOODS_ALL)} for {_qty(rng)} coins."
+        return (f"{who} {rng.choice(('bought', 'sold', 'wanted'))} {_qty(rng)} {rng.choice(_GOODS_ALL)} for "
+                f"{rng.randint(2, 300)} coins at {rng.randint(1, 12)} o'clock.")
     if k == 1:
         t = c["t"]
         return f"The people of {t} sell {_TOWN[t]['trade']} to {_TOWN[t]['neighbour']}."
-    return f"{who} saw {rng.choice(_NUMBERS[1:12])} {_PLURAL[rng.choice(_NOUNS)]} by the river {c['r']}."
+    noun = rng.choice(_NOUN_ALL)
+    return f"{who} saw {_qty(rng)} {_PLURAL.get(noun, noun + 's')} {_place(rng, c)}."
+
+
+def _journey(rng: random.Random, c: dict) -> str:
+    """Distances, durations and loads: random numbers in digits."""
+    who = _subject(rng, c)
+    k = rng.randrange(3)
+    if k == 0:
+        return (f"{_cap(who)} {rng.choice(('walked', 'rode', 'carried the cart', 'rowed'))} {rng.randint(2, 99)} miles "
+                f"to {rng.choice(_TOWNS)} in {rng.randint(2, 30)} hours.")
+    if k == 1:
+        return f"{_cap(who)} was {rng.randint(6, 95)} years old {_time(rng)}."
+    return f"In {rng.randint(1000, 1999)} {who} {rng.choice(_TRANS)} {_np(rng)} {_place(rng, c)}."
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _lists(rng: random.Random, c: dict) -> str:
+    """Unordered lists drawn from the lexicon: many choices, few function words."""
+    k = rng.randrange(4)
+    if k == 0:
+        goods = _and(rng.sample(_GOODS_ALL, rng.randint(2, 5)))
+        return f"{_cap(_subject(rng, c))} {rng.choice(('bought', 'sold', 'packed', 'brought'))} {goods} {_place(rng, c)}."
+    if k == 1:
+        return f"{_and(rng.sample(_PEOPLE, rng.randint(2, 4)))} came to {c['t']} {_time(rng)}."
+    if k == 2:
+        return f"The {rng.choice(_NOUN_ALL)} was {_and(rng.sample(_ADJ_ALL, rng.randint(2, 4)))}."
+    things = _and([rng.choice((_a(n), f"one {n}", f"the {n}")) for n in rng.sample(_NOUN_ALL, rng.randint(2, 4))])
+    return f"In the {rng.choice(_PLACES)} there were {things}."
 
 
 def _count(rng: random.Random, noun: str) -> str:
@@ -343,19 +421,23 @@ def _days_run(rng: random.Random) -> str:
 def _filler(rng: random.Random, c: dict) -> str:
     # Mostly composed sentences; now and then an ordered sequence or a fact of the town.
     k = rng.random()
-    if k < 0.45:
+    if k < 0.38:
         return _action(rng, c)
-    if k < 0.60:
+    if k < 0.48:
+        return _lists(rng, c)
+    if k < 0.57:
         return _describe(rng, c)
-    if k < 0.70:
+    if k < 0.65:
         return _weather(rng, c)
-    if k < 0.82:
+    if k < 0.77:
         return _speech(rng, c)
-    if k < 0.94:
+    if k < 0.87:
         return _trade_talk(rng, c)
-    if k < 0.955:
+    if k < 0.94:
+        return _journey(rng, c) if rng.random() < 0.5 else _lists(rng, c)
+    if k < 0.952:
         return _count(rng, rng.choice(_NOUNS))
-    if k < 0.965:
+    if k < 0.96:
         return _days_run(rng)
     return rng.choice(_town_facts(c["t"]))
 
@@ -399,12 +481,12 @@ def _travel(rng, target):
     c = _context(rng, n, p, _other(rng, p))
     opening = rng.choice(_OPENINGS["travel"]).format(p=p)
     start = rng.choice((f"On {rng.choice(_DAYS)} I left {t} and walked to {n}.",
-                        f"I left {t} {rng.choice(_TIMES)} and walked to {n}.",
-                        f"{rng.choice(_TIMES).capitalize()} I set out from {t} for {n}."))
-    facts = [_person_fact(p)] + rng.sample(_town_facts(t)[:2], 1) + rng.sample(_town_facts(n), 2)
+                        f"I left {t} {_time(rng)} and walked to {n}.",
+                        f"{_time(rng).capitalize()} I set out from {t} for {n}."))
+    facts = [_person_fact(p)] + rng.sample(_town_facts(t)[:2], 1) + rng.sample(_town_facts(n), 1)
     rng.shuffle(facts)
     out = [opening, start] + _body(rng, c, target, facts)
-    out.append(f"I will {rng.choice(('rest', 'stay', 'sleep', 'work'))} in {n} {rng.choice(_TIMES)} and "
+    out.append(f"I will {rng.choice(('rest', 'stay', 'sleep', 'work'))} in {n} {_time(rng)} and "
                f"{rng.choice(('return to', 'walk back to', 'go home to'))} {t} {_when(rng)}.")
     return out
 
@@ -413,12 +495,12 @@ def _letter(rng, target):
     p, q = rng.sample(_PEOPLE, 2)
     t = _PERSON[p]["home"]
     c = _context(rng, t, p, q)
-    facts = [_person_fact(p)] + rng.sample(_town_facts(t), 3)
+    facts = [_person_fact(p)] + rng.sample(_town_facts(t), 2)
     out = [rng.choice(_OPENINGS["letter"]).format(q=q),
-           rng.choice((f"I am writing to you from {t} {rng.choice(_TIMES)}.", f"I write from {t} {rng.choice(_TIMES)}.",
+           rng.choice((f"I am writing to you from {t} {_time(rng)}.", f"I write from {t} {_time(rng)}.",
                        f"Greetings from {t}, where {_clause(rng, c)}."))]
     out += _body(rng, c, target, facts + [f"How is the {rng.choice(('weather', 'harvest', 'market', 'family', 'river'))} in {_PERSON[q]['home']} "
-                                   f"{rng.choice(_TIMES)}?"],
+                                   f"{_time(rng)}?"],
                  extra=lambda r: f"I hope the {r.choice(_JOBS)} {_place(r, c)} is {r.choice(('well', 'happy', 'busy', 'better'))}.",
                  extra_p=0.15)
     out.append(rng.choice((f"Your friend, {p}.", f"With love, {p}.", f"Yours, {p}.", f"Write soon, {p}.")))
@@ -439,12 +521,12 @@ def _market(rng, target):
         good = r.choice(_GOODS_ALL)
         if r.random() < 0.4:
             return (f"The price of {good} {_place(r, c)} {move} from {_NUMBERS[a - 1]} to {_NUMBERS[b - 1]} "
-                    f"coins {r.choice(_TIMES)}.")
+                    f"coins {_time(r)}.")
         return f"{_cap(good)} cost {r.randint(2, 60)} coins {r.choice(('a sack', 'a basket', 'a jar', 'each', 'a box'))}."
 
-    facts = [_town_facts(t)[1], rng.choice(_town_facts(t)),
+    facts = [_town_facts(t)[1],
              f"Today the {_TOWN[t]['trade']} sold {rng.choice(('well', 'badly', 'slowly', 'fast'))} "
-             f"{rng.choice(_TIMES)} and the square was {rng.choice(_ADJ_ALL)}."]
+             f"{_time(rng)} and the square was {rng.choice(_ADJ_ALL)}."]
     out += _body(rng, c, target, facts, extra=price, extra_p=0.3)
     out.append(rng.choice((f"The next market in {t} is on {_DAYS[(day + 1) % 7]}.",
                            f"The market of {t} opens again on {_DAYS[(day + 1) % 7]}.")))
@@ -456,11 +538,11 @@ def _story(rng, target):
     job, t = _PERSON[p]["job"], _PERSON[p]["home"]
     q = _other(rng, p)
     c = _context(rng, t, p, q)
-    how = rng.choice(("alone", "happily", "quietly", f"with a {rng.choice(_RELATIVES)}", f"near the {rng.choice(_PLACES)}",
+    how = rng.choice(("alone", "happily", "quietly", f"with {_a(rng.choice(_RELATIVES))}", f"near the {rng.choice(_PLACES)}",
                       f"behind the {rng.choice(_NOUN_ALL)}", "up the hill", f"for {rng.choice(_NUMBERS[1:])} years"))
     out = [rng.choice(_OPENINGS["story"]).format(job=job, p=p, t=t, how=how)]
     facts = [_town_facts(t)[0],
-             f"One {rng.choice(_DAYS)} {rng.choice(_TIMES)} {rng.choice(_VISITORS)} {q} "
+             f"One {rng.choice(_DAYS)} {_time(rng)} {rng.choice(_VISITORS)} {q} "
              f"{rng.choice(('came to', 'arrived in', 'walked into', 'rode into', 'sailed to'))} {t} {_place(rng, c)}.",
              _person_fact(q)]
 
@@ -484,7 +566,7 @@ def _list(rng, target):
     c = _context(rng, t, p, _other(rng, p))
     out = [rng.choice(_OPENINGS["list"]).format(t=t)]
     k = rng.randint(3, 6)
-    facts = _town_facts(t) + [f"The people of {t} keep {', '.join(_NUMBERS[:k])} gates."]
+    facts = _town_facts(t) + [f"The people of {t} keep {', '.join(_NUMBERS[:k])} gates."] * (rng.random() < 0.5)
     rng.shuffle(facts)
     locals_ = [x for x in _PEOPLE if _PERSON[x]["home"] == t] or [p]
     out += _body(rng, c, target, facts, extra=lambda r: _person_fact(r.choice(locals_)), extra_p=0.2)
