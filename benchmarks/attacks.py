@@ -38,16 +38,15 @@ Prints up to six lines (`--parts`), all measured in this one run:
   `--seeds` seeds (`gcg_vs_uat`).
 
 Progress goes to stderr. The reference model is built once (about 30 s: tokenizer,
-pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile.
+pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile and the code that
+makes the model (benchmarks/reference_cache.py).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,9 +78,9 @@ def reference(cfg, profile_path: str, model_dir: str):
     from monollm import models, pipeline
 
     if not model_dir:
-        with open(profile_path, "rb") as f:
-            key = hashlib.sha256(f.read()).hexdigest()[:12]
-        model_dir = os.path.join(tempfile.gettempdir(), f"monollm-bench-reference-{key}")
+        from reference_cache import folder  # benchmarks/, this script's folder
+
+        model_dir = folder("monollm-bench-reference", profile_path)
         if not os.path.exists(os.path.join(model_dir, "examples.pkl")):
             note(f"building the reference model of {profile_path} in {model_dir} (once)")
             prep = pipeline.setup(cfg, model_dir)

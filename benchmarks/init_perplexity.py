@@ -3,8 +3,8 @@
     python benchmarks/init_perplexity.py                          # config/tiny.toml
     python benchmarks/init_perplexity.py --config config/x.toml   # another profile (a built model)
 
-Runs `pipeline.setup` once (the built model is pretrained; cached in the temp dir by profile and
-seed), then `pipeline.make_monotonic` with each setting and the perplexity of what it saved on
+Runs `pipeline.setup` once (the built model is pretrained; cached in the temp dir by profile,
+seed and code, benchmarks/reference_cache.py), then `pipeline.make_monotonic` with each setting and the perplexity of what it saved on
 the same test blocks, as the flow's `evaluate` computes it. Prints one line per setting.
 """
 import argparse
@@ -24,9 +24,12 @@ SETTINGS = [("nonneg", "abs"), ("nonneg", "clip"), ("abs_init_free", "abs"), ("a
             ("sign_frozen", "abs")]
 
 
-def reference(cfg) -> tuple[str, dict]:
-    """(the saved reference model's directory, its test blocks), made once per profile and seed."""
-    root = os.path.join(tempfile.gettempdir(), f"monollm-init-ppl-{cfg.name}-{cfg.seed}")
+def reference(cfg, profile_path: str) -> tuple[str, dict]:
+    """(the saved reference model's directory, its test blocks), made once per profile, seed and
+    code that makes them (benchmarks/reference_cache.py)."""
+    from reference_cache import folder  # benchmarks/, this script's folder
+
+    root = folder(f"monollm-init-ppl-{cfg.name}", profile_path, cfg.seed)
     model_dir, blocks_file = os.path.join(root, "reference"), os.path.join(root, "blocks.npz")
     if not os.path.exists(blocks_file):
         os.makedirs(model_dir, exist_ok=True)
@@ -40,7 +43,7 @@ def main():
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "config", "tiny.toml"))
     args = parser.parse_args()
     cfg = config.load_file(args.config)
-    model_dir, blocks = reference(cfg)
+    model_dir, blocks = reference(cfg, args.config)
     ppl = {"reference": perplexity(*pipeline.evaluate(cfg, {"reference": model_dir}, blocks["test"])["reference"])}
     for mode, init in SETTINGS:
         run = dataclasses.replace(cfg, monotonic=dataclasses.replace(cfg.monotonic, mode=mode, init=init))
