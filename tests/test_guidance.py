@@ -113,7 +113,8 @@ def test_trigger_agreement_recomputed_and_high_on_a_planted_model():
     for (_, p, v), est, exact in zip(agreement.swaps, agreement.estimate, agreement.exact):
         swapped = trigger.clone()
         swapped[p] = v
-        assert est == pytest.approx(float(grad[p, v] - grad[p, trigger[p]]) / 8, rel=1e-4, abs=1e-5)
+        # the same gradients summed in batches of 5 and of 64: fp32 sums in another order
+        assert est == pytest.approx(float(grad[p, v] - grad[p, trigger[p]]) / 8, rel=1e-4, abs=1e-4)
         assert exact == pytest.approx(float(continuation_nll(m, prepend(swapped, opt), CONT, 64).mean() - clean),
                                       rel=1e-4, abs=1e-4)
     assert agreement.spearman == pytest.approx(stats.spearmanr(agreement.estimate, agreement.exact).statistic)
