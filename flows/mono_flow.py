@@ -30,6 +30,10 @@ class MonoFlow(FlowSpec):
     config = Config("config", default=DEFAULT_PROFILE, parser="monollm.profiles.parse",
                     help="TOML profile (see config/)")
     seed = Parameter("seed", type=int, default=None, help="Override the profile's seed")
+    reuse_setup = Parameter("reuse-setup", type=str, default=None,
+                            help="Take setup (splits, blocks, examples, reference model) from this run (ID or "
+                                 "MonoFlow/ID) when its setup configuration and code are this run's (see "
+                                 "monollm/setup_reuse.py)")
 
     @step
     def start(self):
@@ -49,17 +53,21 @@ class MonoFlow(FlowSpec):
     def setup(self):
         """Data splits, packed blocks (`train_blocks`; `blocks`: val, attack_opt, test), attack
         examples; the foundation model (`reference`)."""
-        from monollm import config, errors, pipeline
+        from monollm import config, errors, pipeline, setup_reuse
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("reference")
         m, d = cfg.model, cfg.data
-        with errors.user_errors(f"profile {cfg.name!r}", f"model {m.name!r} or data {d.name or d.path!r}"):
-            prep = pipeline.setup(cfg, out)
+        self.setup_key, self.setup_origin = setup_reuse.key(self.resolved_config), None
+        if self.reuse_setup:  # another run's setup, refused unless its setup key is this one
+            done, self.setup_origin = pipeline.reused_setup(self.reuse_setup, self.resolved_config, self.setup_key)
+        else:
+            with errors.user_errors(f"profile {cfg.name!r}", f"model {m.name!r} or data {d.name or d.path!r}"):
+                prep = pipeline.setup(cfg, out)
+            done = {name: getattr(prep, name) for name in setup_reuse.ARTIFACTS if name != "reference_model"}
+            done["reference_model"] = current.model.save(out, label="reference", storage_format="files")
         # the training blocks apart: only the training steps load them (~400 MB at paper scale)
-        self.train_blocks, self.blocks, self.examples = prep.train_blocks, prep.blocks, prep.examples
-        self.untrained_perplexity, self.hidden_act = prep.untrained_perplexity, prep.hidden_act
-        self.pretraining, self.sources, self.activation_swap = prep.pretraining, prep.sources, prep.activation_swap
-        self.reference_model = current.model.save(out, label="reference", storage_format="files")
+        for name, value in done.items():  # train_blocks, blocks, examples, ..., reference_model
+            setattr(self, name, value)
         self.next(self.train_baseline, self.make_monotonic)
 
     @card(type="blank", id="training", refresh_interval=5)

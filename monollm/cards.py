@@ -180,10 +180,10 @@ def dnll_chart(attacks: pd.DataFrame, attack: str) -> dict:
                        "encoding": {"y": {"field": "zero", "type": "quantitative"}}}]}
 
 
-def source_lines(sources: dict | None, origin_run_id=None) -> list[str]:
+def source_lines(sources: dict | None, origin_run_id=None, setup_origin=None) -> list[str]:
     """Sentences on where the model and the documents came from, at which revision and hub
-    commit (pipeline.sources), and the run this one was resumed from; runs that recorded no
-    sources say so."""
+    commit (pipeline.sources), the run this one took its setup from (--reuse-setup) and the
+    run it was resumed from; runs that recorded no sources say so."""
     out = []
     if sources:
         for what, key in (("model", "name"), ("data", "path")):
@@ -196,6 +196,9 @@ def source_lines(sources: dict | None, origin_run_id=None) -> list[str]:
             out.append(f"{what}: {where}")
     else:
         out.append("this run recorded no sources (it predates `sources`)")
+    if setup_origin:
+        out.append(f"setup (splits, blocks, attack examples, reference model) taken from run {setup_origin}, "
+                   "whose setup configuration and code are this run's (monollm/setup_reuse.py)")
     if origin_run_id:
         out.append(f"resumed from run {origin_run_id}: steps that had finished there were cloned, not recomputed")
     return out
@@ -266,7 +269,8 @@ def experiment(data) -> list:
         Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
             data.findings, data.perplexity, data.attack_summary, data.constraint))),
         Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
-            getattr(data, "sources", None), getattr(data, "origin_run_id", None)))),
+            getattr(data, "sources", None), getattr(data, "origin_run_id", None),
+            getattr(data, "setup_origin", None)))),
         Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
                                            for split, where in split_sources(cfg.get("data", {})).items())),
         Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),

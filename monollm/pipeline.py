@@ -179,6 +179,21 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
     return result
 
 
+def reused_setup(ref: str, resolved: dict, my_key: str) -> tuple[dict, str]:
+    """setup_reuse.load, logged; a refusal stops the step with its one-line reason."""
+    from metaflow.exception import MetaflowException
+
+    from monollm import setup_reuse
+
+    try:
+        found, origin = setup_reuse.load(ref, resolved, my_key)
+    except setup_reuse.ReuseRefused as err:
+        raise MetaflowException(f"{err}. Run without --reuse-setup to compute this run's own setup.") from None
+    log(f"setup taken from run {origin} (same setup configuration and code): "
+        + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in {**found["blocks"], "train": found["train_blocks"]}.items()))
+    return found, origin
+
+
 def _swap_activation(cfg: config.ExperimentConfig, model, test_blocks: np.ndarray, device: str, result: SetupResult):
     """Swap monotonic.activation into the reference model (after a built model's pretraining: the
     foundation model is trained with its own activation, as Pythia was); records its test

@@ -13,7 +13,10 @@ directory) and checked with the project's loader before any run starts. Each (ce
 as `python flows/mono_flow.py --config config CELL.toml run --seed S --tag sweep:NAME --tag
 cell:CELL`, in the current directory (the local datastore is ./.metaflow). Re-running the sweep
 skips pairs that have a successful run of the sweep with that configuration and seed, and
-resumes the newest failed one (`resume --origin-run-id RUN`). An invocation that starts runs
+resumes the newest failed one (`resume --origin-run-id RUN`). Runs whose setup would be the
+same (monollm.setup_reuse: cells that differ only in how the constraint is applied, at one seed)
+compute it once: the first runs in full, the others take its setup with --reuse-setup
+(--no-reuse-setup: each computes its own). An invocation that starts runs
 holds <out>/sweep.lock (monollm.sweep_lock): a second one stops at once. The report (sweep_report) is
 written to <out>/report.html with its tables as CSV.
 """
@@ -77,14 +80,41 @@ def _start_config(run) -> dict | None:
         return None
 
 
-def command(sweep, task: Task, paths: dict, extra: list[str]) -> list[str]:
-    """The flow command of a task: `run` a cell's profile with its seed, or `resume` the failed run
-    (which keeps that run's configuration). Both tag the run with the sweep and the cell."""
+def command(sweep, task: Task, paths: dict, extra: list[str], reuse: str | None = None) -> list[str]:
+    """The flow command of a task: `run` a cell's profile with its seed (taking its setup from run
+    `reuse`, if given), or `resume` the failed run (which keeps that run's configuration and
+    parameters). Both tag the run with the sweep and the cell."""
     tags = ["--tag", f"sweep:{sweep.name}", "--tag", f"cell:{task.cell.name}"]
     if task.action == "resume":
         return [sys.executable, FLOW_FILE, "resume", "--origin-run-id", task.runs[0].id, *tags, *extra]
     return [sys.executable, FLOW_FILE, "--config", "config", paths[task.cell.name], "run",
-            "--seed", str(task.seed), *tags, *extra]
+            "--seed", str(task.seed), *(["--reuse-setup", reuse] if reuse else []), *tags, *extra]
+
+
+def stored_setup_key(run) -> str | None:
+    """The setup key a run's successful `setup` stored (a Client Run or a pathspec); None when its
+    setup did not succeed or predates setup keys."""
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    from monollm import results
+
+    try:
+        with results.in_namespace(None):
+            task = (Run(run) if isinstance(run, str) else run)["setup"].task
+            return task["setup_key"].data if task is not None and task.successful and "setup_key" in task else None
+    except (KeyError, MetaflowNotFound):
+        return None
+
+
+def setup_sources(found: list[RunRecord]) -> dict:
+    """{setup key: pathspec of the newest run whose setup stored it} over the sweep's runs."""
+    out = {}
+    for r in found:
+        k = stored_setup_key(r.run) if r.run is not None else None
+        if k is not None:
+            out.setdefault(k, r.run.pathspec)
+    return out
 
 
 def describe(task: Task) -> str:
@@ -93,13 +123,21 @@ def describe(task: Task) -> str:
     return f"cell {task.cell.name} seed {task.seed}: {what}"
 
 
-def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int = 1, extra=()) -> list[dict]:
+def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int = 1, extra=(),
+            expected: dict | None = None, sources: dict | None = None) -> list[dict]:
     """Run every task that is not a skip, `max_parallel` at a time, each with its log in
     <out>/logs; a failed one never stops the others. One progress line per start and finish;
-    returns {"task", "rc", "run_id", "log"} per task run."""
+    returns {"task", "rc", "run_id", "log"} per task run.
+
+    With `expected` ({(cell, seed): resolved configuration}), runs that share a setup key
+    (monollm.setup_reuse: cells that differ only in how the constraint is applied, at one seed)
+    share one setup: a run takes it from `sources` ({setup key: run}, earlier runs) or, when there
+    is none, the first of them runs in full, and the others follow it with --reuse-setup."""
     todo = [t for t in tasks if t.action != "skip"]
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    lock = threading.Lock()
+    lock, sources = threading.Lock(), dict(sources or {})
+    keys = _setup_keys(todo, expected)
+    first, later = _waves(todo, keys, sources)
 
     def say(line: str):
         with lock:
@@ -108,10 +146,13 @@ def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int =
     def one(i_task):
         i, task = i_task
         log = os.path.join(out, "logs", f"{task.cell.name}.seed{task.seed}.log")
-        say(f"[{i}/{len(todo)}] start {describe(task)} (log: {log})")
+        reuse = sources.get(keys.get(id(task)))
+        say(f"[{i}/{len(todo)}] start {describe(task)}" + (f", setup from run {reuse}" if reuse else "")
+            + f" (log: {log})")
         began = time.monotonic()
         with open(log, "w") as f:
-            rc = subprocess.run(command(sweep, task, paths, list(extra)), stdout=f, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(command(sweep, task, paths, list(extra), reuse), stdout=f,
+                                stderr=subprocess.STDOUT).returncode
         found = re.findall(r"\(run-id (\w+)\)", open(log, errors="replace").read())
         run_id = found[0] if found else None
         state = "succeeded" if rc == 0 else f"FAILED (exit {rc}; see {log})"
@@ -120,7 +161,37 @@ def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int =
         return {"task": task, "rc": rc, "run_id": run_id, "log": log}
 
     with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
-        return list(pool.map(one, enumerate(todo, 1)))
+        done = list(pool.map(one, enumerate(first, 1)))
+        for d in done:  # a first run's setup, once it succeeded, serves the runs that share its key
+            k = keys.get(id(d["task"]))
+            if k is not None and k not in sources and d["run_id"] and \
+                    stored_setup_key(f"MonoFlow/{d['run_id']}") == k:
+                sources[k] = f"MonoFlow/{d['run_id']}"
+        return done + list(pool.map(one, enumerate(later, len(first) + 1)))
+
+
+def _setup_keys(todo: list[Task], expected: dict | None) -> dict:
+    """{id(task): setup key} of the tasks that start a new run (a resume keeps its own setup)."""
+    if expected is None:
+        return {}
+    from monollm import setup_reuse
+
+    code = setup_reuse.code_digest()
+    return {id(t): setup_reuse.key(expected[(t.cell.name, t.seed)], code) for t in todo if t.action == "run"}
+
+
+def _waves(todo: list[Task], keys: dict, sources: dict) -> tuple[list, list]:
+    """(first, later): later holds the runs whose setup key has no source yet and is another
+    first run's; they start once the first wave has finished."""
+    first, later, leading = [], [], set()
+    for t in todo:
+        k = keys.get(id(t))
+        if k is None or k in sources or k not in leading:
+            first.append(t)
+            leading.add(k)
+        else:
+            later.append(t)
+    return first, later
 
 
 def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
@@ -181,6 +252,9 @@ def main(argv=None) -> int:
                         help="on Argo Workflows: `create` deploys one template per cell (options after -- go "
                              "to `argo-workflows create`, e.g. --only-json), `trigger` starts one run per "
                              "(cell, seed) without a successful run (see monollm.sweep_argo)")
+    parser.add_argument("--no-reuse-setup", action="store_true",
+                        help="every run computes its own setup (default: runs whose setup configuration is "
+                             "the same, e.g. cells that differ only in monotonic.mode at one seed, share one)")
     parser.add_argument("--namespace", default=None, metavar="NS",
                         help="Metaflow namespace to look runs up in (default: every user's runs)")
     args = parser.parse_args(argv)
@@ -224,7 +298,8 @@ def _argo_create(sweep, cells, paths, out, extra, dry_run: bool) -> int:
 
 
 def _plan_and_run(args, sweep, cells, paths, expected, out, extra) -> int:
-    tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
+    found = records(sweep.name, namespace=args.namespace)
+    tasks = plan(cells, sweep.seeds, found, expected)
     print(f"sweep {sweep.name}: {len(cells)} cell(s) x {len(sweep.seeds)} seed(s); cells in {out}/cells")
     print("\n".join(f"  {describe(t)}" for t in tasks), flush=True)
     if args.argo == "trigger":
@@ -237,7 +312,9 @@ def _plan_and_run(args, sweep, cells, paths, expected, out, extra) -> int:
     if args.dry_run:
         return 0
     if not args.report_only:
-        ran = execute(sweep, tasks, paths, out, args.max_parallel, extra)
+        ran = execute(sweep, tasks, paths, out, args.max_parallel, extra,
+                      expected=None if args.no_reuse_setup else expected,
+                      sources=None if args.no_reuse_setup else setup_sources(found))
         if ran:
             tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
     report(sweep, cells, tasks, out)

@@ -292,8 +292,10 @@ def test_a_bad_sweep_stops_with_one_line(tmp_path, capsys):
 def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypatch, capsys):
     """Two cells x one seed on the micro profile. The nonneg cell at seed 0 has the micro run's
     configuration: tagged for the sweep, it is skipped (matched by configuration), and the other
-    cell runs for real. Re-running the sweep skips both; the report has both cells and their
-    contrast equals the difference of their runs."""
+    cell runs for real, taking the micro run's setup (same seed and setup configuration): its
+    baseline, trained afresh from that setup, has the micro run's perplexity to the last bit.
+    Re-running the sweep skips both; the report has both cells and their contrast equals the
+    difference of their runs."""
     from metaflow import Run, namespace
 
     namespace(None)
@@ -307,6 +309,7 @@ def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypa
         first = capsys.readouterr().out
         assert first.count(f": skip: done by run {micro_run.id}") == 1, first
         assert first.count("] start cell") == 1 and first.count("succeeded after") == 1, first
+        assert f"seed 0: run, setup from run {micro_run.pathspec} (log:" in first, first
         assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
         again = capsys.readouterr().out
         assert again.count(": skip: done by run") == 2 and "start cell" not in again, again
@@ -320,6 +323,12 @@ def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypa
     new = Run(runs.loc["monotonic.mode=sign_frozen", "run"])
     assert {"sweep:micro", "cell:monotonic.mode=sign_frozen"} <= set(new.user_tags)
     assert new.data.resolved_config["monotonic"]["mode"] == "sign_frozen"
+    assert new.data.setup_origin == micro_run.pathspec and new.data.setup_key == own.data.setup_key
+    assert new.data.reference_model == own.data.reference_model
+    ppl = {r.data.setup_origin: dict(zip(r.data.perplexity["model"], r.data.perplexity["perplexity"]))
+           for r in (own, new)}
+    assert ppl[micro_run.pathspec]["baseline"] == ppl[None]["baseline"]  # trained again, the same numbers
+    assert ppl[micro_run.pathspec]["reference"] == ppl[None]["reference"]
     metric = "dNLL above control hotflip baseline - monotonic"
     contrast = pd.read_csv(out / "contrasts.csv").set_index("metric").loc[metric]
     assert contrast["mean"] == pytest.approx(runs.loc["monotonic.mode=nonneg", metric]
