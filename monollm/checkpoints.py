@@ -64,7 +64,7 @@ def seal(folder: str, step: int, files: dict | None = None) -> str:
     """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder.
 
     `files`: the digests (as `digests` gives them) when already computed, e.g. by several
-    processes each hashing its own share (monollm.distributed)."""
+    processes each hashing the files it wrote (monollm.sharded_save)."""
     files = digests(folder, skip=(META,)) if files is None else files
     with open(os.path.join(folder, META + ".tmp"), "w") as f:
         json.dump({"step": step, "files": files}, f)
@@ -99,21 +99,6 @@ def files_of(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
     for root, _, names in os.walk(folder):
         found += [os.path.relpath(os.path.join(root, name), folder) for name in names]
     return sorted(rel for rel in found if rel not in skip)
-
-
-def share(folder: str, rank: int, world: int, skip: tuple[str, ...] = ()) -> set[str]:
-    """The files of `folder` that process `rank` of `world` hashes: largest first, each to the
-    process with the fewest bytes so far, so that every process hashes about as much. The same
-    on every process that sees the same files."""
-    load, mine = [0] * world, set()
-    sized = sorted(((os.path.getsize(os.path.join(folder, rel)), rel) for rel in files_of(folder, skip)),
-                   key=lambda sr: (-sr[0], sr[1]))
-    for size, rel in sized:
-        who = load.index(min(load))
-        load[who] += size
-        if who == rank:
-            mine.add(rel)
-    return mine
 
 
 def damage(folder: str, files: dict, kind: str) -> str | None:

@@ -19,10 +19,11 @@ micro-batch: it must divide evenly over the processes.
 - "fsdp": parameters, gradients and AdamW state are sharded over the ranks (FSDP2,
   `fully_shard` per transformer layer), for models whose training state does not fit one GPU.
 
-Checkpoints are sharded (torch.distributed.checkpoint), one folder per save, written by all
-ranks, hashed by all ranks (each an equal share of the files, at once) and sealed by rank 0
-(monollm.checkpoints.seal); they load on any number of ranks. The coordinator stores each
-sealed folder (and deletes older ones, see monollm.checkpoints) while the ranks train on.
+Checkpoints are sharded (torch.distributed.checkpoint), one folder per save: each rank stages
+its shards in host memory and trains on while they are written and hashed (each rank its own
+files) and rank 0 seals the folder, all in the background (monollm.sharded_save); they load
+on any number of ranks. The coordinator stores each sealed folder (and deletes older ones, see
+monollm.checkpoints) while the ranks train on.
 """
 from __future__ import annotations
 
@@ -226,41 +227,36 @@ def _layers(model):
 
 
 class RankCheckpoint:
-    """The Checkpoint of one training process: `save` writes its shards into the job folder
-    (the coordinator stores each sealed folder); `restore` reads this rank's part of the folder
-    the coordinator verified (`resume`: its path, or None for a fresh start)."""
+    """The Checkpoint of one training process: `save` stages its shards and writes, hashes and
+    (rank 0) seals the folder in the background (monollm.sharded_save), one save at a time;
+    `wait` waits for the one in flight. The coordinator stores each sealed folder. `restore`
+    reads this rank's part of the folder the coordinator verified (`resume`: its path, or None
+    for a fresh start)."""
 
-    def __init__(self, job: str, par: Parallel, resume: str | None, saving: bool):
-        self.job, self.par, self.resume, self.saving = job, par, resume, saving
+    def __init__(self, job: str, par: Parallel, resume: str | None, saving: bool, timeout_s: float):
+        self.job, self.par, self.resume, self.saving, self.timeout_s = job, par, resume, saving, timeout_s
+        self.pending = None
+        # the background saves' collectives run on a gloo group of their own (made by every rank)
+        self.group = par.dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
+            if saving else None
 
     def restore(self) -> dict | None:
         return _resume_state(self.resume, self.par.rank) if self.resume else None
 
     def save(self, state: dict, step: int):
+        from monollm import sharded_save
+
         if self.saving:
-            _save_sharded(self.job, self.par, state, step)
+            self.wait()
+            folder = os.path.join(self.job, CKPTS, f"step-{step:09d}")
+            self.pending = sharded_save.start(folder, self.par.rank, self.par.world, state, step, self.group,
+                                              self.timeout_s)
 
-
-def _save_sharded(job: str, par: Parallel, state: dict, step: int):
-    """Every rank writes its shards, RNG state and (rank 0) the rest; then every rank hashes an
-    equal share of the folder's files at once, and rank 0 seals the folder with all the digests.
-
-    Hashing in parallel keeps the ranks' wait short: rank 0 alone would read the whole sharded
-    state (~110 GB at 6.9b) while the others sit in a collective."""
-    import torch.distributed.checkpoint as dcp
-
-    folder = os.path.join(job, CKPTS, f"step-{step:09d}")
-    dcp.save({"model": state["model"], "optimizer": state["optimizer"]}, checkpoint_id=os.path.join(folder, "shards"))
-    torch.save(state["rng"], os.path.join(folder, f"rng-{par.rank}.pt"))
-    if par.rank == 0:
-        torch.save({k: state[k] for k in ("scheduler", "history", "step")}, os.path.join(folder, "rest.pt"))
-    par.dist.barrier()  # every file is written: each rank now sees the same listing
-    mine = checkpoints.digests(folder, skip=(checkpoints.META,),
-                               only=checkpoints.share(folder, par.rank, par.world, skip=(checkpoints.META,)))
-    everyone = [None] * par.world
-    par.dist.all_gather_object(everyone, mine)
-    if par.rank == 0:
-        checkpoints.seal(folder, step, files={rel: d for part in everyone for rel, d in sorted(part.items())})
+    def wait(self):
+        """Until the save in flight, if any, is sealed; raises its error."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
 
 
 def _resume_state(folder: str, rank: int) -> dict:
@@ -374,10 +370,12 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
         rows.write(json.dumps(row) + "\n")
         rows.flush()
 
-    ckpt = RankCheckpoint(job, par, spec["resume"], saving=spec["checkpoints"])
+    ckpt = RankCheckpoint(job, par, spec["resume"], saving=spec["checkpoints"],
+                          timeout_s=60.0 * cfg.parallel.timeout_minutes)
     history = train.train(model, blocks, val, cfg.train_for(spec["arm"]), spec["seed"], device, arm=spec["arm"],
                           log=log if rank == 0 else _quiet, checkpoint=ckpt,
                           on_step=on_step if rank == 0 else None, parallel=par)
+    ckpt.wait()  # the last checkpoint sealed before this rank reports success
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save(full, os.path.join(job, FINAL + ".tmp"))

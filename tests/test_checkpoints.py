@@ -1,5 +1,6 @@
 """Checkpoint files: damage is detected and the previous checkpoint is used; a non-finite
 loss stops training with its step and keeps the last good checkpoint."""
+import json
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import checkpoints, config, train
+from monollm import checkpoints, config, sharded_save, train
 
 
 def _state(step: int) -> dict:
@@ -279,27 +280,53 @@ def test_background_save_failure_is_raised_on_the_next_wait():
     ck.wait()  # reported once
 
 
-def test_shares_of_the_files_cover_every_file_once_and_seal_the_same(tmp_path):
-    """Per-process hashing (monollm.distributed): the shares partition the files, and the digests
-    they give together seal a folder that `check` accepts, exactly as one process's would."""
-    folder = tmp_path / "c"
+def _rank_files(folder, world, rng):
+    """A sharded checkpoint folder as `world` ranks leave it (sharded_save.wrote's names)."""
     (folder / "shards").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i, size in enumerate((5000, 100, 3000, 3000, 7, 0)):
-        (folder / "shards" / f"__{i}_0.distcp").write_bytes(rng.bytes(size))
+    for r in range(world):
+        (folder / "shards" / f"__{r}_0.distcp").write_bytes(rng.bytes(1000 * (r + 1)))
+        (folder / f"rng-{r}.pt").write_bytes(rng.bytes(10))
+    (folder / "shards" / ".metadata").write_bytes(b"meta")
     (folder / "rest.pt").write_bytes(b"rest")
-    world = 3
-    shares = [checkpoints.share(str(folder), r, world) for r in range(world)]
-    every = checkpoints.files_of(str(folder))
-    assert sorted(f for s in shares for f in s) == every
-    assert all(shares)  # each process hashes something
-    parts = [checkpoints.digests(str(folder), only=s) for s in shares]
-    merged = {rel: d for part in parts for rel, d in part.items()}
-    assert merged == checkpoints.digests(str(folder))
-    checkpoints.check(checkpoints.seal(str(folder), 3, files=merged))
-    (folder / "shards" / "__2_0.distcp").write_bytes(rng.bytes(3000))  # same size, other bytes
+
+
+def _leave_digests(folder, ranks):
+    for r in ranks:
+        mine = {rel for rel in checkpoints.files_of(str(folder)) if sharded_save.wrote(rel, r)}
+        (folder / sharded_save.DIGESTS.format(rank=r)).write_text(
+            json.dumps(checkpoints.digests(str(folder), only=mine)))
+
+
+def test_each_rank_hashes_its_own_files_and_rank_0_seals_them_all(tmp_path):
+    """Per-rank hashing (monollm.sharded_save): the ranks' files partition the folder, and the
+    digests they leave seal it as one process would; the digest files are gone once sealed."""
+    folder, world = tmp_path / "c", 3
+    _rank_files(folder, world, np.random.default_rng(0))
+    owners = {rel: [r for r in range(world) if sharded_save.wrote(rel, r)] for rel in checkpoints.files_of(str(folder))}
+    assert all(len(o) == 1 for o in owners.values()), owners
+    assert owners["shards/.metadata"] == owners["rest.pt"] == [0] and owners["shards/__2_0.distcp"] == [2]
+    _leave_digests(folder, range(world))
+    sharded_save.seal(str(folder), 3, world, timeout_s=1)
+    assert checkpoints.files_of(str(folder)) == sorted([*owners, checkpoints.META])
+    with open(folder / checkpoints.META) as f:
+        assert json.load(f)["files"] == checkpoints.digests(str(folder), skip=(checkpoints.META,))
+    checkpoints.check(str(folder))
+    (folder / "shards" / "__2_0.distcp").write_bytes(np.random.default_rng(1).bytes(3000))  # same size, other bytes
     with pytest.raises(checkpoints.CorruptCheckpoint, match="__2_0.distcp"):
         checkpoints.check(str(folder))
+
+
+def test_a_rank_whose_digests_never_come_or_a_file_no_rank_hashed_stops_the_seal(tmp_path):
+    folder = tmp_path / "c"
+    _rank_files(folder, 2, np.random.default_rng(0))
+    _leave_digests(folder, [0])
+    with pytest.raises(TimeoutError, match=r"no digests from rank\(s\) \[1\]"):
+        sharded_save.seal(str(folder), 1, 2, timeout_s=0.3, poll_s=0.05)
+    _leave_digests(folder, [1])
+    (folder / "shards" / "stray.bin").write_bytes(b"x")  # a file of a layout the ranks do not know
+    with pytest.raises(checkpoints.CorruptCheckpoint, match=r"unhashed: \['shards/stray.bin'\]"):
+        sharded_save.seal(str(folder), 1, 2, timeout_s=1)
+    assert not (folder / checkpoints.META).exists()
 
 
 def _tiny_model():
@@ -421,3 +448,46 @@ def test_older_checkpoints_are_deleted_from_the_real_datastore(tmp_path):
     files = [os.path.join(d, checkpoints.STATE) for d, _, names in os.walk(root)  # glob skips .metaflow
              if checkpoints.STATE in names and "mf.checkpoints" in d and "PruneFlow" in d]
     assert sorted(float(checkpoints.load_tensors(f)["w"][0]) for f in files) == [3.0, 4.0, 5.0]
+
+
+def test_a_sharded_save_returns_once_staged_and_seals_in_the_background(tmp_path, monkeypatch):
+    """sharded_save.start on one gloo rank: it returns while the writing is held back (the folder
+    not yet sealed), the state it wrote is the state at the call even though the tensors change
+    right after it, and `result()` waits for the seal."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        group = dist.new_group(backend="gloo")
+        release, real_write = threading.Event(), dcp.FileSystemWriter.write_data
+
+        def held(*a, **kw):  # the shards are written only once the test lets them
+            assert release.wait(60)
+            return real_write(*a, **kw)
+
+        monkeypatch.setattr(dcp.FileSystemWriter, "write_data", held)
+        weight = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        state = {"model": {"w": weight}, "optimizer": {"m": weight * 2}, "rng": {"seed": 1},
+                 "scheduler": {}, "history": [{"step": 1}], "step": 1}
+        folder = tmp_path / "step-1"
+        pending = sharded_save.start(str(folder), 0, 1, state, 1, group, timeout_s=60)
+        weight.add_(100.0)  # training goes on, in place
+        assert not (folder / checkpoints.META).exists()
+        release.set()
+        pending.result()
+        checkpoints.check(str(folder))
+        back = {"model": {"w": torch.zeros(2, 3)}, "optimizer": {"m": torch.zeros(2, 3)}}
+        dcp.load(back, checkpoint_id=str(folder / "shards"), process_group=group)
+        torch.testing.assert_close(back["model"]["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+        torch.testing.assert_close(back["optimizer"]["m"], 2 * torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_error_in_a_background_save_is_raised_to_whoever_waits():
+    def fails():
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        sharded_save.Pending(fails).result()
