@@ -1,5 +1,5 @@
-"""A sweep's report: per cell the perplexity cost and the robustness above control per attack
-(mean and 95% t-interval across seeds), and contrasts between the values of each grid key,
+"""A sweep's report: per cell the perplexity cost, the robustness above control per attack and
+the downstream tasks' cost (mean and 95% t-interval across seeds), and contrasts between the values of each grid key,
 paired by seed, per combination of the other keys' values and pooled over them; as CSV files
 and one standalone HTML file with a forest plot (inline SVG: no script, no network, it renders
 in any browser).
@@ -20,16 +20,21 @@ from monollm import stats
 NLL_COST = "NLL cost monotonic - baseline (nats/token)"
 PPL_RATIO = "perplexity ratio monotonic/baseline"
 ABOVE = "dNLL above control "  # + "<attack> baseline - monotonic"
+DOWNSTREAM = "downstream "  # + "<task> <metric> monotonic - baseline"
 READING = {NLL_COST: "positive: the constraint costs perplexity",
            PPL_RATIO: "above 1: the constraint costs perplexity",
-           ABOVE: "positive: the monotonic model is damaged less than the baseline, beyond random control"}
+           ABOVE: "positive: the monotonic model is damaged less than the baseline, beyond random control",
+           DOWNSTREAM: "negative: the constraint costs accuracy on the task"}
 
 
 def pick(numbers: dict) -> dict:
     """The numbers a sweep reports, from one run's `compare.key_numbers`: the perplexity cost
-    (NLL cost and perplexity ratio) and, per attack, damage above control, baseline minus monotonic."""
+    (NLL cost and perplexity ratio); per attack, damage above control, baseline minus monotonic;
+    per downstream task, the constraint's cost (monotonic minus baseline, where the run has tasks)."""
     above = {k: v for k, v in numbers.items() if k.startswith(ABOVE) and k.endswith(" baseline - monotonic")}
-    return {NLL_COST: numbers[NLL_COST], PPL_RATIO: numbers[PPL_RATIO], **dict(sorted(above.items()))}
+    cost = {k: v for k, v in numbers.items() if k.startswith(DOWNSTREAM) and k.endswith(" monotonic - baseline")}
+    return {NLL_COST: numbers[NLL_COST], PPL_RATIO: numbers[PPL_RATIO], **dict(sorted(above.items())),
+            **dict(sorted(cost.items()))}
 
 
 def metric_columns(per_run: pd.DataFrame) -> list[str]:

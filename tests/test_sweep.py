@@ -3,6 +3,7 @@ run records, the report's statistics against a hand computation, and one real mi
 import copy
 import json
 import os
+import re
 import tomllib
 
 import numpy as np
@@ -12,7 +13,7 @@ from conftest import MICRO, ROOT
 from scipy import stats as st
 from test_cards import synthetic_run
 
-from monollm import compare, config, sweep, sweep_report
+from monollm import compare, config, results, sweep, sweep_report
 from monollm.sweep_plan import (Cell, RunRecord, SweepError, check_cells, check_key, expand, load_sweep, plan,
                                 resolved, toml_text, write_cell)
 
@@ -167,6 +168,10 @@ def test_pick_takes_the_cost_and_robustness_above_control():
     assert list(picked) == [sweep_report.NLL_COST, sweep_report.PPL_RATIO,
                             "dNLL above control uat baseline - monotonic"]
     assert all(picked[k] == numbers[k] for k in picked)
+    task = "downstream corpus_cloze acc "  # a run with downstream tasks: their cost, not each model's score
+    picked = sweep_report.pick({**numbers, task + "monotonic - baseline": -0.25, task + "baseline": 0.5})
+    assert list(picked)[3:] == [task + "monotonic - baseline"] and picked[task + "monotonic - baseline"] == -0.25
+    assert sweep_report.reading(task + "monotonic - baseline").startswith("negative: the constraint costs accuracy")
 
 
 def grid_cells(grid: dict) -> list[Cell]:
@@ -289,13 +294,15 @@ def test_a_bad_sweep_stops_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.flow
-def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypatch, capsys):
+def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_run, tmp_path, monkeypatch, capsys):
     """Two cells x one seed on the micro profile. The nonneg cell at seed 0 has the micro run's
     configuration: tagged for the sweep, it is skipped (matched by configuration), and the other
-    cell runs for real, taking the micro run's setup (same seed and setup configuration): its
-    baseline, trained afresh from that setup, has the micro run's perplexity to the last bit.
-    Re-running the sweep skips both; the report has both cells and their contrast equals the
-    difference of their runs."""
+    cell runs for real, taking the micro run's setup (same seed and setup configuration). That
+    run fails: the first invocation gives every step a 20 s limit (`-- --with timeout:seconds=20`;
+    each attack branch takes longer). Running the sweep again resumes the failed run (without
+    the limit) to success; its baseline, trained afresh from the micro run's setup, has the
+    micro run's perplexity to the last bit. A third invocation skips both; the report has both
+    cells and their contrast equals the difference of their runs."""
     from metaflow import Run, namespace
 
     namespace(None)
@@ -305,11 +312,15 @@ def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypa
     try:
         monkeypatch.chdir(tmp_path)
         out = tmp_path / "sweep"
-        assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
+        assert sweep.main([MICRO_SWEEP, "--out", str(out), "--", "--with", "timeout:seconds=20"]) == 1
         first = capsys.readouterr().out
         assert first.count(f": skip: done by run {micro_run.id}") == 1, first
-        assert first.count("] start cell") == 1 and first.count("succeeded after") == 1, first
+        assert first.count("] start cell") == 1 and first.count("FAILED (exit") == 1, first
         assert f"seed 0: run, setup from run {micro_run.pathspec} (log:" in first, first
+        failed = re.search(r"run (\d+) FAILED", first).group(1)
+        assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
+        second = capsys.readouterr().out
+        assert f"seed 0: resume failed run {failed}" in second and second.count("succeeded after") == 1, second
         assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
         again = capsys.readouterr().out
         assert again.count(": skip: done by run") == 2 and "start cell" not in again, again
@@ -318,11 +329,14 @@ def test_a_micro_sweep_runs_then_skips_and_reports(micro_run, tmp_path, monkeypa
     cells = pd.read_csv(out / "report.csv")
     assert sorted(set(cells["cell"])) == ["monotonic.mode=nonneg", "monotonic.mode=sign_frozen"]
     assert (cells["n"] == 1).all()
+    assert {"downstream corpus_cloze acc monotonic - baseline",
+            "downstream corpus_choice acc monotonic - baseline"} <= set(cells["metric"])
     runs = pd.read_csv(out / "runs.csv").set_index("cell")
     assert runs.loc["monotonic.mode=nonneg", "run"] == micro_run.pathspec
     new = Run(runs.loc["monotonic.mode=sign_frozen", "run"])
     assert {"sweep:micro", "cell:monotonic.mode=sign_frozen"} <= set(new.user_tags)
     assert new.data.resolved_config["monotonic"]["mode"] == "sign_frozen"
+    assert results.origin_run_id(new) == failed  # the resumed copy of the failed run counts
     assert new.data.setup_origin == micro_run.pathspec and new.data.setup_key == own.data.setup_key
     assert new.data.reference_model == own.data.reference_model
     ppl = {r.data.setup_origin: dict(zip(r.data.perplexity["model"], r.data.perplexity["perplexity"]))
