@@ -298,9 +298,9 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
     """Two cells x one seed on the micro profile. The nonneg cell at seed 0 has the micro run's
     configuration: tagged for the sweep, it is skipped (matched by configuration), and the other
     cell runs for real, taking the micro run's setup (same seed and setup configuration). That
-    run fails: the first invocation gives every step a 20 s limit (`-- --with timeout:seconds=20`;
-    each attack branch takes longer). Running the sweep again resumes the failed run (without
-    the limit) to success; its baseline, trained afresh from the micro run's setup, has the
+    run fails in `evaluate`: the first invocation allows a foreach 2 branches
+    (`-- --max-num-splits 2`) and the micro profile has 5. Running the sweep again resumes the
+    failed run (without the limit) to success; its baseline, trained afresh from the micro run's setup, has the
     micro run's perplexity to the last bit. A third invocation skips both; the report has both
     cells and their contrast equals the difference of their runs."""
     from metaflow import Run, namespace
@@ -312,12 +312,14 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
     try:
         monkeypatch.chdir(tmp_path)
         out = tmp_path / "sweep"
-        assert sweep.main([MICRO_SWEEP, "--out", str(out), "--", "--with", "timeout:seconds=20"]) == 1
+        assert sweep.main([MICRO_SWEEP, "--out", str(out), "--", "--max-num-splits", "2"]) == 1
         first = capsys.readouterr().out
         assert first.count(f": skip: done by run {micro_run.id}") == 1, first
         assert first.count("] start cell") == 1 and first.count("FAILED (exit") == 1, first
         assert f"seed 0: run, setup from run {micro_run.pathspec} (log:" in first, first
         failed = re.search(r"run (\d+) FAILED", first).group(1)
+        log = (out / "logs" / "monotonic.mode=sign_frozen.seed0.log").read_text()
+        assert "Foreach in step evaluate yielded 5 child steps" in log, log[-2000:]
         assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
         second = capsys.readouterr().out
         assert f"seed 0: resume failed run {failed}" in second and second.count("succeeded after") == 1, second
