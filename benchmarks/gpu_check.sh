@@ -43,7 +43,7 @@ has() { [[ " $parts " == *" $1 "* ]]; }
         --opt-examples 32 --examples 128
   fi
   if has flow; then
-    echo "== the paper-shape rehearsal through the flow on CUDA"
+    echo "== the paper-shape rehearsal through the flow on ${GPU_CHECK_DEVICE:-cuda}"
     if python3 -c "import metaflow, datasets, zstandard" 2>/dev/null; then
       work=$(mktemp -d) repo=$(pwd)
       python3 -m monollm.rehearsal "$work/assets" >/dev/null 2>&1
