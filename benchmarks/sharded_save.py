@@ -61,7 +61,6 @@ def _sync_save(folder, rank, world, state, step, group):
 
 def rank_main(args):
     """One rank under torchrun: time both modes `--rounds` times; rank 0 prints JSON lines."""
-    import torch
     import torch.distributed as dist
 
     from checkpoint_io import training_state
@@ -92,7 +91,6 @@ def rank_main(args):
                 print(json.dumps({"round": r, "mode": mode, "blocked": max(t[0] for t in times),
                                   "sealed": max(t[1] for t in times)}), flush=True)
     dist.destroy_process_group()
-    del torch
 
 
 def main():

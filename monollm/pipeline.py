@@ -190,8 +190,13 @@ def reused_setup(ref: str, resolved: dict, my_key: str) -> tuple[dict, str]:
     except setup_reuse.ReuseRefused as err:
         raise MetaflowException(f"{err}. Run without --reuse-setup to compute this run's own setup.") from None
     log(f"setup taken from run {origin} (same setup configuration and code): "
-        + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in {**found["blocks"], "train": found["train_blocks"]}.items()))
+        + block_shapes(found["blocks"], found["train_blocks"]))
     return found, origin
+
+
+def block_shapes(blocks: dict, train_blocks: np.ndarray) -> str:
+    """"test 691x32, ..., train 5000x32": each split's packed blocks, for the log."""
+    return ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in {**blocks, "train": train_blocks}.items())
 
 
 def _swap_activation(cfg: config.ExperimentConfig, model, test_blocks: np.ndarray, device: str, result: SetupResult):
@@ -215,7 +220,7 @@ def _packed(cfg: config.ExperimentConfig, tokenizer, held: dict, stream) -> tupl
     blocks = {name: data.pack(ids, T, eos) for name, ids in held_ids.items()}
     if cfg.eval.max_blocks:
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
-    log("blocks: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in {**blocks, "train": train_blocks}.items()))
+    log("blocks: " + block_shapes(blocks, train_blocks))
     return held_ids, blocks, train_blocks
 
 

@@ -83,6 +83,22 @@ def differences(theirs: dict, mine: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if repr(a.get(k)) != repr(b.get(k))]
 
 
+def stored_key(run) -> str | None:
+    """The setup key a run's successful `setup` stored (a Client Run or a pathspec, any user's);
+    None when there is no such run, its setup did not succeed or it predates setup keys."""
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    from monollm import results
+
+    try:
+        with results.in_namespace(None):
+            task = (Run(run) if isinstance(run, str) else run)["setup"].task
+            return task["setup_key"].data if task is not None and task.successful and "setup_key" in task else None
+    except (KeyError, MetaflowNotFound):
+        return None
+
+
 def load(ref: str, resolved: dict, my_key: str, flow: str = "MonoFlow") -> tuple[dict, str]:
     """({artifact: value} of ARTIFACTS, the run's pathspec) from the setup of run `ref` (an id
     or FLOW/ID, any user's); raises ReuseRefused when there is no such run, its setup did not

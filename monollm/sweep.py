@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from monollm import sweep_argo, sweep_lock, sweep_report
+from monollm import setup_reuse, sweep_argo, sweep_lock, sweep_report
 from monollm.sweep_plan import (RunRecord, SweepError, Task, check_cells, expand, load_sweep, plan, resolved,
                                 write_cell)
 
@@ -91,27 +91,11 @@ def command(sweep, task: Task, paths: dict, extra: list[str], reuse: str | None 
             "--seed", str(task.seed), *(["--reuse-setup", reuse] if reuse else []), *tags, *extra]
 
 
-def stored_setup_key(run) -> str | None:
-    """The setup key a run's successful `setup` stored (a Client Run or a pathspec); None when its
-    setup did not succeed or predates setup keys."""
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-
-    from monollm import results
-
-    try:
-        with results.in_namespace(None):
-            task = (Run(run) if isinstance(run, str) else run)["setup"].task
-            return task["setup_key"].data if task is not None and task.successful and "setup_key" in task else None
-    except (KeyError, MetaflowNotFound):
-        return None
-
-
 def setup_sources(found: list[RunRecord]) -> dict:
     """{setup key: pathspec of the newest run whose setup stored it} over the sweep's runs."""
     out = {}
     for r in found:
-        k = stored_setup_key(r.run) if r.run is not None else None
+        k = setup_reuse.stored_key(r.run) if r.run is not None else None
         if k is not None:
             out.setdefault(k, r.run.pathspec)
     return out
@@ -165,7 +149,7 @@ def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int =
         for d in done:  # a first run's setup, once it succeeded, serves the runs that share its key
             k = keys.get(id(d["task"]))
             if k is not None and k not in sources and d["run_id"] and \
-                    stored_setup_key(f"MonoFlow/{d['run_id']}") == k:
+                    setup_reuse.stored_key(f"MonoFlow/{d['run_id']}") == k:
                 sources[k] = f"MonoFlow/{d['run_id']}"
         return done + list(pool.map(one, enumerate(later, len(first) + 1)))
 
@@ -174,8 +158,6 @@ def _setup_keys(todo: list[Task], expected: dict | None) -> dict:
     """{id(task): setup key} of the tasks that start a new run (a resume keeps its own setup)."""
     if expected is None:
         return {}
-    from monollm import setup_reuse
-
     code = setup_reuse.code_digest()
     return {id(t): setup_reuse.key(expected[(t.cell.name, t.seed)], code) for t in todo if t.action == "run"}
 
