@@ -118,6 +118,7 @@ class MonoFlow(FlowSpec):
                                   arm, out, checkpointer=ckpt,
                                   on_step=cards.live_training(current.card["training"], cfg, arm))
         setattr(self, f"{arm}_model", current.model.save(out, label=arm, storage_format="files"))
+        self.checkpoint_costs = ckpt.times.as_dict()  # what its checkpoints cost (monollm.saving)
         return done.history, done.constraint
 
     @step
@@ -129,7 +130,9 @@ class MonoFlow(FlowSpec):
         self.constraint = report.constraint_table(inputs.train_monotonic.constraint_checks)
         self.baseline_model = inputs.train_baseline.baseline_model
         self.monotonic_model = inputs.train_monotonic.monotonic_model
-        self.merge_artifacts(inputs, exclude=["history", "constraint_checks", "init_checks"])
+        # None: a training task cloned by `resume` from a run made before these were kept
+        self.checkpoint_costs = {i.history[0]["arm"]: getattr(i, "checkpoint_costs", None) for i in inputs}
+        self.merge_artifacts(inputs, exclude=["history", "constraint_checks", "init_checks", "checkpoint_costs"])
         self.next(self.evaluate)
 
     @resources(**MODEL_STEP)

@@ -38,6 +38,8 @@ from typing import Protocol
 
 import torch
 
+from monollm.saving import Clock, SaveTimes, folder_bytes, snapshot
+
 STATE, META = "state.pt", "meta.json"
 
 
@@ -187,12 +189,15 @@ class StepCheckpointer:
         self.current, self.name, self.log, self.keep, self.background = current, name, log, keep, background
         # _copy: the last background save's host copy, reused by the next one
         self._delete, self._stored, self._worker, self._failed, self._copy = delete, [], None, None, None
+        self._pending, self.times = None, SaveTimes()  # the step being saved in the background; costs
 
     def save(self, state: dict, step: int):
-        """Save the state as this task's newest checkpoint (in a thread if `background`)."""
-        if self.background:
-            return self.save_in_background(state, step)
-        self.wait()
+        """Save the state as this task's newest checkpoint (in a thread if `background`); the time
+        it takes the caller counts as the training loop's (`times`)."""
+        self.times.loop(self.save_in_background if self.background else self._save_here, state, step)
+
+    def _save_here(self, state: dict, step: int):
+        self._finish()
         folder = tempfile.mkdtemp(prefix=f"monollm-ckpt-{self.name}-")
         try:
             write(folder, state)
@@ -205,10 +210,10 @@ class StepCheckpointer:
         weights and a growing history), then write, seal and store it in a thread while the caller
         trains on. The previous save is finished first (its error, if any, raised); call `wait`
         after the last. Holds host memory for one more copy of the state, from save to save."""
-        self.wait()
+        self._finish()
         copy = self._copy = snapshot(state, reuse=self._copy)
-        self._worker = threading.Thread(target=self._write_seal_store, args=(copy, step),
-                                        name=f"checkpoint-{self.name}", daemon=True)
+        self._worker, self._pending = threading.Thread(target=self._write_seal_store, args=(copy, step),
+                                                       name=f"checkpoint-{self.name}", daemon=True), step
         self._worker.start()
 
     def _write_seal_store(self, state: dict, step: int):
@@ -221,9 +226,15 @@ class StepCheckpointer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def wait(self):
-        """Finish the save running in the background, if any; raise its error, if it failed."""
-        if self._worker is not None:
-            self._worker.join()
+        """Finish the save running in the background, if any; raise its error, if it failed. The
+        time it takes counts as the training loop's (`times`)."""
+        self.times.loop(self._finish)
+
+    def _finish(self):
+        if self._worker is not None:  # still storing: the loop waits, a cost `times` reports
+            waited = self.times.finish(self._worker.is_alive(), self._worker.join)
+            if waited is not None:
+                self.log(f"[{self.name}] waited {waited:.1f} s for the checkpoint of step {self._pending} to be stored")
             self._worker = None
         failed, self._failed = self._failed, None
         if failed is not None:
@@ -232,9 +243,11 @@ class StepCheckpointer:
     def save_folder(self, folder: str, step: int):
         """Save a folder already sealed (`seal`) as this task's newest checkpoint, then delete
         the ones this task saved before beyond the newest `keep`."""
-        ref = self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step},
-                                           storage_format="files")
-        self.log(f"[{self.name}] checkpoint saved at step {step}")
+        size = folder_bytes(folder)
+        with Clock() as c:
+            ref = self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step},
+                                               storage_format="files")
+        self.log(f"[{self.name}] checkpoint saved at step {step}: {self.times.stored(size, c.seconds)}")
         self._stored.append(ref)
         self._prune()
 
@@ -344,27 +357,6 @@ def _attempts(task) -> int:
         from metaflow.metaflow_config import MAX_ATTEMPTS
 
         return MAX_ATTEMPTS
-
-
-def snapshot(value, reuse=None):
-    """A copy of a state that later training cannot change: tensors copied to host memory, dicts,
-    lists and tuples rebuilt (the history grows after a save), other (immutable) values shared.
-    `reuse`: an earlier snapshot nothing reads any more; a tensor whose place there holds a host
-    tensor of its shape and dtype is copied into it, memory already mapped: several times faster
-    than fresh memory (benchmarks/checkpoint_io.py)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if (isinstance(reuse, torch.Tensor) and reuse.device.type == "cpu" and reuse.shape == value.shape
-                and reuse.dtype == value.dtype and reuse.data_ptr() != value.data_ptr()):
-            return reuse.copy_(value)
-        return value.to("cpu", copy=True)
-    if isinstance(value, dict):
-        old = reuse if isinstance(reuse, dict) else {}
-        return {k: snapshot(v, old.get(k)) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        old = list(reuse) if type(reuse) is type(value) and len(reuse) == len(value) else [None] * len(value)
-        return type(value)(snapshot(v, o) for v, o in zip(value, old))
-    return value
 
 
 def _step_in(ref) -> int | str:

@@ -32,7 +32,6 @@ import ctypes
 import datetime
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -43,7 +42,8 @@ import time
 import numpy as np
 import torch
 
-from monollm import checkpoints, config, models, monotonic, train
+from monollm import checkpoints, config, models, monotonic, sharded_load, sharded_save, train
+from monollm.saving import SaveTimes
 
 JOB, ROWS, HISTORY, FINAL, CKPTS = "job.json", "rows.jsonl", "history.json", "final.pt", "checkpoints"
 
@@ -200,7 +200,7 @@ class Parallel(train.OneProcess):
 
         msd, osd = get_state_dict(model, opt)
         sharded = {"model": msd, "optimizer": osd}
-        _load_shards(sharded, os.path.join(resume["folder"], "shards"))
+        sharded_load.load_shards(sharded, os.path.join(resume["folder"], "shards"))
         set_state_dict(model, opt, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"])
 
 
@@ -235,89 +235,48 @@ class RankCheckpoint:
 
     def __init__(self, job: str, par: Parallel, resume: str | None, saving: bool, timeout_s: float):
         self.job, self.par, self.resume, self.saving, self.timeout_s = job, par, resume, saving, timeout_s
-        self.pending = None
+        self.pending, self.times = None, SaveTimes()
         # the background saves' collectives run on a gloo group of their own (made by every rank)
         self.group = par.dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
             if saving else None
 
     def restore(self) -> dict | None:
-        return _resume_state(self.resume, self.par.rank) if self.resume else None
+        return sharded_load.resume_state(self.resume, self.par.rank) if self.resume else None
 
     def save(self, state: dict, step: int):
-        from monollm import sharded_save
+        if self.saving:  # the time this takes, and the final wait's, is the training loop's (`times`)
+            self.times.loop(self._start, state, step)
 
-        if self.saving:
-            self.wait()
-            folder = os.path.join(self.job, CKPTS, f"step-{step:09d}")
-            self.pending = sharded_save.start(folder, self.par.rank, self.par.world, state, step, self.group,
-                                              self.timeout_s)
+    def _start(self, state: dict, step: int):
+        self._finish()
+        self.times.finish(bool(self._unstored(step)), lambda: self._wait_stored(step))
+        self.pending = sharded_save.start(os.path.join(self.job, CKPTS, f"step-{step:09d}"), self.par.rank,
+                                          self.par.world, state, step, self.group, self.timeout_s)
+
+    def _unstored(self, step: int) -> list[str]:
+        """Folders of earlier saves the coordinator has not stored (and removed) yet."""
+        folder = os.path.join(self.job, CKPTS)
+        return sorted(n for n in os.listdir(folder) if int(n.split("-")[1]) < step) if os.path.isdir(folder) else []
+
+    def _wait_stored(self, step: int):
+        """Until every earlier folder is stored: the node's disk then holds one checkpoint, not a
+        queue of them, when storing is slower than training (every rank sees the same folder and
+        waits alike; the folder of `step` is not made before, so none waits for it)."""
+        deadline = time.monotonic() + self.timeout_s
+        while self._unstored(step):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the checkpoints {self._unstored(step)} were not stored within "
+                                   f"parallel.timeout_minutes ({self.timeout_s / 60:g} min)")
+            time.sleep(0.2)
 
     def wait(self):
         """Until the save in flight, if any, is sealed; raises its error."""
+        self.times.loop(self._finish)
+
+    def _finish(self):
         pending, self.pending = self.pending, None
         if pending is not None:
-            pending.result()
-
-
-def _resume_state(folder: str, rank: int) -> dict:
-    """The non-sharded part of a checkpoint for `rank`, read without unpickling (weights_only)."""
-    rest = checkpoints.load_tensors(os.path.join(folder, "rest.pt"))
-    rng_path = os.path.join(folder, f"rng-{rank}.pt")
-    if not os.path.exists(rng_path):  # fewer ranks wrote it: RNG streams of rank 0 (no dropout in these models)
-        rng_path = os.path.join(folder, "rng-0.pt")
-    rest["rng"] = checkpoints.load_tensors(rng_path)
-    return {**rest, "folder": folder}
-
-
-def _load_shards(state: dict, path: str):
-    """dcp.load into `state`, refusing anything but tensors and plain values: torch's reader
-    unpickles the `.metadata` file and its planner the non-tensor entries in full, so both are
-    first read by restricted unpicklers, which raise before any other object is built."""
-    import torch.distributed.checkpoint as dcp
-
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    with open(os.path.join(path, ".metadata"), "rb") as f:
-        _MetadataUnpickler(f).load()
-    try:
-        dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=_weights_only_planner())
-    except CheckpointException as err:  # DCP wraps every rank's error: give back the refusal itself
-        refused = [e for e, _ in err.failures.values() if isinstance(e, checkpoints.CorruptCheckpoint)]
-        if refused:
-            raise refused[0] from None
-        raise
-
-
-# what DCP's `.metadata` pickle may name: its own metadata dataclasses, tensor sizes, dtypes, layouts
-_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-                     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
-                     ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's `.metadata` (tensor shapes, dtypes and file offsets) and nothing else."""
-
-    def find_class(self, module: str, name: str):
-        if (module == "torch.distributed.checkpoint.metadata" or (module, name) in _METADATA_GLOBALS
-                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
-            return super().find_class(module, name)
-        raise checkpoints.CorruptCheckpoint(f"sharded checkpoint metadata names {module}.{name}, which "
-                                            f"checkpoint metadata never holds; it is not unpickled")
-
-
-def _weights_only_planner():
-    from torch.distributed.checkpoint import DefaultLoadPlanner
-
-    class Planner(DefaultLoadPlanner):
-        def load_bytes(self, read_item, value):
-            try:
-                torch.load(value, weights_only=True)  # raises on anything but tensors and plain values ...
-            except Exception as err:
-                raise checkpoints.CorruptCheckpoint(f"sharded checkpoint entry {read_item.dest_index.fqn} is "
-                                                    f"not tensors and plain values: {err}") from err
-            value.seek(0)
-            super().load_bytes(read_item, value)  # ... so the full unpickling of the same bytes builds nothing else
-    return Planner()
+            self.times.finish(not pending.done(), pending.result)
 
 
 def main(job: str):
@@ -372,10 +331,14 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
 
     ckpt = RankCheckpoint(job, par, spec["resume"], saving=spec["checkpoints"],
                           timeout_s=60.0 * cfg.parallel.timeout_minutes)
+    started = time.perf_counter()
     history = train.train(model, blocks, val, cfg.train_for(spec["arm"]), spec["seed"], device, arm=spec["arm"],
-                          log=log if rank == 0 else _quiet, checkpoint=ckpt,
+                          log=log if rank == 0 else (lambda _: None), checkpoint=ckpt,
                           on_step=on_step if rank == 0 else None, parallel=par)
     ckpt.wait()  # the last checkpoint sealed before this rank reports success
+    if rank == 0 and spec["checkpoints"]:
+        ckpt.times.train_s = time.perf_counter() - started
+        log(f"[{spec['arm']}] rank 0: {ckpt.times.loop_line()}")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save(full, os.path.join(job, FINAL + ".tmp"))
@@ -383,10 +346,6 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
         with open(os.path.join(job, HISTORY), "w") as f:
             json.dump(history, f)
         rows.close()
-
-
-def _quiet(msg: str):
-    pass
 
 
 if __name__ == "__main__":

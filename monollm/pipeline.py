@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 
 import numpy as np
 
@@ -260,11 +261,14 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
         reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers, m.init)
         monotonic.apply(model, m.variant, m.floor, m.mode, layers, m.init)
         checks["before_training"] = monotonic.verify(model, m.variant, m.mode, layers, reference)
+    started = time.perf_counter()
     if world > 1:
         history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, log=log,
                                           checkpointer=checkpointer, on_step=on_step)
     else:
         history = _train_one_process(cfg, model, blocks, arm, device, checkpointer, on_step)
+    if checkpointer:
+        log(checkpointer.times.report(arm, time.perf_counter() - started, stored_only=world > 1))
     if arm == "monotonic":
         held = reference if m.mode == "sign_frozen" else None  # abs_init_free: free after its start
         checks["after_training"] = monotonic.verify(model, m.variant, m.mode, layers, held)

@@ -45,6 +45,9 @@ class Pending:
         finally:
             self._done.set()
 
+    def done(self) -> bool:
+        return self._done.is_set()
+
     def result(self):
         self._done.wait()
         if self._error is not None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import checkpoints, config, sharded_save, train
+from monollm import checkpoints, config, saving, sharded_save, train
 
 
 def _state(step: int) -> dict:
@@ -278,6 +278,36 @@ def test_background_save_failure_is_raised_on_the_next_wait():
     with pytest.raises(RuntimeError, match="bucket gone"):
         ck.wait()
     ck.wait()  # reported once
+
+
+def test_a_save_that_waits_for_a_slow_store_is_counted_and_logged():
+    """The task measures its own checkpoint costs (monollm.saving): every stored folder's bytes,
+    and a save that must wait for the previous store counts as blocked on the training loop."""
+    current, messages = _FakeCurrent(), []
+    ck = checkpoints.StepCheckpointer(current, "baseline", log=messages.append, keep=3, background=True)
+    gate, real_save, seen = threading.Event(), current.checkpoint.save, []
+    current.checkpoint.save = lambda path, **kw: (gate.wait(), real_save(path, **kw))[1]  # a slow store
+    real_finish = ck.times.finish
+
+    def finish(busy, join):  # the store of step 1 is held until the next save has seen it busy
+        seen.append(busy)
+        gate.set()
+        return real_finish(busy, join)
+
+    ck.times.finish = finish
+    ck.save(_state(1), 1)
+    ck.save(_state(2), 2)  # step 1's store is still running: this save waits for it
+    ck.wait()
+    t = ck.times
+    assert seen[0] is True and len(seen) == 2  # the final wait may find step 2 stored, or not yet
+    assert (t.stores, t.waits) == (2, sum(seen)) and 0 < t.waited_s <= t.loop_s
+    assert t.stored_bytes == sum(saving.folder_bytes(c["key"]) for c in current.checkpoint.saved)
+    assert any(m.startswith("[baseline] waited ") and "checkpoint of step 1 to be stored" in m for m in messages)
+    assert sum("checkpoint saved at step" in m and " MB/s)" in m for m in messages) == 2
+    line = t.report("baseline", train_s=4 * t.loop_s)
+    assert line.startswith(f"[baseline] checkpoints: 2 stored, {t.stored_bytes / 1e6:.1f} MB in ")
+    assert "of training in checkpoint saves (25.0%)" in line and f"waiting {t.waits} time(s)" in line
+    assert t.as_dict()["train_s"] == 4 * t.loop_s
 
 
 def _rank_files(folder, world, rng):

@@ -3,13 +3,16 @@ weights of one process, resume from their sharded checkpoints, and fail loudly."
 import json
 import os
 import pickle
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from monollm import checkpoints, config, distributed, models, pipeline
+from monollm import checkpoints, config, distributed, models, pipeline, sharded_load
+from monollm.saving import SaveTimes, folder_bytes
 
 T = 16
 
@@ -37,10 +40,12 @@ class Keep:
     """A StepCheckpointer stand-in: keeps copies of saved folders; restores a given one."""
 
     def __init__(self, root, resume=None):
-        self.root, self.resume, self.saved = root, resume, {}
+        self.root, self.resume, self.saved, self.times = root, resume, {}, SaveTimes()
 
-    def save_folder(self, folder, step):
+    def save_folder(self, folder, step):  # counted as StepCheckpointer counts its stores
+        size = folder_bytes(folder)
         self.saved[step] = shutil.copytree(folder, os.path.join(self.root, f"step-{step}"))
+        self.times.stored(size, 0.5)
 
     def restore_folder(self):
         return checkpoints.check(self.resume) if self.resume else None
@@ -84,11 +89,18 @@ def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, reco
         assert two.constraint["after_materializing"]["matrices"] == 4
 
 
-def test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks(model_dir, tmp_path):
+def test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks(model_dir, tmp_path, capfd):
     c = cfg(2, "fsdp", checkpoint_every=2)
     keep = Keep(str(tmp_path / "kept"))
     full = train_arm(c, model_dir, "monotonic", tmp_path / "full", checkpointer=keep)
     assert sorted(keep.saved) == [2, 4]
+    # the coordinator reports what it stored, rank 0 its own loop's time in saves (both of them)
+    out = capfd.readouterr().out
+    stored = sum(folder_bytes(f) for f in keep.saved.values())
+    assert f"[monotonic] checkpoints: 2 stored, {stored / 1e6:.1f} MB in 1.0 s" in out
+    assert "the training loop spent" not in out.split("[monotonic] checkpoints:")[1].splitlines()[0]
+    assert keep.times.train_s > 0
+    assert "[monotonic] rank 0: the training loop spent" in out
     files = os.listdir(keep.saved[4])
     assert {"meta.json", "rest.pt", "rng-0.pt", "rng-1.pt", "shards"} <= set(files)
     rows = []  # resumed on 4 processes: the shards of 2 are redistributed (the flow test resumes on 2)
@@ -105,6 +117,30 @@ def test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks(model_dir,
     # one process reads the folder as sharded and says so, instead of training from scratch
     with pytest.raises(checkpoints.CorruptCheckpoint, match="sharded"):
         checkpoints.read(keep.saved[4])
+
+
+class SlowStore(Keep):
+    """Stores each folder slowly, noting which folders await storing when it starts."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.waiting = []
+
+    def save_folder(self, folder, step):
+        self.waiting.append(sorted(os.listdir(os.path.dirname(folder))))
+        time.sleep(1.0)  # a training step of this model takes milliseconds
+        super().save_folder(folder, step)
+
+
+def test_ranks_wait_for_a_slow_store_instead_of_queueing_checkpoints_on_disk(model_dir, tmp_path, capfd):
+    """Storing slower than training: the ranks' next save waits until the coordinator has stored
+    the previous folder, so the node's disk never holds a queue of checkpoints (at 6.9b each is
+    ~110 GB); rank 0 reports the waits as time its loop spent in saves."""
+    store = SlowStore(str(tmp_path / "kept"))
+    train_arm(cfg(2, "ddp", checkpoint_every=1), model_dir, "baseline", tmp_path / "out", checkpointer=store)
+    assert sorted(store.saved) == [1, 2, 3, 4, 5]
+    assert store.waiting == [[f"step-{s:09d}"] for s in range(1, 6)]
+    assert re.search(r"\[baseline\] rank 0: the training loop spent .* waiting \d+ time\(s\)", capfd.readouterr().out)
 
 
 def test_damaged_shard_is_named(model_dir, tmp_path):
@@ -169,19 +205,19 @@ def test_planted_pickles_in_a_sharded_checkpoint_are_refused_without_running(tmp
     os.makedirs(folder)
     torch.save({"step": 2, "history": [], "scheduler": Planted(marker)}, folder / "rest.pt")
     with pytest.raises(checkpoints.CorruptCheckpoint, match="rest.pt"):
-        distributed._resume_state(str(folder), 0)
+        sharded_load.resume_state(str(folder), 0)
     torch.save({"step": 2, "history": [], "scheduler": {}}, folder / "rest.pt")
     torch.save({"torch": Planted(marker)}, folder / "rng-0.pt")
     with pytest.raises(checkpoints.CorruptCheckpoint, match="rng-0.pt"):
-        distributed._resume_state(str(folder), 1)  # rank 1 falls back to rank 0's RNG file
+        sharded_load.resume_state(str(folder), 1)  # rank 1 falls back to rank 0's RNG file
     shards = str(folder / "shards")
     dcp.save({"w": torch.ones(2), "extra": Planted(marker)}, checkpoint_id=shards, no_dist=True)
     with pytest.raises(checkpoints.CorruptCheckpoint, match="entry extra"):
-        distributed._load_shards({"w": torch.zeros(2), "extra": None}, shards)
+        sharded_load.load_shards({"w": torch.zeros(2), "extra": None}, shards)
     with open(os.path.join(shards, ".metadata"), "wb") as f:
         pickle.dump(Planted(marker), f)
     with pytest.raises(checkpoints.CorruptCheckpoint, match="posix.mkdir"):
-        distributed._load_shards({"w": torch.zeros(2)}, shards)
+        sharded_load.load_shards({"w": torch.zeros(2)}, shards)
     assert not os.path.exists(marker)
 
 
@@ -196,7 +232,7 @@ def test_sharded_checkpoint_entries_load_back(tmp_path):
     dcp.save(saved, checkpoint_id=str(tmp_path / "shards"), no_dist=True)
     loaded = {"model": {k: torch.zeros_like(v) for k, v in m.state_dict().items()},
               "optimizer": torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=5.0).state_dict()}
-    distributed._load_shards(loaded, str(tmp_path / "shards"))
+    sharded_load.load_shards(loaded, str(tmp_path / "shards"))
     for k, v in saved["model"].items():
         assert torch.equal(loaded["model"][k], v)
     assert loaded["optimizer"]["param_groups"][0]["lr"] == 1e-3

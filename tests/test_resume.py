@@ -121,6 +121,16 @@ def test_killed_training_resumes_from_checkpoint(resume_profile, datastore_root,
     assert len(starts) == 1 and starts[0] >= 2 * CHECKPOINT_EVERY and starts[0] % CHECKPOINT_EVERY == 0
     assert list(mono["step"]) == list(range(1, len(mono) + 1))  # history restored, nothing lost
 
+    # each arm's task counted the checkpoints it stored itself: the resumed one only those after its start
+    saved = [s for s in range(CHECKPOINT_EVERY, len(mono), CHECKPOINT_EVERY)]
+    costs = run.data.checkpoint_costs
+    assert whole.data.checkpoint_costs["monotonic"]["stores"] == len(saved)
+    assert costs["monotonic"]["stores"] == len([s for s in saved if s > starts[0]])
+    assert costs["baseline"]["stores"] == len(saved)  # the origin run's task, cloned
+    for arm_costs in costs.values():
+        assert arm_costs["stored_bytes"] > 0 and 0 < arm_costs["loop_s"] < arm_costs["train_s"]
+    assert f"[monotonic] checkpoints: {costs['monotonic']['stores']} stored" in run["train_monotonic"].task.stdout
+
     # same results as never stopping (CPU, same seed: exact)
     drop = ["tokens_per_s", "resumed_from"]
     pd.testing.assert_frame_equal(run.data.training.drop(columns=drop), whole.data.training.drop(columns=drop))
