@@ -64,7 +64,8 @@ class SaveTimes:
     def finish(self, busy: bool, join) -> float | None:
         """join() a background save; when it was still `busy`, the wait counts as blocked: its seconds."""
         if not busy:
-            return join()
+            join()
+            return None
         with Clock() as c:
             join()
         self.blocked(c.seconds)
@@ -76,7 +77,7 @@ class SaveTimes:
 
     def loop_line(self) -> str:
         """The loop's share of `train_s` (set it first)."""
-        waits = (f", {self.waited_s:.1f} s of it waiting {self.waits} time(s) for a save still being stored"
+        waits = (f", {self.waited_s:.1f} s of it waiting {self.waits} time(s) for an earlier save to finish"
                  if self.waits else "")
         return (f"the training loop spent {self.loop_s:.1f} s of {self.train_s:.1f} s of training in checkpoint "
                 f"saves ({100 * self.loop_s / max(self.train_s, 1e-9):.1f}%){waits}")
