@@ -161,17 +161,17 @@ def pool_search(model, tokenizer, opt_np, allowed, L: int, n_cont: int, batch_si
     return objective, evals, time.perf_counter() - start, [int(t) for t in trigger]
 
 
-def compare(model, tokenizer, examples, params, n_cont: int, bs: int, sweeps: int, seed: int, clean: float) -> dict:
-    """Pool search, then uat to match it, then uat at its candidate budget, all from one seed."""
+def compare(model, tokenizer, examples, allowed, params, n_cont: int, bs: int, sweeps: int, seed: int,
+            clean: float) -> dict:
+    """Pool search, then uat to match it, then uat at its candidate budget, all from one seed;
+    both draw from `allowed` tokens."""
     import dataclasses
 
     import numpy as np
     import torch
 
     from monollm.attacks import uat
-    from monollm.attacks.common import allowed_tokens
 
-    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
     pool_obj, pool_evals, pool_s, trigger = pool_search(model, tokenizer, examples["attack_opt"], allowed,
                                                         params.trigger_len, n_cont, bs, sweeps,
@@ -215,7 +215,7 @@ def hotflip_equal_budget(model, tokenizer, examples, a, hot_params, seed: int) -
     from monollm.attacks.common import allowed_tokens
     from monollm.attacks.guidance import flip_agreement
 
-    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], a.tokens)
     test, n_cont, bs = torch.as_tensor(examples["test"], device=model.device), a.continuation_len, a.batch_size
     context_len, n = test.shape[1] - n_cont, len(test)
 
@@ -336,15 +336,15 @@ def main(argv=None):
     model, tokenizer, examples = reference(cfg, args.config, args.model_dir)
     a = cfg.attack
     params = a.params.get("uat") or uat.UATConfig()
-    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], a.tokens)
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
     clean = float(continuation_nll(model, opt, a.continuation_len, a.batch_size).mean())
     parts = set(args.parts.split(","))
     if "pool" in parts:
         ratio = throughput_ratio(model, opt, allowed, params.trigger_len, a.continuation_len, a.batch_size,
                                  args.rounds, args.seed)
-        runs = [compare(model, tokenizer, examples, params, a.continuation_len, a.batch_size, args.sweeps, seed,
-                        clean) for seed in range(args.seed, args.seed + args.seeds)]
+        runs = [compare(model, tokenizer, examples, allowed, params, a.continuation_len, a.batch_size, args.sweeps,
+                        seed, clean) for seed in range(args.seed, args.seed + args.seeds)]
         speedup = sum(r["pool_s"] for r in runs) / sum(r["uat_s"] for r in runs)
         unmatched = sum(not r["matched"] for r in runs)
         print(f"scoring/forward throughput ratio: {ratio:.2f}")

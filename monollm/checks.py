@@ -157,6 +157,7 @@ def _check_attack(a):
         require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
     require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
+    one_of(a.tokens, ("round_trip", "printable"), "attack.tokens")
 
 
 def _check_resources(r):

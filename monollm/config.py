@@ -246,6 +246,10 @@ class AttackConfig:
     """Precision of the attacks' searches (gradients and candidate re-scoring): "bf16" (autocast),
     "fp32", or "auto" (bf16 on CUDA, fp32 elsewhere). Every reported clean and attacked NLL is
     scored in fp32 whatever this says."""
+    tokens: str = "round_trip"
+    """Which tokens an attack may insert (the threat model): "round_trip", every token but special
+    ones and padding rows whose text encodes back to itself, control bytes included; "printable",
+    of those only the ones whose text is printable (newline and tab allowed)."""
     params: dict = field(default_factory=dict)
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
     EXTRA_TABLES: ClassVar[str] = "params"

@@ -344,7 +344,7 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
                                  a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
-                                 checkpoint=checkpoint, precision=a.search_precision)
+                                 checkpoint=checkpoint, precision=a.search_precision, tokens=a.tokens)
     from monollm import report  # pandas: only the attack step needs it
 
     table = report.attack_table(results)

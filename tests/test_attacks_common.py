@@ -93,6 +93,25 @@ def test_allowed_tokens_exclude_special_padding_and_unstable_tokens():
     assert all(tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i] for i in ids)
 
 
+def test_printable_tokens_drop_exactly_the_control_bytes():
+    """attack.tokens = "printable": the round-trip tokens minus those whose text is not printable
+    (a byte-level BPE has a token for every byte, control bytes such as NUL included)."""
+    tok, rows = tokenizer(), model().get_input_embeddings().weight.shape[0]
+    every, shown = allowed_tokens(tok, rows), allowed_tokens(tok, rows, "printable")
+    texts = {i: tok.decode([i]) for i in every.nonzero().flatten().tolist()}
+    dropped = {i for i, t in texts.items() if not all(c.isprintable() or c in "\n\t" for c in t)}
+    assert "\x00" in {texts[i] for i in dropped}  # the NUL byte round-trips, so the default allows it
+    assert set(shown.nonzero().flatten().tolist()) == set(texts) - dropped
+    assert any("\n" in texts[i] for i in shown.nonzero().flatten().tolist())  # newline stays
+
+
+def test_unknown_attack_tokens_setting_is_refused_naming_the_key():
+    from monollm import config
+
+    with pytest.raises(config.ConfigError, match="attack.tokens"):
+        config.load({"attack": {"tokens": "ascii"}})
+
+
 def test_flip_scores_mask_disallowed_and_current_tokens():
     grad = torch.randn(2, 4, 10)
     current = torch.tensor([[1, 2, 3, 4], [0, 0, 9, 9]])

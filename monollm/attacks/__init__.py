@@ -35,16 +35,18 @@ def attack_config(name: str, raw: dict, where: str):
 
 
 def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: int, batch_size: int,
-               params, seed: int, log=print, checkpoint=None, precision: str = "fp32") -> list[AttackResult]:
+               params, seed: int, log=print, checkpoint=None, precision: str = "fp32",
+               tokens: str = "round_trip") -> list[AttackResult]:
     """Run a registered attack (models already in eval mode).
 
     `checkpoint` (a monollm.checkpoints.StepCheckpointer or None) lets a long attack save its
     progress and continue after a failure; attacks short enough not to need it ignore it.
-    `precision` ("auto", "bf16", "fp32": common.search_precision) is that of the search only.
+    `precision` ("auto", "bf16", "fp32": common.search_precision) is that of the search only;
+    `tokens` ("round_trip", "printable": common.allowed_tokens), which tokens it may insert.
     """
     _, fn = ATTACKS[name]
     return fn(context(models, tokenizer, examples, continuation_len, batch_size, seed, log=log, checkpoint=checkpoint,
-                      precision=precision), params)
+                      precision=precision, tokens=tokens), params)
 
 
 __all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]

@@ -147,13 +147,13 @@ class AttackContext:
 
 
 def context(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int, seed: int,
-            log=print, checkpoint=None, precision: str = "fp32") -> AttackContext:
-    """The attack context: allowed tokens, test examples on the device and every model's clean NLL
-    (checked finite before any search time is spent)."""
+            log=print, checkpoint=None, precision: str = "fp32", tokens: str = "round_trip") -> AttackContext:
+    """The attack context: allowed tokens (`tokens`: allowed_tokens), test examples on the device
+    and every model's clean NLL (checked finite before any search time is spent)."""
     any_model = next(iter(models.values()))
     test = torch.as_tensor(examples["test"], device=any_model.device)
     return AttackContext(models=models, tokenizer=tokenizer, examples=examples, test=test,
-                         allowed=allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0]),
+                         allowed=allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0], tokens),
                          clean=clean_nlls(models, test, continuation_len, batch_size), n_cont=continuation_len,
                          batch_size=batch_size, seed=seed, precision=precision, log=log, checkpoint=checkpoint)
 
@@ -247,20 +247,27 @@ def prepend(trigger: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
     return torch.cat([trigger.expand(examples.shape[0], -1), examples], dim=1)
 
 
-def allowed_tokens(tokenizer, vocab_rows: int) -> torch.Tensor:
+def allowed_tokens(tokenizer, vocab_rows: int, tokens: str = "round_trip") -> torch.Tensor:
     """Tokens an attack may insert: (vocab_rows,) bool.
 
     Excludes special tokens, ids >= len(tokenizer) (embedding padding rows, as in
     Pythia) and tokens whose decode -> encode does not give back the same single id.
+    `tokens` (`attack.tokens`): "printable" also excludes tokens whose text has a character
+    that is not printable (control bytes such as "\x00"), newline and tab excepted.
     """
     mask = torch.zeros(vocab_rows, dtype=torch.bool)
     n = min(len(tokenizer), vocab_rows)
     special = set(tokenizer.all_special_ids)
     texts = tokenizer.batch_decode([[i] for i in range(n)])
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    for i, enc in enumerate(encoded):
-        mask[i] = i not in special and enc == [i]
+    for i, (text, enc) in enumerate(zip(texts, encoded)):
+        mask[i] = i not in special and enc == [i] and (tokens != "printable" or printable(text))
     return mask
+
+
+def printable(text: str) -> bool:
+    """Whether every character of `text` is printable, or a newline or tab."""
+    return all(c.isprintable() or c in "\n\t" for c in text)
 
 
 def trigger_survives(tokenizer, trigger: list[int], examples: np.ndarray) -> bool:
