@@ -250,13 +250,13 @@ class RankCheckpoint:
     def _start(self, state: dict, step: int):
         self._finish()
         self.times.finish(bool(self._unstored(step)), lambda: self._wait_stored(step))
-        self.pending = sharded_save.start(os.path.join(self.job, CKPTS, f"step-{step:09d}"), self.par.rank,
+        self.pending = sharded_save.start(os.path.join(self.job, CKPTS, _folder_name(step)), self.par.rank,
                                           self.par.world, state, step, self.group, self.timeout_s)
 
     def _unstored(self, step: int) -> list[str]:
         """Folders of earlier saves the coordinator has not stored (and removed) yet."""
-        folder = os.path.join(self.job, CKPTS)
-        return sorted(n for n in os.listdir(folder) if int(n.split("-")[1]) < step) if os.path.isdir(folder) else []
+        folder = os.path.join(self.job, CKPTS)  # zero-padded names: earlier steps sort first
+        return sorted(n for n in os.listdir(folder) if n < _folder_name(step)) if os.path.isdir(folder) else []
 
     def _wait_stored(self, step: int):
         """Until every earlier folder is stored: the node's disk then holds one checkpoint, not a
@@ -277,6 +277,10 @@ class RankCheckpoint:
         pending, self.pending = self.pending, None
         if pending is not None:
             self.times.finish(not pending.done(), pending.result)
+
+
+def _folder_name(step: int) -> str:
+    return f"step-{step:09d}"
 
 
 def main(job: str):
@@ -337,8 +341,7 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
                           on_step=on_step if rank == 0 else None, parallel=par)
     ckpt.wait()  # the last checkpoint sealed before this rank reports success
     if rank == 0 and spec["checkpoints"]:
-        ckpt.times.train_s = time.perf_counter() - started
-        log(f"[{spec['arm']}] rank 0: {ckpt.times.loop_line()}")
+        log(f"[{spec['arm']}] rank 0: {ckpt.times.loop_line(time.perf_counter() - started)}")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save(full, os.path.join(job, FINAL + ".tmp"))

@@ -46,19 +46,11 @@ class SaveTimes:
             self.store_s + seconds
         return f"{_size(folder_size)} stored in {seconds:.1f} s ({folder_size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
 
-    def on_loop(self, seconds: float):
-        """Count seconds the training loop spent in a save or the final wait."""
-        self.loop_s += seconds
-
-    def blocked(self, seconds: float):
-        """Count a wait of the loop for a save still in the background."""
-        self.waits, self.waited_s = self.waits + 1, self.waited_s + seconds
-
     def loop(self, fn, *args):
-        """fn(*args), its time counted as the training loop's."""
+        """fn(*args) (a save, or the final wait), its time counted as the training loop's."""
         with Clock() as c:
             out = fn(*args)
-        self.on_loop(c.seconds)
+        self.loop_s += c.seconds
         return out
 
     def finish(self, busy: bool, join) -> float | None:
@@ -68,15 +60,16 @@ class SaveTimes:
             return None
         with Clock() as c:
             join()
-        self.blocked(c.seconds)
+        self.waits, self.waited_s = self.waits + 1, self.waited_s + c.seconds
         return c.seconds
 
     def stores_line(self) -> str:
         rate = f" ({self.stored_bytes / 1e6 / self.store_s:.0f} MB/s)" if self.store_s > 0 else ""
         return f"checkpoints: {self.stores} stored, {_size(self.stored_bytes)} in {self.store_s:.1f} s{rate}"
 
-    def loop_line(self) -> str:
-        """The loop's share of `train_s` (set it first)."""
+    def loop_line(self, train_s: float) -> str:
+        """Set `train_s`; the loop's share of it."""
+        self.train_s = train_s
         waits = (f", {self.waited_s:.1f} s of it waiting {self.waits} time(s) for an earlier save to finish"
                  if self.waits else "")
         return (f"the training loop spent {self.loop_s:.1f} s of {self.train_s:.1f} s of training in checkpoint "
@@ -86,7 +79,7 @@ class SaveTimes:
         """Set `train_s`; the end-of-training line. `stored_only`: this process only stored the
         checkpoints (several training processes: rank 0 reports its own loop's share)."""
         self.train_s = train_s
-        return f"[{who}] {self.stores_line()}" + ("" if stored_only else f"; {self.loop_line()}")
+        return f"[{who}] {self.stores_line()}" + ("" if stored_only else f"; {self.loop_line(train_s)}")
 
     def as_dict(self) -> dict:
         return dict(stores=self.stores, stored_bytes=self.stored_bytes, store_s=self.store_s, loop_s=self.loop_s,
