@@ -75,7 +75,8 @@ def parse_args(argv=None):
 
 def reference(cfg, profile_path: str, model_dir: str):
     """(model, tokenizer, examples) of the profile's reference model, built once and cached."""
-    from monollm import models, pipeline
+    from monollm import pipeline
+    from monollm.model import foundation
 
     if not model_dir:
         from reference_cache import folder  # benchmarks/, this script's folder
@@ -88,7 +89,7 @@ def reference(cfg, profile_path: str, model_dir: str):
                 pickle.dump(prep.examples, f)
     with open(os.path.join(model_dir, "examples.pkl"), "rb") as f:
         examples = pickle.load(f)
-    model, tokenizer = models.load(model_dir, models.pick_device(cfg.device))
+    model, tokenizer = foundation.load(model_dir, foundation.pick_device(cfg.device))
     return model, tokenizer, examples
 
 

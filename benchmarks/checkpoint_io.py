@@ -3,7 +3,7 @@
     python benchmarks/checkpoint_io.py                # 512 MB of fp32 training state, 3 rounds
     python benchmarks/checkpoint_io.py --mb 2048 --rounds 2 --dir /mnt/scratch
 
-The state is shaped like a training checkpoint (monollm.train's `state`): fp32 weights and
+The state is shaped like a training checkpoint (monollm.train.loop's `state`): fp32 weights and
 AdamW's two moments of the same shapes, a third each of `--mb`. Each round times
 monollm.checkpoints' own steps, as StepCheckpointer runs them:
 

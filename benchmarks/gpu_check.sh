@@ -12,7 +12,7 @@
 #   gc       the same with gradient checkpointing (its memory and its cost in time);
 #   attacks  one step of each gradient-guided attack at the 1.4B profile's attack shape, fp32 against
 #            bf16 autocast: speedup, agreement of the candidate losses, the search budget in GPU hours;
-#   flow     the paper-shape rehearsal (monollm.rehearsal: a Pythia-shaped model with a ~50k BPE, Pile-
+#   flow     the paper-shape rehearsal (monollm.experiments.rehearsal: a Pythia-shaped model with a ~50k BPE, Pile-
 #            layout shards) through the whole flow on CUDA, the hub profiles' code paths end to end.
 #            Needs metaflow and datasets importable (the cluster image has them).
 # Then the cost table (benchmarks/cost_table.py) from the rates just measured.
@@ -46,7 +46,7 @@ has() { [[ " $parts " == *" $1 "* ]]; }
     echo "== the paper-shape rehearsal through the flow on ${GPU_CHECK_DEVICE:-cuda}"
     if python3 -c "import metaflow, datasets, zstandard" 2>/dev/null; then
       work=$(mktemp -d) repo=$(pwd)
-      python3 -m monollm.rehearsal "$work/assets" >/dev/null 2>&1
+      python3 -m monollm.experiments.rehearsal "$work/assets" >/dev/null 2>&1
       sed -i "s/^device = \"cpu\"/device = \"${GPU_CHECK_DEVICE:-cuda}\"/" "$work/assets/rehearsal.toml"
       mkdir -p "$work/ds"
       (cd "$work" && METAFLOW_HOME="$work/mf" METAFLOW_DATASTORE_SYSROOT_LOCAL="$work/ds" \

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from monollm import config, pipeline  # noqa: E402
-from monollm.evaluate import perplexity  # noqa: E402
+from monollm.evaluation.perplexity import perplexity  # noqa: E402
 
 SETTINGS = [("nonneg", "abs"), ("nonneg", "clip"), ("abs_init_free", "abs"), ("abs_init_free", "clip"),
             ("sign_frozen", "abs")]

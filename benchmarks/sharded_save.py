@@ -1,4 +1,4 @@
-"""How long a sharded checkpoint holds up training: written in the background (monollm.sharded_save)
+"""How long a sharded checkpoint holds up training: written in the background (monollm.train.sharded_save)
 against written, hashed and sealed before training goes on (how the ranks saved before).
 
     python benchmarks/sharded_save.py                      # 2 ranks (gloo, CPU), 256 MB of state each
@@ -43,7 +43,8 @@ def _sync_save(folder, rank, world, state, step, group):
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    from monollm import checkpoints, sharded_save
+    from monollm import checkpoints
+    from monollm.train import sharded_save
 
     os.makedirs(folder, exist_ok=True)
     torch.save(state["rng"], os.path.join(folder, f"rng-{rank}.pt"))
@@ -64,7 +65,7 @@ def rank_main(args):
     import torch.distributed as dist
 
     from checkpoint_io import training_state
-    from monollm import sharded_save
+    from monollm.train import sharded_save
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -1,4 +1,4 @@
-"""Tokenization as `setup` runs it (monollm.data.train_blocks), on one thread and on all CPUs.
+"""Tokenization as `setup` runs it (monollm.data.documents.train_blocks), on one thread and on all CPUs.
 
     python benchmarks/tokenize_setup.py               # ~8 MB of the built-in corpus, 3 rounds each
     python benchmarks/tokenize_setup.py --mb 32 --vocab 50000
@@ -6,7 +6,7 @@
 The tokenizer is a byte-level BPE trained here on the built-in corpus (`--vocab` entries,
 the same kind of tokenizer as Pythia's, which needs the hub); the text is the built-in
 corpus repeated to `--mb` MB. Rounds alternate one thread (TOKENIZERS_PARALLELISM=false)
-and `monollm.data.tokenizer_threads` (all CPUs), and the blocks of both are checked equal.
+and `monollm.data.documents.tokenizer_threads` (all CPUs), and the blocks of both are checked equal.
 
 Wall-clock speedup needs idle CPUs: on a machine that other processes keep busy it shows
 little. So the CPU time of each thread of this process is read too (Linux /proc): the
@@ -40,7 +40,8 @@ def thread_cpu() -> dict:
 
 
 def main():
-    from monollm import corpus, data, models
+    from monollm.data import corpus, documents
+    from monollm.model import foundation
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=8)
@@ -50,7 +51,7 @@ def main():
     args = ap.parse_args()
 
     base = corpus.generate(3000)
-    tokenizer = models.build_tokenizer(base, args.vocab)
+    tokenizer = foundation.build_tokenizer(base, args.vocab)
     docs, size = [], 0
     while size < args.mb * 1e6:
         docs += base
@@ -59,7 +60,7 @@ def main():
 
     def run(name: str):
         before, t0 = thread_cpu(), time.perf_counter()
-        results[name] = data.train_blocks(tokenizer, iter(docs), args.block_len, 10 ** 12, eos)
+        results[name] = documents.train_blocks(tokenizer, iter(docs), args.block_len, 10 ** 12, eos)
         times[name].append(time.perf_counter() - t0)
         after = thread_cpu()
         used = {t: after[t] - before.get(t, 0) for t in after}
@@ -71,9 +72,9 @@ def main():
     for name in ("one thread", "all CPUs"):
         times[name], critical[name], total[name] = [], [], []
     for _ in range(args.rounds):
-        os.environ[data.PARALLELISM] = "false"
+        os.environ[documents.PARALLELISM] = "false"
         run("one thread")
-        with data.tokenizer_threads():
+        with documents.tokenizer_threads():
             run("all CPUs")
     same = (results["one thread"] == results["all CPUs"]).all()
     print(f"{size / 1e6:.1f} MB of text, {len(docs):,} documents, vocabulary {len(tokenizer):,}, "

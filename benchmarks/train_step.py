@@ -5,7 +5,7 @@
     python benchmarks/train_step.py --config config/pythia-1.4b.toml --random-init   # no hub
     python benchmarks/train_step.py --config config/pythia-6.9b.toml --random-init   # 8 GPUs, FSDP
 
-Both arms run `monollm.train.train` itself (the flow's code path: fp32 master weights,
+Both arms run `monollm.train.loop.train` itself (the flow's code path: fp32 master weights,
 bf16 autocast and fused AdamW on CUDA, the profile's batch, accumulation, block length,
 gradient checkpointing and compile settings) on the same random token blocks, starting
 from the same weights; the monotonic arm is constrained first (W = softplus(V)), so its
@@ -15,7 +15,7 @@ fastest steps of each arm (medians are printed too; MFU is from the median step)
 profile when no GPU is visible.
 
 With several training processes (the profile's `[parallel]`, or `--processes N`), each arm
-runs through monollm.distributed as in a flow step (torchrun, one rank per GPU, DDP or
+runs through monollm.train.distributed as in a flow step (torchrun, one rank per GPU, DDP or
 FSDP); step times are rank 0's, MFU is per GPU, and peak memory is not reported.
 
 Target: monotonic/baseline step time <= 1.10; MFU >= 0.40 for pythia-1.4b on an H100.
@@ -89,15 +89,16 @@ def load_profile(args):
 
 def foundation(cfg, random_init: bool):
     """(model, tokenizer-size) of the profile: built, random-initialised, or loaded."""
-    from monollm import corpus, models
+    from monollm.data import corpus
+    from monollm.model import foundation
 
     if cfg.model.source == "build":
         docs = corpus.generate(min(cfg.data.builtin_docs, 1000))
-        tokenizer = models.build_tokenizer(docs, cfg.model.build.vocab_size)
-        return models.build_model(cfg.model.build, tokenizer, cfg.seed, cfg.model.attn_implementation), len(tokenizer)
+        tokenizer = foundation.build_tokenizer(docs, cfg.model.build.vocab_size)
+        return foundation.build_model(cfg.model.build, tokenizer, cfg.seed, cfg.model.attn_implementation), len(tokenizer)
     if random_init:
         return random_pythia(cfg), 50277
-    model, tokenizer = models.load_foundation(cfg.model)
+    model, tokenizer = foundation.load_foundation(cfg.model)
     return model, len(tokenizer)
 
 
@@ -149,7 +150,9 @@ def measure(cfg, reference, arm: str, blocks, steps: int, warmup: int, device: s
     whose ranks load `reference` from `model_dir`)."""
     import torch
 
-    from monollm import distributed, monotonic, train
+    from monollm import config
+    from monollm.model import monotonic
+    from monollm.train import distributed, loop
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -161,11 +164,11 @@ def measure(cfg, reference, arm: str, blocks, steps: int, warmup: int, device: s
                                checkpoint_every=0, log_every=0, val_blocks=1, warmup_frac=0.0,
                                monotonic_warmup_frac=0.0)
     if world > 1:
-        history = distributed.train_model(dataclasses.replace(cfg, train=tcfg), model, model_dir,
-                                          {"train": blocks, "val": blocks[:1]}, arm, cfg.seed, world,
-                                          log=lambda *_: None)
+        run_cfg = dataclasses.replace(cfg, train=tcfg)
+        history = distributed.train_model(run_cfg, model, model_dir, {"train": blocks, "val": blocks[:1]}, arm,
+                                          cfg.seed, world, raw_config=config.to_dict(run_cfg), log=lambda *_: None)
         return [rows * blocks.shape[1] / h["tokens_per_s"] for h in history[warmup:]], 0
-    history = train.train(model, blocks, blocks[:1], tcfg, cfg.seed, device, arm=arm, log=lambda *_: None)
+    history = loop.train(model, blocks, blocks[:1], tcfg, cfg.seed, device, arm=arm, log=lambda *_: None)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     del model
     if device == "cuda":
@@ -178,7 +181,8 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from monollm import distributed, pipeline
+    from monollm import pipeline
+    from monollm.train import distributed
 
     cfg = load_profile(args)
     device = pipeline.setup_torch(cfg)

@@ -38,13 +38,14 @@ class MonoFlow(FlowSpec):
     @step
     def start(self):
         """Load and validate the profile before any model work."""
-        from monollm import config, errors, pipeline, results
+        from monollm import config, errors, pipeline
 
         # a bad key or value: one message naming it, no traceback
+        from monollm.results import client
         with errors.user_errors(f"profile {dict(self.config).get('name', '')!r}"):
             cfg = pipeline.start(dict(self.config), self.seed)
         self.resolved_config = config.to_dict(cfg)
-        results.tag_current_run(pipeline.tags(cfg))
+        client.tag_current_run(pipeline.tags(cfg))
         self.next(self.setup)
 
     @resources(**SETUP_STEP)
@@ -109,7 +110,8 @@ class MonoFlow(FlowSpec):
     def _train_arm(self, arm: str, start_model: str) -> tuple[list, dict]:
         """The body of both training steps: train `arm` from the model artifact `start_model`,
         store it as `<arm>_model`; (history, constraint checks)."""
-        from monollm import cards, checkpoints, config, pipeline
+        from monollm import checkpoints, config, pipeline
+        from monollm.results import cards
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir(arm)
         ckpt = checkpoints.StepCheckpointer(current, arm, log=pipeline.log, keep=cfg.train.keep_checkpoints,
@@ -124,7 +126,7 @@ class MonoFlow(FlowSpec):
     @step
     def join_models(self, inputs):
         """Both arms' models, histories and constraint checks in one place."""
-        from monollm import report
+        from monollm.results import report
 
         self.training = report.training_table({i.history[0]["arm"]: i.history for i in inputs})
         self.constraint = report.constraint_table(inputs.train_monotonic.constraint_checks)
@@ -141,12 +143,13 @@ class MonoFlow(FlowSpec):
     def evaluate(self):
         """Perplexity of all four models on the same test blocks; then one branch per attack, and
         the downstream and order-preservation branches beside them."""
-        from monollm import config, pipeline, results
+        from monollm import config, pipeline
+        from monollm.results import client
 
         cfg = config.from_dict(self.resolved_config)
-        dirs = {m: current.model.loaded[artifact] for m, artifact in results.MODEL_ARTIFACTS.items()}
+        dirs = {m: current.model.loaded[artifact] for m, artifact in client.MODEL_ARTIFACTS.items()}
         self.per_block = pipeline.evaluate(cfg, dirs, self.blocks["test"])
-        from monollm import report  # pandas and the statistics: imported once the models' work has started
+        from monollm.results import report  # pandas and the statistics: imported once the models' work has started
 
         self.perplexity = report.perplexity_table(self.per_block, cfg.eval.bootstrap, cfg.seed)
         # one line: `end` prints the table, aligned, with the rest of the summary
@@ -165,7 +168,9 @@ class MonoFlow(FlowSpec):
         continues from its last checkpoint after a failure); or, in the `downstream` and `order`
         branches, the downstream tasks or order preservation of all four models (the other two
         are loaded in these branches only)."""
-        from monollm import checkpoints, config, constants, downstream, models, pipeline
+        from monollm import checkpoints, config, constants, pipeline
+        from monollm.evaluation import downstream
+        from monollm.model import foundation
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in constants.ARMS}
@@ -180,9 +185,9 @@ class MonoFlow(FlowSpec):
         else:
             ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
             self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
-            from monollm import card_sections  # pandas: imported once the attack has run
+            from monollm.results import card_sections  # pandas: imported once the attack has run
             # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
-            self.token_text = card_sections.token_text(self.attack_rows, models.load_tokenizer(dirs["baseline"]))
+            self.token_text = card_sections.token_text(self.attack_rows, foundation.load_tokenizer(dirs["baseline"]))
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)
@@ -192,7 +197,9 @@ class MonoFlow(FlowSpec):
         experiment card."""
         import pandas as pd
 
-        from monollm import card_sections, cards, config, downstream, report
+        from monollm import config
+        from monollm.evaluation import downstream
+        from monollm.results import card_sections, cards, report
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         self.attacks = pd.concat([i.attack_rows for i in inputs if getattr(i, "attack_rows", None) is not None],
@@ -214,7 +221,7 @@ class MonoFlow(FlowSpec):
                                         training=self.training)
         self.findings["downstream"] = downstream.cost(self.downstream_items, cfg.eval.bootstrap, cfg.seed)
         if self.order_preservation is not None:
-            from monollm import order
+            from monollm.evaluation import order
 
             self.findings["order_preservation"] = order.findings(self.order_preservation)
         current.card["experiment"].extend(cards.experiment(self))
@@ -223,21 +230,21 @@ class MonoFlow(FlowSpec):
     @step
     def end(self):
         """Print the headline tables; record the run this one was resumed from, if any."""
-        from monollm import results
+        from monollm.results import client
 
         self.origin_run_id = current.origin_run_id  # also when only `end` ran again
-        print(results.summary_text(self, current.run_id))
+        print(client.summary_text(self, current.run_id))
 
 
 if __name__ == "__main__":
     import sys
 
-    from monollm.results import check_card_get, check_resume_origin, resume_tags
-    from monollm.slurm import use_step_resources
+    from monollm.results.client import check_card_get, check_resume_origin, resume_tags
+    from monollm.cluster.slurm import use_step_resources
 
     check_card_get(sys.argv)  # a bare step name means the latest run: say which, if it did not succeed
     check_resume_origin(sys.argv)
-    # --with slurm: each step's job asks for its @resources, and GPUs of the profile's type (monollm/slurm.py)
+    # --with slurm: each step's job asks for its @resources, and GPUs of the profile's type (monollm/cluster/slurm.py)
     use_step_resources(gpu_type=config_expr("step_resources(config)['gpu_type']"))
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
     MonoFlow()

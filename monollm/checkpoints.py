@@ -4,7 +4,7 @@ A checkpoint is a folder of state files and `meta.json`, which lists the step an
 file's size and SHA-256, so that a truncated, corrupted or missing file is detected before
 it is used. A one-process run writes one file, `state.pt` (the full training state: model,
 optimizer, scheduler, data position, RNG states, history); a run over several processes
-writes a sharded folder (see monollm.distributed). `meta.json` is written last: a folder
+writes a sharded folder (see monollm.train.distributed). `meta.json` is written last: a folder
 without it was never finished. State files hold only tensors and plain values and are read
 with torch.load(weights_only=True): nothing read back from a datastore is unpickled.
 
@@ -21,7 +21,7 @@ is stored, never those of an earlier attempt of the task (it may need them to fa
 Everything that saves progress speaks one contract, `Checkpoint`: `restore()` gives the newest
 readable state (a dict of tensors and plain values, holding its "step") or None for a fresh
 start, and `save(state, step)` stores a newer one. `StepCheckpointer` keeps them in Metaflow's
-datastore; monollm.distributed's ranks write sharded folders; `InMemory` (tests, benchmarks).
+datastore; monollm.train.distributed's ranks write sharded folders; `InMemory` (tests, benchmarks).
 
 `StepCheckpointer(background=True)` lets training go on while a checkpoint is written,
 sealed (hashed) and stored: only a copy into host memory runs on the training loop.
@@ -66,7 +66,7 @@ def seal(folder: str, step: int, files: dict | None = None) -> str:
     """Record the size and checksum of every file in `folder` (its `meta.json`); returns the folder.
 
     `files`: the digests (as `digests` gives them) when already computed, e.g. by several
-    processes each hashing the files it wrote (monollm.sharded_save)."""
+    processes each hashing the files it wrote (monollm.train.sharded_save)."""
     files = digests(folder, skip=(META,)) if files is None else files
     with open(os.path.join(folder, META + ".tmp"), "w") as f:
         json.dump({"step": step, "files": files}, f)

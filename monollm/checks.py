@@ -12,7 +12,7 @@ import os
 import re
 
 from monollm.constants import ACTIVATIONS, INITS, MAX_SEED, MODES
-from monollm.layers import layer_indices
+from monollm.model.layers import layer_indices
 from monollm.schema import one_of, require
 
 
@@ -72,7 +72,7 @@ def _check_model(m):
 
 
 def _check_data(d):
-    from monollm.data import local_files
+    from monollm.data.documents import local_files
 
     one_of(d.source, ("builtin", "local", "hub"), "data.source")
     if d.source != "builtin":
@@ -117,7 +117,7 @@ def train_section(t, key: str):
 
 
 def _check_monotonic(m):
-    from monollm.monotonic import ALL_VARIANTS
+    from monollm.model.monotonic import ALL_VARIANTS
 
     one_of(m.variant, ALL_VARIANTS, "monotonic.variant")
     require(0 < m.floor < 1, "monotonic.floor", "must be in (0, 1)")
@@ -133,14 +133,14 @@ def _check_eval(e):
     require(e.batch_size > 0, "eval.batch_size", "must be positive")
     require(e.max_blocks >= 0, "eval.max_blocks", "must be >= 0")
     require(e.bootstrap >= 100, "eval.bootstrap", "must be >= 100")
-    from monollm.downstream import check as check_downstream
+    from monollm.evaluation.downstream import check as check_downstream
 
     check_downstream(e.downstream)  # task names and files, naming eval.downstream.tasks[i]
     _check_order(e.order)
 
 
 def _check_order(o):
-    from monollm.order_chains import CHAIN_SETS
+    from monollm.evaluation.order_chains import CHAIN_SETS
 
     require(o.chains in ("auto", *CHAIN_SETS) or (o.chains.endswith(".jsonl") and os.path.isfile(o.chains)),
             "eval.order.chains", f"is {o.chains!r}; allowed: auto, {', '.join(CHAIN_SETS)} or an existing .jsonl file")

@@ -19,7 +19,7 @@ from typing import ClassVar
 from monollm import checks
 from monollm.constants import DEFAULT_FLOOR, MAX_SEED
 from monollm.errors import ConfigError
-from monollm.layers import layer_indices
+from monollm.model.layers import layer_indices
 from monollm.schema import build
 
 __all__ = ["ConfigError", "DEFAULT_FLOOR", "MAX_SEED", "ExperimentConfig", "load", "load_file", "from_dict",
@@ -161,7 +161,7 @@ class MonotonicConfig:
     """The constraint on the selected matrices (W = softplus(V) in the default mode) and its
     attribution controls; docs/method.md says what each mode holds fixed."""
     variant: str = "mlp_both"
-    """Which matrices are constrained; resolved per architecture (see monollm.monotonic)."""
+    """Which matrices are constrained; resolved per architecture (see monollm.model.monotonic)."""
     floor: float = DEFAULT_FLOOR
     """Init floor: V = softplus^-1(max(|W|, floor))."""
     mode: str = "nonneg"
@@ -186,7 +186,7 @@ class MonotonicConfig:
 @dataclass(frozen=True)
 class DownstreamConfig:
     """Downstream tasks through lm-evaluation-harness, for all four models, in one foreach branch
-    beside the attacks (monollm.downstream)."""
+    beside the attacks (monollm.evaluation.downstream)."""
     tasks: tuple[str, ...] = ()
     """Tasks: "corpus_cloze" and "corpus_choice" (generated from the built-in corpus at run time,
     offline), lm-eval tasks read from the hub ("lambada_openai", "hellaswag", "piqa", "arc_easy",
@@ -197,13 +197,13 @@ class DownstreamConfig:
 
 @dataclass(frozen=True)
 class OrderConfig:
-    """Order preservation (monollm.order): probe directions per layer on ordered text pairs, for
+    """Order preservation (monollm.evaluation.order): probe directions per layer on ordered text pairs, for
     all four models, in one foreach branch beside the attacks."""
     enabled: bool = False
     """Measure it (a branch named "order")."""
     chains: str = "auto"
     """"english" (hub models), "builtin" (the built-in corpus's words), "auto" (builtin for a built
-    model, english otherwise) or the path of a .jsonl file of chains (monollm.order_chains)."""
+    model, english otherwise) or the path of a .jsonl file of chains (monollm.evaluation.order_chains)."""
     pooling: tuple[str, ...] = ("last", "mean")
     """Poolings of each layer's hidden states: "last" (the last token; primary), "mean" (a check)."""
     fit_fraction: float = 0.5

@@ -12,10 +12,14 @@ import time
 
 import numpy as np
 
-from monollm import attacks, config, data, models, monotonic, train
+from monollm import attacks, config
+from monollm.data import documents
+from monollm.model import foundation, monotonic
+from monollm.train import loop
 from monollm.attacks.common import make_examples, resolved_precision
-from monollm.evaluate import block_nll, perplexity
-from monollm.runtime import log, setup_torch
+from monollm.evaluation.perplexity import block_nll, perplexity
+from monollm.progress import log
+from monollm.runtime import setup_torch
 
 __all__ = ["log", "setup_torch", "start", "setup", "train_arm", "make_monotonic", "evaluate", "attack",
            "branches", "downstream", "order",
@@ -48,9 +52,9 @@ class SetupResult:
 class ArmResult:
     """What `train_arm` returns besides the saved trained model."""
     history: list
-    """One dict per optimizer step (monollm.train.train)."""
+    """One dict per optimizer step (monollm.train.loop.train)."""
     constraint: dict
-    """Stage -> monollm.monotonic.verify dict (monotonic arm: before and after training and after
+    """Stage -> monollm.model.monotonic.verify dict (monotonic arm: before and after training and after
     materializing; empty for the baseline)."""
 
 
@@ -69,7 +73,7 @@ def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
         from transformers import AutoConfig
 
         meta = AutoConfig.from_pretrained(cfg.model.name, local_files_only=True)
-        config.block_limit(cfg, models.max_positions(meta))
+        config.block_limit(cfg, foundation.max_positions(meta))
         config.layer_limit(cfg, monotonic.num_layers(meta))
     if cfg.data.source == "local":
         _, rest = _split_or_config_error(cfg)
@@ -82,7 +86,7 @@ def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
 
 def _split_or_config_error(cfg):
     try:
-        return data.split_documents(cfg.data, cfg.seed)
+        return documents.split_documents(cfg.data, cfg.seed)
     except ValueError as err:
         raise config.ConfigError(str(err)) from None
 
@@ -112,9 +116,9 @@ def pin_data(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, str
     d = cfg.data
     if d.source != "hub" or os.path.exists(d.path):
         return cfg, None
-    if models.COMMIT.fullmatch(d.revision or ""):
+    if foundation.COMMIT.fullmatch(d.revision or ""):
         return cfg, d.revision
-    commit = models.hub_dataset_commit(d.path, d.revision)
+    commit = foundation.hub_dataset_commit(d.path, d.revision)
     if commit is None:
         log(f"data: the commit of {d.path} at {d.revision or 'main'!r} could not be asked of the hub; streaming "
             f"the branch, commit not recorded (pin data.revision to a commit to make the run repeatable)")
@@ -133,11 +137,11 @@ def sources(cfg: config.ExperimentConfig, data_commit: str | None = None) -> dic
     m, d = cfg.model, cfg.data
     model = {"source": m.source, "name": m.name, "revision": "", "commit": None}
     if m.source == "hub":
-        model.update(revision=m.revision, commit=models.hub_commit(m.name, m.revision))
+        model.update(revision=m.revision, commit=foundation.hub_commit(m.name, m.revision))
     data_src = {"source": d.source, "path": d.path, "revision": "", "commit": None}
     if d.source == "hub":
         # a streamed dataset leaves no revision -> commit record in the cache: pin_data resolved it
-        pinned = models.COMMIT.fullmatch(d.revision) and not os.path.exists(d.path)
+        pinned = foundation.COMMIT.fullmatch(d.revision) and not os.path.exists(d.path)
         data_src.update(revision=d.revision, commit=data_commit or (d.revision if pinned else None))
     return {"model": model, "data": data_src}
 
@@ -154,16 +158,16 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
     held, stream = _split_or_config_error(cfg)
     require_disjoint(held)
     log("splits: " + ", ".join(f"{k} {len(v)} docs" for k, v in held.items()))
-    log("sources: " + "; ".join(f"{k} from {v}" for k, v in data.split_sources(dataclasses.asdict(cfg.data)).items()))
+    log("sources: " + "; ".join(f"{k} from {v}" for k, v in documents.split_sources(dataclasses.asdict(cfg.data)).items()))
     if cfg.model.source == "build":
         train_docs = list(stream)
-        tokenizer = models.build_tokenizer(train_docs, cfg.model.build.vocab_size)
-        model = models.build_model(cfg.model.build, tokenizer, cfg.seed, cfg.model.attn_implementation)
+        tokenizer = foundation.build_tokenizer(train_docs, cfg.model.build.vocab_size)
+        model = foundation.build_model(cfg.model.build, tokenizer, cfg.seed, cfg.model.attn_implementation)
         stream = iter(train_docs)
     else:
-        model, tokenizer = models.load_foundation(cfg.model)
+        model, tokenizer = foundation.load_foundation(cfg.model)
     found = sources(asked, data_commit)  # after loading: the hub cache then records the model's commit
-    config.block_limit(cfg, models.max_positions(model))
+    config.block_limit(cfg, foundation.max_positions(model))
     config.layer_limit(cfg, monotonic.num_layers(model.config))
     held_ids, blocks, train_blocks = _packed(cfg, tokenizer, held, stream)
     a = cfg.attack
@@ -176,7 +180,7 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
         _pretrain(cfg, model, blocks, train_blocks, device, result)
     if cfg.monotonic.activation != "keep":
         _swap_activation(cfg, model, blocks["test"], device, result)
-    models.save(model, tokenizer, out_dir)
+    foundation.save(model, tokenizer, out_dir)
     return result
 
 
@@ -215,10 +219,10 @@ def _packed(cfg: config.ExperimentConfig, tokenizer, held: dict, stream) -> tupl
     """(token ids of each held-out split, its packed blocks, the training blocks)."""
     eos, T = tokenizer.eos_token_id, cfg.data.block_len
     needed = max(cfg.train.tokens, cfg.pretrain.tokens if cfg.model.source == "build" else 0)
-    with data.tokenizer_threads():  # the step's CPUs; the same ids as one thread
-        held_ids = {name: data.tokenize(tokenizer, docs) for name, docs in held.items()}
-        train_blocks = data.train_blocks(tokenizer, stream, T, needed, eos)
-    blocks = {name: data.pack(ids, T, eos) for name, ids in held_ids.items()}
+    with documents.tokenizer_threads():  # the step's CPUs; the same ids as one thread
+        held_ids = {name: documents.tokenize(tokenizer, docs) for name, docs in held.items()}
+        train_blocks = documents.train_blocks(tokenizer, stream, T, needed, eos)
+    blocks = {name: documents.pack(ids, T, eos) for name, ids in held_ids.items()}
     if cfg.eval.max_blocks:
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
     log("blocks: " + block_shapes(blocks, train_blocks))
@@ -231,7 +235,7 @@ def _pretrain(cfg: config.ExperimentConfig, model, blocks: dict, train_blocks: n
     result.untrained_perplexity = perplexity(*block_nll(model, blocks["test"], cfg.eval.batch_size, device,
                                                         name="built model before pretraining"))
     log(f"pretraining the built model (untrained test perplexity {result.untrained_perplexity:.1f})")
-    result.pretraining = train.train(model, train_blocks, blocks["val"], cfg.train_for("pretrain"), cfg.seed,
+    result.pretraining = loop.train(model, train_blocks, blocks["val"], cfg.train_for("pretrain"), cfg.seed,
                                      device, arm="pretrain", log=log)
 
 
@@ -243,16 +247,16 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     monollm.checkpoints.StepCheckpointer, or None) saves mid-training checkpoints (in the
     background: the last one is stored before this returns) and finds the one to continue from. `on_step(row)` receives every history row as it is made (the live
     training card). With several training processes (`[parallel]`, one per GPU) the training
-    runs under torchrun (monollm.distributed). The trained model is saved to `out_dir` as a
+    runs under torchrun (monollm.train.distributed). The trained model is saved to `out_dir` as a
     plain transformers checkpoint.
     """
     device = setup_torch(cfg)
     log(f"[{arm}] loading the model it starts from ({device}); {len(blocks['train'])} training blocks")
-    from monollm import distributed
+    from monollm.train import distributed
 
     world = distributed.processes(cfg, device)
     # with several processes this one only coordinates: the model stays on the CPU
-    model, tokenizer = models.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation,
+    model, tokenizer = foundation.load(model_dir, device if world == 1 else "cpu", cfg.model.attn_implementation,
                                    what=f"the model the {arm} arm starts from")
     checks, m = {}, cfg.monotonic
     if arm == "monotonic":
@@ -264,7 +268,8 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
     started = time.perf_counter()
     if world > 1:
         history = distributed.train_model(cfg, model, model_dir, blocks, arm, cfg.seed + 1, world, log=log,
-                                          checkpointer=checkpointer, on_step=on_step)
+                                          raw_config=config.to_dict(cfg), checkpointer=checkpointer,
+                                          on_step=on_step)
     else:
         history = _train_one_process(cfg, model, blocks, arm, device, checkpointer, on_step)
     if checkpointer:
@@ -275,7 +280,7 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
         monotonic.materialize(model)
         checks["after_materializing"] = monotonic.verify(model, m.variant, m.mode, layers, held)
         _require_promise(checks, m.mode)
-    models.save(model.float(), tokenizer, out_dir)
+    foundation.save(model.float(), tokenizer, out_dir)
     return ArmResult(history=history, constraint=checks)
 
 
@@ -284,7 +289,7 @@ def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -
     `monotonic_init`."""
     setup_torch(cfg)
     m = cfg.monotonic
-    model, tokenizer = models.load(model_dir, what="reference")
+    model, tokenizer = foundation.load(model_dir, what="reference")
     layers = monotonic.resolve_layers(model, m.layers)
     reference = monotonic.snapshot(model, m.variant, m.mode, m.floor, layers, m.init)
     names = monotonic.apply(model, m.variant, m.floor, m.mode, layers, m.init)
@@ -295,15 +300,15 @@ def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -
     log(f"constrained {len(names)} matrices ({m.variant}, floor {m.floor:g})"
         + ("" if (m.mode, m.layers, m.init) == ("nonneg", "all", "abs") else
            f", mode {m.mode}, layers {m.layers}, init {m.init}"))
-    models.save(model, tokenizer, out_dir)
+    foundation.save(model, tokenizer, out_dir)
     return checks
 
 
 def _train_one_process(cfg, model, blocks: dict, arm: str, device: str, checkpointer, on_step):
-    """monollm.train.train in this process; checkpoints are sealed and stored while training goes
+    """monollm.train.loop.train in this process; checkpoints are sealed and stored while training goes
     on, and the last one is stored before this returns (or raises: a NaN keeps its last good one)."""
     try:
-        history = train.train(model, blocks["train"], blocks["val"], cfg.train_for(arm), cfg.seed + 1, device,
+        history = loop.train(model, blocks["train"], blocks["val"], cfg.train_for(arm), cfg.seed + 1, device,
                               arm=arm, log=log, checkpoint=checkpointer, on_step=on_step)
     except BaseException:
         if checkpointer:
@@ -328,7 +333,7 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
     out = {}
     for name, path in model_dirs.items():
         log(f"perplexity of {name} on {len(test_blocks)} test blocks")
-        model, _ = models.load(path, device, cfg.model.attn_implementation, what=name)
+        model, _ = foundation.load(path, device, cfg.model.attn_implementation, what=name)
         out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log, name=name)
     return out
 
@@ -339,13 +344,13 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
     `checkpoint`: see monollm.attacks.run_attack."""
     device = setup_torch(cfg)
     log(f"[{name}] loading {' and '.join(model_dirs)} ({device})")
-    loaded = {m: models.load(path, device, cfg.model.attn_implementation, what=m) for m, path in model_dirs.items()}
+    loaded = {m: foundation.load(path, device, cfg.model.attn_implementation, what=m) for m, path in model_dirs.items()}
     tokenizer = next(iter(loaded.values()))[1]
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
                                  a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
                                  checkpoint=checkpoint, precision=a.search_precision, tokens=a.tokens)
-    from monollm import report  # pandas: only the attack step needs it
+    from monollm.results import report  # pandas: only the attack step needs it
 
     table = report.attack_table(results)
     table["search_precision"] = resolved_precision(device, a.search_precision)
@@ -353,12 +358,12 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
 
 
 def downstream(cfg: config.ExperimentConfig, model_dirs: dict) -> dict:
-    """The downstream tasks (monollm.downstream) on every model in `model_dirs` (name -> saved
+    """The downstream tasks (monollm.evaluation.downstream) on every model in `model_dirs` (name -> saved
     model directory): {"table": one row per task x model x metric, "items": per-item values}."""
     device = setup_torch(cfg)
     log(f"downstream tasks {', '.join(cfg.eval.downstream.tasks)} on {len(model_dirs)} models ({device}); "
         "loading lm-evaluation-harness")
-    from monollm import downstream as tasks
+    from monollm.evaluation import downstream as tasks
 
     return tasks.evaluate(cfg, model_dirs, device, tmpdir("downstream"), log=log)
 
@@ -370,15 +375,15 @@ ORDER_BRANCH = "order"
 def branches(cfg: config.ExperimentConfig) -> list[str]:
     """The evaluate step's foreach: one branch per attack, then the downstream tasks' and the
     order-preservation branch where the profile asks for them."""
-    from monollm import downstream as tasks
+    from monollm.evaluation import downstream as tasks
 
     return tasks.branches(cfg) + ([ORDER_BRANCH] if cfg.eval.order.enabled else [])
 
 
 def order(cfg: config.ExperimentConfig, model_dirs: dict):
-    """Order preservation (monollm.order) of every model in `model_dirs` on the same pairs; one
+    """Order preservation (monollm.evaluation.order) of every model in `model_dirs` on the same pairs; one
     row per model x layer x pooling."""
-    from monollm import order as measure
+    from monollm.evaluation import order as measure
 
     o, device = cfg.eval.order, setup_torch(cfg)
     chains = o.chains if o.chains != "auto" else ("builtin" if cfg.model.source == "build" else "english")

@@ -1,7 +1,13 @@
-"""One progress line for long loops: what, how far, rate, ETA (at most; loops may stop early)."""
+"""Progress output: timestamped log lines, and one progress line for long loops (what, how far, rate,
+ETA at most: loops may stop early)."""
 from __future__ import annotations
 
 import time
+
+
+def log(msg: str):
+    """One timestamped progress line on stdout, flushed (Metaflow shows it as it comes)."""
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
 def line(what: str, done: int, total: int, started: float, unit: str = "") -> str:

@@ -89,10 +89,10 @@ def stored_key(run) -> str | None:
     from metaflow import Run
     from metaflow.exception import MetaflowNotFound
 
-    from monollm import results
+    from monollm.results import client
 
     try:
-        with results.in_namespace(None):
+        with client.in_namespace(None):
             task = (Run(run) if isinstance(run, str) else run)["setup"].task
             return task["setup_key"].data if task is not None and task.successful and "setup_key" in task else None
     except (KeyError, MetaflowNotFound):
@@ -106,11 +106,11 @@ def load(ref: str, resolved: dict, my_key: str, flow: str = "MonoFlow") -> tuple
     from metaflow import Run
     from metaflow.exception import MetaflowNotFound
 
-    from monollm import results
+    from monollm.results import client
 
     pathspec = ref if "/" in ref else f"{flow}/{ref}"
     try:
-        with results.in_namespace(None):
+        with client.in_namespace(None):
             run = Run(pathspec)
             task = run["setup"].task
     except MetaflowNotFound:

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import corpus, data, models
+from monollm.data import corpus, documents
+from monollm.model import foundation
 from monollm.attacks.common import make_examples
 
 CONTEXT, CONT = 12, 6
@@ -16,7 +17,7 @@ CONTEXT, CONT = 12, 6
 @functools.lru_cache(maxsize=1)
 def tokenizer():
     """A byte-level BPE of 300 tokens trained on the built-in corpus (like the default profile's)."""
-    return models.build_tokenizer(corpus.generate(200, seed=7), 300)
+    return foundation.build_tokenizer(corpus.generate(200, seed=7), 300)
 
 
 def model(seed: int = 0) -> GPTNeoXForCausalLM:
@@ -33,7 +34,7 @@ def model(seed: int = 0) -> GPTNeoXForCausalLM:
 def examples(n: int = 8, seed: int = 0) -> np.ndarray:
     """(n, CONTEXT + CONT) int64 windows of held-out corpus documents that survive decode -> encode."""
     tok = tokenizer()
-    docs = data.tokenize(tok, corpus.generate(60, seed=100 + seed))
+    docs = documents.tokenize(tok, corpus.generate(60, seed=100 + seed))
     return make_examples(docs, n, CONTEXT, CONT, seed, tok)
 
 

@@ -105,15 +105,15 @@ def seed1_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A tiny built GPT-NeoX and its tokenizer, saved by models.save (checksums included)."""
-    from monollm import models
+    from monollm.model import foundation
     from monollm.config import BuildConfig
 
     docs = [f"document {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}." for i in range(200)]
-    tok = models.build_tokenizer(docs, 320)
-    built = models.build_model(BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+    tok = foundation.build_tokenizer(docs, 320)
+    built = foundation.build_model(BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                                            max_position=64), tok, seed=0)
     path = str(tmp_path_factory.mktemp("model"))
-    models.save(built, tok, path)
+    foundation.save(built, tok, path)
     return path
 
 

@@ -159,7 +159,7 @@ def _rows(attack, kind, model, dnll, source=None, trial=0):
 def test_summary_reports_damage_above_the_paired_control():
     import pandas as pd
 
-    from monollm import report
+    from monollm.results import report
 
     rng = np.random.default_rng(0)
     ctrl_a, ctrl_b = rng.normal(0.1, 0.05, 40), rng.normal(0.3, 0.05, 40)
@@ -193,11 +193,11 @@ def test_examples_take_further_windows_only_when_documents_run_short():
     same documents; the first pass alone uses one window per document. Too little text names the split."""
     from attack_models import CONT, CONTEXT, tokenizer
 
-    from monollm import corpus, data
+    from monollm.data import corpus, documents
     from monollm.attacks.common import make_examples, rows_survive
 
     tok = tokenizer()
-    docs = [d for d in data.tokenize(tok, corpus.generate(40, seed=5)) if len(d) >= 3 * (CONTEXT + CONT)][:6]
+    docs = [d for d in documents.tokenize(tok, corpus.generate(40, seed=5)) if len(d) >= 3 * (CONTEXT + CONT)][:6]
     one_each = make_examples(docs, 5, CONTEXT, CONT, 0, tok)
     owners = [[i for i, d in enumerate(docs) if any(d[s:s + len(r)] == r.tolist() for s in range(len(d)))]
               for r in one_each]
@@ -217,7 +217,7 @@ def _nan_model():
 
 def test_result_with_non_finite_nll_names_the_model():
     from monollm.attacks.common import AttackResult
-    from monollm.evaluate import NonFiniteNLL
+    from monollm.evaluation.perplexity import NonFiniteNLL
 
     ok = np.ones(3)
     with pytest.raises(NonFiniteNLL, match="attacked NLL of uat \\(attack\\) on model 'monotonic'"):
@@ -230,7 +230,7 @@ def test_result_with_non_finite_nll_names_the_model():
 def test_every_attack_refuses_a_nan_model_by_name(name):
     """A NaN weight makes every NLL NaN: each attack raises naming the model, never reports it."""
     from monollm.attacks import attack_config, run_attack
-    from monollm.evaluate import NonFiniteNLL
+    from monollm.evaluation.perplexity import NonFiniteNLL
 
     ex = {"test": examples(), "attack_opt": examples(8, 1)}
     models = {"baseline": model(), "monotonic": _nan_model()}

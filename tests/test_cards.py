@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from conftest import FLOW, MICRO, flow_env
 
-from monollm import card_sections, cards, config, errors, headline, report
-from monollm.compare import flatten
+from monollm import config, errors
+from monollm.results import card_sections, cards, headline, report
+from monollm.experiments.compare import flatten
 from monollm.attacks.common import AttackResult
 
 
@@ -210,7 +211,7 @@ def test_card_shows_no_gradient_guidance_where_none_was_measured():
 
 
 def test_console_summary_has_a_guidance_line_per_measured_attack():
-    from monollm import results
+    from monollm.results import client as results
 
     text = results.summary_text(synthetic_run(), "12")
     line = next(x for x in text.splitlines() if x.startswith("uat: ranking"))
@@ -330,7 +331,7 @@ def test_live_training_card_updates_at_most_every_few_seconds():
 def test_training_loop_feeds_the_live_card_every_step():
     from test_train import T, neox, run, tcfg
 
-    from monollm.train import steps_for
+    from monollm.train.loop import steps_for
 
     cfg, seen, card = tcfg(eval_every=3), [], FakeCard()
     total = steps_for(cfg, T)
@@ -350,7 +351,7 @@ def test_training_loop_feeds_the_live_card_every_step():
 def test_resumed_training_card_shows_the_checkpointed_steps_too():
     from test_train import T, neox, run, tcfg
 
-    from monollm.train import steps_for
+    from monollm.train.loop import steps_for
 
     from monollm.checkpoints import InMemory
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import checkpoints, config, saving, sharded_save, train
+from monollm import checkpoints, config, saving
+from monollm.train import loop, sharded_save
 
 
 def _state(step: int) -> dict:
@@ -76,13 +77,13 @@ def test_training_checkpoint_on_disk_is_read_back_without_unpickling(tmp_path):
 
     ck = Folders()
     folders = ck.saved
-    whole = train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
+    whole = loop.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
                         checkpoint=ck)
     assert sorted(folders) == [2, 4]
     torch.load(os.path.join(folders[4], checkpoints.STATE), weights_only=True)
     state = checkpoints.read(folders[4])
     assert set(state["rng"]) >= {"python", "numpy", "torch"} and state["step"] == 4
-    resumed = train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
+    resumed = loop.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="baseline", log=lambda m: None,
                           checkpoint=checkpoints.InMemory(state))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
 
@@ -328,7 +329,7 @@ def _leave_digests(folder, ranks):
 
 
 def test_each_rank_hashes_its_own_files_and_rank_0_seals_them_all(tmp_path):
-    """Per-rank hashing (monollm.sharded_save): the ranks' files partition the folder, and the
+    """Per-rank hashing (monollm.train.sharded_save): the ranks' files partition the folder, and the
     digests they leave seal it as one process would; the digest files are gone once sealed."""
     folder, world = tmp_path / "c", 3
     _rank_files(folder, world, np.random.default_rng(0))
@@ -369,16 +370,16 @@ def _tiny_model():
 def test_non_finite_loss_stops_with_its_step_and_keeps_last_checkpoint(monkeypatch):
     tcfg = config.TrainConfig(tokens=16 * 8 * 10, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=0)
     blocks = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
-    real, calls = train._accumulate, {"n": 0}
+    real, calls = loop._accumulate, {"n": 0}
 
     def poisoned(model, batch, tcfg, device, par=None):
         calls["n"] += 1
         return float("nan") if calls["n"] == 5 else real(model, batch, tcfg, device, par)
 
-    monkeypatch.setattr(train, "_accumulate", poisoned)
+    monkeypatch.setattr(loop, "_accumulate", poisoned)
     saved = checkpoints.InMemory()
     with pytest.raises(FloatingPointError, match="step 5/10"):
-        train.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="monotonic", checkpoint=saved,
+        loop.train(_tiny_model(), blocks, blocks[:8], tcfg, 0, "cpu", arm="monotonic", checkpoint=saved,
                     log=lambda m: None)
     assert list(saved.saved) == [2, 4]  # the last good checkpoint (step 4) is there; nothing after the NaN
 
@@ -394,19 +395,19 @@ def test_background_checkpoints_of_a_run_stopped_by_nan_resume_exactly(monkeypat
     rows = np.random.default_rng(0).integers(0, 128, size=(64, 16), dtype=np.int32)
     blocks = {"train": rows, "val": rows[:8]}
     whole = pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", None, None)
-    real, calls = train._accumulate, {"n": 0}
+    real, calls = loop._accumulate, {"n": 0}
 
     def poisoned(model, batch, tcfg, device, par=None):
         calls["n"] += 1
         return float("nan") if calls["n"] == 7 else real(model, batch, tcfg, device, par)
 
-    monkeypatch.setattr(train, "_accumulate", poisoned)
+    monkeypatch.setattr(loop, "_accumulate", poisoned)
     current = _FakeCurrent()
     with pytest.raises(FloatingPointError, match="step 7/8"):
         pipeline._train_one_process(cfg, _tiny_model(), blocks, "monotonic", "cpu", _checkpointer(current, keep=2, background=True),
                                     None)
     assert [c["metadata"]["step"] for c in current.checkpoint.saved] == [4, 6]
-    monkeypatch.setattr(train, "_accumulate", real)
+    monkeypatch.setattr(loop, "_accumulate", real)
     current.checkpoint.is_loaded = True  # the retry: the newest checkpoint is in the directory
     current.checkpoint.directory = current.checkpoint.saved[-1]["key"]
     fresh = _tiny_model()

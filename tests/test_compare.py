@@ -12,7 +12,8 @@ from conftest import FLOW, ROOT, flow_env
 from scipy import stats as st
 from test_cards import GUIDANCE, synthetic_run
 
-from monollm import compare, results
+from monollm.experiments import compare
+from monollm.results import client
 from monollm.stats import t_interval
 
 
@@ -291,8 +292,8 @@ def test_seed_parameter_overrides_the_profile(micro_run, seed1_run):
 
 @pytest.mark.flow
 def test_runs_found_by_tag_and_by_likeness(micro_run, seed1_run):
-    assert results.get_run(tag="seed:1").id == seed1_run.id
-    assert results.get_run(micro_run.id).pathspec == micro_run.pathspec
+    assert client.get_run(tag="seed:1").id == seed1_run.id
+    assert client.get_run(micro_run.id).pathspec == micro_run.pathspec
     by_tag = compare.compare(tag=["profile:micro", "seed:1"])
     assert seed1_run.pathspec in by_tag.attrs["runs"].values()
     assert micro_run.pathspec not in by_tag.attrs["runs"].values()
@@ -311,9 +312,9 @@ def test_a_resumed_copy_is_tagged_and_counted_once(micro_run, datastore_root):
         assert resumed.status == "successful", resumed.stderr
         copy = resumed.run
     assert all(step.task.origin_pathspec is not None for step in copy)  # nothing ran again
-    assert {t for t in micro_run.user_tags if t.startswith(results.RUN_TAGS)} <= set(copy.user_tags)
-    assert len([t for t in copy.user_tags if t.startswith(results.RUN_TAGS)]) == len(results.RUN_TAGS)
-    assert results.origin_run_id(copy) == micro_run.id and results.origin_run_id(micro_run) is None
+    assert {t for t in micro_run.user_tags if t.startswith(client.RUN_TAGS)} <= set(copy.user_tags)
+    assert len([t for t in copy.user_tags if t.startswith(client.RUN_TAGS)]) == len(client.RUN_TAGS)
+    assert client.origin_run_id(copy) == micro_run.id and client.origin_run_id(micro_run) is None
     assert micro_run.data.origin_run_id is None  # the artifact was cloned too: the metadata said it
     # setup recorded where the micro run's model and documents came from (built, no revisions)
     assert copy.data.sources == {"model": {"source": "build", "name": "", "revision": "", "commit": None},
@@ -330,16 +331,17 @@ CROSS_USER = """
 import sys
 import metaflow
 from metaflow.exception import MetaflowNamespaceMismatch
-from monollm import compare, results
+from monollm.experiments import compare
+from monollm.results import client
 run_id, other = sys.argv[1], sys.argv[2]
 before = metaflow.get_namespace()
-run = results.get_run(run_id)
+run = client.get_run(run_id)
 print("found", run.pathspec, "seed", run.data.resolved_config["seed"])
-print("by tag", results.get_run(tag="profile:micro").pathspec)
+print("by tag", client.get_run(tag="profile:micro").pathspec)
 print("compared", *compare.compare([run_id]).attrs["runs"].values())
 print("like", *compare.compare(like=run_id).attrs["runs"].values())
 try:
-    results.get_run(run_id, namespace="user:" + other)
+    client.get_run(run_id, namespace="user:" + other)
 except MetaflowNamespaceMismatch:
     print("not in", "user:" + other)
 print("namespace restored", metaflow.get_namespace() == before)
@@ -376,7 +378,7 @@ def test_runs_are_found_whoever_ran_them(micro_run, datastore_root, tmp_path):
 def test_card_get_says_whether_the_latest_run_failed_or_is_running():
     from types import SimpleNamespace as NS
 
-    from monollm.results import run_state
+    from monollm.results.client import run_state
 
     def step(name, *tasks):  # tasks: (finished, successful)
         s = [NS(finished=f, successful=ok) for f, ok in tasks]

@@ -13,9 +13,11 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import config, models, pipeline, train
+from monollm import config, pipeline
+from monollm.model import foundation
+from monollm.train import loop
 from monollm.attacks import ATTACKS
-from monollm.monotonic import ALL_VARIANTS
+from monollm.model.monotonic import ALL_VARIANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = os.path.join(ROOT, "tests", "micro.toml")
@@ -58,8 +60,8 @@ def no_model_work(monkeypatch):
         raise AssertionError("pipeline.start did model work")
 
     for name in ("build_tokenizer", "build_model", "load_foundation", "load"):
-        monkeypatch.setattr(models, name, forbidden)
-    monkeypatch.setattr(train, "train", forbidden)
+        monkeypatch.setattr(foundation, name, forbidden)
+    monkeypatch.setattr(loop, "train", forbidden)
     monkeypatch.setattr(GPTNeoXForCausalLM, "from_pretrained", forbidden)
     import transformers
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)

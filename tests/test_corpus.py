@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from monollm import corpus
-from monollm.corpus import DEFAULT_SEED, generate
+from monollm.data import corpus
+from monollm.data.corpus import DEFAULT_SEED, generate
 
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -174,16 +174,18 @@ def test_held_out_documents_are_not_copies_of_training_text():
     tokenizer trained on the training documents as the flow trains it), few windows of an attack
     continuation's length (16 tokens) in the test documents occur verbatim anywhere in the
     training split's token stream, so that a test continuation is predicted, not recalled."""
-    from monollm import config, data, models
+    from monollm import config
+    from monollm.data import documents
+    from monollm.model import foundation
 
     cfg = config.load_file(os.path.join(os.path.dirname(__file__), "..", "config", "tiny.toml"))
-    held, stream = data.split_documents(cfg.data, cfg.seed)
+    held, stream = documents.split_documents(cfg.data, cfg.seed)
     train_docs = list(stream)
-    tok = models.build_tokenizer(train_docs, cfg.model.build.vocab_size)
+    tok = foundation.build_tokenizer(train_docs, cfg.model.build.vocab_size)
     n = cfg.attack.continuation_len
-    flat = [t for d in data.tokenize(tok, train_docs) for t in (*d, tok.eos_token_id)]
+    flat = [t for d in documents.tokenize(tok, train_docs) for t in (*d, tok.eos_token_id)]
     seen = {tuple(flat[i:i + n]) for i in range(len(flat) - n + 1)}
-    windows = [tuple(d[i:i + n]) for d in data.tokenize(tok, held["test"]) for i in range(len(d) - n + 1)]
+    windows = [tuple(d[i:i + n]) for d in documents.tokenize(tok, held["test"]) for i in range(len(d) - n + 1)]
     copied = sum(w in seen for w in windows) / len(windows)
     assert n == 16 and len(windows) > 10_000
     assert copied < 0.10, copied

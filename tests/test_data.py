@@ -1,4 +1,4 @@
-"""Tests for monollm.data: deterministic disjoint splits, packing without padding,
+"""Tests for monollm.data.documents: deterministic disjoint splits, packing without padding,
 the token budget, and local files read through `datasets`."""
 import dataclasses
 import itertools
@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monollm import corpus, data, models, pipeline
+from monollm import pipeline
+from monollm.data import corpus, documents
+from monollm.model import foundation
 from monollm.config import ConfigError, DataConfig
 
 EOS = 0
@@ -22,13 +24,13 @@ def small_cfg(**kw) -> DataConfig:
 
 
 def all_splits(cfg, seed):
-    held, rest = data.split_documents(cfg, seed)
+    held, rest = documents.split_documents(cfg, seed)
     return {**held, "train": list(rest)}
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.build_tokenizer(corpus.generate(150), 300)
+    return foundation.build_tokenizer(corpus.generate(150), 300)
 
 
 # --- splits -------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def test_max_train_docs_caps_train_only():
 
 def test_split_too_small_raises_naming_the_split():
     with pytest.raises(ValueError, match=r"data\.val_docs"):
-        data.split_documents(small_cfg(builtin_docs=40), seed=0)  # 20 + 15 fit, val gets 5 of 10
+        documents.split_documents(small_cfg(builtin_docs=40), seed=0)  # 20 + 15 fit, val gets 5 of 10
 
 
 def test_local_jsonl_splits_disjoint_by_document(tmp_path):
@@ -98,9 +100,9 @@ def test_held_out_splits_come_from_their_own_files(tmp_path):
     assert len(splits["train"]) == 60 and not set(splits["attack_opt"]) & set(splits["val"])
     with pytest.raises(ValueError, match="data.val_from .* ran out while filling 'val'"):
         all_splits(dataclasses.replace(cfg, val_docs=13), seed=0)
-    sources = data.split_sources(dataclasses.asdict(cfg))
+    sources = documents.split_sources(dataclasses.asdict(cfg))
     assert sources["test"].endswith("test.jsonl.zst") and "held out" not in sources["val"]
-    assert "held out by document" in data.split_sources({"source": "builtin"})["test"]
+    assert "held out by document" in documents.split_sources({"source": "builtin"})["test"]
 
 
 def test_a_text_repeated_across_held_out_files_lands_in_one_split_only(tmp_path):
@@ -111,7 +113,7 @@ def test_a_text_repeated_across_held_out_files_lands_in_one_split_only(tmp_path)
     cfg = DataConfig(source="local", path=str(tmp_path / "train.jsonl"), test_docs=23, attack_opt_docs=18,
                      val_docs=2, test_from=str(tmp_path / "test.jsonl"), attack_opt_from=str(tmp_path / "val.jsonl"),
                      val_from=str(tmp_path / "val.jsonl"))
-    held, _ = data.split_documents(cfg, seed=0)
+    held, _ = documents.split_documents(cfg, seed=0)
     assert held["test"].count("shared document.") == 3  # repeats within a split are the source's own
     assert "shared document." not in held["attack_opt"] + held["val"]
     pipeline.require_disjoint(held)
@@ -133,7 +135,7 @@ def test_held_out_sources_are_checked_in_the_config(tmp_path):
 def test_pack_no_padding_eos_between_docs_tail_dropped():
     docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11], [12, 13, 14, 15]]
     T = 4
-    blocks = data.pack(docs, T, EOS)
+    blocks = documents.pack(docs, T, EOS)
     stream = [t for d in docs for t in d + [EOS]]  # 5 docs + 5 EOS = 20 tokens
     n = len(stream) // T
     assert blocks.shape == (n, T) and blocks.dtype == np.int32
@@ -143,18 +145,18 @@ def test_pack_no_padding_eos_between_docs_tail_dropped():
 
 def test_pack_drops_partial_tail_and_stops_at_max_blocks():
     docs = [list(range(1, 8))]  # 7 tokens + EOS = 8
-    assert data.pack(docs, 3, EOS).flatten().tolist() == [1, 2, 3, 4, 5, 6]  # [7, EOS] dropped
-    assert data.pack(docs, 3, EOS, max_blocks=1).tolist() == [[1, 2, 3]]
-    assert data.pack([], 5, EOS).shape == (0, 5)
-    assert data.pack([[1]], 5, EOS).shape == (0, 5)
+    assert documents.pack(docs, 3, EOS).flatten().tolist() == [1, 2, 3, 4, 5, 6]  # [7, EOS] dropped
+    assert documents.pack(docs, 3, EOS, max_blocks=1).tolist() == [[1, 2, 3]]
+    assert documents.pack([], 5, EOS).shape == (0, 5)
+    assert documents.pack([[1]], 5, EOS).shape == (0, 5)
 
 
 def test_tokenize_adds_no_special_tokens(tokenizer):
     docs = corpus.generate(5)
-    ids = data.tokenize(tokenizer, docs)
+    ids = documents.tokenize(tokenizer, docs)
     assert len(ids) == 5 and all(tokenizer.eos_token_id not in d for d in ids)
     assert [tokenizer.decode(d) for d in ids] == docs
-    assert data.tokenize(tokenizer, []) == []
+    assert documents.tokenize(tokenizer, []) == []
 
 
 # --- train_blocks and the token budget ------------------------------------------------
@@ -179,47 +181,47 @@ def test_train_blocks_stop_at_token_budget(tokenizer):
     T, eos = 16, tokenizer.eos_token_id
     stream = Counting(docs)
     budget = 20 * T + 1  # needs 21 blocks
-    blocks = data.train_blocks(tokenizer, stream, T, budget, eos, chunk=5)
+    blocks = documents.train_blocks(tokenizer, stream, T, budget, eos, chunk=5)
     assert blocks.shape == (21, T)
     assert stream.taken < 50  # read only as far as the budget needs, in chunks
     # identical to packing the consumed documents in one go: the tail carries across chunks
-    expected = data.pack(data.tokenize(tokenizer, docs[:stream.taken]), T, eos)[:21]
+    expected = documents.pack(documents.tokenize(tokenizer, docs[:stream.taken]), T, eos)[:21]
     np.testing.assert_array_equal(blocks, expected)
 
 
 def test_train_blocks_short_stream_returns_what_exists(tokenizer):
     docs = corpus.generate(6)
     T, eos = 16, tokenizer.eos_token_id
-    blocks = data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=4)
-    np.testing.assert_array_equal(blocks, data.pack(data.tokenize(tokenizer, docs), T, eos))
+    blocks = documents.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=4)
+    np.testing.assert_array_equal(blocks, documents.pack(documents.tokenize(tokenizer, docs), T, eos))
 
 
 @pytest.mark.parametrize("before", ["false", None])
 def test_tokenizer_threads_give_the_same_ids_and_restore_the_setting(tokenizer, monkeypatch, before):
     """setup tokenizes on all CPUs; the ids and blocks are those of one thread."""
     if before is None:
-        monkeypatch.delenv(data.PARALLELISM, raising=False)
+        monkeypatch.delenv(documents.PARALLELISM, raising=False)
     else:
-        monkeypatch.setenv(data.PARALLELISM, before)
+        monkeypatch.setenv(documents.PARALLELISM, before)
     docs = corpus.generate(300)
     T, eos = 16, tokenizer.eos_token_id
-    os.environ[data.PARALLELISM] = "false"
-    one = data.tokenize(tokenizer, docs), data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=50)
+    os.environ[documents.PARALLELISM] = "false"
+    one = documents.tokenize(tokenizer, docs), documents.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=50)
     if before is None:
-        del os.environ[data.PARALLELISM]
-    with data.tokenizer_threads():
+        del os.environ[documents.PARALLELISM]
+    with documents.tokenizer_threads():
         if len(os.sched_getaffinity(0)) > 1:
-            assert os.environ[data.PARALLELISM] == "true"
-        many = data.tokenize(tokenizer, docs), data.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=50)
+            assert os.environ[documents.PARALLELISM] == "true"
+        many = documents.tokenize(tokenizer, docs), documents.train_blocks(tokenizer, iter(docs), T, 10 ** 9, eos, chunk=50)
     assert many[0] == one[0]
     np.testing.assert_array_equal(many[1], one[1])
     # back as it was; "false" where it was unset, so that later forks do not make the tokenizer warn
-    assert os.environ[data.PARALLELISM] == "false"
+    assert os.environ[documents.PARALLELISM] == "false"
 
 
 def test_train_blocks_empty_stream(tokenizer):
     with pytest.raises(ValueError, match="training split is empty"):
-        data.train_blocks(tokenizer, iter([]), 16, 1000, tokenizer.eos_token_id)
+        documents.train_blocks(tokenizer, iter([]), 16, 1000, tokenizer.eos_token_id)
 
 
 # --- local files through `datasets` ----------------------------------------------------
@@ -252,23 +254,23 @@ def test_local_file_formats_load_through_datasets(tmp_path, ext, writer, monkeyp
     monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.05)
     path = tmp_path / f"docs{ext}"
     writer(path)
-    builder, files = data.local_files(str(path))
-    assert files == [str(path)] and builder == data.FORMATS[ext]
+    builder, files = documents.local_files(str(path))
+    assert files == [str(path)] and builder == documents.FORMATS[ext]
     cfg = DataConfig(source="local", path=str(path), shuffle_buffer=100)
-    got = list(data.document_stream(cfg, seed=0))
+    got = list(documents.document_stream(cfg, seed=0))
     # each document exactly once, text intact (the text builder keeps the file's final newline)
     assert sorted(d.strip() for d in got) == sorted(DOCS)
-    assert got == list(data.document_stream(cfg, seed=0))
+    assert got == list(documents.document_stream(cfg, seed=0))
 
 
 def test_local_directory_and_glob(tmp_path):
     write_jsonl(tmp_path / "a.jsonl")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"text": "one more document."}) + "\n")
-    builder, files = data.local_files(str(tmp_path))
+    builder, files = documents.local_files(str(tmp_path))
     assert builder == "json" and len(files) == 2
-    assert data.local_files(str(tmp_path / "*.jsonl"))[1] == [str(tmp_path / "a.jsonl")]
-    got = list(data.document_stream(DataConfig(source="local", path=str(tmp_path)), seed=0))
+    assert documents.local_files(str(tmp_path / "*.jsonl"))[1] == [str(tmp_path / "a.jsonl")]
+    got = list(documents.document_stream(DataConfig(source="local", path=str(tmp_path)), seed=0))
     assert sorted(got) == sorted(DOCS + ["one more document."])
 
 
@@ -276,18 +278,18 @@ def test_local_missing_text_field(tmp_path):
     write_jsonl(tmp_path / "docs.jsonl")
     cfg = DataConfig(source="local", path=str(tmp_path / "docs.jsonl"), text_field="body")
     with pytest.raises(KeyError, match="body"):
-        next(data.document_stream(cfg, seed=0))
+        next(documents.document_stream(cfg, seed=0))
 
 
 def test_local_path_errors(tmp_path):
     with pytest.raises(ConfigError, match="matches no file"):
-        data.local_files(str(tmp_path / "missing.jsonl"))
+        documents.local_files(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ConfigError, match="matches no file"):
-        data.local_files(str(tmp_path))  # empty directory
+        documents.local_files(str(tmp_path))  # empty directory
     (tmp_path / "notes.docx").write_text("x")
     with pytest.raises(ConfigError, match=r"\.docx") as exc:
-        data.local_files(str(tmp_path / "notes.docx"))
+        documents.local_files(str(tmp_path / "notes.docx"))
     assert "data.path" in str(exc.value) and ".jsonl" in str(exc.value)
     write_jsonl(tmp_path / "docs.jsonl")
     with pytest.raises(ConfigError, match="one format"):
-        data.local_files(str(tmp_path))  # .docx and .jsonl mixed
+        documents.local_files(str(tmp_path))  # .docx and .jsonl mixed

@@ -13,7 +13,8 @@ import re
 
 import pytest
 
-from monollm import config, data
+from monollm import config
+from monollm.data import documents
 
 SHARDS, ROWS = 3, 400
 
@@ -56,7 +57,7 @@ def data_cfg(**kw) -> config.DataConfig:
 
 
 def read_all(cfg, seed):
-    held, stream = data.split_documents(cfg, seed)
+    held, stream = documents.split_documents(cfg, seed)
     return held, list(stream)
 
 
@@ -92,7 +93,7 @@ def test_buffered_shuffle_never_reads_ahead_of_the_buffer(tmp_path):
     rows, buffer = 5000, 50
     cfg = data_cfg(path=write_shards(tmp_path / "one", "jsonl", shards=1, rows=rows), shuffle_buffer=buffer,
                    max_train_docs=40)
-    held, stream = data.split_documents(cfg, seed=0)
+    held, stream = documents.split_documents(cfg, seed=0)
     out = held["test"] + held["attack_opt"] + held["val"] + list(stream)
     assert len(out) == 25 + 15 + 20 + 40
     for i, text in enumerate(out):
@@ -125,7 +126,7 @@ def test_hub_branch_pulls_only_what_it_uses(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cfg = data_cfg(source="hub", path="monology/pile-uncopyrighted", shuffle_buffer=100)
-    held, stream = data.split_documents(cfg, seed=0)
+    held, stream = documents.split_documents(cfg, seed=0)
     train = list(itertools.islice(stream, 30))
     assert calls == [("monology/pile-uncopyrighted", None, "train", True, {"revision": "main"})]
     consumed = sum(map(len, held.values())) + len(train)
@@ -146,7 +147,7 @@ def test_hub_branch_reads_the_pinned_revision_for_every_split(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     pinned = "0123456789abcdef0123456789abcdef01234567"
     cfg = data_cfg(source="hub", path="monology/pile-uncopyrighted", revision=pinned, test_from="test.jsonl.zst")
-    data.split_documents(cfg, seed=0)
+    documents.split_documents(cfg, seed=0)
     assert dict(calls) == {"train": {"revision": pinned},
                            "held_out": {"data_files": {"held_out": "test.jsonl.zst"}, "revision": pinned}}
     assert len(calls) == 2
@@ -159,7 +160,7 @@ def fake_tokenizer(docs, add_special_tokens=False):
 def test_train_blocks_read_only_as_far_as_the_budget():
     source = Counter(1_000_000)
     texts = (r["text"] for r in source.rows())
-    blocks = data.train_blocks(fake_tokenizer, texts, block_len=32, tokens_needed=32 * 100, eos_id=0, chunk=10)
+    blocks = documents.train_blocks(fake_tokenizer, texts, block_len=32, tokens_needed=32 * 100, eos_id=0, chunk=10)
     assert blocks.shape == (100, 32)
     lengths = itertools.accumulate(len(r["text"]) + 1 for r in Counter(1_000_000).rows())  # tokens + EOS
     needed = next(i + 1 for i, total in enumerate(lengths) if total >= 32 * 100)
@@ -168,14 +169,14 @@ def test_train_blocks_read_only_as_far_as_the_budget():
 
 def test_local_files_look_through_compression(tmp_path):
     write_shards(tmp_path / "z", "jsonl.zst", shards=2, rows=3)
-    builder, files = data.local_files(str(tmp_path / "z"))
+    builder, files = documents.local_files(str(tmp_path / "z"))
     assert builder == "json" and len(files) == 2
     (tmp_path / "z" / "extra.parquet").write_bytes(b"")
     with pytest.raises(config.ConfigError, match="one format"):
-        data.local_files(str(tmp_path / "z"))
+        documents.local_files(str(tmp_path / "z"))
 
 
 def test_missing_text_field_names_the_columns(tmp_path):
     cfg = data_cfg(path=write_shards(tmp_path / "s", "jsonl", shards=1, rows=100), text_field="content")
     with pytest.raises(KeyError, match="meta"):
-        data.split_documents(cfg, seed=0)
+        documents.split_documents(cfg, seed=0)

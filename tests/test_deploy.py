@@ -145,12 +145,13 @@ def test_argo_template_applies_resources_defaults(table, s3_endpoint, tmp_path):
 READBACK = """
 import json, sys
 from metaflow import Run, namespace
-from monollm import monotonic, results
+from monollm.model import monotonic
+from monollm.results import client
 
 namespace(None)
 run = Run(sys.argv[1])
 ppl = run.data.perplexity
-model, tokenizer = results.load_model(run, "monotonic", path=sys.argv[2])
+model, tokenizer = client.load_model(run, "monotonic", path=sys.argv[2])
 meta = run["end"].task.metadata_dict
 print(json.dumps({
     "successful": run.successful, "models": list(ppl["model"]), "perplexity": [float(p) for p in ppl["perplexity"]],
@@ -183,7 +184,7 @@ def check_s3_run(s3_endpoint, env: dict, home: str, pathspec: str, micro_run, lo
     back through the Client API in a fresh process: successful, its models load from the bucket,
     its tables equal the local micro run's, and its artifacts and weights live in the bucket
     (`local_files`: and no model file was written under `home` but the one fetched)."""
-    from monollm import report
+    from monollm.results import report
 
     script = os.path.join(home, "readback.py")
     with open(script, "w") as f:

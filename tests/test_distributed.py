@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from monollm import checkpoints, config, distributed, models, pipeline, sharded_load
+from monollm import checkpoints, config, pipeline, rank
+from monollm.model import foundation
+from monollm.train import distributed, sharded_load
 from monollm.saving import SaveTimes, folder_bytes
 
 T = 16
@@ -32,7 +34,7 @@ def cfg(processes=1, strategy="ddp", mode="nonneg", **train):
 
 
 def weights(path):
-    model, _ = models.load(path)
+    model, _ = foundation.load(path)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -83,7 +85,7 @@ def test_two_processes_match_one(model_dir, tmp_path, strategy, arm, accum, reco
     moved = max(float((a[k] - weights(model_dir)[k]).abs().max()) for k in a)
     assert moved > 1e-3  # training changed the weights, so agreeing means something
     if arm == "monotonic":
-        from monollm.monotonic import PROMISE
+        from monollm.model.monotonic import PROMISE
 
         assert two.constraint["after_materializing"][PROMISE[mode]] == 0
         assert two.constraint["after_materializing"]["matrices"] == 4
@@ -180,7 +182,7 @@ def test_process_group_waits_as_long_as_parallel_timeout_minutes(tmp_path, monke
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setattr(dist, "init_process_group", init)
     with pytest.raises(Stop):
-        distributed.main(str(tmp_path))
+        rank.main(str(tmp_path))
     assert got == {"backend": "gloo", "timeout": datetime.timedelta(minutes=45)}
 
 

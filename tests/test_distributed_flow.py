@@ -29,7 +29,7 @@ def _rank_processes() -> list[int]:
             cmd = open(f"/proc/{entry}/cmdline", "rb").read()
         except OSError:
             continue
-        if b"monollm.distributed" in cmd:
+        if b"monollm.rank" in cmd:
             found.append(int(entry))
     return found
 

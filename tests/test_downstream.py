@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from monollm import config, corpus, downstream, models
+from monollm import config
+from monollm.data import corpus
+from monollm.evaluation import downstream
+from monollm.model import foundation
 
 from test_config import micro
 
@@ -57,7 +60,7 @@ def loglikelihood(model, tokenizer, context: str, continuation: str) -> tuple[fl
     whole = tokenizer(context + continuation)["input_ids"]
     ctx = tokenizer(context)["input_ids"]
     cont = whole[len(ctx):]
-    ids = torch.tensor([(ctx + cont)[-(models.max_positions(model) + 1):]])
+    ids = torch.tensor([(ctx + cont)[-(foundation.max_positions(model) + 1):]])
     logp = torch.log_softmax(model(input_ids=ids[:, :-1]).logits[0, -len(cont):].float(), dim=-1)
     target = torch.tensor(cont)
     return float(logp[torch.arange(len(cont)), target].sum()), bool((logp.argmax(-1) == target).all())
@@ -65,7 +68,7 @@ def loglikelihood(model, tokenizer, context: str, continuation: str) -> tuple[fl
 
 @pytest.fixture(scope="module")
 def evaluated(model_dir, tmp_path_factory):
-    model, tokenizer = models.load(model_dir)
+    model, tokenizer = foundation.load(model_dir)
     names, include = downstream.resolve(downstream.CORPUS_TASKS, str(tmp_path_factory.mktemp("tasks")))
     manager, tasks = downstream.load_tasks(names, include, hub=False)
     result = downstream.run_tasks(model, tokenizer, manager, tasks, limit=12, batch_size=8, seed=0, n_boot=100)

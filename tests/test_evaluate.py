@@ -1,4 +1,4 @@
-"""Tests for monollm.evaluate: perplexity counts every predicted token exactly once; a NaN or
+"""Tests for monollm.evaluation.perplexity: perplexity counts every predicted token exactly once; a NaN or
 infinite NLL raises, naming the model."""
 import copy
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm.evaluate import NonFiniteNLL, block_nll, perplexity
+from monollm.evaluation.perplexity import NonFiniteNLL, block_nll, perplexity
 
 VOCAB = 128
 
@@ -117,11 +117,12 @@ def test_one_non_finite_block_is_enough_and_is_located(model):
 def test_pipeline_evaluate_names_the_broken_model(model, tmp_path):
     from attack_models import tokenizer
 
-    from monollm import config, models, pipeline
+    from monollm import config, pipeline
+    from monollm.model import foundation
 
     good, bad = str(tmp_path / "good"), str(tmp_path / "bad")
-    models.save(model, tokenizer(), good)
-    models.save(_broken(model, "mlp"), tokenizer(), bad)
+    foundation.save(model, tokenizer(), good)
+    foundation.save(_broken(model, "mlp"), tokenizer(), bad)
     cfg = config.load({"device": "cpu"})
     with pytest.raises(NonFiniteNLL, match="'monotonic'"):
         pipeline.evaluate(cfg, {"baseline": good, "monotonic": bad}, blocks(4, 8))

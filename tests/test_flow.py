@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from monollm import monotonic, report
+from monollm.model import monotonic
+from monollm.results import report
 
 pytestmark = pytest.mark.flow
 
@@ -47,9 +48,9 @@ def test_constraint_verified_at_every_stage(micro_run):
 def test_monotonic_model_is_a_plain_checkpoint(micro_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from monollm import results
+    from monollm.results import client
 
-    model, tokenizer = results.load_model(micro_run, "monotonic", path=str(tmp_path / "m"))
+    model, tokenizer = client.load_model(micro_run, "monotonic", path=str(tmp_path / "m"))
     vanilla = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
     checks = monotonic.verify(vanilla, "mlp_both")
     assert checks["matrices"] == 4 and checks["negative"] == 0 and checks["parametrized"] == 0
@@ -125,11 +126,11 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
 
 
 def test_attack_rows_rescore_from_the_table(micro_run):
-    from monollm import results
-    from monollm.rescore import rescore
+    from monollm.results import client
+    from monollm.results.rescore import rescore
 
     a = micro_run.data.attacks
-    model, tokenizer = results.load_model(micro_run, "baseline")
+    model, tokenizer = client.load_model(micro_run, "baseline")
     rows = a[(a.model == "baseline") & (a.example == 0)].groupby(["attack", "kind", "source_model"]).head(1)
     assert {"hotflip", "uat", "gcg"} <= set(rows["attack"])
     for _, row in rows.iterrows():
@@ -139,7 +140,8 @@ def test_attack_rows_rescore_from_the_table(micro_run):
 def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datastore_root, tmp_path):
     """Sign bits flipped in the datastore's copy of a model (same size, still valid safetensors):
     results.load_model refuses it, naming the run, the model and what to do next."""
-    from monollm import models, results
+    from monollm.model import foundation
+    from monollm.results import client
     from test_models import flip_sign_bits
 
     ref = micro_run.data.monotonic_init_model
@@ -148,15 +150,15 @@ def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datasto
     original = open(weights, "rb").read()
     try:
         flip_sign_bits(stored)
-        with pytest.raises(models.CorruptModel) as err:
-            results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "m"))
+        with pytest.raises(foundation.CorruptModel) as err:
+            client.load_model(micro_run, "monotonic_init", path=str(tmp_path / "m"))
     finally:
         open(weights, "wb").write(original)  # the run is shared with the other flow tests
     msg = str(err.value)
     for needle in (micro_run.pathspec, "monotonic_init model", str(tmp_path / "m" / "model.safetensors"),
                    "checksum mismatch", f"resume make_monotonic --origin-run-id {micro_run.id}"):
         assert needle in msg, f"{needle!r} not in {msg!r}"
-    results.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
+    client.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
 
 
 def test_profile_without_resources_runs_end_to_end(micro_run, seed1_run):
@@ -171,15 +173,15 @@ def test_profile_without_resources_runs_end_to_end(micro_run, seed1_run):
 
 
 def test_console_summary_answers_first_and_fits_120_columns(micro_run):
-    from monollm import results
+    from monollm.results import client
 
-    text = results.summary_text(micro_run.data, micro_run.id)
+    text = client.summary_text(micro_run.data, micro_run.id)
     lines = text.splitlines()
-    from monollm.headline import headline
+    from monollm.results.headline import headline
 
     answer = " ".join(text.split("\n\n")[0].split())  # the answer first, unwrapped
     assert answer == "Answer: " + " ".join(headline(micro_run.data.findings))
-    assert max(map(len, lines)) <= results.WIDTH
+    assert max(map(len, lines)) <= client.WIDTH
     assert not any(line.startswith(" ") for line in lines if line.strip() and not line.startswith("  "))
     tables = [line for line in lines if line.startswith("|")]
     assert len(tables) >= len(micro_run.data.perplexity) + len(micro_run.data.attack_summary)
@@ -223,7 +225,7 @@ def test_downstream_tasks_on_all_four_models(micro_run):
 def test_order_preservation_on_all_four_models(micro_run):
     """The order branch measured every model at every layer on the same held-out pairs, and the
     findings read the deepest layer of that table."""
-    from monollm import order
+    from monollm.evaluation import order
 
     data = micro_run.data
     table, found = data.order_preservation, data.findings["order_preservation"]

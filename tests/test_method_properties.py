@@ -12,7 +12,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from attack_models import CONT, CONTEXT, examples, model, plant, tokenizer, unused_symbol
-from monollm import config, data, models, monotonic, pipeline
+from monollm import config, pipeline
+from monollm.data import documents
+from monollm.model import foundation, monotonic
 from monollm.attacks.common import allowed_tokens, continuation_nll, make_examples
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
@@ -103,10 +105,10 @@ def micro_cfg():
 
 def test_setup_refuses_a_test_document_in_attack_opt(monkeypatch, tmp_path):
     cfg = micro_cfg()
-    held, stream = data.split_documents(cfg.data, cfg.seed)
+    held, stream = documents.split_documents(cfg.data, cfg.seed)
     held["attack_opt"][3] = held["test"][7]
-    monkeypatch.setattr(data, "split_documents", lambda *a: (held, stream))
-    monkeypatch.setattr(models, "build_tokenizer", lambda *a: pytest.fail("setup did model work first"))
+    monkeypatch.setattr(documents, "split_documents", lambda *a: (held, stream))
+    monkeypatch.setattr(foundation, "build_tokenizer", lambda *a: pytest.fail("setup did model work first"))
     with pytest.raises(ValueError, match="test and attack_opt"):
         pipeline.setup(cfg, str(tmp_path))
 
@@ -117,7 +119,7 @@ class Stop(Exception):
 
 def test_test_and_attack_opt_examples_come_from_disjoint_documents(monkeypatch, tmp_path):
     cfg = micro_cfg()
-    held, _ = data.split_documents(cfg.data, cfg.seed)
+    held, _ = documents.split_documents(cfg.data, cfg.seed)
     pipeline.require_disjoint(held)  # the real splits pass
     assert not set(held["test"]) & set(held["attack_opt"])
     given = []

@@ -1,4 +1,4 @@
-"""Tests for monollm.models: the built tokenizer and model, save/load, and the local
+"""Tests for monollm.model.foundation: the built tokenizer and model, save/load, and the local
 (hub-style) loading path with tiny models saved by save_pretrained."""
 import hashlib
 import json
@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from monollm import corpus, models
+from monollm.data import corpus
+from monollm.model import foundation
 from monollm.config import BuildConfig, ModelConfig
 
 BUILD = BuildConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=300,
@@ -25,18 +26,18 @@ def docs():
 
 @pytest.fixture(scope="module")
 def tokenizer(docs):
-    return models.build_tokenizer(docs[:200], BUILD.vocab_size)
+    return foundation.build_tokenizer(docs[:200], BUILD.vocab_size)
 
 
 @pytest.fixture(scope="module")
 def saved(tokenizer, tmp_path_factory):
     """A built model saved with models.save, and logits of a fixed batch before saving."""
-    model = models.build_model(BUILD, tokenizer, seed=0).eval()
+    model = foundation.build_model(BUILD, tokenizer, seed=0).eval()
     ids = torch.randint(0, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     path = str(tmp_path_factory.mktemp("saved"))
-    models.save(model, tokenizer, path)
+    foundation.save(model, tokenizer, path)
     return path, ids, logits
 
 
@@ -44,9 +45,9 @@ def saved(tokenizer, tmp_path_factory):
 
 def test_tokenizer_is_fast_transformers_tokenizer_with_eos(tokenizer):
     assert isinstance(tokenizer, PreTrainedTokenizerFast) and tokenizer.is_fast
-    assert tokenizer.eos_token == models.EOS and tokenizer.eos_token_id is not None
-    assert tokenizer.convert_tokens_to_ids(models.EOS) == tokenizer.eos_token_id
-    assert tokenizer(models.EOS, add_special_tokens=False)["input_ids"] == [tokenizer.eos_token_id]
+    assert tokenizer.eos_token == foundation.EOS and tokenizer.eos_token_id is not None
+    assert tokenizer.convert_tokens_to_ids(foundation.EOS) == tokenizer.eos_token_id
+    assert tokenizer(foundation.EOS, add_special_tokens=False)["input_ids"] == [tokenizer.eos_token_id]
     assert 256 < len(tokenizer) <= BUILD.vocab_size  # bytes + EOS + merges
 
 
@@ -62,14 +63,14 @@ def test_tokenizer_round_trips_corpus_text(tokenizer, docs):
 
 
 def test_tokenizer_is_deterministic(docs, tokenizer):
-    again = models.build_tokenizer(docs[:200], BUILD.vocab_size)
+    again = foundation.build_tokenizer(docs[:200], BUILD.vocab_size)
     assert again.get_vocab() == tokenizer.get_vocab()
 
 
 # --- built model -----------------------------------------------------------------------
 
 def test_build_model_has_padding_rows_and_config(tokenizer):
-    model = models.build_model(BUILD, tokenizer, seed=0)
+    model = foundation.build_model(BUILD, tokenizer, seed=0)
     rows = model.config.vocab_size
     assert rows % 64 == 0 and len(tokenizer) < rows < len(tokenizer) + 64
     assert model.get_input_embeddings().weight.shape == (rows, BUILD.hidden_size)
@@ -79,11 +80,11 @@ def test_build_model_has_padding_rows_and_config(tokenizer):
             c.max_position_embeddings) == ("gpt_neox", 32, 2, 4, 64, 64)
     assert c.eos_token_id == tokenizer.eos_token_id and c.hidden_act == "gelu"
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert models.max_positions(model) == 64 == models.max_positions(model.config)
+    assert foundation.max_positions(model) == 64 == foundation.max_positions(model.config)
 
 
 def test_build_model_seeded(tokenizer):
-    a, b, c = (models.build_model(BUILD, tokenizer, seed=s) for s in (0, 0, 1))
+    a, b, c = (foundation.build_model(BUILD, tokenizer, seed=s) for s in (0, 0, 1))
     w = lambda m: m.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
     assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c))
 
@@ -92,7 +93,7 @@ def test_build_model_seeded(tokenizer):
 
 def test_save_load_round_trip_identical_logits(saved, tokenizer, docs):
     path, ids, logits = saved
-    model, tok = models.load(path)
+    model, tok = foundation.load(path)
     assert not model.training and next(model.parameters()).dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, logits)
@@ -125,8 +126,8 @@ def flip_sign_bits(path: str, every: int = 97):
 
 def test_save_writes_a_manifest_of_every_file(saved):
     path = saved[0]
-    manifest = json.load(open(os.path.join(path, models.MANIFEST)))["files"]
-    assert set(manifest) == set(os.listdir(path)) - {models.MANIFEST}
+    manifest = json.load(open(os.path.join(path, foundation.MANIFEST)))["files"]
+    assert set(manifest) == set(os.listdir(path)) - {foundation.MANIFEST}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest)
     weights = os.path.join(path, "model.safetensors")
     assert manifest["model.safetensors"]["bytes"] == os.path.getsize(weights)
@@ -138,16 +139,16 @@ def test_flipped_sign_bits_are_refused_naming_the_path(saved, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(path, copy)
     flip_sign_bits(copy)
-    with pytest.raises(models.CorruptModel) as err:
-        models.load(copy)
+    with pytest.raises(foundation.CorruptModel) as err:
+        foundation.load(copy)
     weights = os.path.join(copy, "model.safetensors")
     assert weights in str(err.value) and "checksum mismatch" in str(err.value)
     assert "resume" in str(err.value) and "new run" in str(err.value)  # what to do next
-    with pytest.raises(models.CorruptModel, match="model.name"):  # a local foundation is checked too
-        models.load_foundation(ModelConfig(source="local", name=copy))
+    with pytest.raises(foundation.CorruptModel, match="model.name"):  # a local foundation is checked too
+        foundation.load_foundation(ModelConfig(source="local", name=copy))
     # without the manifest it is a foreign checkpoint: loaded as it is, and silently wrong
-    os.remove(os.path.join(copy, models.MANIFEST))
-    model, _ = models.load(copy)
+    os.remove(os.path.join(copy, foundation.MANIFEST))
+    model, _ = foundation.load(copy)
     with torch.no_grad():
         assert not torch.allclose(model(input_ids=ids).logits, logits)
 
@@ -156,15 +157,15 @@ def test_missing_file_is_refused(saved, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(saved[0], copy)
     os.remove(os.path.join(copy, "tokenizer.json"))
-    with pytest.raises(models.CorruptModel, match=f"missing: {os.path.join(copy, 'tokenizer.json')}"):
-        models.load(copy)
+    with pytest.raises(foundation.CorruptModel, match=f"missing: {os.path.join(copy, 'tokenizer.json')}"):
+        foundation.load(copy)
 
 
 @pytest.mark.parametrize("source", ["local", "hub"])
 def test_load_foundation_from_directory(saved, source):
     # "hub" with a directory exercises the hub code path (revision kwarg) offline
     path, ids, logits = saved
-    model, tok = models.load_foundation(ModelConfig(source=source, name=path))
+    model, tok = foundation.load_foundation(ModelConfig(source=source, name=path))
     assert next(model.parameters()).dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(model.eval()(input_ids=ids).logits, logits)
@@ -188,7 +189,7 @@ def test_sources_record_the_commit_a_hub_revision_resolved_to(saved, tmp_path, m
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     cfg = config.load({"model": {"source": "hub", "name": "acme/tiny", "revision": "step143000"},
                        "data": {"source": "hub", "path": "acme/corpus", "revision": "main"}})
-    model, _ = models.load_foundation(cfg.model)
+    model, _ = foundation.load_foundation(cfg.model)
     with torch.no_grad():
         assert torch.equal(model.eval()(input_ids=saved[1]).logits, saved[2])  # the cached snapshot was read
     assert pipeline.sources(cfg) == {
@@ -196,7 +197,7 @@ def test_sources_record_the_commit_a_hub_revision_resolved_to(saved, tmp_path, m
         "data": {"source": "hub", "path": "acme/corpus", "revision": "main", "commit": None}}  # a branch: unknown
     pinned = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, revision=commit))
     assert pipeline.sources(pinned)["data"]["commit"] == commit
-    assert models.hub_commit("acme/tiny", "main") is None  # nothing recorded for that branch
+    assert foundation.hub_commit("acme/tiny", "main") is None  # nothing recorded for that branch
     local = config.load({"model": {"source": "local", "name": saved[0]}})
     assert pipeline.sources(local)["model"] == {"source": "local", "name": saved[0], "revision": "", "commit": None}
 
@@ -207,7 +208,7 @@ def test_load_foundation_upcasts_to_fp32(tokenizer, tmp_path):
                                              intermediate_size=64, vocab_size=320, max_position_embeddings=64))
     model.to(torch.bfloat16).save_pretrained(tmp_path)  # like a hub checkpoint stored in half precision
     tokenizer.save_pretrained(tmp_path)
-    loaded, _ = models.load_foundation(ModelConfig(source="local", name=str(tmp_path)))
+    loaded, _ = foundation.load_foundation(ModelConfig(source="local", name=str(tmp_path)))
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     w = model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
     assert torch.equal(loaded.gpt_neox.layers[0].mlp.dense_h_to_4h.weight, w.float())
@@ -224,15 +225,15 @@ def test_load_foundation_requires_eos(docs, tmp_path):
     GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                      intermediate_size=64, vocab_size=320)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="EOS"):
-        models.load_foundation(ModelConfig(source="local", name=str(tmp_path)))
+        foundation.load_foundation(ModelConfig(source="local", name=str(tmp_path)))
 
 
 def test_pick_device():
-    assert models.pick_device("cpu") == "cpu"
-    assert models.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert foundation.pick_device("cpu") == "cpu"
+    assert foundation.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda"):
-            models.pick_device("cuda")
+            foundation.pick_device("cuda")
 
 
 def test_a_hub_dataset_branch_is_pinned_to_its_commit_before_streaming(monkeypatch):

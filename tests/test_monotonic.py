@@ -1,4 +1,4 @@
-"""Tests for monollm.monotonic on tiny random models (CPU, fixed seeds)."""
+"""Tests for monollm.model.monotonic on tiny random models (CPU, fixed seeds)."""
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from monollm import monotonic as mono
+from monollm.model import monotonic as mono
 
 VOCAB = 128
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

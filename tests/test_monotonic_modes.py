@@ -1,4 +1,4 @@
-"""The constraint's modes, layer selection, init and activation swap (monollm.monotonic), on tiny
+"""The constraint's modes, layer selection, init and activation swap (monollm.model.monotonic), on tiny
 random GPT-NeoX models (CPU, fixed seeds), and what make_monotonic / train_arm record for each."""
 import copy
 import os
@@ -11,8 +11,10 @@ import torch
 from torch.nn.utils import parametrize
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import config, models, pipeline, report
-from monollm import monotonic as mono
+from monollm import config, pipeline
+from monollm.model import foundation
+from monollm.results import report
+from monollm.model import monotonic as mono
 from test_monotonic import SMALL, batch, gated, neox, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,9 +225,9 @@ def test_constraint_holds_follows_the_mode():
 def local_model(tmp_path_factory):
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(GPTNeoXConfig(**{**SMALL, "max_position_embeddings": 32}))
-    tokenizer = models.build_tokenizer(["hello world " * 20, "monotone weights"], 300)
+    tokenizer = foundation.build_tokenizer(["hello world " * 20, "monotone weights"], 300)
     path = str(tmp_path_factory.mktemp("reference"))
-    models.save(model, tokenizer, path)
+    foundation.save(model, tokenizer, path)
     return path
 
 

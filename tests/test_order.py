@@ -1,4 +1,4 @@
-"""Order preservation (monollm/order.py) and its chains (monollm/order_chains.py)."""
+"""Order preservation (monollm/evaluation/order.py) and its chains (monollm/evaluation/order_chains.py)."""
 import re
 from collections import Counter
 from types import SimpleNamespace
@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from monollm import corpus, order, order_chains, stats
+from monollm import stats
 
 
 # --- the chains ---------------------------------------------------------------------------------
+from monollm.data import corpus
+from monollm.evaluation import order, order_chains
 
 def test_shipped_chains_are_the_generated_ones(tmp_path):
     order_chains.write(str(tmp_path))
     for name in order_chains.CHAIN_SETS:
         shipped = open(f"{order_chains.DATA_DIR}/{name}.jsonl", encoding="utf-8").read()
         assert shipped == open(tmp_path / f"{name}.jsonl", encoding="utf-8").read(), \
-            f"{name}.jsonl is stale: run python -m monollm.order_chains"
+            f"{name}.jsonl is stale: run python -m monollm.evaluation.order_chains"
 
 
 def test_english_chains_cover_axes_and_topics():
@@ -242,9 +244,9 @@ def _direct(model_dir, chains, seed, fit_fraction):
 
 
 def test_metric_on_tiny_model_equals_direct_computation(model_dir):
-    from monollm import models
+    from monollm.model import foundation
 
-    model, tok = models.load(model_dir)
+    model, tok = foundation.load(model_dir)
     # the fixture's tokenizer was trained on other text and its model has 64 positions
     chains = [c for c in order_chains.load_chains("builtin") if c["topic"] in corpus._TOWNS[:8]
               and max(len(tok(t)["input_ids"]) for t in c["texts"]) <= 64]

@@ -4,8 +4,8 @@ import io
 from matplotlib.patches import PathPatch, Rectangle
 from test_cards import synthetic_run
 
-from monollm import plots
-from monollm.report import per_example
+from monollm.results import plots
+from monollm.results.report import per_example
 
 
 def png(fig) -> bytes:

@@ -138,16 +138,16 @@ def test_attention_kernel_reaches_every_loaded_model(tmp_path):
     """`model.attn_implementation` is not stored with the weights, so each load names it."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from monollm import models
+    from monollm.model import foundation
 
-    tok = models.build_tokenizer(["a small corpus of words for a tokenizer"] * 20, 300)
+    tok = foundation.build_tokenizer(["a small corpus of words for a tokenizer"] * 20, 300)
     GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=64)).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     mcfg = config.ModelConfig(source="local", name=str(tmp_path), attn_implementation="eager")
-    assert models.load_foundation(mcfg)[0].config._attn_implementation == "eager"
-    assert models.load(str(tmp_path))[0].config._attn_implementation == "sdpa"
-    assert models.load(str(tmp_path), attn_implementation="eager")[0].config._attn_implementation == "eager"
+    assert foundation.load_foundation(mcfg)[0].config._attn_implementation == "eager"
+    assert foundation.load(str(tmp_path))[0].config._attn_implementation == "sdpa"
+    assert foundation.load(str(tmp_path), attn_implementation="eager")[0].config._attn_implementation == "eager"
 
 
 def test_invalid_toml_is_one_line_naming_file_line_and_column(tmp_path):

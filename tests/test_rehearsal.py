@@ -1,4 +1,4 @@
-"""The paper-shape rehearsal (monollm.rehearsal): the hub profiles' code paths, at Pythia's real
+"""The paper-shape rehearsal (monollm.experiments.rehearsal): the hub profiles' code paths, at Pythia's real
 shape, end to end through the real flow. A few minutes on two CPU cores."""
 import json
 import os
@@ -8,7 +8,7 @@ import pytest
 import zstandard
 
 from conftest import run_flow
-from monollm import rehearsal
+from monollm.experiments import rehearsal
 
 pytestmark = pytest.mark.flow
 

@@ -1,13 +1,13 @@
-"""Every attack row can be re-scored from the table alone (monollm.rescore), with a plain
+"""Every attack row can be re-scored from the table alone (monollm.results.rescore), with a plain
 transformers forward pass that shares no code with the attacks."""
 import numpy as np
 import pytest
 
 from attack_models import CONT, examples, model, tokenizer
 from monollm.attacks import run_attack
-from monollm import report
+from monollm.results import report
 from monollm.attacks import hotflip, random, uat
-from monollm.rescore import attacked_input, rescore
+from monollm.results.rescore import attacked_input, rescore
 
 
 @pytest.fixture(scope="module")

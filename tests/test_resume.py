@@ -85,10 +85,11 @@ def assert_resumed_run_is_labelled(run, origin: str):
     gives itself, and records the run it was resumed from: artifact, metadata and card."""
     from metaflow.cards import get_cards
 
-    from monollm import config, pipeline, results
+    from monollm import config, pipeline
+    from monollm.results import client
 
     assert set(pipeline.tags(config.from_dict(run.data.resolved_config))) <= set(run.user_tags)
-    assert run.data.origin_run_id == origin and results.origin_run_id(run) == origin
+    assert run.data.origin_run_id == origin and client.origin_run_id(run) == origin
     card = card_data(get_cards(run["join_attacks"].task, id="experiment")[0].get())
     text = " ".join(part.get("source", "") for part in walk(card["components"][0]) if isinstance(part, dict))
     assert f"resumed from run {origin}" in text

@@ -11,8 +11,9 @@ import pytest
 import tomllib
 
 from conftest import FLOW, MICRO, flow_env
-from monollm import config, setup_reuse, sweep
-from monollm.sweep_plan import Task, load_sweep
+from monollm import config, setup_reuse
+from monollm.experiments import sweep
+from monollm.experiments.plan import Task, load_sweep
 
 SWEEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweeps", "micro.toml")
 
@@ -64,7 +65,7 @@ def test_the_code_digest_changes_with_any_python_file_and_only_with_python_files
 
 
 def tasks_of(*pairs) -> list[Task]:
-    from monollm.sweep_plan import expand
+    from monollm.experiments.plan import expand
 
     with open(load_sweep(SWEEP).profile, "rb") as f:
         raw = tomllib.load(f)

@@ -222,9 +222,9 @@ MICRO_REQUEST = {"setup": {"gpu": 0, "minutes": 60, "time": "0-01:00:00", "parti
 
 @pytest.fixture
 def check(cluster, monkeypatch):
-    """check(**attributes) runs monollm.slurm.check_cluster as the run would, with the cluster's
+    """check(**attributes) runs monollm.cluster.slurm.check_cluster as the run would, with the cluster's
     settings overridden by `attributes`; returns the error message, or None."""
-    from monollm import slurm
+    from monollm.cluster import slurm
 
     monkeypatch.setenv("HOME", cluster.home)  # asyncssh reads ~/.ssh/config, as in the flow's process
     base = {"address": slurm_cluster.HOST_ALIAS, "username": "root", "ssh_key_file": cluster.key,
@@ -303,7 +303,7 @@ def rendered_script(step: str, resources: dict, partition: str = "gpu", gpu_type
 
     from metaflow.plugins.resources_decorator import ResourcesDecorator
 
-    from monollm import slurm
+    from monollm.cluster import slurm
 
     SlurmDecorator, SlurmJob = _extension()
     slurm.use_step_resources(gpu_type=gpu_type)
@@ -347,7 +347,7 @@ def test_gpu_profile_job_scripts_carry_gres(profile, kind):
 def test_account_and_qos_reach_every_batch_script(monkeypatch):
     """MONOLLM_SLURM_ACCOUNT / _QOS where `run` runs (and so in each `slurm step` process) become
     #SBATCH lines of the extension's script; a value that could break the script is refused."""
-    from monollm import slurm
+    from monollm.cluster import slurm
 
     monkeypatch.setenv("MONOLLM_SLURM_ACCOUNT", "proj-42")
     monkeypatch.setenv("MONOLLM_SLURM_QOS", "high")
@@ -371,7 +371,7 @@ def test_bad_account_stops_the_check_before_the_login_node(check, monkeypatch):
 def test_light_steps_run_locally_unless_asked(monkeypatch):
     from types import SimpleNamespace
 
-    from monollm import slurm
+    from monollm.cluster import slurm
 
     SlurmDecorator, _ = _extension()
     slurm.use_step_resources()
@@ -393,7 +393,7 @@ def test_light_steps_run_locally_unless_asked(monkeypatch):
 
 
 def test_slurm_times_and_gres_strings():
-    from monollm import slurm
+    from monollm.cluster import slurm
 
     assert slurm.slurm_time(90061) == "1-01:01:01"
     assert [slurm.parse_slurm_time(t) for t in ("infinite", "1-00:00:00", "12:00:00", "30:00", "45", "2-12:30")] == [
@@ -432,7 +432,7 @@ legacy|2-00:00:00|gpu:2
     ("gpu", 8, "a100", ["ask for 8 GPU(s)", "at most 4 GPUs per node"]),  # too many of any type: said first
 ])
 def test_gpu_type_against_the_partition(partition, gpu, kind, needles):
-    from monollm import slurm
+    from monollm.cluster import slurm
 
     request = slurm.job_request({"gpu": gpu}, 3600, kind)
     try:

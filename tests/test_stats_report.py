@@ -1,4 +1,4 @@
-"""Tests for monollm.stats and monollm.report on synthetic data: intervals, tidy tables,
+"""Tests for monollm.stats and monollm.results.report on synthetic data: intervals, tidy tables,
 and findings computed from the data (never hard-coded)."""
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monollm import convergence, report, stats
+from monollm import stats
+from monollm.results import convergence, report
 from monollm.attacks.common import AttackResult
 
 N_BOOT = 500

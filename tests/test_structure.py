@@ -99,6 +99,53 @@ def test_no_import_cycles_in_the_library():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The layers, lowest first: a module may import its own layer and those below it, never one above.
+# Domain packages of one layer (train and attacks) do not import each other.
+LAYERS = [
+    {"errors", "constants", "schema", "stats", "progress", "checkpoints", "saving"},  # the base
+    {"data"}, {"model"}, {"evaluation"}, {"train", "attacks"}, {"results"}, {"cluster"},
+    {"config", "checks", "profiles", "runtime", "pipeline", "setup_reuse", "rank"},  # what the flow calls
+    {"experiments", "sweep", "compare", "rehearsal"},  # many runs, and their `python -m` entry points
+]
+
+
+def layer(module: str) -> tuple[int, str]:
+    """(layer index, top-level part) of a package module, e.g. monollm.train.loop -> (4, "train")."""
+    part = module.split(".")[1]
+    return next(i for i, names in enumerate(LAYERS) if part in names), part
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that points up a layer, or across between two packages of one domain layer."""
+    bad = []
+    for name, deps in sorted(graph.items()):
+        if name == "monollm":
+            continue
+        (mine, part) = layer(name)
+        for dep in sorted(deps):
+            (theirs, other) = layer(dep)
+            across = theirs == mine and other != part and mine not in (0, 7, 8)
+            if theirs > mine or across:
+                bad.append(f"{name} -> {dep}")
+    return bad
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    graph = import_graph()
+    unplaced = sorted(n for n in graph if n != "monollm" and not any(n.split(".")[1] in g for g in LAYERS))
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+    assert upward_imports({"monollm.train.loop": {"monollm.config"}}) == ["monollm.train.loop -> monollm.config"]
+    assert upward_imports({"monollm.train.loop": {"monollm.attacks.common"}})  # across one layer
+    bad = upward_imports(graph)
+    assert not bad, "imports that point up (or across domain packages): " + ", ".join(bad)
+
+
+def test_the_package_shows_its_architecture():
+    """Few modules at the top: the domain code lives in the subpackages."""
+    top = sorted(n for n in import_graph() if n.count(".") == 1 and not os.path.isdir(os.path.join(PACKAGE, n[8:])))
+    assert len(top) <= 20, f"{len(top)} modules directly in monollm/: {top}"
+
+
 def _has_reason(lines: list[str], *line_numbers: int) -> bool:
     return any("# long:" in lines[n - 1] for n in line_numbers if 0 < n <= len(lines))
 

@@ -13,8 +13,10 @@ from conftest import MICRO, ROOT
 from scipy import stats as st
 from test_cards import synthetic_run
 
-from monollm import compare, config, results, sweep, sweep_report
-from monollm.sweep_plan import (Cell, RunRecord, SweepError, check_cells, check_key, expand, load_sweep, plan,
+from monollm import config
+from monollm.experiments import compare, sweep, sweep_report
+from monollm.results import client
+from monollm.experiments.plan import (Cell, RunRecord, SweepError, check_cells, check_key, expand, load_sweep, plan,
                                 resolved, toml_text, write_cell)
 
 MICRO_SWEEP = os.path.join(ROOT, "tests", "sweeps", "micro.toml")
@@ -338,7 +340,7 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
     new = Run(runs.loc["monotonic.mode=sign_frozen", "run"])
     assert {"sweep:micro", "cell:monotonic.mode=sign_frozen"} <= set(new.user_tags)
     assert new.data.resolved_config["monotonic"]["mode"] == "sign_frozen"
-    assert results.origin_run_id(new) == failed  # the resumed copy of the failed run counts
+    assert client.origin_run_id(new) == failed  # the resumed copy of the failed run counts
     assert new.data.setup_origin == micro_run.pathspec and new.data.setup_key == own.data.setup_key
     assert new.data.reference_model == own.data.reference_model
     ppl = {r.data.setup_origin: dict(zip(r.data.perplexity["model"], r.data.perplexity["perplexity"]))
@@ -387,40 +389,40 @@ def test_a_second_invocation_stops_at_the_lock_and_a_stale_lock_is_taken_over(tm
     import subprocess
     import sys
 
-    from monollm import sweep_lock
+    from monollm.experiments import lock
 
-    path, note = sweep_lock.acquire(str(tmp_path), "python -m monollm.sweep s.toml")
+    path, note = lock.acquire(str(tmp_path), "python -m monollm.sweep s.toml")
     assert note is None and json.load(open(path))["pid"] == os.getpid()
-    with pytest.raises(sweep_lock.SweepLocked, match=f"pid {os.getpid()} on host .* started .*rm {path}"):
-        sweep_lock.acquire(str(tmp_path))
+    with pytest.raises(lock.SweepLocked, match=f"pid {os.getpid()} on host .* started .*rm {path}"):
+        lock.acquire(str(tmp_path))
     planned = []
     monkeypatch.setattr(sweep, "records", lambda *a, **k: planned.append(1) or [])
     assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert f"holds the lock {path}: pid {os.getpid()}" in err and f"rm {path}" in err and not planned
     assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path), "--dry-run"]) == 0 and planned  # no lock needed
-    sweep_lock.release(path)
+    lock.release(path)
     assert not os.path.exists(path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)  # a process that has exited
     with open(path, "w") as f:
         json.dump({"pid": dead, "host": socket.gethostname(), "started": "earlier"}, f)
-    mine, note = sweep_lock.acquire(str(tmp_path))
+    mine, note = lock.acquire(str(tmp_path))
     assert mine == path and f"took over the stale lock {path} of pid {dead}" in note
     assert json.load(open(path))["pid"] == os.getpid()
-    sweep_lock.release(path)
+    lock.release(path)
     with open(path, "w") as f:  # another host's lock: its pid cannot be checked, so it is never taken over
         json.dump({"pid": dead, "host": "elsewhere", "started": "earlier"}, f)
-    with pytest.raises(sweep_lock.SweepLocked, match="on host elsewhere"):
-        sweep_lock.acquire(str(tmp_path))
+    with pytest.raises(lock.SweepLocked, match="on host elsewhere"):
+        lock.acquire(str(tmp_path))
 
 
 def test_the_lock_is_released_when_the_sweep_ends(tmp_path, monkeypatch):
-    from monollm import sweep_lock
+    from monollm.experiments import lock
 
     monkeypatch.setattr(sweep, "records", lambda *a, **k: [])
     seen = []
-    monkeypatch.setattr(sweep, "execute", lambda *a, **k: seen.append(os.path.exists(tmp_path / sweep_lock.FILE)) or [])
+    monkeypatch.setattr(sweep, "execute", lambda *a, **k: seen.append(os.path.exists(tmp_path / lock.FILE)) or [])
     monkeypatch.setattr(sweep, "report", lambda *a, **k: None)
     assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 1  # nothing ran: pairs not done
-    assert seen == [True] and not (tmp_path / sweep_lock.FILE).exists()
+    assert seen == [True] and not (tmp_path / lock.FILE).exists()

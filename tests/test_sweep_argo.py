@@ -12,34 +12,35 @@ from conftest import ROOT
 from test_deploy import BUCKET, LIGHT_STEPS, MODEL_STEPS, s3_client, s3_endpoint, s3_env  # noqa: F401 (fixture)
 from test_sweep import MICRO_SWEEP, two_cells
 
-from monollm import sweep, sweep_argo
-from monollm.sweep_plan import RunRecord, expand, load_sweep, plan, resolved
+from monollm.cluster import argo
+from monollm.experiments import sweep
+from monollm.experiments.plan import RunRecord, expand, load_sweep, plan, resolved
 
 
 def test_template_names_are_valid_distinct_and_stable():
     import re
 
-    names = {c: sweep_argo.template_name("attribution", c) for c in (
+    names = {c: argo.template_name("attribution", c) for c in (
         "monotonic.mode=nonneg", "monotonic.mode=sign_frozen", "monotonic.mode=abs_init_free",
         "monotonic.mode=sign-frozen", "monotonic.mode=Sign_Frozen",  # the same once lowercased and dashed
         "monotonic.mode=abs_init_free,train.lr=0.002,attack.hotflip.max_flips=4")}
     assert len(set(names.values())) == len(names)
     valid = re.compile(r"^[a-z]([a-z0-9.-]*[a-z0-9])?$")  # what metaflow's argo-workflows --name accepts
-    assert all(valid.match(n) and len(n) <= sweep_argo.NAME_LIMIT for n in names.values()), names
+    assert all(valid.match(n) and len(n) <= argo.NAME_LIMIT for n in names.values()), names
     assert names["monotonic.mode=nonneg"].startswith("attribution-monotonic-mode-nonneg-")
-    assert sweep_argo.template_name("attribution", "monotonic.mode=nonneg") == names["monotonic.mode=nonneg"]
-    assert sweep_argo.template_name("3x", "base")[0].isalpha()
+    assert argo.template_name("attribution", "monotonic.mode=nonneg") == names["monotonic.mode=nonneg"]
+    assert argo.template_name("3x", "base")[0].isalpha()
 
 
 def test_create_and_trigger_commands_carry_the_cell_profile_name_tags_and_seed():
     s = load_sweep(MICRO_SWEEP)
     cells = two_cells()
-    name = sweep_argo.template_name("micro", cells[1].name)
-    assert sweep_argo.create_command("flow.py", s, cells[1].name, "/x/c.toml", ["--only-json"])[1:] == [
+    name = argo.template_name("micro", cells[1].name)
+    assert argo.create_command("flow.py", s, cells[1].name, "/x/c.toml", ["--only-json"])[1:] == [
         "flow.py", "--config", "config", "/x/c.toml", "argo-workflows", "--name", name, "create",
         "--tag", "sweep:micro", "--tag", "cell:monotonic.mode=sign_frozen", "--only-json"]
     task = plan(cells, (3,), [], {(c.name, 3): resolved(c, 3) for c in cells})[1]
-    assert sweep_argo.trigger_command("flow.py", s, task, {cells[1].name: "/x/c.toml"})[1:] == [
+    assert argo.trigger_command("flow.py", s, task, {cells[1].name: "/x/c.toml"})[1:] == [
         "flow.py", "--config", "config", "/x/c.toml", "argo-workflows", "--name", name, "trigger", "--seed", "3"]
 
 
@@ -54,7 +55,7 @@ def test_trigger_skips_done_pairs_and_runs_still_going():
     records = [RunRecord("argo-a", True, expected[(cells[0].name, 0)]),
                RunRecord("argo-b", False, expected[(cells[0].name, 1)], FakeRun(finished=False)),
                RunRecord("argo-c", False, expected[(cells[1].name, 0)], FakeRun(finished=True))]
-    todo, notes = sweep_argo.to_trigger(plan(cells, (0, 1), records, expected))
+    todo, notes = argo.to_trigger(plan(cells, (0, 1), records, expected))
     assert [(t.cell.name, t.seed) for t in todo] == [(cells[1].name, 0), (cells[1].name, 1)]  # failed: afresh
     assert notes == [f"cell {cells[0].name} seed 1: run argo-b is still running: not triggered"]
 
@@ -101,7 +102,7 @@ def test_every_cell_of_the_micro_sweep_renders_its_own_template(s3_endpoint, tmp
     for cell in cells:
         template = json.load(open(out / "argo" / f"{cell.name}.json"))
         name = template["metadata"]["name"]
-        assert name == sweep_argo.template_name("micro", cell.name) and name not in names
+        assert name == argo.template_name("micro", cell.name) and name not in names
         names.add(name)
         assert json.loads(template["metadata"]["annotations"]["metaflow/tags"]) == [
             "sweep:micro", f"cell:{cell.name}"]

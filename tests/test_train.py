@@ -1,4 +1,4 @@
-"""Tests for monollm.train on tiny random GPT-NeoX models (CPU, fixed seeds)."""
+"""Tests for monollm.train.loop on tiny random GPT-NeoX models (CPU, fixed seeds)."""
 import dataclasses
 import io
 import math
@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import checkpoints, monotonic, train
+from monollm import checkpoints
+from monollm.model import monotonic
+from monollm.train import loop
 from monollm.config import TrainConfig
 
 VOCAB, T = 128, 16
@@ -33,7 +35,7 @@ def tcfg(**kw) -> TrainConfig:
 
 def run(model, cfg, seed=0, data=None, **kw):
     data = blocks() if data is None else data
-    return train.train(model, data, blocks(4, seed=99), cfg, seed, "cpu", arm=kw.pop("arm", "test"),
+    return loop.train(model, data, blocks(4, seed=99), cfg, seed, "cpu", arm=kw.pop("arm", "test"),
                        log=lambda *_: None, **kw)
 
 
@@ -51,20 +53,20 @@ def test_both_arms_receive_identical_batches():
     mono = run(mono_model, dataclasses.replace(cfg, lr=5e-3, warmup_frac=0.5), seed=5, arm="monotonic")
     hashes = [r["batch_hash"] for r in base]
     assert hashes == [r["batch_hash"] for r in mono]
-    assert len(hashes) == train.steps_for(cfg, T) and len(set(hashes)) > 1
+    assert len(hashes) == loop.steps_for(cfg, T) and len(set(hashes)) > 1
     # the hashes are those of the seeded order, and another seed gives another order
     data, rows = blocks(), cfg.batch_size * cfg.grad_accum
-    order = train.batch_order(len(data), len(hashes) * rows, 5)
-    assert hashes == [train.batch_hash(data[order[i * rows:(i + 1) * rows]]) for i in range(len(hashes))]
+    order = loop.batch_order(len(data), len(hashes) * rows, 5)
+    assert hashes == [loop.batch_hash(data[order[i * rows:(i + 1) * rows]]) for i in range(len(hashes))]
     assert [r["batch_hash"] for r in run(neox(), cfg, seed=6)] != hashes
 
 
 def test_batch_order_covers_every_block_each_epoch():
-    order = train.batch_order(10, 25, seed=1)
+    order = loop.batch_order(10, 25, seed=1)
     assert len(order) == 25
     assert sorted(order[:10]) == list(range(10)) and sorted(order[10:20]) == list(range(10))
     assert not np.array_equal(order[:10], order[10:20])  # reshuffled each epoch
-    np.testing.assert_array_equal(order, train.batch_order(10, 25, seed=1))
+    np.testing.assert_array_equal(order, loop.batch_order(10, 25, seed=1))
 
 
 # --- optimizer groups and precision ---------------------------------------------------
@@ -72,7 +74,7 @@ def test_batch_order_covers_every_block_each_epoch():
 def test_no_decay_on_v_biases_and_norms():
     model = neox()
     monotonic.apply(model, "mlp_both")
-    decay, no_decay = train.param_groups(model, 0.1)
+    decay, no_decay = loop.param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -116,7 +118,7 @@ def test_fp32_master_weights_after_training():
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_lr_factor_warmup_then_decay(schedule):
     total, warmup, floor = 50, 10, 0.1
-    f = [train.lr_factor(s, total, warmup, schedule, floor) for s in range(total)]
+    f = [loop.lr_factor(s, total, warmup, schedule, floor) for s in range(total)]
     assert f[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])  # linear warmup to peak
     assert f[warmup] == pytest.approx(1.0)
     after = np.array(f[warmup:])
@@ -124,22 +126,22 @@ def test_lr_factor_warmup_then_decay(schedule):
     if schedule == "constant":
         assert after == pytest.approx(1.0)
     else:
-        assert after[-1] < 0.2 and train.lr_factor(total, total, warmup, schedule, floor) == pytest.approx(floor)
-    assert train.lr_factor(0, 10, 0, schedule, floor) == pytest.approx(1.0)  # no warmup: start at peak
+        assert after[-1] < 0.2 and loop.lr_factor(total, total, warmup, schedule, floor) == pytest.approx(floor)
+    assert loop.lr_factor(0, 10, 0, schedule, floor) == pytest.approx(1.0)  # no warmup: start at peak
 
 
 def test_history_lr_follows_schedule():
     cfg = tcfg(tokens=10 * 4 * T, warmup_frac=0.3, schedule="linear", min_lr_frac=0.0, lr=2e-3)
     hist = run(neox(), cfg)
     assert [r["lr"] for r in hist] == pytest.approx(
-        [2e-3 * train.lr_factor(s, 10, 3, "linear", 0.0) for s in range(10)])
+        [2e-3 * loop.lr_factor(s, 10, 3, "linear", 0.0) for s in range(10)])
     lrs = [r["lr"] for r in hist]
     assert lrs[0] < lrs[2] == max(lrs) and lrs[-1] < lrs[3]
 
 
 def test_token_budget_sets_steps():
-    assert train.steps_for(tcfg(tokens=1000, batch_size=4, grad_accum=2), T) == 1000 // (8 * T)
-    assert train.steps_for(tcfg(tokens=10), T) == 1  # at least one step
+    assert loop.steps_for(tcfg(tokens=1000, batch_size=4, grad_accum=2), T) == 1000 // (8 * T)
+    assert loop.steps_for(tcfg(tokens=10), T) == 1  # at least one step
     cfg = tcfg(tokens=7 * 4 * T + 5)
     hist = run(neox(), cfg)
     assert len(hist) == 7 and [r["step"] for r in hist] == list(range(1, 8))
@@ -182,7 +184,7 @@ def test_non_finite_loss_names_the_step():
     data[17, 5] = poison  # ... but in block 17
     cfg, seed = tcfg(tokens=12 * 4 * T), 3
     rows = cfg.batch_size
-    order = train.batch_order(len(data), 12 * rows, seed)
+    order = loop.batch_order(len(data), 12 * rows, seed)
     step = int(np.argmax(order == 17)) // rows + 1  # first optimizer step that sees block 17
     assert step > 1
     model = neox()
@@ -238,10 +240,10 @@ def test_rng_state_is_tensors_and_plain_values_and_round_trips():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.normal()  # a cached gaussian is part of numpy's state
     buf = io.BytesIO()
-    torch.save(train.rng_state(), buf)
+    torch.save(loop.rng_state(), buf)
     draws = lambda: (random.random(), np.random.normal(), np.random.randint(1 << 30), torch.rand(3).tolist())
     expected = draws()
-    train.set_rng_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    loop.set_rng_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert draws() == expected
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from monollm.evaluate import require_finite
+from monollm.evaluation.perplexity import require_finite
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AttackResult:
 
     `clean_nll` and `attacked_nll` are mean NLL per continuation token, shape (N,). With
     `input_ids`, `scored_tokens` and either `attacked_ids` or `trigger_ids`, every row of the
-    table can be re-scored from the table alone (monollm.rescore).
+    table can be re-scored from the table alone (monollm.results.rescore).
     """
     attack: str
     model: str

@@ -190,7 +190,7 @@ def layer_of(name: str) -> int:
 def resolve_layers(model: nn.Module, spec: str) -> tuple[int, ...] | None:
     """monotonic.layers for this model: None for "all" (no filter), else the sorted layer indices
     (ConfigError naming the key for a layer the model does not have)."""
-    from monollm.layers import layer_indices
+    from monollm.model.layers import layer_indices
 
     return None if spec.strip() == "all" else layer_indices(spec, num_layers(model.config))
 

@@ -1,11 +1,11 @@
-"""The grammar of the built-in corpus's non-fact sentences (used by monollm.corpus): composed
-from the lexicon of monollm.corpus_world, so that the same words rarely recur in the same order."""
+"""The grammar of the built-in corpus's non-fact sentences (used by monollm.data.corpus): composed
+from the lexicon of monollm.data.world, so that the same words rarely recur in the same order."""
 
 from __future__ import annotations
 
 import random
 
-from monollm.corpus_world import (
+from monollm.data.world import (
     _ADJ_ALL, _ADVS, _COLOURS, _CONJS, _DAYS, _GOODS_ALL, _INTRANS, _JOBS, _MORE_JOBS,
     _MORE_WEATHER, _NOUNS, _NOUN_ALL, _NUMBERS, _OPENERS, _PEOPLE, _PLACES, _PLURAL, _RELATIVES,
     _RIVERS, _TIMES, _TOWN, _TOWNS, _TRANS, _WEATHER, _town_facts)

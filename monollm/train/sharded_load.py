@@ -1,4 +1,4 @@
-"""Reading a sharded checkpoint (monollm.sharded_save writes it) without running any code from it.
+"""Reading a sharded checkpoint (monollm.train.sharded_save writes it) without running any code from it.
 
 `resume_state` reads a rank's non-sharded part (scheduler, history, step, its RNG streams) with
 torch.load(weights_only=True). `load_shards` reads the shards with torch.distributed.checkpoint,

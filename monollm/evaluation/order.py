@@ -4,7 +4,7 @@ The claim behind the constraint is that a monotone map preserves order: if x <= 
 f(x) <= f(x'). Texts have no coordinates, so the measurement asks it of meaning instead
 (docs/method.md#order-preservation):
 
-* Chains of texts strengthen along one semantic axis (monollm/order_chains.py); every pair of
+* Chains of texts strengthen along one semantic axis (monollm/evaluation/order_chains.py); every pair of
   neighbours in a chain is a pair (weaker, stronger).
 * The pairs are split by topic, seeded: probes are fit on the pairs of `fit_fraction` of the
   topics and every number is measured on the pairs of the other topics, which no probe saw.
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monollm import models, stats
+from monollm import stats
+from monollm.model import foundation
 
 POOLINGS = ("last", "mean")
 """`last`: the state at each text's last token (primary: a causal model's summary of the whole
@@ -109,7 +110,7 @@ def pooled_states(model, tokenizer, texts, poolings=POOLINGS, batch_size: int = 
     if model.training:
         raise ValueError("order preservation needs the model in eval mode (model.eval())")
     ids = tokenizer(list(texts))["input_ids"]
-    limit = models.max_positions(model)
+    limit = foundation.max_positions(model)
     too_long = [t for t, i in zip(texts, ids) if not 0 < len(i) <= limit]
     if too_long:
         raise ValueError(f"{len(too_long)} texts do not fit the model's {limit} positions (or are empty), "
@@ -209,7 +210,7 @@ def order_table(model_dirs: dict, chains, *, device: str = "cpu", attn_implement
     chains: a list of chains or the name / path that order_chains.load_chains reads;
     kwargs: order_preservation's keywords (pooling, seed, bootstrap, fit_fraction, C, batch_size),
     the same for every model."""
-    from monollm import order_chains
+    from monollm.evaluation import order_chains
 
     missing = [m for m in MODELS if m not in model_dirs]
     if missing:
@@ -218,7 +219,7 @@ def order_table(model_dirs: dict, chains, *, device: str = "cpu", attn_implement
         chains = order_chains.load_chains(chains)
     tables = []
     for name in MODELS:
-        model, tokenizer = models.load(model_dirs[name], device, attn_implementation, what=f"the {name} model")
+        model, tokenizer = foundation.load(model_dirs[name], device, attn_implementation, what=f"the {name} model")
         tables.append(order_preservation(model, tokenizer, chains, name=name, **kwargs))
         del model
     return pd.concat(tables, ignore_index=True)

@@ -1,6 +1,6 @@
 """A sweep's plan: its file, the grid of cells it expands to, and what each (cell, seed) needs.
 
-A sweep file names a profile, seeds and a grid of config keys (monollm.sweep runs it):
+A sweep file names a profile, seeds and a grid of config keys (monollm.experiments.sweep runs it):
 
     name = "attribution"
     profile = "../tiny.toml"          # relative to the sweep file
@@ -29,7 +29,7 @@ import typing
 from dataclasses import dataclass
 
 from monollm import config
-from monollm.compare import OPERATIONAL, config_differences
+from monollm.experiments.compare import OPERATIONAL, config_differences
 from monollm.constants import MAX_SEED
 from monollm.schema import flatten, join
 
@@ -308,7 +308,7 @@ def write_cell(cell: Cell, folder: str) -> str:
     if tomllib.loads(text) != json.loads(json.dumps(cell.raw)):  # tuples as lists, as TOML reads them
         raise SweepError(f"cell {cell.name}: its profile does not survive TOML writing")
     with open(path, "w") as f:
-        f.write(f"# cell {cell.name} of a sweep: written by monollm.sweep, rewritten on every sweep\n" + text)
+        f.write(f"# cell {cell.name} of a sweep: written by monollm.experiments.sweep, rewritten on every sweep\n" + text)
     try:
         config.load_file(path)
     except config.ConfigError as err:

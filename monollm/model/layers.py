@@ -1,7 +1,7 @@
 """`monotonic.layers`: which transformer layers the constraint takes its matrices from.
 
 Torch-free and importing only `schema`, so that both the config checks and the constraint
-(monollm.monotonic) read the setting the same way.
+(monollm.model.monotonic) read the setting the same way.
 """
 from __future__ import annotations
 

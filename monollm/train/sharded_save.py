@@ -1,4 +1,4 @@
-"""Saving one rank's part of a sharded checkpoint while training goes on (monollm.distributed).
+"""Saving one rank's part of a sharded checkpoint while training goes on (monollm.train.distributed).
 
 A save stages the rank's shards of the model and optimizer in host memory (synchronously: the
 training step after it may change them) and returns. The rest happens in the background:

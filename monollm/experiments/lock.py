@@ -1,7 +1,7 @@
 """One sweep invocation at a time per output folder: a lock file, <out>/sweep.lock.
 
 A run still going counts as failed for another invocation of the same sweep, which would resume
-it; so `monollm.sweep` takes the lock before it plans and holds it until its report is written.
+it; so `monollm.experiments.sweep` takes the lock before it plans and holds it until its report is written.
 The lock holds the holder's pid, host and start time (JSON). A second invocation stops at once
 with a message naming them; a lock left by a process that is no longer alive on this host (a
 killed sweep) is taken over with a note. A lock from another host cannot be checked and is

@@ -9,7 +9,7 @@ import pandas as pd
 
 from monollm import stats
 from monollm.constants import MODELS
-from monollm.evaluate import perplexity
+from monollm.evaluation.perplexity import perplexity
 
 # Activations that are monotone non-decreasing; with one of these and W >= 0 in every
 # matrix of an MLP it is monotone in its input. GELU (Pythia's) is not.
@@ -351,7 +351,7 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
         "guidance": guidance_findings(attacks),
     }
     if training is not None and len(training):
-        from monollm import convergence
+        from monollm.results import convergence
 
         out["convergence"] = convergence.convergence(training)
         out["convergence_note"] = convergence.note(out["convergence"])
@@ -376,7 +376,7 @@ def constraint_setting(m: dict) -> str:
 
 def promise_column(mode: str) -> str:
     """The constraint-table column that must be 0 under `mode` (monotonic.PROMISE)."""
-    from monollm.monotonic import PROMISE
+    from monollm.model.monotonic import PROMISE
 
     return PROMISE[mode]
 

@@ -21,10 +21,10 @@ import random
 
 __all__ = ["generate", "DEFAULT_SEED", "world_facts", "names"]
 
-from monollm.corpus_grammar import (
+from monollm.data.grammar import (
     _a, _body, _cap, _clause, _context, _other, _place, _time, _when)
 # the world's names stay importable from here (downstream, order_chains and tests use them)
-from monollm.corpus_world import (
+from monollm.data.world import (
     DEFAULT_SEED, FACT_SLOTS, _ADJS, _ADJ_ALL, _COLOURS, _DAYS, _GOODS, _GOODS_ALL, _JOBS, _NOUNS,
     _NOUN_ALL, _NUMBERS, _PEOPLE, _PERSON, _PLACES, _PLURAL, _RELATIVES, _RIVERS, _TOWN, _TOWNS,
     _TRADES, _WEATHER, _person_fact, _town_facts, names, world_facts)  # noqa: F401

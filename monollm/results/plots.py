@@ -1,7 +1,7 @@
 """The cards' charts as matplotlib figures, for notebooks: static PNGs that render wherever
 the notebook is opened (Jupyter, nbconvert HTML, GitHub), unlike Vega-Lite specs.
 
-    from monollm import plots
+    from monollm.results import plots
     plots.perplexity(run.data.perplexity)      # a matplotlib Figure; Jupyter shows it as a PNG
 
 Each function takes the same table as its `cards` counterpart and returns a new Figure made
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from monollm.cards import COLORS, CONDITIONS, _thin
+from monollm.results.cards import COLORS, CONDITIONS, _thin
 
 OTHER = "#72b7b2"  # a model or arm without its own colour
 
@@ -54,7 +54,7 @@ def losses(training: pd.DataFrame, title: str = "Recovery training") -> Figure:
 def dnll(attacks: pd.DataFrame, attack: str) -> Figure:
     """Per-example dNLL (trials averaged) of one attack: a box per condition (attack, its controls,
     transfer) and model, with a line at zero. attacks: the run's tidy `attacks` table."""
-    from monollm.report import per_example
+    from monollm.results.report import per_example
 
     ex = per_example(attacks[attacks.attack == attack])
     # as in the card: one control box per model, its control for its own perturbation

@@ -1,4 +1,4 @@
-"""Runs kept by configuration: `--where KEY=VALUE` of monollm.compare, on each run's resolved_config."""
+"""Runs kept by configuration: `--where KEY=VALUE` of monollm.experiments.compare, on each run's resolved_config."""
 from __future__ import annotations
 
 import tomllib

@@ -51,7 +51,7 @@ def cell_table(per_run: pd.DataFrame, cells) -> pd.DataFrame:
     """One row per cell and metric: the grid values, n seeds, mean and 95% t-interval across seeds.
 
     per_run: one row per (cell, seed) with columns cell, seed and one per metric;
-    cells: the sweep's cells (monollm.sweep_plan.Cell), in order."""
+    cells: the sweep's cells (monollm.experiments.plan.Cell), in order."""
     rows = []
     for cell in cells:
         mine = per_run[per_run.cell == cell.name]

@@ -1,5 +1,5 @@
 """Chains of texts that strengthen along one semantic axis, for the order-preservation measurement
-(monollm/order.py).
+(monollm/evaluation/order.py).
 
 A chain is a dict {"axis", "topic", "texts"}: `texts` are ordered from weakest to strongest along
 `axis` ("The medication has side effects." ⪯ "The medication has severe side effects." ⪯ ...),
@@ -11,7 +11,7 @@ Two sets ship with the package, under monollm/resources/order/, one chain per li
 * `english.jsonl`: English for hub models (Pythia): 16 axes x 20 topics, 3 or 4 texts a chain.
   Each axis is a sentence frame whose wording strengthens from level to level; each topic fills
   the frame's slots (a subject, a problem, the people concerned, a task, a drastic response).
-* `builtin.jsonl`: the built-in corpus' sentence patterns and words (monollm/corpus.py) for the
+* `builtin.jsonl`: the built-in corpus' sentence patterns and words (monollm/data/corpus.py) for the
   tiny built model, whose tokenizer is trained on that corpus: 13 axes (counts, quantities,
   durations, sizes, ...) x 16 towns.
 
@@ -19,7 +19,7 @@ Both are generated here, deterministically (no randomness at all), and the shipp
 equal the generated ones (tests/test_order.py checks it); `load_chains` generates a shipped set
 instead of reading its file. Regenerate the files with
 
-    python -m monollm.order_chains
+    python -m monollm.evaluation.order_chains
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ import json
 import os
 import sys
 
-from monollm import corpus
+from monollm.data import corpus
 
 __all__ = ["english_chains", "builtin_chains", "load_chains", "write", "CHAIN_SETS", "DATA_DIR"]
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources", "order")
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "order")
 CHAIN_SETS = ("english", "builtin")
 
 # --- English ------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def english_chains() -> list[dict]:
 
 
 # --- built-in corpus ----------------------------------------------------------------------------
-# Sentence patterns of monollm/corpus.py with its own words, so that the tiny model's tokenizer
+# Sentence patterns of monollm/data/corpus.py with its own words, so that the tiny model's tokenizer
 # (trained on that corpus) encodes them with the tokens it learned. A topic is a town with its
 # river, neighbour, one of its nouns and goods, and a person.
 _N = corpus._NUMBERS

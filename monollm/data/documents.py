@@ -61,7 +61,7 @@ def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
     import datasets
 
     if cfg.source == "builtin":
-        from monollm import corpus
+        from monollm.data import corpus
 
         ds = datasets.Dataset.from_dict({cfg.text_field: corpus.generate(cfg.builtin_docs)}).to_iterable_dataset()
     elif cfg.source == "local":

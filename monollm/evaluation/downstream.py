@@ -4,7 +4,7 @@ The tasks are lm-eval tasks run on the flow's own models (an in-memory `HFLM`), 
 branch beside the attacks (`branches`). A profile names them in `[eval.downstream]`:
 
 * the built-in corpus tasks, generated here at run time from the built-in corpus
-  (monollm.corpus), deterministically (the same `seed` gives the same items), and written in
+  (monollm.data.corpus), deterministically (the same `seed` gives the same items), and written in
   lm-eval's task format (YAML) with local jsonl data (`write_corpus_tasks`):
   `corpus_cloze`, a last-word cloze in the style of LAMBADA (the passage's next word is a name
   that the passage itself mentions earlier), and `corpus_choice`, a 4-way multiple choice over
@@ -13,7 +13,7 @@ branch beside the attacks (`branches`). A profile names them in `[eval.downstrea
 * lm-eval's own tasks that read their data from the hub (`HUB_TASKS`), for the paper profiles;
 * the path of any lm-eval task YAML file (its data where the YAML says).
 
-`python -m monollm.downstream DIR` writes the corpus tasks to DIR, e.g. to run them with
+`python -m monollm.evaluation.downstream DIR` writes the corpus tasks to DIR, e.g. to run them with
 lm-eval's own command line. lm_eval is imported only where a task is run (~1-2 s).
 
 Results: `table` (task x model x metric: value, stderr, n, chance) and `items` (task x model
@@ -31,7 +31,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from monollm import corpus
+from monollm.data import corpus
 
 CORPUS_TASKS = ("corpus_cloze", "corpus_choice")
 """Tasks generated from the built-in corpus (`write_corpus_tasks`)."""
@@ -251,9 +251,9 @@ def run_tasks(model, tokenizer, manager, tasks: list, limit: int, batch_size: in
 
 def evaluate(cfg, model_dirs: dict, device: str, folder: str, log=print) -> dict:
     """Every task of `cfg.eval.downstream` on every model in `model_dirs` (name -> saved model
-    directory), loaded as monollm.models does, in fp32 on `device`; the corpus tasks are written
+    directory), loaded as monollm.model.foundation does, in fp32 on `device`; the corpus tasks are written
     to `folder`. Returns {"table": `table` rows, "items": `items` rows} (DataFrames)."""
-    from monollm import models
+    from monollm.model import foundation
 
     d = cfg.eval.downstream
     names, include = resolve(d.tasks, folder)
@@ -261,7 +261,7 @@ def evaluate(cfg, model_dirs: dict, device: str, folder: str, log=print) -> dict
     tables, items = [], []
     for model_name, path in model_dirs.items():
         log(f"downstream tasks {', '.join(names)} on {model_name}")
-        model, tokenizer = models.load(path, device, cfg.model.attn_implementation, what=model_name)
+        model, tokenizer = foundation.load(path, device, cfg.model.attn_implementation, what=model_name)
         result = run_tasks(model, tokenizer, manager, tasks, d.limit, cfg.eval.batch_size, cfg.seed,
                            cfg.eval.bootstrap)
         tables.append(table(result, model_name))
@@ -333,10 +333,10 @@ def cost(items: pd.DataFrame, n_boot: int, seed: int, metric: str = METRIC) -> d
 
 
 def main(argv=None) -> int:
-    """`python -m monollm.downstream DIR`: write the corpus tasks to DIR."""
+    """`python -m monollm.evaluation.downstream DIR`: write the corpus tasks to DIR."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print(__doc__.split("\n\n")[0] + "\n\nusage: python -m monollm.downstream DIR", file=sys.stderr)
+        print(__doc__.split("\n\n")[0] + "\n\nusage: python -m monollm.evaluation.downstream DIR", file=sys.stderr)
         return 2
     folder = write_corpus_tasks(argv[0])
     print(f"wrote {', '.join(CORPUS_TASKS)} to {folder} (lm_eval --include_path {folder} --tasks ...)")

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from monollm import report
-from monollm.headline import interval
+from monollm.results import report
+from monollm.results.headline import interval
 from monollm.schema import flatten
 
 VEGA = "https://vega.github.io/schema/vega-lite/v5.json"

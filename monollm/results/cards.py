@@ -15,12 +15,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from monollm import card_sections as sections
-from monollm import report
-from monollm.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
+from monollm.results import card_sections as sections
+from monollm.results import report
+from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
                                    schedule_caveat, signed, signed_ci)
-from monollm.data import split_sources
-from monollm.headline import headline
+from monollm.data.documents import split_sources
+from monollm.results.headline import headline
 
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
 # one colour per model (and arm) in every chart
@@ -159,7 +159,7 @@ def loss_chart(training: pd.DataFrame, title: str = "Recovery training") -> dict
 def dnll_chart(attacks: pd.DataFrame, attack: str) -> dict:
     """Distribution of per-example dNLL (trials averaged) for each condition and model:
     the attack on each model, its control and transfer, baseline and monotonic side by side."""
-    from monollm.report import per_example
+    from monollm.results.report import per_example
 
     ex = per_example(attacks[attacks.attack == attack])
     # one control box per model: its control for its own perturbation (controls matched to the
@@ -376,7 +376,7 @@ def _duration(seconds: float) -> str:
 
 def live_training(card, cfg, arm: str, every: float = 5.0) -> LiveTraining:
     """The live training card of one arm (`card`: current.card[id]), sized from the config."""
-    from monollm.train import steps_for
+    from monollm.train.loop import steps_for
 
     t = cfg.train
     return LiveTraining(card, arm, steps_for(t, cfg.data.block_len),

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from monollm import monotonic
-from monollm.evaluate import block_nll
+from monollm.model import monotonic
+from monollm.evaluation.perplexity import block_nll
 
 
 def steps_for(tcfg, block_len: int) -> int:
@@ -90,7 +90,7 @@ def batch_hash(batch: np.ndarray) -> int:
 
 
 class OneProcess:
-    """How `train` runs in a single process; monollm.distributed.Parallel is the same
+    """How `train` runs in a single process; monollm.train.distributed.Parallel is the same
     interface for several processes (DDP or FSDP), each taking its share of every batch."""
     rank, world = 0, 1
 

@@ -1,10 +1,10 @@
 """Helpers for notebooks and scripts over the Metaflow Client API.
 
     from metaflow import Flow
-    from monollm import results
+    from monollm.results import client
     run = Flow("MonoFlow").latest_successful_run
     run.data.perplexity                          # one row per model
-    model, tokenizer = results.load_model(run, "monotonic")
+    model, tokenizer = client.load_model(run, "monotonic")
 
 Runs are looked up in Metaflow's global namespace by default, so that a run is found
 whoever (which USERNAME, which production token) ran it; `namespace="user:alice"` (or any
@@ -65,7 +65,7 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
     """
     from metaflow import load_model as fetch
 
-    from monollm import models
+    from monollm.model import foundation
 
     if name not in MODEL_ARTIFACTS:
         raise KeyError(f"unknown model {name!r}; one of {', '.join(MODEL_ARTIFACTS)}")
@@ -78,7 +78,7 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
     fetch(reference, path)
     task = reference.get("pathspec", "") if isinstance(reference, dict) else ""  # the task that saved it
     step = task.split("/")[2] if task.count("/") == 3 else "the step that produced it"
-    return models.load(path, device, what=f"{name} model of run {run.pathspec}, artifact {MODEL_ARTIFACTS[name]}"
+    return foundation.load(path, device, what=f"{name} model of run {run.pathspec}, artifact {MODEL_ARTIFACTS[name]}"
                        + (f", saved by task {task}" if task else ""),
                        next_step=f"Fetch it again (the copy may have been damaged in transfer); if it fails again, "
                                  f"the stored files are damaged: resume the run from {step} (python flows/mono_flow.py "
@@ -214,8 +214,8 @@ def summary_text(data, run_id: str = "") -> str:
     """The end of a run on the console, at most WIDTH columns: the answer first, then perplexity,
     constraint checks and attack damage as aligned tables, how far each search's gradient ranking
     can be trusted (where measured), and where the card is."""
-    from monollm.card_sections import arms_differ
-    from monollm.headline import headline
+    from monollm.results.card_sections import arms_differ
+    from monollm.results.headline import headline
 
     f = data.findings
     ci = "[{:+.3f}, {:+.3f}]"
@@ -226,7 +226,7 @@ def summary_text(data, run_id: str = "") -> str:
                                           "ppl_ci_low": ("CI low", ".3f"), "ppl_ci_high": ("CI high", ".3f"),
                                           "tokens": ("tokens", "d")})
     mode = f.get("mode", "nonneg")
-    from monollm.report import promise_column
+    from monollm.results.report import promise_column
 
     parts += ["", f"Constraint verification (mode {mode}: {promise_column(mode)} must be 0):"]
     formats = {"matrices": "d", "negative": "d", "min": ".5g", "parametrized": "d"}
@@ -254,7 +254,7 @@ def guidance_lines(findings: dict) -> list[str]:
     """One line per attack whose gradient guidance was measured (findings["guidance"]): the ranking
     its search used and each model's Spearman rho, "weak" where rho is below the threshold; []
     where nothing was measured (or the run predates it)."""
-    from monollm.report import WEAK_GUIDANCE, weak_guidance
+    from monollm.results.report import WEAK_GUIDANCE, weak_guidance
 
     measured = {a: g for a, g in findings.get("guidance", {}).items() if g["spearman"]}
     if not measured:

@@ -3,7 +3,7 @@
 The step's own process stays the coordinator. It writes a job folder (the config, the
 blocks, where the model is), runs
 
-    python -m torch.distributed.run --standalone --nproc_per_node=N -m monollm.distributed JOB
+    python -m torch.distributed.run --standalone --nproc_per_node=N -m monollm.rank JOB
 
 and, while the ranks train, forwards rank 0's history rows to `on_step` (the live card)
 and the ranks' sealed checkpoint folders to metaflow-checkpoint. When torchrun exits it
@@ -21,7 +21,7 @@ micro-batch: it must divide evenly over the processes.
 
 Checkpoints are sharded (torch.distributed.checkpoint), one folder per save: each rank stages
 its shards in host memory and trains on while they are written and hashed (each rank its own
-files) and rank 0 seals the folder, all in the background (monollm.sharded_save); they load
+files) and rank 0 seals the folder, all in the background (monollm.train.sharded_save); they load
 on any number of ranks. The coordinator stores each sealed folder (and deletes older ones, see
 monollm.checkpoints) while the ranks train on.
 """
@@ -42,13 +42,18 @@ import time
 import numpy as np
 import torch
 
-from monollm import checkpoints, config, models, monotonic, sharded_load, sharded_save, train
+from monollm import checkpoints
+from monollm.model import foundation, monotonic
+from monollm.train import loop, sharded_load, sharded_save
+from monollm.errors import ConfigError
+from monollm.progress import log
 from monollm.saving import SaveTimes
 
+# `cfg` below is a monollm.config.ExperimentConfig: built above this package, so never imported here
 JOB, ROWS, HISTORY, FINAL, CKPTS = "job.json", "rows.jsonl", "history.json", "final.pt", "checkpoints"
 
 
-def processes(cfg: config.ExperimentConfig, device: str) -> int:
+def processes(cfg, device: str) -> int:
     """Training processes for this step: `parallel.processes`, or one per visible GPU."""
     visible = torch.cuda.device_count() if device == "cuda" else 0
     world = cfg.parallel.processes or max(1, visible)
@@ -57,19 +62,20 @@ def processes(cfg: config.ExperimentConfig, device: str) -> int:
                            f"ask for them with resources.train_gpu")
     # checked here as well as in config.validate: "one per visible GPU" is known only now
     if world > 1 and cfg.train.batch_size % world:
-        raise config.ConfigError(f"'train.batch_size' is {cfg.train.batch_size}: it must be a multiple of the "
+        raise ConfigError(f"'train.batch_size' is {cfg.train.batch_size}: it must be a multiple of the "
                                  f"{world} training processes")
     return world
 
 
-def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dict, arm: str, seed: int,
-                world: int, *, log=print, checkpointer=None, on_step=None) -> list[dict]:
+def train_model(cfg, model, model_dir: str, blocks: dict, arm: str, seed: int,
+                world: int, *, raw_config: dict, log=print, checkpointer=None, on_step=None) -> list[dict]:
     """Train `model` (on CPU, constrained already if `arm` is monotonic) on `world` processes.
 
-    The ranks load the weights from `model_dir` themselves (and constrain them likewise);
+    `raw_config` is `cfg` as monollm.config.to_dict gives it: the ranks rebuild `cfg` from it
+    (monollm/rank.py). The ranks load the weights from `model_dir` themselves (and constrain them likewise);
     the trained weights are loaded back into `model`. `checkpointer` is a
     monollm.checkpoints.StepCheckpointer (or None: no mid-training checkpoints). Returns
-    the history, like monollm.train.train.
+    the history, like monollm.train.loop.train.
     """
     job = tempfile.mkdtemp(prefix=f"monollm-dist-{arm}-", dir=os.environ.get("MONOLLM_TMP"))
     try:
@@ -77,7 +83,7 @@ def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dic
         np.save(os.path.join(job, "train.npy"), blocks["train"])
         np.save(os.path.join(job, "val.npy"), blocks["val"])
         with open(os.path.join(job, JOB), "w") as f:
-            json.dump({"config": config.to_dict(cfg), "model_dir": os.path.abspath(model_dir), "arm": arm,
+            json.dump({"config": raw_config, "model_dir": os.path.abspath(model_dir), "arm": arm,
                        "seed": seed, "resume": resume,
                        "checkpoints": checkpointer is not None}, f)
         log(f"[{arm}] training on {world} processes ({cfg.parallel.strategy})")
@@ -92,11 +98,11 @@ def train_model(cfg: config.ExperimentConfig, model, model_dir: str, blocks: dic
 
 def _run(job: str, world: int, arm: str, checkpointer, on_step):
     """Run torchrun on `job`; forward rows and checkpoints while it runs; raise if it fails."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `monollm` imports from
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # where `monollm` imports from
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-           "-m", "monollm.distributed", job]
+           "-m", "monollm.rank", job]
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_stop_with_parent)
     offset = 0
     try:
@@ -151,8 +157,8 @@ def _forward_checkpoints(job: str, checkpointer):
             shutil.rmtree(path, ignore_errors=True)
 
 
-class Parallel(train.OneProcess):
-    """monollm.train's process interface for one rank of a DDP or FSDP group."""
+class Parallel(loop.OneProcess):
+    """monollm.train.loop's process interface for one rank of a DDP or FSDP group."""
 
     def __init__(self, strategy: str):
         import torch.distributed as dist
@@ -228,7 +234,7 @@ def _layers(model):
 
 class RankCheckpoint:
     """The Checkpoint of one training process: `save` stages its shards and writes, hashes and
-    (rank 0) seals the folder in the background (monollm.sharded_save), one save at a time;
+    (rank 0) seals the folder in the background (monollm.train.sharded_save), one save at a time;
     `wait` waits for the one in flight. The coordinator stores each sealed folder. `restore`
     reads this rank's part of the folder the coordinator verified (`resume`: its path, or None
     for a fresh start)."""
@@ -283,14 +289,18 @@ def _folder_name(step: int) -> str:
     return f"step-{step:09d}"
 
 
-def main(job: str):
-    """One rank: load and (monotonic arm) constrain the model, train its share, rank 0 writes results."""
+def read_job(job: str) -> dict:
+    """The job folder's spec: {"config": the run's config as a dict, "model_dir", "arm", ...}."""
+    with open(os.path.join(job, JOB)) as f:
+        return json.load(f)
+
+
+def run_rank(job: str, spec: dict, cfg):
+    """One rank: load and (monotonic arm) constrain the model, train its share, rank 0 writes results.
+    `cfg` is rebuilt from spec["config"] by the rank's entry point (monollm/rank.py)."""
     import torch.distributed as dist
 
-    with open(os.path.join(job, JOB)) as f:
-        spec = json.load(f)
-    cfg = config.from_dict(spec["config"])
-    cuda = models.pick_device(cfg.device) == "cuda"
+    cuda = foundation.pick_device(cfg.device) == "cuda"
     local = int(os.environ["LOCAL_RANK"])  # set by torchrun
     device = f"cuda:{local}" if cuda else "cpu"
     if cuda:
@@ -314,13 +324,11 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
     """This rank's part of the training; rank 0 writes the rows, the final weights and the history."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from monollm.runtime import log
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     # the coordinator verified the files (models.load) before starting the ranks
-    model = models.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
+    model = foundation.load_model(spec["model_dir"], device, cfg.model.attn_implementation, verified=True)
     if spec["arm"] == "monotonic":
         m = cfg.monotonic
         monotonic.apply(model, m.variant, m.floor, m.mode, monotonic.resolve_layers(model, m.layers), m.init)
@@ -336,7 +344,7 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
     ckpt = RankCheckpoint(job, par, spec["resume"], saving=spec["checkpoints"],
                           timeout_s=60.0 * cfg.parallel.timeout_minutes)
     started = time.perf_counter()
-    history = train.train(model, blocks, val, cfg.train_for(spec["arm"]), spec["seed"], device, arm=spec["arm"],
+    history = loop.train(model, blocks, val, cfg.train_for(spec["arm"]), spec["seed"], device, arm=spec["arm"],
                           log=log if rank == 0 else (lambda _: None), checkpoint=ckpt,
                           on_step=on_step if rank == 0 else None, parallel=par)
     ckpt.wait()  # the last checkpoint sealed before this rank reports success
@@ -349,7 +357,3 @@ def _train_rank(job: str, spec: dict, cfg, device: str, rank: int):
         with open(os.path.join(job, HISTORY), "w") as f:
             json.dump(history, f)
         rows.close()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])

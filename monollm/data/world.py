@@ -1,4 +1,4 @@
-"""The built-in corpus's fixed world and its lexicon (used by monollm.corpus).
+"""The built-in corpus's fixed world and its lexicon (used by monollm.data.corpus).
 
 The world (towns, rivers, trades, people) and its facts are built from their own fixed seed,
 not from the seed passed to corpus.generate(): facts must stay the same for every corpus, or a
@@ -57,7 +57,7 @@ _WEATHER = "rain wind sun fog snow frost".split()
 _GOODS = "apples eggs nails cloth grain milk beans wine".split()
 
 # --- the wider lexicon of the non-fact sentences (the lists above stay as they are: the
-# world is drawn from them, and monollm.order_chains and monollm.downstream read them) ---
+# world is drawn from them, and monollm.evaluation.order_chains and monollm.evaluation.downstream read them) ---
 _MORE_ADJS = (
     "soft rough heavy fresh dry wet clean muddy tall short new broken steep deep "
     "loud calm pale sweet bitter empty full strange plain fine thin thick round flat "

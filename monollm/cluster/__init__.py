@@ -1,0 +1,1 @@
+"""Backends: Slurm, Argo Workflows."""

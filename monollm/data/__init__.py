@@ -1,0 +1,1 @@
+"""Documents, splits and packed blocks; the built-in corpus."""

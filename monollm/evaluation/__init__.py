@@ -1,0 +1,1 @@
+"""Perplexity, downstream tasks (lm-eval), order preservation."""

@@ -1,0 +1,1 @@
+"""Many runs: sweeps, compare, run lookup, the real-shape rehearsal."""

@@ -1,0 +1,1 @@
+"""The foundation model (load, save, verify), the constraint, the layers it touches."""

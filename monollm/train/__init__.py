@@ -1,0 +1,1 @@
+"""Recovery training: the loop, several processes (DDP/FSDP), sharded checkpoints."""
