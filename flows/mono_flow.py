@@ -199,7 +199,7 @@ class MonoFlow(FlowSpec):
 
         from monollm import config
         from monollm.evaluation import downstream
-        from monollm.results import card_sections, cards, report
+        from monollm.results import answer, card_sections, cards
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         self.attacks = pd.concat([i.attack_rows for i in inputs if getattr(i, "attack_rows", None) is not None],
@@ -213,12 +213,13 @@ class MonoFlow(FlowSpec):
                                         if r is not None), None)
         self.merge_artifacts(inputs, exclude=["attack_rows", "token_text", "downstream_results", "order_results"])
         cfg = config.from_dict(self.resolved_config)
-        self.attack_summary = report.attack_summary(self.attacks, cfg.attack.thresholds, cfg.eval.bootstrap, cfg.seed)
-        self.findings = report.findings(self.perplexity, self.per_block, self.constraint, self.attacks,
-                                        self.hidden_act, cfg.eval.bootstrap, cfg.seed,
-                                        setting=self.resolved_config["monotonic"],
-                                        activation_swap=getattr(self, "activation_swap", None),
-                                        training=self.training)
+        # the summary, the findings, the worst case over every perturbation found and the budget curves
+        done = answer.attack_answer(self.attacks, self.perplexity, self.per_block, self.constraint, self.hidden_act,
+                                    thresholds=cfg.attack.thresholds, n_boot=cfg.eval.bootstrap, seed=cfg.seed,
+                                    threat_model=cfg.attack.tokens, setting=self.resolved_config["monotonic"],
+                                    activation_swap=getattr(self, "activation_swap", None), training=self.training)
+        for name, value in vars(done).items():  # attack_summary, findings, worst_case, worst_case_examples, budget_curve
+            setattr(self, name, value)
         self.findings["downstream"] = downstream.cost(self.downstream_items, cfg.eval.bootstrap, cfg.seed)
         if self.order_preservation is not None:
             from monollm.evaluation import order

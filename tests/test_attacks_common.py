@@ -159,7 +159,7 @@ def _rows(attack, kind, model, dnll, source=None, trial=0):
 def test_summary_reports_damage_above_the_paired_control():
     import pandas as pd
 
-    from monollm.results import report
+    from monollm.results import report, verdicts
 
     rng = np.random.default_rng(0)
     ctrl_a, ctrl_b = rng.normal(0.1, 0.05, 40), rng.normal(0.3, 0.05, 40)
@@ -177,9 +177,9 @@ def test_summary_reports_damage_above_the_paired_control():
     assert s.loc[("uat", "transfer", "monotonic", "baseline"), "above_control"] == pytest.approx(0.5)
     assert np.isnan(s.loc[("uat", "control", "baseline", "baseline"), "above_control"])
     assert np.isnan(s.loc[("random", "attack", "baseline", "baseline"), "above_control"])
-    comp = report.robustness_above_control(df, "uat", 500, 0)
+    comp = verdicts.robustness_above_control(df, "uat", 500, 0)
     assert comp["diff"] == pytest.approx(0.8) and comp["ci_low"] > 0 and comp["verdict"] == "monotonic more robust"
-    assert report.robustness_above_control(df, "random", 500, 0) == {}
+    assert verdicts.robustness_above_control(df, "random", 500, 0) == {}
 
 
 def test_gradients_refuse_a_model_in_training_mode():

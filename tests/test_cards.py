@@ -15,7 +15,7 @@ import pytest
 from conftest import FLOW, MICRO, flow_env
 
 from monollm import config, errors
-from monollm.results import card_sections, cards, headline, report
+from monollm.results import answer, card_sections, cards, headline, report
 from monollm.experiments.compare import flatten
 from monollm.attacks.common import AttackResult
 
@@ -57,7 +57,7 @@ def synthetic_run(monotonic_lr=None, guidance=GUIDANCE):
     return SimpleNamespace(
         resolved_config=config.to_dict(config.load(raw)), perplexity=ppl, constraint=constraint, attacks=attacks,
         training=report.training_table(history), attack_summary=report.attack_summary(attacks, [0.5, 1.0], 200, 0),
-        findings=report.findings(ppl, per_block, constraint, attacks, "gelu", 200, 0), per_block=per_block,
+        findings=answer.findings(ppl, per_block, constraint, attacks, "gelu", 200, 0), per_block=per_block,
         token_text={i: f"w{i} " for i in range(100)})
 
 
@@ -204,7 +204,7 @@ def test_card_shows_no_gradient_guidance_where_none_was_measured():
     data = synthetic_run()
     data.attacks = data.attacks.drop(columns=list(report.GUIDANCE))
     data.attack_summary = report.attack_summary(data.attacks, [0.5, 1.0], 200, 0)
-    data.findings = report.findings(data.perplexity, data.per_block, data.constraint, data.attacks, "gelu", 200, 0)
+    data.findings = answer.findings(data.perplexity, data.per_block, data.constraint, data.attacks, "gelu", 200, 0)
     del data.findings["guidance"]
     heads, tables, text = guidance_parts(data)
     assert heads == [] and tables == [] and "Attack `uat`" in text

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from monollm import stats
-from monollm.results import convergence, report
+from monollm.results import answer, convergence, report, verdicts
 from monollm.attacks.common import AttackResult
 
 N_BOOT = 500
@@ -271,7 +271,7 @@ def test_above_control_pairs_with_the_sources_positions():
         assert row["control_random_positions_dnll"] == pytest.approx(
             dnll[("control_random_positions", model, source)], abs=0.05)
         assert row["above_control_ci_low"] <= row["above_control"] <= row["above_control_ci_high"]
-    comp = report.robustness_above_control(df, "hotflip", N_BOOT, 0)
+    comp = verdicts.robustness_above_control(df, "hotflip", N_BOOT, 0)
     want = (dnll[("attack", "baseline", "baseline")] - dnll[("control", "baseline", "baseline")]) - (
         dnll[("attack", "monotonic", "monotonic")] - dnll[("control", "monotonic", "monotonic")])
     assert comp["diff"] == pytest.approx(want, abs=1e-9) and comp["verdict"] == "monotonic more robust"
@@ -317,7 +317,7 @@ def attacks_df(d_baseline, d_monotonic, n=40, seed=0):
 
 def findings(attacks, hidden_act="gelu", neg=0, pb=None):
     pb = per_block() if pb is None else pb
-    return report.findings(report.perplexity_table(pb, N_BOOT, 0), pb, constraint(neg), attacks,
+    return answer.findings(report.perplexity_table(pb, N_BOOT, 0), pb, constraint(neg), attacks,
                            hidden_act, N_BOOT, 0)
 
 
@@ -415,6 +415,6 @@ def test_findings_report_convergence_only_when_given_the_histories():
     assert "convergence" not in findings(attacks)
     pb = per_block()
     table = report.training_table({"baseline": history("baseline", 0.0), "monotonic": history("monotonic", -0.002)})
-    f = report.findings(report.perplexity_table(pb, N_BOOT, 0), pb, constraint(), attacks, "gelu", N_BOOT, 0,
+    f = answer.findings(report.perplexity_table(pb, N_BOOT, 0), pb, constraint(), attacks, "gelu", N_BOOT, 0,
                         training=table)
     assert f["convergence"]["monotonic"]["still_falling"] and "monotonic still improving" in f["convergence_note"]

@@ -104,6 +104,8 @@ def key_numbers(data) -> dict:
             if row.kind == "attack" and math.isfinite(getattr(row, "above_control", math.nan)):
                 above[f"dNLL above control {row.attack} {row.model}"] = row.above_control
     out.update(above)
+    for family, comp in f.get("worst_case", {}).items():  # a run from before it has none
+        out[f"{WORST_CASE}{family} baseline - monotonic"] = comp["diff"]
     for key, comp in f["robustness"].items():
         out[f"dNLL {key} baseline - monotonic"] = comp["diff"]
     for attack, comp in f.get("robustness_above_control", {}).items():
@@ -289,6 +291,8 @@ def refusal(messages: list[str]) -> str:
             "run per seed), or narrow the selection with --where KEY=VALUE or another --tag")
 
 
+WORST_CASE = "worst case above control "
+"""Key-number prefix of the worst-case verdicts (+ "<family> baseline - monotonic"): the answer."""
 DIFFERENCES = {  # metric prefix/suffix -> (positive, negative) reading of an interval off zero
     "baseline - monotonic": ("monotonic damaged less", "baseline damaged less"),
     "NLL cost monotonic - baseline": ("monotonic has the higher NLL (a perplexity cost)",
@@ -298,10 +302,10 @@ DIFFERENCES = {  # metric prefix/suffix -> (positive, negative) reading of an in
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per difference in `table` (robustness: baseline - monotonic, damage above control
-    first; the NLL cost): mean, 95% t-interval across runs, n and the verdict it supports."""
+    """One row per difference in `table` (robustness: baseline - monotonic, the worst case first,
+    then each attack's damage above control; the NLL cost): mean, 95% t-interval across runs, n and the verdict it supports."""
     rows = []
-    for metric in sorted(table.index, key=lambda m: (not m.startswith("dNLL above control"),
+    for metric in sorted(table.index, key=lambda m: (not m.startswith(WORST_CASE), not m.startswith("dNLL above control"),
                                                      not m.startswith("dNLL"))):
         reading = next((v for k, v in DIFFERENCES.items() if k in metric), None)
         if reading is None:
@@ -331,6 +335,9 @@ def format_table(table: pd.DataFrame) -> str:
     v = verdicts(table)
     lines = [f"  {r.metric}: {r.mean:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}] over {r.n} run(s): {r.verdict}"
              for r in v.itertuples()]
+    if len(v) and (v["n"] < 2).all():  # one seed: no verdict across runs, say what would give one
+        lines = [f"  none: {len(v)} differences, each from fewer than two runs. One seed is an anecdote: run more "
+                 "seeds (python flows/mono_flow.py run --seed N) and compare them."]
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
         body = table.to_string(float_format=lambda x: f"{x:.4g}")
     tail = ["", "Verdicts (mean and 95% t-interval across runs; for baseline - monotonic, positive = "

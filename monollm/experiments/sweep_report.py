@@ -20,20 +20,26 @@ from monollm import stats
 NLL_COST = "NLL cost monotonic - baseline (nats/token)"
 PPL_RATIO = "perplexity ratio monotonic/baseline"
 ABOVE = "dNLL above control "  # + "<attack> baseline - monotonic"
+WORST = "worst case above control "  # + "<family> baseline - monotonic" (compare.WORST_CASE)
 DOWNSTREAM = "downstream "  # + "<task> <metric> monotonic - baseline"
 READING = {NLL_COST: "positive: the constraint costs perplexity",
            PPL_RATIO: "above 1: the constraint costs perplexity",
            ABOVE: "positive: the monotonic model is damaged less than the baseline, beyond random control",
+           WORST: "positive: the monotonic model is damaged less than the baseline in the worst case over every "
+                  "perturbation found, beyond random control",
            DOWNSTREAM: "negative: the constraint costs accuracy on the task"}
 
 
 def pick(numbers: dict) -> dict:
     """The numbers a sweep reports, from one run's `compare.key_numbers`: the perplexity cost
-    (NLL cost and perplexity ratio); per attack, damage above control, baseline minus monotonic;
+    (NLL cost and perplexity ratio); per threat-model family, the worst case above control, and per
+    attack, damage above control, baseline minus monotonic;
     per downstream task, the constraint's cost (monotonic minus baseline, where the run has tasks)."""
+    worst = {k: v for k, v in numbers.items() if k.startswith(WORST) and k.endswith(" baseline - monotonic")}
     above = {k: v for k, v in numbers.items() if k.startswith(ABOVE) and k.endswith(" baseline - monotonic")}
     cost = {k: v for k, v in numbers.items() if k.startswith(DOWNSTREAM) and k.endswith(" monotonic - baseline")}
-    return {NLL_COST: numbers[NLL_COST], PPL_RATIO: numbers[PPL_RATIO], **dict(sorted(above.items())),
+    return {NLL_COST: numbers[NLL_COST], PPL_RATIO: numbers[PPL_RATIO], **dict(sorted(worst.items())),
+            **dict(sorted(above.items())),
             **dict(sorted(cost.items()))}
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from monollm.results import card_sections as sections
 from monollm.results import report
+from monollm.results import robustness_views as views
 from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
                                    schedule_caveat, signed, signed_ci)
 from monollm.data.documents import split_sources
@@ -265,7 +266,7 @@ def experiment(data) -> list:
 
     cfg = data.resolved_config
     mode = cfg["monotonic"].get("mode", "nonneg")
-    out = lead(data) + [
+    out = lead(data) + views.card_section(data, _table) + [
         Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
             data.findings, data.perplexity, data.attack_summary, data.constraint))),
         Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(

@@ -241,6 +241,7 @@ def summary_text(data, run_id: str = "") -> str:
         parts += text_table(view, {"attack": ("attack", None), "kind": ("kind", None), "model": ("model", None),
                                    "source_model": ("found on", None), "dnll_mean": ("dNLL", "+.3f"),
                                    "dnll_ci": ("CI", None), "above": ("above control", None)})
+    parts += robustness_lines(data)
     parts += guidance_lines(f)
     parts += downstream_lines(f) + order_lines(f)
     parts += ["", f["convergence_note"]] if f.get("convergence_note") else []
@@ -248,6 +249,20 @@ def summary_text(data, run_id: str = "") -> str:
     if run_id:
         parts += ["", f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"]
     return "\n".join(line for part in parts for line in _wrap(part))
+
+
+def robustness_lines(data) -> list[str]:
+    """The worst-case table, the masking diagnostics and the budget curves ([] for a run made
+    before they existed)."""
+    from monollm.results import robustness_views as views
+
+    worst = views.worst_case_view(getattr(data, "worst_case", None))
+    if not len(worst):
+        return []
+    out = ["", views.WORST_CASE_TITLE] + text_table(worst, views.WORST_CASE_COLUMNS)
+    out += [""] + views.diagnostic_lines(data.findings)
+    curve = views.curve_view(getattr(data, "budget_curve", None))
+    return out + (["", views.CURVE_TITLE] + text_table(curve, views.CURVE_COLUMNS) if len(curve) else [])
 
 
 def guidance_lines(findings: dict) -> list[str]:

@@ -1,14 +1,19 @@
-"""The answer of a run in two sentences, derived from its findings (report.findings).
+"""The answer of a run in a few sentences, derived from its findings (results.answer.findings).
 
 The experiment card opens with it and the console summary prints it first, so both say the
 same thing. Every word is chosen from the verdicts and signs of the findings, never written
 by hand: a run where the constraint helps, one where it hurts and an inconclusive one each
 get their own sentence.
+
+The first sentence is the worst case per threat-model family (results.worst_case): the
+verdict stands on the strongest attack the run holds. Each attack's own verdict follows,
+marked "not evidence of robustness" with the diagnostic that makes it so
+(results.diagnostics). Then the cost, then how many seeds stand behind the verdicts.
 """
 from __future__ import annotations
 
 UNITS = "damage above random control, baseline minus monotonic, nats per continuation token, 95% CI"
-# verdict (report._compare) -> what the attack did to the monotonic model, against the baseline
+# verdict (verdicts.compare_models) -> what the attack did to the monotonic model, against the baseline
 CLAUSE = {"monotonic more robust": "{a} damages the monotonic model less than the baseline",
           "baseline more robust": "{a} damages the monotonic model more than the baseline",
           "no significant difference": "{a} does not damage them significantly differently"}
@@ -17,6 +22,50 @@ CLAUSE = {"monotonic more robust": "{a} damages the monotonic model less than th
 def interval(diff: float, lo: float, hi: float, decimals: int = 3) -> str:
     """'+0.120 [+0.030, +0.210]': a signed estimate and its interval."""
     return f"{diff:+.{decimals}f} [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
+
+
+FAMILY_CLAUSE = {"monotonic more robust": "{f} damage the monotonic model less than the baseline",
+                 "baseline more robust": "{f} damage the monotonic model more than the baseline",
+                 "no significant difference": "{f} do not damage them significantly differently"}
+
+
+def worst_case_sentence(findings: dict) -> str:
+    """The worst-case verdict per family (findings["worst_case"]), with the threat model; "" for a
+    run without it (made before it existed)."""
+    worst = findings.get("worst_case") or {}
+    if not worst:
+        return ""
+    per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=family) + " " + _numbers(c)
+                           for family, c in worst.items() if ", universal" not in family)
+    strict = "; ".join(f"{family.replace(', universal', '')}: {c['verdict']} {_numbers(c)}"
+                       for family, c in worst.items() if ", universal" in family)
+    tokens = findings.get("threat_model", "")
+    return (f"Worst case over every perturbation this run found against either model (threat model: {tokens} "
+            f"tokens; {UNITS}): {per_family}."
+            + (f" With one trigger per model, chosen on attack_opt: {strict}." if strict else ""))
+
+
+def _numbers(c: dict) -> str:
+    return f"({interval(c['diff'], c['ci_low'], c['ci_high'])})"
+
+
+def attack_verdicts_sentence(above: dict) -> str:
+    """Each attack's own verdict above control, with the flags that make it no evidence of robustness."""
+    parts = []
+    for attack, c in above.items():
+        part = f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}"
+        if c.get("not_evidence"):
+            part += " - not evidence of robustness: " + ", ".join(c["not_evidence"])
+        parts.append(part)
+    return "Per attack, from its own search against each model: " + "; ".join(parts) + "."
+
+
+def seeds_sentence(findings: dict) -> str:
+    """How many seeds stand behind the verdicts, and what the intervals cover."""
+    n = findings.get("seeds", 1)
+    return (f"{'One seed stands' if n == 1 else f'{n} seeds stand'} behind these verdicts: the intervals cover the "
+            "test examples, not the search or the seed. Run more seeds (--seed N) and compare them with "
+            "python -m monollm.compare.")
 
 
 def robustness_sentence(above: dict) -> str:
@@ -52,9 +101,17 @@ def cost_sentence(findings: dict) -> str:
 
 
 def headline(findings: dict, arms_differ: bool = False) -> list[str]:
-    """The answer: the robustness sentence, then the cost sentence (then a caveat when the arms
-    were trained with different schedules, so that the difference is not the constraint's alone)."""
-    out = [robustness_sentence(findings.get("robustness_above_control", {})), cost_sentence(findings)]
+    """The answer: the worst case, each attack's own verdict with its flags, the cost, the seeds
+    (then a caveat when the arms were trained with different schedules, so that the difference
+    is not the constraint's alone). A run without a worst case (made before it existed) keeps its
+    own robustness sentence."""
+    above = findings.get("robustness_above_control", {})
+    worst = worst_case_sentence(findings)
+    if worst:
+        out = [worst] + ([attack_verdicts_sentence(above)] if above else [])
+        out += [cost_sentence(findings), seeds_sentence(findings)]
+    else:
+        out = [robustness_sentence(above), cost_sentence(findings)]
     if arms_differ:
         out.append("The arms were also trained with different schedules: the differences are not the constraint's "
                    "alone.")

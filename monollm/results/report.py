@@ -79,6 +79,13 @@ HotFlip: random tokens at exactly the attack's positions; for UAT: random trigge
 length at the same place (monollm.attacks)."""
 CONTROLS = (PRIMARY_CONTROL, "control_random_positions")
 """Control kinds (control rows are never compared with a control)."""
+SEARCH_TRACE = ("restart", "budget")
+"""Row kinds of a search's way to its trigger: read by results.worst_case and diagnostics only."""
+
+
+def reported(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the summary and the per-attack verdicts describe: all but SEARCH_TRACE."""
+    return df[~df.kind.isin(SEARCH_TRACE)] if len(df) else df
 
 
 def per_example(df: pd.DataFrame) -> pd.DataFrame:
@@ -142,9 +149,9 @@ def attack_summary(df: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.D
     trials averaged per example), relative perplexity increase exp(dNLL) - 1, success rates with
     Wilson intervals (per trial over *all* examples, then averaged: `success_rates`), the compute
     spent, how the search ranked its candidates (`search_guidance`) and the damage above the
-    primary control (`above_control`).
+    primary control (`above_control`). Rows of SEARCH_TRACE kinds are left out.
     """
-    rows = []
+    rows, df = [], reported(df)
     for key, g in df.groupby(KEYS, sort=False):
         ex = per_example(g)
         d = ex["dnll"].to_numpy()
@@ -255,40 +262,6 @@ def weak_guidance_note(attack: str, ranking: str, weak: dict, swaps: dict) -> st
     return out + f" This search did not rank by it (ranking: {ranking}), so its results do not rest on it."
 
 
-def robustness_comparison(df: pd.DataFrame, attack: str, kind: str, n_boot: int, seed: int) -> dict:
-    """dNLL(baseline) - dNLL(monotonic) on the same examples, paired bootstrap CI, and a verdict."""
-    ex = per_example(df[(df.attack == attack) & (df.kind == kind) & (df.model == df.source_model)])
-    wide = ex.pivot(index="example", columns="model", values="dnll")
-    if not {"baseline", "monotonic"} <= set(wide.columns):
-        return {}
-    return _compare(wide, n_boot, seed)
-
-
-def _compare(wide: pd.DataFrame, n_boot: int, seed: int) -> dict:
-    """wide: per-example dNLL, columns baseline and monotonic -> difference, paired CI, verdict."""
-    diff = (wide["baseline"] - wide["monotonic"]).to_numpy()
-    lo, hi = stats.bootstrap_ci(diff, n_boot, seed)
-    if lo > 0:
-        verdict = "monotonic more robust"
-    elif hi < 0:
-        verdict = "baseline more robust"
-    else:
-        verdict = "no significant difference"
-    return {"dnll_baseline": float(wide["baseline"].mean()), "dnll_monotonic": float(wide["monotonic"].mean()),
-            "diff": float(diff.mean()), "ci_low": lo, "ci_high": hi, "examples": len(diff), "verdict": verdict}
-
-
-def robustness_above_control(df: pd.DataFrame, attack: str, n_boot: int, seed: int) -> dict:
-    """The same comparison on dNLL above each model's own primary control (per example, trials
-    averaged): the robustness claim docs/method.md allows. {} without a control or without both models."""
-    ex = per_example(df[(df.attack == attack) & (df.model == df.source_model)])
-    own = ex[ex.kind == "attack"].pivot(index="example", columns="model", values="dnll")
-    ctrl = ex[ex.kind == PRIMARY_CONTROL].pivot(index="example", columns="model", values="dnll")
-    if not {"baseline", "monotonic"} <= set(own.columns) & set(ctrl.columns):
-        return {}
-    return _compare(own - ctrl.reindex(own.index), n_boot, seed)
-
-
 def constraint_holds(constraint: pd.DataFrame, mode: str) -> bool:
     """Every verification stage found > 0 matrices and nothing that breaks `mode`'s promise
     (monotonic.PROMISE: negative entries, flipped signs, or a start other than max(|W0|, floor))."""
@@ -323,48 +296,6 @@ def activation_findings(hidden_act: str, setting: dict, swap: dict | None, refer
                  f"moved the reference's test perplexity from {swap['perplexity_before']:.4g} to "
                  f"{reference_ppl:.4g} (the reference row).")
     return {"activation": hidden_act, "mlp_monotone": bool(monotone and full), "activation_note": note}
-
-
-def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attacks: pd.DataFrame,
-             hidden_act: str, n_boot: int, seed: int, setting: dict | None = None,
-             activation_swap: dict | None = None, training: pd.DataFrame | None = None) -> dict:
-    """Key numbers and verdicts, each computed from the tables. `setting`: the run's [monotonic]
-    table (left out: DEFAULT_SETTING); `activation_swap`: what `setup` swapped (None: nothing);
-    `training`: both arms' histories (training_table), for `convergence` (None: not reported)."""
-    p = ppl.set_index("model")["perplexity"]
-    cost = nll_difference(per_block, "monotonic", "baseline", n_boot, seed)
-    setting = {**DEFAULT_SETTING, **(setting or {})}
-    out = {
-        "perplexity": {m: float(p[m]) for m in p.index},
-        "perplexity_ratio_monotonic_vs_baseline": float(p["monotonic"] / p["baseline"]),
-        "nll_cost_monotonic_minus_baseline": cost,
-        "perplexity_cost_significant": bool(cost["ci_low"] > 0 or cost["ci_high"] < 0),
-        "constraint_applied_raises_ppl": bool(p["monotonic_init"] > p["reference"]),
-        "recovery_lowers_ppl": bool(p["monotonic"] < p["monotonic_init"]),
-        "constraint_holds": constraint_holds(constraint, setting["mode"]),
-        "constrained_matrices": int(constraint["matrices"].max()),
-        "mode": setting["mode"],
-        "mode_note": mode_note(constraint, setting["mode"]),
-        **activation_findings(hidden_act, setting, activation_swap, float(p["reference"])),
-        "robustness": {},
-        "robustness_above_control": {},
-        "guidance": guidance_findings(attacks),
-    }
-    if training is not None and len(training):
-        from monollm.results import convergence
-
-        out["convergence"] = convergence.convergence(training)
-        out["convergence_note"] = convergence.note(out["convergence"])
-    if len(attacks):
-        for (attack, kind), _ in attacks.groupby(["attack", "kind"], sort=False):
-            comp = robustness_comparison(attacks, attack, kind, n_boot, seed)
-            if comp:
-                out["robustness"][f"{attack}/{kind}"] = comp
-        for attack in attacks["attack"].unique():
-            comp = robustness_above_control(attacks, attack, n_boot, seed)
-            if comp:
-                out["robustness_above_control"][attack] = comp
-    return out
 
 
 def constraint_setting(m: dict) -> str:

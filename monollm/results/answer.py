@@ -1,0 +1,99 @@
+"""What the attack join computes from the tables: the summary, the findings, the worst case and
+the budget curves, as one value (`attack_answer`), so that the flow's join only stores it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from monollm.results import diagnostics, report, verdicts, worst_case
+
+
+@dataclass
+class AttackAnswer:
+    attack_summary: pd.DataFrame
+    """Per attack x kind x model x source: damage, success rates, compute, above control (report.attack_summary)."""
+    findings: dict
+    """Key numbers and verdicts (`findings`), with "worst_case", "diagnostics", "threat_model"
+    and "seeds" added, and each attack's verdict above control marked with the flags that make it
+    no evidence of robustness ("not_evidence")."""
+    worst_case: pd.DataFrame
+    """Per threat model x family x variant x model (worst_case.table)."""
+    worst_case_examples: pd.DataFrame
+    """Per family x model x example: the worst member and its damage (worst_case.examples)."""
+    budget_curve: pd.DataFrame
+    """Damage versus budget per attack x model x fraction (diagnostics.budget_curve)."""
+
+
+def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attacks: pd.DataFrame,
+             hidden_act: str, n_boot: int, seed: int, setting: dict | None = None,
+             activation_swap: dict | None = None, training: pd.DataFrame | None = None) -> dict:
+    """Key numbers and verdicts, each computed from the tables. `setting`: the run's [monotonic]
+    table (left out: report.DEFAULT_SETTING); `activation_swap`: what `setup` swapped (None: nothing);
+    `training`: both arms' histories (training_table), for `convergence` (None: not reported)."""
+    p = ppl.set_index("model")["perplexity"]
+    cost = report.nll_difference(per_block, "monotonic", "baseline", n_boot, seed)
+    setting = {**report.DEFAULT_SETTING, **(setting or {})}
+    out = {
+        "perplexity": {m: float(p[m]) for m in p.index},
+        "perplexity_ratio_monotonic_vs_baseline": float(p["monotonic"] / p["baseline"]),
+        "nll_cost_monotonic_minus_baseline": cost,
+        "perplexity_cost_significant": bool(cost["ci_low"] > 0 or cost["ci_high"] < 0),
+        "constraint_applied_raises_ppl": bool(p["monotonic_init"] > p["reference"]),
+        "recovery_lowers_ppl": bool(p["monotonic"] < p["monotonic_init"]),
+        "constraint_holds": report.constraint_holds(constraint, setting["mode"]),
+        "constrained_matrices": int(constraint["matrices"].max()),
+        "mode": setting["mode"],
+        "mode_note": report.mode_note(constraint, setting["mode"]),
+        **report.activation_findings(hidden_act, setting, activation_swap, float(p["reference"])),
+        "robustness": {},
+        "robustness_above_control": {},
+        "guidance": report.guidance_findings(attacks),
+    }
+    if training is not None and len(training):
+        from monollm.results import convergence
+
+        out["convergence"] = convergence.convergence(training)
+        out["convergence_note"] = convergence.note(out["convergence"])
+    attacks = report.reported(attacks)
+    if len(attacks):
+        for (attack, kind), _ in attacks.groupby(["attack", "kind"], sort=False):
+            comp = verdicts.robustness_comparison(attacks, attack, kind, n_boot, seed)
+            if comp:
+                out["robustness"][f"{attack}/{kind}"] = comp
+        for attack in attacks["attack"].unique():
+            comp = verdicts.robustness_above_control(attacks, attack, n_boot, seed)
+            if comp:
+                out["robustness_above_control"][attack] = comp
+    return out
+
+
+def robustness_findings(attacks: pd.DataFrame, threat_model: str, n_boot: int, seed: int) -> dict:
+    """The worst-case verdicts, the diagnostics and the run's threat model and seed count, as
+    findings entries. One run is one seed: its intervals cover the test examples only."""
+    diag = diagnostics.diagnostics(attacks, n_boot, seed)
+    return {"threat_model": threat_model, "seeds": 1, "worst_case": worst_case.verdicts(attacks, n_boot, seed),
+            "diagnostics": diag}
+
+
+def mark_evidence(findings: dict) -> dict:
+    """Each attack's own verdict above control gets "not_evidence": the flags (diagnostics.undermining)
+    that make it no evidence of robustness ([] where none)."""
+    for attack, comp in findings.get("robustness_above_control", {}).items():
+        comp["not_evidence"] = diagnostics.undermining(findings.get("diagnostics", {}), attack, comp["verdict"])
+    return findings
+
+
+def attack_answer(attacks: pd.DataFrame, perplexity: pd.DataFrame, per_block: dict, constraint: pd.DataFrame,
+                  hidden_act: str, *, thresholds, n_boot: int, seed: int, threat_model: str, setting: dict,
+                  activation_swap: dict | None, training: pd.DataFrame | None) -> AttackAnswer:
+    """Everything the join reports about the attacks, computed from the attack table (and, for the
+    findings, the perplexity, constraint and training tables)."""
+    found = findings(perplexity, per_block, constraint, attacks, hidden_act, n_boot, seed, setting=setting,
+                            activation_swap=activation_swap, training=training)
+    found.update(robustness_findings(attacks, threat_model, n_boot, seed))
+    return AttackAnswer(attack_summary=report.attack_summary(attacks, thresholds, n_boot, seed),
+                        findings=mark_evidence(found),
+                        worst_case=worst_case.table(attacks, threat_model, n_boot, seed),
+                        worst_case_examples=worst_case.examples(attacks),
+                        budget_curve=diagnostics.budget_curve(attacks, n_boot, seed))

@@ -1,0 +1,145 @@
+"""Masking diagnostics: when an attack's own verdict is no evidence of robustness.
+
+A model can look robust because the attack failed against it. The field's checklists (Athalye
+et al. 2018, "Obfuscated gradients"; Carlini et al. 2019, "On evaluating adversarial
+robustness"; Tramer et al. 2020, "On adaptive attacks") name the signs, and each is a flag per
+attack and model, computed from the attack table:
+
+* `transfer_beats_attack`: the perturbation found on the other model damages this model more
+  than this model's own search did (paired by example, 95% bootstrap CI of the difference
+  above 0);
+* `gradient_free_beats_gradient`: the gradient-free `random_search` damages this model more
+  than the gradient-ranked search at equal forward passes (at most EQUAL_PASSES times the
+  gradient search's; paired CI above 0);
+* `not_converged`: the last doubling of the search's budget still raised the damage by more
+  than the half-width of the 95% CI at the full budget (the budget curve, `budget_curve`);
+* `weak_guidance`: the first-order estimate's Spearman rho with the exact loss change of a
+  swap is below report.WEAK_GUIDANCE.
+
+A flag is True, False, or None where it cannot be computed (no transfer rows, no
+random_search at equal passes, no budget curve, guidance not measured).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from monollm import stats
+from monollm.results.report import PRIMARY_CONTROL, WEAK_GUIDANCE
+from monollm.results.worst_case import CURVE
+
+GRADIENT_FREE = "random_search"
+"""The gradient-free search every gradient-ranked trigger search is checked against."""
+EQUAL_PASSES = 1.1
+"""random_search counts as run at equal forward passes when it spent at most this factor of the
+gradient search's passes (budgets are met up to one step's overshoot)."""
+FLAGS = ("transfer_beats_attack", "gradient_free_beats_gradient", "not_converged", "weak_guidance")
+CURVE_COLUMNS = ["attack", "model", "fraction", "forward_passes", "examples", "dnll", "ci_low", "ci_high",
+                 "control_dnll", "above_control"]
+
+
+def _per_example(rows: pd.DataFrame) -> pd.Series:
+    return rows.groupby("example")["dnll"].mean()
+
+
+def _own(df: pd.DataFrame, attack: str, model: str, kind: str = "attack") -> pd.DataFrame:
+    return df[(df.attack == attack) & (df.kind == kind) & (df.model == model) & (df.source_model == model)]
+
+
+def budget_curve(df: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Damage versus budget: one row per attack x model x budget fraction (the best-so-far trigger
+    at that fraction of the search's forward passes, scored on test on the model it was searched
+    on), with the passes spent, the mean dNLL and its 95% bootstrap CI, and the attack's own
+    primary control on that model and the damage above it. Empty without curve rows."""
+    if "budget_fraction" not in df.columns:  # a table made before the curves existed
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    curve, rows = df[df.kind == CURVE], []
+    for (attack, model, fraction), g in curve.groupby(["attack", "model", "budget_fraction"], sort=True):
+        d = _per_example(g).to_numpy(float)
+        lo, hi = stats.bootstrap_ci(d, n_boot, seed)
+        ctrl = df[(df.attack == attack) & (df.kind == PRIMARY_CONTROL) & (df.model == model)]
+        control = float(ctrl["dnll"].mean()) if len(ctrl) else np.nan
+        rows.append({"attack": attack, "model": model, "fraction": float(fraction),
+                     "forward_passes": int(g["forward_passes"].iloc[0]), "examples": len(d), "dnll": float(d.mean()),
+                     "ci_low": lo, "ci_high": hi, "control_dnll": control, "above_control": float(d.mean()) - control})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def not_converged(curve: pd.DataFrame, attack: str, model: str) -> dict:
+    """{"flag", "rise", "half_width"}: whether the damage rose at the last doubling of the budget
+    (from the second-largest fraction to the largest) by more than the half-width of the largest
+    fraction's CI. flag None with fewer than two points."""
+    g = curve[(curve.attack == attack) & (curve.model == model)].sort_values("fraction")
+    if len(g) < 2:
+        return {"flag": None}
+    last, before = g.iloc[-1], g.iloc[-2]
+    rise, half = float(last["dnll"] - before["dnll"]), float(last["ci_high"] - last["ci_low"]) / 2
+    return {"flag": bool(rise > half), "rise": rise, "half_width": half}
+
+
+def _beats(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """{"flag", "diff", "ci_low", "ci_high"}: a's per-example damage minus b's, paired by example;
+    flag when the CI lies above 0. flag None when either is empty."""
+    if a.empty or b.empty:
+        return {"flag": None}
+    diff = (_per_example(a) - _per_example(b)).dropna().to_numpy(float)
+    lo, hi = stats.bootstrap_ci(diff, n_boot, seed)
+    return {"flag": bool(lo > 0), "diff": float(diff.mean()), "ci_low": lo, "ci_high": hi}
+
+
+def transfer_beats_attack(df: pd.DataFrame, attack: str, model: str, n_boot: int, seed: int) -> dict:
+    """The other model's perturbation against this model's own search, on this model (`_beats`)."""
+    transfer = df[(df.attack == attack) & (df.kind == "transfer") & (df.model == model)]
+    return _beats(transfer, _own(df, attack, model), n_boot, seed)
+
+
+def gradient_free_beats_gradient(df: pd.DataFrame, attack: str, model: str, n_boot: int, seed: int) -> dict:
+    """random_search against a gradient-ranked trigger search on this model, at equal forward
+    passes (`_beats`, plus both searches' passes); flag None for a search not ranked by gradient,
+    one that is not a trigger search, or without random_search at equal passes."""
+    own, free = _own(df, attack, model), _own(df, GRADIENT_FREE, model)
+    if own.empty or free.empty or own["ranking"].iloc[0] != "gradient" or not len(own["trigger_ids"].iloc[0]):
+        return {"flag": None}
+    passes = {"forward_passes": int(own["forward_passes"].iloc[0]),
+              "gradient_free_forward_passes": int(free["forward_passes"].iloc[0])}
+    if passes["gradient_free_forward_passes"] > EQUAL_PASSES * passes["forward_passes"]:
+        return {"flag": None, **passes}
+    return {**_beats(free, own, n_boot, seed), **passes}
+
+
+def weak_guidance(df: pd.DataFrame, attack: str, model: str) -> dict:
+    """{"flag", "spearman"}: the search's measured guidance on this model; flag None where not measured."""
+    own = _own(df, attack, model)
+    rho = float(own["guidance_spearman"].iloc[0]) if len(own) and "guidance_spearman" in own.columns else np.nan
+    return {"flag": bool(rho < WEAK_GUIDANCE), "spearman": rho} if np.isfinite(rho) else {"flag": None}
+
+
+def diagnostics(df: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """attack -> model -> flag -> {"flag": True/False/None, and the numbers behind it}, for every
+    attack that searched (its own rows carry a `ranking`) on every model it searched."""
+    if not len(df) or "ranking" not in df.columns:
+        return {}
+    curve = budget_curve(df, n_boot, seed)
+    searched = df[(df.kind == "attack") & (df.model == df.source_model) & (df["ranking"].fillna("") != "")]
+    out: dict = {}
+    for (attack, model), _ in searched.groupby(["attack", "model"], sort=False):
+        out.setdefault(attack, {})[model] = {
+            "transfer_beats_attack": transfer_beats_attack(df, attack, model, n_boot, seed),
+            "gradient_free_beats_gradient": gradient_free_beats_gradient(df, attack, model, n_boot, seed),
+            "not_converged": not_converged(curve, attack, model),
+            "weak_guidance": weak_guidance(df, attack, model)}
+    return out
+
+
+def raised(diag: dict, attack: str, model: str) -> list[str]:
+    """The flags set (True) for `attack` on `model`."""
+    return [f for f, v in diag.get(attack, {}).get(model, {}).items() if v.get("flag")]
+
+
+def undermining(diag: dict, attack: str, verdict: str) -> list[str]:
+    """The flags that make `attack`'s own verdict no evidence of robustness, as "flag on model":
+    those of the model it calls more robust, or of either model when it finds no difference
+    (a failed search against one model can hide a real difference)."""
+    models = {"monotonic more robust": ("monotonic",), "baseline more robust": ("baseline",)}.get(
+        verdict, ("baseline", "monotonic"))
+    return [f"{flag} on {m}" for m in models for flag in raised(diag, attack, m)]

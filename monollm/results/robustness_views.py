@@ -1,0 +1,92 @@
+"""The worst case, the diagnostics and the budget curves as a reader sees them: the same tables
+and lines for the console summary (results.client) and the experiment card (results.cards)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from monollm.results import diagnostics
+
+WORST_CASE_TITLE = ("Worst case per threat-model family over every perturbation found against either model "
+                    "(dNLL in nats per continuation token; above the family's random control, 95% bootstrap CI "
+                    "over examples; one seed):")
+CURVE_TITLE = "Budget curves (the best-so-far perturbation at a fraction of each search's forward passes, on test):"
+
+
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def worst_case_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The worst_case artifact with its interval as one text column, the first members that carried it."""
+    if table is None or not len(table):
+        return pd.DataFrame()
+    carried = [", ".join(c.split(", ")[:2]) + (", ..." if c.count(", ") >= 2 else "") for c in table["carried_by"]]
+    return table.assign(ci=[_ci(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])], carried=carried)
+
+
+WORST_CASE_COLUMNS = {"threat_model": ("tokens", None), "family": ("family", None), "variant": ("variant", None),
+                      "model": ("model", None), "dnll": ("dNLL", "+.3f"), "above_control": ("above control", "+.3f"),
+                      "ci": ("CI", None), "forward_passes": ("passes", "d"), "carried": ("carried by (examples)", None)}
+"""Columns of worst_case_view shown: column -> (title, format or None for text)."""
+
+
+def curve_view(curve: pd.DataFrame) -> pd.DataFrame:
+    """The budget_curve artifact with its interval as one text column."""
+    if curve is None or not len(curve):
+        return pd.DataFrame()
+    return curve.assign(ci=[_ci(lo, hi) for lo, hi in zip(curve["ci_low"], curve["ci_high"])])
+
+
+CURVE_COLUMNS = {"attack": ("attack", None), "model": ("model", None), "fraction": ("budget", ".3g"),
+                 "forward_passes": ("passes", "d"), "dnll": ("dNLL", "+.3f"), "ci": ("CI", None)}
+
+
+def _flag_detail(flag: str, v: dict) -> str:
+    if flag == "weak_guidance":
+        return f"Spearman {v['spearman']:+.2f}"
+    if flag == "not_converged":
+        return f"last doubling +{v['rise']:.3f} > CI half-width {v['half_width']:.3f}"
+    extra = (f" at {v['gradient_free_forward_passes']} vs {v['forward_passes']} passes"
+             if flag == "gradient_free_beats_gradient" else "")
+    return f"{v['diff']:+.3f} {_ci(v['ci_low'], v['ci_high'])}{extra}"
+
+
+def diagnostic_lines(findings: dict) -> list[str]:
+    """One line per attack and model with a flag raised (diagnostics.FLAGS), with the numbers
+    behind it; one line saying none was raised otherwise; [] for a run without diagnostics."""
+    diag = findings.get("diagnostics")
+    if diag is None:
+        return []
+    lines = []
+    for attack, models in diag.items():
+        for model, flags in models.items():
+            raised = [f"{f} ({_flag_detail(f, v)})" for f, v in flags.items() if v.get("flag")]
+            if raised:
+                lines.append(f"{attack} on {model}: " + "; ".join(raised))
+    unknown = sorted({f for models in diag.values() for flags in models.values() for f, v in flags.items()
+                      if v.get("flag") is None})
+    head = ("Masking diagnostics (a flag makes an attack's own verdict on that model no evidence of robustness):"
+            if lines else "Masking diagnostics: no flag raised (" + ", ".join(diagnostics.FLAGS) + ").")
+    tail = [f"not computable for some attack or model: {', '.join(unknown)}"] if unknown else []
+    return [head] + lines + tail
+
+
+def card_section(data, table) -> list:
+    """The worst case per family, the masking diagnostics and the budget curves ([] for a run made
+    before them): the verdict's own evidence, right after the answer. `table(df)` makes a card
+    table of a DataFrame."""
+    from metaflow.cards import Markdown
+
+    worst = worst_case_view(getattr(data, "worst_case", None))
+    if not len(worst):
+        return []
+    curve = curve_view(getattr(data, "budget_curve", None))
+    lines = diagnostic_lines(data.findings)
+    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, WORST_CASE_COLUMNS)),
+           Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))]
+    return out + ([Markdown(CURVE_TITLE), table(_shown(curve, CURVE_COLUMNS))] if len(curve) else [])
+
+
+def _shown(df: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """df's `columns` (column -> (title, format)), formatted and titled."""
+    return pd.DataFrame({title: [v if fmt is None else format(v, fmt) for v in df[c]] for c, (title, fmt) in columns.items()})

@@ -1,0 +1,161 @@
+"""The worst case: a robustness verdict that stands on the strongest attack the run holds.
+
+One search per model is a lower bound on what an attacker can do, and a weak one where the
+search fails against one model only (a weaker gradient, a worse start, less budget), which
+then looks "more robust". So, per threat-model family (FAMILIES), model and test example,
+the damage is the largest over every perturbation of the family the run found against
+*either* model: each attack's own search, the other model's (transfer), every restart's
+final trigger and every best-so-far trigger of the budget curve. It is taken above the
+family's matched control (the mean over the family's primary control rows for that model and
+example: random tokens of the same length at the same place, or at the flips' positions), and
+baseline minus monotonic gets a paired 95% bootstrap CI over the examples.
+
+The strictly universal variant chooses one trigger per model, on `attack_opt` (its `opt_dnll`,
+the mean damage on the attack_opt examples), among every trigger of the family scored on that
+model, and reports it once on `test`.
+
+When a single attack's own verdict is no evidence of robustness is monollm.results.diagnostics.
+
+Everything here is a pure function of the attack table (report.attack_table).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from monollm import stats
+from monollm.results.report import PRIMARY_CONTROL
+from monollm.results.verdicts import compare_models
+
+FAMILIES = {"universal triggers": ("uat", "gcg", "random_search"), "per-input edits": ("hotflip",)}
+"""Threat-model family -> the attacks whose perturbations it pools. Triggers are universal (one
+prefix for every input); edits are per input (HotFlip's flips, with one flip budget)."""
+MEMBER_KINDS = ("attack", "transfer", "restart", "budget")
+"""Kinds of rows that hold a perturbation some search found (controls hold random ones)."""
+CURVE = "budget"
+"""Kind of the budget-curve rows: the best-so-far trigger at a fraction of the search's budget."""
+
+
+def member_label(row) -> str:
+    """'uat attack', 'gcg transfer from baseline', 'uat restart 2 on monotonic', 'uat budget 1/2'."""
+    label = f"{row.attack} {row.kind}"
+    if row.kind == "restart":
+        label += f" {int(row.trial)}"
+    if row.kind == CURVE and "budget_fraction" in row._fields:
+        label += f" {row.budget_fraction:g}"
+    return label + (f" from {row.source_model}" if row.source_model != row.model else "")
+
+
+def family_rows(df: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(member rows, primary control rows) of `family` in the attack table df."""
+    mine = df[df.attack.isin(FAMILIES[family])]
+    return mine[mine.kind.isin(MEMBER_KINDS)], mine[mine.kind == PRIMARY_CONTROL]
+
+
+def per_example_worst(df: pd.DataFrame, family: str) -> pd.DataFrame:
+    """One row per model x example of `family`: the worst member's dNLL (`dnll`), which member it
+    was (`member`, member_label), the family control's dNLL there (`control_dnll`) and the damage
+    above it (`above_control`). Empty where the family has no rows or no control."""
+    members, controls = family_rows(df, family)
+    columns = ["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]
+    if members.empty or controls.empty:
+        return pd.DataFrame(columns=columns)
+    members = members.assign(member=[member_label(r) for r in members.itertuples()])
+    # repeated trials of one member (none today) would be averaged before the max: a member is one perturbation
+    per_member = members.groupby(["model", "example", "member"], as_index=False)["dnll"].mean()
+    worst = per_member.loc[per_member.groupby(["model", "example"])["dnll"].idxmax()]
+    ctrl = controls.groupby(["model", "example"])["dnll"].mean().rename("control_dnll")
+    out = worst.join(ctrl, on=["model", "example"])
+    if out["control_dnll"].isna().any():
+        raise ValueError(f"{family}: the control does not cover every example the members were scored on")
+    out = out.assign(family=family, above_control=out["dnll"] - out["control_dnll"])
+    return out[columns].sort_values(["model", "example"]).reset_index(drop=True)
+
+
+def universal_choice(df: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The strictly universal variant: per model, the one member trigger with the highest
+    `opt_dnll` (mean damage on attack_opt) among those scored on that model, its per-example
+    test dNLL and the damage above the family control. Same columns as `per_example_worst`;
+    empty without `opt_dnll` (a table made before it existed) or without members."""
+    members, controls = family_rows(df, family)
+    if "opt_dnll" not in members.columns:
+        return per_example_worst(df.iloc[:0], family)
+    members = members[np.isfinite(members["opt_dnll"].astype(float))]
+    if members.empty or controls.empty:
+        return per_example_worst(df.iloc[:0], family)
+    members = members.assign(member=[member_label(r) for r in members.itertuples()])
+    best = members.groupby(["model", "member"])["opt_dnll"].first().groupby("model").idxmax()
+    chosen = members[[(m, name) in set(best) for m, name in zip(members.model, members.member)]]
+    ctrl = controls.groupby(["model", "example"])["dnll"].mean().rename("control_dnll")
+    out = chosen.groupby(["model", "example", "member"], as_index=False)["dnll"].mean().join(
+        ctrl, on=["model", "example"])
+    out = out.assign(family=family, above_control=out["dnll"] - out["control_dnll"])
+    return out[["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]]
+
+
+def _search_passes(df: pd.DataFrame, family: str, model: str) -> int:
+    """Forward passes the family's own searches spent against `model` (each attack's search once)."""
+    own = df[df.attack.isin(FAMILIES[family]) & (df.kind == "attack") & (df.model == model)
+             & (df.source_model == model)]
+    if own.empty or "forward_passes" not in own.columns:
+        return 0
+    return int(own.groupby("attack")["forward_passes"].first().sum())
+
+
+def _summary_rows(df: pd.DataFrame, ex: pd.DataFrame, family: str, variant: str, threat_model: str,
+                  n_boot: int, seed: int) -> list[dict]:
+    """One worst_case row per model of one family and variant (ex: per_example_worst or universal_choice)."""
+    rows = []
+    for model, g in ex.groupby("model", sort=True):
+        lo, hi = stats.bootstrap_ci(g["above_control"].to_numpy(float), n_boot, seed)
+        carried = g["member"].value_counts()
+        rows.append({"threat_model": threat_model, "family": family, "variant": variant, "model": model,
+                     "examples": len(g), "dnll": float(g["dnll"].mean()), "control_dnll": float(g["control_dnll"].mean()),
+                     "above_control": float(g["above_control"].mean()), "ci_low": lo, "ci_high": hi,
+                     "members": int(family_rows(df[df.model == model], family)[0]
+                                    .drop_duplicates(["attack", "kind", "source_model", "trial"]).shape[0]),
+                     "forward_passes": _search_passes(df, family, model),
+                     "carried_by": ", ".join(f"{m} ({n})" for m, n in carried.items())})
+    return rows
+
+
+def table(df: pd.DataFrame, threat_model: str, n_boot: int, seed: int) -> pd.DataFrame:
+    """The worst-case table: one row per threat model x family x variant ("per-example": the
+    worst member per example; "universal": one trigger per model chosen on attack_opt) x model,
+    with the examples, mean worst dNLL, the family control, the damage above it with its 95%
+    bootstrap CI, the perturbations considered (`members`), the forward passes the family's own
+    searches spent on the model, and which members carried the worst case (`carried_by`: member
+    (examples))."""
+    rows = []
+    for family in FAMILIES:
+        rows += _summary_rows(df, per_example_worst(df, family), family, "per-example", threat_model, n_boot, seed)
+        if family == "universal triggers":
+            rows += _summary_rows(df, universal_choice(df, family), family, "universal", threat_model, n_boot, seed)
+    return pd.DataFrame(rows)
+
+
+def examples(df: pd.DataFrame) -> pd.DataFrame:
+    """Every family's per-example worst case (per_example_worst), stacked: which member carried
+    each example."""
+    parts = [per_example_worst(df, family) for family in FAMILIES]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def verdicts(df: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Per family (and "<family>, universal" for the strict variant): baseline minus monotonic of
+    the worst-case damage above control, paired by example, with its CI and verdict
+    (verdicts.compare_models), plus which members carried it per model. {} entries are left out."""
+    out = {}
+    for family in FAMILIES:
+        variants = [("", per_example_worst(df, family))]
+        if family == "universal triggers":
+            variants.append((", universal", universal_choice(df, family)))
+        for suffix, ex in variants:
+            wide = ex.pivot(index="example", columns="model", values="above_control")
+            if not {"baseline", "monotonic"} <= set(wide.columns) or wide.isna().any().any():
+                continue
+            comp = compare_models(wide, n_boot, seed)
+            comp["carried_by"] = {m: ex[ex.model == m]["member"].value_counts().to_dict() for m in ("baseline", "monotonic")}
+            comp["forward_passes"] = {m: _search_passes(df, family, m) for m in ("baseline", "monotonic")}
+            out[family + suffix] = comp
+    return out
