@@ -159,8 +159,9 @@ def build(out: str) -> str:
 def main(argv: list[str] | None = None):
     """`python -m monollm.rehearsal DIR`: build the rehearsal in DIR and say how to run it."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        return "usage: python -m monollm.rehearsal DIR"
+    if len(argv) != 1 or argv[0].startswith("-"):  # --help is not a folder to build in
+        print(f"usage: python -m monollm.rehearsal DIR\n\n{__doc__.strip()}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     profile = build(os.path.abspath(argv[0]))
     print(f"built the rehearsal in {os.path.dirname(profile)}; run it with\n"
           f"  python flows/mono_flow.py --config config {profile} run")
