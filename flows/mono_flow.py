@@ -132,8 +132,9 @@ class MonoFlow(FlowSpec):
         self.constraint = report.constraint_table(inputs.train_monotonic.constraint_checks)
         self.baseline_model = inputs.train_baseline.baseline_model
         self.monotonic_model = inputs.train_monotonic.monotonic_model
-        # None: a training task cloned by `resume` from a run made before these were kept
-        self.checkpoint_costs = {i.history[0]["arm"]: getattr(i, "checkpoint_costs", None) for i in inputs}
+        from monollm.results.answer import older
+
+        self.checkpoint_costs = {i.history[0]["arm"]: older(i, "checkpoint_costs") for i in inputs}
         self.merge_artifacts(inputs, exclude=["history", "constraint_checks", "init_checks", "checkpoint_costs"])
         self.next(self.evaluate)
 
@@ -193,38 +194,22 @@ class MonoFlow(FlowSpec):
     @card(type="blank", id="experiment", timeout=120)
     @step
     def join_attacks(self, inputs):
-        """Tidy attack and downstream tables, summaries and findings computed from the tables; the
-        experiment card."""
-        import pandas as pd
-
+        """The branches' tables in one place; the summary, findings, worst case and budget curves
+        computed from them; the experiment card."""
         from monollm import config
-        from monollm.evaluation import downstream
-        from monollm.results import answer, card_sections, cards
+        from monollm.results import answer, cards
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
-        self.attacks = pd.concat([i.attack_rows for i in inputs if getattr(i, "attack_rows", None) is not None],
-                                 ignore_index=True)
-        self.token_text = card_sections.merged_token_text(inputs)
-        # getattr: a branch cloned by `resume` from a run made before these branches existed has neither
-        done = next((r for r in (getattr(i, "downstream_results", None) for i in inputs) if r is not None),
-                    downstream.empty())
-        self.downstream, self.downstream_items = done["table"], done["items"]
-        self.order_preservation = next((r for r in (getattr(i, "order_results", None) for i in inputs)
-                                        if r is not None), None)
-        self.merge_artifacts(inputs, exclude=["attack_rows", "token_text", "downstream_results", "order_results"])
+        branches = answer.gather(inputs)  # attacks, token_text, downstream, downstream_items, order_preservation
+        self.merge_artifacts(inputs, exclude=list(answer.BRANCH_ARTIFACTS))
         cfg = config.from_dict(self.resolved_config)
-        # the summary, the findings, the worst case over every perturbation found and the budget curves
-        done = answer.attack_answer(self.attacks, self.perplexity, self.per_block, self.constraint, self.hidden_act,
+        done = answer.attack_answer(branches, self.perplexity, self.per_block, self.constraint, self.hidden_act,
                                     thresholds=cfg.attack.thresholds, n_boot=cfg.eval.bootstrap, seed=cfg.seed,
                                     threat_model=cfg.attack.tokens, setting=self.resolved_config["monotonic"],
-                                    activation_swap=getattr(self, "activation_swap", None), training=self.training)
-        for name, value in vars(done).items():  # attack_summary, findings, worst_case, worst_case_examples, budget_curve
+                                    activation_swap=answer.older(self, "activation_swap"), training=self.training)
+        # attack_summary, findings, worst_case, worst_case_examples, budget_curve and the gathered tables
+        for name, value in {**vars(branches), **vars(done)}.items():
             setattr(self, name, value)
-        self.findings["downstream"] = downstream.cost(self.downstream_items, cfg.eval.bootstrap, cfg.seed)
-        if self.order_preservation is not None:
-            from monollm.evaluation import order
-
-            self.findings["order_preservation"] = order.findings(self.order_preservation)
         current.card["experiment"].extend(cards.experiment(self))
         self.next(self.end)
 

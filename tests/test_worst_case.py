@@ -181,3 +181,18 @@ def test_gradient_free_search_beating_the_gradient_at_equal_passes_is_flagged():
     df.loc[free, "forward_passes"] = 5000  # five times the gradient search's budget: not a fair comparison
     assert diagnostics.gradient_free_beats_gradient(df, "uat", "baseline", N_BOOT, 0)["flag"] is None
     assert diagnostics.gradient_free_beats_gradient(df, "hotflip", "baseline", N_BOOT, 0)["flag"] is None
+
+
+def test_the_join_gathers_every_branch_kind_and_tolerates_older_branches():
+    from types import SimpleNamespace
+
+    rows = synthetic().head(4)
+    branches = [SimpleNamespace(attack_rows=rows.iloc[:2], token_text={1: "a"}),
+                SimpleNamespace(attack_rows=rows.iloc[2:]),  # a branch cloned from a run before token_text
+                SimpleNamespace(downstream_results={"table": pd.DataFrame({"x": [1]}), "items": pd.DataFrame()}),
+                SimpleNamespace(order_results=pd.DataFrame({"model": ["baseline"]}))]
+    got = answer.gather(branches)
+    assert got.attacks.equals(rows.reset_index(drop=True)) and got.token_text == {1: "a"}
+    assert list(got.downstream["x"]) == [1] and list(got.order_preservation["model"]) == ["baseline"]
+    bare = answer.gather(branches[:2])
+    assert bare.order_preservation is None and bare.downstream.empty and "task" in bare.downstream_items.columns

@@ -1,12 +1,48 @@
-"""What the attack join computes from the tables: the summary, the findings, the worst case and
-the budget curves, as one value (`attack_answer`), so that the flow's join only stores it."""
+"""What the attack join computes: the branches' tables gathered (`gather`), then from them the
+summary, the findings, the worst case and the budget curves (`attack_answer`), each as one
+value, so that the flow's join only stores them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pandas as pd
 
+from monollm.evaluation import downstream
+
 from monollm.results import diagnostics, report, verdicts, worst_case
+
+
+BRANCH_ARTIFACTS = ("attack_rows", "token_text", "downstream_results", "order_results")
+"""What each foreach branch stores for the join (one of the last three is set per branch kind)."""
+
+
+def older(obj, name: str):
+    """Artifact `name` of a step or branch, or None where the run predates it: `resume` clones the
+    tasks of the run it resumes, which may come from code that did not store it yet."""
+    return getattr(obj, name, None)
+
+
+@dataclass
+class Branches:
+    attacks: pd.DataFrame
+    """Every attack branch's rows, one table (report.attack_table)."""
+    token_text: dict
+    """Token id -> text for every id in `attacks` (token ids only for branches that predate it)."""
+    downstream: pd.DataFrame
+    downstream_items: pd.DataFrame
+    """The downstream branch's tables (empty ones without that branch)."""
+    order_preservation: pd.DataFrame | None
+    """The order branch's table (None without that branch)."""
+
+
+def gather(inputs) -> Branches:
+    """The foreach branches' artifacts (BRANCH_ARTIFACTS) in one place; `inputs`: the join's inputs."""
+    found = {name: [v for v in (older(i, name) for i in inputs) if v is not None] for name in BRANCH_ARTIFACTS}
+    done = found["downstream_results"][0] if found["downstream_results"] else downstream.empty()
+    return Branches(attacks=pd.concat(found["attack_rows"], ignore_index=True),
+                    token_text={t: text for part in found["token_text"] for t, text in part.items()},
+                    downstream=done["table"], downstream_items=done["items"],
+                    order_preservation=found["order_results"][0] if found["order_results"] else None)
 
 
 @dataclass
