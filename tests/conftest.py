@@ -73,6 +73,55 @@ def micro_variant(folder, name: str, changes: dict, append: str = "") -> str:
     return path
 
 
+# --- test tiers ---------------------------------------------------------------------------
+# Markers (registered in pyproject.toml): `flow` (the real MonoFlow) is given in the test modules;
+# `distributed`, `cluster` and `slow` are given here only, from the tables and fixture names below,
+# so that one place shows what `make test-fast` (-m "not flow and not distributed and not cluster
+# and not slow") leaves out. A table entry is a test function's name (all its parameter sets) or a
+# node name with its parameter id; a function named here that its module no longer defines stops
+# the collection, so a renamed test cannot silently fall back into the fast tier.
+DISTRIBUTED = {
+    # training under torchrun: several processes, seconds each to start
+    "test_distributed.py": {"test_two_processes_match_one",
+                            "test_sharded_checkpoint_resumes_to_the_same_result_on_other_ranks",
+                            "test_ranks_wait_for_a_slow_store_instead_of_queueing_checkpoints_on_disk",
+                            "test_damaged_shard_is_named", "test_a_failing_rank_stops_the_step_with_its_error"},
+    "test_distributed_flow.py": "*",  # the flow with [parallel] processes
+}
+SLOW = {
+    # over 5 s each on a 2-core machine (pytest --durations), without processes or services.
+    # parquet: `datasets` sleeps 5 s after each parquet stream (its workaround of apache/arrow#45214),
+    # and the test reads three
+    "test_data_streaming.py": {"test_local_shards_split_disjoint_complete_and_seeded[parquet]"},
+}
+CLUSTER_FIXTURES = {"cluster", "s3_endpoint"}
+"""Fixtures that start a service: a local Slurm cluster (test_slurm.py; skipped where Slurm is not
+installed) or an S3 server (test_deploy.py: the S3 datastore, Argo templates that name it). A test
+asking for one, directly or through another fixture, is marked `cluster`."""
+
+
+def _listed(item, table: dict) -> bool:
+    names = table.get(item.path.name, ())
+    if names == "*":
+        return True
+    module = getattr(item, "module", None)  # test functions have one
+    missing = {n.split("[")[0] for n in names} - set(vars(module) if module else ())
+    if module and missing:
+        raise pytest.UsageError(f"tests/conftest.py names {sorted(missing)} in {item.path.name}, which has no "
+                                f"such test; update the tier tables")
+    return item.name in names or getattr(item, "originalname", item.name) in names
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _listed(item, DISTRIBUTED):
+            item.add_marker(pytest.mark.distributed)
+        if _listed(item, SLOW):
+            item.add_marker(pytest.mark.slow)
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core machine intra-op
