@@ -270,3 +270,16 @@ def test_a_hub_dataset_branch_is_pinned_to_its_commit_before_streaming(monkeypat
     assert pipeline.pin_data(cfg) == (cfg, None) and "commit not recorded" in lines[-1]
     builtin = config.load({})
     assert pipeline.pin_data(builtin) == (builtin, None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_stops_the_step_with_one_line():
+    from metaflow.exception import MetaflowException
+
+    from monollm import errors
+
+    with pytest.raises(MetaflowException) as err, errors.user_errors("profile 'pythia-1.4b'"):
+        foundation.pick_device("cuda")
+    message = str(err.value)
+    assert "'device' is \"cuda\" but no CUDA device is visible" in message and "\n" not in message
+    assert foundation.pick_device("auto") == "cpu"

@@ -14,6 +14,7 @@ import re
 import torch
 
 from monollm import checkpoints
+from monollm.errors import ConfigError
 
 EOS = "<|endoftext|>"
 MANIFEST = "checksums.json"
@@ -192,5 +193,8 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = 'cuda' but no CUDA device is visible")
+        # a ConfigError: the steps that load models first stop with this one line (errors.user_errors)
+        raise ConfigError("'device' is \"cuda\" but no CUDA device is visible in this step: run the flow where "
+                          "its steps get a GPU (--with kubernetes, batch or slurm, and resources.gpu), or set "
+                          "device = \"auto\" (the GPU where there is one) or \"cpu\"")
     return name
