@@ -36,6 +36,11 @@ Prints up to six lines (`--parts`), all measured in this one run:
 * `gcg dNLL at equal candidate budget vs uat: A vs B`: `gcg` (the profile's [attack.gcg]) stopped
   after as many candidate evaluations as `uat` made with the profile's settings (B), mean over
   `--seeds` seeds (`gcg_vs_uat`).
+* `random_search vs uat at equal forward passes: A vs B`: `random_search` (the profile's
+  [attack.random_search]) and `uat` (its [attack.uat]), each restarting until the profile's
+  attack.budget forward passes are spent, from the same seeded random starts, as the flow runs
+  them; best attack_opt dNLL in nats per continuation token, mean over `--seeds` seeds
+  (`random_search_vs_uat`).
 
 Progress goes to stderr. The reference model is built once (about 30 s: tokenizer,
 pretraining) with `pipeline.setup` and cached under the temp dir, keyed by the profile and the code that
@@ -66,8 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
     p.add_argument("--seeds", type=int, default=5, help="pool search / uat comparisons, one per seed")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--parts", default="pool,hotflip,uat,gcg",
-                   help="comma-separated: pool (throughput and pool-search lines), hotflip, uat, gcg")
+    p.add_argument("--parts", default="pool,hotflip,uat,gcg,random_search",
+                   help="comma-separated: pool (throughput and pool-search lines), hotflip, uat, gcg, random_search")
     p.add_argument("--uat-budget", type=int, default=0,
                    help="candidate evaluations of the uat rankings line (default: 2 x the allowed tokens)")
     return p.parse_args(argv)
@@ -310,6 +315,33 @@ def gcg_vs_uat(model, tokenizer, opt, allowed, uat_params, gcg_params, a, clean:
     return out
 
 
+def random_search_vs_uat(model, tokenizer, examples, allowed, a, clean: float, seed: int) -> dict:
+    """Best attack_opt dNLL of `random_search` and `uat` at the profile's forward-pass budget
+    (attack.budget; if it sets none, what uat spends with its own restarts and steps), from the
+    same seeded random starts, every trigger kept re-tokenizable before attack_opt and test as in
+    the flow. Returns dict(random_search, uat, passes: per search)."""
+    import numpy as np
+    import torch
+
+    from monollm.attacks import random_search, uat
+
+    opt = torch.as_tensor(examples["attack_opt"], device=model.device)
+    survive = np.concatenate([examples["attack_opt"], examples["test"]])
+    out, passes, budget = {}, {}, a.budget
+    for name, module, default in (("uat", uat, uat.UATConfig()),
+                                  ("random_search", random_search, random_search.RandomSearchConfig())):
+        params = a.params.get(name) or default
+        start = time.perf_counter()
+        found = module.search(model, tokenizer, opt[:params.opt_examples or None], allowed, params,
+                              np.random.default_rng([seed, 7]), a.continuation_len, a.batch_size, survive=survive,
+                              budget=budget)
+        budget = budget or sum(s.forward_passes for s in found)  # no profile budget: uat's spend is the budget
+        out[name], passes[name] = max(s.objective for s in found) - clean, sum(s.forward_passes for s in found)
+        note(f"seed {seed}: {name} dNLL {out[name]:+.4f} after {passes[name]} forward passes (budget {budget}) in "
+             f"{len(found)} restarts, {time.perf_counter() - start:.1f} s")
+    return dict(out, passes=passes)
+
+
 def _example_rounds(found) -> int:
     """(example, round) pairs a hotflip search scored candidates for: every example in the first
     round, then those whose loss rose in the round before."""
@@ -365,6 +397,11 @@ def main(argv=None):
         runs = [gcg_vs_uat(model, tokenizer, opt, allowed, params, a.params.get("gcg") or gcg.GCGConfig(), a, clean,
                            seed) for seed in range(args.seed, args.seed + args.seeds)]
         print(f"gcg dNLL at equal candidate budget vs uat: {np.mean([r['gcg'] for r in runs]):.4f} vs "
+              f"{np.mean([r['uat'] for r in runs]):.4f}")
+    if "random_search" in parts:
+        runs = [random_search_vs_uat(model, tokenizer, examples, allowed, a, clean, seed)
+                for seed in range(args.seed, args.seed + args.seeds)]
+        print(f"random_search vs uat at equal forward passes: {np.mean([r['random_search'] for r in runs]):.4f} vs "
               f"{np.mean([r['uat'] for r in runs]):.4f}")
 
 

@@ -11,8 +11,8 @@ import os
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ("corpus.py", "data.py", "models.py", "pipeline.py", "train.py", "config.py")
-"""Modules of monollm whose code decides the pretrained reference model."""
+SOURCES = ("data", "model", "train", "pipeline.py", "config.py")
+"""Modules (and packages: every module in them) of monollm whose code decides the pretrained reference model."""
 
 
 def folder(prefix: str, profile_path: str, seed: int | None = None) -> str:
@@ -21,7 +21,11 @@ def folder(prefix: str, profile_path: str, seed: int | None = None) -> str:
     with open(profile_path, "rb") as f:
         digest.update(f.read())
     for name in SOURCES:
-        with open(os.path.join(ROOT, "monollm", name), "rb") as f:
-            digest.update(f.read())
+        path = os.path.join(ROOT, "monollm", name)
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py")) \
+            if os.path.isdir(path) else [path]
+        for file in files:
+            with open(file, "rb") as f:
+                digest.update(f.read())
     digest.update(repr(seed).encode())
     return os.path.join(tempfile.gettempdir(), f"{prefix}-{digest.hexdigest()[:12]}")

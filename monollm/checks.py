@@ -26,7 +26,7 @@ def validate(cfg):
     train_section(cfg.train, "train")
     _check_monotonic(cfg.monotonic)
     _check_eval(cfg.eval)
-    _check_attack(cfg.attack)
+    _check_attack(cfg.attack, cfg.attacks)
     _check_resources(cfg.resources)
     _check_parallel(cfg.parallel, cfg.resources, cfg.train)
     return cfg
@@ -152,9 +152,14 @@ def _check_order(o):
     require(o.batch_size > 0, "eval.order.batch_size", "must be positive")
 
 
-def _check_attack(a):
+def _check_attack(a, attacks):
     for name in ("examples", "context_len", "continuation_len", "batch_size"):
         require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
+    require(a.budget >= 0, "attack.budget", f"is {a.budget}; must be >= 0 (0: no budget)")
+    # random_search exists to be compared with the gradient searches at equal forward passes
+    require(a.budget > 0 or "random_search" not in attacks, "attack.budget",
+            "must be set (> 0) when attacks lists \"random_search\": it is compared with uat and gcg at "
+            "equal forward passes, which only a budget gives")
     require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
     one_of(a.tokens, ("round_trip", "printable"), "attack.tokens")

@@ -250,6 +250,12 @@ class AttackConfig:
     """Which tokens an attack may insert (the threat model): "round_trip", every token but special
     ones and padding rows whose text encodes back to itself, control bytes included; "printable",
     of those only the ones whose text is printable (newline and tab allowed)."""
+    budget: int = 0
+    """Forward passes (sequences through the model, gradient passes included) that every
+    universal-trigger search (uat, gcg, random_search) spends against each model: restarts run
+    until it is spent (their `restarts` is then ignored), so that every search and both models
+    get the same compute, to within one step. 0: no budget, each search runs its own restarts
+    and steps. Required (> 0) when `attacks` lists random_search."""
     params: dict = field(default_factory=dict)
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
     EXTRA_TABLES: ClassVar[str] = "params"

@@ -14,7 +14,7 @@ from monollm.attacks import hotflip
 from monollm.attacks.common import allowed_tokens, continuation_nll, retokenized, rows_survive
 from monollm.errors import ConfigError
 
-SMALL = hotflip.HotFlipConfig(max_flips=3, candidates=6, controls=2)
+SMALL = hotflip.HotFlipConfig(max_flips=3, candidates=6, controls=2, guidance_sample=512)
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +154,17 @@ def ranked():
     """Every ranking run on two models, with a small guidance sample."""
     models = {"baseline": model(0), "monotonic": model(1)}
     return {ranking: run_attack("hotflip", models, tokenizer(), {"test": examples(8, 0)}, CONT, 16,
-                                dataclasses.replace(SMALL, ranking=ranking, guidance_sample=6, controls=1), seed=0,
+                                dataclasses.replace(SMALL, ranking=ranking, guidance_sample=48, controls=1), seed=0,
                                 log=lambda _: None)
             for ranking in hotflip.RANKINGS}
 
 
 def test_rows_carry_ranking_and_guidance(rows, ranked):
     for params, results in [(SMALL, rows[1])] + [(None, r) for r in ranked.values()]:
-        sample = SMALL.guidance_sample if params else 6
+        sample = SMALL.guidance_sample if params else 48  # swaps in all, spread over the 8 examples
         for r in results:
             if r.kind in ("attack", "transfer"):
-                assert r.ranking in hotflip.RANKINGS and r.guidance_n == sample * 8
+                assert r.ranking in hotflip.RANKINGS and r.guidance_n == sample
                 assert np.isfinite(r.guidance_spearman) and -1 <= r.guidance_spearman <= 1
                 same = [x for x in results if x.kind in ("attack", "transfer") and x.source_model == r.source_model]
                 assert {x.guidance_spearman for x in same} == {r.guidance_spearman}  # the source's measurement

@@ -200,3 +200,36 @@ def test_exact_ranking_scores_every_token_at_a_position_and_finds_the_planted_on
 def test_ranking_is_checked():
     with pytest.raises(ValueError, match="attack.uat.ranking"):
         uat.UATConfig(ranking="best").check()
+
+
+def test_gradient_ranking_scores_the_top_swaps_of_an_independent_gradient(monkeypatch):
+    """With ranking "gradient", the first candidates scored are exactly the top-k swaps per position by
+    first-order gain, grad[v] - grad[current], of a gradient computed here by another route (d loss /
+    d embeddings, then the chain rule through onehot @ E), best gain first. Seeded random scores
+    in place of the gradient propose other swaps, so this fails if UAT stops using its gradient."""
+    m, tok, opt = model(0), tokenizer(), torch.as_tensor(examples(8, 1))
+    allowed = allowed_tokens(tok, 320)
+    init = allowed.nonzero().flatten()[[40, 90, 140]]
+    scored = []
+
+    def recording(model_, cands, *args, **kw):
+        scored.append(cands.clone())
+        return score_triggers(model_, cands, *args, **kw)
+
+    monkeypatch.setattr(uat, "score_triggers", recording)  # the start is scored by the skeleton, not here
+    params = uat.UATConfig(trigger_len=3, top_k=4, widen=2, steps=1, restarts=1)
+    uat.ascend(m, tok, opt, allowed, init.tolist(), params, CONT, 16)
+    E = m.get_input_embeddings().weight.detach()
+    emb = E[prepend(init, opt)].clone().requires_grad_(True)
+    logits = m(inputs_embeds=emb).logits[:, -CONT - 1:-1]
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), opt[:, -CONT:], reduction="none").mean(1)
+    (g_emb,) = torch.autograd.grad(loss.sum(), emb)
+    grad = g_emb[:, :3].sum(0) @ E.T  # (L, V): the gradient of the summed loss w.r.t. the shared one-hot
+    gain = (grad - grad.gather(1, init[:, None])).masked_fill(~allowed, float("-inf"))
+    gain[torch.arange(3), init] = float("-inf")
+    top = gain.topk(4, dim=1)
+    expected = {(p, int(t)) for p in range(3) for t in top.indices[p]}
+    first = scored[0]
+    swaps = [(int((c != init).nonzero()), int(c[(c != init).nonzero()])) for c in first]
+    assert len(first) == 12 and set(swaps) == expected
+    assert gain[swaps[0]] == top.values.max()  # best gain first

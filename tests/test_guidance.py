@@ -57,8 +57,8 @@ def planted(seed=0):
 def test_flip_agreement_swaps_estimates_and_exact_changes_recomputed():
     m, token, allowed = planted()
     test = torch.as_tensor(examples(8, 0))
-    agreement = flip_agreement(m, test, CONTEXT, CONT, allowed, 10, np.random.default_rng(0), batch_size=5)
-    swaps = agreement.swaps
+    agreement = flip_agreement(m, test, CONTEXT, CONT, allowed, 80, np.random.default_rng(0), batch_size=5)
+    swaps = agreement.swaps  # 80 in all: 10 on each of the 8 examples
     assert agreement.n == len(swaps) == 8 * 10 and agreement.forward_passes == 2 * 8 + 80
     assert np.array_equal(np.bincount(swaps[:, 0]), np.full(8, 10))
     assert (swaps[:, 1] < CONTEXT).all() and allowed[swaps[:, 2]].all()
@@ -83,7 +83,7 @@ def test_flip_agreement_swaps_estimates_and_exact_changes_recomputed():
 def test_flip_agreement_high_on_a_planted_model_and_lost_when_pairs_are_shuffled():
     m, token, allowed = planted()
     test = torch.as_tensor(examples(8, 0))
-    agreement = flip_agreement(m, test, CONTEXT, CONT, allowed, 24, np.random.default_rng(1), batch_size=16)
+    agreement = flip_agreement(m, test, CONTEXT, CONT, allowed, 24 * 8, np.random.default_rng(1), batch_size=16)
     assert agreement.spearman > 0.5  # the gradient ranks the planted token's swaps first
     rng, e = np.random.default_rng(2), agreement.swaps[:, 0]
     shuffled = [spearman(agreement.estimate[e == i], rng.permutation(agreement.exact[e == i])) for i in range(8)]
@@ -95,9 +95,22 @@ def test_flip_agreement_all_nan_and_unmeasured():
     test = torch.as_tensor(examples(8, 0))
     allowed = allowed_tokens(tokenizer(), 320)
     two = flip_agreement(m, test, CONTEXT, CONT, allowed, 2, np.random.default_rng(0), 16)
-    assert np.isnan(two.spearman) and two.n == 16  # two swaps per example give no Spearman
+    assert np.isnan(two.spearman) and two.n == 0 and two.forward_passes == 0  # two swaps give no Spearman: none taken
     none = flip_agreement(m, test, CONTEXT, CONT, allowed, 0, np.random.default_rng(0), 16)
     assert np.isnan(none.spearman) and none.n == 0
+
+
+def test_flip_agreement_spreads_a_total_over_the_examples():
+    """`sample` is the swaps in all: spread evenly, and over fewer examples (a prefix) when there are
+    too few for 3 on each, the least a Spearman needs; unmeasured examples cost no pass."""
+    from monollm.attacks.guidance import spread
+
+    assert spread(20, 8).tolist() == [4, 4, 3, 3, 3, 3, 0, 0]
+    assert spread(80, 8).tolist() == [10] * 8 and spread(2, 8).tolist() == [0] * 8 and spread(9, 2).tolist() == [5, 4]
+    m, _, allowed = planted()
+    test = torch.as_tensor(examples(8, 0))
+    few = flip_agreement(m, test, CONTEXT, CONT, allowed, 10, np.random.default_rng(0), 16)
+    assert np.bincount(few.swaps[:, 0]).tolist() == [4, 3, 3] and few.forward_passes == 2 * 3 + 10
 
 
 def test_trigger_agreement_recomputed_and_high_on_a_planted_model():

@@ -45,7 +45,7 @@ def test_the_assets_have_pythias_shape(rehearsed):
 def test_the_run_completes_on_held_out_text(rehearsed):
     out, run = rehearsed
     data, pile = run.data, os.path.join(out, "pile")
-    assert run.successful and set(data.attacks["attack"]) == {"uat", "hotflip", "gcg", "random"}
+    assert run.successful and set(data.attacks["attack"]) == {"uat", "hotflip", "gcg", "random", "random_search"}
     assert np.isfinite(data.perplexity["perplexity"]).all()
     # every attack example is a window of a document of its own held-out file
     from transformers import AutoTokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 from monollm.attacks import gcg as _gcg
 from monollm.attacks import hotflip as _hotflip
 from monollm.attacks import random as _random
+from monollm.attacks import random_search as _random_search
 from monollm.attacks import uat as _uat
 from monollm.attacks.common import AttackResult, context
 from monollm.errors import ConfigError
@@ -20,6 +21,7 @@ ATTACKS = {
     "uat": (_uat.UATConfig, _uat.run),
     "hotflip": (_hotflip.HotFlipConfig, _hotflip.run),
     "gcg": (_gcg.GCGConfig, _gcg.run),
+    "random_search": (_random_search.RandomSearchConfig, _random_search.run),
 }
 
 
@@ -36,17 +38,19 @@ def attack_config(name: str, raw: dict, where: str):
 
 def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: int, batch_size: int,
                params, seed: int, log=print, checkpoint=None, precision: str = "fp32",
-               tokens: str = "round_trip") -> list[AttackResult]:
+               tokens: str = "round_trip", budget: int = 0) -> list[AttackResult]:
     """Run a registered attack (models already in eval mode).
 
     `checkpoint` (a monollm.checkpoints.StepCheckpointer or None) lets a long attack save its
     progress and continue after a failure; attacks short enough not to need it ignore it.
     `precision` ("auto", "bf16", "fp32": common.search_precision) is that of the search only;
-    `tokens` ("round_trip", "printable": common.allowed_tokens), which tokens it may insert.
+    `tokens` ("round_trip", "printable": common.allowed_tokens), which tokens it may insert;
+    `budget` (attack.budget), the forward passes each universal-trigger search spends against
+    each model (0: its own restarts and steps; attacks without a trigger search ignore it).
     """
     _, fn = ATTACKS[name]
     return fn(context(models, tokenizer, examples, continuation_len, batch_size, seed, log=log, checkpoint=checkpoint,
-                      precision=precision, tokens=tokens), params)
+                      precision=precision, tokens=tokens, budget=budget), params)
 
 
 __all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]

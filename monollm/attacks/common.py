@@ -28,12 +28,16 @@ class AttackResult:
     model: str
     kind: str
     """"attack", "transfer", or a control: "control" (the primary control, the one every
-    "above control" number uses) or "control_random_positions" (HotFlip's second control)."""
+    "above control" number uses) or "control_random_positions" (HotFlip's second control); for the
+    trigger searches also "restart" (one restart's final trigger, scored on every model) and
+    "budget" (the best trigger found within a fraction of the forward passes, scored on the
+    model it was searched on: monollm.attacks.trigger)."""
     example_ids: np.ndarray
     clean_nll: np.ndarray
     attacked_nll: np.ndarray
     trial: int = 0
-    """Index of the trigger among repeated draws (random controls)."""
+    """Index of the trigger among repeated draws (random controls), of the restart ("restart") or of
+    the fraction in trigger.BUDGET_FRACTIONS ("budget")."""
     source_model: str = ""
     """Model the perturbation was found on (differs from `model` for transfer). On a control row:
     the model whose attack the control is matched to (HotFlip: whose flip positions it uses)."""
@@ -62,6 +66,15 @@ class AttackResult:
     not measured."""
     guidance_n: int = 0
     """Swaps in that sample (summed over the examples it was measured on)."""
+    budget: int = 0
+    """Forward passes the search that found the trigger was given per model (attack.budget; 0: no
+    budget, the search ran its restarts and steps). 0 on rows no budgeted search produced."""
+    opt_dnll: float = float("nan")
+    """Mean over all attack_opt examples of attacked minus clean NLL of the row's trigger on the row's
+    model (trigger rows of kind "attack", "transfer" and "restart"; NaN elsewhere): a choice of
+    trigger on attack_opt that needs no test data."""
+    budget_fraction: float = float("nan")
+    """Fraction of the search's forward passes the trigger was found within ("budget" rows; NaN elsewhere)."""
 
     def __post_init__(self):
         # every attack's reported numbers pass through here: a NaN model fails loudly, by name
@@ -84,7 +97,9 @@ class AttackResult:
                 "trigger_text": self.trigger_text, "trigger_ids": list(self.trigger_ids),
                 "forward_passes": self.forward_passes, "candidate_evals": self.candidate_evals,
                 "scored_tokens": self.scored_tokens, "ranking": self.ranking,
-                "guidance_spearman": float(self.guidance_spearman), "guidance_n": int(self.guidance_n), **_ids(x, y),
+                "guidance_spearman": float(self.guidance_spearman), "guidance_n": int(self.guidance_n),
+                "budget": int(self.budget), "opt_dnll": float(self.opt_dnll),
+                "budget_fraction": float(self.budget_fraction), **_ids(x, y),
             }
             for e, c, a, k, x, y in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed, clean, attacked)
         ]
@@ -123,6 +138,11 @@ class AttackContext:
     log: object = print
     checkpoint: object = None
     """A monollm.checkpoints.StepCheckpointer (or None): long attacks save progress to it."""
+    budget: int = 0
+    """Forward passes every universal-trigger search spends against each model (attack.budget; 0:
+    none, each search runs its own restarts and steps)."""
+    opt_clean: dict = field(default_factory=dict)
+    """model -> clean NLL (N,) on all of "attack_opt": filled once, by `clean_opt`."""
 
     @property
     def device(self) -> torch.device:
@@ -136,6 +156,13 @@ class AttackContext:
         """The windows of split `name` as (N, T) long on the device."""
         return torch.as_tensor(self.examples[name], device=self.device)
 
+    def clean_opt(self) -> dict:
+        """model -> clean NLL (N,) float32 numpy on all of "attack_opt", computed on first use (only
+        the trigger attacks score attack_opt) and kept."""
+        if not self.opt_clean:
+            self.opt_clean.update(clean_nlls(self.models, self.split("attack_opt"), self.n_cont, self.batch_size))
+        return self.opt_clean
+
     def searching(self):
         """The context a search runs in (bf16 autocast where the precision asks for it)."""
         return search_precision(self.device, self.precision)
@@ -147,15 +174,18 @@ class AttackContext:
 
 
 def context(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int, seed: int,
-            log=print, checkpoint=None, precision: str = "fp32", tokens: str = "round_trip") -> AttackContext:
+            log=print, checkpoint=None, precision: str = "fp32", tokens: str = "round_trip",
+            budget: int = 0) -> AttackContext:
     """The attack context: allowed tokens (`tokens`: allowed_tokens), test examples on the device
-    and every model's clean NLL (checked finite before any search time is spent)."""
+    and every model's clean NLL (checked finite before any search time is spent); `budget`: the
+    trigger searches' forward passes per model (AttackContext.budget)."""
     any_model = next(iter(models.values()))
     test = torch.as_tensor(examples["test"], device=any_model.device)
     return AttackContext(models=models, tokenizer=tokenizer, examples=examples, test=test,
                          allowed=allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0], tokens),
                          clean=clean_nlls(models, test, continuation_len, batch_size), n_cont=continuation_len,
-                         batch_size=batch_size, seed=seed, precision=precision, log=log, checkpoint=checkpoint)
+                         batch_size=batch_size, seed=seed, precision=precision, log=log, checkpoint=checkpoint,
+                         budget=budget)
 
 
 def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_len: int,
@@ -328,17 +358,19 @@ def score_attacked(attack: str, models: dict, tokenizer, attacked: torch.Tensor,
 
 def sample_trigger(rng: np.random.Generator, allowed: torch.Tensor, length: int, tokenizer,
                    examples: np.ndarray, max_tries: int) -> list[int]:
-    """A random trigger of allowed tokens that survives re-tokenization before every example.
+    """A random trigger of allowed tokens that survives re-tokenization on its own and before every example.
 
     Drawn position by position (uniform over allowed tokens, redrawn where a token would
-    merge with its neighbours), so long triggers do not need exponentially many draws.
+    merge with its neighbours), so long triggers do not need exponentially many draws. On its
+    own too, because a row reports the trigger's ids and its text, and they must agree.
     """
     pool = allowed.nonzero().flatten().numpy()
     trigger: list[int] = []
     for _ in range(length):
         for _ in range(max_tries):
             token = int(rng.choice(pool))
-            if trigger_survives(tokenizer, trigger + [token], examples):
+            if rows_survive(tokenizer, [trigger + [token]])[0] and trigger_survives(tokenizer, trigger + [token],
+                                                                                     examples):
                 trigger.append(token)
                 break
         else:

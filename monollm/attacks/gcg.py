@@ -5,8 +5,8 @@ step takes the gradient of the mean continuation loss w.r.t. the one-hot trigger
 the batch), keeps the top-k tokens per position by the first-order gain, samples `batch`
 single-token swaps (a uniformly random position, then one of its top-k tokens), scores them
 all exactly in one batched pass over the examples, and moves to the best one if it raises
-the loss and the trigger survives decode -> encode before every example it will be scored
-on. Unlike the original, which moves to the batch's best even when it is worse, a step
+the loss and the trigger survives decode -> encode on its own and before every example it will
+be scored on. Unlike the original, which moves to the batch's best even when it is worse, a step
 without gain keeps the trigger (and its gradient) and draws a new sample, so the objective
 never decreases, as in `uat`.
 
@@ -26,7 +26,7 @@ import torch
 from monollm.attacks import trigger as skeleton
 from monollm.attacks.common import AttackContext, AttackResult
 from monollm.attacks.gradients import flip_scores, score_triggers
-from monollm.attacks.trigger import Search, TriggerConfig, best_surviving, swap_scores
+from monollm.attacks.trigger import Search, TriggerConfig, best_surviving, room, swap_scores
 
 
 @dataclass(frozen=True)
@@ -66,43 +66,43 @@ def sample_swaps(scores: torch.Tensor, trigger: torch.Tensor, allowed: torch.Ten
 
 
 def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: GCGConfig,
-           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0,
+           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0, max_passes: int = 0,
            survive: np.ndarray | None = None) -> Search:
     """GCG steps from trigger `init` on the optimization examples opt_ids (B, T) long.
 
-    A swap is accepted only if it raises the loss and the trigger survives decode -> encode
-    before every row of `survive` (N, T) (default: the optimization examples). Stops after
-    `params.steps` steps, when the objective reaches `target`, or (max_evals > 0) once
-    `max_evals` candidates have been scored.
+    A swap is accepted only if it raises the loss and the trigger survives decode -> encode on its
+    own and before every row of `survive` (N, T) (default: the optimization examples). Stops after
+    `params.steps` steps, when the objective reaches `target`, once `max_evals` candidates have been
+    scored or once `max_passes` forward passes have been spent (each > 0 only; the step that
+    reaches a limit scores only the candidates that fit it, at least one).
     """
     examples = opt_ids.cpu().numpy() if survive is None else survive
     B = len(opt_ids)
+    s = skeleton.begin(model, opt_ids, init, n_cont, batch_size)
     trigger = torch.tensor(init, device=opt_ids.device)
-    objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
-    s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init))
     rng, scores = np.random.default_rng(init), None  # seeded by the restart's start
     for _ in range(params.steps):
-        left = max_evals - s.candidate_evals if max_evals else None
-        if s.objective >= target or left == 0:
+        if s.objective >= target or room(s, B, max_evals, max_passes) == 0:
             break
         if scores is None:  # a new trigger: new gradient (or new random ranking)
             scores, passes = swap_scores(model, trigger, opt_ids, allowed, params.ranking, n_cont, batch_size, rng)
             s.forward_passes += passes
-        cands = sample_swaps(scores, trigger, allowed, params.top_k, params.batch, rng)[:left]
+        cands = sample_swaps(scores, trigger, allowed, params.top_k, params.batch, rng)
+        left = room(s, B, max_evals, max_passes)  # after the gradient's passes
+        cands = cands if left is None else cands[:max(1, left)]
         loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
         s.forward_passes += B * len(cands)
         s.candidate_evals += len(cands)
         accepted = best_surviving(tokenizer, cands, loss, s.objective, examples)
         if accepted is not None:
-            trigger, s.objective, scores = cands[accepted], float(loss[accepted]), None
-            s.trigger = trigger.tolist()
-            s.history.append(s.objective)
+            trigger, scores = cands[accepted], None
+            s.accept(trigger.tolist(), float(loss[accepted]))
     return s
 
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: GCGConfig,
            rng: np.random.Generator, n_cont: int, batch_size: int, **kw) -> list[Search]:
-    """`params.restarts` GCG searches from random triggers (monollm.attacks.trigger.search)."""
+    """GCG searches from random triggers, `params.restarts` or a `budget`'s worth (monollm.attacks.trigger.search)."""
     return skeleton.search(model, tokenizer, opt_ids, allowed, params, rng, n_cont, batch_size, ascend, **kw)
 
 

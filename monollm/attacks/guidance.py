@@ -68,27 +68,48 @@ def _sample(scores: torch.Tensor, sample: int, rng: np.random.Generator) -> np.n
     return np.sort(rng.choice(finite, size=min(sample, len(finite)), replace=False))
 
 
+MIN_SWAPS = 3
+"""Fewest swaps an example is measured on: a Spearman needs three pairs."""
+
+
+def spread(total: int, n: int) -> np.ndarray:
+    """Swaps per example (n,) int: `total` spread as evenly as possible over the first
+    min(n, total // MIN_SWAPS) examples (the first ones get the remainder), 0 on the rest, so that
+    every example measured has a Spearman and a small total is not spread too thin to give any."""
+    used = min(n, total // MIN_SWAPS)
+    out = np.zeros(n, dtype=np.int64)
+    if used:
+        out[:used] = total // used
+        out[:total % used] += 1
+    return out
+
+
 @torch.no_grad()
 def flip_agreement(model, ids: torch.Tensor, context_len: int, n_cont: int, allowed: torch.Tensor, sample: int,
                    rng: np.random.Generator, batch_size: int) -> Agreement:
     """Gradient guidance of in-context flips (HotFlip's ranking) on the examples ids (B, T) long.
 
     Held fixed: the examples (context `context_len` tokens, the last `n_cont` scored), the model,
-    and per example the one-hot gradient over its whole context at the clean input. Sampled: per
-    example `sample` (position, token) swaps, uniformly without replacement among the context
-    positions and the allowed tokens (allowed (V,) bool) other than the token already there.
-    Estimate: flip_scores (grad[v] - grad[current]). Exact: continuation NLL of the input with that
-    one swap minus that of the clean input. Returns the mean of the per-example Spearman
-    correlations (NaN examples left out) with every swap, estimate and exact change.
+    and per example the one-hot gradient over its whole context at the clean input. Sampled:
+    `sample` (position, token) swaps in all, spread over the examples (`spread`: the first
+    examples only when there are too few for every one to get MIN_SWAPS), per example uniformly
+    without replacement among the context positions and the allowed tokens (allowed (V,) bool)
+    other than the token already there. Estimate: flip_scores (grad[v] - grad[current]). Exact:
+    continuation NLL of the input with that one swap minus that of the clean input. Returns the
+    mean of the per-example Spearman correlations (NaN examples left out) with every swap,
+    estimate and exact change; examples without swaps cost nothing.
     """
-    V = len(allowed)
+    V, counts = len(allowed), spread(sample, len(ids))
+    ids = ids[:int((counts > 0).sum())]  # the measured examples: a prefix
+    if not len(ids):
+        return Agreement(spearman=float("nan"), n=0, forward_passes=0)
     clean = continuation_nll(model, ids, n_cont, batch_size).numpy().astype(np.float64)
     swaps, estimate = [], []
     for start, chunk in zip(range(0, len(ids), batch_size), ids.split(batch_size)):
         _, grad = onehot_grad(model, chunk, 0, context_len, n_cont, batch_size)  # (b, C, V) one chunk at a time
         scores = flip_scores(grad, chunk[:, :context_len], allowed)
         for i, row in enumerate(scores):
-            flat = _sample(row, sample, rng)
+            flat = _sample(row, int(counts[start + i]), rng)
             swaps.append(np.stack([np.full(len(flat), start + i), flat // V, flat % V], axis=1))
             estimate.append(row.flatten()[torch.as_tensor(flat, device=row.device)].double().cpu().numpy())
     swaps, estimate = np.concatenate(swaps).astype(np.int64), np.concatenate(estimate)

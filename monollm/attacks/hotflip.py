@@ -20,7 +20,7 @@ chosen is `ranking`; acceptance is the same for every ranking:
 
 Before each model's search, the gradient's guidance is measured on the clean test examples
 (monollm.attacks.guidance.flip_agreement: Spearman of the first-order estimate against the
-exact loss change over `guidance_sample` random swaps per example) and recorded on the
+exact loss change over `guidance_sample` random swaps in all, spread over the examples) and recorded on the
 attack and transfer rows; it is a measurement, not attack compute, so its forward passes are
 logged but not counted in the rows' `forward_passes`.
 
@@ -78,9 +78,11 @@ class HotFlipConfig:
     exact_positions: int = 2
     """"exact" ranking: the last this many context positions are searched exhaustively (at most
     the context length)."""
-    guidance_sample: int = 64
-    """Random swaps per test example on which the gradient's first-order estimate is compared
-    with the exact loss change before each model's search (0: not measured)."""
+    guidance_sample: int = 4096
+    """Random swaps in all (spread over the test examples, at least 3 on each one measured:
+    guidance.spread) on which the gradient's first-order estimate is compared with the exact loss
+    change before each model's search (0: not measured). A total, not a number per example, so
+    that the measurement's cost does not grow with attack.examples (64 examples: 64 each)."""
 
     @property
     def prefix_len(self) -> int:
@@ -323,8 +325,9 @@ def _guidance(ctx: AttackContext, source: str, model, params: HotFlipConfig, rng
         return Agreement(float("nan"), 0, 0)
     agree = flip_agreement(model, ctx.test, ctx.context_len, ctx.n_cont, ctx.allowed, params.guidance_sample, rng,
                            ctx.batch_size)
-    ctx.log(f"[hotflip] {source}: gradient guidance Spearman {agree.spearman:.2f} over {params.guidance_sample} x "
-            f"{len(ctx.test)} swaps ({agree.n} scored; {agree.forward_passes} forward passes, not attack compute)")
+    ctx.log(f"[hotflip] {source}: gradient guidance Spearman {agree.spearman:.2f} over {agree.n} swaps on "
+            f"{len(np.unique(agree.swaps[:, 0]))} of {len(ctx.test)} examples ({agree.forward_passes} forward passes, "
+            f"not attack compute)")
     return agree
 
 

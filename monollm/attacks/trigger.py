@@ -1,27 +1,34 @@
 """What every universal-trigger attack does around its search.
 
-A trigger attack (`uat`, `gcg`) is a config dataclass plus an `ascend` function: one search
-from a random start on the attack_opt examples. Everything else is here, the same for all:
+A trigger attack (`uat`, `gcg`, `random_search`) is a config dataclass plus an `ascend` function:
+one search from a random start on the attack_opt examples. Everything else is here, the same for all:
 
-* restarts from random triggers of allowed tokens, each re-tokenizable before every example
-  it will be scored on (attack_opt and test), with the same seeded starts on every model;
+* restarts from random triggers of allowed tokens, each re-tokenizable on its own and before
+  every example it will be scored on (attack_opt and test), with the same seeded starts on
+  every model: `restarts` of them, or with a forward-pass budget (attack.budget) as many as
+  the budget allows, the last one stopped where the budget runs out, so that every search
+  spends the same passes against every model (to within one step);
 * a checkpoint after every finished restart (an interrupted branch continues with the
   restarts it finished and ends with the same trigger as an uninterrupted one);
 * selection of the best final trigger on all of attack_opt;
 * scoring on the test examples: on the source model (kind "attack") and on every other model
-  (kind "transfer");
+  (kind "transfer"); every restart's final trigger on every model (kind "restart"); and the
+  budget curve: the best trigger found within each fraction of the passes (BUDGET_FRACTIONS),
+  on the source model (kind "budget");
+* `opt_dnll` on the attack, transfer and restart rows: the trigger's damage on all of attack_opt;
 * the gradient guidance around the final trigger (monollm.attacks.guidance);
 * the matched control ("control"): `controls` random triggers of the same length, at the same
   place (before the context), on the same test examples, the same draws for every model. It
   holds fixed the trigger length, position, examples and scoring model; only the tokens are
-  random (and unsearched).
+  random (and unsearched). Each attack draws its own.
 
-The config is a `TriggerConfig` plus the search's own budget; `ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont,
-batch_size, target=, max_evals=, survive=) -> Search`.
+The config is a `TriggerConfig` plus the search's own budget; `ascend(model, tokenizer, opt_ids, allowed, init, params,
+n_cont, batch_size, target=, max_evals=, max_passes=, survive=) -> Search`.
 """
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,11 +37,15 @@ import torch
 from monollm import progress
 from monollm.attacks import guidance
 from monollm.attacks.common import (AttackContext, AttackResult, prepend, rows_survive, sample_trigger,
-                                    trigger_survives)
+                                    score_attacked, trigger_survives)
 from monollm.attacks.gradients import onehot_grad, score_triggers
 
 RANKINGS = ("gradient", "random", "exact")
 """How a search may choose the candidates it scores exactly (each attack says which it supports)."""
+BUDGET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
+"""Fractions of a search's forward passes at which the budget curve ("budget" rows) is taken."""
+MAX_RESTARTS = 10_000
+"""Most restarts of a search with a forward-pass budget: a guard, for searches that end at once."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ class TriggerConfig:
     trigger_len: int = 5
     """Tokens in the trigger (L)."""
     restarts: int = 2
-    """Independent searches from random triggers; the best on attack_opt is kept."""
+    """Independent searches from random triggers; the best on attack_opt is kept. Ignored when
+    attack.budget is set: restarts then run until the budget is spent."""
     opt_examples: int = 0
     """attack_opt examples in the optimization batch (0: all of them)."""
     controls: int = 8
@@ -65,7 +77,7 @@ class TriggerConfig:
 
 @dataclass
 class Search:
-    """One trigger search: where it ended and what it cost."""
+    """One trigger search: where it ended, what it cost, and when it got there."""
     trigger: list[int]
     objective: float
     """Mean continuation NLL on the optimization batch with `trigger` prepended."""
@@ -77,6 +89,38 @@ class Search:
     """Triggers scored exactly (each over the whole optimization batch)."""
     start: list[int] = field(default_factory=list)
     """The random trigger the ascent began from."""
+    history_passes: list[int] = field(default_factory=list)
+    """Forward passes this search had spent when it reached each `history` entry (the budget curve)."""
+    history_triggers: list[list[int]] = field(default_factory=list)
+    """The trigger at each `history` entry (the start first)."""
+
+    def accept(self, trigger: list[int], objective: float):
+        """Move to `trigger` (its objective: `objective`), recording when (forward passes so far)."""
+        self.trigger, self.objective = [int(t) for t in trigger], float(objective)
+        self.history.append(self.objective)
+        self.history_passes.append(self.forward_passes)
+        self.history_triggers.append(list(self.trigger))
+
+
+def begin(model, opt_ids: torch.Tensor, init: list[int], n_cont: int, batch_size: int) -> Search:
+    """A search at its random start `init` (L,), scored on opt_ids (B, T): B forward passes."""
+    trigger = torch.tensor(init, device=opt_ids.device)
+    objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
+    B = len(opt_ids)
+    return Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init),
+                  history_passes=[B], history_triggers=[list(init)])
+
+
+def room(s: Search, B: int, max_evals: int = 0, max_passes: int = 0) -> int | None:
+    """Candidates search `s` may still score over B examples: None when neither `max_evals`
+    (candidates) nor `max_passes` (forward passes) limits it, 0 when a limit is reached. The
+    passes are rounded up to a whole candidate, so a budget is overshot by less than one."""
+    limits = []
+    if max_evals:
+        limits.append(max(0, max_evals - s.candidate_evals))
+    if max_passes:
+        limits.append(max(0, -(-(max_passes - s.forward_passes) // B)))
+    return min(limits) if limits else None
 
 
 def check_common(name: str, params, rankings=RANKINGS):
@@ -106,19 +150,24 @@ def swap_scores(model, trigger: torch.Tensor, opt_ids: torch.Tensor, allowed: to
 
 def best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: float, examples: np.ndarray):
     """Index of the highest-loss candidate (M, L) above `current` that survives re-tokenization
-    before every row of `examples` (N, T), or None."""
+    on its own and before every row of `examples` (N, T), or None. On its own too, because the
+    reported trigger ids must be its text's ids (`select` refuses any other)."""
     for i in loss.argsort(descending=True).tolist():
         if float(loss[i]) <= current:
             return None
-        if trigger_survives(tokenizer, cands[i].tolist(), examples):
+        trigger = cands[i].tolist()
+        if rows_survive(tokenizer, [trigger])[0] and trigger_survives(tokenizer, trigger, examples):
             return i
     return None
 
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params, rng: np.random.Generator,
            n_cont: int, batch_size: int, ascend, target: float = float("inf"), max_evals: int = 0, log=None,
-           done: list[Search] | None = None, on_restart=None, survive: np.ndarray | None = None) -> list[Search]:
-    """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first).
+           done: list[Search] | None = None, on_restart=None, survive: np.ndarray | None = None,
+           budget: int = 0) -> list[Search]:
+    """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first);
+    with `budget` > 0, ascents until their forward passes add up to `budget` (the last one stopped
+    there, `params.restarts` ignored, at most MAX_RESTARTS).
 
     Returns one Search per restart run; their compute adds up to the search's. `log`, if given,
     gets a progress line after every restart. `done` holds restarts finished before an
@@ -128,19 +177,33 @@ def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, param
     """
     examples = opt_ids.cpu().numpy() if survive is None else survive
     found, started = list(done or []), time.time()
-    for restart in range(len(found), params.restarts):
-        spent = sum(s.candidate_evals for s in found)
-        if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals):
+    restarts = MAX_RESTARTS if budget else params.restarts
+    for restart in range(len(found), restarts):
+        spent, passes = sum(s.candidate_evals for s in found), sum(s.forward_passes for s in found)
+        if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals) \
+                or (budget and passes >= budget):
             break
         init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
-        found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size,
-                            target=target, max_evals=max_evals - spent if max_evals else 0, survive=examples))
+        found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size, target=target,
+                            max_evals=max_evals - spent if max_evals else 0,
+                            max_passes=budget - passes if budget else 0, survive=examples))
         if on_restart:
             on_restart(found)
         if log:
-            log(progress.line("restart", restart + 1, params.restarts, started) + f"; best attack_opt NLL "
-                f"{max(s.objective for s in found):.3f}, {sum(s.candidate_evals for s in found)} candidates")
+            log(_progress(found, restarts, budget, started))
     return found
+
+
+def _progress(found: list[Search], restarts: int, budget: int, started: float) -> str:
+    """The progress line after a restart: of the restarts, or of the budget's forward passes."""
+    passes = sum(s.forward_passes for s in found)
+    if budget:  # the last restart may overshoot by a step: the line stops at the budget
+        where = progress.line("forward pass", min(passes, budget), budget, started, unit="passes")
+        where += f", restart {len(found)}"
+    else:
+        where = progress.line("restart", len(found), restarts, started)
+    return where + (f"; best attack_opt NLL {max(s.objective for s in found):.3f}, "
+                    f"{sum(s.candidate_evals for s in found)} candidates")
 
 
 def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: np.ndarray, n_cont: int,
@@ -164,9 +227,29 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
                        "must be given the test examples as `survive`)")
 
 
+def best_within(found: list[Search], passes: float) -> list[int]:
+    """The trigger of highest search objective reached within the first `passes` forward passes of
+    the restarts `found`, taken in order with their passes added up (`Search.history_passes`);
+    the first start when even it came later."""
+    best, offset = (found[0].history[0], found[0].start), 0
+    for s in found:
+        # a search read from a checkpoint written before its steps were timed: only its end is known
+        trace = zip(s.history, s.history_passes, s.history_triggers) if s.history_passes else \
+            [(s.objective, s.forward_passes, s.trigger)]
+        for objective, at, trigger in trace:
+            if offset + at > passes:
+                return list(best[1])
+            if objective > best[0]:
+                best = (objective, trigger)
+        offset += s.forward_passes
+    return list(best[1])
+
+
 def run(ctx: AttackContext, params, name: str, ascend) -> list[AttackResult]:
     """A trigger searched with `ascend` on each model, scored on every model (its own: kind
-    "attack"; the others: "transfer"), plus `params.controls` random triggers ("control").
+    "attack"; the others: "transfer"), every restart's final trigger on every model ("restart"),
+    the budget curve on the source model ("budget"), plus `params.controls` random triggers
+    ("control"). Rows come in that order of kinds.
 
     Searches "attack_opt" (its first `opt_examples`, 0: all), reports on "test". The search runs
     in the context's precision; every reported NLL is scored in fp32.
@@ -174,32 +257,87 @@ def run(ctx: AttackContext, params, name: str, ascend) -> list[AttackResult]:
     opt_all = ctx.split("attack_opt")
     opt = opt_all[:params.opt_examples or None]
     saved = (ctx.checkpoint.restore() or {}).get(name, {}) if ctx.checkpoint else {}
-    # every trigger is kept re-tokenizable before all the examples it will be scored on
-    survive = np.concatenate([ctx.examples["attack_opt"], ctx.examples["test"]])
-    results = []
+    results, later = [], []
     for source, model in ctx.models.items():
-        rng = np.random.default_rng([ctx.seed, 0])
-        if source in saved:
-            rng.bit_generator.state = saved[source]["rng"]
-            ctx.log(f"[{name}] {source}: continuing after {len(saved[source]['found'])} finished restarts")
+        found = _search(ctx, params, name, ascend, source, opt, saved)
         with ctx.searching():
-            found = search(model, ctx.tokenizer, opt, ctx.allowed, params, rng, ctx.n_cont, ctx.batch_size, ascend,
-                           log=lambda msg, source=source: ctx.log(f"[{name}] {source}: {msg}"),
-                           done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
-                           on_restart=_saver(ctx.checkpoint, name, saved, source, rng) if ctx.checkpoint else None,
-                           survive=survive)
             trigger, extra = select(model, ctx.tokenizer, found, opt_all, ctx.examples["test"], ctx.n_cont,
                                     ctx.batch_size, rescore=len(opt) < len(opt_all))
             agree = _guidance(ctx, model, trigger, opt, params)
         rows = _evaluate(ctx, name, trigger, source=source, ranking=params.ranking,
-                         guidance_spearman=agree.spearman, guidance_n=agree.n,
+                         guidance_spearman=agree.spearman, guidance_n=agree.n, budget=ctx.budget,
                          forward_passes=sum(s.forward_passes for s in found) + extra,
                          candidate_evals=sum(s.candidate_evals for s in found))
         results += rows
         ctx.log(f"[{name}] {source}: trigger {ctx.tokenizer.decode(trigger)!r} after {rows[0].candidate_evals} "
-                f"candidates ({params.ranking} ranking), attack_opt NLL {max(s.objective for s in found):.3f}; "
-                f"gradient guidance Spearman {agree.spearman:.2f} over {agree.n} swaps; test " + _summary(rows))
-    return results + _controls(ctx, name, params)
+                f"candidates and {rows[0].forward_passes} forward passes ({params.ranking} ranking), attack_opt NLL "
+                f"{max(s.objective for s in found):.3f}; gradient guidance Spearman {agree.spearman:.2f} over "
+                f"{agree.n} swaps; test " + _summary(rows))
+        later += _restarts(ctx, name, found, source, params.ranking)
+        later += _curve(ctx, name, found, trigger, source, rows[0].forward_passes, params.ranking)
+    _opt_dnll(ctx, [r for r in results + later if r.kind in ("attack", "transfer", "restart")])
+    return results + later + _controls(ctx, name, params)
+
+
+def _search(ctx: AttackContext, params, name: str, ascend, source: str, opt: torch.Tensor,
+            saved: dict) -> list[Search]:
+    """The restarts against model `source`, continued from `saved` (a checkpoint's restarts and RNG) where
+    there is one; every trigger is kept re-tokenizable before all the examples it will be scored on."""
+    rng = np.random.default_rng([ctx.seed, 0])  # the same random starts for every model
+    if source in saved:
+        rng.bit_generator.state = saved[source]["rng"]
+        ctx.log(f"[{name}] {source}: continuing after {len(saved[source]['found'])} finished restarts")
+    survive = np.concatenate([ctx.examples["attack_opt"], ctx.examples["test"]])
+    with ctx.searching():
+        return search(ctx.models[source], ctx.tokenizer, opt, ctx.allowed, params, rng, ctx.n_cont, ctx.batch_size,
+                      ascend, log=lambda msg: ctx.log(f"[{name}] {source}: {msg}"),
+                      done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
+                      on_restart=_saver(ctx.checkpoint, name, saved, source, rng) if ctx.checkpoint else None,
+                      survive=survive, budget=ctx.budget)
+
+
+def _restarts(ctx: AttackContext, name: str, found: list[Search], source: str, ranking: str) -> list[AttackResult]:
+    """Every restart's final trigger (trial: the restart), scored on every model (kind "restart")."""
+    return [r for i, s in enumerate(found)
+            for r in _evaluate(ctx, name, s.trigger, source=source, trial=i, kind="restart", ranking=ranking,
+                               forward_passes=s.forward_passes, candidate_evals=s.candidate_evals,
+                               budget=ctx.budget)]
+
+
+def _curve(ctx: AttackContext, name: str, found: list[Search], trigger: list[int], source: str, passes: int,
+           ranking: str) -> list[AttackResult]:
+    """The budget curve against `source` (kind "budget", trial: the index in BUDGET_FRACTIONS): at each
+    fraction of the passes spent (of the budget where one is set) the best trigger by search
+    objective so far (`best_within`), scored on `source` only; at fraction 1 the reported
+    `trigger`, with the attack row's `passes`, so that the curve ends at the attack's own number."""
+    total, out = ctx.budget or sum(s.forward_passes for s in found), []
+    for i, fraction in enumerate(BUDGET_FRACTIONS):
+        last = fraction >= 1
+        chosen = trigger if last else best_within(found, fraction * total)
+        attacked = prepend(torch.tensor(chosen, device=ctx.device), ctx.test)
+        out += score_attacked(name, {source: ctx.models[source]}, ctx.tokenizer, attacked, ctx.test, ctx.clean,
+                              ctx.n_cont, ctx.batch_size, source=source, trial=i, kind="budget",
+                              trigger_ids=list(chosen), trigger_text=ctx.tokenizer.decode(chosen), ranking=ranking,
+                              forward_passes=passes if last else int(round(fraction * total)),
+                              budget=ctx.budget, budget_fraction=float(fraction))
+    ctx.log(f"[{name}] {source}: budget curve " + ", ".join(
+        f"{r.budget_fraction:g} {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in out))
+    return out
+
+
+@torch.no_grad()
+def _opt_dnll(ctx: AttackContext, rows: list[AttackResult]):
+    """Set each row's `opt_dnll`: its trigger's mean attacked minus clean NLL over all of attack_opt on
+    its model, in fp32 (outside the search's precision); each trigger scored once per model."""
+    opt, clean = ctx.split("attack_opt"), ctx.clean_opt()
+    for model in {r.model for r in rows}:
+        mine = [r for r in rows if r.model == model]
+        triggers = sorted({tuple(r.trigger_ids) for r in mine})
+        attacked = score_triggers(ctx.models[model], torch.tensor(triggers, device=ctx.device), opt, ctx.n_cont,
+                                  ctx.batch_size).double().mean(dim=1)
+        damage = dict(zip(triggers, (attacked - float(np.mean(clean[model], dtype=np.float64))).tolist()))
+        for r in mine:
+            r.opt_dnll = damage[tuple(r.trigger_ids)]
 
 
 def _guidance(ctx: AttackContext, model, trigger: list[int], opt: torch.Tensor, params) -> guidance.Agreement:
@@ -213,8 +351,10 @@ def _guidance(ctx: AttackContext, model, trigger: list[int], opt: torch.Tensor, 
 
 def _controls(ctx: AttackContext, name: str, params) -> list[AttackResult]:
     """`params.controls` random triggers of the trigger's length, each scored on every model
-    (kind "control"): the same triggers, examples and position for every model."""
-    rng, results = np.random.default_rng([ctx.seed, 1]), []
+    (kind "control"): the same triggers, examples and position for every model. Each attack draws
+    its own (its name, by a stable hash, is part of the seed): attacks' controls are independent
+    samples, so that two attacks' "above control" numbers do not share one draw."""
+    rng, results = np.random.default_rng([ctx.seed, 1, zlib.crc32(name.encode())]), []
     for trial in range(params.controls):
         trigger = sample_trigger(rng, ctx.allowed, params.trigger_len, ctx.tokenizer, ctx.examples["test"],
                                  params.max_tries)
@@ -238,7 +378,9 @@ def _plain(s: Search) -> dict:
     """A Search as plain Python values (`Search(**_plain(s)) == s`)."""
     return {"trigger": [int(t) for t in s.trigger], "objective": float(s.objective),
             "history": [float(h) for h in s.history], "forward_passes": int(s.forward_passes),
-            "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start]}
+            "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start],
+            "history_passes": [int(p) for p in s.history_passes],
+            "history_triggers": [[int(t) for t in trigger] for trigger in s.history_triggers]}
 
 
 def _evaluate(ctx: AttackContext, name: str, trigger: list[int], source: str = "", trial: int = 0,

@@ -3,8 +3,8 @@
 One prefix of L tokens for all inputs, found by coordinate ascent on `attack_opt` examples.
 Each step proposes single-token swaps of the trigger, scores them exactly in batches, then
 the combinations of the best improving swap at each position (also scored exactly), and
-accepts the best of them if it raises the loss and survives decode -> encode before every
-example it will be scored on. How the swaps are proposed is `ranking`:
+accepts the best of them if it raises the loss and survives decode -> encode on its own and
+before every example it will be scored on. How the swaps are proposed is `ranking`:
 
 * "gradient": the gradient of the mean continuation loss w.r.t. the one-hot trigger ranks
   every swap by its first-order gain; the top-k tokens per position are scored, then (when
@@ -26,7 +26,7 @@ import torch
 from monollm.attacks import trigger as skeleton
 from monollm.attacks.common import AttackContext, AttackResult
 from monollm.attacks.gradients import flip_scores, score_triggers
-from monollm.attacks.trigger import Search, TriggerConfig, best_surviving, swap_scores
+from monollm.attacks.trigger import Search, TriggerConfig, best_surviving, room, swap_scores
 
 @dataclass(frozen=True)
 class UATConfig(TriggerConfig):
@@ -102,29 +102,31 @@ class _Proposer:
 
 
 def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init: list[int], params: UATConfig,
-           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0,
+           n_cont: int, batch_size: int, target: float = float("inf"), max_evals: int = 0, max_passes: int = 0,
            survive: np.ndarray | None = None) -> Search:
     """Coordinate ascent from trigger `init` on the optimization examples opt_ids (B, T) long.
 
-    A swap is accepted only if the trigger survives decode -> encode before every row of
-    `survive` (N, T) (default: the optimization examples): give it every example the trigger
-    will be scored on, so that the final choice can never fail after the search.
+    A swap is accepted only if the trigger survives decode -> encode on its own and before every
+    row of `survive` (N, T) (default: the optimization examples): give it every example the
+    trigger will be scored on, so that the final choice can never fail after the search.
 
     Stops after `params.steps` steps, when the ranking has nothing left to propose (module
-    docstring), when the objective reaches `target`, or (max_evals > 0) once `max_evals`
-    candidates have been scored.
+    docstring), when the objective reaches `target`, once `max_evals` candidates have been scored
+    or once `max_passes` forward passes have been spent (each > 0 only; the step that reaches a
+    limit scores only the candidates that fit it, at least one).
     """
     examples = opt_ids.cpu().numpy() if survive is None else survive
     B = len(opt_ids)
+    s = skeleton.begin(model, opt_ids, init, n_cont, batch_size)
     trigger = torch.tensor(init, device=opt_ids.device)
-    objective = float(score_triggers(model, trigger[None], opt_ids, n_cont, batch_size).mean())
-    s = Search(list(init), objective, [objective], forward_passes=B, candidate_evals=1, start=list(init))
     proposer = _Proposer(model, opt_ids, allowed, params, n_cont, batch_size, init)
     for _ in range(params.steps):
-        left = max_evals - s.candidate_evals if max_evals else None
+        left = room(s, B, max_evals, max_passes)
         cands = None if s.objective >= target or left == 0 else proposer.next(trigger, s)
         if cands is None:
             break
+        left = room(s, B, max_evals, max_passes)  # after the gradient's passes
+        left = max(1, left) if left is not None else None
         cands = cands[:left]
         loss = score_triggers(model, cands, opt_ids, n_cont, batch_size).mean(dim=1)
         combos = combine(trigger, cands, loss, s.objective)[:max(0, left - len(cands)) if left else None]
@@ -135,10 +137,9 @@ def ascend(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, init:
         s.candidate_evals += len(cands)
         accepted = best_surviving(tokenizer, cands, loss, s.objective, examples)
         if accepted is not None:
-            trigger, s.objective = cands[accepted], float(loss[accepted])
+            trigger = cands[accepted]
             proposer.accepted()
-            s.trigger = trigger.tolist()
-            s.history.append(s.objective)
+            s.accept(trigger.tolist(), float(loss[accepted]))
     return s
 
 
@@ -167,7 +168,8 @@ def combine(trigger: torch.Tensor, cands: torch.Tensor, loss: torch.Tensor, curr
 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params: UATConfig,
            rng: np.random.Generator, n_cont: int, batch_size: int, **kw) -> list[Search]:
-    """`params.restarts` ascents from random triggers (monollm.attacks.trigger.search with `ascend`)."""
+    """Ascents from random triggers, `params.restarts` or a `budget`'s worth (monollm.attacks.trigger.search
+    with `ascend`)."""
     return skeleton.search(model, tokenizer, opt_ids, allowed, params, rng, n_cont, batch_size, ascend, **kw)
 
 
