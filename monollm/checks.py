@@ -140,14 +140,24 @@ def _check_eval(e):
 
 
 def _check_order(o):
-    from monollm.evaluation.order_chains import CHAIN_SETS
+    from monollm.evaluation.order_chains import CHAIN_SETS, load_chains
 
-    require(o.chains in ("auto", *CHAIN_SETS) or (o.chains.endswith(".jsonl") and os.path.isfile(o.chains)),
-            "eval.order.chains", f"is {o.chains!r}; allowed: auto, {', '.join(CHAIN_SETS)} or an existing .jsonl file")
+    is_file = o.chains.endswith((".jsonl", ".json")) and os.path.isfile(o.chains)
+    require(o.chains in ("auto", *CHAIN_SETS) or is_file, "eval.order.chains",
+            f"is {o.chains!r}; allowed: auto, {', '.join(CHAIN_SETS)}, an existing .jsonl file of chains or "
+            ".json pairs file")
+    if is_file:  # a file of another shape fails here, before any model work
+        try:
+            load_chains(o.chains)
+        except ValueError as err:
+            require(False, "eval.order.chains", f"{o.chains!r} cannot be read: {err}")
+    one_of(o.method, ("published", "per_axis"), "eval.order.method")  # monollm.evaluation.order.METHODS
     require(len(o.pooling) > 0, "eval.order.pooling", "must name at least one of: last, mean")
     for i, p in enumerate(o.pooling):
         one_of(p, ("last", "mean"), f"eval.order.pooling[{i}]")
     require(0 < o.fit_fraction < 1, "eval.order.fit_fraction", "must be in (0, 1)")
+    require(0 <= o.split_seed <= MAX_SEED, "eval.order.split_seed", f"must be in 0 .. {MAX_SEED}")
+    require(o.directions > 0, "eval.order.directions", "must be positive")
     require(o.probe_c > 0, "eval.order.probe_c", "must be positive")
     require(o.batch_size > 0, "eval.order.batch_size", "must be positive")
 

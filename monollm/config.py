@@ -203,15 +203,35 @@ class OrderConfig:
     """Measure it (a branch named "order")."""
     chains: str = "auto"
     """"english" (hub models), "builtin" (the built-in corpus's words), "auto" (builtin for a built
-    model, english otherwise) or the path of a .jsonl file of chains (monollm.evaluation.order_chains)."""
+    model, english otherwise), the path of a .jsonl file of chains or of a .json pairs file of the
+    published format, whose own fit / eval split is used when it has one
+    (monollm.evaluation.order_chains)."""
+    method: str = "published"
+    """"published": `directions` probe directions pooled over every axis, each a logistic
+    regression with intercept on a bootstrap sample of the fit pairs' standardized pooled states
+    (stronger texts 1, weaker 0), pairs split by chain; a held-out pair scores the share of
+    directions along which the stronger text scores at least as high (to 1e-6). "per_axis": one
+    probe per axis on stronger-minus-weaker differences, every pair checked against every axis'
+    direction, pairs split by topic. docs/method.md#order-preservation defines both exactly."""
     pooling: tuple[str, ...] = ("last", "mean")
     """Poolings of each layer's hidden states: "last" (the last token; primary), "mean" (a check)."""
-    fit_fraction: float = 0.5
-    """Share of the topics whose pairs fit the probes; the other topics' pairs are checked."""
+    fit_fraction: float | None = None
+    """Share of the chains (published) or topics (per_axis) whose pairs fit the probes; the others'
+    pairs are checked. Left out, 0.7 (published) or 0.5 (per_axis) (a loaded config holds the
+    resolved value); unused when the chains file has its own split."""
+    split_seed: int = 42
+    """Seed of the published method's chain split and of its directions' bootstrap samples
+    (per_axis splits the topics with the run's `seed`)."""
+    directions: int = 64
+    """Probe directions of the published method, each fit on its own bootstrap sample."""
     probe_c: float = 1.0
-    """Inverse L2 strength of the logistic-regression probes."""
+    """Inverse L2 strength of the per_axis method's probes."""
     batch_size: int = 32
     """Texts per forward pass."""
+
+    def __post_init__(self):
+        if self.fit_fraction is None:  # resolved once, here (see TrainConfig)
+            object.__setattr__(self, "fit_fraction", 0.5 if self.method == "per_axis" else 0.7)
 
 
 @dataclass(frozen=True)

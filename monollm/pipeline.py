@@ -387,10 +387,10 @@ def order(cfg: config.ExperimentConfig, model_dirs: dict):
 
     o, device = cfg.eval.order, setup_torch(cfg)
     chains = o.chains if o.chains != "auto" else ("builtin" if cfg.model.source == "build" else "english")
-    log(f"order preservation: {chains} chains, {', '.join(o.pooling)} pooling, {len(model_dirs)} models")
+    log(f"order preservation ({o.method}): {chains} chains, {', '.join(o.pooling)} pooling, {len(model_dirs)} models")
+    kw = {k: getattr(o, k) for k in ("method", "pooling", "split_seed", "fit_fraction", "directions", "batch_size")}
     return measure.order_table(model_dirs, chains, device=device, attn_implementation=cfg.model.attn_implementation,
-                               pooling=o.pooling, seed=cfg.seed, bootstrap=cfg.eval.bootstrap,
-                               fit_fraction=o.fit_fraction, C=o.probe_c, batch_size=o.batch_size)
+                               seed=cfg.seed, bootstrap=cfg.eval.bootstrap, C=o.probe_c, **kw)
 
 
 def tmpdir(step: str) -> str:

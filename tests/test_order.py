@@ -176,30 +176,38 @@ def test_sign_flipping_network_fails(growing):
     assert all(s["tied"] == 0.0 for s in result.values())  # reversed, not flattened
 
 
-def test_fitted_probes_do_not_see_a_global_sign_flip(growing):
+@pytest.mark.parametrize("method", order.METHODS)
+def test_fitted_probes_do_not_see_a_global_sign_flip(growing, method):
     """Probes are fit per model, so negating a layer's states negates its probes and leaves the
     measurement as it was: the fitted-probe numbers say whether order is linearly readable in
-    the same way on unseen topics, not whether the map is monotone (docs/method.md)."""
+    the same way on unseen pairs, not whether the map is monotone (docs/method.md)."""
     tok, chains, _ = growing
     identity = torch.nn.Identity()
     tables = [order.order_preservation(PrefixSumNet(len(tok.vocab), 8, signs=(1, s), act=identity), tok, chains,
-                                       pooling="last", bootstrap=200, C=0.5) for s in (1, -1)]
+                                       method=method, pooling="last", bootstrap=200, C=0.5) for s in (1, -1)]
     kept = ["preserved", "own_preserved", "ci_low", "ci_high", "tied"]
-    assert np.allclose(tables[0][kept].to_numpy(), tables[1][kept].to_numpy())
+    assert np.allclose(tables[0][kept].to_numpy(), tables[1][kept].to_numpy(), equal_nan=True)
     assert len(tables[0]) == 3 and (tables[0]["layer"] == [0, 1, 2]).all()
 
 
-def test_table_shape_and_intervals(growing):
-    tok, chains, pairs = growing
-    table = order.order_preservation(PrefixSumNet(len(tok.vocab), 8, signs=(1, 1)), tok, chains,
+@pytest.mark.parametrize("method", order.METHODS)
+def test_table_shape_and_intervals(growing, method):
+    tok, chains, _ = growing
+    pairs = order.make_pairs(chains, order.FIT_FRACTION[method], 42 if method == "published" else 0,
+                             order.SPLIT_BY[method])
+    table = order.order_preservation(PrefixSumNet(len(tok.vocab), 8, signs=(1, 1)), tok, chains, method=method,
                                      pooling=("last", "mean"), bootstrap=200, name="toy")
     assert list(table[["layer", "pooling"]].itertuples(index=False, name=None)) == \
         [(layer, p) for p in ("last", "mean") for layer in range(3)]
     assert (table["model"] == "toy").all() and (table["n_pairs"] == (~pairs.fit).sum()).all()
-    assert (table["n_fit_pairs"] == pairs.fit.sum()).all() and (table["n_directions"] == len(pairs.axes)).all()
+    assert (table["method"] == method).all() and (table["split"] == order.SPLIT_BY[method]).all()
+    directions = 64 if method == "published" else len(pairs.axes)
+    assert (table["n_fit_pairs"] == pairs.fit.sum()).all() and (table["n_directions"] == directions).all()
     assert (table["ci_low"] <= table["preserved"]).all() and (table["preserved"] <= table["ci_high"]).all()
     with pytest.raises(ValueError, match="pooling"):
         order.order_preservation(PrefixSumNet(len(tok.vocab), 8, signs=(1,)), tok, chains, pooling="max")
+    with pytest.raises(ValueError, match="method"):
+        order.order_preservation(PrefixSumNet(len(tok.vocab), 8, signs=(1,)), tok, chains, method="pooled")
 
 
 # --- the tiny saved model: the metric against a direct computation ------------------------------
@@ -251,7 +259,7 @@ def test_metric_on_tiny_model_equals_direct_computation(model_dir):
     chains = [c for c in order_chains.load_chains("builtin") if c["topic"] in corpus._TOWNS[:8]
               and max(len(tok(t)["input_ids"]) for t in c["texts"]) <= 64]
     assert len({c["axis"] for c in chains}) >= 8
-    table = order.order_preservation(model, tok, chains, pooling="last", seed=5, bootstrap=500,
+    table = order.order_preservation(model, tok, chains, method="per_axis", pooling="last", seed=5, bootstrap=500,
                                      fit_fraction=0.5, batch_size=7)
     direct = _direct(model_dir, chains, seed=5, fit_fraction=0.5)
     assert list(table["layer"]) == sorted(direct)

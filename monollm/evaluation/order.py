@@ -2,24 +2,26 @@
 
 The claim behind the constraint is that a monotone map preserves order: if x <= x' then
 f(x) <= f(x'). Texts have no coordinates, so the measurement asks it of meaning instead
-(docs/method.md#order-preservation):
+(docs/method.md#order-preservation has the exact definitions):
 
 * Chains of texts strengthen along one semantic axis (monollm/evaluation/order_chains.py); every pair of
-  neighbours in a chain is a pair (weaker, stronger).
-* The pairs are split by topic, seeded: probes are fit on the pairs of `fit_fraction` of the
-  topics and every number is measured on the pairs of the other topics, which no probe saw.
-* Per layer and pooling, one probe direction per axis: a logistic regression without intercept
-  that tells stronger-minus-weaker pooled states (label 1) from weaker-minus-stronger (label 0).
-  Fitting on the difference cancels what the two texts share (topic, frame), and with no
-  intercept on a symmetric set the probe's decision is exactly the check below.
-* A check (pair, direction) holds when the stronger text scores at least as high as the weaker
-  one along the direction: w . h(stronger) >= w . h(weaker). `preserved` is the fraction of
-  held-out checks over every axis' direction (the mean over pairs of each pair's fraction), and
-  `own_preserved` uses only the pair's own axis' direction; bootstrap 95% CIs resample pairs.
+  neighbours in a chain is a pair (weaker, stronger), or a pairs file lists its pairs itself.
+* Probe directions are fit per layer and pooling on the fit pairs, and every number is measured
+  on the held-out pairs, which no probe saw. A check (pair, direction) holds when the stronger
+  text scores at least as high as the weaker one along the direction; a layer's `preserved` is
+  the mean over held-out pairs of each pair's share of directions that keep its order, with a
+  bootstrap 95% CI resampling pairs.
+* Two methods (METHODS; monollm/evaluation/order_probes.py fits and checks):
+  `published` (the primary one) fits K directions pooled over every axis, each a logistic
+  regression with intercept on a bootstrap sample of the fit pairs' standardized pooled states
+  (stronger 1, weaker 0), with pairs split by chain (seeded, 70/30 by default); `per_axis` fits
+  one direction per axis on stronger-minus-weaker differences, checks every pair against every
+  axis' direction, and splits by topic (half by default). A pairs file's own split is used
+  when it has one.
 
 What it holds fixed across models: the chains, the pairs and their split (same seed), the
-probe recipe (each model gets its own probes, fit on the same pairs) and the layers (index into
-`hidden_states`: 0 the embeddings, i the output of block i).
+probe recipe and its bootstrap samples (each model gets its own probes, fit on the same pairs)
+and the layers (index into `hidden_states`: 0 the embeddings, i the output of block i).
 """
 from __future__ import annotations
 
@@ -29,22 +31,34 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monollm import stats
+from monollm.evaluation import order_probes
+from monollm.evaluation.order_probes import fit_directions, layer_preservation
 from monollm.model import foundation
+
+__all__ = ["POOLINGS", "MODELS", "METHODS", "FIT_FRACTION", "Pairs", "make_pairs", "pooled_states",
+           "fit_directions", "layer_preservation", "order_preservation", "order_table", "findings"]
 
 POOLINGS = ("last", "mean")
 """`last`: the state at each text's last token (primary: a causal model's summary of the whole
 text); `mean`: the mean over its tokens (a check that the result is not an artefact of one
 position)."""
 MODELS = ("reference", "baseline", "monotonic_init", "monotonic")
+METHODS = ("published", "per_axis")
+"""`published`: K bootstrap directions pooled over every axis (primary); `per_axis`: one
+direction per axis (module docstring)."""
+FIT_FRACTION = {"published": 0.7, "per_axis": 0.5}
+"""Each method's default share of the chains (published) or topics (per_axis) that fit."""
+SPLIT_BY = {"published": "chain", "per_axis": "topic"}
+"""What each method's seeded split keeps together, when the chains carry no split of their own."""
 
 
 @dataclass(frozen=True)
 class Pairs:
-    """Neighbouring texts of every chain as (weaker, stronger) pairs, split by topic.
+    """Pairs of texts (weaker, stronger) and their fit / held-out split.
 
     texts (N,) distinct texts; weak, strong (P,) indices into texts; axis (P,) indices into
-    axes (A,); fit (P,) True for pairs of the fit topics."""
+    axes (A,); fit (P,) True for the fit pairs; fit_topics the topics of fit pairs; split how
+    the split was made: "topic" or "chain" (seeded) or "file" (the chains' own)."""
     texts: tuple[str, ...]
     weak: np.ndarray
     strong: np.ndarray
@@ -52,31 +66,73 @@ class Pairs:
     fit: np.ndarray
     axes: tuple[str, ...]
     fit_topics: tuple[str, ...]
+    split: str = "topic"
 
 
-def make_pairs(chains: list[dict], fit_fraction: float = 0.5, seed: int = 0) -> Pairs:
-    """Pairs of neighbours (P of them) of every chain; a seeded `fit_fraction` of the topics
-    (at least one, never all) are the fit split, the rest held out."""
+def _chain_pairs(chain: dict) -> list[tuple[str, str, str | None]]:
+    """(weaker, stronger, split or None) of a chain: its listed `pairs` (a pairs file's) or every
+    two neighbours of its texts, with the chain's split."""
+    if "pairs" in chain:
+        return [(p["weaker"], p["stronger"], p.get("split", chain.get("split"))) for p in chain["pairs"]]
+    texts = chain["texts"]
+    return [(a, b, chain.get("split")) for a, b in zip(texts, texts[1:])]
+
+
+def _seeded_fit(chains: list[dict], fit_fraction: float, seed: int, by: str) -> list[bool]:
+    """Per chain, whether it is in the fit split: a seeded `fit_fraction` of the topics (by =
+    "topic") or of the chains (by = "chain"), at least one and never all."""
+    keys = [c["topic"] if by == "topic" else i for i, c in enumerate(chains)]
+    units = sorted(set(keys))
+    n_fit = min(max(round(fit_fraction * len(units)), 1), len(units) - 1)
+    if n_fit < 1:
+        raise ValueError(f"order preservation needs chains of at least two {by}s, got {units}")
+    chosen = {units[i] for i in np.random.default_rng(seed).permutation(len(units))[:n_fit]}
+    return [k in chosen for k in keys]
+
+
+def make_pairs(chains: list[dict], fit_fraction: float = 0.5, seed: int = 0, by: str = "topic") -> Pairs:
+    """Pairs (P of them) of every chain (_chain_pairs), split: the chains' own split where they
+    carry one ("fit" or "eval", every pair or none), else a seeded `fit_fraction` of the topics
+    (by = "topic", which also needs every axis on both sides: check_axes) or of the chains (by =
+    "chain")."""
     if not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction!r}")
-    topics = sorted({c["topic"] for c in chains})
-    n_fit = min(max(round(fit_fraction * len(topics)), 1), len(topics) - 1)
-    if n_fit < 1:
-        raise ValueError(f"order preservation needs chains of at least two topics, got {topics}")
-    shuffled = np.random.default_rng(seed).permutation(len(topics))
-    fit_topics = tuple(sorted(topics[i] for i in shuffled[:n_fit]))
+    if by not in ("topic", "chain"):
+        raise ValueError(f"by must be 'topic' or 'chain', got {by!r}")
+    listed = [_chain_pairs(c) for c in chains]
+    given = [s for ps in listed for _, _, s in ps]
+    if any(s is None for s in given) and any(s is not None for s in given):
+        raise ValueError("some chains or pairs carry a split and others not: all or none")
+    seeded = None if given and given[0] is not None else _seeded_fit(chains, fit_fraction, seed, by)
     axes = tuple(sorted({c["axis"] for c in chains}))
     index: dict[str, int] = {}
     rows = []
-    for c in chains:
-        ids = [index.setdefault(t, len(index)) for t in c["texts"]]
-        rows += [(a, b, axes.index(c["axis"]), c["topic"] in fit_topics) for a, b in zip(ids, ids[1:])]
-    weak, strong, axis, fit = (np.array(col) for col in zip(*rows))
-    for a, name in enumerate(axes):
-        if not fit[axis == a].any() or fit[axis == a].all():
-            raise ValueError(f"axis {name!r} has no {'fit' if not fit[axis == a].any() else 'held-out'} "
-                             f"pairs with fit topics {fit_topics}: give it chains on more topics")
-    return Pairs(tuple(index), weak, strong, axis, fit.astype(bool), axes, fit_topics)
+    for i, (c, ps) in enumerate(zip(chains, listed)):
+        for a, b, s in ps:
+            fit = seeded[i] if seeded else s == "fit"
+            rows.append((index.setdefault(a, len(index)), index.setdefault(b, len(index)), axes.index(c["axis"]),
+                         fit, c["topic"]))
+    if not rows:
+        raise ValueError("order preservation needs pairs: the chains give none")
+    weak, strong, axis, fit, topic = (np.array(col) for col in zip(*rows))
+    if fit.all() or not fit.any():
+        raise ValueError(f"order preservation needs fit and held-out pairs; all {len(fit)} are "
+                         f"{'fit' if fit.all() else 'held out'}")
+    pairs = Pairs(tuple(index), weak, strong, axis, fit.astype(bool), axes,
+                  tuple(sorted(set(topic[fit.astype(bool)]))), "file" if seeded is None else by)
+    if by == "topic":
+        check_axes(pairs)
+    return pairs
+
+
+def check_axes(pairs: Pairs):
+    """Refuse pairs where an axis has no fit or no held-out pairs (per_axis fits a probe per axis
+    and checks each axis' held-out pairs)."""
+    for a, name in enumerate(pairs.axes):
+        mine = pairs.fit[pairs.axis == a]
+        if not mine.any() or mine.all():
+            raise ValueError(f"axis {name!r} has no {'fit' if not mine.any() else 'held-out'} "
+                             f"pairs with fit topics {pairs.fit_topics}: give it chains on more topics")
 
 
 def _pad(batch: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,79 +182,57 @@ def pooled_states(model, tokenizer, texts, poolings=POOLINGS, batch_size: int = 
     return {p: torch.cat(v, dim=1) for p, v in out.items()}
 
 
-def fit_directions(diffs: np.ndarray, axis: np.ndarray, n_axes: int, C: float = 1.0) -> np.ndarray:
-    """(A, H): one probe direction per axis, from the fit pairs' diffs (P, H) = h(stronger) -
-    h(weaker) and their axis (P,) in [0, A).
-
-    Each axis: logistic regression without intercept on {d: 1, -d: 0}, L2 strength 1/C, on
-    features scaled by their RMS over the fit pairs (hidden states have a few huge dimensions,
-    which would otherwise dominate the penalty); the direction is mapped back to unscaled states.
-    A layer whose diffs are all zero (e.g. last-token embeddings of texts that end alike) gets
-    a zero direction, so all its checks tie."""
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    directions = np.zeros((n_axes, diffs.shape[1]))
-    # One BLAS thread: each fit is small (2P x H), and more threads only contend (about 3x
-    # slower on a shared 2-core machine).
-    with threadpool_limits(1):
-        for a in range(n_axes):
-            d = diffs[axis == a]
-            scale = np.sqrt((d ** 2).mean(0))
-            scale = np.where(scale > 0, scale, 1.0)
-            x = np.concatenate([d, -d]) / scale
-            y = np.r_[np.ones(len(d)), np.zeros(len(d))]
-            probe = LogisticRegression(C=C, fit_intercept=False, max_iter=1000).fit(x, y)
-            directions[a] = probe.coef_[0] / scale
-    return directions
+def _per_axis_layer(h: np.ndarray, pairs: Pairs, C: float, bootstrap: int, seed: int) -> dict:
+    """per_axis summary of one layer's pooled states h (N, H) (order_probes.layer_preservation)."""
+    diffs = h[pairs.strong] - h[pairs.weak]
+    directions = fit_directions(diffs[pairs.fit], pairs.axis[pairs.fit], len(pairs.axes), C)
+    return layer_preservation(diffs[~pairs.fit], directions, pairs.axis[~pairs.fit], bootstrap, seed)
 
 
-def layer_preservation(diffs: np.ndarray, directions: np.ndarray, axis: np.ndarray,
-                       bootstrap: int = 2000, seed: int = 0) -> dict:
-    """Checks of held-out pairs against probe directions, summarised.
-
-    diffs (Q, H) = h(stronger) - h(weaker) of the held-out pairs; directions (A, H); axis (Q,)
-    each pair's own axis. A check holds when w . diff >= 0 (the stronger text scores at least as
-    high). Returns preserved (fraction of the Q x A checks, as the mean over pairs of each pair's
-    fraction) with ci_low, ci_high; own_preserved (each pair against its own axis' direction)
-    with own_ci_low, own_ci_high; tied (fraction of checks with equal scores, which count as
-    preserved)."""
-    scores = diffs @ directions.T
-    held = scores >= 0
-    per_pair = held.mean(1)
-    own = held[np.arange(len(axis)), axis].astype(float)
-    lo, hi = stats.bootstrap_ci(per_pair, bootstrap, seed)
-    own_lo, own_hi = stats.bootstrap_ci(own, bootstrap, seed)
-    return {"preserved": float(per_pair.mean()), "ci_low": lo, "ci_high": hi,
-            "own_preserved": float(own.mean()), "own_ci_low": own_lo, "own_ci_high": own_hi,
-            "tied": float((scores == 0).mean())}
+def _published_layer(h: np.ndarray, pairs: Pairs, counts: np.ndarray, bootstrap: int, seed: int, device) -> dict:
+    """published summary of one layer's pooled states h (N, H): directions fit on the fit pairs'
+    bootstrap samples `counts` (K, P_fit), checked on the held-out pairs."""
+    fit, held = pairs.fit, ~pairs.fit
+    directions = order_probes.published_directions(h[pairs.strong[fit]], h[pairs.weak[fit]], counts, device)
+    return order_probes.published_preservation(h[pairs.strong[held]], h[pairs.weak[held]], directions,
+                                               bootstrap, seed)
 
 
-def order_preservation(model, tokenizer, chains: list[dict], *, pooling=POOLINGS, seed: int = 0,
-                       bootstrap: int = 2000, fit_fraction: float = 0.5, C: float = 1.0,
-                       batch_size: int = 32, name: str = "model") -> pd.DataFrame:
-    """One row per layer x pooling: model (`name`), layer, pooling, preserved, ci_low, ci_high,
-    own_preserved, own_ci_low, own_ci_high, tied, n_pairs (held-out), n_fit_pairs, n_directions.
+def order_preservation(model, tokenizer, chains: list[dict], *, method: str = "published", pooling=POOLINGS,
+                       seed: int = 0, split_seed: int = 42, bootstrap: int = 2000, fit_fraction: float | None = None,
+                       directions: int = 64, C: float = 1.0, batch_size: int = 32, name: str = "model") -> pd.DataFrame:
+    """One row per layer x pooling: model (`name`), method, layer, pooling, preserved, ci_low,
+    ci_high, own_preserved, own_ci_low, own_ci_high (per_axis; NaN for published), tied, n_pairs
+    (held-out), n_fit_pairs, n_directions, split.
 
-    `pooling` is one of POOLINGS or several; the pairs, their split and the bootstrap resamples
-    depend on `chains`, `fit_fraction` and `seed` only, so two models given the same arguments
-    are measured on the same pairs."""
+    `method` is one of METHODS; `pooling` one of POOLINGS or several. The split (where the chains
+    carry none) takes `fit_fraction` (None: FIT_FRACTION[method]) and, for published, `split_seed`,
+    which also seeds its `directions` bootstrap samples; per_axis splits with `seed` and fits its
+    probes with inverse L2 strength `C`. `seed` seeds the CIs' `bootstrap` resamples. Two models
+    given the same arguments are measured on the same pairs with the same samples."""
     poolings = (pooling,) if isinstance(pooling, str) else tuple(pooling)
     unknown = [p for p in poolings if p not in POOLINGS]
     if unknown or not poolings:
         raise ValueError(f"pooling must be among {POOLINGS}, got {pooling!r}")
-    pairs = make_pairs(chains, fit_fraction, seed)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    published = method == "published"
+    fraction = FIT_FRACTION[method] if fit_fraction is None else fit_fraction
+    pairs = make_pairs(chains, fraction, split_seed if published else seed, SPLIT_BY[method])
+    if not published:
+        check_axes(pairs)
     states = pooled_states(model, tokenizer, pairs.texts, poolings, batch_size)
-    held = ~pairs.fit
+    counts = order_probes.bootstrap_counts(int(pairs.fit.sum()), directions, split_seed) if published else None
+    device = next(model.parameters()).device
     rows = []
     for p in poolings:
         h = states[p].double().numpy()
         for layer in range(h.shape[0]):
-            diffs = h[layer, pairs.strong] - h[layer, pairs.weak]
-            directions = fit_directions(diffs[pairs.fit], pairs.axis[pairs.fit], len(pairs.axes), C)
-            summary = layer_preservation(diffs[held], directions, pairs.axis[held], bootstrap, seed)
-            rows.append({"model": name, "layer": layer, "pooling": p, **summary, "n_pairs": int(held.sum()),
-                         "n_fit_pairs": int(pairs.fit.sum()), "n_directions": len(pairs.axes)})
+            summary = (_published_layer(h[layer], pairs, counts, bootstrap, seed, device) if published
+                       else _per_axis_layer(h[layer], pairs, C, bootstrap, seed))
+            rows.append({"model": name, "method": method, "layer": layer, "pooling": p, **summary,
+                         "n_pairs": int((~pairs.fit).sum()), "n_fit_pairs": int(pairs.fit.sum()),
+                         "n_directions": directions if published else len(pairs.axes), "split": pairs.split})
     return pd.DataFrame(rows)
 
 
@@ -208,8 +242,8 @@ def order_table(model_dirs: dict, chains, *, device: str = "cpu", attn_implement
 
     model_dirs: each of MODELS -> a directory written by models.save (verified on load);
     chains: a list of chains or the name / path that order_chains.load_chains reads;
-    kwargs: order_preservation's keywords (pooling, seed, bootstrap, fit_fraction, C, batch_size),
-    the same for every model."""
+    kwargs: order_preservation's keywords (method, pooling, seed, split_seed, bootstrap,
+    fit_fraction, directions, C, batch_size), the same for every model."""
     from monollm.evaluation import order_chains
 
     missing = [m for m in MODELS if m not in model_dirs]
@@ -226,16 +260,20 @@ def order_table(model_dirs: dict, chains, *, device: str = "cpu", attn_implement
 
 
 def findings(table: pd.DataFrame) -> dict:
-    """What the card and the console say of an order_preservation table: for the primary pooling
-    (the first measured: "last" by default) and the deepest layer, each model's share of checks
-    that keep the order with its 95% bootstrap CI, and monotonic minus baseline (a difference of
-    the two estimates; their CIs are each model's own)."""
+    """What the card and the console say of an order_preservation table: the method (a table
+    without the column is per_axis, the only method there was) and its number of directions;
+    for the primary pooling (the first measured: "last" by default) and the deepest layer, each
+    model's share of checks that keep the order with its 95% bootstrap CI, and monotonic minus
+    baseline (a difference of the two estimates; their CIs are each model's own)."""
     pooling = table["pooling"].iloc[0]
     rows = table[table["pooling"] == pooling]
     deepest = rows[rows["layer"] == rows["layer"].max()].set_index("model")
-    out = {"pooling": pooling, "layer": int(rows["layer"].max()), "n_pairs": int(deepest["n_pairs"].iloc[0]),
+    out = {"method": str(table["method"].iloc[0]) if "method" in table else "per_axis",
+           "pooling": pooling, "layer": int(rows["layer"].max()), "n_pairs": int(deepest["n_pairs"].iloc[0]),
            "models": {m: {k: float(deepest.loc[m, k]) for k in ("preserved", "ci_low", "ci_high")}
                       for m in deepest.index}}
+    if "n_directions" in table:
+        out["n_directions"] = int(deepest["n_directions"].iloc[0])
     if {"baseline", "monotonic"} <= set(deepest.index):
         out["monotonic_minus_baseline"] = float(deepest.loc["monotonic", "preserved"] - deepest.loc["baseline", "preserved"])
     return out

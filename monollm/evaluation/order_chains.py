@@ -20,6 +20,10 @@ equal the generated ones (tests/test_order.py checks it); `load_chains` generate
 instead of reading its file. Regenerate the files with
 
     python -m monollm.evaluation.order_chains
+
+`load_chains` also reads a pairs file of the published format (`read_published`): one JSON
+object (a `.json` file) with `metadata`, `chains` and explicit `pairs`, each with its fit / eval
+split. Such chains carry their `pairs` and `split`, which the measurement uses as they are.
 """
 from __future__ import annotations
 
@@ -29,10 +33,13 @@ import sys
 
 from monollm.data import corpus
 
-__all__ = ["english_chains", "builtin_chains", "load_chains", "write", "CHAIN_SETS", "DATA_DIR"]
+__all__ = ["english_chains", "builtin_chains", "load_chains", "read_published", "write", "CHAIN_SETS",
+           "DATA_DIR", "SPLITS"]
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "order")
 CHAIN_SETS = ("english", "builtin")
+SPLITS = ("fit", "eval")
+"""The values of a chain's or a pair's `split`, where a file gives one."""
 
 # --- English ------------------------------------------------------------------------------------
 # Slots: S a singular definite subject, Q its problem (bare plural noun phrase), U the people
@@ -220,25 +227,122 @@ def write(folder: str = DATA_DIR) -> list[str]:
 
 
 def load_chains(name_or_path: str) -> list[dict]:
-    """Chains of a shipped set ("english", "builtin") or of a .jsonl file in the same format,
-    checked: every chain has an axis, a topic and at least two distinct texts.
+    """Chains of a shipped set ("english", "builtin"), of a .jsonl file in the same format (one
+    chain a line, optionally with a `split`: "fit" or "eval") or of a .json pairs file of the
+    published format (`read_published`), checked: every chain has an axis, a topic and at least
+    two distinct texts.
 
     A shipped set is generated here rather than read from its file (the two are equal): a code
     package that carries only Python files, such as Metaflow's for remote steps, has it too."""
     if name_or_path in CHAIN_SETS:
         chains, where = generate(name_or_path), f"chain set {name_or_path!r}"
+    elif os.path.exists(name_or_path) and name_or_path.endswith(".json"):
+        return read_published(name_or_path)
     elif os.path.exists(name_or_path):
         with open(name_or_path, encoding="utf-8") as f:
             chains, where = [json.loads(line) for line in f if line.strip()], name_or_path
     else:
-        raise FileNotFoundError(f"no chain file {name_or_path!r}: give one of {', '.join(CHAIN_SETS)} "
-                                "or the path of a .jsonl file")
+        raise FileNotFoundError(f"no chain file {name_or_path!r}: give one of {', '.join(CHAIN_SETS)}, "
+                                "the path of a .jsonl file of chains or of a .json pairs file")
     for i, c in enumerate(chains):
         texts = c.get("texts", [])
         if not c.get("axis") or not c.get("topic") or len(texts) < 2 or len(set(texts)) != len(texts):
             raise ValueError(f"{where} chain {i + 1}: a chain needs an axis, a topic and >= 2 distinct texts")
+        if c.get("split", "fit") not in SPLITS:
+            raise ValueError(f"{where} chain {i + 1}: split is {c['split']!r}; allowed: {', '.join(SPLITS)}")
     return chains
 
+
+# --- the published pairs format -----------------------------------------------------------------
+PUBLISHED_KEYS = {"": ("metadata", "chains", "pairs"), "metadata": ("axes",),
+                  "chains": ("chain_id", "axis", "topic", "sequence"),
+                  "pairs": ("pair_id", "chain_id", "axis", "topic", "weaker", "stronger", "level_gap")}
+"""What a published pairs file must hold, per part: the top-level object, `metadata`, each chain
+and each pair. A `split` ("fit" or "eval") is optional on chains and pairs (a pair without one
+takes its chain's), but every pair has one or none does."""
+
+
+def _require_keys(obj, part: str, where: str):
+    """Refuse `obj` unless it is an object with every key PUBLISHED_KEYS names for `part`."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in PUBLISHED_KEYS[part] if k not in obj]
+    if missing:
+        raise ValueError(f"{where} has no {', '.join(repr(k) for k in missing)} (a published pairs file has "
+                         f"{', '.join(PUBLISHED_KEYS[part])} there)")
+
+
+def _published_chain(c: dict, where: str, axes) -> dict:
+    """One chain of a published file as a chain of this module, with `chain_id` and `split`."""
+    _require_keys(c, "chains", where)
+    seq = c["sequence"]
+    if not (isinstance(seq, list) and len(seq) >= 2 and all(isinstance(t, str) and t for t in seq)
+            and len(set(seq)) == len(seq)):
+        raise ValueError(f"{where}: 'sequence' must list >= 2 distinct texts, weakest first")
+    if c["axis"] not in axes:
+        raise ValueError(f"{where}: axis {c['axis']!r} is not among metadata.axes")
+    out = {"chain_id": c["chain_id"], "axis": c["axis"], "topic": c["topic"], "texts": list(seq), "pairs": []}
+    if "split" in c:
+        out["split"] = c["split"]
+    return out
+
+
+def _published_pair(p: dict, where: str, chains: dict) -> dict:
+    """One pair of a published file, checked against its chain: {pair_id, weaker, stronger,
+    level_gap, split (where given)}."""
+    _require_keys(p, "pairs", where)
+    chain = chains.get(p["chain_id"])
+    if chain is None:
+        raise ValueError(f"{where}: chain_id {p['chain_id']!r} names no chain")
+    if (p["axis"], p["topic"]) != (chain["axis"], chain["topic"]):
+        raise ValueError(f"{where}: axis and topic differ from those of chain {p['chain_id']!r}")
+    texts = chain["texts"]
+    if p["weaker"] not in texts or p["stronger"] not in texts or texts.index(p["weaker"]) >= texts.index(p["stronger"]):
+        raise ValueError(f"{where}: 'weaker' and 'stronger' must be texts of the chain's sequence, weaker first")
+    if "split" in p and "split" in chain and p["split"] != chain["split"]:
+        raise ValueError(f"{where}: split {p['split']!r} differs from its chain's {chain['split']!r}")
+    pair = {k: p[k] for k in ("pair_id", "weaker", "stronger", "level_gap")}
+    if "split" in p or "split" in chain:
+        pair["split"] = p.get("split", chain.get("split"))
+    return pair
+
+
+def read_published(path: str) -> list[dict]:
+    """Chains of a pairs file of the published format, read as it is: one JSON object with
+    `metadata` (`axes`, and e.g. `fit_fraction`, `split_seed`, counts), `chains` (`chain_id`,
+    `axis`, `topic`, `sequence` of texts weakest to strongest, optional `split`) and `pairs`
+    (`pair_id`, `chain_id`, `axis`, `topic`, `weaker`, `stronger`, `level_gap`, optional `split`).
+
+    Each chain comes back as {"chain_id", "axis", "topic", "texts" (its sequence), "split" (where
+    given), "pairs": its pairs as {"pair_id", "weaker", "stronger", "level_gap", "split"}}. A file
+    of another shape is refused with a ValueError naming what is missing or wrong."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    _require_keys(data, "", path)
+    _require_keys(data["metadata"], "metadata", f"{path} metadata")
+    if not isinstance(data["metadata"]["axes"], list):
+        raise ValueError(f"{path} metadata: 'axes' must be a list of axis names")
+    for part in ("chains", "pairs"):
+        if not isinstance(data[part], list) or not data[part]:
+            raise ValueError(f"{path}: {part!r} must be a non-empty list")
+    chains = {}
+    for i, c in enumerate(data["chains"]):
+        chain = _published_chain(c, f"{path} chains[{i}]", data["metadata"]["axes"])
+        if chain["chain_id"] in chains:
+            raise ValueError(f"{path} chains[{i}]: chain_id {chain['chain_id']!r} is not unique")
+        chains[chain["chain_id"]] = chain
+    for i, p in enumerate(data["pairs"]):
+        pair = _published_pair(p, f"{path} pairs[{i}]", chains)
+        chains[p["chain_id"]]["pairs"].append(pair)
+    splits = [p.get("split") for c in chains.values() for p in c["pairs"]]  # a pair's, else its chain's
+    if any(s is None for s in splits) and any(s is not None for s in splits):
+        raise ValueError(f"{path}: some pairs have a 'split' (their own or their chain's) and others not: "
+                         "all or none")
+    splits += [c.get("split") for c in chains.values()]
+    bad = sorted({str(s) for s in splits if s is not None and s not in SPLITS})
+    if bad:
+        raise ValueError(f"{path}: split {bad[0]!r}; allowed: {', '.join(SPLITS)}")
+    return list(chains.values())
 
 if __name__ == "__main__":
     for p in write(sys.argv[1] if len(sys.argv) > 1 else DATA_DIR):

@@ -343,21 +343,39 @@ def downstream_view(data) -> tuple[pd.DataFrame, list[str]] | None:
 
 # ---- order preservation -------------------------------------------------------------------------
 
+METHOD_WORDS = {"published": "K bootstrap directions pooled over every axis, pairs split by chain",
+                "per_axis": "one direction per axis, every pair against every axis, pairs split by topic"}
+"""How the card and the console describe each order-preservation method (docs/method.md)."""
+
+
+def order_method(found: dict) -> str:
+    """The method of order-preservation findings in words, e.g. "published method (64 bootstrap
+    directions pooled over every axis, pairs split by chain)"; findings without a method are
+    per_axis, the only method there was."""
+    method = found.get("method", "per_axis")
+    words = METHOD_WORDS.get(method, "")
+    if method == "published" and found.get("n_directions"):
+        words = words.replace("K ", f"{found['n_directions']} ", 1)
+    return f"{method} method ({words})" if words else f"{method} method"
+
+
 def order_section(data) -> list:
     """Order preservation: per-layer curves of the share of held-out checks that keep the order,
-    one line per model (95% CI band), primary pooling; and the findings in one sentence. [] for
-    a run without it."""
+    one line per model (95% CI band), primary pooling; and the findings in one sentence, each
+    number with the method that measured it. [] for a run without it."""
     from metaflow.cards import Markdown, VegaChart
 
     table, found = getattr(data, "order_preservation", None), (data.findings or {}).get("order_preservation")
     if table is None or not len(table) or not found:
         return []
+    method = found.get("method", "per_axis")
     rows = table[table["pooling"] == found["pooling"]]
     values = clean(rows[["model", "layer", "preserved", "ci_low", "ci_high"]].to_dict("records"))
     x = {"field": "layer", "type": "ordinal", "title": "layer (0: embeddings)"}
     color = {"field": "model", "type": "nominal", "sort": list(dict.fromkeys(rows["model"]))}
     spec = {"$schema": VEGA, "height": 220,
-            "title": f"Held-out checks that keep the order, by layer ({found['pooling']}-token pooling, 95% CI)",
+            "title": f"Held-out checks that keep the order, by layer ({method} method, {found['pooling']}-token "
+                     "pooling, 95% CI)",
             "data": {"values": values},
             "layer": [{"mark": {"type": "area", "opacity": 0.15},
                        "encoding": {"x": x, "y": {"field": "ci_low", "type": "quantitative"},
@@ -366,9 +384,10 @@ def order_section(data) -> list:
                        "encoding": {"x": x, "y": {"field": "preserved", "type": "quantitative",
                                                   "title": "share preserved", "scale": {"domain": [0, 1]}},
                                     "color": color}}]}
-    at = ", ".join(f"{m} {fmt(v['preserved'], 3)} [{fmt(v['ci_low'], 3)}, {fmt(v['ci_high'], 3)}]"
+    at = ", ".join(f"{m} {fmt(v['preserved'], 3)} [{fmt(v['ci_low'], 3)}, {fmt(v['ci_high'], 3)}] ({method})"
                    for m, v in found["models"].items())
-    return [Markdown(f"## Order preservation\nAt the deepest layer ({found['layer']}), over {found['n_pairs']} "
-                     f"held-out pairs: {at}. Probes are fit per model, so this measures whether order stays "
-                     f"linearly readable, not whether the model is monotone (docs/method.md)."),
+    return [Markdown(f"## Order preservation\nMeasured by the {order_method(found)}. At the deepest layer "
+                     f"({found['layer']}), over {found['n_pairs']} held-out pairs: {at}. Probes are fit per model, "
+                     f"so this measures whether order stays linearly readable, not whether the model is monotone "
+                     f"(docs/method.md)."),
             VegaChart(spec)]

@@ -298,18 +298,23 @@ def downstream_lines(findings: dict) -> list[str]:
 
 def order_lines(findings: dict) -> list[str]:
     """Order preservation at the deepest layer (findings["order_preservation"]): per model the
-    share of probe directions along which the stronger text scores at least as high; []
-    where it was not measured."""
+    share of probe directions along which the stronger text scores at least as high, with the
+    method that measured it; [] where it was not measured."""
     import pandas as pd
+
+    from monollm.results.card_sections import order_method
 
     o = findings.get("order_preservation") or {}
     if not o.get("models"):
         return []
-    rows = pd.DataFrame([{"model": m, "ci": f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]", **v}
+    method = o.get("method", "per_axis")
+    rows = pd.DataFrame([{"model": m, "method": method, "ci": f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]", **v}
                          for m, v in o["models"].items()])
-    return ["", f"Order preservation (layer {o['layer']}, {o['pooling']} pooling, {o['n_pairs']} held-out pairs; "
-                f"monotonic minus baseline {o['monotonic_minus_baseline']:+.3f}):"] + \
-        text_table(rows, {"model": ("model", None), "preserved": ("preserved", ".3f"), "ci": ("95% CI", None)})
+    return ["", f"Order preservation, {method} method (layer {o['layer']}, {o['pooling']} pooling, "
+                f"{o['n_pairs']} held-out pairs; monotonic minus baseline {o['monotonic_minus_baseline']:+.3f}):"] + \
+        text_table(rows, {"model": ("model", None), "preserved": ("preserved", ".3f"), "ci": ("95% CI", None),
+                          "method": ("method", None)}) + \
+        [f"The {order_method(o)}; docs/method.md#order-preservation."]
 
 
 def pd_isna(x) -> bool:

@@ -95,6 +95,7 @@ def order(table: pd.DataFrame, pooling: str) -> Figure:
     ax.set_xlabel("layer (0: embeddings)")
     ax.set_ylabel("share preserved")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Order preservation by layer ({pooling}-token pooling, 95% CI)")
+    method = f"{table['method'].iloc[0]} method, " if "method" in table else ""
+    ax.set_title(f"Order preservation by layer ({method}{pooling}-token pooling, 95% CI)")
     ax.legend(fontsize="small")
     return fig
