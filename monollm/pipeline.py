@@ -339,9 +339,7 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
 
 
 def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict, checkpoint=None):
-    """Run attack `name` against every model in `model_dirs`; returns its tidy DataFrame.
-
-    `checkpoint`: see monollm.attacks.run_attack."""
+    """Run attack `name` against every model in `model_dirs` (`checkpoint`: see attacks.run_attack); its rows."""
     device = setup_torch(cfg)
     log(f"[{name}] loading {' and '.join(model_dirs)} ({device})")
     loaded = {m: foundation.load(path, device, cfg.model.attn_implementation, what=m) for m, path in model_dirs.items()}
@@ -349,7 +347,8 @@ def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: 
     a = cfg.attack
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
                                  a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
-                                 checkpoint=checkpoint, precision=a.search_precision, tokens=a.tokens)
+                                 checkpoint=checkpoint, precision=a.search_precision, tokens=a.tokens,
+                                 budget=a.budget)
     from monollm.results import report  # pandas: only the attack step needs it
 
     table = report.attack_table(results)

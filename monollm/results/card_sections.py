@@ -120,12 +120,6 @@ def token_text(table: pd.DataFrame, tokenizer) -> dict[int, str]:
     return dict(zip(ids, tokenizer.batch_decode([[i] for i in ids])))
 
 
-def merged_token_text(inputs) -> dict[int, str]:
-    """The attack branches' token_text in one dict (a branch cloned from a run that predates
-    token_text has none: its tokens show as ids)."""
-    return {t: text for i in inputs for t, text in (getattr(i, "token_text", None) or {}).items()}
-
-
 def extreme_examples(attacks: pd.DataFrame, attack: str, model: str, n: int = PER_EXAMPLE) -> pd.DataFrame:
     """The attack rows (kind "attack", found on and scored on `model`) of the n most and n least
     damaged examples, by dNLL averaged over trials, most damaged first; one row per example
