@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
+from monollm import errors
 from monollm.data import corpus
 from monollm.model import foundation
 from monollm.config import BuildConfig, ModelConfig
@@ -232,7 +233,7 @@ def test_pick_device():
     assert foundation.pick_device("cpu") == "cpu"
     assert foundation.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="cuda"):
+        with pytest.raises(errors.ConfigError, match="cuda"):
             foundation.pick_device("cuda")
 
 

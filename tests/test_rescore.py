@@ -29,7 +29,7 @@ def test_every_kind_of_row_rescores_to_its_reported_nll(table):
     assert {(a, k) for a, k, _, _ in groups.groups} == {
         ("hotflip", "attack"), ("hotflip", "transfer"), ("hotflip", "control"),
         ("hotflip", "control_random_positions"), ("uat", "attack"), ("uat", "transfer"), ("uat", "control"),
-        ("random", "attack")}
+        ("uat", "restart"), ("uat", "budget"), ("random", "attack")}
     for _, g in groups:
         for _, row in g.iloc[[0, -1]].iterrows():  # first and last example of every group
             assert rescore(row, models[row["model"]], tokenizer()) == pytest.approx(row["attacked_nll"], abs=1e-4)

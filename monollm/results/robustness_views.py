@@ -7,8 +7,8 @@ import pandas as pd
 from monollm.results import diagnostics
 
 WORST_CASE_TITLE = ("Worst case per threat-model family over every perturbation found against either model "
-                    "(dNLL in nats per continuation token; above the family's random control, 95% bootstrap CI "
-                    "over examples; one seed):")
+                    "(dNLL in nats per continuation token above the family's random control, 95% bootstrap CI over "
+                    "examples; one seed; passes: forward passes of the family's own searches on the model):")
 CURVE_TITLE = "Budget curves (the best-so-far perturbation at a fraction of each search's forward passes, on test):"
 
 
@@ -17,17 +17,30 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def worst_case_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The worst_case artifact with its interval as one text column, the first members that carried it."""
+    """The worst_case artifact with its interval as one text column and the member that carried
+    the most examples (`top`, e.g. "uat transfer 40/64": its attack, kind and examples)."""
     if table is None or not len(table):
         return pd.DataFrame()
-    carried = [", ".join(c.split(", ")[:2]) + (", ..." if c.count(", ") >= 2 else "") for c in table["carried_by"]]
-    return table.assign(ci=[_ci(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])], carried=carried)
+    # attack and kind only ("from <the other model>" goes without saying on a transfer): 120 columns
+    top = [f"{' '.join(m.split()[:2])} {k}/{n}" for m, k, n in zip(table["top_member"], table["top_examples"],
+                                                                   table["examples"])]
+    return table.assign(ci=[_ci(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])], top=top,
+                        passes=[_count(p) for p in table["forward_passes"]])
 
 
-WORST_CASE_COLUMNS = {"threat_model": ("tokens", None), "family": ("family", None), "variant": ("variant", None),
-                      "model": ("model", None), "dnll": ("dNLL", "+.3f"), "above_control": ("above control", "+.3f"),
-                      "ci": ("CI", None), "forward_passes": ("passes", "d"), "carried": ("carried by (examples)", None)}
-"""Columns of worst_case_view shown: column -> (title, format or None for text)."""
+def _count(n: int) -> str:
+    """38400 -> '38.4k', 1900000 -> '1.9M'."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else str(n)
+
+
+WORST_CASE_COLUMNS = {"family": ("family", None), "variant": ("variant", None), "model": ("model", None),
+                      "above_control": ("above ctrl", "+.3f"), "ci": ("CI", None), "passes": ("passes", None),
+                      "top": ("carried most by", None)}
+"""Columns of worst_case_view on the console (120 columns): column -> (title, format or None for text)."""
+CARD_COLUMNS = {"threat_model": ("tokens", None), **WORST_CASE_COLUMNS, "dnll": ("dNLL", "+.3f"),
+                "control_dnll": ("control dNLL", "+.3f"), "members": ("members", "d"),
+                "carried_by": ("carried by (examples)", None)}
+"""The card's wider view of the same table."""
 
 
 def curve_view(curve: pd.DataFrame) -> pd.DataFrame:
@@ -82,7 +95,7 @@ def card_section(data, table) -> list:
         return []
     curve = curve_view(getattr(data, "budget_curve", None))
     lines = diagnostic_lines(data.findings)
-    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, WORST_CASE_COLUMNS)),
+    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, CARD_COLUMNS)),
            Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))]
     return out + ([Markdown(CURVE_TITLE), table(_shown(curve, CURVE_COLUMNS))] if len(curve) else [])
 

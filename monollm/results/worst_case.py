@@ -115,7 +115,8 @@ def _summary_rows(df: pd.DataFrame, ex: pd.DataFrame, family: str, variant: str,
                      "members": int(family_rows(df[df.model == model], family)[0]
                                     .drop_duplicates(["attack", "kind", "source_model", "trial"]).shape[0]),
                      "forward_passes": _search_passes(df, family, model),
-                     "carried_by": ", ".join(f"{m} ({n})" for m, n in carried.items())})
+                     "carried_by": ", ".join(f"{m} ({n})" for m, n in carried.items()),
+                     "top_member": carried.index[0], "top_examples": int(carried.iloc[0])})
     return rows
 
 
@@ -125,7 +126,7 @@ def table(df: pd.DataFrame, threat_model: str, n_boot: int, seed: int) -> pd.Dat
     with the examples, mean worst dNLL, the family control, the damage above it with its 95%
     bootstrap CI, the perturbations considered (`members`), the forward passes the family's own
     searches spent on the model, and which members carried the worst case (`carried_by`: member
-    (examples))."""
+    (examples); `top_member` and `top_examples`: the one that carried most)."""
     rows = []
     for family in FAMILIES:
         rows += _summary_rows(df, per_example_worst(df, family), family, "per-example", threat_model, n_boot, seed)
