@@ -221,7 +221,7 @@ def hotflip_equal_budget(model, tokenizer, examples, a, hot_params, seed: int) -
     from monollm.attacks.common import allowed_tokens
     from monollm.attacks.guidance import flip_agreement
 
-    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], a.tokens)
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], a.tokens[0])
     test, n_cont, bs = torch.as_tensor(examples["test"], device=model.device), a.continuation_len, a.batch_size
     context_len, n = test.shape[1] - n_cont, len(test)
 
@@ -369,7 +369,7 @@ def main(argv=None):
     model, tokenizer, examples = reference(cfg, args.config, args.model_dir)
     a = cfg.attack
     params = a.params.get("uat") or uat.UATConfig()
-    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], a.tokens)
+    allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], a.tokens[0])
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
     clean = float(continuation_nll(model, opt, a.continuation_len, a.batch_size).mean())
     parts = set(args.parts.split(","))

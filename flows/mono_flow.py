@@ -4,7 +4,9 @@
     python flows/mono_flow.py --config config PATH.toml run      # another profile
     python flows/mono_flow.py run --seed 3                       # override the profile's seed
 
-The DAG only: every step calls one function of `monollm.pipeline`.
+The DAG only: each step reads its artifacts, calls the function that does its work
+(`monollm.pipeline` for setup, training and perplexity, `monollm.branches` for the foreach
+branches, `monollm.results.answer` for the attack join) and stores what it returns.
 """
 import os
 
@@ -144,7 +146,7 @@ class MonoFlow(FlowSpec):
     def evaluate(self):
         """Perplexity of all four models on the same test blocks; then one branch per attack, and
         the downstream and order-preservation branches beside them."""
-        from monollm import config, pipeline
+        from monollm import branches, config, pipeline
         from monollm.results import client
 
         cfg = config.from_dict(self.resolved_config)
@@ -156,7 +158,7 @@ class MonoFlow(FlowSpec):
         # one line: `end` prints the table, aligned, with the rest of the summary
         pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],
                                                                               self.perplexity["perplexity"])))
-        self.branches = pipeline.branches(cfg)
+        self.branches = branches.names(cfg)
         self.next(self.attack, foreach="branches")
 
     @resources(**MODEL_STEP)
@@ -169,26 +171,17 @@ class MonoFlow(FlowSpec):
         continues from its last checkpoint after a failure); or, in the `downstream` and `order`
         branches, the downstream tasks or order preservation of all four models (the other two
         are loaded in these branches only)."""
-        from monollm import checkpoints, config, constants, pipeline
-        from monollm.evaluation import downstream
-        from monollm.model import foundation
+        from monollm import branches, checkpoints, config, constants, pipeline
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[f"{m}_model"] for m in constants.ARMS}
-        self.attack_rows = self.downstream_results = self.order_results = self.token_text = None
-        if self.input in (downstream.BRANCH, pipeline.ORDER_BRANCH):
+        if branches.needs_four_models(self.input):  # the other two are loaded in these branches only
             dirs.update({m: current.model.load(getattr(self, f"{m}_model")) for m in ("reference", "monotonic_init")})
             dirs = {m: dirs[m] for m in constants.MODELS}
-            if self.input == downstream.BRANCH:
-                self.downstream_results = pipeline.downstream(cfg, dirs)
-            else:
-                self.order_results = pipeline.order(cfg, dirs)
-        else:
-            ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)
-            self.attack_rows = pipeline.attack(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
-            from monollm.results import card_sections  # pandas: imported once the attack has run
-            # the text of every token in the rows, for the card's examples (join_attacks has no tokenizer)
-            self.token_text = card_sections.token_text(self.attack_rows, foundation.load_tokenizer(dirs["baseline"]))
+        ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)  # long attacks
+        done = branches.run(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
+        for name, value in vars(done).items():  # attack_rows and token_text, downstream_results or order_results
+            setattr(self, name, value)
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)
@@ -205,7 +198,7 @@ class MonoFlow(FlowSpec):
         cfg = config.from_dict(self.resolved_config)
         done = answer.attack_answer(branches, self.perplexity, self.per_block, self.constraint, self.hidden_act,
                                     thresholds=cfg.attack.thresholds, n_boot=cfg.eval.bootstrap, seed=cfg.seed,
-                                    threat_model=cfg.attack.tokens, setting=self.resolved_config["monotonic"],
+                                    threat_models=cfg.attack.tokens, setting=self.resolved_config["monotonic"],
                                     activation_swap=answer.older(self, "activation_swap"), training=self.training)
         # attack_summary, findings, worst_case, worst_case_examples, budget_curve and the gathered tables
         for name, value in {**vars(branches), **vars(done)}.items():

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 
-from monollm.constants import ACTIVATIONS, INITS, MAX_SEED, MODES
+from monollm.constants import ACTIVATIONS, INITS, MAX_SEED, MODES, THREAT_MODELS
 from monollm.model.layers import layer_indices
 from monollm.schema import one_of, require
 
@@ -172,7 +172,11 @@ def _check_attack(a, attacks):
             "equal forward passes, which only a budget gives")
     require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
-    one_of(a.tokens, ("round_trip", "printable"), "attack.tokens")
+    require(len(a.tokens) > 0, "attack.tokens", "is empty: name at least one threat model (\"round_trip\", "
+            "\"printable\")")
+    for i, tokens in enumerate(a.tokens):
+        one_of(tokens, THREAT_MODELS, f"attack.tokens[{i}]")
+    require(len(set(a.tokens)) == len(a.tokens), "attack.tokens", f"lists a threat model twice: {list(a.tokens)}")
 
 
 def _check_resources(r):

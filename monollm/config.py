@@ -266,10 +266,12 @@ class AttackConfig:
     """Precision of the attacks' searches (gradients and candidate re-scoring): "bf16" (autocast),
     "fp32", or "auto" (bf16 on CUDA, fp32 elsewhere). Every reported clean and attacked NLL is
     scored in fp32 whatever this says."""
-    tokens: str = "round_trip"
+    tokens: tuple[str, ...] = ("round_trip",)
     """Which tokens an attack may insert (the threat model): "round_trip", every token but special
     ones and padding rows whose text encodes back to itself, control bytes included; "printable",
-    of those only the ones whose text is printable (newline and tab allowed)."""
+    of those only the ones whose text is printable (newline and tab allowed). One, or a list: every
+    attack then runs under each, the first as branch `<attack>`, the others as `<attack>@<tokens>`,
+    and the worst case is reported per threat model."""
     budget: int = 0
     """Forward passes (sequences through the model, gradient passes included) that every
     universal-trigger search (uat, gcg, random_search) spends against each model: restarts run
@@ -280,6 +282,8 @@ class AttackConfig:
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
     EXTRA_TABLES: ClassVar[str] = "params"
     """The profile's [attack.<name>] tables are collected into `params` (schema.build)."""
+    ONE_OR_MANY: ClassVar[tuple] = ("tokens",)
+    """`tokens = "printable"` reads as `tokens = ["printable"]` (schema.build)."""
 
 
 @dataclass(frozen=True)

@@ -16,3 +16,5 @@ INITS = ("abs", "clip")
 """Where the constrained weights start (monotonic.init)."""
 ACTIVATIONS = ("keep", "relu")
 """MLP activation of both arms (monotonic.activation): the model's own, or ReLU swapped in."""
+THREAT_MODELS = ("round_trip", "printable")
+"""Which tokens an attack may insert (attack.tokens; monollm.attacks.common.allowed_tokens)."""

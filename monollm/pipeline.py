@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 
-from monollm import attacks, config
+from monollm import config
 from monollm.data import documents
 from monollm.model import foundation, monotonic
 from monollm.train import loop
-from monollm.attacks.common import make_examples, resolved_precision
+from monollm.attacks.common import make_examples
 from monollm.evaluation.perplexity import block_nll, perplexity
 from monollm.progress import log
 from monollm.runtime import setup_torch
@@ -336,60 +336,6 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
         model, _ = foundation.load(path, device, cfg.model.attn_implementation, what=name)
         out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log, name=name)
     return out
-
-
-def attack(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict, checkpoint=None):
-    """Run attack `name` against every model in `model_dirs` (`checkpoint`: see attacks.run_attack); its rows."""
-    device = setup_torch(cfg)
-    log(f"[{name}] loading {' and '.join(model_dirs)} ({device})")
-    loaded = {m: foundation.load(path, device, cfg.model.attn_implementation, what=m) for m, path in model_dirs.items()}
-    tokenizer = next(iter(loaded.values()))[1]
-    a = cfg.attack
-    results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
-                                 a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
-                                 checkpoint=checkpoint, precision=a.search_precision, tokens=a.tokens,
-                                 budget=a.budget)
-    from monollm.results import report  # pandas: only the attack step needs it
-
-    table = report.attack_table(results)
-    table["search_precision"] = resolved_precision(device, a.search_precision)
-    return table
-
-
-def downstream(cfg: config.ExperimentConfig, model_dirs: dict) -> dict:
-    """The downstream tasks (monollm.evaluation.downstream) on every model in `model_dirs` (name -> saved
-    model directory): {"table": one row per task x model x metric, "items": per-item values}."""
-    device = setup_torch(cfg)
-    log(f"downstream tasks {', '.join(cfg.eval.downstream.tasks)} on {len(model_dirs)} models ({device}); "
-        "loading lm-evaluation-harness")
-    from monollm.evaluation import downstream as tasks
-
-    return tasks.evaluate(cfg, model_dirs, device, tmpdir("downstream"), log=log)
-
-
-ORDER_BRANCH = "order"
-"""The foreach branch that measures order preservation, beside the attacks."""
-
-
-def branches(cfg: config.ExperimentConfig) -> list[str]:
-    """The evaluate step's foreach: one branch per attack, then the downstream tasks' and the
-    order-preservation branch where the profile asks for them."""
-    from monollm.evaluation import downstream as tasks
-
-    return tasks.branches(cfg) + ([ORDER_BRANCH] if cfg.eval.order.enabled else [])
-
-
-def order(cfg: config.ExperimentConfig, model_dirs: dict):
-    """Order preservation (monollm.evaluation.order) of every model in `model_dirs` on the same pairs; one
-    row per model x layer x pooling."""
-    from monollm.evaluation import order as measure
-
-    o, device = cfg.eval.order, setup_torch(cfg)
-    chains = o.chains if o.chains != "auto" else ("builtin" if cfg.model.source == "build" else "english")
-    log(f"order preservation ({o.method}): {chains} chains, {', '.join(o.pooling)} pooling, {len(model_dirs)} models")
-    kw = {k: getattr(o, k) for k in ("method", "pooling", "split_seed", "fit_fraction", "directions", "batch_size")}
-    return measure.order_table(model_dirs, chains, device=device, attn_implementation=cfg.model.attn_implementation,
-                               seed=cfg.seed, bootstrap=cfg.eval.bootstrap, C=o.probe_c, **kw)
 
 
 def tmpdir(step: str) -> str:

@@ -3,7 +3,8 @@
 `build(cls, table, where)` refuses unknown keys and wrong types with a ConfigError naming the
 dotted key (`where`); `require` and `one_of` are the value checks every config section uses.
 A dataclass with a class attribute `EXTRA_TABLES = "<field>"` collects its unknown keys into
-that dict field instead (the [attack.<name>] tables), for the caller to check.
+that dict field instead (the [attack.<name>] tables), for the caller to check. Fields named in a
+class attribute `ONE_OR_MANY` (a tuple) also take a single value, read as a list of one.
 
 Imports nothing of the package but `errors`, so that every module with settings can use it.
 """
@@ -26,6 +27,8 @@ def build(cls, raw: dict, where: str):
     extra = {k: v for k, v in raw.items() if k not in names}
     if extra and not extra_field:
         raise ConfigError(f"unknown key '{join(where, sorted(extra)[0])}' (allowed: {', '.join(names)})")
+    one_or_many = getattr(cls, "ONE_OR_MANY", ())
+    raw = {k: [v] if k in one_or_many and not isinstance(v, (list, tuple)) else v for k, v in raw.items()}
     kwargs = {n: coerce(hints[n], raw[n], join(where, n)) for n in names if n in raw}
     if extra_field:
         kwargs[extra_field] = extra

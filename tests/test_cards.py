@@ -54,11 +54,14 @@ def synthetic_run(monotonic_lr=None, guidance=GUIDANCE):
         raw = tomllib.load(f)
     if monotonic_lr is not None:
         raw["train"]["monotonic_lr"] = monotonic_lr
-    return SimpleNamespace(
-        resolved_config=config.to_dict(config.load(raw)), perplexity=ppl, constraint=constraint, attacks=attacks,
-        training=report.training_table(history), attack_summary=report.attack_summary(attacks, [0.5, 1.0], 200, 0),
-        findings=answer.findings(ppl, per_block, constraint, attacks, "gelu", 200, 0), per_block=per_block,
-        token_text={i: f"w{i} " for i in range(100)})
+    # what join_attacks does with its branches (answer.gather, answer.attack_answer)
+    branches = answer.gather([SimpleNamespace(attack_rows=attacks, token_text={i: f"w{i} " for i in range(100)})])
+    done = answer.attack_answer(branches, ppl, per_block, constraint, "gelu", thresholds=[0.5, 1.0], n_boot=200,
+                                seed=0, threat_models=("round_trip",), setting=None, activation_swap=None,
+                                training=None)
+    return SimpleNamespace(resolved_config=config.to_dict(config.load(raw)), perplexity=ppl, constraint=constraint,
+                           training=report.training_table(history), per_block=per_block, **vars(branches),
+                           **vars(done))
 
 
 def rendered(components):
@@ -143,6 +146,7 @@ def test_headline_follows_the_verdicts_of_either_sign(diffs, lead):
     verdict = lambda lo, hi: ("monotonic more robust" if lo > 0 else "baseline more robust" if hi < 0
                               else "no significant difference")
     findings = synthetic_run().findings
+    findings.pop("worst_case")  # a run made before the worst case: each attack's own verdict leads
     findings["robustness_above_control"] = {a: {"diff": d, "ci_low": lo, "ci_high": hi, "verdict": verdict(lo, hi)}
                                             for a, (d, lo, hi) in diffs.items()}
     text = " ".join(headline.headline(findings))
@@ -153,6 +157,22 @@ def test_headline_follows_the_verdicts_of_either_sign(diffs, lead):
     assert f"{cost['diff']:+.4f} [{cost['ci_low']:+.4f}, {cost['ci_high']:+.4f}]" in text
     findings["perplexity_cost_significant"] = False
     assert "not significant" in headline.headline(findings)[1]
+
+
+@pytest.mark.parametrize("diff, lo, hi, clause", [
+    (0.1, 0.05, 0.15, "universal triggers damage the monotonic model less than the baseline"),
+    (-0.1, -0.15, -0.05, "universal triggers damage the monotonic model more than the baseline"),
+    (0.01, -0.05, 0.07, "universal triggers do not damage them significantly differently")])
+def test_the_headline_leads_with_the_worst_case_of_either_sign(diff, lo, hi, clause):
+    findings = synthetic_run().findings
+    verdict = "monotonic more robust" if lo > 0 else "baseline more robust" if hi < 0 else "no significant difference"
+    findings["worst_case"] = {"universal triggers": {"diff": diff, "ci_low": lo, "ci_high": hi, "verdict": verdict,
+                                                     "threat_model": "round_trip"}}
+    first, second, *rest = headline.headline(findings)
+    assert first.startswith("Worst case over every perturbation") and "threat model: round_trip tokens" in first
+    assert f"{clause} ({diff:+.3f} [{lo:+.3f}, {hi:+.3f}])" in first
+    assert second.startswith("Per attack, from its own search") and "uat " in second
+    assert rest[-1].startswith("One seed stands behind these verdicts")
 
 
 def test_card_shows_the_most_and_least_damaged_examples_with_their_text():

@@ -114,7 +114,9 @@ def test_verdict_rows_read_the_interval_across_runs():
     above, raw, cost = [0.10, 0.20, 0.15], [-0.10, 0.10, 0.05], [-0.30, -0.20, -0.25]
     runs = [with_diffs(fake_run(str(30 + i), i), a, r, c) for i, (a, r, c) in enumerate(zip(above, raw, cost))]
     v = compare.verdicts(compare.compare(runs)).set_index("metric")
-    assert v.index[0] == "dNLL above control uat baseline - monotonic"  # the claim above control leads
+    # the worst case leads, then each attack's claim above control
+    assert v.index[0].startswith(compare.WORST_CASE) and v.index[0].endswith(" baseline - monotonic")
+    assert [m for m in v.index if not m.startswith(compare.WORST_CASE)][0] == "dNLL above control uat baseline - monotonic"
     row = v.loc["dNLL above control uat baseline - monotonic"]
     assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(t_interval(above))
     assert row["n"] == 3 and row["verdict"] == "monotonic damaged less"

@@ -189,6 +189,10 @@ BAD = {
     "attack twice": ({"attacks": ["random", "random"]}, ["'attacks'", "twice"]),
     "no attack": ({"attacks": []}, ["'attacks'", *ATTACKS]),
     "unknown device": ({"device": "tpu"}, ["'device'", "auto", "cpu", "cuda"]),
+    "unknown threat model": ({"attack__tokens": ["round_trip", "ascii"]}, ["'attack.tokens[1]'", "'ascii'",
+                                                                           "round_trip", "printable"]),
+    "no threat model": ({"attack__tokens": []}, ["'attack.tokens'", "empty"]),
+    "threat model twice": ({"attack__tokens": ["printable", "printable"]}, ["'attack.tokens'", "twice"]),
     "unknown schedule": ({"train__schedule": "step"}, ["'train.schedule'", "cosine", "linear", "constant"]),
     "unknown model source": ({"model__source": "s3"}, ["'model.source'", "build", "hub", "local"]),
     "unknown data source": ({"data__source": "web"}, ["'data.source'", "builtin", "local", "hub"]),
@@ -416,3 +420,9 @@ def test_start_layer_out_of_range_of_a_local_model(no_model_work, local_model_di
     assert_config_error(lambda: pipeline.start(raw, None), "'monotonic.layers'", "2 layers", "0 .. 1")
     raw["monotonic"]["layers"] = "1"
     assert pipeline.start(raw, None).monotonic.layers == "1"
+
+
+def test_one_threat_model_may_be_given_alone_or_in_a_list():
+    assert config.load(micro(attack__tokens="printable")).attack.tokens == ("printable",)
+    both = config.load(micro(attack__tokens=["printable", "round_trip"]))
+    assert both.attack.tokens == ("printable", "round_trip") and config.from_dict(config.to_dict(both)) == both

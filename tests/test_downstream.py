@@ -184,7 +184,12 @@ def test_a_task_file_is_accepted_by_its_path(tmp_path):
 
 
 def test_branches_put_downstream_beside_the_attacks():
+    from monollm import branches
+
     cfg = config.load(micro())
-    assert downstream.branches(cfg) == list(cfg.attacks) + [downstream.BRANCH]
+    assert branches.names(cfg) == list(cfg.attacks) + [downstream.BRANCH, branches.ORDER_BRANCH]
     none = config.load(with_downstream(tasks=[]))
-    assert downstream.branches(none) == list(none.attacks)
+    assert branches.names(none) == list(none.attacks) + [branches.ORDER_BRANCH]
+    raw = with_downstream(tasks=[])
+    both = config.load({**raw, "attack": {**raw["attack"], "tokens": ["printable", "round_trip"]}})
+    assert branches.names(both)[:2 * len(cfg.attacks)] == list(cfg.attacks) + [f"{a}@round_trip" for a in cfg.attacks]

@@ -9,6 +9,7 @@ import zstandard
 
 from conftest import run_flow
 from monollm.experiments import rehearsal
+from monollm.results.headline import headline
 
 pytestmark = pytest.mark.flow
 
@@ -45,7 +46,10 @@ def test_the_assets_have_pythias_shape(rehearsed):
 def test_the_run_completes_on_held_out_text(rehearsed):
     out, run = rehearsed
     data, pile = run.data, os.path.join(out, "pile")
-    assert run.successful and set(data.attacks["attack"]) == {"uat", "hotflip", "gcg", "random", "random_search"}
+    attacks = {"uat", "hotflip", "gcg", "random", "random_search"}  # under both threat models, as the paper profiles
+    assert run.successful and set(data.attacks["attack"]) == attacks | {f"{a}@printable" for a in attacks}
+    assert set(data.worst_case["threat_model"]) == {"round_trip", "printable"}
+    assert "With printable tokens:" in " ".join(headline(data.findings))
     assert np.isfinite(data.perplexity["perplexity"]).all()
     # every attack example is a window of a document of its own held-out file
     from transformers import AutoTokenizer

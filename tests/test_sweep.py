@@ -167,12 +167,15 @@ def test_the_flow_commands_of_run_and_resume():
 def test_pick_takes_the_cost_and_robustness_above_control():
     numbers = compare.key_numbers(synthetic_run())
     picked = sweep_report.pick(numbers)
-    assert list(picked) == [sweep_report.NLL_COST, sweep_report.PPL_RATIO,
+    worst = sweep_report.WORST + "universal triggers"  # the worst case first, then each attack's own claim
+    assert list(picked) == [sweep_report.NLL_COST, sweep_report.PPL_RATIO, worst + " baseline - monotonic",
                             "dNLL above control uat baseline - monotonic"]
     assert all(picked[k] == numbers[k] for k in picked)
+    assert sweep_report.reading(worst + " baseline - monotonic").startswith("positive: the monotonic model is damaged "
+                                                                             "less than the baseline in the worst case")
     task = "downstream corpus_cloze acc "  # a run with downstream tasks: their cost, not each model's score
     picked = sweep_report.pick({**numbers, task + "monotonic - baseline": -0.25, task + "baseline": 0.5})
-    assert list(picked)[3:] == [task + "monotonic - baseline"] and picked[task + "monotonic - baseline"] == -0.25
+    assert list(picked)[4:] == [task + "monotonic - baseline"] and picked[task + "monotonic - baseline"] == -0.25
     assert sweep_report.reading(task + "monotonic - baseline").startswith("negative: the constraint costs accuracy")
 
 

@@ -61,7 +61,7 @@ def test_a_failed_search_is_not_called_robustness(planted_run):
     transfer = df[(df.kind == "transfer") & (df.model == "monotonic")]["dnll"].mean()
     assert own["baseline"] > 5 and own["monotonic"] < 1 < transfer  # the planted failure happened
     f = answer.mark_evidence({"robustness_above_control": {"uat": report_verdict(df)},
-                              **answer.robustness_findings(df, "round_trip", N_BOOT, 0)})
+                              **answer.robustness_findings(df, ["round_trip"], N_BOOT, 0)})
     # the search's own verdict calls the masked twin more robust ...
     assert f["robustness_above_control"]["uat"]["verdict"] == "monotonic more robust"
     # ... which the diagnostics refuse as evidence, and the worst case does not repeat
@@ -141,7 +141,7 @@ def test_the_strictly_universal_variant_takes_the_trigger_best_on_attack_opt():
         assert set(g["member"]) == {worst_case.member_label(next(cands.loc[[best.name]].itertuples()))}
         assert np.allclose(g.sort_values("example")["dnll"], cands[cands.opt_dnll == best.opt_dnll]
                            .sort_values("example")["dnll"])
-    table = worst_case.table(df, "printable", N_BOOT, 0)
+    table = worst_case.table(df, ["printable"], N_BOOT, 0)
     assert set(table["variant"]) == {"per-example", "universal"} and set(table["threat_model"]) == {"printable"}
     per_example = table[table.variant == "per-example"].set_index(["family", "model"])
     universal = table[table.variant == "universal"].set_index(["family", "model"])
@@ -196,3 +196,22 @@ def test_the_join_gathers_every_branch_kind_and_tolerates_older_branches():
     assert list(got.downstream["x"]) == [1] and list(got.order_preservation["model"]) == ["baseline"]
     bare = answer.gather(branches[:2])
     assert bare.order_preservation is None and bare.downstream.empty and "task" in bare.downstream_items.columns
+
+
+def test_each_threat_model_has_its_own_worst_case_and_the_headline_names_both():
+    first, second = synthetic(3), synthetic(4)
+    second["attack"] = second["attack"] + "@printable"  # the branches of the second threat model
+    df = pd.concat([first.assign(tokens="round_trip"), second.assign(tokens="printable")], ignore_index=True)
+    f = answer.robustness_findings(df, ["round_trip", "printable"], N_BOOT, 0)
+    assert set(f["worst_case"]) == {"universal triggers", "universal triggers, universal", "per-input edits",
+                                    "universal triggers [printable]", "universal triggers, universal [printable]",
+                                    "per-input edits [printable]"}
+    # each threat model's worst case is its own rows' alone
+    alone = answer.robustness_findings(second.assign(tokens="printable"), ["printable"], N_BOOT, 0)
+    assert f["worst_case"]["per-input edits [printable]"]["diff"] == alone["worst_case"]["per-input edits"]["diff"]
+    assert set(f["diagnostics"]) == {"uat", "gcg", "random_search", "hotflip", "uat@printable", "gcg@printable",
+                                     "random_search@printable", "hotflip@printable"}
+    table = worst_case.table(df, ["round_trip", "printable"], N_BOOT, 0)
+    assert list(dict.fromkeys(table["threat_model"])) == ["round_trip", "printable"]
+    text = headline.worst_case_sentence(f)
+    assert "threat model: round_trip tokens" in text and "With printable tokens: universal triggers" in text

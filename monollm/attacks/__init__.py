@@ -25,6 +25,17 @@ ATTACKS = {
 }
 
 
+def branch_name(attack: str, tokens: str, threat_models) -> str:
+    """The foreach branch (and the rows' `attack`) of `attack` under threat model `tokens`: the
+    attack's own name for the run's first threat model, `<attack>@<tokens>` for the others."""
+    return attack if tokens == threat_models[0] else f"{attack}@{tokens}"
+
+
+def attack_of(branch: str) -> str:
+    """The registered attack a branch (or a row's `attack`) runs: "uat@printable" -> "uat"."""
+    return branch.partition("@")[0]
+
+
 def attack_config(name: str, raw: dict, where: str):
     """Build attack `name`'s config from its [attack.<name>] table, refusing unknown keys."""
     cls, _ = ATTACKS[name]
@@ -53,4 +64,4 @@ def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: i
                       precision=precision, tokens=tokens, budget=budget), params)
 
 
-__all__ = ["ATTACKS", "AttackResult", "attack_config", "run_attack"]
+__all__ = ["ATTACKS", "AttackResult", "attack_config", "attack_of", "branch_name", "run_attack"]

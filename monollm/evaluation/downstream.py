@@ -53,11 +53,6 @@ METRIC = "acc"
 COLUMNS = ["task", "model", "metric", "value", "stderr", "n", "chance"]
 
 
-def branches(cfg) -> list[str]:
-    """The evaluate step's foreach: one branch per attack, plus `BRANCH` when tasks are listed."""
-    return list(cfg.attacks) + ([BRANCH] if cfg.eval.downstream.tasks else [])
-
-
 # ---- the corpus tasks -------------------------------------------------------------------
 
 def _names(words: list[str]) -> list[str]:

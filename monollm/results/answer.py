@@ -50,13 +50,13 @@ class AttackAnswer:
     attack_summary: pd.DataFrame
     """Per attack x kind x model x source: damage, success rates, compute, above control (report.attack_summary)."""
     findings: dict
-    """Key numbers and verdicts (`findings`), with "worst_case", "diagnostics", "threat_model"
+    """Key numbers and verdicts (`findings`), with "worst_case", "diagnostics", "threat_models"
     and "seeds" added, and each attack's verdict above control marked with the flags that make it
     no evidence of robustness ("not_evidence")."""
     worst_case: pd.DataFrame
     """Per threat model x family x variant x model (worst_case.table)."""
     worst_case_examples: pd.DataFrame
-    """Per family x model x example: the worst member and its damage (worst_case.examples)."""
+    """Per threat model x family x model x example: the worst member and its damage (worst_case.examples)."""
     budget_curve: pd.DataFrame
     """Damage versus budget per attack x model x fraction (diagnostics.budget_curve)."""
 
@@ -104,12 +104,13 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
     return out
 
 
-def robustness_findings(attacks: pd.DataFrame, threat_model: str, n_boot: int, seed: int) -> dict:
-    """The worst-case verdicts, the diagnostics and the run's threat model and seed count, as
-    findings entries. One run is one seed: its intervals cover the test examples only."""
-    diag = diagnostics.diagnostics(attacks, n_boot, seed)
-    return {"threat_model": threat_model, "seeds": 1, "worst_case": worst_case.verdicts(attacks, n_boot, seed),
-            "diagnostics": diag}
+def robustness_findings(attacks: pd.DataFrame, threat_models, n_boot: int, seed: int) -> dict:
+    """The worst-case verdicts per threat model (`threat_models`: attack.tokens), the diagnostics,
+    the threat models and the seed count, as findings entries. One run is one seed: its intervals
+    cover the test examples only."""
+    return {"threat_models": list(threat_models), "seeds": 1,
+            "worst_case": worst_case.verdicts(attacks, threat_models, n_boot, seed),
+            "diagnostics": diagnostics.diagnostics(attacks, n_boot, seed)}
 
 
 def mark_evidence(findings: dict) -> dict:
@@ -120,16 +121,22 @@ def mark_evidence(findings: dict) -> dict:
     return findings
 
 
-def attack_answer(attacks: pd.DataFrame, perplexity: pd.DataFrame, per_block: dict, constraint: pd.DataFrame,
-                  hidden_act: str, *, thresholds, n_boot: int, seed: int, threat_model: str, setting: dict,
+def attack_answer(branches: Branches, perplexity: pd.DataFrame, per_block: dict, constraint: pd.DataFrame,
+                  hidden_act: str, *, thresholds, n_boot: int, seed: int, threat_models, setting: dict,
                   activation_swap: dict | None, training: pd.DataFrame | None) -> AttackAnswer:
-    """Everything the join reports about the attacks, computed from the attack table (and, for the
-    findings, the perplexity, constraint and training tables)."""
+    """Everything the join reports, computed from the branches' tables (and, for the findings, the
+    perplexity, constraint and training tables)."""
+    attacks = branches.attacks
     found = findings(perplexity, per_block, constraint, attacks, hidden_act, n_boot, seed, setting=setting,
-                            activation_swap=activation_swap, training=training)
-    found.update(robustness_findings(attacks, threat_model, n_boot, seed))
+                     activation_swap=activation_swap, training=training)
+    found.update(robustness_findings(attacks, threat_models, n_boot, seed))
+    found["downstream"] = downstream.cost(branches.downstream_items, n_boot, seed)
+    if branches.order_preservation is not None:
+        from monollm.evaluation import order
+
+        found["order_preservation"] = order.findings(branches.order_preservation)
     return AttackAnswer(attack_summary=report.attack_summary(attacks, thresholds, n_boot, seed),
                         findings=mark_evidence(found),
-                        worst_case=worst_case.table(attacks, threat_model, n_boot, seed),
-                        worst_case_examples=worst_case.examples(attacks),
+                        worst_case=worst_case.table(attacks, threat_models, n_boot, seed),
+                        worst_case_examples=worst_case.examples(attacks, threat_models),
                         budget_curve=diagnostics.budget_curve(attacks, n_boot, seed))

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from monollm import stats
+from monollm.attacks import attack_of
 from monollm.results.report import PRIMARY_CONTROL, WEAK_GUIDANCE
 from monollm.results.worst_case import CURVE
 
@@ -97,7 +98,8 @@ def gradient_free_beats_gradient(df: pd.DataFrame, attack: str, model: str, n_bo
     """random_search against a gradient-ranked trigger search on this model, at equal forward
     passes (`_beats`, plus both searches' passes); flag None for a search not ranked by gradient,
     one that is not a trigger search, or without random_search at equal passes."""
-    own, free = _own(df, attack, model), _own(df, GRADIENT_FREE, model)
+    # the gradient-free search of the same threat model: "random_search@printable" beside "uat@printable"
+    own, free = _own(df, attack, model), _own(df, GRADIENT_FREE + attack[len(attack_of(attack)):], model)
     if own.empty or free.empty or own["ranking"].iloc[0] != "gradient" or not len(own["trigger_ids"].iloc[0]):
         return {"flag": None}
     passes = {"forward_passes": int(own["forward_passes"].iloc[0]),

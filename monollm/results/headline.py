@@ -30,19 +30,29 @@ FAMILY_CLAUSE = {"monotonic more robust": "{f} damage the monotonic model less t
 
 
 def worst_case_sentence(findings: dict) -> str:
-    """The worst-case verdict per family (findings["worst_case"]), with the threat model; "" for a
-    run without it (made before it existed)."""
+    """The worst-case verdict per family (findings["worst_case"]), per threat model; "" for a run
+    without it (made before it existed)."""
     worst = findings.get("worst_case") or {}
     if not worst:
         return ""
-    per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=family) + " " + _numbers(c)
-                           for family, c in worst.items() if ", universal" not in family)
-    strict = "; ".join(f"{family.replace(', universal', '')}: {c['verdict']} {_numbers(c)}"
-                       for family, c in worst.items() if ", universal" in family)
-    tokens = findings.get("threat_model", "")
-    return (f"Worst case over every perturbation this run found against either model (threat model: {tokens} "
-            f"tokens; {UNITS}): {per_family}."
-            + (f" With one trigger per model, chosen on attack_opt: {strict}." if strict else ""))
+    order = findings.get("threat_models") or list(dict.fromkeys(c.get("threat_model", "") for c in worst.values()))
+    parts = []
+    for i, tm in enumerate(order):
+        mine = {family: c for family, c in worst.items() if c.get("threat_model", tm) == tm}
+        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(family)) + " " + _numbers(c)
+                               for family, c in mine.items() if ", universal" not in family)
+        strict = "; ".join(f"{_family(family)}: {c['verdict']} {_numbers(c)}"
+                           for family, c in mine.items() if ", universal" in family)
+        lead = ("Worst case over every perturbation this run found against either model (threat model: "
+                f"{tm} tokens; {UNITS}): " if i == 0 else f"With {tm} tokens: ")
+        parts.append(lead + per_family + "." + (f" With one trigger per model, chosen on attack_opt: {strict}."
+                                                 if strict else ""))
+    return " ".join(parts)
+
+
+def _family(key: str) -> str:
+    """'universal triggers, universal [printable]' -> 'universal triggers'."""
+    return key.split(",")[0].split(" [")[0]
 
 
 def _numbers(c: dict) -> str:

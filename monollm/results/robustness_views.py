@@ -95,8 +95,8 @@ def card_section(data, table) -> list:
         return []
     curve = curve_view(getattr(data, "budget_curve", None))
     lines = diagnostic_lines(data.findings)
-    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, CARD_COLUMNS)),
-           Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))]
+    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, CARD_COLUMNS))]
+    out += [Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))] if lines else []
     return out + ([Markdown(CURVE_TITLE), table(_shown(curve, CURVE_COLUMNS))] if len(curve) else [])
 
 

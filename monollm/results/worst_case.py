@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from monollm import stats
+from monollm.attacks import attack_of
 from monollm.results.report import PRIMARY_CONTROL
 from monollm.results.verdicts import compare_models
 
@@ -48,8 +49,17 @@ def member_label(row) -> str:
 
 def family_rows(df: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(member rows, primary control rows) of `family` in the attack table df."""
-    mine = df[df.attack.isin(FAMILIES[family])]
+    mine = df[df.attack.map(attack_of).isin(FAMILIES[family])]
     return mine[mine.kind.isin(MEMBER_KINDS)], mine[mine.kind == PRIMARY_CONTROL]
+
+
+def by_threat_model(df: pd.DataFrame, threat_models) -> list[tuple[str, pd.DataFrame, str]]:
+    """(threat model, its rows, the suffix of its findings keys) for each of `threat_models`
+    (attack.tokens): the first's keys are the family names, the others' "<family> [<tokens>]".
+    A table without a `tokens` column (made before it existed) is all the first's."""
+    if "tokens" not in df.columns:
+        return [(threat_models[0], df, "")]
+    return [(tm, df[df.tokens == tm], "" if i == 0 else f" [{tm}]") for i, tm in enumerate(threat_models)]
 
 
 def per_example_worst(df: pd.DataFrame, family: str) -> pd.DataFrame:
@@ -95,7 +105,7 @@ def universal_choice(df: pd.DataFrame, family: str) -> pd.DataFrame:
 
 def _search_passes(df: pd.DataFrame, family: str, model: str) -> int:
     """Forward passes the family's own searches spent against `model` (each attack's search once)."""
-    own = df[df.attack.isin(FAMILIES[family]) & (df.kind == "attack") & (df.model == model)
+    own = df[df.attack.map(attack_of).isin(FAMILIES[family]) & (df.kind == "attack") & (df.model == model)
              & (df.source_model == model)]
     if own.empty or "forward_passes" not in own.columns:
         return 0
@@ -120,43 +130,56 @@ def _summary_rows(df: pd.DataFrame, ex: pd.DataFrame, family: str, variant: str,
     return rows
 
 
-def table(df: pd.DataFrame, threat_model: str, n_boot: int, seed: int) -> pd.DataFrame:
-    """The worst-case table: one row per threat model x family x variant ("per-example": the
-    worst member per example; "universal": one trigger per model chosen on attack_opt) x model,
-    with the examples, mean worst dNLL, the family control, the damage above it with its 95%
-    bootstrap CI, the perturbations considered (`members`), the forward passes the family's own
-    searches spent on the model, and which members carried the worst case (`carried_by`: member
-    (examples); `top_member` and `top_examples`: the one that carried most)."""
+def table(df: pd.DataFrame, threat_models, n_boot: int, seed: int) -> pd.DataFrame:
+    """The worst-case table: one row per threat model (of `threat_models`, attack.tokens) x family
+    x variant ("per-example": the worst member per example; "universal": one trigger per model
+    chosen on attack_opt) x model, with the examples, mean worst dNLL, the family control, the
+    damage above it with its 95% bootstrap CI, the perturbations considered (`members`), the
+    forward passes the family's own searches spent on the model, and which members carried the
+    worst case (`carried_by`: member (examples); `top_member` and `top_examples`: the one that
+    carried most)."""
     rows = []
-    for family in FAMILIES:
-        rows += _summary_rows(df, per_example_worst(df, family), family, "per-example", threat_model, n_boot, seed)
-        if family == "universal triggers":
-            rows += _summary_rows(df, universal_choice(df, family), family, "universal", threat_model, n_boot, seed)
+    for tm, rows_tm, _ in by_threat_model(df, threat_models):
+        for family in FAMILIES:
+            rows += _summary_rows(rows_tm, per_example_worst(rows_tm, family), family, "per-example", tm, n_boot, seed)
+            if family == "universal triggers":
+                rows += _summary_rows(rows_tm, universal_choice(rows_tm, family), family, "universal", tm, n_boot,
+                                      seed)
     return pd.DataFrame(rows)
 
 
-def examples(df: pd.DataFrame) -> pd.DataFrame:
-    """Every family's per-example worst case (per_example_worst), stacked: which member carried
-    each example."""
-    parts = [per_example_worst(df, family) for family in FAMILIES]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def examples(df: pd.DataFrame, threat_models) -> pd.DataFrame:
+    """Every threat model's and family's per-example worst case (per_example_worst), stacked: which
+    member carried each example."""
+    parts = [per_example_worst(rows, family).assign(threat_model=tm)
+             for tm, rows, _ in by_threat_model(df, threat_models) for family in FAMILIES]
+    return pd.concat(parts, ignore_index=True)
 
 
-def verdicts(df: pd.DataFrame, n_boot: int, seed: int) -> dict:
-    """Per family (and "<family>, universal" for the strict variant): baseline minus monotonic of
-    the worst-case damage above control, paired by example, with its CI and verdict
-    (verdicts.compare_models), plus which members carried it per model. {} entries are left out."""
+def verdicts(df: pd.DataFrame, threat_models, n_boot: int, seed: int) -> dict:
+    """Per threat model and family ("<family>", "<family> [<tokens>]" after the first threat model,
+    "<family>, universal..." for the strict variant): baseline minus monotonic of the worst-case
+    damage above control, paired by example, with its CI and verdict (verdicts.compare_models),
+    plus which members carried it and the passes of the family's own searches per model. Families
+    without both models' rows are left out."""
     out = {}
-    for family in FAMILIES:
-        variants = [("", per_example_worst(df, family))]
-        if family == "universal triggers":
-            variants.append((", universal", universal_choice(df, family)))
-        for suffix, ex in variants:
-            wide = ex.pivot(index="example", columns="model", values="above_control")
-            if not {"baseline", "monotonic"} <= set(wide.columns) or wide.isna().any().any():
-                continue
-            comp = compare_models(wide, n_boot, seed)
-            comp["carried_by"] = {m: ex[ex.model == m]["member"].value_counts().to_dict() for m in ("baseline", "monotonic")}
-            comp["forward_passes"] = {m: _search_passes(df, family, m) for m in ("baseline", "monotonic")}
-            out[family + suffix] = comp
+    for tm, rows, suffix in by_threat_model(df, threat_models):
+        for family in FAMILIES:
+            variants = [("", per_example_worst(rows, family))]
+            if family == "universal triggers":
+                variants.append((", universal", universal_choice(rows, family)))
+            for variant, ex in variants:
+                comp = _verdict(rows, ex, family, n_boot, seed)
+                if comp:
+                    out[family + variant + suffix] = {**comp, "threat_model": tm}
     return out
+
+
+def _verdict(df: pd.DataFrame, ex: pd.DataFrame, family: str, n_boot: int, seed: int) -> dict:
+    wide = ex.pivot(index="example", columns="model", values="above_control")
+    if not {"baseline", "monotonic"} <= set(wide.columns) or wide.isna().any().any():
+        return {}
+    comp = compare_models(wide, n_boot, seed)
+    comp["carried_by"] = {m: ex[ex.model == m]["member"].value_counts().to_dict() for m in ("baseline", "monotonic")}
+    comp["forward_passes"] = {m: _search_passes(df, family, m) for m in ("baseline", "monotonic")}
+    return comp
