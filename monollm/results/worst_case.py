@@ -62,24 +62,21 @@ def by_threat_model(df: pd.DataFrame, threat_models) -> list[tuple[str, pd.DataF
     return [(tm, df[df.tokens == tm], "" if i == 0 else f" [{tm}]") for i, tm in enumerate(threat_models)]
 
 
+EXAMPLE_COLUMNS = ["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]
+"""Columns of the per-example tables (per_example_worst, universal_choice)."""
+
+
 def per_example_worst(df: pd.DataFrame, family: str) -> pd.DataFrame:
     """One row per model x example of `family`: the worst member's dNLL (`dnll`), which member it
     was (`member`, member_label), the family control's dNLL there (`control_dnll`) and the damage
     above it (`above_control`). Empty where the family has no rows or no control."""
-    members, controls = family_rows(df, family)
-    columns = ["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]
+    members, controls = _labelled(df, family)
     if members.empty or controls.empty:
-        return pd.DataFrame(columns=columns)
-    members = members.assign(member=[member_label(r) for r in members.itertuples()])
+        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
     # repeated trials of one member (none today) would be averaged before the max: a member is one perturbation
     per_member = members.groupby(["model", "example", "member"], as_index=False)["dnll"].mean()
     worst = per_member.loc[per_member.groupby(["model", "example"])["dnll"].idxmax()]
-    ctrl = controls.groupby(["model", "example"])["dnll"].mean().rename("control_dnll")
-    out = worst.join(ctrl, on=["model", "example"])
-    if out["control_dnll"].isna().any():
-        raise ValueError(f"{family}: the control does not cover every example the members were scored on")
-    out = out.assign(family=family, above_control=out["dnll"] - out["control_dnll"])
-    return out[columns].sort_values(["model", "example"]).reset_index(drop=True)
+    return _above_control(worst, controls, family)
 
 
 def universal_choice(df: pd.DataFrame, family: str) -> pd.DataFrame:
@@ -87,20 +84,32 @@ def universal_choice(df: pd.DataFrame, family: str) -> pd.DataFrame:
     `opt_dnll` (mean damage on attack_opt) among those scored on that model, its per-example
     test dNLL and the damage above the family control. Same columns as `per_example_worst`;
     empty without `opt_dnll` (a table made before it existed) or without members."""
+    members, controls = _labelled(df, family)
+    if "opt_dnll" in members.columns:
+        members = members[np.isfinite(members["opt_dnll"].astype(float))]
+    if "opt_dnll" not in members.columns or members.empty or controls.empty:
+        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    best = set(members.groupby(["model", "member"])["opt_dnll"].first().groupby("model").idxmax())
+    chosen = members[[(m, name) in best for m, name in zip(members.model, members.member)]]
+    return _above_control(chosen.groupby(["model", "example", "member"], as_index=False)["dnll"].mean(),
+                          controls, family)
+
+
+def _labelled(df: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """family_rows, the members with their `member` label."""
     members, controls = family_rows(df, family)
-    if "opt_dnll" not in members.columns:
-        return per_example_worst(df.iloc[:0], family)
-    members = members[np.isfinite(members["opt_dnll"].astype(float))]
-    if members.empty or controls.empty:
-        return per_example_worst(df.iloc[:0], family)
-    members = members.assign(member=[member_label(r) for r in members.itertuples()])
-    best = members.groupby(["model", "member"])["opt_dnll"].first().groupby("model").idxmax()
-    chosen = members[[(m, name) in set(best) for m, name in zip(members.model, members.member)]]
+    return members.assign(member=[member_label(r) for r in members.itertuples()]), controls
+
+
+def _above_control(rows: pd.DataFrame, controls: pd.DataFrame, family: str) -> pd.DataFrame:
+    """rows (model, example, member, dnll) with the family control's mean dNLL per model and example
+    and the damage above it (EXAMPLE_COLUMNS), sorted by model and example."""
     ctrl = controls.groupby(["model", "example"])["dnll"].mean().rename("control_dnll")
-    out = chosen.groupby(["model", "example", "member"], as_index=False)["dnll"].mean().join(
-        ctrl, on=["model", "example"])
+    out = rows.join(ctrl, on=["model", "example"])
+    if out["control_dnll"].isna().any():
+        raise ValueError(f"{family}: the control does not cover every example the members were scored on")
     out = out.assign(family=family, above_control=out["dnll"] - out["control_dnll"])
-    return out[["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]]
+    return out[EXAMPLE_COLUMNS].sort_values(["model", "example"]).reset_index(drop=True)
 
 
 def _search_passes(df: pd.DataFrame, family: str, model: str) -> int:
