@@ -224,3 +224,28 @@ def context_fits(cfg, max_position: int):
     longest = a.context_len + a.continuation_len + max((p.prefix_len for p in a.params.values()), default=0)
     require(longest <= max_position, "attack.context_len",
             f"+ continuation_len + trigger length is {longest}, above the model's context of {max_position}")
+
+
+GATED_OWNERS = ("meta-llama",)
+"""Hub owners whose models are gated: downloading one needs a token of an account that accepted its licence."""
+
+
+def gated_access(m):
+    """A gated hub model (GATED_OWNERS) is reachable: a token is given (HF_TOKEN, or a stored
+    `hf auth login`), or the run is offline (HF_HUB_OFFLINE) with the model in the hub cache, or
+    model.name is a local folder. Else raises ConfigError naming model.name, in `start`, before any
+    job is queued: without it, `setup` would fail on the hub's refusal after its step started."""
+    owner = m.name.split("/")[0] if "/" in m.name else ""
+    if m.source != "hub" or owner not in GATED_OWNERS or os.path.isdir(m.name):
+        return
+    from huggingface_hub import get_token, try_to_load_from_cache
+
+    if os.environ.get("HF_TOKEN") or get_token():
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    cached = try_to_load_from_cache(m.name, "config.json", revision=m.revision or None)
+    require(offline and isinstance(cached, str), "model.name",
+            f"is {m.name!r}, a gated hub model, and HF_TOKEN is not set: give the run a token of an account "
+            f"that accepted the model's licence on the hub (HF_TOKEN; docs/cluster.md, section 3), or point "
+            f"model.name at a local mirror (a folder), or run offline (HF_HUB_OFFLINE=1) with the model in the "
+            f"hub cache")

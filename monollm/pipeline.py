@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from monollm import config
+from monollm import checks, config
 from monollm.data import documents
 from monollm.model import foundation, monotonic
 from monollm.train import loop
@@ -61,6 +61,7 @@ class ArmResult:
 def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
     """Load and validate the profile; checks that need only metadata (sizes, context length)."""
     cfg = config.load(raw, seed=seed)
+    checks.gated_access(cfg.model)  # a gated hub model without a token stops here, not in setup
     held = cfg.data.val_docs + cfg.data.attack_opt_docs + cfg.data.test_docs
     if cfg.data.source == "builtin" and cfg.data.builtin_docs <= held:
         raise config.ConfigError(

@@ -1,6 +1,8 @@
 """A paper-shape rehearsal, offline: the hub profiles' code paths at Pythia's real shape, small budgets.
 
-    python -m monollm.rehearsal DIR          # build the assets and DIR/rehearsal.toml (about a minute)
+    python -m monollm.rehearsal DIR                   # Pythia: build the assets and DIR/rehearsal.toml (about a minute)
+    python -m monollm.rehearsal DIR --family qwen     # Qwen2.5 (config/qwen2.5-0.5b.toml's model, at its real shape)
+    python -m monollm.rehearsal DIR --family llama    # Llama 3.2 (config/llama-3.2-1b.toml's model)
     python flows/mono_flow.py --config config DIR/rehearsal.toml run
 
 What it builds in DIR, each laid out like the real thing, so that only sizes and budgets differ
@@ -104,6 +106,71 @@ def write_pile(docs: list[str], out: str):
         start += n
 
 
+# family -> (its paper profile, the published configuration, the special tokens (EOS first), where the
+# rehearsal departs from it). Values from each model's config.json and tokenizer files on the hub.
+FAMILIES = {
+    "pythia": ("pythia-1.4b.toml", None, None, None),
+    "qwen": ("qwen2.5-0.5b.toml", dict(  # Qwen/Qwen2.5-0.5B
+        model_type="qwen2", vocab_size=151936, tie_word_embeddings=True, hidden_act="silu", rms_norm_eps=1e-6,
+        num_attention_heads=14, num_key_value_heads=2, rope_theta=1_000_000.0, rope_scaling=None,
+        max_position_embeddings=32768, use_sliding_window=False, sliding_window=None, max_window_layers=24,
+        initializer_range=0.02, bos_token_id=151643, eos_token_id=151643, attention_dropout=0.0),
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        dict(hidden_size=112, num_hidden_layers=2, intermediate_size=608)),
+    "llama": ("llama-3.2-1b.toml", dict(  # meta-llama/Llama-3.2-1B
+        model_type="llama", vocab_size=128256, tie_word_embeddings=True, hidden_act="silu", rms_norm_eps=1e-5,
+        num_attention_heads=32, num_key_value_heads=8, rope_theta=500_000.0, max_position_embeddings=131072,
+        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+        attention_bias=False, mlp_bias=False, initializer_range=0.02, bos_token_id=128000, eos_token_id=128001),
+        ("<|end_of_text|>", "<|begin_of_text|>"),
+        dict(hidden_size=256, head_dim=8, num_hidden_layers=2, intermediate_size=1024)),
+}
+"""The Qwen and Llama rehearsal models keep every published setting but width and depth: the
+width is cut by shrinking each head (14 x 8 and 32 x 8 dimensions), so the head counts, and with
+them grouped-query attention's grouping, are the real ones."""
+
+
+def family_tokenizer(docs: list[str], specials: tuple[str, ...], vocab_size: int = 50_000):
+    """A byte-level BPE trained on `docs` with the family's special tokens (EOS first, id 0), in the
+    layout the hub's fast tokenizers load from; Llama's (BOS among the specials) prepends BOS when
+    asked for special tokens, as Llama 3's does (the flow never asks: it encodes without them)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer)
+    eos, bos = specials[0], ("<|begin_of_text|>" if "<|begin_of_text|>" in specials else None)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos,
+                                   pad_token=None if bos else eos, add_bos_token=bool(bos))
+
+
+def write_family_model(docs: list[str], out: str, family: str, seed: int = 0):
+    """A `family` model (FAMILIES) at its real vocabulary and heads, small width and depth, random
+    init, saved in bf16 with its tokenizer; the special tokens keep the family's names, the ids
+    are the small tokenizer's (the embedding's rows beyond it are never used, as Qwen's padding
+    rows are)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, published, specials, shape = FAMILIES[family]
+    tokenizer = family_tokenizer(docs, specials)
+    settings = dict(published)
+    ids = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id or tokenizer.eos_token_id}
+    config = AutoConfig.for_model(settings.pop("model_type"), **{**settings, **shape, **ids})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def write_model(docs: list[str], out: str, seed: int = 0):
     """A Pythia-shaped GPT-NeoX with a ~50k byte-level BPE, saved as the hub stores Pythia (fp16)."""
     import torch
@@ -123,15 +190,21 @@ def write_model(docs: list[str], out: str, seed: int = 0):
     tokenizer.save_pretrained(out)
 
 
-def profile_text(model_dir: str, pile_dir: str) -> str:
-    """`config/pythia-1.4b.toml` with CHANGES applied and the ids pointed at the local folders."""
-    with open(PAPER_PROFILE) as f:
+def profile_text(model_dir: str, pile_dir: str, family: str = "pythia") -> str:
+    """The family's paper profile (`config/pythia-1.4b.toml` for Pythia) with CHANGES applied and the
+    ids pointed at the local folders."""
+    with open(paper_profile(family)) as f:
         text = f.read()
     changes = dict(CHANGES)
     changes["model", "name"], changes["data", "path"] = model_dir, pile_dir
     for (section, key), value in changes.items():
         text = _set(text, section, key, value)
     return text
+
+
+def paper_profile(family: str = "pythia") -> str:
+    """The path of the profile a family's rehearsal starts from."""
+    return os.path.join(ROOT, "config", FAMILIES[family][0])
 
 
 def _set(text: str, section: str | None, key: str, value) -> str:
@@ -142,29 +215,38 @@ def _set(text: str, section: str | None, key: str, value) -> str:
     pattern = re.compile(rf"^{re.escape(key)} = .*$", re.M)
     body, n = pattern.subn(f"{key} = {json.dumps(value)}", text[lo:hi], count=1)
     if not n:
-        raise KeyError(f"{PAPER_PROFILE} has no {key!r} in [{section or 'top level'}]")
+        raise KeyError(f"the paper profile has no {key!r} in [{section or 'top level'}]")
     return text[:lo] + body + text[hi:]
 
 
-def build(out: str) -> str:
-    """Everything in `out` (see the module docstring); returns the profile's path."""
+def build(out: str, family: str = "pythia") -> str:
+    """Everything in `out` (see the module docstring) for `family` (FAMILIES); returns the profile's path."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     docs = documents()
-    model_dir, pile_dir = os.path.join(out, "pythia"), os.path.join(out, "pile")
+    model_dir, pile_dir = os.path.join(out, family), os.path.join(out, "pile")
     write_pile(docs, pile_dir)
-    write_model(docs, model_dir)  # like Pythia's, the tokenizer is trained on the whole corpus
+    # like the real models' tokenizers, the tokenizer is trained on the whole corpus
+    if family == "pythia":
+        write_model(docs, model_dir)
+    else:
+        write_family_model(docs, model_dir, family)
     path = os.path.join(out, "rehearsal.toml")
     with open(path, "w") as f:
-        f.write(profile_text(model_dir, pile_dir))
+        f.write(profile_text(model_dir, pile_dir, family))
     return path
 
 
 def main(argv: list[str] | None = None):
     """`python -m monollm.rehearsal DIR`: build the rehearsal in DIR and say how to run it."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    family = "pythia"
+    if len(argv) == 3 and argv[1] == "--family" and argv[2] in FAMILIES:
+        family, argv = argv[2], argv[:1]
     if len(argv) != 1 or argv[0].startswith("-"):  # --help is not a folder to build in
-        print(f"usage: python -m monollm.rehearsal DIR\n\n{__doc__.strip()}")
+        print(f"usage: python -m monollm.rehearsal DIR [--family {'|'.join(FAMILIES)}]\n\n{__doc__.strip()}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    profile = build(os.path.abspath(argv[0]))
+    profile = build(os.path.abspath(argv[0]), family)
     print(f"built the rehearsal in {os.path.dirname(profile)}; run it with\n"
           f"  python flows/mono_flow.py --config config {profile} run")
     return 0
