@@ -218,10 +218,10 @@ class MonoFlow(FlowSpec):
 if __name__ == "__main__":
     import sys
 
-    from monollm.results.client import check_card_get, check_resume_origin, resume_tags
+    from monollm.cli import check_card_get, check_resume_origin, resume_tags
     from monollm.cluster.slurm import use_step_resources
 
-    check_card_get(sys.argv)  # a bare step name means the latest run: say which, if it did not succeed
+    check_card_get(sys.argv)  # a bare step name: your latest run (named in argv); said which, if it did not succeed
     check_resume_origin(sys.argv)
     # --with slurm: each step's job asks for its @resources, and GPUs of the profile's type (monollm/cluster/slurm.py)
     use_step_resources(gpu_type=config_expr("step_resources(config)['gpu_type']"))

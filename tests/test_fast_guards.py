@@ -3,7 +3,7 @@
 * both arms are trained on the same blocks in the same order (the comparison of the arms rests
   on it: only the constraint differs), in one process and when handed to training processes;
 * `resume` gives the resumed run its origin's profile/variant/mode/seed tags (a resumed run is
-  found by tag like any other), through monollm.results.client.resume_tags and the flow's
+  found by tag like any other), through monollm.cli.resume_tags and the flow's
   `__main__` block that appends them to the command line.
 """
 import json
@@ -17,9 +17,8 @@ import pytest
 import torch
 from conftest import FLOW, MICRO, flow_env
 
-from monollm import config, pipeline
+from monollm import cli, config, pipeline
 from monollm.model import foundation
-from monollm.results import client
 from monollm.train import distributed, loop
 
 T = 16
@@ -160,13 +159,13 @@ def tag_options(argv: list[str]) -> set[str]:
                                           (["flows/mono_flow.py", "resume", "attack"], "77")],
                          ids=["origin-run-id", "latest-run"])
 def test_resume_tags_forward_the_origin_runs_profile_and_seed(fake_run, argv, origin):
-    got = client.resume_tags(argv)
+    got = cli.resume_tags(argv)
     assert fake_run.asked == [f"MonoFlow/{origin}"]
     assert got[::2] == ["--tag"] * (len(got) // 2)  # option, value pairs only
     forwarded = tag_options(got)
     assert {t for t in forwarded if t.startswith(("profile:", "seed:"))} == {"profile:micro", "seed:4"}
     assert set(origin_tags()) <= forwarded
-    assert client.resume_tags(["flows/mono_flow.py", "run"]) == []
+    assert cli.resume_tags(["flows/mono_flow.py", "run"]) == []
 
 
 def test_flow_main_appends_the_origin_runs_tags_to_a_resume(fake_run, monkeypatch):
@@ -230,7 +229,7 @@ def test_tags_of_a_real_local_run_come_back_through_resume_tags(tmp_path, monkey
         assert running.status == "successful", running.stderr
         run_id = running.run.id
     assert set(tags) <= running.run.user_tags
-    forwarded = client.resume_tags([str(flow), "resume", "--origin-run-id", run_id], flow="GuardTagFlow")
+    forwarded = cli.resume_tags([str(flow), "resume", "--origin-run-id", run_id], flow="GuardTagFlow")
     assert {"profile:micro", "seed:4"} <= tag_options(forwarded) and set(tags) <= tag_options(forwarded)
     monkeypatch.chdir(tmp_path)  # without --origin-run-id: the latest run started from this directory
-    assert tag_options(client.resume_tags([str(flow), "resume"], flow="GuardTagFlow")) == tag_options(forwarded)
+    assert tag_options(cli.resume_tags([str(flow), "resume"], flow="GuardTagFlow")) == tag_options(forwarded)

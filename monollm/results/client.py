@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import tempfile
 
 from monollm.constants import MODELS
@@ -85,91 +84,30 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
                                  f"resume {step if task else 'STEP'} --origin-run-id {run.id}) or start a new run.")
 
 
-def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
-    """Exit with a clear message when `resume --origin-run-id ID` names a run that does not exist
-    (Metaflow itself fails with an internal error there)."""
-    if "resume" not in argv or "--origin-run-id" not in argv[:-1]:
-        return
-    run_id = argv[argv.index("--origin-run-id") + 1]
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-
-    try:  # no namespace change here: the runtime hands its namespace to every task
-        Run(f"{flow}/{run_id}", _namespace_check=False)
-    except MetaflowNotFound:
-        raise SystemExit(f"resume: there is no {flow} run with id {run_id!r} in this metadata store; "
-                         f"list runs with: python -c \"from metaflow import Flow, namespace; "
-                         f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
-
-
-def check_card_get(argv: list[str], flow: str = "MonoFlow"):
-    """For `card get STEP ...` with a bare step name, which Metaflow resolves to the latest run
-    started from this directory: say which run that is when it failed or is still running, and
-    how to pick another; exit with that message when its STEP has not finished (no card yet)."""
-    if "card" not in argv or "get" not in argv[argv.index("card"):] or argv.index("get") + 1 >= len(argv):
-        return
-    step = argv[argv.index("get") + 1]
-    if "/" in step or step.startswith("-"):
-        return
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-    from metaflow.util import get_latest_run_id
-
-    run_id = get_latest_run_id(lambda *args, **kwargs: None, flow)
-    try:
-        run = Run(f"{flow}/{run_id}", _namespace_check=False) if run_id else None
-    except MetaflowNotFound:
-        return
-    if run is None or run.successful:
-        return
-    done = step in [s.id for s in run] and any(t.finished for t in run[step])
-    rest = " ".join(argv[argv.index("get") + 2:]) or "FILE"
-    try:
-        latest = f"the latest successful run is {get_run().id}: "
-    except LookupError:
-        latest = "there is no successful run yet; "
-    note = (f"card get: the latest run started here, {run_id}, {run_state(run)}; "
-            + ("its card is from the steps that finished. " if done else f"its {step} step has no card. ")
-            + f"To pick another run: {latest}python flows/mono_flow.py card get RUN_ID/{step} {rest}")
-    if not done:
-        raise SystemExit(note)
-    print(note, file=sys.stderr)
-
-
 def run_state(run) -> str:
     """How an unsuccessful run stands, in words: failed (a task ended without success; its step
     named) or still running (no task failed; a run stopped by a signal looks the same)."""
     for step in run:
         for task in step:
-            if task.finished and not task.successful:
+            if ended(task) and not task.successful:
                 return f"failed (in step {step.id})"
     return "is still running, or was stopped before any step failed"
 
 
+def ended(task) -> bool:
+    """Whether a task's latest attempt ended, successfully or not. Metaflow's `task.finished` is
+    False for a failed task (it reads the attempt's `_task_ok`, False then); `finished_at` is set
+    whenever the attempt stored that artifact."""
+    if getattr(task, "finished", False):
+        return True
+    try:
+        return task.finished_at is not None
+    except (AttributeError, KeyError):
+        return False
+
+
 RUN_TAGS = ("profile:", "variant:", "mode:", "seed:")
 """Prefixes of the tags every run carries (pipeline.tags)."""
-
-
-def resume_tags(argv: list[str], flow: str = "MonoFlow") -> list[str]:
-    """For `resume`, the options `--tag T` for the origin run's profile, variant and seed tags;
-    [] otherwise. A new run tags itself in `start`, but `resume` clones `start` (and Metaflow
-    copies no tags), so a resumed run is given them when it is created: it is then found by tag
-    like any other run, also when every step was cloned."""
-    if "resume" not in argv:
-        return []
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-    from metaflow.util import get_latest_run_id
-
-    if "--origin-run-id" in argv[:-1]:
-        origin = argv[argv.index("--origin-run-id") + 1]
-    else:  # Metaflow's own default: the latest run started from this directory
-        origin = get_latest_run_id(lambda *args, **kwargs: None, flow)
-    try:
-        tags = Run(f"{flow}/{origin}", _namespace_check=False).user_tags if origin else []
-    except MetaflowNotFound:  # Metaflow reports the missing run itself
-        return []
-    return [arg for tag in sorted(tags) if tag.startswith(RUN_TAGS) for arg in ("--tag", tag)]
 
 
 def origin_run_id(run) -> str | None:
