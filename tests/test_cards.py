@@ -402,6 +402,33 @@ def test_progress_line_says_what_how_far_rate_and_eta(monkeypatch):
     assert progress.line("restart", 2, 5, started=100.0) == "restart 2/5, 0.2 restarts/s, ETA 15s"
 
 
+def answer_block(text: str) -> str:
+    """The console summary's answer, unwrapped: the lines after its title up to the blank line."""
+    from monollm.results import client as results
+
+    lines = text.splitlines()
+    start = lines.index(results.ANSWER_TITLE) + 1
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return " ".join(" ".join(lines[start:end]).split())
+
+
+def test_console_summary_ends_with_the_answer_the_cost_and_the_card_command():
+    """The run's last screen: the answer (the headline, the perplexity cost among it) and the card
+    command are the summary's last lines, within 40 lines of its end, every line within 120."""
+    from monollm.results import client as results
+
+    data = synthetic_run()
+    text = results.summary_text(data, "12")
+    lines = text.splitlines()
+    assert lines[-1] == "Experiment card: python flows/mono_flow.py card get 12/join_attacks report.html"
+    assert answer_block(text) == " ".join(headline.headline(data.findings))
+    last_screen = "\n".join(lines[-40:])
+    assert results.ANSWER_TITLE in last_screen and "The constraint costs perplexity" in " ".join(last_screen.split())
+    assert lines.index(results.ANSWER_TITLE) > lines.index("Perplexity on the test blocks (95% bootstrap CI over "
+                                                           "blocks):")  # the tables come first
+    assert max(map(len, lines)) <= results.WIDTH
+
+
 # ---- the cards of a real run -------------------------------------------------------------
 
 def card_payload(path: str) -> dict:

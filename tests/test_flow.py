@@ -173,15 +173,18 @@ def test_profile_without_resources_runs_end_to_end(micro_run, seed1_run):
     assert set(seed1_run.data.attacks["model"]) == {"baseline", "monotonic"}
 
 
-def test_console_summary_answers_first_and_fits_120_columns(micro_run):
+def test_console_summary_ends_with_the_answer_and_fits_120_columns(micro_run):
     from monollm.results import client
+    from monollm.results.headline import headline
+    from test_cards import answer_block
 
     text = client.summary_text(micro_run.data, micro_run.id)
     lines = text.splitlines()
-    from monollm.results.headline import headline
-
-    answer = " ".join(text.split("\n\n")[0].split())  # the answer first, unwrapped
-    assert answer == "Answer: " + " ".join(headline(micro_run.data.findings))
+    # the tables first; the answer, the perplexity cost among it, and the card command on the last screen
+    assert answer_block(text) == " ".join(headline(micro_run.data.findings))
+    assert client.ANSWER_TITLE in lines[-40:] and lines.index(client.ANSWER_TITLE) > lines.index(
+        "Perplexity on the test blocks (95% bootstrap CI over blocks):")
+    assert "perplexity" in " ".join(lines[lines.index(client.ANSWER_TITLE):])
     assert max(map(len, lines)) <= client.WIDTH
     assert not any(line.startswith(" ") for line in lines if line.strip() and not line.startswith("  "))
     tables = [line for line in lines if line.startswith("|")]

@@ -149,17 +149,35 @@ def text_table(df, columns: dict) -> list[str]:
 
 
 def summary_text(data, run_id: str = "") -> str:
-    """The end of a run on the console, at most WIDTH columns: the answer first, then perplexity,
-    constraint checks and attack damage as aligned tables, how far each search's gradient ranking
-    can be trusted (where measured), and where the card is."""
+    """The end of a run on the console, at most WIDTH columns. The tables come first (perplexity,
+    constraint checks, attack damage, the worst case, how far each search's gradient ranking can
+    be trusted, downstream tasks, order preservation); the answer (the sentences that open the
+    experiment card: the worst case, each attack's verdict, the perplexity cost, the seeds) and
+    the command that fetches the card come last, so they are on the screen when the run ends."""
     from monollm.results.card_sections import arms_differ
     from monollm.results.headline import headline
 
+    parts = detail_lines(data)
+    parts += ["", ANSWER_TITLE] + headline(data.findings, arms_differ(data.resolved_config))
+    if run_id:
+        parts += ["", card_command(run_id)]
+    return "\n".join(line for part in parts for line in _wrap(part))
+
+
+ANSWER_TITLE = "Answer (the experiment card opens with it; the tables above hold the numbers behind it):"
+"""The line that opens the answer, near the end of the console summary."""
+
+
+def card_command(run_id: str) -> str:
+    """The last line of the console summary: how to fetch the run's experiment card."""
+    return f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"
+
+
+def detail_lines(data) -> list[str]:
+    """The console summary's tables and notes, before the answer."""
     f = data.findings
     ci = "[{:+.3f}, {:+.3f}]"
-    # the same sentences that open the experiment card
-    parts = ["Answer: " + " ".join(headline(f, arms_differ(data.resolved_config))), ""]
-    parts += ["Perplexity on the test blocks (95% bootstrap CI over blocks):"]
+    parts = ["Perplexity on the test blocks (95% bootstrap CI over blocks):"]
     parts += text_table(data.perplexity, {"model": ("model", None), "perplexity": ("perplexity", ".3f"),
                                           "ppl_ci_low": ("CI low", ".3f"), "ppl_ci_high": ("CI high", ".3f"),
                                           "tokens": ("tokens", "d")})
@@ -183,10 +201,7 @@ def summary_text(data, run_id: str = "") -> str:
     parts += guidance_lines(f)
     parts += downstream_lines(f) + order_lines(f)
     parts += ["", f["convergence_note"]] if f.get("convergence_note") else []
-    parts += ["", f["activation_note"]]
-    if run_id:
-        parts += ["", f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"]
-    return "\n".join(line for part in parts for line in _wrap(part))
+    return parts + ["", f["activation_note"]]
 
 
 def robustness_lines(data) -> list[str]:
