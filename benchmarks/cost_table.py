@@ -7,7 +7,9 @@ Three rates are measured at Pythia-1.4B's shape by `benchmarks/gpu_check.sh`: re
 tokens/s (`train_step.py`), and one UAT step and one HotFlip round in bf16 (`attack_step.py`, the
 precision attacks search in on CUDA). Every other profile's rate is scaled from them by FLOPs
 per token (the same utilisation assumed: an estimate, marked as such; pythia-6.9b trains under
-FSDP on 8 GPUs, which may use them less well). The formula, per stage:
+FSDP on 8 GPUs, which may use them less well; so does llama-3.1-8b). The Qwen2.5 and Llama 3 rows count
+their own matmuls: grouped-query attention's narrower k and v, the gated MLP's three matrices and their
+larger vocabularies (GATED). The formula, per stage:
 
 * train (both arms):   2 x train.tokens / train_rate
 * evaluate (4 models): 4 x test tokens / (3 x train_rate)   (a forward pass is ~1/3 of a training step;
@@ -30,7 +32,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-PROFILES = ("pythia-160m", "pythia-1.4b", "pythia-6.9b")
+PROFILES = ("pythia-160m", "pythia-1.4b", "pythia-6.9b", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b",
+            "llama-3.1-8b")
+# The gated families' shapes, from each model's published config.json: (hidden size, layers, query heads,
+# key/value heads, head size, MLP width, vocabulary rows). Their MLP has three matrices (gate, up, down).
+GATED = {"qwen2.5-0.5b": (896, 24, 14, 2, 64, 4864, 151936), "qwen2.5-1.5b": (1536, 28, 12, 2, 128, 8960, 151936),
+         "llama-3.2-1b": (2048, 16, 32, 8, 64, 8192, 128256), "llama-3.1-8b": (4096, 32, 32, 8, 128, 14336, 128256)}
 TOKENS_PER_DOC = 1400
 """The Pile's mean tokens per document (about 300B tokens over 210M documents)."""
 # Measured by benchmarks/gpu_check.sh on one NVIDIA H200, 2026-11-27 (see docs/cluster.md):
@@ -62,11 +69,18 @@ def from_log(path: str) -> dict:
 
 
 def flops(name: str, block_len: int) -> tuple[float, float]:
-    """(training FLOPs per token, forward FLOPs per token at a 48-token attack window) of a Pythia."""
+    """(training FLOPs per token, forward FLOPs per token at a 48-token attack window) of a Pythia or of a
+    gated model (GATED): 6 (train) or 2 (forward) x the weights of every matmul, plus attention's scores."""
     from train_step import PYTHIA
 
-    d, layers, _ = PYTHIA[f"EleutherAI/{name}"]
-    matmul = 12 * layers * d * d + 50304 * d  # blocks and the LM head; the input embedding is a lookup
+    if name in GATED:
+        d, layers, heads, kv_heads, head, width, vocab = GATED[name]
+        # q and o (heads x head), k and v (kv_heads x head), gate, up and down; then the LM head
+        matmul = layers * (2 * d * heads * head + 2 * d * kv_heads * head + 3 * d * width) + vocab * d
+        d = heads * head  # the width attention's scores are computed at
+    else:
+        d, layers, _ = PYTHIA[f"EleutherAI/{name}"]
+        matmul = 12 * layers * d * d + 50304 * d  # blocks and the LM head; the input embedding is a lookup
     return 6 * matmul + 12 * layers * d * block_len, 2 * matmul + 4 * layers * d * 48
 
 
