@@ -4,12 +4,16 @@ import copy
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MICRO, ROOT
+from conftest import MICRO, ROOT, flow_env
 from scipy import stats as st
 from test_cards import synthetic_run
 
@@ -160,8 +164,9 @@ def test_the_flow_commands_of_run_and_resume():
     assert sweep.command(s, tasks[0], paths, ["--with", "kubernetes"])[1:] == [
         sweep.FLOW_FILE, "--config", "config", "/x/monotonic.mode=nonneg.toml", "run", "--seed", "0",
         *tags, "cell:monotonic.mode=nonneg", "--with", "kubernetes"]
-    assert sweep.command(s, tasks[1], paths, [])[1:] == [
-        sweep.FLOW_FILE, "resume", "--origin-run-id", "12", *tags, "cell:monotonic.mode=sign_frozen"]
+    assert sweep.command(s, tasks[1], paths, [], run_id_file="/o/running/x.run-id")[1:] == [
+        sweep.FLOW_FILE, "resume", "--origin-run-id", "12", *tags, "cell:monotonic.mode=sign_frozen",
+        "--run-id-file", "/o/running/x.run-id"]
 
 
 def test_pick_takes_the_cost_and_robustness_above_control():
@@ -356,13 +361,22 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
                                              - runs.loc["monotonic.mode=sign_frozen", metric])
 
 
+FAKE_FLOW = """import sys
+seed = sys.argv[sys.argv.index('--seed') + 1]
+with open(sys.argv[sys.argv.index('--run-id-file') + 1], 'w') as f:
+    f.write(f'7{seed}')
+print('Workflow starting (run-id 99), a line of the log that names another run')
+sys.exit(3 if 'sign_frozen' in ' '.join(sys.argv) else 0)
+"""
+
+
 def test_a_failed_run_never_stops_the_others(tmp_path, monkeypatch, capsys):
     """execute with a stand-in flow script that fails for one cell: every task still runs, each
-    with its log, a progress line at start and finish, and the failure is reported with its exit code."""
+    with its log, a progress line at start and finish, and the failure is reported with its exit
+    code. The run id is the one Metaflow writes to --run-id-file, not one the log mentions; a
+    second attempt appends to the log after its own header."""
     fake = tmp_path / "flow.py"
-    fake.write_text("import sys\nseed = sys.argv[sys.argv.index('--seed') + 1]\n"
-                    "print(f'Workflow starting (run-id 7{seed}), ...')\n"
-                    "sys.exit(3 if 'sign_frozen' in ' '.join(sys.argv) else 0)\n")
+    fake.write_text(FAKE_FLOW)
     monkeypatch.setattr(sweep, "FLOW_FILE", str(fake))
     cells = two_cells()
     tasks = plan(cells, (0, 1), [], {(c.name, s): resolved(c, s) for c in cells for s in (0, 1)})
@@ -374,6 +388,137 @@ def test_a_failed_run_never_stops_the_others(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("] start cell") == 4 and out.count("succeeded after") == 2 and out.count("FAILED (exit 3") == 2
     assert sorted(os.listdir(tmp_path / "logs"))[0] == "monotonic.mode=nonneg.seed0.log"
+    assert not os.listdir(tmp_path / "running")  # no run is going
+    sweep.execute(load_sweep(MICRO_SWEEP), tasks[2:3], {c.name: "x.toml" for c in cells}, str(tmp_path))
+    log = (tmp_path / "logs" / "monotonic.mode=sign_frozen.seed0.log").read_text()
+    assert log.count("===== ") == 2 and log.count("(run-id 99)") == 2, log
+    assert re.search(r"===== .* sweep pid \d+ on .* starts: .*flow\.py --config config x\.toml run --seed 0", log)
+
+
+SLOW_FLOW = """import signal, sys, time
+log = open(sys.argv[sys.argv.index('--run-id-file') + 1] + '.events', 'a')
+def stop(signum, frame):
+    log.write(f'got {signal.Signals(signum).name}\\n'); log.flush()
+    time.sleep(1)  # the sweep must wait for this
+    log.write('stopped\\n'); log.close()
+    sys.exit(1)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+log.write('started\\n'); log.flush()
+time.sleep(120)
+"""
+SWEEP = """import sys
+from monollm.experiments import sweep
+sweep.FLOW_FILE = sys.argv[1]
+sweep.report = lambda s, cells, tasks, out: print('pairs:', sorted((t.cell.name, t.action, len(t.runs)) for t in tasks))
+sys.exit(sweep.main(sys.argv[2:]))
+"""
+"""`python -m monollm.sweep` with another flow file and a report that only lists the pairs."""
+
+
+def wait_for(what: str, ready, timeout: float, proc=None, output=None):
+    end = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > end or (proc is not None and proc.poll() is not None):
+            raise AssertionError(f"no {what} after {timeout} s" + (f": {output.read_text()}" if output else ""))
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_sweep_reaches_its_run_and_the_sweep_waits_for_it(tmp_path, signum):
+    """SIGTERM or SIGINT to the sweep process alone: its run (in a process group of its own) gets
+    the signal, the sweep waits until the run has stopped, starts no other run and exits 128 + N."""
+    fake = tmp_path / "flow.py"
+    fake.write_text(SLOW_FLOW)
+    out, printed = tmp_path / "out", tmp_path / "sweep.out"
+    env = flow_env(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    with open(printed, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", SWEEP, str(fake), MICRO_SWEEP, "--out", str(out),
+                                 "--no-reuse-setup"], env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
+    events = out / "running" / "monotonic.mode=nonneg.seed0.run-id.events"
+    try:
+        wait_for("run", lambda: events.exists() and "started" in events.read_text(), 60, proc, printed)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 128 + signum, printed.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert events.read_text() == f"started\ngot {signum.name}\nstopped\n"  # stopped before the sweep ended
+    assert os.listdir(out / "logs") == ["monotonic.mode=nonneg.seed0.log"], printed.read_text()
+    assert f"sweep: stopped by {signum.name}" in printed.read_text()
+
+
+STAND_IN = """import os, time
+from metaflow import Config, FlowSpec, Parameter, current, step
+
+
+class MonoFlow(FlowSpec):
+    config = Config("config", parser="monollm.profiles.parse")
+    seed = Parameter("seed", type=int, default=None)
+
+    @step
+    def start(self):
+        from monollm import config
+        self.resolved_config = config.to_dict(config.load(self.config.to_dict(), seed=self.seed))
+        with open(os.path.join(MARKS, self.resolved_config["monotonic"]["mode"]), "a") as f:
+            f.write(current.run_id + "\\n")
+        print("the run begins", flush=True)
+        for _ in range(600):
+            if os.path.exists(os.path.join(MARKS, "go")):
+                break
+            time.sleep(0.2)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("the run ends")
+
+
+if __name__ == "__main__":
+    MonoFlow()
+"""
+"""A MonoFlow that stores `start`'s resolved_config as the flow does, counts its runs per mode
+in MARKS and waits there for a file `go`."""
+
+
+@pytest.mark.flow
+def test_a_sweep_killed_outright_never_runs_a_pair_twice(tmp_path):
+    """SIGKILL to the sweep process alone while its first run goes (a stand-in MonoFlow, see
+    STAND_IN): the run goes on; the sweep started again waits for it, then skips its pair and
+    runs the other. One run per pair, and the first pair's log holds its run's whole output."""
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    marks.mkdir()
+    flow = tmp_path / "flow.py"
+    flow.write_text(STAND_IN.replace("MARKS, ", f"{str(marks)!r}, "))
+    path = tmp_path / "killed.toml"
+    path.write_text(f'name = "killed"\nprofile = "{MICRO}"\nseeds = [0]\n'
+                    '[grid]\n"monotonic.mode" = ["nonneg", "sign_frozen"]\n')
+    env = flow_env(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    args = [sys.executable, "-c", SWEEP, str(flow), str(path), "--out", str(out), "--no-reuse-setup"]
+    first_out, second_out = tmp_path / "first.out", tmp_path / "second.out"
+    procs = []
+    try:
+        with open(first_out, "w") as f:
+            procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT))
+        wait_for("first run", (marks / "nonneg").exists, 120, procs[0], first_out)
+        procs[0].kill()
+        procs[0].wait()
+        with open(second_out, "w") as f:
+            procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT))
+        wait_for("wait for the first run", lambda: "still going; waiting for it" in second_out.read_text(), 60,
+                 procs[1], second_out)
+        (marks / "go").touch()
+        assert procs[1].wait(timeout=180) == 0, second_out.read_text()
+    finally:
+        (marks / "go").touch()  # every stand-in run ends
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    second = second_out.read_text()
+    assert "pairs: [('monotonic.mode=nonneg', 'skip', 1), ('monotonic.mode=sign_frozen', 'skip', 1)]" in second
+    assert [len((marks / m).read_text().split()) for m in ("nonneg", "sign_frozen")] == [1, 1], second
+    log = (out / "logs" / "monotonic.mode=nonneg.seed0.log").read_text()
+    assert log.count("===== ") == 1 and "\0" not in log and "the run begins" in log and "the run ends" in log, log
 
 
 def test_an_unknown_user_stops_the_sweep_with_one_line(tmp_path, monkeypatch, capsys):

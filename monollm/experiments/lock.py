@@ -6,12 +6,18 @@ The lock holds the holder's pid, host and start time (JSON). A second invocation
 with a message naming them; a lock left by a process that is no longer alive on this host (a
 killed sweep) is taken over with a note. A lock from another host cannot be checked and is
 never taken over. `--dry-run` and `--report-only` start no run, so they take no lock.
+
+The runs themselves are recorded in <out>/running (record_run): a run outlives a sweep killed
+with SIGKILL, and the next invocation waits for it instead of starting its pair again.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import socket
+import subprocess
 import time
 
 FILE = "sweep.lock"
@@ -85,3 +91,135 @@ def release(path: str) -> None:
     """Remove the lock if this process still holds it."""
     if _read(path).get("pid") == os.getpid() and _read(path).get("host") == socket.gethostname():
         os.unlink(path)
+
+
+# --- the runs a sweep started -------------------------------------------------------------------
+# Each run starts in its own process group, so it outlives a sweep killed with SIGKILL. While it
+# runs, <out>/running/<pair>.json names its process (pid, host and the process's start time, which
+# tells a reused pid apart); a later invocation of the sweep finds the runs still going there and
+# waits for them before it plans, instead of starting their pairs again.
+RUNNING = "running"
+_GROUPS: dict[int, str] = {}  # process group -> pair, of every run going that a signal is passed to
+STOP = {"signal": 0}  # the SIGTERM or SIGINT this invocation received (0: none): no run starts after it
+
+
+def started_at(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat), None where there is none
+    (no /proc, or no such process); with the pid it names one process, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]  # a zombie has exited
+
+
+def record_run(folder: str, pair: str, pid: int, run_id_file: str) -> str:
+    """Write <folder>/running/<pair>.json for a run just started; its path."""
+    os.makedirs(os.path.join(folder, RUNNING), exist_ok=True)
+    path = os.path.join(folder, RUNNING, f"{pair}.json")
+    with open(path, "w") as f:
+        json.dump({"pid": pid, "host": socket.gethostname(), "started_at": started_at(pid), "pair": pair,
+                   "run_id_file": run_id_file, "since": time.strftime("%Y-%m-%d %H:%M:%S %z")}, f)
+    return path
+
+
+def running(holder: dict) -> bool:
+    """Whether the run a record names is still going: its process exists on this host and started
+    when the record says. A record from another host counts as going (it cannot be checked)."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname():
+        return True
+    if not isinstance(pid, int) or not alive(pid):
+        return False
+    if holder.get("started_at"):  # the same process, not a later one given its pid, and not a zombie
+        return started_at(pid) == holder["started_at"]
+    return True  # recorded where there is no /proc: the pid alone
+
+
+def run_records(folder: str) -> list[dict]:
+    """The records in <folder>/running (each with its "path"), oldest pair name first."""
+    where = os.path.join(folder, RUNNING)
+    names = sorted(n for n in os.listdir(where) if n.endswith(".json")) if os.path.isdir(where) else []
+    return [{**_read(os.path.join(where, n)), "path": os.path.join(where, n)} for n in names]
+
+
+def read_run_id(path: str) -> str | None:
+    """The run id Metaflow wrote to a --run-id-file, None before it has."""
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def attempt(cmd: list[str], out: str, pair: str, log: str, id_file: str) -> tuple[int | None, str | None]:
+    """(exit status, run id) of one run of `cmd`: started in its own process group (a signal to the
+    sweep reaches it only as the sweep passes it on, and it outlives a sweep killed outright),
+    recorded in <out>/running while it goes, its output appended to `log` after a header line.
+    The run id is what Metaflow wrote to `id_file`. (None, None): not started, the sweep was stopped."""
+    os.makedirs(os.path.dirname(id_file), exist_ok=True)
+    if os.path.exists(id_file):
+        os.unlink(id_file)
+    with open(log, "a") as f:
+        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S %z')} sweep pid {os.getpid()} on "
+                f"{socket.gethostname()} starts: {shlex.join(cmd)}\n")
+        f.flush()
+        if STOP["signal"]:
+            return None, None
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        _GROUPS[proc.pid] = pair
+        record = record_run(out, pair, proc.pid, id_file)
+        if STOP["signal"]:  # came while it started: pass it on here
+            _signal_group(proc.pid, STOP["signal"])
+        try:
+            rc = proc.wait()
+        finally:
+            _GROUPS.pop(proc.pid, None)
+    run_id = read_run_id(id_file)
+    for path in (record, id_file):
+        if os.path.exists(path):
+            os.unlink(path)
+    return rc, run_id
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop(signum, frame) -> None:
+    """SIGTERM / SIGINT: no new run starts, and every run going gets the same signal; the sweep
+    goes on waiting for them (and then stops)."""
+    STOP["signal"] = signum
+    groups = list(_GROUPS)
+    os.write(2, f"sweep: {signal.Signals(signum).name}: passed on to {len(groups)} run(s); waiting for them to "
+                f"stop; no other run starts\n".encode())
+    for pgid in groups:
+        _signal_group(pgid, signum)
+
+
+def wait_for_earlier_runs(out: str, poll_s: float = 1.0) -> None:
+    """Runs an earlier invocation of the sweep started (<out>/running) that are still going: wait
+    for each to end, so that the plan sees how it ended and never starts its pair again. A record
+    from another host cannot be checked: raises SweepLocked naming it."""
+    for rec in run_records(out):
+        if rec.get("host") not in (None, socket.gethostname()):
+            raise SweepLocked(
+                f"{rec['path']} records a run of pair {rec.get('pair')} started on host {rec['host']} (pid "
+                f"{rec.get('pid')}), which cannot be checked from here: remove it once that run has ended")
+        if running(rec):
+            run_id = read_run_id(rec.get("run_id_file") or "")
+            print(f"sweep: {rec.get('pair')}: run {run_id or '(id not written yet)'} (pid {rec['pid']}, started "
+                  f"{rec.get('since')} by an earlier invocation of this sweep) is still going; waiting for it",
+                  flush=True)
+            _GROUPS[rec["pid"]] = rec.get("pair", "")
+            while running(rec):
+                time.sleep(poll_s)
+            _GROUPS.pop(rec["pid"], None)
+            print(f"sweep: {rec.get('pair')}: run {run_id or ''} has ended", flush=True)
+        for path in (rec["path"], rec.get("run_id_file")):
+            if path and os.path.exists(path):
+                os.unlink(path)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -83,11 +83,14 @@ def _start_config(run) -> dict | None:
         return None
 
 
-def command(sweep, task: Task, paths: dict, extra: list[str], reuse: str | None = None) -> list[str]:
+def command(sweep, task: Task, paths: dict, extra: list[str], reuse: str | None = None,
+            run_id_file: str | None = None) -> list[str]:
     """The flow command of a task: `run` a cell's profile with its seed (taking its setup from run
     `reuse`, if given), or `resume` the failed run (which keeps that run's configuration and
-    parameters). Both tag the run with the sweep and the cell."""
-    tags = ["--tag", f"sweep:{sweep.name}", "--tag", f"cell:{task.cell.name}"]
+    parameters). Both tag the run with the sweep and the cell; Metaflow writes the run's id to
+    `run_id_file` (`--run-id-file`) when the run starts."""
+    tags = ["--tag", f"sweep:{sweep.name}", "--tag", f"cell:{task.cell.name}",
+            *(["--run-id-file", run_id_file] if run_id_file else [])]
     if task.action == "resume":
         return [sys.executable, FLOW_FILE, "resume", "--origin-run-id", task.runs[0].id, *tags, *extra]
     return [sys.executable, FLOW_FILE, "--config", "config", paths[task.cell.name], "run",
@@ -132,17 +135,18 @@ def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int =
 
     def one(i_task):
         i, task = i_task
-        log = os.path.join(out, "logs", f"{task.cell.name}.seed{task.seed}.log")
+        pair = f"{task.cell.name}.seed{task.seed}"
+        log, id_file = os.path.join(out, "logs", f"{pair}.log"), os.path.join(out, sweep_lock.RUNNING, f"{pair}.run-id")
         reuse = sources.get(keys.get(id(task)))
+        if sweep_lock.STOP["signal"]:
+            return {"task": task, "rc": None, "run_id": None, "log": log}
         say(f"[{i}/{len(todo)}] start {describe(task)}" + (f", setup from run {reuse}" if reuse else "")
             + f" (log: {log})")
         began = time.monotonic()
-        with open(log, "w") as f:
-            rc = subprocess.run(command(sweep, task, paths, list(extra), reuse), stdout=f,
-                                stderr=subprocess.STDOUT).returncode
-        found = re.findall(r"\(run-id (\w+)\)", open(log, errors="replace").read())
-        run_id = found[0] if found else None
-        state = "succeeded" if rc == 0 else f"FAILED (exit {rc}; see {log})"
+        cmd = command(sweep, task, paths, list(extra), reuse, id_file)
+        rc, run_id = sweep_lock.attempt(cmd, out, pair, log, id_file)
+        state = ("succeeded" if rc == 0 else "not started (the sweep was stopped)" if rc is None
+                 else f"FAILED (exit {rc}; see {log})")
         say(f"[{i}/{len(todo)}] finish cell {task.cell.name} seed {task.seed}: run {run_id} {state} "
             f"after {time.monotonic() - began:.0f} s")
         return {"task": task, "rc": rc, "run_id": run_id, "log": log}
@@ -267,9 +271,17 @@ def main(argv=None) -> int:
         return 3
     if note:
         print(f"sweep: note: {note}", flush=True)
+    sweep_lock.STOP["signal"] = 0
+    previous = {s: signal.signal(s, sweep_lock.stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        sweep_lock.wait_for_earlier_runs(out)
         return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
+    except sweep_lock.SweepLocked as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 3
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         sweep_lock.release(lock)
 
 
@@ -300,6 +312,10 @@ def _plan_and_run(args, sweep, cells, paths, expected, out, extra) -> int:
         ran = execute(sweep, tasks, paths, out, args.max_parallel, extra,
                       expected=None if args.no_reuse_setup else expected,
                       sources=None if args.no_reuse_setup else setup_sources(found))
+        if sweep_lock.STOP["signal"]:
+            print(f"sweep: stopped by {signal.Signals(sweep_lock.STOP['signal']).name}; the runs it started have ended",
+                  file=sys.stderr)
+            return 128 + sweep_lock.STOP["signal"]
         if ran:
             tasks = plan(cells, sweep.seeds, records(sweep.name, namespace=args.namespace), expected)
     report(sweep, cells, tasks, out)
