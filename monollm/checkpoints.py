@@ -173,6 +173,11 @@ class InMemory:
         self.saved[step] = snapshot(state)
 
 
+QUIET_BELOW = 1_000_000
+"""Bytes: a checkpoint kept without a limit (`keep` None: an attack's search state) and smaller
+than this is logged on its first save only."""
+
+
 class StepCheckpointer:
     """The Checkpoint of one Metaflow step, in its datastore (the step needs @checkpoint)."""
 
@@ -190,6 +195,7 @@ class StepCheckpointer:
         # _copy: the last background save's host copy, reused by the next one
         self._delete, self._stored, self._worker, self._failed, self._copy = delete, [], None, None, None
         self._pending, self.times = None, SaveTimes()  # the step being saved in the background; costs
+        self._said_fresh = False  # the resumed-from-nothing line is logged once
 
     def save(self, state: dict, step: int):
         """Save the state as this task's newest checkpoint (in a thread if `background`); the time
@@ -247,7 +253,11 @@ class StepCheckpointer:
         with Clock() as c:
             ref = self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step},
                                                storage_format="files")
-        self.log(f"[{self.name}] checkpoint saved at step {step}: {self.times.stored(size, c.seconds)}")
+        line = f"[{self.name}] checkpoint saved at step {step}: {self.times.stored(size, c.seconds)}"
+        if self.keep is not None or size >= QUIET_BELOW:
+            self.log(line)
+        elif self.times.stores == 1:  # an attack's small search state: its first save only
+            self.log(line + f"; later saves under {QUIET_BELOW / 1e6:g} MB are not logged")
         self._stored.append(ref)
         self._prune()
 
@@ -280,9 +290,20 @@ class StepCheckpointer:
             if state is not None:
                 return state
         origin = getattr(self.current, "origin_run_id", None)
-        if origin:
-            return self._first_readable(self._origin_refs(origin), reader)
-        return None
+        if not origin:
+            return None
+        state = self._first_readable(self._origin_refs(origin), reader)
+        if state is None and not self._said_fresh:  # a resume that continues nothing: say so, once
+            self._said_fresh = True
+            self.log(self._fresh_start_line(origin))
+        return state
+
+    def _fresh_start_line(self, origin: str) -> str:
+        """The one line a resumed task logs when the run it resumes left no checkpoint of it."""
+        if self.name.startswith("attack"):
+            return f"[{self.name}] run {origin} left no readable checkpoint of this search: it starts over"
+        return (f"[{self.name}] run {origin} left no readable checkpoint of this step: training starts from step 1 "
+                f"(train.checkpoint_every sets how often training saves one; 0 saves none)")
 
     def _listed(self, task) -> list:
         """Checkpoints of `task` (None: this task), all attempts, newest first."""

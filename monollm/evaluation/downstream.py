@@ -22,10 +22,12 @@ constraint's cost per task with a paired bootstrap over items.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import sys
+import tempfile
 from collections import Counter
 
 import numpy as np
@@ -252,17 +254,52 @@ def evaluate(cfg, model_dirs: dict, device: str, folder: str, log=print) -> dict
 
     d = cfg.eval.downstream
     names, include = resolve(d.tasks, folder)
-    manager, tasks = load_tasks(names, include, hub=any(n in HUB_TASKS for n in d.tasks))
+    with quiet():
+        manager, tasks = load_tasks(names, include, hub=any(n in HUB_TASKS for n in d.tasks))
     tables, items = [], []
     for model_name, path in model_dirs.items():
         log(f"downstream tasks {', '.join(names)} on {model_name}")
         model, tokenizer = foundation.load(path, device, cfg.model.attn_implementation, what=model_name)
-        result = run_tasks(model, tokenizer, manager, tasks, d.limit, cfg.eval.batch_size, cfg.seed,
-                           cfg.eval.bootstrap)
+        with quiet():
+            result = run_tasks(model, tokenizer, manager, tasks, d.limit, cfg.eval.batch_size, cfg.seed,
+                               cfg.eval.bootstrap)
         tables.append(table(result, model_name))
         items.append(item_table(result, model_name))
         del model
     return {"table": pd.concat(tables, ignore_index=True), "items": pd.concat(items, ignore_index=True)}
+
+
+ALWAYS_SHOWN = ("error", "traceback", "exception", "critical")
+"""Captured lines naming one of these (any case) are shown even when the block succeeds."""
+
+
+@contextlib.contextmanager
+def quiet():
+    """lm-eval's and datasets' own output inside the block (progress bars, warnings about an
+    in-memory model, the `git describe` probe of lm-eval's environment report, which writes
+    "fatal: not a git repository" outside a repository) is captured at the file-descriptor level,
+    so child processes are caught too, instead of filling the step's log. Nothing is hidden when
+    it matters: if the block raises, everything captured is written to stderr before the error
+    goes on; otherwise the lines that name an error are."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").replace("\r", "\n").splitlines()
+            shown = lines if failed else [x for x in lines if any(w in x.lower() for w in ALWAYS_SHOWN)]
+            if shown:
+                print("\n".join(shown), file=sys.stderr, flush=True)
 
 
 def chance(samples: list[dict], metric: str) -> float:
