@@ -161,6 +161,7 @@ class MonoFlow(FlowSpec):
         self.branches = branches.names(cfg)
         self.next(self.attack, foreach="branches")
 
+    @card(type="blank", id="attack")
     @resources(**MODEL_STEP)
     @retry(times=RETRIES)
     @checkpoint(load_policy="fresh", show_card=False)
@@ -182,6 +183,9 @@ class MonoFlow(FlowSpec):
         done = branches.run(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
         for name, value in vars(done).items():  # attack_rows and token_text, downstream_results or order_results
             setattr(self, name, value)
+        from monollm.results import branch_card
+
+        branch_card.fill(current.card["attack"], cfg, self.input, done, log=pipeline.log)  # this branch's own card
         self.next(self.join_attacks)
 
     @card(type="blank", id="experiment", timeout=120)

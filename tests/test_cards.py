@@ -504,3 +504,56 @@ def test_downstream_section_shows_scores_and_the_cost_per_task():
     assert "`piqa`: acc 0.6 (monotonic) vs 0.65 (baseline), difference -0.050 [-0.090, -0.010] over 100 items" in text
     del data.downstream  # a run made before downstream tasks existed
     assert cards.downstream_section(data) == []
+
+
+def test_attack_branch_card_shows_its_search_damage_and_examples():
+    """The attack step's own card (branch_card), from one branch's rows: the search per model with
+    the trigger it found, the damage with its control, the most and least damaged examples; the
+    budget curve where the rows hold one."""
+    from monollm.results import branch_card
+
+    data = synthetic_run()
+    rows = data.attacks[data.attacks.attack == "uat"].reset_index(drop=True)
+    cfg = config.from_dict(data.resolved_config)
+    done = SimpleNamespace(attack_rows=rows, token_text=data.token_text)
+    parts = rendered(branch_card.components(cfg, "uat", done))
+    text = "\n".join(p["source"] for p in parts if p["type"] == "markdown")
+    assert text.startswith("# Attack branch `uat`") and "Budget curve" not in text
+    search = next(p for p in parts if p["type"] == "table" and "found" in p["columns"])
+    assert [r[0] for r in search["data"]] == ["baseline", "monotonic"]
+    assert all(r[-1] == repr("w7 w8 ") for r in search["data"])  # the trigger, as the tokens decode
+    damage = next(p for p in parts if p["type"] == "table" and "above control [95% CI]" in p["columns"])
+    assert {"attack", "control", "transfer"} <= {r[0] for r in damage["data"]}
+    assert "<mark>" in text and "most and least damaged" in text
+    budget = pd.concat([rows, rows[rows.kind == "attack"].assign(kind="budget", budget_fraction=0.5)])
+    curve = branch_card.budget_view(budget)
+    assert list(curve["budget"]) == ["0.5", "0.5"] and list(curve["model"]) == ["baseline", "monotonic"]
+    order = rendered(branch_card.components(cfg, "order", SimpleNamespace(attack_rows=None)))
+    assert "experiment card" in order[0]["source"]
+
+
+def test_a_branch_card_that_cannot_be_built_leaves_the_branch_standing():
+    from monollm.results import branch_card
+
+    said, card = [], []
+
+    class Card(list):
+        def extend(self, parts):
+            raise AssertionError("never reached")
+
+    branch_card.fill(Card(), None, "uat", SimpleNamespace(attack_rows=pd.DataFrame({"x": [1]})), log=said.append)
+    assert len(said) == 1 and said[0].startswith("[uat] the branch's card could not be built") and card == []
+
+
+@pytest.mark.flow
+def test_every_attack_branch_has_its_own_card(micro_run, datastore_root, tmp_path):
+    for task in micro_run["attack"]:
+        if task.data.attack_rows is None:
+            continue
+        branch = task.data.attack_rows["attack"].iloc[0]
+        payload = card_get(datastore_root, task.pathspec.split("/", 1)[1], str(tmp_path / f"{branch}.html"),
+                           "--id", "attack")
+        parts = list(walk(payload["components"][0]))
+        assert any(p.get("type") == "markdown" and p["source"].startswith(f"# Attack branch `{branch}`")
+                   for p in parts)
+        assert any(p.get("type") == "table" and "forward passes" in p["columns"] for p in parts)
