@@ -41,6 +41,14 @@ def test_notebook_explores_the_run(micro_run, datastore_root, monkeypatch):
     for model in ("reference", "baseline", "monotonic_init", "monotonic"):
         assert model in text
     assert "Perplexity cost: the monotonic model's test perplexity" in text  # the findings in words
+    # the answer first: the headline and the worst case, before any table or the findings in words
+    from monollm.results import card_sections, headline, robustness_views
+
+    data = micro_run.data
+    answer = "**Answer.** " + " ".join(headline.headline(data.findings, card_sections.arms_differ(data.resolved_config)))
+    assert answer in text and robustness_views.WORST_CASE_TITLE in text
+    assert text.index(answer) < text.index(robustness_views.WORST_CASE_TITLE) < text.index("reference") \
+        < text.index("Perplexity cost: the monotonic model's test perplexity")
     assert "all 4 constrained matrices are >= 0" in text  # the loaded monotonic model, checked
     # static charts: perplexity, training curves, one dNLL distribution per attack, order preservation
     attacks = micro_run.data.resolved_config["attacks"]

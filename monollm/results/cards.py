@@ -309,6 +309,12 @@ def lead(data) -> list:
             _table(sections.key_numbers(f, data.perplexity, data.attack_summary))]
 
 
+def worst_case_table(data) -> pd.DataFrame:
+    """The worst case per family (`data.worst_case`) as the card shows it; empty for a run made before it."""
+    worst = views.worst_case_view(getattr(data, "worst_case", None))
+    return views._shown(worst, views.CARD_COLUMNS) if len(worst) else worst
+
+
 def attack_section(data, attack: str) -> list:
     """One attack: its damage table, the search and success tables, how far its gradient ranking can
     be trusted (where measured), the dNLL distribution, and the most and least damaged examples of
