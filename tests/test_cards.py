@@ -535,13 +535,8 @@ def test_attack_branch_card_shows_its_search_damage_and_examples():
 def test_a_branch_card_that_cannot_be_built_leaves_the_branch_standing():
     from monollm.results import branch_card
 
-    said, card = [], []
-
-    class Card(list):
-        def extend(self, parts):
-            raise AssertionError("never reached")
-
-    branch_card.fill(Card(), None, "uat", SimpleNamespace(attack_rows=pd.DataFrame({"x": [1]})), log=said.append)
+    said, card = [], []  # rows without the columns the card reads: building it fails, the branch goes on
+    branch_card.fill(card, None, "uat", SimpleNamespace(attack_rows=pd.DataFrame({"x": [1]})), log=said.append)
     assert len(said) == 1 and said[0].startswith("[uat] the branch's card could not be built") and card == []
 
 

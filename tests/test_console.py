@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from monollm import checkpoints
-from monollm.evaluation import downstream
 from test_checkpoints import _FakeCurrent, _state
 
 
