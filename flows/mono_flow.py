@@ -212,7 +212,8 @@ class MonoFlow(FlowSpec):
 
     @step
     def end(self):
-        """Print the headline tables; record the run this one was resumed from, if any."""
+        """Print the tables, then the answer and the card command (the last screen of the run); record
+        the run this one was resumed from, if any."""
         from monollm.results import client
 
         self.origin_run_id = current.origin_run_id  # also when only `end` ran again
