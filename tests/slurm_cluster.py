@@ -4,7 +4,8 @@ temporary folder and stopped at the end. Needs root (slurmd launches jobs as the
 Debian packages that scripts/install-slurm.sh installs.
 
 The login node is reached the way a user reaches a cluster: METAFLOW_SLURM_ADDRESS names a Host
-of the client's ~/.ssh/config (the test's HOME is a temporary folder), which gives the port.
+of the client's ~/.ssh/config (the test's HOME is a temporary folder), which gives the port, and
+the client's ~/.ssh/known_hosts holds the login node's host key.
 The login environment (sshd's SetEnv) holds what a cluster account's ~/.bashrc would: where
 slurm.conf is, the S3 credentials, and METAFLOW_SKIP_INSTALL_DEPENDENCIES; sbatch passes it on to
 the job.
@@ -63,6 +64,7 @@ class Cluster:
     slurm_conf: str
     jobcomp: str
     procs: dict
+    host_key_line: str = ""  # the login node's line in the client's ~/.ssh/known_hosts
 
     def env(self) -> dict:
         """What the client (the flow's `run`) needs to submit here through metaflow-slurm."""
@@ -197,6 +199,10 @@ def _start_sshd(paths: dict, cluster: Cluster, procs: dict, login_env: dict):
     os.makedirs(os.path.join(cluster.home, ".ssh"), exist_ok=True)
     _write(os.path.join(cluster.home, ".ssh", "config"),
            f"Host {HOST_ALIAS}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n")
+    # the login node's host key, where a user keeps the keys of the hosts they have checked
+    with open(hostkey + ".pub") as f:
+        cluster.host_key_line = f"[127.0.0.1]:{port} {' '.join(f.read().split()[:2])}\n"
+    _write(os.path.join(cluster.home, ".ssh", "known_hosts"), cluster.host_key_line)
 
 
 SLURM_CONF = """\

@@ -262,6 +262,90 @@ def test_wrong_key_is_named(check, tmp_path):
     assert msg and "METAFLOW_SLURM_SSH_KEY_FILE" in msg and "no such file" in msg
 
 
+def other_key(folder) -> str:
+    path = os.path.join(str(folder), "other_key")
+    subprocess.run([slurm_cluster.which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
+    return path
+
+
+def test_a_wrong_host_key_is_refused_with_one_line(check, cluster, tmp_path, monkeypatch):
+    """The login node must show the host key known_hosts holds for it: another key, or none at
+    all, stops the check with one line; MONOLLM_SLURM_KNOWN_HOSTS=none is the explicit way out."""
+    with open(other_key(tmp_path) + ".pub") as f:
+        wrong = cluster.host_key_line.split()[0] + " " + " ".join(f.read().split()[:2]) + "\n"
+    for text in (wrong, ""):
+        known = tmp_path / "known_hosts"
+        known.write_text(text)
+        monkeypatch.setenv("MONOLLM_SLURM_KNOWN_HOSTS", str(known))
+        msg = check()
+        assert msg and "\n" not in msg and "is not verified: its host key is not the one" in msg, msg
+        assert f"MONOLLM_SLURM_KNOWN_HOSTS={str(known)!r}" in msg and "MONOLLM_SLURM_KNOWN_HOSTS=none" in msg
+    monkeypatch.setenv("MONOLLM_SLURM_KNOWN_HOSTS", "none")
+    assert check() is None
+    monkeypatch.setenv("MONOLLM_SLURM_KNOWN_HOSTS", str(tmp_path / "absent"))
+    assert "no such file" in check()
+
+
+def test_the_extension_connects_only_to_the_known_login_node(cluster, tmp_path, monkeypatch):
+    """metaflow-slurm's own client (which submits every job) checks the host key too, once
+    use_step_resources has run: it connects with the user's known_hosts and not with a wrong one."""
+    import asyncio
+
+    from monollm.cluster import slurm
+
+    SlurmClient = _extension()[2]
+    slurm.use_step_resources()
+    monkeypatch.setenv("HOME", cluster.home)
+    client = SlurmClient(username="root", address=slurm_cluster.HOST_ALIAS, ssh_key_file=cluster.key)
+
+    async def connect():
+        conn = await client.connect()
+        client.conn = None
+        conn.close()
+        await conn.wait_closed()
+
+    asyncio.run(connect())
+    (tmp_path / "known_hosts").write_text("")
+    monkeypatch.setenv("MONOLLM_SLURM_KNOWN_HOSTS", str(tmp_path / "known_hosts"))
+    with pytest.raises(RuntimeError, match="Could not connect") as err:
+        asyncio.run(connect())
+    assert "HostKeyNotVerifiable" in type(err.value.__cause__).__name__
+
+
+def test_the_work_folder_never_reaches_a_shell_unquoted(check, cluster, tmp_path):
+    """slurm:remote_workdir is quoted in the check's own remote command, and one with characters
+    a shell reads (the extension's commands use it unquoted) is refused before any connection."""
+    from monollm.cluster import slurm
+
+    planted = tmp_path / "planted"
+    msg = check(remote_workdir=f"{cluster.workdir} && touch {planted} && echo ")
+    assert msg and "METAFLOW_SLURM_REMOTE_WORKDIR" in msg and "unquoted" in msg and not planted.exists()
+    probe = slurm._probe_command({"remote_workdir": "~/work dir"}).splitlines()
+    assert """mkdir -p "$HOME"/'work dir'/stdout "$HOME"/'work dir'/stderr""" in probe
+    assert slurm.remote_path("/a b;c") == "'/a b;c'" and slurm.remote_path("~") == '"$HOME"'
+
+
+def test_the_extension_methods_slurm_wraps_keep_their_signatures(monkeypatch):
+    """use_step_resources wraps private methods of metaflow-slurm and calls them with the
+    parameters slurm.PATCHED lists: a release that changes one fails here, not in a cluster job.
+    The host key check relies on SlurmClient's `asyncssh` attribute for connect and scp."""
+    import inspect
+
+    from monollm.cluster import slurm
+
+    SlurmClient = _extension()[2]
+    slurm.use_step_resources()  # wrapped or not, the extension's own methods are compared
+    assert slurm.extension_parameters() == slurm.PATCHED
+    source = inspect.getsource(SlurmClient)
+    assert "self.asyncssh = " in source and "self.asyncssh.connect(" in source and "self.asyncssh.scp(" in source
+
+    def changed(self, flow, graph, step, decos, environment, flow_datastore):  # a release without `logger`
+        pass
+
+    monkeypatch.setitem(slurm._ORIGINAL, "SlurmDecorator.step_init", changed)
+    assert slurm.extension_parameters() != slurm.PATCHED
+
+
 def test_nonexistent_partition_is_named(check):
     requests = {"setup": {**MICRO_REQUEST["setup"], "partition": "gpu-a100"}}
     msg = check(requests=requests)
@@ -289,11 +373,12 @@ FLOW_STEPS = {"setup": {"step": "setup"}, "make_monotonic": {"step": "cpu"}, "tr
 
 def _extension():
     try:
+        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_client import SlurmClient
         from metaflow_extensions.slurm_ext.plugins.slurm.slurm_decorator import SlurmDecorator
         from metaflow_extensions.slurm_ext.plugins.slurm.slurm_job import SlurmJob
     except ImportError:
         _unavailable("metaflow-slurm is not installed (requirements-cluster.txt)")
-    return SlurmDecorator, SlurmJob
+    return SlurmDecorator, SlurmJob, SlurmClient
 
 
 def rendered_script(step: str, resources: dict, partition: str = "gpu", gpu_type: str = "") -> str:
@@ -305,7 +390,7 @@ def rendered_script(step: str, resources: dict, partition: str = "gpu", gpu_type
 
     from monollm.cluster import slurm
 
-    SlurmDecorator, SlurmJob = _extension()
+    SlurmDecorator, SlurmJob, _ = _extension()
     slurm.use_step_resources(gpu_type=gpu_type)
     deco = SlurmDecorator(attributes={"partition": partition})
     decos = [ResourcesDecorator(attributes={k: resources[k] for k in ("gpu", "cpu", "memory")}), deco]
@@ -373,7 +458,7 @@ def test_light_steps_run_locally_unless_asked(monkeypatch):
 
     from monollm.cluster import slurm
 
-    SlurmDecorator, _ = _extension()
+    SlurmDecorator, _, _ = _extension()
     slurm.use_step_resources()
     for value, remote in ((None, False), ("local", False), ("slurm", True)):
         if value is None:

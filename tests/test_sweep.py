@@ -363,8 +363,9 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
 
 FAKE_FLOW = """import sys
 seed = sys.argv[sys.argv.index('--seed') + 1]
-with open(sys.argv[sys.argv.index('--run-id-file') + 1], 'w') as f:
-    f.write(f'7{seed}')
+if '--run-id-file' in sys.argv:
+    with open(sys.argv[sys.argv.index('--run-id-file') + 1], 'w') as f:
+        f.write(f'7{seed}')
 print('Workflow starting (run-id 99), a line of the log that names another run')
 sys.exit(3 if 'sign_frozen' in ' '.join(sys.argv) else 0)
 """
@@ -395,8 +396,8 @@ def test_a_failed_run_never_stops_the_others(tmp_path, monkeypatch, capsys):
     assert re.search(r"===== .* sweep pid \d+ on .* starts: .*flow\.py --config config x\.toml run --seed 0", log)
 
 
-SLOW_FLOW = """import signal, sys, time
-log = open(sys.argv[sys.argv.index('--run-id-file') + 1] + '.events', 'a')
+SLOW_FLOW = """import os, signal, sys, time
+log = open(os.environ['SLOW_FLOW_EVENTS'], 'a')
 def stop(signum, frame):
     log.write(f'got {signal.Signals(signum).name}\\n'); log.flush()
     time.sleep(1)  # the sweep must wait for this
@@ -431,11 +432,11 @@ def test_a_signal_to_the_sweep_reaches_its_run_and_the_sweep_waits_for_it(tmp_pa
     fake = tmp_path / "flow.py"
     fake.write_text(SLOW_FLOW)
     out, printed = tmp_path / "out", tmp_path / "sweep.out"
-    env = flow_env(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    events = tmp_path / "events"
+    env = flow_env(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"), SLOW_FLOW_EVENTS=str(events))
     with open(printed, "w") as f:
         proc = subprocess.Popen([sys.executable, "-c", SWEEP, str(fake), MICRO_SWEEP, "--out", str(out),
                                  "--no-reuse-setup"], env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
-    events = out / "running" / "monotonic.mode=nonneg.seed0.run-id.events"
     try:
         wait_for("run", lambda: events.exists() and "started" in events.read_text(), 60, proc, printed)
         proc.send_signal(signum)

@@ -21,6 +21,12 @@ in the `slurm step` process that `run` starts for each task (with `run`'s enviro
 Steps without @resources (start, the joins, end: no model work) run where `run` runs unless
 MONOLLM_SLURM_LIGHT_STEPS=slurm; their artifacts still go through the shared datastore.
 
+The login node's host key is checked against the user's ~/.ssh/known_hosts (or the file
+MONOLLM_SLURM_KNOWN_HOSTS names; "none" turns the check off), by the cluster check and by every
+connection the extension makes (it connects with known_hosts=None itself; see _HostKeyChecked).
+Values put into a remote command are quoted; the extension puts slurm:remote_workdir into its own
+commands unquoted, so the check refuses a work folder with characters a shell would read.
+
 Kept free of torch: the flow's `__main__` calls `use_step_resources` in every process.
 """
 from __future__ import annotations
@@ -28,31 +34,26 @@ from __future__ import annotations
 import os
 import re
 
-from metaflow.exception import MetaflowException
+from monollm.cluster.slurm_ssh import KNOWN_HOSTS_ENV, SlurmSetupError, check_host_keys, known_hosts  # noqa: F401
+from monollm.cluster.slurm_ssh import fail as _fail, login_node_run as _login_node_run, remote_path
 
 LIGHT_STEPS_ENV = "MONOLLM_SLURM_LIGHT_STEPS"
 """Environment variable: "slurm" sends the steps without @resources to Slurm too; unset or
 "local": they run where `run` runs."""
 REMOTE_DATASTORES = ("s3", "azure", "gs")
 """Datastores a Slurm job can download the code package from (the extension has no other way)."""
-CONNECT_TIMEOUT_S = 20
-"""How long the check waits for the login node before calling it unreachable."""
 SBATCH_ENV = {"account": "MONOLLM_SLURM_ACCOUNT", "qos": "MONOLLM_SLURM_QOS"}
 """sbatch options the extension has no setting for -> the environment variable, read where `run`
 runs, that gives them to every job (`#SBATCH --account=...` / `--qos=...`; unset or empty: left
 out, so the cluster's default for the user applies). A cluster setting, not a profile's."""
+SAFE_WORKDIR = re.compile(r"[A-Za-z0-9_./~+-]+")
+"""slurm:remote_workdir as the extension can use it: it writes it into shell commands unquoted."""
 SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """An account or QoS name: it is written into a batch script line, so nothing else is let in."""
 
 _REQUESTS: dict[str, dict] = {}  # step -> what its job asks for, filled by step_init in this process
 _GPU_TYPE = {"source": ""}  # resources.gpu_type: a str, or the flow's config_expr (see use_step_resources)
 _CHECKED: list = []  # one cluster check per process
-
-
-class SlurmSetupError(MetaflowException):
-    """A Slurm setting that cannot work; the message names the setting (the command line prints
-    it alone, without a traceback)."""
-    headline = "Slurm setup"
 
 
 def slurm_time(seconds: int) -> str:
@@ -132,14 +133,14 @@ def use_step_resources(gpu_type="") -> None:
     which has no such attribute); a later call replaces it.
     """
     _GPU_TYPE["source"] = gpu_type
-    try:
-        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_decorator import SlurmDecorator
-        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_job import SlurmJob
-    except ImportError:
+    classes = _extension_classes()
+    if classes is None:
         return
+    SlurmDecorator, SlurmJob = classes["SlurmDecorator"], classes["SlurmJob"]
     if getattr(SlurmDecorator, "_monollm_resources", False):
         return
     SlurmDecorator._monollm_resources = True
+    _ORIGINAL.update({name: getattr(classes[name.split(".")[0]], name.split(".")[1]) for name in PATCHED})
     step_init, runtime_init, runtime_step_cli = (SlurmDecorator.step_init, SlurmDecorator.runtime_init,
                                                  SlurmDecorator.runtime_step_cli)
 
@@ -164,6 +165,46 @@ def use_step_resources(gpu_type="") -> None:
     SlurmDecorator.step_init, SlurmDecorator.runtime_init, SlurmDecorator.runtime_step_cli = (
         init_step, init_runtime, step_cli)
     _add_sbatch_options(SlurmJob)
+    check_host_keys(classes["SlurmClient"])
+
+
+PATCHED = {"SlurmDecorator.step_init": ("self", "flow", "graph", "step", "decos", "environment", "flow_datastore",
+                                         "logger"),
+           "SlurmDecorator.runtime_init": ("self", "flow", "graph", "package", "run_id"),
+           "SlurmDecorator.runtime_step_cli": ("self", "cli_args", "retry_count", "max_user_code_retries",
+                                               "ubf_context"),
+           "SlurmJob.create_slurm_script": ("self",)}
+"""The metaflow-slurm methods use_step_resources wraps, with the parameters the wrappers call
+them with, in order (metaflow-slurm 0.0.4; private API: tests/test_slurm.py compares them with
+the installed extension's). slurm_ssh.check_host_keys also wraps SlurmClient.__init__, passing
+every argument on; it relies on the client's `asyncssh` attribute (see slurm_ssh)."""
+_ORIGINAL: dict = {}  # PATCHED's methods as the extension defines them, kept when they are wrapped
+
+
+def extension_parameters() -> dict:
+    """{name in PATCHED: the parameter names of the installed extension's method, in order}; {}
+    without metaflow-slurm. Reads the extension's own methods, also once they are wrapped."""
+    import inspect
+
+    classes = _extension_classes()
+    if classes is None:
+        return {}
+    out = {}
+    for name in PATCHED:
+        cls, attr = name.split(".")
+        method = _ORIGINAL.get(name) or getattr(classes[cls], attr)
+        out[name] = tuple(inspect.signature(method).parameters)
+    return out
+
+
+def _extension_classes() -> dict | None:
+    try:
+        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_client import SlurmClient
+        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_decorator import SlurmDecorator
+        from metaflow_extensions.slurm_ext.plugins.slurm.slurm_job import SlurmJob
+    except ImportError:
+        return None
+    return {"SlurmDecorator": SlurmDecorator, "SlurmJob": SlurmJob, "SlurmClient": SlurmClient}
 
 
 def _add_sbatch_options(job_class) -> None:
@@ -222,6 +263,10 @@ def check_cluster(attributes: dict, requests: dict, datastore: str) -> None:
     key_file = os.path.expanduser(attributes["ssh_key_file"])
     if not os.path.isfile(key_file):
         _fail(f"METAFLOW_SLURM_SSH_KEY_FILE (slurm:ssh_key_file) = {key_file!r}: no such file")
+    workdir = attributes.get("remote_workdir")
+    if workdir and not SAFE_WORKDIR.fullmatch(workdir):
+        _fail(f"METAFLOW_SLURM_REMOTE_WORKDIR (slurm:remote_workdir) = {workdir!r}: metaflow-slurm puts it into "
+              f"shell commands unquoted, so only letters, digits and _ . / ~ + - are allowed")
     out = _login_node_run(attributes, key_file, _probe_command(attributes))
     if "MONOLLM_NO_SBATCH" in out:
         _fail(f"sbatch is not found on the Slurm login node {attributes['address']!r} (PATH, or `module load slurm`)")
@@ -235,7 +280,7 @@ def _probe_command(attributes: dict) -> str:
     from metaflow_extensions.slurm_ext.plugins.slurm.slurm_client import _LOAD_SLURM_PREFIX
 
     # the job writes its output to stdout/ and stderr/ under the work folder, which sbatch does not create
-    workdir = attributes.get("remote_workdir") or "~/metaflow"
+    workdir = remote_path(attributes.get("remote_workdir") or "~/metaflow")
     return (_LOAD_SLURM_PREFIX + "command -v sbatch >/dev/null || { echo MONOLLM_NO_SBATCH; exit 0; }\n"
             f"mkdir -p {workdir}/stdout {workdir}/stderr\n" + "sinfo --noheader --format='%P|%l|%G'")
 
@@ -319,43 +364,3 @@ def _check_gpu_type(label: str, requests: dict, offered: dict) -> None:
               f"profile's resources.gpu_type), but one node of Slurm partition {label!r} has at most "
               f"{offered.get(kind, 0)} of them (gpu gres per node by type: {has}): set resources.gpu_type to "
               f"a type it has (\"\" for any), or choose another partition with --with slurm:partition=NAME")
-
-
-def _login_node_run(attributes: dict, key_file: str, command: str) -> str:
-    """Run `command` on the login node as the extension connects (asyncssh: the same address,
-    user, key, certificate and ~/.ssh/config); its stdout. Connection failures name the setting."""
-    import asyncio
-
-    import asyncssh
-
-    address, user = attributes["address"], attributes.get("username")
-    who = f"METAFLOW_SLURM_ADDRESS={address!r} as METAFLOW_SLURM_USERNAME={user!r}"
-
-    async def run():
-        key = asyncssh.read_private_key(key_file)
-        cert = attributes.get("cert_file")
-        keys = [(key, asyncssh.read_certificate(os.path.expanduser(cert)))] if cert else [key]
-        async with asyncssh.connect(address, username=user, client_keys=keys, known_hosts=None,
-                                    connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            return await conn.run(command)
-
-    loop = asyncio.new_event_loop()  # not the extension's loop, which its `slurm step` process uses
-    try:
-        proc = loop.run_until_complete(run())
-    except asyncssh.PermissionDenied:
-        _fail(f"the Slurm login node refused the key METAFLOW_SLURM_SSH_KEY_FILE={key_file!r} "
-              f"({who}): add its public key to ~/.ssh/authorized_keys there")
-    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as err:
-        _fail(f"METAFLOW_SLURM_SSH_KEY_FILE={key_file!r} is not a usable private key: {err}")
-    except (OSError, asyncssh.Error, asyncio.TimeoutError) as err:
-        _fail(f"cannot reach the Slurm login node {who}: {type(err).__name__}: {err}")
-    finally:
-        loop.close()
-    if proc.exit_status != 0:
-        _fail(f"checking the Slurm cluster on {address!r} failed (exit {proc.exit_status}): "
-              f"{(proc.stderr or '').strip()[-500:]}")
-    return proc.stdout or ""
-
-
-def _fail(message: str):
-    raise SlurmSetupError(message) from None

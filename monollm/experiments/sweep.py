@@ -264,6 +264,12 @@ def main(argv=None) -> int:
         return _argo_create(sweep, cells, paths, out, extra, args.dry_run)
     if args.dry_run or args.report_only:  # no run starts: no lock (see sweep_lock)
         return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
+    return _locked(args, argv, sweep, cells, paths, expected, out, extra)
+
+
+def _locked(args, argv, sweep, cells, paths, expected, out, extra) -> int:
+    """Plan and run holding the lock, with SIGTERM and SIGINT passed on to the runs (lock.stop),
+    once the runs an earlier invocation left going have ended."""
     try:
         lock, note = sweep_lock.acquire(out, " ".join(["python -m monollm.sweep", *argv]))
     except sweep_lock.SweepLocked as err:
