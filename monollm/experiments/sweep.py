@@ -17,7 +17,10 @@ resumes the newest failed one (`resume --origin-run-id RUN`). Runs whose setup w
 same (monollm.setup_reuse: cells that differ only in how the constraint is applied, at one seed)
 compute it once: the first runs in full, the others take its setup with --reuse-setup
 (--no-reuse-setup: each computes its own). An invocation that starts runs
-holds <out>/sweep.lock (monollm.experiments.lock): a second one stops at once. The report (sweep_report) is
+holds <out>/sweep.lock (monollm.experiments.lock): a second one stops at once. Each run starts in a
+process group of its own; SIGTERM and SIGINT to the sweep are passed on to its runs, which it
+waits for. A run outlives a sweep killed outright; it is recorded in <out>/running, and the next
+invocation waits for it before planning, so no pair runs twice. The report (sweep_report) is
 written to <out>/report.html with its tables as CSV.
 """
 from __future__ import annotations
@@ -115,9 +118,11 @@ def describe(task: Task) -> str:
 
 def execute(sweep, tasks: list[Task], paths: dict, out: str, max_parallel: int = 1, extra=(),
             expected: dict | None = None, sources: dict | None = None) -> list[dict]:
-    """Run every task that is not a skip, `max_parallel` at a time, each with its log in
-    <out>/logs; a failed one never stops the others. One progress line per start and finish;
-    returns {"task", "rc", "run_id", "log"} per task run.
+    """Run every task that is not a skip, `max_parallel` at a time (lock.attempt: each in its own
+    process group, its log appended in <out>/logs, its run id from --run-id-file); a failed one
+    never stops the others, and none starts once the sweep got SIGTERM or SIGINT. One progress
+    line per start and finish; returns {"task", "rc", "run_id", "log"} per task (rc None: not
+    started).
 
     With `expected` ({(cell, seed): resolved configuration}), runs that share a setup key
     (monollm.setup_reuse: cells that differ only in how the constraint is applied, at one seed)
