@@ -575,3 +575,26 @@ def test_the_lock_is_released_when_the_sweep_ends(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "report", lambda *a, **k: None)
     assert sweep.main([MICRO_SWEEP, "--out", str(tmp_path)]) == 1  # nothing ran: pairs not done
     assert seen == [True] and not (tmp_path / lock.FILE).exists()
+
+
+def test_a_restarted_sweep_waits_for_recorded_runs_and_clears_the_records(tmp_path, capsys):
+    """<out>/running: a record of a process still going is waited for, one of a process that has
+    ended (or a record cut short) is cleared, and one from another host stops the sweep."""
+    from monollm.experiments import lock
+
+    folder, running = str(tmp_path), tmp_path / lock.RUNNING
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.record_run(folder, "a.seed0", int(gone.stdout), str(running / "a.seed0.run-id"))
+    (running / "b.seed0.json").write_text("")
+    going = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    lock.record_run(folder, "c.seed0", going.pid, str(running / "c.seed0.run-id"))
+    (running / "c.seed0.run-id").write_text("17")
+    lock.wait_for_earlier_runs(folder, poll_s=0.05)
+    assert going.poll() is not None and not os.listdir(running)  # it ended before the wait did
+    out = capsys.readouterr().out
+    assert "b.seed0.json names no process" in out and "c.seed0: run 17 (pid" in out and "a.seed0" not in out
+    lock.record_run(folder, "d.seed0", going.pid, str(running / "d.seed0.run-id"))
+    path = running / "d.seed0.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "host": "elsewhere"}))
+    with pytest.raises(lock.SweepLocked, match="started on host elsewhere"):
+        lock.wait_for_earlier_runs(folder)

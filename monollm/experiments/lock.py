@@ -206,11 +206,13 @@ def wait_for_earlier_runs(out: str, poll_s: float = 1.0) -> None:
     for each to end, so that the plan sees how it ended and never starts its pair again. A record
     from another host cannot be checked: raises SweepLocked naming it."""
     for rec in run_records(out):
-        if rec.get("host") not in (None, socket.gethostname()):
+        if not isinstance(rec.get("pid"), int):  # cut short by a kill as it was written
+            print(f"sweep: note: {rec['path']} names no process; removed", flush=True)
+        elif rec.get("host") != socket.gethostname():
             raise SweepLocked(
-                f"{rec['path']} records a run of pair {rec.get('pair')} started on host {rec['host']} (pid "
+                f"{rec['path']} records a run of pair {rec.get('pair')} started on host {rec.get('host')} (pid "
                 f"{rec.get('pid')}), which cannot be checked from here: remove it once that run has ended")
-        if running(rec):
+        elif running(rec):
             run_id = read_run_id(rec.get("run_id_file") or "")
             print(f"sweep: {rec.get('pair')}: run {run_id or '(id not written yet)'} (pid {rec['pid']}, started "
                   f"{rec.get('since')} by an earlier invocation of this sweep) is still going; waiting for it",

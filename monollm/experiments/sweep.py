@@ -286,6 +286,8 @@ def _locked(args, argv, sweep, cells, paths, expected, out, extra) -> int:
     previous = {s: signal.signal(s, sweep_lock.stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         sweep_lock.wait_for_earlier_runs(out)
+        if sweep_lock.STOP["signal"]:
+            return 128 + sweep_lock.STOP["signal"]
         return _plan_and_run(args, sweep, cells, paths, expected, out, extra)
     except sweep_lock.SweepLocked as err:
         print(f"sweep: {err}", file=sys.stderr)
