@@ -164,6 +164,8 @@ def summary_text(data, run_id: str = "") -> str:
     return "\n".join(line for part in parts for line in _wrap(part))
 
 
+CONSOLE_KINDS = {"control_random_positions": "control (rand pos)"}
+"""Row kinds shortened in the console's attack table, so that it fits WIDTH (the card keeps the names)."""
 ANSWER_TITLE = "Answer (the experiment card opens with it; the tables above hold the numbers behind it):"
 """The line that opens the answer, near the end of the console summary."""
 
@@ -189,7 +191,7 @@ def detail_lines(data) -> list[str]:
     parts += text_table(data.constraint, {c: (c, formats.get(c)) for c in data.constraint.columns})
     s = data.attack_summary
     if len(s):
-        view = s.assign(dnll_ci=[ci.format(lo, hi) for lo, hi in zip(s["dnll_ci_low"], s["dnll_ci_high"])],
+        view = s.assign(kind=[CONSOLE_KINDS.get(k, k) for k in s["kind"]], dnll_ci=[ci.format(lo, hi) for lo, hi in zip(s["dnll_ci_low"], s["dnll_ci_high"])],
                         above=[("" if pd_isna(a) else f"{a:+.3f} " + ci.format(lo, hi))
                                for a, lo, hi in zip(s["above_control"], s["above_control_ci_low"],
                                                     s["above_control_ci_high"])])
