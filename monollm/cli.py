@@ -69,10 +69,12 @@ def check_card_get(argv: list[str], flow: str = "MonoFlow") -> list[str]:
     becomes RUN_ID/STEP in `argv`. When that run failed or is still running, say so and how to
     pick another; exit with that message when its STEP has not finished (no card yet)."""
     at = card_get_step(argv)
-    run = latest_own_run(flow) if at is not None else None
-    if run is None:
+    if at is None:
         return argv
-    step = argv[at]
+    run, step = latest_own_run(flow), argv[at]
+    if run is None:
+        raise SystemExit(f"card get: {user_namespace()} has no {flow} run; name another user's run: "
+                         f"python flows/mono_flow.py card get RUN_ID/{step} ...")
     argv[at] = f"{run.id}/{step}"
     if run.successful:
         return argv

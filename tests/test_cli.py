@@ -61,3 +61,9 @@ def test_card_get_on_a_run_that_failed_in_start_says_failed(own_latest):
     msg = str(stop.value)
     assert "43, failed (in step start)" in msg and "user:alice" in msg
     assert "card get RUN_ID/join_attacks report.html" in msg and "latest successful run is 3" in msg
+
+
+def test_card_get_when_the_user_has_no_run_says_so(own_latest):
+    with pytest.raises(SystemExit, match="user:alice has no MonoFlow run; name another user's run: "
+                                         "python flows/mono_flow.py card get RUN_ID/join_attacks"):
+        cli.check_card_get(["flows/mono_flow.py", "card", "get", "join_attacks", "report.html"])
