@@ -59,6 +59,11 @@ CHANGES = {
     ("resources", "retries"): 0, ("resources", "gpu"): 0, ("resources", "cpu"): 1,
     ("resources", "memory"): 4000, ("resources", "disk"): 2000,
 }
+FAMILY_CHANGES = {"qwen": {("attack", "batch_size"): 16, ("eval", "batch_size"): 8}}
+"""Where a family's rehearsal departs further: batches of a 151,936- or 128,256-column vocabulary hold
+3-4 GB of fp32 logits at the Pythia rehearsal's batches (an attack branch was killed for memory on a
+23 GB machine running several at once); these keep each under 0.5 GB."""
+FAMILY_CHANGES["llama"] = FAMILY_CHANGES["qwen"]
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
 """Where the rehearsal model departs from Pythia-160m's configuration: width and depth only."""
 
@@ -195,7 +200,7 @@ def profile_text(model_dir: str, pile_dir: str, family: str = "pythia") -> str:
     ids pointed at the local folders."""
     with open(paper_profile(family)) as f:
         text = f.read()
-    changes = dict(CHANGES)
+    changes = {**CHANGES, **FAMILY_CHANGES.get(family, {})}
     changes["model", "name"], changes["data", "path"] = model_dir, pile_dir
     for (section, key), value in changes.items():
         text = _set(text, section, key, value)
