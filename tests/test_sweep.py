@@ -598,3 +598,20 @@ def test_a_restarted_sweep_waits_for_recorded_runs_and_clears_the_records(tmp_pa
     path.write_text(json.dumps({**json.loads(path.read_text()), "host": "elsewhere"}))
     with pytest.raises(lock.SweepLocked, match="started on host elsewhere"):
         lock.wait_for_earlier_runs(folder)
+
+
+def test_an_argo_trigger_takes_the_run_id_metaflow_writes(tmp_path, capsys):
+    """`--argo trigger` reads each triggered run's id from --run-id-file, not from its output."""
+    from monollm.cluster import argo
+
+    fake = tmp_path / "flow.py"
+    fake.write_text("import sys\nseed = sys.argv[sys.argv.index('--seed') + 1]\n"
+                    "if '--run-id-file' in sys.argv:\n"
+                    "    open(sys.argv[sys.argv.index('--run-id-file') + 1], 'w').write(f'argo-run-{seed}')\n"
+                    "print('Workflow triggered (run-id argo-other), a line that names another run')\n")
+    cells = two_cells()
+    tasks = plan(cells, (0, 1), [], {(c.name, s): resolved(c, s) for c in cells for s in (0, 1)})
+    assert argo.trigger(str(fake), load_sweep(MICRO_SWEEP), tasks[:2], {c.name: "x.toml" for c in cells},
+                        str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: triggered run argo-run-0" in out and "seed 1: triggered run argo-run-1" in out, out

@@ -46,12 +46,14 @@ def create_command(flow_file: str, sweep, cell_name: str, path: str, extra=()) -
             template_name(sweep.name, cell_name), "create", *tags(sweep, cell_name), *extra]
 
 
-def trigger_command(flow_file: str, sweep, task, paths: dict, extra=()) -> list[str]:
+def trigger_command(flow_file: str, sweep, task, paths: dict, extra=(), run_id_file: str | None = None) -> list[str]:
     """`argo-workflows trigger` of a task's cell template with its seed (the same profile is
-    named, as Metaflow parses the flow and its config to trigger)."""
+    named, as Metaflow parses the flow and its config to trigger); Metaflow writes the triggered
+    run's id to `run_id_file` (`--run-id-file`)."""
     name = task.cell.name
     return [sys.executable, flow_file, "--config", "config", paths[name], "argo-workflows", "--name",
-            template_name(sweep.name, name), "trigger", "--seed", str(task.seed), *extra]
+            template_name(sweep.name, name), "trigger", "--seed", str(task.seed),
+            *(["--run-id-file", run_id_file] if run_id_file else []), *extra]
 
 
 def to_trigger(tasks: list) -> tuple[list, list[str]]:
@@ -114,9 +116,12 @@ def trigger(flow_file: str, sweep, tasks: list, paths: dict, out: str, extra=())
     failed = 0
     for t in todo:
         log = os.path.join(out, "logs", f"argo-trigger.{t.cell.name}.seed{t.seed}.log")
-        rc, stdout = _run(trigger_command(flow_file, sweep, t, paths, extra), log)
-        found = re.findall(r"\(run-id \*?([\w-]+)\*?\)", open(log, errors="replace").read())
-        state = f"triggered run {found[0] if found else '?'}" if rc == 0 else f"FAILED (exit {rc}; see {log})"
+        id_file = log[:-len(".log")] + ".run-id"
+        if os.path.exists(id_file):
+            os.unlink(id_file)
+        rc, stdout = _run(trigger_command(flow_file, sweep, t, paths, extra, id_file), log)
+        run_id = open(id_file).read().strip() if os.path.exists(id_file) else ""
+        state = f"triggered run {run_id or '?'}" if rc == 0 else f"FAILED (exit {rc}; see {log})"
         failed += rc != 0
         print(f"cell {t.cell.name} seed {t.seed}: {state}", flush=True)
     print(f"{len(todo) - failed} run(s) triggered; when they finish: python -m monollm.sweep SWEEP.toml "
