@@ -336,8 +336,8 @@ def format_table(table: pd.DataFrame) -> str:
     lines = [f"  {r.metric}: {r.mean:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}] over {r.n} run(s): {r.verdict}"
              for r in v.itertuples()]
     if len(v) and (v["n"] < 2).all():  # one seed: no verdict across runs, say what would give one
-        lines = [f"  none: {len(v)} differences, each from fewer than two runs. One seed is an anecdote: run more "
-                 "seeds (python flows/mono_flow.py run --seed N) and compare them."]
+        lines = ["  none: every difference comes from one run, and a t-interval needs two. One seed is an anecdote:",
+                 "  run more seeds (python flows/mono_flow.py run --seed N) and compare them."]
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
         body = table.to_string(float_format=lambda x: f"{x:.4g}")
     tail = ["", "Verdicts (mean and 95% t-interval across runs; for baseline - monotonic, positive = "
