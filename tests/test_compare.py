@@ -133,6 +133,8 @@ def test_verdict_rows_read_the_interval_across_runs():
     assert v.loc["dNLL uat/control baseline - monotonic", "verdict"].startswith("no spread")  # equal in every run
     one = compare.verdicts(compare.compare(runs[:1])).set_index("metric")
     assert (one["verdict"] == "no interval: fewer than two runs").all()
+    text = compare.format_table(compare.compare(runs[:1]))  # one line saying what would give a verdict
+    assert "run more seeds" in text and "no interval" not in text.split("Verdicts")[1]
 
 
 def test_downstream_rows_and_their_verdict():
