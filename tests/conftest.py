@@ -93,6 +93,8 @@ SLOW = {
     # parquet: `datasets` sleeps 5 s after each parquet stream (its workaround of apache/arrow#45214),
     # and the test reads three
     "test_data_streaming.py": {"test_local_shards_split_disjoint_complete_and_seeded[parquet]"},
+    # a real stand-in flow run per signal, killed and waited for (7-8 s each)
+    "test_sweep.py": {"test_a_signal_to_the_sweep_reaches_its_run_and_the_sweep_waits_for_it"},
 }
 CLUSTER_FIXTURES = {"cluster", "s3_endpoint"}
 """Fixtures that start a service: a local Slurm cluster (test_slurm.py; skipped where Slurm is not
