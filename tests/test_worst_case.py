@@ -215,3 +215,22 @@ def test_each_threat_model_has_its_own_worst_case_and_the_headline_names_both():
     assert list(dict.fromkeys(table["threat_model"])) == ["round_trip", "printable"]
     text = headline.worst_case_sentence(f)
     assert "threat model: round_trip tokens" in text and "With printable tokens: universal triggers" in text
+
+
+@pytest.mark.parametrize("budget, rising", [(240, True), (640, False)])
+def test_a_planted_search_cut_before_it_finds_the_weakness_is_not_converged(budget, rising):
+    """uat finds the planted token after about 160 forward passes: a budget of 240 ends with the
+    damage still rising at its last doubling (not converged), one of 640 long after it levelled off."""
+    token = unused_symbol()
+    weak = plant(model(0), token, sink=unused_symbol(skip=(token,)))
+    params = uat.UATConfig(trigger_len=3, top_k=4, widen=2, steps=50, restarts=1, controls=2, guidance_sample=0)
+    split = {"test": examples(8, 0), "attack_opt": examples(8, 1)}
+    rows = run_attack("uat", {"baseline": weak}, tokenizer(), split, CONT, 16, params, seed=0, log=lambda _: None,
+                      budget=budget)
+    df = report.attack_table(rows)
+    curve = diagnostics.budget_curve(df, N_BOOT, 0)
+    assert list(curve["fraction"]) == [0.125, 0.25, 0.5, 1.0]
+    assert curve["dnll"].iloc[-1] > 10  # the weakness is found within the budget either way
+    flag = diagnostics.not_converged(curve, "uat", "baseline")
+    assert flag["flag"] is rising
+    assert diagnostics.diagnostics(df, N_BOOT, 0)["uat"]["baseline"]["not_converged"]["flag"] is rising
