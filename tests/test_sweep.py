@@ -311,8 +311,9 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
     run fails in `evaluate`: the first invocation allows a foreach 2 branches
     (`-- --max-num-splits 2`) and the micro profile has 6 (four attacks, downstream, order).
     Running the sweep again resumes the failed run (without the limit) to success; its baseline,
-    trained afresh from the micro run's setup, has the micro run's perplexity to the last bit. A third invocation skips both; the report has both
-    cells and their contrast equals the difference of their runs."""
+    trained afresh from the micro run's setup, has the micro run's perplexity to the last bit. A
+    third invocation skips both; the report has both cells and their contrast equals the
+    difference of their runs."""
     from metaflow import Run, namespace
 
     namespace(None)
