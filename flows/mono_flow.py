@@ -223,11 +223,15 @@ class MonoFlow(FlowSpec):
 if __name__ == "__main__":
     import sys
 
-    from monollm.cli import check_card_get, check_resume_origin, resume_tags
+    from monollm.cli import (check_card_get, check_config_path, check_resume_origin, check_runs_here, resume_notes,
+                             resume_tags)
     from monollm.cluster.slurm import use_step_resources
 
+    check_config_path(sys.argv, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # else: where it looked
+    check_runs_here(sys.argv)  # `card ...`, `resume`: no runs from this directory? say where it looked, create nothing
     check_card_get(sys.argv)  # a bare step name: your latest run (named in argv); said which, if it did not succeed
     check_resume_origin(sys.argv)
+    resume_notes(sys.argv)  # which run `resume` takes and why; a warning when it already succeeded (nothing reruns)
     # --with slurm: each step's job asks for its @resources, and GPUs of the profile's type (monollm/cluster/slurm.py)
     use_step_resources(gpu_type=config_expr("step_resources(config)['gpu_type']"))
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself

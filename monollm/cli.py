@@ -1,7 +1,10 @@
 """The flow's command line before Metaflow reads it (flows/mono_flow.py's `__main__` block).
 
+    check_config_path(sys.argv, REPO) # `--config config PATH`: a file that exists, else where it looked
+    check_runs_here(sys.argv)         # `card ...`, `resume`: a datastore with runs, else where it looked
     check_card_get(sys.argv)          # `card get STEP`: your latest run, said which when it did not succeed
     check_resume_origin(sys.argv)     # `resume --origin-run-id ID`: a run that exists
+    resume_notes(sys.argv)            # `resume`: which run, and a warning when it already succeeded
     sys.argv += resume_tags(sys.argv) # `resume`: the origin run's profile/variant/mode/seed tags
 
 Each takes the command line and returns or rewrites it; none changes what a step computes.
@@ -26,7 +29,11 @@ def check_resume_origin(argv: list[str], flow: str = "MonoFlow"):
     try:  # no namespace change here: the runtime hands its namespace to every task
         Run(f"{flow}/{run_id}", _namespace_check=False)
     except MetaflowNotFound:
-        raise SystemExit(f"resume: there is no {flow} run with id {run_id!r} in this metadata store; "
+        store, root = "", datastore_root() if local_datastore(argv) else None
+        if local_datastore(argv):
+            store = f" ({root})" if root else (f" (no .metaflow folder in {os.getcwd()} or above: cd to the directory "
+                                               f"the flow ran in, or set METAFLOW_DATASTORE_SYSROOT_LOCAL to it)")
+        raise SystemExit(f"resume: there is no {flow} run with id {run_id!r} in this metadata store{store}; "
                          f"list runs with: python -c \"from metaflow import Flow, namespace; "
                          f"namespace(None); print([r.id for r in Flow('{flow}')])\"") from None
 
@@ -102,14 +109,161 @@ def resume_tags(argv: list[str], flow: str = "MonoFlow") -> list[str]:
         return []
     from metaflow import Run
     from metaflow.exception import MetaflowNotFound
-    from metaflow.util import get_latest_run_id
 
-    if "--origin-run-id" in argv[:-1]:
-        origin = argv[argv.index("--origin-run-id") + 1]
-    else:  # Metaflow's own default: the latest run started from this directory
-        origin = get_latest_run_id(lambda *args, **kwargs: None, flow)
+    origin, _ = resume_origin(argv, flow)
     try:
         tags = Run(f"{flow}/{origin}", _namespace_check=False).user_tags if origin else []
     except MetaflowNotFound:  # Metaflow reports the missing run itself
         return []
     return [arg for tag in sorted(tags) if tag.startswith(RUN_TAGS) for arg in ("--tag", tag)]
+
+
+# --- where the command looked -------------------------------------------------------------
+
+COMMANDS = {"run", "resume", "card", "step", "logs", "show", "check", "dump", "tag", "spin", "init", "version",
+            "help", "output-raw", "output-dot", "argo-workflows", "kubernetes", "batch", "step-functions", "airflow"}
+"""Metaflow's commands: the first of these on a command line is its command (later ones are values)."""
+
+
+def command(argv: list[str]) -> str | None:
+    """The Metaflow command of `argv` (`run`, `resume`, `card`, ...); None when there is none."""
+    return next((arg for arg in argv[1:] if arg in COMMANDS), None)
+
+
+def check_config_path(argv: list[str], repo: str):
+    """Exit with where it looked and what to do when `--config config PATH` names no readable file
+    (Metaflow says only that it "could not be read", after creating a datastore in the current
+    folder). A relative PATH is read from the current directory; `repo` is the repository root."""
+    at = next((i for i, arg in enumerate(argv[:-2]) if arg == "--config" and argv[i + 1] == "config"), None)
+    if at is None:
+        return
+    given = argv[at + 2]
+    path = os.path.abspath(given)
+    if os.path.isdir(path):
+        raise SystemExit(f"--config config {given}: {path} is a folder; give a profile file, "
+                         f"e.g. {repo}/config/tiny.toml")
+    try:
+        open(path, "rb").close()
+        return
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise SystemExit(f"--config config {given}: {path} cannot be read ({err.strerror}); check its permissions")
+    in_repo = os.path.join(repo, given)
+    fix = (f"give its absolute path, {in_repo}, or run from the repository root" if not os.path.isabs(given)
+           and os.path.isfile(in_repo) else f"run from the repository root ({repo}) or give an absolute path")
+    raise SystemExit(f"--config config {given}: no file {path} (a relative path is read from the current directory, "
+                     f"{os.getcwd()}); {fix}")
+
+
+def local_datastore(argv: list[str]) -> bool:
+    """Whether the command reads runs from Metaflow's local datastore (the default here)."""
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--datastore-root" or arg.startswith("--datastore-root="):
+            return False
+        if arg == "--datastore":
+            return argv[i + 1] == "local"
+        if arg.startswith("--datastore="):
+            return arg.partition("=")[2] == "local"
+    return DEFAULT_DATASTORE == "local"
+
+
+def datastore_root() -> str | None:
+    """The `.metaflow` folder a command started here reads runs from, found as Metaflow finds it:
+    under METAFLOW_DATASTORE_SYSROOT_LOCAL when set, else the nearest `.metaflow` in the current
+    directory or above; None when there is none (Metaflow would then create an empty one here)."""
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    return LocalStorage.get_datastore_root_from_config(lambda *args, **kwargs: None, create_on_absent=False)
+
+
+def no_runs_message(what: str, flow: str, root: str | None, cwd: str, sysroot: str | None) -> str | None:
+    """The line saying that `what` (`card get`, `resume`) found no run of `flow`, where it looked
+    and what to do; None when the datastore folder `root` holds runs of `flow`."""
+    if root and os.path.isdir(os.path.join(root, flow)):
+        return None
+    todo = "cd to the directory the flow ran in, or set METAFLOW_DATASTORE_SYSROOT_LOCAL to it"
+    if sysroot:
+        return (f"{what}: no {flow} runs in {root} (METAFLOW_DATASTORE_SYSROOT_LOCAL={sysroot}); set it to the "
+                f"directory the flow ran in, or unset it and cd there")
+    if root:
+        return f"{what}: no {flow} runs in {root}, the .metaflow folder nearest {cwd}; {todo}"
+    return f"{what}: no {flow} runs found from {cwd}: no .metaflow folder (where runs live) here or above; {todo}"
+
+
+def check_runs_here(argv: list[str], flow: str = "MonoFlow"):
+    """For `card ...` and a bare `resume` on the local datastore: exit with no_runs_message when there
+    is no run of `flow` to read, before Metaflow leaves an empty `.metaflow` in the current directory
+    (check_resume_origin answers `resume --origin-run-id`)."""
+    cmd = command(argv)
+    if cmd not in ("card", "resume") or "--origin-run-id" in argv or not local_datastore(argv):
+        return
+    from metaflow.metaflow_config import DATASTORE_SYSROOT_LOCAL
+
+    sub = argv[argv.index("card") + 1: argv.index("card") + 2] if cmd == "card" else []
+    what = " ".join([cmd] + [arg for arg in sub if not arg.startswith("-")])
+    message = no_runs_message(what, flow, datastore_root(), os.getcwd(), DATASTORE_SYSROOT_LOCAL)
+    if message:
+        raise SystemExit(message)
+
+
+# --- which run `resume` resumes -------------------------------------------------------------
+
+RESUME_VALUE_OPTIONS = {"--origin-run-id", "--tag", "--with", "--run-id", "--run-id-file", "--runner-attribute-file",
+                        "--max-workers", "--max-num-splits", "--max-log-size", "--resume-identifier"}
+"""The options of `resume` that take a value (the word after them is not the step to rerun)."""
+
+
+def resume_origin(argv: list[str], flow: str = "MonoFlow") -> tuple[str | None, bool]:
+    """(the id of the run `resume` resumes, or None; whether Metaflow chose it). Without
+    `--origin-run-id`, Metaflow takes the run id in the datastore's `<flow>/latest_run` file, which
+    every `run` with this datastore writes, whoever started it (a `resume` does not)."""
+    if "--origin-run-id" in argv[:-1]:
+        return argv[argv.index("--origin-run-id") + 1], False
+    from metaflow.util import get_latest_run_id
+
+    return get_latest_run_id(lambda *args, **kwargs: None, flow), True
+
+
+def resume_step(argv: list[str]) -> str | None:
+    """The step named in `resume STEP ...` (rerun from there), None when none is named."""
+    rest = argv[argv.index("resume") + 1:]
+    return next((arg for i, arg in enumerate(rest) if not arg.startswith("-")
+                 and (i == 0 or rest[i - 1] not in RESUME_VALUE_OPTIONS)), None)
+
+
+def resume_lines(run, chosen: bool, step: str | None, clone_only: bool, root: str | None) -> list[str]:
+    """What `resume` says before it starts: which run it resumes and why, when Metaflow chose it
+    (`chosen`); a warning when that run already succeeded and no step is named, so nothing reruns."""
+    lines = []
+    if chosen:
+        owner = next((tag for tag in sorted(run.system_tags) if tag.startswith("user:")), "an unknown user")
+        state = "succeeded" if run.successful else run_state(run)
+        lines.append(f"resume: resuming run {run.id}, the latest started by `run` with the datastore {root} "
+                     f"(Metaflow's pick without --origin-run-id); it is {owner}'s and {state}; to resume another: "
+                     f"python flows/mono_flow.py resume --origin-run-id RUN_ID")
+    if run.successful and step is None and not clone_only:
+        lines.append(f"resume: run {run.id} already succeeded, so every step is cloned and nothing reruns; to rerun "
+                     f"a step and the steps after it: python flows/mono_flow.py resume STEP --origin-run-id {run.id}")
+    return lines
+
+
+def resume_notes(argv: list[str], flow: str = "MonoFlow") -> list[str]:
+    """For `resume`: resume_lines of the run it resumes, printed to stderr and returned ([] for any
+    other command, or when there is no such run: Metaflow then says so itself)."""
+    if command(argv) != "resume":
+        return []
+    from metaflow import Run
+    from metaflow.exception import MetaflowNotFound
+
+    origin, chosen = resume_origin(argv, flow)
+    try:
+        run = Run(f"{flow}/{origin}", _namespace_check=False) if origin else None
+    except MetaflowNotFound:
+        return []
+    lines = resume_lines(run, chosen, resume_step(argv), "--clone-only" in argv, datastore_root()) if run else []
+    for line in lines:
+        print(line, file=sys.stderr)
+    return lines

@@ -1,9 +1,15 @@
 """The flow's command line before Metaflow reads it (monollm/cli.py): `card get STEP` takes the
-user's own latest run and says how it stands; a failed run reads "failed"."""
+user's own latest run and says how it stands; a failed run reads "failed"; a command started in the
+wrong directory says where it looked and what to do; `resume` says which run it resumes and warns
+when nothing will rerun."""
 import datetime
+import os
+import subprocess
+import sys
 from types import SimpleNamespace as NS
 
 import pytest
+from conftest import FLOW, ROOT, flow_env
 
 from monollm import cli
 from monollm.results import client
@@ -67,3 +73,78 @@ def test_card_get_when_the_user_has_no_run_says_so(own_latest):
     with pytest.raises(SystemExit, match="user:alice has no MonoFlow run; name another user's run: "
                                          "python flows/mono_flow.py card get RUN_ID/join_attacks"):
         cli.check_card_get(["flows/mono_flow.py", "card", "get", "join_attacks", "report.html"])
+
+
+# --- wrong directory: say where the command looked and what to do ---------------------------
+
+def flow_from(folder, *args) -> subprocess.CompletedProcess:
+    """The flow's command line run from `folder`, with no METAFLOW_DATASTORE_SYSROOT_LOCAL: Metaflow
+    then looks for `.metaflow` in `folder` and above, as for a user who never set it."""
+    env = {k: v for k, v in flow_env().items() if k != "METAFLOW_DATASTORE_SYSROOT_LOCAL"}
+    return subprocess.run([sys.executable, FLOW, *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_config_path_from_another_directory_names_the_path_tried_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.check_config_path(["flows/mono_flow.py", "--config", "config", "config/tiny.toml", "run"], ROOT)
+    assert str(stop.value) == (f"--config config config/tiny.toml: no file {tmp_path}/config/tiny.toml (a relative "
+                               f"path is read from the current directory, {tmp_path}); give its absolute path, "
+                               f"{ROOT}/config/tiny.toml, or run from the repository root")
+    with pytest.raises(SystemExit, match=rf"run from the repository root \({ROOT}\) or give an absolute path"):
+        cli.check_config_path(["flows/mono_flow.py", "--config", "config", "nope.toml", "run"], ROOT)
+    given = os.path.join(ROOT, "config", "tiny.toml")  # a file that exists: nothing to say
+    assert cli.check_config_path(["flows/mono_flow.py", "--config", "config", given, "run"], ROOT) is None
+
+
+def test_no_runs_message_says_where_it_looked_and_what_to_do(tmp_path):
+    cwd = str(tmp_path / "sub")
+    todo = "cd to the directory the flow ran in, or set METAFLOW_DATASTORE_SYSROOT_LOCAL to it"
+    assert cli.no_runs_message("card get", "MonoFlow", None, cwd, None) == (
+        f"card get: no MonoFlow runs found from {cwd}: no .metaflow folder (where runs live) here or above; {todo}")
+    root = str(tmp_path / ".metaflow")
+    assert cli.no_runs_message("resume", "MonoFlow", root, cwd, None) == (
+        f"resume: no MonoFlow runs in {root}, the .metaflow folder nearest {cwd}; {todo}")
+    assert cli.no_runs_message("card get", "MonoFlow", root, cwd, str(tmp_path)) == (
+        f"card get: no MonoFlow runs in {root} (METAFLOW_DATASTORE_SYSROOT_LOCAL={tmp_path}); set it to the "
+        f"directory the flow ran in, or unset it and cd there")
+    os.makedirs(os.path.join(root, "MonoFlow"))
+    assert cli.no_runs_message("card get", "MonoFlow", root, cwd, None) is None
+
+
+def test_card_get_and_config_from_an_empty_directory_say_where_they_looked_and_create_nothing(tmp_path):
+    """Before these checks, `card get` said the step was "not found" and `--config` that the file
+    "could not be read", and both left an empty `.metaflow` in the directory."""
+    none = f"no MonoFlow runs found from {tmp_path}: no .metaflow folder (where runs live) here or above; cd to"
+    for args, said in [(["card", "get", "end"], f"card get: {none}"), (["card", "get", "3/end", "x.html"], none),
+                       (["resume"], f"resume: {none}"),
+                       (["resume", "--origin-run-id", "5"], f"(no .metaflow folder in {tmp_path} or above: cd to"),
+                       (["--config", "config", "config/tiny.toml", "run"], f"give its absolute path, {ROOT}/config/")]:
+        done = flow_from(tmp_path, *args)
+        assert done.returncode != 0 and said in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    assert os.listdir(tmp_path) == [], "the commands left files behind"
+
+
+# --- resume: which run, and a warning when nothing reruns -----------------------------------
+
+def test_resume_step_is_the_word_after_resume_that_is_no_option_value():
+    assert cli.resume_step(["f.py", "resume", "--origin-run-id", "12"]) is None
+    assert cli.resume_step(["f.py", "resume", "--tag", "x", "attack", "--origin-run-id", "12"]) == "attack"
+    assert cli.resume_step(["f.py", "resume", "--clone-only", "train_monotonic"]) == "train_monotonic"
+
+
+def test_resume_lines_name_the_chosen_run_and_warn_when_it_already_succeeded():
+    failed = fake_run("17", {"start": [NS(finished=True, successful=True)], "attack": [failed_task()]})
+    failed.system_tags = frozenset({"user:alice", "runtime:dev"})
+    assert cli.resume_lines(failed, True, None, False, "/data/.metaflow") == [
+        "resume: resuming run 17, the latest started by `run` with the datastore /data/.metaflow (Metaflow's pick "
+        "without --origin-run-id); it is user:alice's and failed (in step attack); to resume another: "
+        "python flows/mono_flow.py resume --origin-run-id RUN_ID"]
+    assert cli.resume_lines(failed, False, None, False, "/data/.metaflow") == []  # named by --origin-run-id
+    done = fake_run("12", {"end": [NS(finished=True, successful=True)]}, successful=True)
+    warning = ("resume: run 12 already succeeded, so every step is cloned and nothing reruns; to rerun a step and "
+               "the steps after it: python flows/mono_flow.py resume STEP --origin-run-id 12")
+    assert cli.resume_lines(done, False, None, False, None) == [warning]
+    assert cli.resume_lines(done, False, "attack", False, None) == []  # attack and what follows rerun
+    assert cli.resume_lines(done, False, None, True, None) == []  # --clone-only: cloning is what was asked

@@ -4,7 +4,8 @@
   on it: only the constraint differs), in one process and when handed to training processes;
 * `resume` gives the resumed run its origin's profile/variant/mode/seed tags (a resumed run is
   found by tag like any other), through monollm.cli.resume_tags and the flow's
-  `__main__` block that appends them to the command line.
+  `__main__` block that appends them to the command line; and it says which run it resumes and
+  warns when that run already succeeded (monollm.cli.resume_notes).
 """
 import json
 import os
@@ -128,25 +129,37 @@ def origin_tags() -> list[str]:
 
 
 class FakeRun:
-    """Stand-in for metaflow.Run: any run id exists and carries `TAGS` plus a user's own tag."""
+    """Stand-in for metaflow.Run: any run id exists, carries `TAGS` plus a user's own tag, and
+    failed (`SUCCESSFUL` False) in a step with no task (so run_state reads "still running")."""
     TAGS: list[str] = []
+    SUCCESSFUL = False
     asked: list[str] = []
 
     def __init__(self, pathspec, _namespace_check=True):
         FakeRun.asked.append(pathspec)
+        self.id = pathspec.split("/")[-1]
         self.user_tags = frozenset(FakeRun.TAGS + ["my-own-tag"])
-        self.tags = self.user_tags | {"user:someone", "runtime:dev"}
+        self.system_tags = frozenset({"user:someone", "runtime:dev"})
+        self.tags = self.user_tags | self.system_tags
+        self.successful = FakeRun.SUCCESSFUL
+
+    def __iter__(self):
+        return iter(())
 
 
 @pytest.fixture
-def fake_run(monkeypatch):
+def fake_run(monkeypatch, tmp_path):
+    """metaflow.Run is FakeRun; the latest run is 77; the datastore (a temporary folder) holds runs."""
     import metaflow
     import metaflow.util
 
     monkeypatch.setattr(FakeRun, "TAGS", origin_tags())
+    monkeypatch.setattr(FakeRun, "SUCCESSFUL", False)
     monkeypatch.setattr(FakeRun, "asked", [])
     monkeypatch.setattr(metaflow, "Run", FakeRun)
     monkeypatch.setattr(metaflow.util, "get_latest_run_id", lambda echo, flow: "77")
+    os.makedirs(tmp_path / ".metaflow" / "MonoFlow")
+    monkeypatch.setattr(cli, "datastore_root", lambda: str(tmp_path / ".metaflow"))
     return FakeRun
 
 
@@ -168,9 +181,9 @@ def test_resume_tags_forward_the_origin_runs_profile_and_seed(fake_run, argv, or
     assert cli.resume_tags(["flows/mono_flow.py", "run"]) == []
 
 
-def test_flow_main_appends_the_origin_runs_tags_to_a_resume(fake_run, monkeypatch):
-    """flows/mono_flow.py run as a script, stopped where MonoFlow() would hand its command line to
-    Metaflow: by then a `resume` has the origin's tags as `--tag` options."""
+def flow_main(monkeypatch, argv: list[str]) -> list[str]:
+    """flows/mono_flow.py run as a script with `argv`, stopped where MonoFlow() would hand its
+    command line to Metaflow; that command line."""
     import metaflow
     from monollm.cluster import slurm
 
@@ -185,12 +198,34 @@ def test_flow_main_appends_the_origin_runs_tags_to_a_resume(fake_run, monkeypatc
 
     monkeypatch.setattr(metaflow.FlowSpec, "__init__", init)
     monkeypatch.setattr(slurm, "use_step_resources", lambda **kw: None)  # no metaflow-slurm patching here
-    monkeypatch.setattr(sys, "argv", [FLOW, "resume", "--origin-run-id", "12"])
+    monkeypatch.setattr(sys, "argv", list(argv))
     with pytest.raises(Started):
         runpy.run_path(FLOW, run_name="__main__")
-    assert handed and handed[0][:4] == [FLOW, "resume", "--origin-run-id", "12"]
-    forwarded = tag_options(handed[0])
+    return handed[0]
+
+
+def test_flow_main_appends_the_origin_runs_tags_to_a_resume(fake_run, monkeypatch):
+    """By the time MonoFlow() reads it, a `resume` has the origin's tags as `--tag` options."""
+    handed = flow_main(monkeypatch, [FLOW, "resume", "--origin-run-id", "12"])
+    assert handed[:4] == [FLOW, "resume", "--origin-run-id", "12"]
+    forwarded = tag_options(handed)
     assert {"profile:micro", "seed:4"} <= forwarded and set(origin_tags()) <= forwarded
+
+
+def test_flow_main_says_which_run_a_resume_takes_and_warns_when_it_succeeded(fake_run, monkeypatch, capsys):
+    """Before Metaflow starts: a bare `resume` names the run Metaflow picks (77) and why; the resume
+    of a run that succeeded says that nothing reruns and how to rerun a step."""
+    flow_main(monkeypatch, [FLOW, "resume"])
+    said = capsys.readouterr().err
+    assert "resume: resuming run 77, the latest started by `run` with the datastore" in said
+    assert "it is user:someone's and is still running" in said and "already succeeded" not in said
+    fake_run.SUCCESSFUL = True
+    flow_main(monkeypatch, [FLOW, "resume", "--origin-run-id", "12"])
+    assert capsys.readouterr().err == ("resume: run 12 already succeeded, so every step is cloned and nothing "
+                                       "reruns; to rerun a step and the steps after it: python flows/mono_flow.py "
+                                       "resume STEP --origin-run-id 12\n")
+    flow_main(monkeypatch, [FLOW, "resume", "attack", "--origin-run-id", "12"])
+    assert capsys.readouterr().err == ""  # attack and what follows rerun
 
 
 TAG_FLOW = '''
@@ -217,19 +252,38 @@ if __name__ == "__main__":
 '''
 
 
-def test_tags_of_a_real_local_run_come_back_through_resume_tags(tmp_path, monkeypatch):
-    """A real local Metaflow run tagged by client.tag_current_run, read back by resume_tags through
-    the Client API: every run tag, profile and seed included, becomes a `--tag` option."""
+@pytest.fixture(scope="module")
+def tag_flow_run(tmp_path_factory):
+    """A real local run of GuardTagFlow, tagged by client.tag_current_run: (the flow file, the Run)."""
     from metaflow import Runner
 
-    tags = origin_tags()
-    flow = tmp_path / "guard_tag_flow.py"
-    flow.write_text(textwrap.dedent(TAG_FLOW.format(tags=tags)))
-    with Runner(str(flow), cwd=str(tmp_path), env=flow_env()).run() as running:
+    folder = tmp_path_factory.mktemp("tag_flow")
+    flow = folder / "guard_tag_flow.py"
+    flow.write_text(textwrap.dedent(TAG_FLOW.format(tags=origin_tags())))
+    with Runner(str(flow), cwd=str(folder), env=flow_env()).run() as running:
         assert running.status == "successful", running.stderr
-        run_id = running.run.id
-    assert set(tags) <= running.run.user_tags
-    forwarded = cli.resume_tags([str(flow), "resume", "--origin-run-id", run_id], flow="GuardTagFlow")
+        return str(flow), running.run
+
+
+def test_tags_of_a_real_local_run_come_back_through_resume_tags(tag_flow_run, monkeypatch):
+    """A real local Metaflow run tagged by client.tag_current_run, read back by resume_tags through
+    the Client API: every run tag, profile and seed included, becomes a `--tag` option."""
+    flow, run = tag_flow_run
+    tags, run_id = origin_tags(), run.id
+    assert set(tags) <= run.user_tags
+    forwarded = cli.resume_tags([flow, "resume", "--origin-run-id", run_id], flow="GuardTagFlow")
     assert {"profile:micro", "seed:4"} <= tag_options(forwarded) and set(tags) <= tag_options(forwarded)
-    monkeypatch.chdir(tmp_path)  # without --origin-run-id: the latest run started from this directory
-    assert tag_options(cli.resume_tags([str(flow), "resume"], flow="GuardTagFlow")) == tag_options(forwarded)
+    monkeypatch.chdir(os.path.dirname(flow))  # without --origin-run-id: the latest run started from this directory
+    assert tag_options(cli.resume_tags([flow, "resume"], flow="GuardTagFlow")) == tag_options(forwarded)
+
+
+def test_resume_notes_of_a_real_succeeded_run_name_it_and_warn(tag_flow_run):
+    """resume_notes through the Client API on a real run: a bare `resume` names the run Metaflow
+    takes, its user and state; the run succeeded, so nothing would rerun, which it says."""
+    flow, run_id = tag_flow_run[0], tag_flow_run[1].id
+    chosen, warning = cli.resume_notes([flow, "resume"], flow="GuardTagFlow")
+    assert chosen.startswith(f"resume: resuming run {run_id}, the latest started by `run` with the datastore "
+                             f"{cli.datastore_root()} ")
+    assert f"it is user:{os.environ['USERNAME']}'s and succeeded" in chosen
+    assert warning.startswith(f"resume: run {run_id} already succeeded, so every step is cloned and nothing reruns")
+    assert cli.resume_notes([flow, "resume", "--origin-run-id", run_id], flow="GuardTagFlow") == [warning]

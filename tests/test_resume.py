@@ -157,6 +157,18 @@ def test_killed_attack_branch_continues_with_finished_restarts(resume_profile, d
     pd.testing.assert_frame_equal(run.data.perplexity, whole.data.perplexity)
 
 
+def test_resume_of_a_succeeded_run_warns_that_nothing_reruns(datastore_root, whole):
+    """Metaflow clones every task of a run that succeeded into a new, "successful" run; the resume
+    says so before it starts, and how to rerun a step."""
+    from metaflow import Runner
+
+    with Runner(FLOW, cwd=datastore_root, env=flow_env()).resume(origin_run_id=whole.id) as resumed:
+        assert resumed.status == "successful", resumed.stderr
+        said = resumed.stderr
+    assert (f"resume: run {whole.id} already succeeded, so every step is cloned and nothing reruns; to rerun a step "
+            f"and the steps after it: python flows/mono_flow.py resume STEP --origin-run-id {whole.id}") in said
+
+
 def test_resume_unknown_run_is_a_clear_error(datastore_root):
     done = subprocess.run([sys.executable, FLOW, "resume", "--origin-run-id", "999999999"], cwd=datastore_root,
                           env=flow_env(), capture_output=True, text=True, timeout=120)
