@@ -27,6 +27,10 @@ def validate(cfg):
     _check_monotonic(cfg.monotonic)
     _check_eval(cfg.eval)
     _check_attack(cfg.attack, cfg.attacks)
+    width = cfg.attack.context_len + cfg.attack.continuation_len
+    require(0 < cfg.data.contamination_ngram <= width, "data.contamination_ngram",
+            f"is {cfg.data.contamination_ngram}; allowed: 1 .. {width} (an attack window's length, "
+            f"attack.context_len + attack.continuation_len)")
     _check_resources(cfg.resources)
     _check_parallel(cfg.parallel, cfg.resources, cfg.train)
     return cfg

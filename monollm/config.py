@@ -103,6 +103,15 @@ class DataConfig:
     """Buffer of the seeded shuffle applied before splitting (streams are never read whole)."""
     block_len: int = 64
     """Tokens per packed block, for training and perplexity."""
+    contamination_ngram: int = 13
+    """n of the n-gram overlap measured in setup: a held-out window (attack window or block) is
+    contaminated when a run of n consecutive token ids in it also occurs in the training blocks
+    (the `contamination` artifact, shown on the card; docs/method.md). At most an attack window's
+    length (attack.context_len + attack.continuation_len)."""
+    decontaminate: bool = False
+    """Replace every contaminated attack window of test and attack_opt by the next clean window of
+    the same split, so that attack.examples stay as configured; setup stops, saying how many were
+    contaminated, when a split has too few clean windows. Blocks are measured, never dropped."""
 
 
 @dataclass(frozen=True)

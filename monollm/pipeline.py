@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 
 import numpy as np
 
 from monollm import checks, config
-from monollm.data import documents
+from monollm.data import contamination, documents
 from monollm.model import foundation, monotonic
 from monollm.train import loop
 from monollm.attacks.common import make_examples
@@ -46,6 +47,8 @@ class SetupResult:
     """A built model's test perplexity before pretraining (None for hub and local models)."""
     pretraining: list = dataclasses.field(default_factory=list)
     """A built model's pretraining history rows (empty for hub and local models)."""
+    contamination: dict | None = None
+    """Held-out windows that share an n-gram with the training blocks (monollm.data.contamination.report)."""
 
 
 @dataclasses.dataclass
@@ -171,12 +174,9 @@ def setup(cfg: config.ExperimentConfig, out_dir: str) -> SetupResult:
     config.block_limit(cfg, foundation.max_positions(model))
     config.layer_limit(cfg, monotonic.num_layers(model.config))
     held_ids, blocks, train_blocks = _packed(cfg, tokenizer, held, stream)
-    a = cfg.attack
-    examples = {name: make_examples(held_ids[name], a.examples, a.context_len,
-                                    a.continuation_len, cfg.seed, tokenizer, split=name)
-                for name in ("test", "attack_opt")}
+    examples, measured = _examples(cfg, tokenizer, held_ids, blocks, train_blocks)
     result = SetupResult(blocks=blocks, train_blocks=train_blocks, examples=examples, sources=found,
-                         hidden_act=str(getattr(model.config, "hidden_act", "")))
+                         hidden_act=str(getattr(model.config, "hidden_act", "")), contamination=measured)
     if cfg.model.source == "build":
         _pretrain(cfg, model, blocks, train_blocks, device, result)
     if cfg.monotonic.activation != "keep":
@@ -228,6 +228,33 @@ def _packed(cfg: config.ExperimentConfig, tokenizer, held: dict, stream) -> tupl
         blocks["test"] = blocks["test"][:cfg.eval.max_blocks]
     log("blocks: " + block_shapes(blocks, train_blocks))
     return held_ids, blocks, train_blocks
+
+
+def _examples(cfg: config.ExperimentConfig, tokenizer, held_ids: dict, blocks: dict,
+              train_blocks: np.ndarray) -> tuple[dict, dict]:
+    """(attack windows of test and attack_opt, the `contamination` report): the held-out windows
+    that share a data.contamination_ngram-gram with the training blocks, counted among the windows
+    drawn as usual and the blocks scored; with data.decontaminate, those attack windows are then
+    replaced by the next clean windows of their split."""
+    a, n = cfg.attack, cfg.data.contamination_ngram
+    shared = contamination.shared_ngrams(held_ids, train_blocks, n, tokenizer.eos_token_id)
+
+    def draw(drop=None):
+        try:
+            return {name: make_examples(held_ids[name], a.examples, a.context_len, a.continuation_len,
+                                        cfg.seed, tokenizer, split=name, drop=drop) for name in ("test", "attack_opt")}
+        except ValueError as err:  # too few windows: one line naming what to change
+            raise config.ConfigError(str(err)) from None
+
+    examples = draw()
+    units = {("test", "attack windows"): examples["test"], ("test", "blocks"): blocks["test"],
+             ("attack_opt", "attack windows"): examples["attack_opt"], ("val", "blocks"): blocks["val"]}
+    windows = tuple(k for k in units if k[1] == "attack windows") if cfg.data.decontaminate else ()
+    measured = contamination.report(units, shared, n, train_blocks.size, replaced=windows)
+    log(contamination.describe(measured))
+    if cfg.data.decontaminate:
+        examples = draw(functools.partial(contamination.flagged, shared=shared, n=n))
+    return examples, measured
 
 
 def _pretrain(cfg: config.ExperimentConfig, model, blocks: dict, train_blocks: np.ndarray, device: str,

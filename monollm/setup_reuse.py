@@ -27,7 +27,7 @@ other key, including monotonic.layers (checked against the model in setup) and
 monotonic.activation (swapped into the reference in setup), is part of the setup key."""
 
 ARTIFACTS = ("train_blocks", "blocks", "examples", "untrained_perplexity", "hidden_act", "pretraining",
-             "sources", "activation_swap", "reference_model")
+             "sources", "activation_swap", "contamination", "reference_model")
 """What `setup` stores for the steps after it (the flow's setup step sets exactly these)."""
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))

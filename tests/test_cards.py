@@ -117,6 +117,19 @@ def test_experiment_card_names_sources_commits_and_the_resumed_run():
     assert "model: built from [model.build]" in text(data) and "data: the built-in corpus" in text(data)
 
 
+def test_experiment_card_shows_the_contamination_of_the_held_out_windows():
+    data = synthetic_run()
+    text = lambda d: " ".join(p["source"] for p in rendered(cards.experiment(d)) if p["type"] == "markdown")
+    assert "held-out contamination: not measured" in text(data)  # a run from before the measurement
+    data.contamination = {"n": 13, "train_tokens": 40960, "rows": [
+        {"split": "test", "unit": "attack windows", "windows": 24, "contaminated": 3, "rate": 0.125, "replaced": 3},
+        {"split": "val", "unit": "blocks", "windows": 30, "contaminated": 0, "rate": 0.0, "replaced": 0}]}
+    data_section = text(data).split("## Data")[1].split("##")[0]
+    assert "`test`:" in data_section and "13-gram of token ids with the 40,960 training tokens" in data_section
+    assert "test attack windows 3 of 24 (12.5%), replaced by clean ones" in data_section
+    assert "val blocks 0 of 30 (0.0%)" in data_section
+
+
 def markdown(parts):
     return [p["source"].strip() for p in parts if p["type"] == "markdown"]
 
@@ -471,6 +484,9 @@ def test_card_get_writes_the_experiment_card(micro_run, datastore_root, tmp_path
     assert sum(p.get("type") == "vegaChart" for p in parts) >= 3
     downstream = next(t for t in tables if t["columns"][:4] == ["task", "metric", "n", "chance"])
     assert {row[0] for row in downstream["data"]} == set(data.downstream["task"])
+    from monollm.data import contamination  # the Data section says how much held-out text was trained on
+
+    assert any(contamination.describe(data.contamination) in p.get("source", "") for p in parts)
 
 
 @pytest.mark.flow

@@ -229,6 +229,10 @@ BAD = {
     "order pooling": ({"eval__order__pooling": ["max"]}, ["'eval.order.pooling[0]'", "last, mean"]),
     "no order pooling": ({"eval__order__pooling": []}, ["'eval.order.pooling'", "at least one"]),
     "order fit": ({"eval__order__fit_fraction": 1.0}, ["'eval.order.fit_fraction'", "(0, 1)"]),
+    "zero n-gram": ({"data__contamination_ngram": 0}, ["'data.contamination_ngram'", "1 .. 24"]),
+    "n-gram above the window": ({"data__contamination_ngram": 25}, ["'data.contamination_ngram'", "1 .. 24",
+                                                                    "attack.context_len"]),
+    "string for decontaminate": ({"data__decontaminate": "yes"}, ["'data.decontaminate'", "true or false"]),
 }
 
 

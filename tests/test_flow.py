@@ -23,6 +23,13 @@ def test_artifacts_and_sanity(micro_run):
     assert ppl.loc["monotonic_init", "perplexity"] > ppl.loc["reference", "perplexity"]
     assert ppl.loc["monotonic", "perplexity"] < ppl.loc["monotonic_init", "perplexity"]
     assert data.resolved_config["name"] == "micro"
+    # held-out windows sharing a 13-gram with the training blocks: measured, none replaced by default
+    found = data.contamination
+    assert (found["n"], found["train_tokens"]) == (13, data.train_blocks.size)
+    rows = {(r["split"], r["unit"]): r for r in found["rows"]}
+    assert rows["test", "attack windows"]["windows"] == len(data.examples["test"])
+    assert rows["val", "blocks"]["windows"] == len(data.blocks["val"])
+    assert all(0 <= r["rate"] <= 1 and r["replaced"] == 0 for r in found["rows"])
 
 
 def test_training_history_same_stream(micro_run):

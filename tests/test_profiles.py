@@ -91,6 +91,15 @@ def test_paper_scale_profiles(path):
     assert longest <= 2048
 
 
+PAPER = [p for p in PROFILES if os.path.basename(p).split("-")[0] in ("pythia", "qwen2.5", "llama")]
+
+
+def test_the_paper_profiles_replace_contaminated_held_out_windows():
+    assert len(PAPER) >= 5 and all(config.load_file(p).data.decontaminate for p in PAPER)
+    assert not config.load_file(MICRO).data.decontaminate  # the default leaves the windows as drawn
+    assert config.load_file(PAPER[0]).data.contamination_ngram == 13
+
+
 def test_the_largest_profile_shards_training_over_one_node():
     cfg = config.load_file(os.path.join(ROOT, "config", "pythia-6.9b.toml"))
     r = cfg.resources

@@ -1,5 +1,6 @@
 """Sections of the experiment card that lead it or fold away: the headline, the key numbers,
-the most and least damaged examples of each attack, and the configuration (collapsed).
+the most and least damaged examples of each attack, the data's sources and contamination, and
+the configuration (collapsed).
 
 Tables are pandas DataFrames of formatted strings; the per-example view and the collapsed
 configuration are HTML blocks (a Markdown component renders them as they are). An estimate
@@ -13,6 +14,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from monollm.data import contamination
+from monollm.data.documents import split_sources
 from monollm.results import report
 from monollm.results.headline import interval
 from monollm.schema import flatten
@@ -21,6 +24,13 @@ VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
 NBSP = "\u00a0"
 PER_EXAMPLE = 3
 """Most and least damaged examples shown per attack and model."""
+
+
+def data_section(cfg: dict, found: dict | None) -> str:
+    """The card's Data section (Markdown): where each split's documents come from, and how many
+    held-out windows share an n-gram with the training tokens (the `contamination` artifact)."""
+    lines = [f"* `{split}`: {where}" for split, where in split_sources(cfg.get("data", {})).items()]
+    return "## Data\n" + "\n".join(lines + [f"* {contamination.describe(found)}"])
 
 
 def nowrap(text: str) -> str:

@@ -20,7 +20,6 @@ from monollm.results import report
 from monollm.results import robustness_views as views
 from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
                                    schedule_caveat, signed, signed_ci)
-from monollm.data.documents import split_sources
 from monollm.results.headline import headline
 
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
@@ -272,8 +271,7 @@ def experiment(data) -> list:
         Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
             getattr(data, "sources", None), getattr(data, "origin_run_id", None),
             getattr(data, "setup_origin", None)))),
-        Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
-                                           for split, where in split_sources(cfg.get("data", {})).items())),
+        Markdown(sections.data_section(cfg, getattr(data, "contamination", None))),
         Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
         _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),
         Markdown("## Recovery training"), VegaChart(loss_chart(data.training)),
