@@ -92,6 +92,8 @@ def test_incompatible_configs_are_refused_naming_the_keys():
     table = compare.compare(runs, vary=["train.lr", "monotonic"])
     assert list(table.columns[:2]) == ["seed 0, monotonic.variant=mlp_both, train.lr=0.002",
                                        "seed 1, monotonic.variant=mlp_in, train.lr=0.01"]
+    # runs that differ in more than the seed: the verdicts count runs, not seeds
+    assert set(compare.verdicts(table)["seeds"]) == {"2 runs"}
 
 
 def test_where_and_how_a_run_trained_may_differ():
@@ -119,22 +121,22 @@ def test_verdict_rows_read_the_interval_across_runs():
     assert [m for m in v.index if not m.startswith(compare.WORST_CASE)][0] == "dNLL above control uat baseline - monotonic"
     row = v.loc["dNLL above control uat baseline - monotonic"]
     assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(t_interval(above))
-    assert row["n"] == 3 and row["verdict"] == "monotonic damaged less"
+    assert row["n"] == 3 and row["seeds"] == "3 seeds" and row["verdict"] == "monotonic more robust"
     assert v.loc["dNLL uat/attack baseline - monotonic", "verdict"] == "no significant difference"
-    assert v.loc["NLL cost monotonic - baseline (nats/token)", "verdict"] == "monotonic has the lower NLL"
+    assert v.loc["NLL cost monotonic - baseline (nats/token)", "verdict"] == "lower perplexity"
     negative = [with_diffs(fake_run(str(40 + i), i), -a, 0.0, 0.1 + a) for i, a in enumerate(above)]
     v = compare.verdicts(compare.compare(negative)).set_index("metric")
-    assert v.loc["dNLL above control uat baseline - monotonic", "verdict"] == "baseline damaged less"
-    assert v.loc["NLL cost monotonic - baseline (nats/token)", "verdict"].startswith("monotonic has the higher NLL")
+    assert v.loc["dNLL above control uat baseline - monotonic", "verdict"] == "baseline more robust"
+    assert v.loc["NLL cost monotonic - baseline (nats/token)", "verdict"] == "costs perplexity"
     text = compare.format_table(compare.compare(runs))
     lo, hi = t_interval(above)[1:]
-    assert (f"dNLL above control uat baseline - monotonic: +0.15 [{lo:+.4g}, {hi:+.4g}] over 3 run(s): "
-            f"monotonic damaged less") in text
+    assert (f"dNLL above control uat baseline - monotonic: +0.150 [{lo:+.3f}, {hi:+.3f}], 3 seeds: "
+            f"monotonic more robust") in text
     assert v.loc["dNLL uat/control baseline - monotonic", "verdict"].startswith("no spread")  # equal in every run
     one = compare.verdicts(compare.compare(runs[:1])).set_index("metric")
-    assert (one["verdict"] == "no interval: fewer than two runs").all()
+    assert (one["verdict"] == "an anecdote, not a verdict").all() and (one["seeds"] == "1 seed").all()
     text = compare.format_table(compare.compare(runs[:1]))  # one line saying what would give a verdict
-    assert "run more seeds" in text and "no interval" not in text.split("Verdicts")[1]
+    assert "run more seeds" in text and "1 seed: an anecdote, not a verdict" in text.split("Verdicts")[1]
 
 
 def test_downstream_rows_and_their_verdict():
@@ -150,7 +152,7 @@ def test_downstream_rows_and_their_verdict():
     assert {"downstream piqa acc baseline", "downstream piqa acc monotonic"} <= set(table.index)
     assert not any("acc_norm" in m for m in table.index)
     v = compare.verdicts(table).set_index("metric").loc["downstream piqa acc monotonic - baseline"]
-    assert v["mean"] == pytest.approx(-0.05) and v["verdict"] == "monotonic scores lower (a downstream cost)"
+    assert v["mean"] == pytest.approx(-0.05) and v["verdict"] == "costs accuracy"
     assert "downstream piqa" not in " ".join(compare.compare([fake_run("70", 0)]).index)  # a run without them
 
 

@@ -283,10 +283,13 @@ def test_the_html_report_is_standalone_with_a_forest_plot(tmp_path):
     assert pd.read_csv(tmp_path / "contrasts.csv")["mean"].tolist() == pytest.approx([-1.0])
 
 
-def test_verdicts():
-    assert sweep_report.verdict(0.1, 0.3) == "above 0" and sweep_report.verdict(-0.3, -0.1) == "below 0"
-    assert sweep_report.verdict(-0.1, 0.3) == "includes 0"
-    assert sweep_report.verdict(float("nan"), float("nan")).startswith("no interval")
+def test_verdicts_in_the_cards_words():
+    above = sweep_report.ABOVE + "uat baseline - monotonic"
+    assert sweep_report.verdict(above, 3, 0.1, 0.3) == "monotonic more robust"
+    assert sweep_report.verdict(above, 3, -0.1, 0.3) == "no significant difference"
+    assert sweep_report.verdict(above, 1, float("nan"), float("nan")) == "an anecdote, not a verdict"
+    assert sweep_report.verdict(sweep_report.NLL_COST, 3, 0.1, 0.3) == "costs perplexity"
+    assert sweep_report.verdict(sweep_report.PPL_RATIO, 3, 1.1, 1.3) == ""  # a ratio: the NLL cost has the verdict
 
 
 def test_dry_run_prints_the_plan_and_writes_the_cells(tmp_path, capsys):

@@ -24,13 +24,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import warnings
 
 import pandas as pd
 
 from monollm import stats
-from monollm.schema import flatten
 from monollm.experiments.where import filter_where, parse_where
+from monollm.results import wording
+from monollm.schema import flatten
 
 ALWAYS_VARY = ("seed",)
 # where and how fast a run ran, not what it computed
@@ -222,7 +224,8 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     varied keys' values (`run_labels`), then mean, ci_low, ci_high, n.
     `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
     `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings) and
-    `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`).
+    `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`),
+    `.attrs["varied"]` the keys besides the seed whose values differ between the runs.
     Raises IncompatibleRuns, DuplicateRuns.
     """
     selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace, where), flow)
@@ -245,6 +248,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     table.attrs["seeds"] = {labels[rid]: c.get("seed") for rid, c in configs.items()}
     table.attrs["warnings"] = repeated
     table.attrs["resumed"] = resumed
+    table.attrs["varied"] = sorted({k for cond in _condition(configs).values() for k, _ in cond})
     for message in table.attrs["warnings"]:
         warnings.warn(message, DuplicateSeeds, stacklevel=2)
     return table
@@ -293,37 +297,45 @@ def refusal(messages: list[str]) -> str:
 
 WORST_CASE = "worst case above control "
 """Key-number prefix of the worst-case verdicts (+ "<family> baseline - monotonic"): the answer."""
-DIFFERENCES = {  # metric prefix/suffix -> (positive, negative) reading of an interval off zero
-    "baseline - monotonic": ("monotonic damaged less", "baseline damaged less"),
-    "NLL cost monotonic - baseline": ("monotonic has the higher NLL (a perplexity cost)",
-                                      "monotonic has the lower NLL"),
-    "acc monotonic - baseline": ("monotonic scores higher", "monotonic scores lower (a downstream cost)"),
-}
+DIFFERENCES = {"baseline - monotonic": wording.ROBUSTNESS, "acc monotonic - baseline": wording.ACCURACY,
+               "NLL cost monotonic - baseline (nats/token)": wording.NLL_COST}
+"""Metric suffix -> the verdict words of an interval above and below 0 (wording)."""
+
+
+def words(metric: str) -> tuple[str, str] | None:
+    """The verdict words of a key number that is a difference between the models; None for the others."""
+    return next((w for suffix, w in DIFFERENCES.items() if metric.endswith(suffix)), None)
+
+
+def decimals(metric: str) -> int:
+    """How many decimals a key number is shown with (wording): the NLL cost has more."""
+    return wording.NLL_DECIMALS if metric.startswith("NLL cost") else wording.DECIMALS
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """One row per difference in `table` (robustness: baseline - monotonic, the worst case first,
-    then each attack's damage above control; the NLL cost): mean, 95% t-interval across runs, n and the verdict it supports."""
+    then each attack's damage above control; the NLL cost; downstream costs): mean, 95%
+    t-interval across runs, n, how many seeds (or runs, where a key besides the seed varied)
+    stand behind it and the verdict it supports (wording.across_seeds)."""
+    unit = "run" if table.attrs.get("varied") else "seed"
     rows = []
     for metric in sorted(table.index, key=lambda m: (not m.startswith(WORST_CASE), not m.startswith("dNLL above control"),
                                                      not m.startswith("dNLL"))):
-        reading = next((v for k, v in DIFFERENCES.items() if k in metric), None)
-        if reading is None:
+        if words(metric) is None:
             continue
-        r = table.loc[metric]
-        if not (math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"])):
-            verdict = "no interval: fewer than two runs"
-        elif math.isclose(r["ci_low"], r["ci_high"], rel_tol=1e-9, abs_tol=1e-12):  # every run the same number
-            verdict = "no spread: every run gives the same value (repeated runs of one seed?)"
-        elif r["ci_low"] > 0:
-            verdict = reading[0]
-        elif r["ci_high"] < 0:
-            verdict = reading[1]
-        else:
-            verdict = "no significant difference"
-        rows.append({"metric": metric, "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                     "n": int(r["n"]), "verdict": verdict})
-    return pd.DataFrame(rows, columns=["metric", "mean", "ci_low", "ci_high", "n", "verdict"])
+        r, n = table.loc[metric], int(table.loc[metric, "n"])
+        rows.append({"metric": metric, "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": n,
+                     "seeds": wording.count(n, unit),
+                     "verdict": wording.across_seeds(n, r["ci_low"], r["ci_high"], words(metric))})
+    return pd.DataFrame(rows, columns=["metric", "mean", "ci_low", "ci_high", "n", "seeds", "verdict"])
+
+
+def _numbers_text(table: pd.DataFrame) -> str:
+    """The table with each row's numbers to its metric's fixed decimals, signed where it is a difference."""
+    shown = pd.DataFrame({c: [wording.number(table.loc[m, c], decimals(m), words(m) is not None) for m in table.index]
+                          for c in table.columns if c != "n"}, index=table.index)
+    shown["n"] = table["n"].astype(int)
+    return shown.to_string()
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -333,16 +345,15 @@ def format_table(table: pd.DataFrame) -> str:
     head += [f"WARNING: {w}" for w in table.attrs.get("warnings", [])]
     head += [f"NOTE: {n}" for n in table.attrs.get("resumed", [])]
     v = verdicts(table)
-    lines = [f"  {r.metric}: {r.mean:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}] over {r.n} run(s): {r.verdict}"
-             for r in v.itertuples()]
+    # '<metric>: +0.150 [+0.026, +0.274], 3 seeds: monotonic more robust'
+    lines = [f"  {r.metric}: {wording.interval(r.mean, r.ci_low, r.ci_high, decimals(r.metric))}, {r.seeds}: "
+             f"{r.verdict}" for r in v.itertuples()]
     if len(v) and (v["n"] < 2).all():  # one seed: no verdict across runs, say what would give one
-        lines = ["  none: every difference comes from one run, and a t-interval needs two. One seed is an anecdote:",
+        lines = [f"  none: every difference comes from one run ({wording.seeds(1)}); a t-interval needs two:",
                  "  run more seeds (python flows/mono_flow.py run --seed N) and compare them."]
-    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
-        body = table.to_string(float_format=lambda x: f"{x:.4g}")
-    tail = ["", "Verdicts (mean and 95% t-interval across runs; for baseline - monotonic, positive = "
-            "the monotonic model is damaged less):"] + lines if lines else []
-    return "\n".join(head + [body] + tail)
+    tail = ["", *textwrap.wrap(f"Verdicts (mean and 95% t-interval across runs). {wording.SIGNS}", 120)] + [
+        w for line in lines for w in textwrap.wrap(line, 120, subsequent_indent="      ")] if lines else []
+    return "\n".join(head + [_numbers_text(table)] + tail)
 
 
 def main(argv=None) -> int:

@@ -223,12 +223,9 @@ def report(sweep, cells, tasks: list[Task], out: str) -> dict:
               "resumes it)" if t.action == "resume" else "no run") for t in missing]
     lines += [f"Note: {n}" for n in notes]
     written = sweep_report.write(out, f"Sweep {sweep.name}", lines, table, cells, sweep.grid)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print("\n".join(lines))
-        print("\nContrasts (first listed value minus the other, paired by seed; scope: per combination of the "
-              "other grid keys, or pooled over them):")
-        print(written["contrasts"].drop(columns="seeds").to_string(index=False, float_format=lambda v: f"{v:+.4g}"))
-        print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv)")
+    print("\n".join(lines) + "\n")
+    print(sweep_report.console_text(written["cells"], written["contrasts"]))
+    print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv)")
     return written
 
 

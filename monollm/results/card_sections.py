@@ -16,8 +16,8 @@ import pandas as pd
 
 from monollm.data import contamination
 from monollm.data.documents import split_sources
-from monollm.results import report
-from monollm.results.headline import interval
+from monollm.results import report, wording
+from monollm.results.wording import interval
 from monollm.schema import flatten
 
 VEGA = "https://vega.github.io/schema/vega-lite/v5.json"
@@ -101,13 +101,12 @@ def key_numbers(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame) -> pd.
     cost = findings["nll_cost_monotonic_minus_baseline"]
 
     def pp(m):
-        return nowrap(f"{p.loc[m, 'perplexity']:.4g} [{p.loc[m, 'ppl_ci_low']:.4g}, {p.loc[m, 'ppl_ci_high']:.4g}]")
+        return nowrap(wording.interval(*p.loc[m, ["perplexity", "ppl_ci_low", "ppl_ci_high"]], sign=False))
 
     significant = findings["perplexity_cost_significant"]
     rows = [("test perplexity", pp("baseline"), pp("monotonic"), "NLL, monotonic minus baseline",
-             estimate(cost["diff"], cost["ci_low"], cost["ci_high"], 4),
-             ("costs perplexity" if cost["diff"] > 0 else "lower perplexity") if significant
-             else "no significant difference")]
+             estimate(cost["diff"], cost["ci_low"], cost["ci_high"], wording.NLL_DECIMALS),
+             wording.NLL_COST[0 if cost["diff"] > 0 else 1] if significant else wording.NO_DIFFERENCE)]
     for attack, comp in findings.get("robustness_above_control", {}).items():
         own = summary[(summary.attack == attack) & (summary.kind == "attack")
                       & (summary.model == summary.source_model)].set_index("model")

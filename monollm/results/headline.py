@@ -12,16 +12,13 @@ marked "not evidence of robustness" with the diagnostic that makes it so
 """
 from __future__ import annotations
 
+from monollm.results.wording import NLL_DECIMALS, interval
+
 UNITS = "damage above random control, baseline minus monotonic, nats per continuation token, 95% CI"
 # verdict (verdicts.compare_models) -> what the attack did to the monotonic model, against the baseline
 CLAUSE = {"monotonic more robust": "{a} damages the monotonic model less than the baseline",
           "baseline more robust": "{a} damages the monotonic model more than the baseline",
           "no significant difference": "{a} does not damage them significantly differently"}
-
-
-def interval(diff: float, lo: float, hi: float, decimals: int = 3) -> str:
-    """'+0.120 [+0.030, +0.210]': a signed estimate and its interval."""
-    return f"{diff:+.{decimals}f} [{lo:+.{decimals}f}, {hi:+.{decimals}f}]"
 
 
 FAMILY_CLAUSE = {"monotonic more robust": "{f} damage the monotonic model less than the baseline",
@@ -102,7 +99,7 @@ def cost_sentence(findings: dict) -> str:
     cost = findings["nll_cost_monotonic_minus_baseline"]
     ratio = findings["perplexity_ratio_monotonic_vs_baseline"]
     numbers = (f"test perplexity \u00d7{ratio:.3f} (monotonic / baseline), NLL "
-               f"{interval(cost['diff'], cost['ci_low'], cost['ci_high'], 4)} nats/token")
+               f"{interval(cost['diff'], cost['ci_low'], cost['ci_high'], NLL_DECIMALS)} nats/token")
     if not findings["perplexity_cost_significant"]:
         return f"The perplexity difference is not significant: {numbers}."
     if cost["diff"] > 0:

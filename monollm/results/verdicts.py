@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from monollm import stats
+from monollm.results import wording
 from monollm.results.report import PRIMARY_CONTROL, per_example
 
 
@@ -22,12 +23,7 @@ def compare_models(wide: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """wide: per-example dNLL, columns baseline and monotonic -> difference, paired CI, verdict."""
     diff = (wide["baseline"] - wide["monotonic"]).to_numpy()
     lo, hi = stats.bootstrap_ci(diff, n_boot, seed)
-    if lo > 0:
-        verdict = "monotonic more robust"
-    elif hi < 0:
-        verdict = "baseline more robust"
-    else:
-        verdict = "no significant difference"
+    verdict = wording.read(lo, hi, wording.ROBUSTNESS)
     return {"dnll_baseline": float(wide["baseline"].mean()), "dnll_monotonic": float(wide["monotonic"].mean()),
             "diff": float(diff.mean()), "ci_low": lo, "ci_high": hi, "examples": len(diff), "verdict": verdict}
 
