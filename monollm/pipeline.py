@@ -62,6 +62,8 @@ def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
     """Load and validate the profile; checks that need only metadata (sizes, context length)."""
     cfg = config.load(raw, seed=seed)
     checks.gated_access(cfg.model)  # a gated hub model without a token stops here, not in setup
+    for line in checks.moving_revisions(cfg):  # not an error: setup records the commit it reads
+        log(line)
     held = cfg.data.val_docs + cfg.data.attack_opt_docs + cfg.data.test_docs
     if cfg.data.source == "builtin" and cfg.data.builtin_docs <= held:
         raise config.ConfigError(

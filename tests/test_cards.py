@@ -117,6 +117,19 @@ def test_experiment_card_names_sources_commits_and_the_resumed_run():
     assert "model: built from [model.build]" in text(data) and "data: the built-in corpus" in text(data)
 
 
+def test_experiment_card_sources_say_how_to_pin_a_branch_and_that_local_files_have_no_commit():
+    data = synthetic_run()
+    text = lambda d: " ".join(p["source"] for p in rendered(cards.experiment(d)) if p["type"] == "markdown")
+    data.sources = {"model": {"source": "hub", "name": "EleutherAI/pythia-160m", "revision": "step143000",
+                              "commit": "9" * 40},
+                    "data": {"source": "local", "path": "/mnt/pile", "revision": "", "commit": None}}
+    card = text(data)
+    assert "python -m monollm.experiments.pin RUN PROFILE OUT.toml" in card  # step143000 is a branch
+    assert "data: local `/mnt/pile` (local files: no hub revision, no commit)" in card
+    data.sources["model"]["revision"] = "9" * 40  # already a commit: nothing to pin
+    assert "monollm.experiments.pin" not in text(data)
+
+
 def markdown(parts):
     return [p["source"].strip() for p in parts if p["type"] == "markdown"]
 

@@ -14,6 +14,7 @@ import re
 import torch
 
 from monollm import checkpoints
+from monollm.constants import COMMIT_PATTERN
 from monollm.errors import ConfigError
 
 EOS = "<|endoftext|>"
@@ -87,7 +88,7 @@ def load_foundation(mcfg):
     return model, tokenizer
 
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
+COMMIT = re.compile(COMMIT_PATTERN)
 """A full git commit hash: a hub revision that cannot move."""
 
 

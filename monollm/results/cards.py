@@ -191,10 +191,14 @@ def source_lines(sources: dict | None, origin_run_id=None, setup_origin=None) ->
             s = sources[what]
             where = {"build": "built from [model.build] and pretrained on the corpus",
                      "builtin": "the built-in corpus"}.get(s["source"], f"{s['source']} `{s[key]}`")
+            where += " (local files: no hub revision, no commit)" if s["source"] == "local" else ""
             if s["revision"]:
                 where += f", revision `{s['revision']}`, " + (f"commit `{s['commit']}`" if s["commit"] else
                                                               "commit not recorded")
             out.append(f"{what}: {where}")
+        if any(s["commit"] and s["commit"] != s["revision"] for s in sources.values()):  # a branch was asked for
+            out.append("to repeat the run exactly, pin these commits into a copy of its profile: "
+                       "`python -m monollm.experiments.pin RUN PROFILE OUT.toml` (docs/results.md)")
     else:
         out.append("this run recorded no sources (it predates `sources`)")
     if setup_origin:
