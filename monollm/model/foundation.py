@@ -189,6 +189,15 @@ def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa"
     return model.to(device).eval()
 
 
+def compute_precision(device: str, asked: str = "auto") -> str:
+    """"bf16" or "fp32": what a model step computes in on `device` when `asked` is "auto", "bf16"
+    or "fp32". "auto" is bf16 autocast on CUDA and fp32 elsewhere, as training, perplexity and the
+    attacks' searches do; the weights stay fp32 either way. Steps record it (runtime.ran_on)."""
+    if asked == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return asked
+
+
 def pick_device(name: str) -> str:
     """"auto" -> cuda when available, else cpu."""
     if name == "auto":

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monollm.results import card_sections as sections
-from monollm.results import report
+from monollm.results import provenance, report
 from monollm.results import robustness_views as views
 from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
                                    schedule_caveat, signed, signed_ci)
@@ -275,7 +275,7 @@ def experiment(data) -> list:
             data.findings, data.perplexity, data.attack_summary, data.constraint))),
         Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
             getattr(data, "sources", None), getattr(data, "origin_run_id", None),
-            getattr(data, "setup_origin", None)))),
+            getattr(data, "setup_origin", None)))), *provenance.ran_on_section(data, _table),
         Markdown("## Data\n" + "\n".join(f"* `{split}`: {where}"
                                            for split, where in split_sources(cfg.get("data", {})).items())),
         Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
