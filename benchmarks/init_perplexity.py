@@ -44,12 +44,14 @@ def main():
     args = parser.parse_args()
     cfg = config.load_file(args.config)
     model_dir, blocks = reference(cfg, args.config)
-    ppl = {"reference": perplexity(*pipeline.evaluate(cfg, {"reference": model_dir}, blocks["test"])["reference"])}
+    nll = pipeline.evaluate(cfg, {"reference": model_dir}, blocks["test"]).per_block
+    ppl = {"reference": perplexity(*nll["reference"])}
     for mode, init in SETTINGS:
         run = dataclasses.replace(cfg, monotonic=dataclasses.replace(cfg.monotonic, mode=mode, init=init))
         out = tempfile.mkdtemp(prefix="monollm-init-ppl-")
         pipeline.make_monotonic(run, model_dir, out)
-        ppl[f"{mode}/{init}"] = perplexity(*pipeline.evaluate(run, {"monotonic_init": out}, blocks["test"])["monotonic_init"])
+        nll = pipeline.evaluate(run, {"monotonic_init": out}, blocks["test"]).per_block
+        ppl[f"{mode}/{init}"] = perplexity(*nll["monotonic_init"])
     print(f"profile {cfg.name}, variant {cfg.monotonic.variant}, seed {cfg.seed}, {len(blocks['test'])} test blocks")
     for name, value in ppl.items():
         print(f"{name:>26}  test perplexity {value:8.3f}")

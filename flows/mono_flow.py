@@ -123,6 +123,7 @@ class MonoFlow(FlowSpec):
                                   on_step=cards.live_training(current.card["training"], cfg, arm))
         setattr(self, f"{arm}_model", current.model.save(out, label=arm, storage_format="files"))
         self.checkpoint_costs = ckpt.times.as_dict()  # what its checkpoints cost (monollm.saving)
+        self.ran_on = {current.step_name: done.ran_on}  # device and precision, for the card's Sources
         return done.history, done.constraint
 
     @step
@@ -134,10 +135,12 @@ class MonoFlow(FlowSpec):
         self.constraint = report.constraint_table(inputs.train_monotonic.constraint_checks)
         self.baseline_model = inputs.train_baseline.baseline_model
         self.monotonic_model = inputs.train_monotonic.monotonic_model
-        from monollm.results.answer import older
+        from monollm.results.answer import older, ran_on
 
         self.checkpoint_costs = {i.history[0]["arm"]: older(i, "checkpoint_costs") for i in inputs}
-        self.merge_artifacts(inputs, exclude=["history", "constraint_checks", "init_checks", "checkpoint_costs"])
+        self.ran_on = ran_on([older(i, "ran_on") for i in inputs])
+        self.merge_artifacts(inputs, exclude=["history", "constraint_checks", "init_checks", "checkpoint_costs",
+                                              "ran_on"])
         self.next(self.evaluate)
 
     @resources(**MODEL_STEP)
@@ -151,9 +154,11 @@ class MonoFlow(FlowSpec):
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[artifact] for m, artifact in client.MODEL_ARTIFACTS.items()}
-        self.per_block = pipeline.evaluate(cfg, dirs, self.blocks["test"])
-        from monollm.results import report  # pandas and the statistics: imported once the models' work has started
+        done = pipeline.evaluate(cfg, dirs, self.blocks["test"])
+        from monollm.results import answer, report  # pandas and the statistics: once the models' work has started
 
+        self.per_block = done.per_block
+        self.ran_on = answer.ran_on([answer.older(self, "ran_on"), {"evaluate": done.ran_on}])  # for the card
         self.perplexity = report.perplexity_table(self.per_block, cfg.eval.bootstrap, cfg.seed)
         # one line: `end` prints the table, aligned, with the rest of the summary
         pipeline.log("perplexity: " + ", ".join(f"{m} {p:.4g}" for m, p in zip(self.perplexity["model"],

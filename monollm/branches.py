@@ -11,7 +11,7 @@ from monollm.attacks.common import resolved_precision
 from monollm.evaluation import downstream as tasks
 from monollm.model import foundation
 from monollm.progress import log
-from monollm.runtime import setup_torch
+from monollm.runtime import autocast_words, ran_on, setup_torch
 
 ORDER_BRANCH = "order"
 """The foreach branch that measures order preservation, beside the attacks."""
@@ -28,6 +28,8 @@ class BranchResult:
     """The downstream branch's {"table", "items"}."""
     order_results: object = None
     """The order branch's table (pandas)."""
+    branch_ran_on: dict | None = None
+    """{"attack:<branch>": runtime.ran_on}: the device and precision the branch computed on."""
 
 
 def names(cfg: config.ExperimentConfig) -> list[str]:
@@ -47,15 +49,19 @@ def needs_four_models(name: str) -> bool:
 
 def run(cfg: config.ExperimentConfig, name: str, model_dirs: dict, examples: dict, checkpoint=None) -> BranchResult:
     """Branch `name` on the models in `model_dirs` (name -> saved model directory)."""
-    if name == tasks.BRANCH:
-        return BranchResult(downstream_results=downstream(cfg, model_dirs))
-    if name == ORDER_BRANCH:
-        return BranchResult(order_results=order(cfg, model_dirs))
+    device = foundation.pick_device(cfg.device)  # as setup_torch picks it in the branch's work
+    if name in (tasks.BRANCH, ORDER_BRANCH):  # both load models in fp32, without autocast
+        on = {f"attack:{name}": ran_on(device, "fp32")}
+        if name == tasks.BRANCH:
+            return BranchResult(downstream_results=downstream(cfg, model_dirs), branch_ran_on=on)
+        return BranchResult(order_results=order(cfg, model_dirs), branch_ran_on=on)
     rows = attack(cfg, name, model_dirs, examples, checkpoint=checkpoint)
     from monollm.results import card_sections  # pandas: imported once the attack has run
 
+    search = resolved_precision(device, cfg.attack.search_precision)  # as the rows' search_precision says
+    on = ran_on(device, f"search {autocast_words(search)}; reported NLLs fp32")
     return BranchResult(attack_rows=rows, token_text=card_sections.token_text(
-        rows, foundation.load_tokenizer(next(iter(model_dirs.values())))))
+        rows, foundation.load_tokenizer(next(iter(model_dirs.values())))), branch_ran_on={f"attack:{name}": on})
 
 
 def attack(cfg: config.ExperimentConfig, branch: str, model_dirs: dict, examples: dict, checkpoint=None):

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 
-from monollm.constants import ACTIVATIONS, INITS, MAX_SEED, MODES, THREAT_MODELS
+from monollm.constants import ACTIVATIONS, COMMIT_PATTERN, INITS, MAX_SEED, MODES, THREAT_MODELS
 from monollm.model.layers import layer_indices
 from monollm.schema import one_of, require
 
@@ -228,6 +228,18 @@ def context_fits(cfg, max_position: int):
     longest = a.context_len + a.continuation_len + max((p.prefix_len for p in a.params.values()), default=0)
     require(longest <= max_position, "attack.context_len",
             f"+ continuation_len + trigger length is {longest}, above the model's context of {max_position}")
+
+
+def moving_revisions(cfg) -> list[str]:
+    """One warning line per hub revision of the profile (model.revision, data.revision) that is a
+    branch or tag, not a commit: it may point elsewhere by the time a second lab repeats the run.
+    Not an error: the run records the commit it reads (`sources`), and monollm.experiments.pin
+    writes it back into a copy of the profile. Local folders have no revisions: nothing to say."""
+    asked = (("model.revision", cfg.model.source == "hub" and not os.path.isdir(cfg.model.name), cfg.model.revision),
+             ("data.revision", cfg.data.source == "hub" and not os.path.exists(cfg.data.path), cfg.data.revision))
+    return [f"warning: {key} {revision or 'main'!r} is a branch or tag, not a commit: the run records the commit it "
+            f"reads; pin it with python -m monollm.experiments.pin RUN PROFILE OUT.toml (docs/results.md)"
+            for key, hub, revision in asked if hub and not re.fullmatch(COMMIT_PATTERN, revision or "")]
 
 
 GATED_OWNERS = ("meta-llama",)

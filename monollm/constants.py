@@ -18,3 +18,5 @@ ACTIVATIONS = ("keep", "relu")
 """MLP activation of both arms (monotonic.activation): the model's own, or ReLU swapped in."""
 THREAT_MODELS = ("round_trip", "printable")
 """Which tokens an attack may insert (attack.tokens; monollm.attacks.common.allowed_tokens)."""
+COMMIT_PATTERN = r"[0-9a-f]{40}"
+"""A full git commit hash: the one hub revision that cannot move (a branch or tag can)."""

@@ -1,6 +1,6 @@
 """What each flow step does, as plain functions: the flow file only wires them together.
 
-Steps hand each other small dataclasses (`SetupResult`, `ArmResult`) whose fields become the
+Steps hand each other small dataclasses (`SetupResult`, `ArmResult`, `EvalResult`) whose fields become the
 flow's artifacts, so the shapes passed between steps are written down in one place.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from monollm.train import loop
 from monollm.attacks.common import make_examples
 from monollm.evaluation.perplexity import block_nll, perplexity
 from monollm.progress import log
-from monollm.runtime import setup_torch
+from monollm.runtime import autocast_words, ran_on, setup_torch
 
 __all__ = ["log", "setup_torch", "start", "setup", "train_arm", "make_monotonic", "evaluate", "attack",
            "branches", "downstream", "order",
-           "SetupResult", "ArmResult", "tags", "sources", "tmpdir"]
+           "SetupResult", "ArmResult", "EvalResult", "tags", "sources", "tmpdir"]
 
 
 @dataclasses.dataclass
@@ -59,12 +59,25 @@ class ArmResult:
     constraint: dict
     """Stage -> monollm.model.monotonic.verify dict (monotonic arm: before and after training and after
     materializing; empty for the baseline)."""
+    ran_on: dict
+    """The device, processes and precision the arm trained on (runtime.ran_on)."""
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What `evaluate` returns."""
+    per_block: dict
+    """Model name -> (nll_sum, tokens) per test block."""
+    ran_on: dict
+    """The device and precision the perplexities were computed on (runtime.ran_on)."""
 
 
 def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
     """Load and validate the profile; checks that need only metadata (sizes, context length)."""
     cfg = config.load(raw, seed=seed)
     checks.gated_access(cfg.model)  # a gated hub model without a token stops here, not in setup
+    for line in checks.moving_revisions(cfg):  # not an error: setup records the commit it reads
+        log(line)
     held = cfg.data.val_docs + cfg.data.attack_opt_docs + cfg.data.test_docs
     if cfg.data.source == "builtin" and cfg.data.builtin_docs <= held:
         raise config.ConfigError(
@@ -309,7 +322,8 @@ def train_arm(cfg: config.ExperimentConfig, model_dir: str, blocks: dict, arm: s
         checks["after_materializing"] = monotonic.verify(model, m.variant, m.mode, layers, held)
         _require_promise(checks, m.mode)
     foundation.save(model.float(), tokenizer, out_dir)
-    return ArmResult(history=history, constraint=checks)
+    return ArmResult(history=history, constraint=checks,
+                     ran_on=ran_on(device, autocast_words(foundation.compute_precision(device)), world))
 
 
 def make_monotonic(cfg: config.ExperimentConfig, model_dir: str, out_dir: str) -> dict:
@@ -355,15 +369,16 @@ def _require_promise(checks: dict, mode: str):
             raise RuntimeError(f"constraint check failed {stage} (mode {mode}): {c}")
 
 
-def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.ndarray) -> dict:
-    """Per-block NLL of every model on the same test blocks: name -> (nll_sum, tokens)."""
+def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.ndarray) -> EvalResult:
+    """Per-block NLL of every model on the same test blocks (name -> (nll_sum, tokens)), and what
+    they were computed on."""
     device = setup_torch(cfg)
     out = {}
     for name, path in model_dirs.items():
         log(f"perplexity of {name} on {len(test_blocks)} test blocks")
         model, _ = foundation.load(path, device, cfg.model.attn_implementation, what=name)
         out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log, name=name)
-    return out
+    return EvalResult(per_block=out, ran_on=ran_on(device, autocast_words(foundation.compute_precision(device))))
 
 
 def tmpdir(step: str) -> str:

@@ -130,6 +130,56 @@ def test_experiment_card_shows_the_contamination_of_the_held_out_windows():
     assert "val blocks 0 of 30 (0.0%)" in data_section
 
 
+def test_experiment_card_sources_say_how_to_pin_a_branch_and_that_local_files_have_no_commit():
+    data = synthetic_run()
+    text = lambda d: " ".join(p["source"] for p in rendered(cards.experiment(d)) if p["type"] == "markdown")
+    data.sources = {"model": {"source": "hub", "name": "EleutherAI/pythia-160m", "revision": "step143000",
+                              "commit": "9" * 40},
+                    "data": {"source": "local", "path": "/mnt/pile", "revision": "", "commit": None}}
+    card = text(data)
+    assert "python -m monollm.experiments.pin RUN PROFILE OUT.toml" in card  # step143000 is a branch
+    assert "data: local `/mnt/pile` (local files: no hub revision, no commit)" in card
+    data.sources["model"]["revision"] = "9" * 40  # already a commit: nothing to pin
+    assert "monollm.experiments.pin" not in text(data)
+
+
+def test_the_attack_join_gathers_what_every_step_and_branch_ran_on():
+    cpu = {"device": "cpu", "device_name": "", "processes": 1}
+    before = {"train_baseline": {**cpu, "precision": "fp32"}, "evaluate": {**cpu, "precision": "fp32"}}
+    rows = synthetic_run().attacks
+    inputs = [SimpleNamespace(attack_rows=rows[rows.attack == a], token_text={}, ran_on=before,
+                              branch_ran_on={f"attack:{a}": {**cpu, "precision": "search fp32; reported NLLs fp32"}})
+              for a in ("uat", "random")]
+    assert list(answer.gather(inputs).ran_on) == ["train_baseline", "evaluate", "attack:uat", "attack:random"]
+    old = [SimpleNamespace(attack_rows=rows, token_text={})]  # branches of a run that predates `ran_on`
+    assert answer.gather(old).ran_on == {}
+
+
+def test_experiment_card_sources_show_what_each_model_step_ran_on():
+    """The device and precision each step recorded (`ran_on`), not the settings (`auto`); a run that
+    recorded none says so."""
+    data = synthetic_run()
+    parts = rendered(cards.experiment(data))
+    assert "recorded no device or precision" in " ".join(markdown(parts))
+    gpu = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "processes": 1}
+    data.ran_on = {"evaluate": {**gpu, "precision": "bf16 autocast, fp32 weights"},
+                   "train_monotonic": {**gpu, "processes": 2, "precision": "bf16 autocast, fp32 weights"},
+                   "train_baseline": {**gpu, "processes": 2, "precision": "bf16 autocast, fp32 weights"},
+                   "attack:uat": {**gpu, "precision": "search bf16 autocast, fp32 weights; reported NLLs fp32"},
+                   "attack:order": {"device": "cpu", "device_name": "", "processes": 1, "precision": "fp32"}}
+    parts = rendered(cards.experiment(data))
+    table = next(p for p in parts if p["type"] == "table" and p["columns"] == ["step", "device", "precision"])
+    assert [row[0] for row in table["data"]] == ["train_baseline", "train_monotonic", "evaluate", "attack uat",
+                                                 "attack order"]
+    assert table["data"][0][1] == "2 x cuda (NVIDIA H100 80GB HBM3)"
+    assert table["data"][2][1] == "cuda (NVIDIA H100 80GB HBM3)"
+    assert table["data"][3][2] == "search bf16 autocast, fp32 weights; reported NLLs fp32"
+    assert table["data"][4][1:] == ["cpu", "fp32"]
+    sources = [m for m in markdown(parts) if m.startswith("## Sources")][0]
+    assert markdown(parts).index(sources) + 1 == markdown(parts).index(next(
+        m for m in markdown(parts) if m.startswith("### What each model step ran on")))  # right under Sources
+
+
 def markdown(parts):
     return [p["source"].strip() for p in parts if p["type"] == "markdown"]
 
@@ -487,6 +537,14 @@ def test_card_get_writes_the_experiment_card(micro_run, datastore_root, tmp_path
     from monollm.data import contamination  # the Data section says how much held-out text was trained on
 
     assert any(contamination.describe(data.contamination) in p.get("source", "") for p in parts)
+    # what every model step recorded it ran on: the micro profile asks for the CPU, where the search is fp32
+    ran_on = next(t for t in tables if t["columns"] == ["step", "device", "precision"])
+    assert [row[0] for row in ran_on["data"]] == (["train_baseline", "train_monotonic", "evaluate"]
+                                                  + [f"attack {b}" for b in data.branches])
+    assert {row[1] for row in ran_on["data"]} == {"cpu"}
+    searched = {f"attack {a}": f"search {p}; reported NLLs fp32" for a, p in
+                data.attacks[["attack", "search_precision"]].drop_duplicates().itertuples(index=False)}
+    assert searched and all(row[2] == searched.get(row[0], "fp32") for row in ran_on["data"])
 
 
 @pytest.mark.flow

@@ -126,3 +126,20 @@ def test_pipeline_evaluate_names_the_broken_model(model, tmp_path):
     cfg = config.load({"device": "cpu"})
     with pytest.raises(NonFiniteNLL, match="'monotonic'"):
         pipeline.evaluate(cfg, {"baseline": good, "monotonic": bad}, blocks(4, 8))
+
+
+def test_pipeline_evaluate_records_the_device_and_precision_it_ran_on(model, tmp_path):
+    """What the card's Sources show for `evaluate`: the device the perplexities were computed on and
+    the precision block_nll used there (bf16 autocast only on CUDA), whatever `device` asked for."""
+    from attack_models import tokenizer
+
+    from monollm import config, pipeline
+    from monollm.model import foundation
+
+    path = str(tmp_path / "model")
+    foundation.save(model, tokenizer(), path)
+    done = pipeline.evaluate(config.load({"device": "cpu"}), {"baseline": path}, blocks(4, 8))
+    assert set(done.per_block) == {"baseline"} and done.per_block["baseline"][0].shape == (4,)
+    assert done.ran_on == {"device": "cpu", "device_name": "", "processes": 1, "precision": "fp32"}
+    assert foundation.compute_precision("cpu") == "fp32" and foundation.compute_precision("cuda") == "bf16"
+    assert foundation.compute_precision("cuda", "fp32") == "fp32"  # an explicit setting is kept

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from monollm.evaluation.perplexity import require_finite
+from monollm.model import foundation
 
 
 @dataclass
@@ -267,9 +268,7 @@ def clean_nlls(models: dict, ids: torch.Tensor, n_cont: int, batch_size: int) ->
 
 def resolved_precision(device, precision: str) -> str:
     """"bf16" or "fp32": what `precision` ("auto", "bf16", "fp32") means on `device` (auto: bf16 on CUDA)."""
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
+    return foundation.compute_precision(device, precision)
 
 
 def search_precision(device, precision: str):

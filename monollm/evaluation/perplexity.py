@@ -11,6 +11,8 @@ import time
 import numpy as np
 import torch
 
+from monollm.model.foundation import compute_precision
+
 
 class NonFiniteNLL(FloatingPointError):
     """An NLL that is NaN or infinite: the model's weights or numerics are broken, and any
@@ -42,7 +44,7 @@ def block_nll(model, blocks: np.ndarray, batch_size: int, device: str, log=None,
     t0 = time.time()
     for start in range(0, len(blocks), batch_size):
         ids = torch.as_tensor(blocks[start:start + batch_size], dtype=torch.long, device=device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=compute_precision(device) == "bf16"):
             logits = model(input_ids=ids).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         sums.append(require_finite(nll.sum(dim=1).double().cpu().numpy(),

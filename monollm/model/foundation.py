@@ -14,6 +14,7 @@ import re
 import torch
 
 from monollm import checkpoints
+from monollm.constants import COMMIT_PATTERN
 from monollm.errors import ConfigError
 
 EOS = "<|endoftext|>"
@@ -87,7 +88,7 @@ def load_foundation(mcfg):
     return model, tokenizer
 
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
+COMMIT = re.compile(COMMIT_PATTERN)
 """A full git commit hash: a hub revision that cannot move."""
 
 
@@ -186,6 +187,15 @@ def load_model(path: str, device: str = "cpu", attn_implementation: str = "sdpa"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
                                                  attn_implementation=attn_implementation)
     return model.to(device).eval()
+
+
+def compute_precision(device: str, asked: str = "auto") -> str:
+    """"bf16" or "fp32": what a model step computes in on `device` when `asked` is "auto", "bf16"
+    or "fp32". "auto" is bf16 autocast on CUDA and fp32 elsewhere, as training, perplexity and the
+    attacks' searches do; the weights stay fp32 either way. Steps record it (runtime.ran_on)."""
+    if asked == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return asked
 
 
 def pick_device(name: str) -> str:

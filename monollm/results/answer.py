@@ -12,8 +12,8 @@ from monollm.evaluation import downstream
 from monollm.results import diagnostics, report, verdicts, worst_case
 
 
-BRANCH_ARTIFACTS = ("attack_rows", "token_text", "downstream_results", "order_results")
-"""What each foreach branch stores for the join (one of the last three is set per branch kind)."""
+BRANCH_ARTIFACTS = ("attack_rows", "token_text", "downstream_results", "order_results", "branch_ran_on")
+"""What each foreach branch stores for the join (one of the middle three is set per branch kind)."""
 
 
 def older(obj, name: str):
@@ -33,6 +33,9 @@ class Branches:
     """The downstream branch's tables (empty ones without that branch)."""
     order_preservation: pd.DataFrame | None
     """The order branch's table (None without that branch)."""
+    ran_on: dict
+    """Step (or "attack:<branch>") -> runtime.ran_on, for the steps before the branches and each
+    branch; steps that predate it are missing."""
 
 
 def gather(inputs) -> Branches:
@@ -42,7 +45,13 @@ def gather(inputs) -> Branches:
     return Branches(attacks=pd.concat(found["attack_rows"], ignore_index=True),
                     token_text={t: text for part in found["token_text"] for t, text in part.items()},
                     downstream=done["table"], downstream_items=done["items"],
-                    order_preservation=found["order_results"][0] if found["order_results"] else None)
+                    order_preservation=found["order_results"][0] if found["order_results"] else None,
+                    ran_on=ran_on([older(i, "ran_on") for i in inputs] + found["branch_ran_on"]))
+
+
+def ran_on(records: list) -> dict:
+    """The `ran_on` dicts (step -> runtime.ran_on) of a join's inputs in one (None: a step that predates it)."""
+    return {step: on for part in records if part for step, on in part.items()}
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monollm.results import card_sections as sections
-from monollm.results import report
+from monollm.results import provenance, report
 from monollm.results import robustness_views as views
 from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
                                    schedule_caveat, signed, signed_ci)
@@ -190,10 +190,14 @@ def source_lines(sources: dict | None, origin_run_id=None, setup_origin=None) ->
             s = sources[what]
             where = {"build": "built from [model.build] and pretrained on the corpus",
                      "builtin": "the built-in corpus"}.get(s["source"], f"{s['source']} `{s[key]}`")
+            where += " (local files: no hub revision, no commit)" if s["source"] == "local" else ""
             if s["revision"]:
                 where += f", revision `{s['revision']}`, " + (f"commit `{s['commit']}`" if s["commit"] else
                                                               "commit not recorded")
             out.append(f"{what}: {where}")
+        if any(s["commit"] and s["commit"] != s["revision"] for s in sources.values()):  # a branch was asked for
+            out.append("to repeat the run exactly, pin these commits into a copy of its profile: "
+                       "`python -m monollm.experiments.pin RUN PROFILE OUT.toml` (docs/results.md)")
     else:
         out.append("this run recorded no sources (it predates `sources`)")
     if setup_origin:
@@ -270,7 +274,7 @@ def experiment(data) -> list:
             data.findings, data.perplexity, data.attack_summary, data.constraint))),
         Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
             getattr(data, "sources", None), getattr(data, "origin_run_id", None),
-            getattr(data, "setup_origin", None)))),
+            getattr(data, "setup_origin", None)))), *provenance.ran_on_section(data, _table),
         Markdown(sections.data_section(cfg, getattr(data, "contamination", None))),
         Markdown("## Perplexity on the test blocks (95% bootstrap CI over blocks)"),
         _table(perplexity_view(data.perplexity)), VegaChart(perplexity_chart(data.perplexity)),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from monollm.model import monotonic
+from monollm.model.foundation import compute_precision
 from monollm.evaluation.perplexity import block_nll
 
 
@@ -250,7 +251,7 @@ def _accumulate(model, batch: np.ndarray, tcfg, device: str, par=None) -> float:
     for i, micro in enumerate(np.array_split(batch, tcfg.grad_accum)):
         ids = torch.as_tensor(micro, dtype=torch.long, device=device)
         with par.no_sync(model, last=i == tcfg.grad_accum - 1):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=_is_cuda(device)):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=compute_precision(device) == "bf16"):
                 loss = model(input_ids=ids, labels=ids).loss
             (loss / tcfg.grad_accum).backward()
         total += float(loss.detach()) / tcfg.grad_accum
