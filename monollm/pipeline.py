@@ -23,7 +23,7 @@ from monollm.runtime import setup_torch
 
 __all__ = ["log", "setup_torch", "start", "setup", "train_arm", "make_monotonic", "evaluate", "attack",
            "branches", "downstream", "order",
-           "SetupResult", "ArmResult", "tags", "sources", "tmpdir"]
+           "SetupResult", "ArmResult", "tags", "sources", "tmpdir", "step_errors", "store_model"]
 
 
 @dataclasses.dataclass
@@ -337,6 +337,32 @@ def evaluate(cfg: config.ExperimentConfig, model_dirs: dict, test_blocks: np.nda
         model, _ = foundation.load(path, device, cfg.model.attn_implementation, what=name)
         out[name] = block_nll(model, test_blocks, cfg.eval.batch_size, device, log=log, name=name)
     return out
+
+
+@contextlib.contextmanager
+def step_errors(cfg: config.ExperimentConfig, current=None, flow=None, models: dict | None = None):
+    """Inside a flow step, what the user fixes stops it with one line, no traceback: a bad value
+    (ConfigError), damaged stored files or a full disk (errors.FixableError). A damaged model
+    fetched into one of `models` (name -> folder; `flow`'s `<name>_model` artifacts) names the
+    run, the task that saved it and the step to resume from (results.client.stored_models)."""
+    from monollm import errors
+    from monollm.results import client
+
+    models = models or {}
+    refs = {m: getattr(flow, client.MODEL_ARTIFACTS[m], None) for m in models}
+    run = f"{current.flow_name}/{current.run_id}" if current else "MonoFlow/RUN"
+    with errors.fixable(f"profile {cfg.name!r}"), client.stored_models(models, refs, run,
+                                                                       getattr(current, "step_name", "STEP")):
+        yield
+
+
+def store_model(current, folder: str, label: str):
+    """Store a `foundation.save` folder as the step's model artifact (`current.model.save`, its files
+    as they are); its reference. A full disk stops it with DiskFull naming the datastore."""
+    from monollm import saving
+
+    with saving.disk_space(saving.datastore_place(), saving.folder_bytes(folder), f"storing the {label} model"):
+        return current.model.save(folder, label=label, storage_format="files")
 
 
 def tmpdir(step: str) -> str:
