@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from monollm.errors import ConfigError
 from monollm.evaluation.perplexity import require_finite
 
 
@@ -198,7 +199,7 @@ def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_
     takes one window per document at a seeded offset, and only when that is not enough do
     later passes take further, non-overlapping windows of the same documents. So examples
     come from as many different documents as possible. Returns (n, width) int64; raises
-    naming `split` when even all of its windows are too few.
+    ConfigError naming `split` when even all of its windows are too few (`_too_few_windows`).
     """
     width = context_len + continuation_len
     rng = np.random.default_rng(seed)
@@ -219,10 +220,26 @@ def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_
                 rows.append(window)
                 if len(rows) == n:
                     return np.asarray(rows, dtype=np.int64)
-    raise ValueError(f"the '{split}' split gives only {len(rows)} attack windows of {width} tokens "
-                     f"(context_len + continuation_len) that survive decode -> encode, from {len(docs)} "
-                     f"documents; {n} requested (attack.examples): lower it, shorten the windows, or add "
-                     f"'{split}' documents (data.{split}_docs)")
+    raise _too_few_windows([len(d) for d in docs], len(rows), n, context_len, continuation_len, split)
+
+
+def _too_few_windows(lengths: list[int], found: int, n: int, context_len: int, continuation_len: int,
+                     split: str) -> ConfigError:
+    """Why `split`'s documents (of `lengths` tokens) gave `found` of the `n` attack windows: every
+    document shorter than a window, or too few of them, with the lengths and the keys to change."""
+    width = context_len + continuation_len
+    short = sum(length < width for length in lengths)
+    window = f"an attack window of {width} tokens (attack.context_len {context_len} + attack.continuation_len " \
+             f"{continuation_len})"
+    sizes = f"the longest has {max(lengths, default=0)} tokens, the median {int(np.median(lengths or [0]))}"
+    if lengths and short == len(lengths):
+        return ConfigError(f"every one of the {len(lengths)} '{split}' documents is shorter than {window}: {sizes}. "
+                           f"Shorten the window (attack.context_len, attack.continuation_len) or use longer documents "
+                           f"(data.path; a .txt file's documents are its paragraphs, ended by a blank line)")
+    return ConfigError(f"the '{split}' split gives only {found} attack windows of {width} tokens (context_len + "
+                       f"continuation_len) that survive decode -> encode, from {len(lengths)} documents ({short} "
+                       f"shorter than a window; {sizes}); {n} requested (attack.examples): lower it, shorten the "
+                       f"windows, or add '{split}' documents (data.{split}_docs)")
 
 
 def row_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
