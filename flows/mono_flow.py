@@ -66,8 +66,8 @@ class MonoFlow(FlowSpec):
         else:
             with errors.user_errors(f"profile {cfg.name!r}", f"model {m.name!r} or data {d.name or d.path!r}"):
                 prep = pipeline.setup(cfg, out)
-            done = {name: getattr(prep, name) for name in setup_reuse.ARTIFACTS if name != "reference_model"}
-            done["reference_model"] = current.model.save(out, label="reference", storage_format="files")
+                done = {name: getattr(prep, name) for name in setup_reuse.ARTIFACTS if name != "reference_model"}
+                done["reference_model"] = pipeline.store_model(current, out, "reference")
         # the training blocks apart: only the training steps load them (~400 MB at paper scale)
         for name, value in done.items():  # train_blocks, blocks, examples, ..., reference_model
             setattr(self, name, value)
@@ -93,8 +93,10 @@ class MonoFlow(FlowSpec):
         from monollm import config, pipeline
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir("monotonic_init")
-        self.init_checks = pipeline.make_monotonic(cfg, current.model.loaded["reference_model"], out)
-        self.monotonic_init_model = current.model.save(out, label="monotonic_init", storage_format="files")
+        reference = current.model.loaded["reference_model"]
+        with pipeline.step_errors(cfg, current, self, {"reference": reference}):  # one line, no traceback
+            self.init_checks = pipeline.make_monotonic(cfg, reference, out)
+            self.monotonic_init_model = pipeline.store_model(current, out, "monotonic_init")
         self.next(self.train_monotonic)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -116,12 +118,14 @@ class MonoFlow(FlowSpec):
         from monollm.results import cards
 
         cfg, out = config.from_dict(self.resolved_config), pipeline.tmpdir(arm)
+        start = current.model.loaded[start_model]
         ckpt = checkpoints.StepCheckpointer(current, arm, log=pipeline.log, keep=cfg.train.keep_checkpoints,
                                             background=True)  # training goes on while a checkpoint is stored
-        done = pipeline.train_arm(cfg, current.model.loaded[start_model], {**self.blocks, "train": self.train_blocks},
-                                  arm, out, checkpointer=ckpt,
-                                  on_step=cards.live_training(current.card["training"], cfg, arm))
-        setattr(self, f"{arm}_model", current.model.save(out, label=arm, storage_format="files"))
+        with pipeline.step_errors(cfg, current, self, {start_model.removesuffix("_model"): start}):
+            done = pipeline.train_arm(cfg, start, {**self.blocks, "train": self.train_blocks}, arm, out,
+                                      checkpointer=ckpt,
+                                      on_step=cards.live_training(current.card["training"], cfg, arm))
+            setattr(self, f"{arm}_model", pipeline.store_model(current, out, arm))
         self.checkpoint_costs = ckpt.times.as_dict()  # what its checkpoints cost (monollm.saving)
         self.ran_on = {current.step_name: done.ran_on}  # device and precision, for the card's Sources
         return done.history, done.constraint
@@ -154,7 +158,8 @@ class MonoFlow(FlowSpec):
 
         cfg = config.from_dict(self.resolved_config)
         dirs = {m: current.model.loaded[artifact] for m, artifact in client.MODEL_ARTIFACTS.items()}
-        done = pipeline.evaluate(cfg, dirs, self.blocks["test"])
+        with pipeline.step_errors(cfg, current, self, dirs):  # a damaged model: which, whose, and what to do
+            done = pipeline.evaluate(cfg, dirs, self.blocks["test"])
         from monollm.results import answer, report  # pandas and the statistics: once the models' work has started
 
         self.per_block = done.per_block
@@ -185,7 +190,8 @@ class MonoFlow(FlowSpec):
             dirs.update({m: current.model.load(getattr(self, f"{m}_model")) for m in ("reference", "monotonic_init")})
             dirs = {m: dirs[m] for m in constants.MODELS}
         ckpt = checkpoints.StepCheckpointer(current, f"attack-{self.input}", log=pipeline.log)  # long attacks
-        done = branches.run(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
+        with pipeline.step_errors(cfg, current, self, dirs):
+            done = branches.run(cfg, self.input, dirs, self.examples, checkpoint=ckpt)
         for name, value in vars(done).items():  # attack_rows and token_text, downstream_results or order_results
             setattr(self, name, value)
         from monollm.results import branch_card

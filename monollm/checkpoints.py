@@ -1,3 +1,4 @@
+# long: the checkpoint files and their checks, and the datastore checkpointer that falls back over them
 """Mid-step checkpoints through metaflow-checkpoint, so a dead step loses minutes, not hours.
 
 A checkpoint is a folder of state files and `meta.json`, which lists the step and every
@@ -38,7 +39,8 @@ from typing import Protocol
 
 import torch
 
-from monollm.saving import Clock, SaveTimes, folder_bytes, snapshot
+from monollm.errors import FixableError
+from monollm.saving import Clock, SaveTimes, datastore_place, disk_space, folder_bytes, snapshot, state_bytes
 
 STATE, META = "state.pt", "meta.json"
 
@@ -47,9 +49,15 @@ class CorruptCheckpoint(RuntimeError):
     """A checkpoint whose file is missing, truncated or does not match its checksum."""
 
 
+class NoReadableCheckpoint(CorruptCheckpoint, FixableError):
+    """Every checkpoint a task could continue from is damaged: the message names each one tried and
+    what to do (a resume would only try them again)."""
+
+
 def write(folder: str, state: dict):
-    """Write `state` into `folder` (created) as `state.pt`, sealed; returns the folder."""
-    return seal(write_unsealed(folder, state), state["step"])
+    """Write `state` into `folder` (created) as `state.pt`, sealed (a full disk: DiskFull); returns the folder."""
+    with disk_space(folder, state_bytes(state), f"a checkpoint of step {state['step']}"):
+        return seal(write_unsealed(folder, state), state["step"])
 
 
 def write_unsealed(folder: str, state: dict) -> str:
@@ -57,7 +65,8 @@ def write_unsealed(folder: str, state: dict) -> str:
     checkpoint until `seal`ed. Returns the folder."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, STATE)
-    torch.save(state, path + ".tmp")
+    with open(path + ".tmp", "wb") as f:  # through a Python file: a full disk surfaces as its OSError (ENOSPC)
+        torch.save(state, f)
     os.replace(path + ".tmp", path)  # never leave a half-written state.pt behind
     return folder
 
@@ -243,14 +252,15 @@ class StepCheckpointer:
                 self.log(f"[{self.name}] waited {waited:.1f} s for the checkpoint of step {self._pending} to be stored")
             self._worker = None
         failed, self._failed = self._failed, None
-        if failed is not None:
-            raise RuntimeError(f"[{self.name}] saving a checkpoint failed: {failed}") from failed
+        if failed is not None:  # a full disk stays a FixableError: one line, not a traceback
+            kind = type(failed) if isinstance(failed, FixableError) else RuntimeError
+            raise kind(f"[{self.name}] saving a checkpoint failed: {failed}") from failed
 
     def save_folder(self, folder: str, step: int):
         """Save a folder already sealed (`seal`) as this task's newest checkpoint, then delete
         the ones this task saved before beyond the newest `keep`."""
         size = folder_bytes(folder)
-        with Clock() as c:
+        with Clock() as c, disk_space(datastore_place(), size, f"storing the checkpoint of step {step}"):
             ref = self.current.checkpoint.save(path=folder, name=self.name, metadata={"step": step},
                                                storage_format="files")
         line = f"[{self.name}] checkpoint saved at step {step}: {self.times.stored(size, c.seconds)}"
@@ -292,7 +302,7 @@ class StepCheckpointer:
         origin = getattr(self.current, "origin_run_id", None)
         if not origin:
             return None
-        state = self._first_readable(self._origin_refs(origin), reader)
+        state = self._first_readable(self._origin_refs(origin), reader, run=origin)
         if state is None and not self._said_fresh:  # a resume that continues nothing: say so, once
             self._said_fresh = True
             self.log(self._fresh_start_line(origin))
@@ -335,16 +345,17 @@ class StepCheckpointer:
                 return refs
         return []
 
-    def _first_readable(self, refs, reader, loaded_dir: str | None = None):
-        """Load the newest checkpoint that reads cleanly, falling back to older ones."""
-        errors = []
+    def _first_readable(self, refs, reader, loaded_dir: str | None = None, run: str | None = None):
+        """Load the newest checkpoint that reads cleanly, falling back to older ones; when none does,
+        NoReadableCheckpoint names each one tried. `run`: the run they belong to (None: this one)."""
+        tried = []  # "step N (where it is stored): what is wrong"
         if loaded_dir:
             try:
                 state = reader(loaded_dir)
                 self.log(f"[{self.name}] continuing from checkpoint at step {step_of(loaded_dir)} (earlier attempt)")
                 return state
             except CorruptCheckpoint as err:
-                errors.append(str(err))
+                tried.append(f"step {_step_at(loaded_dir)} (loaded for this attempt): {err}")
                 self.log(f"[{self.name}] {err}; falling back to an earlier checkpoint")
         for ref in refs:
             folder = tempfile.mkdtemp(prefix=f"monollm-load-{self.name}-")
@@ -352,15 +363,21 @@ class StepCheckpointer:
                 self._load(ref, folder)
                 state = reader(folder)
             except CorruptCheckpoint as err:
-                errors.append(str(err))
+                where = ref.get("url") or ref.get("key")  # the stored copy, not this download of it
+                tried.append(f"step {_step_in(ref)}: " + (str(err).replace(folder, where) if folder in str(err)
+                                                          else f"{err} (stored at {where})"))
                 self.log(f"[{self.name}] {err}; falling back to an earlier checkpoint")
                 continue
             self.log(f"[{self.name}] continuing from checkpoint at step {step_of(folder)}")
             return state
-        if errors:
-            raise CorruptCheckpoint("no readable checkpoint: " + "; ".join(errors))
+        if tried:  # a resume would list the same ones: only a new run starts afresh
+            run = run or getattr(self.current, "run_id", None) or "RUN"
+            raise NoReadableCheckpoint(
+                f"[{self.name}] no readable checkpoint to continue from, all {len(tried)} tried are damaged: "
+                + "; ".join(tried) + ". A resume would try them again: start a new run instead, which never loads "
+                f"an old run's checkpoints (python flows/mono_flow.py --config config PROFILE run --reuse-setup {run} "
+                f"takes run {run}'s setup instead of computing it again); this step then starts from its beginning")
         return None
-
 
     def _load(self, ref, folder: str):
         """Download `ref` into `folder`; CorruptCheckpoint if it cannot be (e.g. deleted while listed)."""
@@ -378,6 +395,14 @@ def _attempts(task) -> int:
         from metaflow.metaflow_config import MAX_ATTEMPTS
 
         return MAX_ATTEMPTS
+
+
+def _step_at(folder: str) -> int | str:
+    """The step a checkpoint folder was written at, or "?" when its meta.json is what is damaged."""
+    try:
+        return step_of(folder)
+    except Exception:  # missing, or not JSON any more
+        return "?"
 
 
 def _step_in(ref) -> int | str:

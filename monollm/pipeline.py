@@ -17,14 +17,14 @@ from monollm import checks, config
 from monollm.data import contamination, documents
 from monollm.model import foundation, monotonic
 from monollm.train import loop
-from monollm.attacks.common import make_examples
+from monollm.attacks.examples import make_examples
 from monollm.evaluation.perplexity import block_nll, perplexity
 from monollm.progress import log
-from monollm.runtime import autocast_words, ran_on, setup_torch
+from monollm.runtime import autocast_words, ran_on, setup_torch, step_errors, store_model
 
 __all__ = ["log", "setup_torch", "start", "setup", "train_arm", "make_monotonic", "evaluate", "attack",
            "branches", "downstream", "order",
-           "SetupResult", "ArmResult", "EvalResult", "tags", "sources", "tmpdir"]
+           "SetupResult", "ArmResult", "EvalResult", "tags", "sources", "tmpdir", "step_errors", "store_model"]
 
 
 @dataclasses.dataclass

@@ -1,5 +1,8 @@
-"""What every step's process does first: torch seeded and threaded; and what a model step records it ran on."""
+"""What every step's process does first: torch seeded and threaded; what a model step records it ran on;
+and how a model step stops on what the user fixes (`step_errors`) and stores a model (`store_model`)."""
 from __future__ import annotations
+
+import contextlib
 
 
 def setup_torch(cfg) -> str:
@@ -29,3 +32,29 @@ def autocast_words(precision: str) -> str:
     """A model step's compute precision ("bf16" or "fp32", foundation.compute_precision) in words:
     bf16 is autocast over fp32 weights, never bf16 weights."""
     return "bf16 autocast, fp32 weights" if precision == "bf16" else precision
+
+
+@contextlib.contextmanager
+def step_errors(cfg, current=None, flow=None, models: dict | None = None):
+    """Inside a flow step, what the user fixes stops it with one line, no traceback: a bad value
+    (ConfigError), damaged stored files or a full disk (errors.FixableError). A damaged model
+    fetched into one of `models` (name -> folder; `flow`'s `<name>_model` artifacts) names the
+    run, the task that saved it and the step to resume from (results.client.stored_models)."""
+    from monollm import errors
+    from monollm.results import client
+
+    models = models or {}
+    refs = {m: getattr(flow, client.MODEL_ARTIFACTS[m], None) for m in models}
+    run = f"{current.flow_name}/{current.run_id}" if current else "MonoFlow/RUN"
+    with errors.fixable(f"profile {cfg.name!r}"), client.stored_models(models, refs, run,
+                                                                       getattr(current, "step_name", "STEP")):
+        yield
+
+
+def store_model(current, folder: str, label: str):
+    """Store a `foundation.save` folder as the step's model artifact (`current.model.save`, its files
+    as they are); its reference. A full disk stops it with DiskFull naming the datastore."""
+    from monollm import saving
+
+    with saving.disk_space(saving.datastore_place(), saving.folder_bytes(folder), f"storing the {label} model"):
+        return current.model.save(folder, label=label, storage_format="files")

@@ -14,13 +14,21 @@ training the task logs `stores_line` and `loop_line` (with several processes, th
 the stores and rank 0 its own loop), and the training step keeps `as_dict()` as the artifact
 `checkpoint_costs`, so the first run on a cluster reports its own checkpoint overhead and store
 rate.
+
+A write that finds its disk full stops with one line (`disk_space`): which path, how much the
+write needed and how much was free there, instead of an `[Errno 28]` traceback.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import time
 
 import torch
+
+from monollm.errors import DiskFull
 
 
 def folder_bytes(folder: str) -> int:
@@ -30,6 +38,80 @@ def folder_bytes(folder: str) -> int:
 
 def _size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+MORE_DISK = ("Free space there, or give the step more disk: resources.disk (MB) on Kubernetes; TMPDIR (temporary "
+             "files) or METAFLOW_DATASTORE_SYSROOT_LOCAL (the local datastore) on a larger disk")
+"""What to do about a full disk (docs/cluster.md, "When a step fails")."""
+
+
+def out_of_space(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from or while handling, is a full disk or a spent
+    quota: torch.save reports one as a RuntimeError raised while handling the OSError, safetensors
+    as its own error whose text quotes the operating system's."""
+    seen, words = set(), [text for n in NO_SPACE for text in (os.strerror(n), f"os error {n})")]
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if (isinstance(err, OSError) and err.errno in NO_SPACE) or any(w in str(err) for w in words):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes free on the filesystem of `path` (of its nearest existing parent); None where it is not
+    a local path (an s3:// datastore)."""
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def disk_space(path: str, needed: int, what: str):
+    """Inside the block, writing `what` (about `needed` bytes) under `path`: a full disk stops it with
+    DiskFull naming `path`, what it needed and what was free there when the block began."""
+    free = free_bytes(path)
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as err:
+        if not out_of_space(err):
+            raise
+        where, had = ((f"the disk of {path}", f"{_size(free)} was free there when it began") if free is not None
+                      else (path, "free space unknown"))
+        raise DiskFull(f"no space left on {where}: {what} needed {_size(needed)}, {had}. {MORE_DISK}") from err
+
+
+def state_bytes(value) -> int:
+    """Bytes of the tensors in a state (dicts, lists and tuples of tensors and plain values): about
+    what writing it takes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(state_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(state_bytes(v) for v in value)
+    return 0
+
+
+def datastore_place() -> str:
+    """Where this process's steps store what they save: the local datastore's folder, or the kind
+    of the datastore ("s3", ...) for a remote one."""
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+
+    if DEFAULT_DATASTORE != "local":
+        return f"the {DEFAULT_DATASTORE} datastore"
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    return LocalStorage.get_datastore_root_from_config(print, create_on_absent=False) or os.getcwd()
 
 
 class SaveTimes:

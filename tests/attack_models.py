@@ -9,7 +9,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from monollm.data import corpus, documents
 from monollm.model import foundation
-from monollm.attacks.common import make_examples
+from monollm.attacks.examples import make_examples
 
 CONTEXT, CONT = 12, 6
 

@@ -194,7 +194,8 @@ def test_examples_take_further_windows_only_when_documents_run_short():
     from attack_models import CONT, CONTEXT, tokenizer
 
     from monollm.data import corpus, documents
-    from monollm.attacks.common import make_examples, rows_survive
+    from monollm.attacks.common import rows_survive
+    from monollm.attacks.examples import make_examples
 
     tok = tokenizer()
     docs = [d for d in documents.tokenize(tok, corpus.generate(40, seed=5)) if len(d) >= 3 * (CONTEXT + CONT)][:6]
@@ -206,6 +207,31 @@ def test_examples_take_further_windows_only_when_documents_run_short():
     assert len({tuple(r) for r in more}) == 14 and rows_survive(tok, more.tolist()).all()
     with pytest.raises(ValueError, match="'attack_opt' split"):
         make_examples(docs[:1], 50, CONTEXT, CONT, 0, tok, split="attack_opt")
+
+
+def test_documents_all_shorter_than_the_window_are_named_as_such():
+    """Every document shorter than context_len + continuation_len: the error says so, with the
+    longest and median lengths in tokens and the keys that set the window; with some long enough
+    but too few windows, it counts the short ones."""
+    from attack_models import CONT, CONTEXT
+
+    from monollm.attacks.examples import make_examples
+    from monollm.errors import ConfigError
+
+    short = [list(range(n)) for n in (5, 9, 11, 14, 15)]  # the window is 18 tokens
+    with pytest.raises(ConfigError) as err:
+        make_examples(short, 4, CONTEXT, CONT, 0, None, split="test")
+    msg = str(err.value)
+    for needle in ("every one of the 5 'test' documents is shorter than an attack window of 18 tokens",
+                   "attack.context_len 12 + attack.continuation_len 6", "the longest has 15 tokens, the median 11",
+                   "attack.context_len, attack.continuation_len"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    from attack_models import tokenizer
+    from monollm.data import corpus, documents
+
+    long_one = documents.tokenize(tokenizer(), [max(corpus.generate(10, seed=3), key=len)])
+    with pytest.raises(ConfigError, match=r"from 6 documents \(5 shorter than a window; the longest has \d+ tokens"):
+        make_examples(short + long_one, 500, CONTEXT, CONT, 0, tokenizer(), split="test")
 
 
 def _nan_model():

@@ -1,5 +1,6 @@
 """Checkpoint files: damage is detected and the previous checkpoint is used; a non-finite
 loss stops training with its step and keeps the last good checkpoint."""
+import errno
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from monollm import checkpoints, config, saving
+from monollm import checkpoints, config, errors, saving
 from monollm.train import loop, sharded_save
 
 
@@ -148,6 +149,91 @@ def test_restore_with_only_damaged_checkpoints_stops_naming_the_file():
     os.remove(os.path.join(current.checkpoint.directory, checkpoints.STATE))
     with pytest.raises(checkpoints.CorruptCheckpoint, match="state.pt"):
         ck.restore()
+
+
+def _damage(ref: dict):
+    """Flip a byte in the middle of a stored checkpoint's state.pt (same size: a checksum mismatch)."""
+    path = os.path.join(ref["key"], checkpoints.STATE)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("case", ["retry", "resume"])
+def test_every_checkpoint_damaged_stops_with_one_line_naming_each_and_what_to_do(case):
+    """A retried task (its newest checkpoint loaded for it) or a resumed one (the origin run's, found
+    by listing) whose every checkpoint is damaged: one message names each step tried and where it is
+    stored, and says that a resume would try them again and a new run starts afresh."""
+    from metaflow.exception import MetaflowException
+
+    from monollm import errors
+
+    current = _FakeCurrent()
+    ck = _checkpointer(current)
+    for step in (10, 20):
+        ck.save(_state(step), step)
+    for ref in current.checkpoint.saved:
+        ref["url"] = f"file:///datastore/{ref['key']}"
+        _damage(ref)
+    if case == "retry":
+        current.checkpoint.is_loaded, current.checkpoint.directory = True, current.checkpoint.saved[-1]["key"]
+        current.run_id = "17"
+    else:
+        current.origin_run_id = "17"
+        ck._origin_refs = lambda origin: list(reversed(current.checkpoint.saved))  # the origin's task, newest first
+    with pytest.raises(checkpoints.NoReadableCheckpoint) as err:
+        ck.restore()
+    msg = str(err.value)
+    first = "step 20 (loaded for this attempt): " if case == "retry" else "step 20: checkpoint file file:///datastore/"
+    for needle in (first, "step 10: checkpoint file file:///datastore/", "state.pt is corrupted (checksum mismatch",
+                   "A resume would try them again", "start a new run", "run --reuse-setup 17"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    assert isinstance(err.value, checkpoints.CorruptCheckpoint)  # what callers caught before
+    with pytest.raises(MetaflowException) as shown, errors.fixable("profile 'p'"):
+        raise err.value
+    assert shown.value.message == msg and "\n" not in msg
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _no_space_as_torch_says(obj, f, *args, **kwargs):
+    """torch.save on a full disk: its writer raises a RuntimeError while handling the OSError."""
+    f.write(b"x" * 10)
+    try:
+        _no_space()
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+
+def test_a_full_disk_while_writing_a_checkpoint_names_the_path_and_the_sizes(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints.torch, "save", _no_space_as_torch_says)
+    monkeypatch.setattr(saving.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 3 * 10**6,
+                                                                                        3 * 10**6))
+    state = {"step": 7, "model": {"w": torch.zeros(1_000_000)}}  # 4.0 MB of tensors
+    with pytest.raises(errors.DiskFull) as err:
+        checkpoints.write(str(tmp_path / "c"), state)
+    msg = str(err.value)
+    for needle in (f"no space left on the disk of {tmp_path / 'c'}", "a checkpoint of step 7 needed 4.0 MB",
+                   "3.0 MB was free there", "resources.disk", "TMPDIR"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+def test_a_full_disk_while_storing_a_checkpoint_names_the_datastore_and_reaches_the_training_thread(monkeypatch):
+    """The store into a local datastore on a full disk (background save): the next `wait` raises
+    DiskFull, one line naming the datastore, not a RuntimeError around an [Errno 28]."""
+    current = _FakeCurrent()
+    current.checkpoint.save = _no_space
+    monkeypatch.setattr(checkpoints, "datastore_place", lambda: "/data/.metaflow")
+    ck = _checkpointer(current, background=True)
+    ck.save(_state(3), 3)
+    with pytest.raises(errors.DiskFull) as err:
+        ck.wait()
+    msg = str(err.value)
+    assert msg.startswith("[monotonic] saving a checkpoint failed: no space left on the disk of /data/.metaflow: "
+                          "storing the checkpoint of step 3 needed "), msg
+    assert " was free there" in msg and "METAFLOW_DATASTORE_SYSROOT_LOCAL" in msg
 
 
 def test_fresh_task_restores_nothing():

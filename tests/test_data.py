@@ -293,3 +293,60 @@ def test_local_path_errors(tmp_path):
     write_jsonl(tmp_path / "docs.jsonl")
     with pytest.raises(ConfigError, match="one format"):
         documents.local_files(str(tmp_path))  # .docx and .jsonl mixed
+
+
+def _bad_byte_files(folder, offset: int = 20) -> str:
+    """Three .jsonl files of 40 documents; the second has byte 0xff at `offset`, inside a document's
+    text (the only byte of the set that is not UTF-8). Its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        raw = "".join(json.dumps({"text": f"file {i} document {j}."}) + "\n" for j in range(40)).encode()
+        if i == 1:
+            raw = raw[:offset] + b"\xff" + raw[offset + 1:]
+        (folder / f"{i}.jsonl").write_bytes(raw)
+    return str(folder / "1.jsonl")
+
+
+@pytest.mark.parametrize("where", ["path", "test_from"])
+def test_a_file_that_is_not_utf8_is_named_with_its_byte_and_key(tmp_path, where):
+    """`datasets` says only "'utf-8' codec can't decode byte 0xff in position N" (a position in
+    its own chunk): the error names the file, the byte offset in it and the key."""
+    bad = _bad_byte_files(tmp_path / "bad")
+    write_jsonl(tmp_path / "good.jsonl")
+    key, cfg = ("data.path", DataConfig(source="local", path=str(tmp_path / "bad"), test_docs=5, val_docs=5,
+                                        attack_opt_docs=5)) if where == "path" else \
+        ("data.test_from", DataConfig(source="local", path=str(tmp_path / "good.jsonl"), test_docs=120, val_docs=1,
+                                      attack_opt_docs=1, test_from=str(tmp_path / "bad")))  # every test document
+    with pytest.raises(ConfigError) as err:
+        all_splits(cfg, seed=0)
+    msg = str(err.value)
+    for needle in (f"'{key}'", bad, "byte 0xff at byte offset 20", "UTF-8"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    assert "\n" not in msg
+
+
+def test_first_non_utf8_finds_the_byte_across_chunks_and_compression(tmp_path):
+    import zstandard
+
+    raw = "é".encode() * 5 + b"\xffabc"  # two-byte characters: the bad byte at offset 10
+    (tmp_path / "a.txt").write_bytes(raw)
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    (tmp_path / "ok.txt").write_text("fine ü")
+    for chunk in (1, 3, 4, 100):  # a character split between two reads is no error
+        assert documents.first_non_utf8([str(tmp_path / "ok.txt"), str(tmp_path / "a.txt")], chunk) == \
+            (str(tmp_path / "a.txt"), 10, 0xFF)
+    assert documents.first_non_utf8([str(tmp_path / "b.jsonl.zst")]) == (str(tmp_path / "b.jsonl.zst"), 10, 0xFF)
+    assert documents.first_non_utf8([str(tmp_path / "ok.txt")]) is None
+
+
+def test_a_txt_file_of_one_document_per_line_is_one_document_and_the_error_says_so(tmp_path):
+    """Lines without blank lines between them are one paragraph, so one document: the corpus "runs
+    out" at 1 document; the error says how a .txt file is cut and how long the document read is."""
+    (tmp_path / "docs.txt").write_text("\n".join(f"short document number {i}." for i in range(100)))
+    cfg = DataConfig(source="local", path=str(tmp_path / "docs.txt"), test_docs=20, val_docs=5, attack_opt_docs=5)
+    with pytest.raises(ValueError, match=r"1 of 20 documents") as err:
+        documents.split_documents(cfg, seed=0)
+    assert "a document is a paragraph, ended by a blank line" in str(err.value)
+    assert "the longest read has 400 words" in str(err.value)
+    (tmp_path / "docs.txt").write_text("\n\n".join(f"short document number {i}." for i in range(100)))
+    assert len(documents.split_documents(cfg, seed=0)[0]["test"]) == 20

@@ -169,6 +169,34 @@ def test_damaged_stored_model_is_refused_naming_run_and_model(micro_run, datasto
     client.load_model(micro_run, "monotonic_init", path=str(tmp_path / "again"))  # the restored copy loads
 
 
+def test_resume_with_a_damaged_stored_model_stops_with_one_line(micro_run, datastore_root):
+    """`resume evaluate` after the datastore's copy of the monotonic model was damaged: the step
+    stops with results.load_model's words (which model of which run, the task that saved it, the
+    step to resume from), not a traceback ending in a temporary path."""
+    import subprocess
+    import sys
+
+    from conftest import FLOW, flow_env
+    from test_models import flip_sign_bits
+
+    ref = micro_run.data.monotonic_model
+    stored = os.path.join(datastore_root, ".metaflow", ref["key"])
+    weights = os.path.join(stored, "model.safetensors")
+    original = open(weights, "rb").read()
+    try:
+        flip_sign_bits(stored)
+        done = subprocess.run([sys.executable, FLOW, "resume", "evaluate", "--origin-run-id", micro_run.id],
+                              cwd=datastore_root, env=flow_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        open(weights, "wb").write(original)  # the run is shared with the other flow tests
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Traceback" not in out and "Internal error" not in out, out[-3000:]
+    for needle in ("monotonic model of run MonoFlow/", f"saved by task {ref['pathspec']}", "checksum mismatch",
+                   "resume evaluate --origin-run-id", "resume the run from train_monotonic"):
+        assert needle in out, f"{needle!r} not in {out[-3000:]!r}"
+
+
 def test_profile_without_resources_runs_end_to_end(micro_run, seed1_run):
     """Every [resources] key absent (the table removed, in the seed-1 micro run): @resources and
     @retry take the documented defaults and the whole flow runs."""

@@ -15,7 +15,8 @@ from attack_models import CONT, CONTEXT, examples, model, plant, tokenizer, unus
 from monollm import config, pipeline
 from monollm.data import documents
 from monollm.model import foundation, monotonic
-from monollm.attacks.common import allowed_tokens, continuation_nll, make_examples
+from monollm.attacks.common import allowed_tokens, continuation_nll
+from monollm.attacks.examples import make_examples
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

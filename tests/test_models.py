@@ -162,6 +162,72 @@ def test_missing_file_is_refused(saved, tmp_path):
         foundation.load(copy)
 
 
+def test_a_damaged_model_in_a_flow_step_is_named_as_load_model_names_it(saved, tmp_path):
+    """The flow's own model loading (pipeline.step_errors around a step's work) refuses a damaged
+    fetched model with results.load_model's words: which model of which run, which task saved it,
+    and the commands to fetch it again and to resume from the step that saved it; one line."""
+    from metaflow.exception import MetaflowException
+
+    from monollm import config, pipeline
+    from monollm.results import client
+
+    copy = str(tmp_path / "fetched")
+    shutil.copytree(saved[0], copy)
+    flip_sign_bits(copy)
+    current = types.SimpleNamespace(flow_name="MonoFlow", run_id="42", step_name="evaluate")
+    flow = types.SimpleNamespace(monotonic_model={"pathspec": "MonoFlow/41/train_monotonic/7", "key": "k"})
+    cfg = config.load({"name": "p"})
+    with pytest.raises(MetaflowException) as err:
+        with pipeline.step_errors(cfg, current, flow, {"monotonic": copy, "baseline": saved[0]}):
+            pipeline.evaluate(cfg, {"baseline": saved[0], "monotonic": copy}, saved[1].numpy())
+    msg = err.value.message
+    what, next_step = client.stored_model_words("monotonic", flow.monotonic_model, "MonoFlow/42",
+                                                "Resume this step to fetch it again (python flows/mono_flow.py "
+                                                "resume evaluate --origin-run-id 42)")
+    assert msg.startswith(f"stored model {copy} ({what}) is damaged: ") and msg.endswith(next_step)
+    for needle in ("monotonic model of run MonoFlow/42, artifact monotonic_model",
+                   "saved by task MonoFlow/41/train_monotonic/7", os.path.join(copy, "model.safetensors"),
+                   "checksum mismatch", "resume evaluate --origin-run-id 42",
+                   "resume the run from train_monotonic (python flows/mono_flow.py resume train_monotonic "
+                   "--origin-run-id 42)"):
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    assert "\n" not in msg
+    with pytest.raises(ZeroDivisionError), pipeline.step_errors(cfg, current, flow, {"monotonic": copy}):
+        1 / 0  # a bug keeps its traceback
+
+
+def test_a_full_disk_while_saving_or_storing_a_model_names_the_path_and_sizes(saved, tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own error quoting the OS's; the datastore's copy as
+    OSError [Errno 28]: both become DiskFull, naming where, what was needed and what was free."""
+    import errno
+
+    from monollm import pipeline, saving
+
+    model, tokenizer = foundation.load(saved[0])
+    monkeypatch.setattr(saving.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**10, 10**10 - 10**8,
+                                                                                        10**8))
+
+    def full(*args, **kwargs):
+        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(model, "save_pretrained", full)
+    with pytest.raises(errors.DiskFull) as err:
+        foundation.save(model, tokenizer, str(tmp_path / "out"))
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert (f"no space left on the disk of {tmp_path / 'out'}: the model's files needed {size / 1e6:.1f} MB, "
+            f"0.10 GB was free there when it began") in str(err.value)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    current = types.SimpleNamespace(model=types.SimpleNamespace(save=no_space))
+    monkeypatch.setattr(saving, "datastore_place", lambda: "/data/.metaflow")
+    with pytest.raises(errors.DiskFull, match=r"^no space left on the disk of /data/.metaflow: storing the baseline "
+                                              r"model needed \d+\.\d MB, 0.10 GB was free there"):
+        pipeline.store_model(current, saved[0], "baseline")
+    assert saving.out_of_space(RuntimeError("unrelated")) is False
+
+
 @pytest.mark.parametrize("source", ["local", "hub"])
 def test_load_foundation_from_directory(saved, source):
     # "hub" with a directory exercises the hub code path (revision kwarg) offline

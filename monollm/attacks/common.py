@@ -189,54 +189,6 @@ def context(models: dict, tokenizer, examples: dict, continuation_len: int, batc
                          budget=budget)
 
 
-def make_examples(docs: list[list[int]], n: int, context_len: int, continuation_len: int,
-                  seed: int, tokenizer, split: str = "test", drop=None) -> np.ndarray:
-    """`n` windows of `context_len + continuation_len` tokens from the documents of `split`.
-
-    Only windows that survive decode -> encode are kept, so that an attacked text can be
-    re-tokenized and compared token for token (with a byte-level BPE about 1% of windows do
-    not). Windows are drawn in passes over the documents in a seeded order: the first pass
-    takes one window per document at a seeded offset, and only when that is not enough do
-    later passes take further, non-overlapping windows of the same documents. So examples
-    come from as many different documents as possible. `drop` (None: keep all), a function of
-    windows (B, width) int64 -> (B,) bool, leaves out the windows it marks (data.decontaminate:
-    those that share an n-gram with the training text) and the draw goes on to the next, so that
-    `n` are still returned. Returns (n, width) int64; raises naming `split` when even all of its
-    windows are too few.
-    """
-    width = context_len + continuation_len
-    rng = np.random.default_rng(seed)
-    # per document: its non-overlapping window starts (tiled from a seeded shift), in seeded order
-    starts = []
-    for i in rng.permutation(len(docs)):
-        room = len(docs[i]) - width
-        if room < 0:
-            continue
-        shift = int(rng.integers(0, room % width + 1))  # as many tiles as fit, at a seeded offset
-        tiles = np.arange(shift, room + 1, width)
-        starts.append((int(i), [int(t) for t in rng.permutation(tiles)]))
-    rows: list[list[int]] = []
-    dropped = 0
-    for depth in range(max((len(t) for _, t in starts), default=0)):
-        batch = [[int(x) for x in docs[i][t[depth]:t[depth] + width]] for i, t in starts if depth < len(t)]
-        keep = rows_survive(tokenizer, batch)
-        if drop is not None:
-            out = np.asarray(drop(np.asarray(batch, dtype=np.int64)), dtype=bool)
-            dropped, keep = dropped + int((keep & out).sum()), keep & ~out
-        for window, ok in zip(batch, keep):
-            if ok:
-                rows.append(window)
-                if len(rows) == n:
-                    return np.asarray(rows, dtype=np.int64)
-    left_out, more = "", f"or add '{split}' documents (data.{split}_docs)"
-    if drop is not None:
-        left_out = f" and share no n-gram with the training text ({dropped} left out as contaminated)"
-        more = f"add '{split}' documents (data.{split}_docs) or set data.decontaminate = false"
-    raise ValueError(f"the '{split}' split gives only {len(rows)} attack windows of {width} tokens "
-                     f"(context_len + continuation_len) that survive decode -> encode{left_out}, from "
-                     f"{len(docs)} documents; {n} requested (attack.examples): lower it, shorten the windows, {more}")
-
-
 def row_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
     """Mean NLL per token of `target` (B, K), the last K tokens of each input row; (B,) float32.
 

@@ -8,6 +8,7 @@ are disjoint by construction and never need the whole dataset in memory.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import itertools
@@ -57,7 +58,15 @@ def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
     cfg: DataConfig. `held_out` names another source of the same kind (a hub split, or local
     files: see DataConfig.test_from); "" reads the training source. The shuffle uses a
     buffer of `cfg.shuffle_buffer` documents, so a streamed hub dataset is never read whole.
+    Text that is not UTF-8 raises ConfigError naming the key, the file and the byte (`not_utf8`).
     """
+    try:
+        yield from _stream(cfg, seed, held_out)
+    except UnicodeDecodeError as err:
+        raise not_utf8(cfg, held_out, err) from None
+
+
+def _stream(cfg, seed: int, held_out: str) -> Iterator[str]:
     import datasets
 
     if cfg.source == "builtin":
@@ -78,6 +87,47 @@ def document_stream(cfg, seed: int, held_out: str = "") -> Iterator[str]:
         text = row[cfg.text_field]
         if isinstance(text, str) and text.strip():
             yield text
+
+
+def not_utf8(cfg, held_out: str, err: UnicodeDecodeError) -> ConfigError:
+    """The ConfigError for a source whose bytes are not UTF-8: the key (`data.path`, or the
+    `data.<split>_from` naming `held_out`), and for local files the first file that is not and the
+    byte offset of its first bad byte (`datasets` names neither)."""
+    key = next((f"data.{name}_from" for name in SPLITS if held_out and getattr(cfg, f"{name}_from") == held_out),
+               "data.path")
+    where = held_out or cfg.path
+    builder, files = local_files(where, key) if cfg.source == "local" else (None, [])
+    found = first_non_utf8(files) if builder in ("text", "json", "csv") else None  # parquet is binary
+    if found is None:
+        bad = err.object[err.start:err.start + 1].hex() if isinstance(err.object, bytes) else "?"
+        return ConfigError(f"'{key}' {where!r} holds text that is not UTF-8 (byte 0x{bad}, {err.reason}); "
+                           f"re-encode the source as UTF-8")
+    path, offset, byte = found
+    unpacked = " of its decompressed text" if path.lower().endswith(COMPRESSIONS) else ""
+    return ConfigError(f"'{key}' {where!r}: {path} is not UTF-8 text: byte 0x{byte:02x} at byte offset {offset}"
+                       f"{unpacked}. Re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8), or leave it out of "
+                       f"'{key}'")
+
+
+def first_non_utf8(files: list[str], chunk: int = 1 << 20) -> tuple[str, int, int] | None:
+    """(file, byte offset, byte) of the first byte of `files` that is not UTF-8, reading each file
+    (compressed ones decompressed) a chunk at a time; None when every one is UTF-8."""
+    import fsspec
+
+    for path in files:
+        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+        with fsspec.open(path, "rb", compression="infer") as f:
+            while True:
+                data = f.read(chunk)
+                held = len(decoder.getstate()[0])  # bytes of a character begun in the previous chunk
+                try:
+                    decoder.decode(data, final=not data)
+                except UnicodeDecodeError as bad:
+                    return path, offset - held + bad.start, bad.object[bad.start]
+                if not data:
+                    break
+                offset += len(data)
+    return None
 
 
 def _hub_stream(cfg, held_out: str):
@@ -136,10 +186,21 @@ def split_documents(cfg, seed: int) -> tuple[dict[str, list[str]], Iterator[str]
         if len(held[name]) < want:
             where = f"data.{name}_from {src!r}" if src else "the corpus"
             raise ValueError(f"{where} ran out while filling '{name}': {len(held[name])} of {want} "
-                             f"documents (data.{name}_docs); it is too small for the requested splits")
+                             f"documents (data.{name}_docs); it is too small for the requested splits"
+                             + _paragraphs_hint(cfg, src, held[name]))
     if cfg.max_train_docs:
         stream = itertools.islice(stream, cfg.max_train_docs)
     return held, stream
+
+
+def _paragraphs_hint(cfg, src: str, docs: list[str]) -> str:
+    """For .txt sources, how they are cut into documents (one document per line makes one document
+    of the whole file), with the longest document read; "" for other sources."""
+    if cfg.source != "local" or local_files(src or cfg.path)[0] != "text":
+        return ""
+    longest = max((len(d.split()) for d in docs), default=0)
+    return (f". In .txt files a document is a paragraph, ended by a blank line: lines without blank lines between "
+            f"them are one document (the longest read has {longest} words)")
 
 
 @contextlib.contextmanager

@@ -13,16 +13,28 @@ import re
 
 import torch
 
-from monollm import checkpoints
+from monollm import checkpoints, saving
 from monollm.constants import COMMIT_PATTERN
-from monollm.errors import ConfigError
+from monollm.errors import ConfigError, FixableError
 
 EOS = "<|endoftext|>"
 MANIFEST = "checksums.json"
 
 
-class CorruptModel(RuntimeError):
-    """A model directory saved by `save` whose files no longer match their checksums."""
+class CorruptModel(FixableError):
+    """A model directory saved by `save` whose files no longer match their checksums; `path` and
+    `problem` (what is wrong, naming the file) say which (`damaged` makes one)."""
+    path, problem = "", ""
+
+
+def damaged(path: str, problem: str, what: str = "", next_step: str = "") -> CorruptModel:
+    """The CorruptModel for model directory `path`: `problem`, what the caller knows the model as
+    (`what`: run, model name) and `next_step`, what to do about it (the one place its words are made)."""
+    err = CorruptModel(f"stored model {path}{f' ({what})' if what else ''} is damaged: {problem}. "
+                       + (next_step or "Resume the run from the step that produced this model "
+                          "(resume STEP --origin-run-id RUN), or start a new run."))
+    err.path, err.problem = path, problem
+    return err
 
 
 def build_tokenizer(docs: list[str], vocab_size: int):
@@ -132,27 +144,26 @@ def save(model, tokenizer, path: str):
     """Hugging Face format (safetensors + tokenizer files) that vanilla transformers loads, plus
     `checksums.json` (file -> size and SHA-256), written last: `load` verifies against it."""
     quiet_progress()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    files = checkpoints.digests(path, skip=(MANIFEST,))
-    with open(os.path.join(path, MANIFEST + ".tmp"), "w") as f:
-        json.dump({"files": files}, f, indent=1)
+    with saving.disk_space(path, saving.state_bytes(model.state_dict()), "the model's files"):
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        files = checkpoints.digests(path, skip=(MANIFEST,))
+        with open(os.path.join(path, MANIFEST + ".tmp"), "w") as f:
+            json.dump({"files": files}, f, indent=1)
     os.replace(os.path.join(path, MANIFEST + ".tmp"), os.path.join(path, MANIFEST))
 
 
 def verify(path: str, what: str = "", next_step: str = "") -> str:
     """`path` when it has no `checksums.json` (not saved by `save`) or every file it lists is whole
-    and unchanged; else raises CorruptModel naming the directory, `what` the caller knows it as
-    (run, model name) and `next_step`, what to do about it."""
+    and unchanged; else raises CorruptModel (`damaged`) naming the directory, `what` the caller
+    knows it as (run, model name) and `next_step`, what to do about it."""
     manifest = os.path.join(path, MANIFEST)
     if not os.path.exists(manifest):
         return path
     with open(manifest) as f:
         problem = checkpoints.damage(path, json.load(f)["files"], "model")
     if problem:
-        raise CorruptModel(f"stored model {path}{f' ({what})' if what else ''} is damaged: {problem}. "
-                           + (next_step or "Resume the run from the step that produced this model "
-                              "(resume STEP --origin-run-id RUN), or start a new run."))
+        raise damaged(path, problem, what, next_step)
     return path
 
 

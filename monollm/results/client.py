@@ -75,13 +75,42 @@ def load_model(run, name: str, path: str | None = None, device: str = "cpu"):
     path = path or tempfile.mkdtemp(prefix=f"monollm-{name}-")
     os.makedirs(path, exist_ok=True)
     fetch(reference, path)
+    what, next_step = stored_model_words(name, reference, run.pathspec, "Fetch it again")
+    return foundation.load(path, device, what=what, next_step=next_step)
+
+
+def stored_model_words(name: str, reference, run: str, again: str) -> tuple[str, str]:
+    """(what, next_step) for the message about a damaged stored model (models.CorruptModel): which
+    model of which run (`run`: "MonoFlow/ID"), the task that saved it (from its artifact's
+    `reference`), and what to do: `again` (how to fetch a fresh copy), then resume from the step
+    that saved it."""
     task = reference.get("pathspec", "") if isinstance(reference, dict) else ""  # the task that saved it
     step = task.split("/")[2] if task.count("/") == 3 else "the step that produced it"
-    return foundation.load(path, device, what=f"{name} model of run {run.pathspec}, artifact {MODEL_ARTIFACTS[name]}"
-                       + (f", saved by task {task}" if task else ""),
-                       next_step=f"Fetch it again (the copy may have been damaged in transfer); if it fails again, "
-                                 f"the stored files are damaged: resume the run from {step} (python flows/mono_flow.py "
-                                 f"resume {step if task else 'STEP'} --origin-run-id {run.id}) or start a new run.")
+    what = f"{name} model of run {run}, artifact {MODEL_ARTIFACTS[name]}" + (f", saved by task {task}" if task else "")
+    return what, (f"{again} (the copy may have been damaged in transfer); if it fails again, the stored files are "
+                  f"damaged: resume the run from {step} (python flows/mono_flow.py resume {step if task else 'STEP'} "
+                  f"--origin-run-id {run.split('/')[-1]}) or start a new run.")
+
+
+@contextlib.contextmanager
+def stored_models(dirs: dict, references: dict, run: str, step: str):
+    """Inside a flow step, a damaged model loaded from one of `dirs` (model name -> the folder its
+    artifact was fetched into; `references`: name -> that artifact) is refused with the words of
+    `load_model`: which model of run `run`, which task saved it, and the commands to fetch it again
+    (a resume of this `step`) and to resume from the step that saved it."""
+    from monollm.model import foundation
+
+    try:
+        yield
+    except foundation.CorruptModel as err:
+        name = next((m for m, d in dirs.items() if err.path and os.path.realpath(d) == os.path.realpath(err.path)),
+                    None)
+        if name is None:
+            raise
+        again = f"Resume this step to fetch it again (python flows/mono_flow.py resume {step} --origin-run-id " \
+                f"{run.split('/')[-1]})"
+        raise foundation.damaged(err.path, err.problem, *stored_model_words(name, references.get(name), run, again)) \
+            from None
 
 
 def run_state(run) -> str:
