@@ -14,12 +14,16 @@ larger vocabularies (GATED). The formula, per stage:
 * train (both arms):   2 x train.tokens / train_rate
 * evaluate (4 models): 4 x test tokens / (3 x train_rate)   (a forward pass is ~1/3 of a training step;
                        test tokens = test_docs x TOKENS_PER_DOC, the Pile's mean, or eval.max_blocks x block_len)
-* uat (2 models):      2 x restarts x steps x uat_step x opt_examples / timed windows   (an upper bound)
+* with `attack.budget` (every paper profile): each trigger search (uat, gcg, random_search) spends that
+  many forward passes of one window against each model, so
+  search (2 models) = 2 x attack.budget x pass time, where pass time = uat_step / (timed windows x
+  (L x k + 3)): the timed UAT step scores L x k candidates (pythia-1.4b's [attack.uat] trigger_len x
+  top_k) on every timed window, and its gradient counts as ~3 forward passes
+* without a budget: uat (2 models) = 2 x restarts x steps x uat_step x opt_examples / timed windows,
+  gcg the same with the GCG step where a log has it (attack_step.py times it), else uat_step x
+  (batch + 3) / (L x k + 3) (upper bounds: every restart runs all its steps)
 * hotflip (2 models):  2 x max_flips x hotflip_round x examples / timed windows          (an upper bound)
-* gcg (2 models):      2 x restarts x steps x gcg_step x opt_examples / timed windows, where a log has the GCG
-                       step (attack_step.py times it); else estimated as uat_step x (batch + 3) / (L x k + 3):
-                       a UAT step with `batch` candidates instead of the timed step's L x k (pythia-1.4b's
-                       [attack.uat] trigger_len x top_k; the gradient counts as ~3 forward passes)
+* every attack stage once per threat model in `attack.tokens` (the paper profiles: round_trip and printable)
 Steps that move data (setup's tokenization, checkpoints, model files) are not in it.
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ PROFILES = ("pythia-160m", "pythia-1.4b", "pythia-6.9b", "qwen2.5-0.5b", "qwen2.
 # key/value heads, head size, MLP width, vocabulary rows). Their MLP has three matrices (gate, up, down).
 GATED = {"qwen2.5-0.5b": (896, 24, 14, 2, 64, 4864, 151936), "qwen2.5-1.5b": (1536, 28, 12, 2, 128, 8960, 151936),
          "llama-3.2-1b": (2048, 16, 32, 8, 64, 8192, 128256), "llama-3.1-8b": (4096, 32, 32, 8, 128, 14336, 128256)}
+SEARCHES = ("uat", "gcg", "random_search")
+"""The trigger searches that spend `attack.budget` against each model."""
 TOKENS_PER_DOC = 1400
 """The Pile's mean tokens per document (about 300B tokens over 210M documents)."""
 # Measured by benchmarks/gpu_check.sh on one NVIDIA H200, 2026-11-27 (see docs/cluster.md):
@@ -92,19 +98,28 @@ def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
                    else cfg.data.test_docs * TOKENS_PER_DOC)
     uat, flip, gcg = a.params.get("uat"), a.params.get("hotflip"), a.params.get("gcg")
     out = {"train": 2 * t.tokens / train_rate, "evaluate": 4 * test_tokens / (3 * train_rate)}
-    if uat:
+    if flip and "hotflip" in cfg.attacks:
+        out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
+    if a.budget:  # every search spends the same passes against each model
+        per_pass = rates["uat_step_s"] / (rates["uat_windows"] * (rates["uat_candidates"] + 3))
+        out.update({name: 2 * a.budget * per_pass * scale_fwd for name in SEARCHES if name in cfg.attacks})
+        return hours(out, len(a.tokens))
+    if uat and "uat" in cfg.attacks:
         out["uat"] = (2 * uat.restarts * uat.steps * rates["uat_step_s"] * scale_fwd
                       * (uat.opt_examples or a.examples) / rates["uat_windows"])
-    if flip:
-        out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
-    if gcg and "gcg_step_s" in rates:  # timed at pythia-1.4b's [attack.gcg] batch
+    if gcg and "gcg" in cfg.attacks and "gcg_step_s" in rates:  # timed at pythia-1.4b's [attack.gcg] batch
         out["gcg"] = (2 * gcg.restarts * gcg.steps * rates["gcg_step_s"] * scale_fwd
                       * (gcg.opt_examples or a.examples) / rates["gcg_windows"])
-    elif gcg:  # estimated from the UAT step's cost per candidate
+    elif gcg and "gcg" in cfg.attacks:  # estimated from the UAT step's cost per candidate
         per_candidate = rates["uat_step_s"] / (rates["uat_candidates"] + 3)
         out["gcg"] = (2 * gcg.restarts * gcg.steps * per_candidate * (gcg.batch + 3) * scale_fwd
                       * (gcg.opt_examples or a.examples) / rates["uat_windows"])
-    return {k: v / 3600 for k, v in out.items()}
+    return hours(out, len(a.tokens))
+
+
+def hours(seconds: dict, threat_models: int) -> dict:
+    """Stage -> GPU-hours from stage -> seconds; every attack runs once per threat model (attack.tokens)."""
+    return {k: v * (1 if k in ("train", "evaluate") else threat_models) / 3600 for k, v in seconds.items()}
 
 
 def timed_uat_candidates() -> int:
@@ -119,15 +134,15 @@ def table(rates: dict) -> str:
     from monollm import config
 
     base_train, base_fwd = flops("pythia-1.4b", 2048)
-    rows = ["| profile | train | evaluate | uat | hotflip | gcg | total GPU-hours per seed |",
-            "|---|---|---|---|---|---|---|"]
+    stages_ = ("train", "evaluate", "uat", "hotflip", "gcg", "random_search")
+    rows = ["| profile | " + " | ".join(stages_) + " | total GPU-hours per seed |", "|---" * (len(stages_) + 2) + "|"]
     rates = {**rates, "uat_candidates": timed_uat_candidates()}
     for name in PROFILES:
         cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
         train, fwd = flops(name, cfg.data.block_len)
         h = stages(cfg, rates, train / base_train, fwd / base_fwd)
         mark = "" if name == "pythia-1.4b" else " (scaled)"
-        rows.append(f"| {name}{mark} | " + " | ".join(f"{h.get(k, 0):.2f}" for k in ("train", "evaluate", "uat", "hotflip", "gcg"))
+        rows.append(f"| {name}{mark} | " + " | ".join(f"{h.get(k, 0):.2f}" for k in stages_)
                     + f" | {sum(h.values()):.2f} |")
     return (f"GPU-hours on one {rates['card']} (rates measured at pythia-1.4b's shape: "
             f"{rates['train_tokens_per_s']:,.0f} training tokens/s, UAT step {rates['uat_step_s']:.2f} s on "

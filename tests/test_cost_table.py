@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -21,3 +23,23 @@ def test_the_gated_models_count_their_own_matmuls():
     train_69, _ = cost_table.flops("pythia-6.9b", 2048)
     assert 6 * 7.4e9 < train_8b - 12 * 32 * 4096 * 2048 < 6 * 8.1e9  # 8.03B weights less the 0.53B input embedding (a lookup)
     assert train_69 < train_8b
+
+
+def test_searches_are_sized_by_the_budget_and_counted_once_per_threat_model():
+    """With attack.budget every trigger search spends the same passes against each model, so uat, gcg
+    and random_search cost the same, in proportion to the budget; every attack runs per threat model."""
+    import dataclasses
+
+    from monollm import config
+
+    cfg = config.load_file(os.path.join(ROOT, "config", "pythia-1.4b.toml"))
+    rates = {**cost_table.MEASURED, "uat_candidates": cost_table.timed_uat_candidates()}
+    h = cost_table.stages(cfg, rates, 1.0, 1.0)
+    assert h["uat"] == h["gcg"] == h["random_search"] > 0
+    per_pass = rates["uat_step_s"] / (rates["uat_windows"] * (rates["uat_candidates"] + 3))
+    assert h["uat"] * 3600 == pytest.approx(2 * len(cfg.attack.tokens) * cfg.attack.budget * per_pass)
+    doubled = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, budget=2 * cfg.attack.budget))
+    assert cost_table.stages(doubled, rates, 1.0, 1.0)["gcg"] == pytest.approx(2 * h["gcg"])
+    one = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, tokens=("round_trip",)))
+    assert cost_table.stages(one, rates, 1.0, 1.0)["hotflip"] == pytest.approx(h["hotflip"] / 2)
+    assert cost_table.stages(one, rates, 1.0, 1.0)["train"] == h["train"]
