@@ -242,6 +242,27 @@ def moving_revisions(cfg) -> list[str]:
             for key, hub, revision in asked if hub and not re.fullmatch(COMMIT_PATTERN, revision or "")]
 
 
+def model_type_if_known(m) -> str:
+    """The `model_type` of model.name's config.json when it can be read without a download: a
+    local folder, or a hub id whose config is in the hub cache (at model.revision); "" otherwise
+    (then `make_monotonic` checks the variant once the model is loaded). m: ModelConfig."""
+    import json
+
+    if m.source == "build":
+        return ""
+    path = os.path.join(m.name, "config.json")
+    if not os.path.isdir(m.name):
+        import huggingface_hub
+
+        cached = huggingface_hub.try_to_load_from_cache(m.name, "config.json", revision=m.revision or None)
+        path = cached if isinstance(cached, str) else ""
+    try:
+        with open(path) as f:
+            return str(json.load(f).get("model_type", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 GATED_OWNERS = ("meta-llama",)
 """Hub owners whose models are gated: downloading one needs a token of an account that accepted its licence."""
 

@@ -86,12 +86,16 @@ def start(raw: dict, seed: int | None) -> config.ExperimentConfig:
     if cfg.model.source == "build":
         config.block_limit(cfg, cfg.model.build.max_position)
         config.layer_limit(cfg, cfg.model.build.num_layers)
+        monotonic.check_variant("gpt_neox", cfg.monotonic.variant, "the built GPT-NeoX, model.source = \"build\"")
     elif cfg.model.source == "local":
         from transformers import AutoConfig
 
         meta = AutoConfig.from_pretrained(cfg.model.name, local_files_only=True)
         config.block_limit(cfg, foundation.max_positions(meta))
         config.layer_limit(cfg, monotonic.num_layers(meta))
+    family = checks.model_type_if_known(cfg.model)  # a local folder, or the hub's copy in its cache
+    if family:
+        monotonic.check_variant(family, cfg.monotonic.variant, f"model.name {cfg.model.name!r}")
     if cfg.data.source == "local":
         _, rest = _split_or_config_error(cfg)
         if next(rest, None) is None:

@@ -129,3 +129,45 @@ def test_a_token_an_offline_cache_or_a_local_mirror_lets_it_start(no_token, monk
         monkeypatch.delenv("HF_HUB_OFFLINE")
         checks.gated_access(config.load_file(os.path.join(rehearsal.ROOT, "config", f"{name}.toml")).model)
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# --- a variant the model's family does not have -------------------------------------------------
+
+def test_start_refuses_a_variant_the_family_does_not_have_naming_the_family_and_its_variants(tmp_path, monkeypatch):
+    import json
+    import tomllib
+
+    import huggingface_hub
+
+    from monollm import pipeline
+
+    def raw(path, **changes):
+        with open(path, "rb") as f:
+            profile = tomllib.load(f)
+        for key, value in changes.items():
+            section, name = key.split(".")
+            profile[section][name] = value
+        return profile
+
+    tiny = os.path.join(rehearsal.ROOT, "config", "tiny.toml")
+    with pytest.raises(ConfigError) as err:  # the built model is a GPT-NeoX
+        pipeline.start(raw(tiny, **{"monotonic.variant": "gated_updown"}), None)
+    assert "\n" not in str(err.value) and "'monotonic.variant'" in str(err.value)
+    assert "gpt_neox" in str(err.value) and "mlp_in, mlp_both, mlp_in_attn_out" in str(err.value)
+    folder = tmp_path / "qwen"  # a local mirror of a Qwen2 model: its config.json says its family
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    qwen = os.path.join(rehearsal.ROOT, "config", "qwen2.5-0.5b.toml")
+    model = checks.model_type_if_known
+    assert model(config.load(raw(qwen, **{"model.name": str(folder)})).model) == "qwen2"
+    with pytest.raises(ConfigError, match=r"family, qwen2 \(model.name .*; its variants: gated_updown, gated_all"):
+        pipeline.start(raw(qwen, **{"model.name": str(folder), "monotonic.variant": "mlp_both"}), None)
+    # a hub id: only its cached config.json is read (no download); not cached, setup's load decides
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    assert model(config.load(raw(qwen)).model) == ""
+    pipeline.start(raw(qwen, **{"monotonic.variant": "mlp_both"}), None)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(folder / "config.json"))
+    with pytest.raises(ConfigError, match="family, qwen2 .model.name 'Qwen/Qwen2.5-0.5B'"):
+        pipeline.start(raw(qwen, **{"monotonic.variant": "mlp_both"}), None)
+    pipeline.start(raw(qwen), None)  # its own variant, gated_updown
+

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from monollm.constants import DEFAULT_FLOOR, INITS, MODES
+from monollm.errors import ConfigError
 
 # The verify() count that breaks each mode's promise (must be 0 at every stage that has it):
 # nonneg: negative entries; sign_frozen: entries whose sign is not the reference's;
@@ -84,6 +85,16 @@ ALL_VARIANTS: tuple[str, ...] = tuple(
 )
 
 
+def check_variant(model_type: str, variant: str, model: str = "") -> None:
+    """Raise ConfigError (a ValueError) naming `monotonic.variant`, the family and the variants it has,
+    when `variant` does not exist for `model_type` (a supported family); `model` names the model."""
+    roles = _ARCHITECTURES.get(model_type, (None, None, {}))[2]
+    if roles and variant not in roles:
+        of = f" ({model})" if model else ""
+        raise ConfigError(f"'monotonic.variant' is {variant!r}, which the model's family, {model_type}{of}, does "
+                          f"not have; its variants: {', '.join(roles)}")
+
+
 class SoftplusWeight(nn.Module):
     """Parametrization ``W = softplus(V)``; shape-preserving, any ``[out, in]``."""
 
@@ -139,12 +150,8 @@ def _resolve(model: nn.Module, variant: str) -> tuple[dict[str, type], tuple]:
             f"unsupported architecture model_type={arch!r}; "
             f"supported: {sorted(_ARCHITECTURES)}"
         )
+    check_variant(arch, variant)
     module_path, class_names, roles = _ARCHITECTURES[arch]
-    if variant not in roles:
-        raise ValueError(
-            f"unsupported variant {variant!r} for model_type={arch!r}; "
-            f"allowed: {list(roles)}"
-        )
     # Import lazily so an unused family never costs (or breaks) the import.
     mod = importlib.import_module(module_path)
     classes = {kind: getattr(mod, name) for kind, name in class_names.items()}
