@@ -223,12 +223,14 @@ class MonoFlow(FlowSpec):
 
     @step
     def end(self):
-        """Print the tables, then the answer and the card command (the last screen of the run); record
-        the run this one was resumed from, if any."""
+        """Print the tables, then the answer and the card command (the last screen of the run), and name
+        the file that holds them without Metaflow's log prefixes; record the run this one was resumed
+        from, if any."""
         from monollm.results import client
 
         self.origin_run_id = current.origin_run_id  # also when only `end` ran again
-        print(client.summary_text(self, current.run_id))
+        self.summary = client.summary_text(self, current.run_id)  # also in a file, free of the log prefixes
+        print(self.summary + "\n" + client.keep_summary(self.summary, f"{current.flow_name}/{current.run_id}"))
 
 
 if __name__ == "__main__":

@@ -492,6 +492,21 @@ def test_console_summary_ends_with_the_answer_the_cost_and_the_card_command():
     assert max(map(len, lines)) <= results.WIDTH
 
 
+def test_the_summary_is_kept_without_log_prefixes_in_the_file_the_last_line_names(monkeypatch, tmp_path):
+    import metaflow.metaflow_config as mf_config
+
+    from monollm.results import client as results
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(mf_config, "DEFAULT_DATASTORE", "local")
+    line = results.keep_summary("Perplexity ...\nExperiment card: ...", "MonoFlow/12")
+    path = str(tmp_path / "monollm-MonoFlow-12-summary.txt")
+    assert line == f"Without the log prefixes: {path}" and open(path).read() == "Perplexity ...\nExperiment card: ...\n"
+    monkeypatch.setattr(mf_config, "DEFAULT_DATASTORE", "s3")  # the step ran elsewhere: the artifact
+    assert results.keep_summary("x", "MonoFlow/13") == ("Without the log prefixes: python -c \"from metaflow import "
+                                                       "Run; print(Run('MonoFlow/13').data.summary)\"")
+
+
 # ---- the cards of a real run -------------------------------------------------------------
 
 def card_payload(path: str) -> dict:

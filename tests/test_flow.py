@@ -228,6 +228,12 @@ def test_console_summary_ends_with_the_answer_and_fits_120_columns(micro_run):
         rows = [line for line in block.splitlines() if line.startswith("|")]
         assert len({len(r) for r in rows}) <= 1
     assert lines[-1] == f"Experiment card: python flows/mono_flow.py card get {micro_run.id}/join_attacks report.html"
+    # `end` printed it, stored it, and wrote it without the log prefixes to the file its last line names
+    import tempfile
+
+    assert micro_run.data.summary == text
+    with open(os.path.join(tempfile.gettempdir(), f"monollm-MonoFlow-{micro_run.id}-summary.txt")) as kept:
+        assert kept.read() == text + "\n"
     f = micro_run.data.findings
     assert f"Constraint verification (mode {f['mode']}: negative must be 0):" in lines
     # the downstream cost per task and order preservation per model, as in the findings

@@ -204,6 +204,24 @@ def card_command(run_id: str) -> str:
     return f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"
 
 
+def keep_summary(text: str, run_pathspec: str) -> str:
+    """Write the console summary `text` of run `run_pathspec` ("MonoFlow/ID"), free of Metaflow's log
+    prefixes, to a file in the temp folder when the run's datastore is local (the step runs on this
+    machine); the line that names it, or, for a remote datastore, how to print the run's `summary`
+    artifact (which `end` stores either way)."""
+    import tempfile
+
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+
+    if DEFAULT_DATASTORE != "local":
+        return ("Without the log prefixes: python -c \"from metaflow import Run; "
+                f"print(Run('{run_pathspec}').data.summary)\"")
+    path = os.path.join(tempfile.gettempdir(), f"monollm-{run_pathspec.replace('/', '-')}-summary.txt")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    return f"Without the log prefixes: {path}"
+
+
 def detail_lines(data) -> list[str]:
     """The console summary's tables and notes, before the answer."""
     f = data.findings
