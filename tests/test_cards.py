@@ -199,6 +199,24 @@ def test_experiment_card_opens_with_the_headline_and_its_key_numbers():
     assert len(config) == 2 and all("</details>" in m and "\n\n" not in m for m in config)  # collapsed, one block
 
 
+def test_the_key_numbers_lead_with_the_worst_case_as_the_headline_does():
+    """The answer's first sentence is the worst case: its numbers are the table's first rows, each
+    arm's worst damage above control from run.data.worst_case and the paired difference."""
+    data = synthetic_run()
+    key = rendered(cards.experiment(data))[2]
+    worst = data.findings["worst_case"]
+    assert worst and [r[0] for r in key["data"][:len(worst)]] == [
+        f"worst case, {name}: damage above control" for name in worst]
+    comp, row = worst["universal triggers"], key["data"][0]
+    table = data.worst_case[(data.worst_case.family == "universal triggers")
+                            & (data.worst_case.variant == "per-example")].set_index("model")
+    assert row[1] == card_sections.estimate(*table.loc["baseline", ["above_control", "ci_low", "ci_high"]])
+    assert row[2] == card_sections.estimate(*table.loc["monotonic", ["above_control", "ci_low", "ci_high"]])
+    assert (row[4], row[5]) == (card_sections.estimate(comp["diff"], comp["ci_low"], comp["ci_high"]),
+                                comp["verdict"])
+    assert key["data"][len(worst)][0] == "test perplexity"  # then the cost, as in the headline
+
+
 @pytest.mark.parametrize("diffs, lead", [
     ({"uat": (0.1, 0.05, 0.15)}, "The monotonic model is more robust"),
     ({"uat": (-0.1, -0.15, -0.05), "hotflip": (-0.2, -0.3, -0.1)}, "The monotonic model is less robust"),

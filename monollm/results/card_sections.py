@@ -92,32 +92,6 @@ def signed_ci(lo, hi, decimals: int = 3) -> str:
     return f"[{signed(lo, decimals)}, {signed(hi, decimals)}]"
 
 
-# ---- key numbers ------------------------------------------------------------------------------
-
-def key_numbers(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """The numbers behind the headline, one row each: test perplexity of both arms and the NLL
-    cost, then per attack the damage above random control of both arms and their difference."""
-    p = ppl.set_index("model")
-    cost = findings["nll_cost_monotonic_minus_baseline"]
-
-    def pp(m):
-        return nowrap(wording.interval(*p.loc[m, ["perplexity", "ppl_ci_low", "ppl_ci_high"]], sign=False))
-
-    significant = findings["perplexity_cost_significant"]
-    rows = [("test perplexity", pp("baseline"), pp("monotonic"), "NLL, monotonic minus baseline",
-             estimate(cost["diff"], cost["ci_low"], cost["ci_high"], wording.NLL_DECIMALS),
-             wording.NLL_COST[0 if cost["diff"] > 0 else 1] if significant else wording.NO_DIFFERENCE)]
-    for attack, comp in findings.get("robustness_above_control", {}).items():
-        own = summary[(summary.attack == attack) & (summary.kind == "attack")
-                      & (summary.model == summary.source_model)].set_index("model")
-        arm = {m: estimate(*own.loc[m, ["above_control", "above_control_ci_low", "above_control_ci_high"]])
-               for m in ("baseline", "monotonic")}
-        rows.append((f"{attack}: damage above control", arm["baseline"], arm["monotonic"],
-                     "baseline minus monotonic", estimate(comp["diff"], comp["ci_low"], comp["ci_high"]),
-                     comp["verdict"]))
-    return pd.DataFrame(rows, columns=["", "baseline", "monotonic", "difference", "[95% CI]", "reads"])
-
-
 # ---- the most and least damaged examples ----------------------------------------------------
 
 def token_text(table: pd.DataFrame, tokenizer) -> dict[int, str]:

@@ -21,6 +21,7 @@ from monollm.results import robustness_views as views
 from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, config_summary, fmt,  # noqa: F401
                                    schedule_caveat, signed, signed_ci)
 from monollm.results.headline import headline
+from monollm.results.key_numbers import key_numbers
 
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
 # one colour per model (and arm) in every chart
@@ -308,7 +309,7 @@ def lead(data) -> list:
              f"mode `{cfg['monotonic'].get('mode', 'nonneg')}`, seed {cfg['seed']}")
     answer = "**Answer.** " + " ".join(headline(f, sections.arms_differ(cfg)))
     return [Markdown(title), Markdown(answer),
-            _table(sections.key_numbers(f, data.perplexity, data.attack_summary))]
+            _table(key_numbers(f, data.perplexity, data.attack_summary, getattr(data, "worst_case", None)))]
 
 
 def worst_case_table(data) -> pd.DataFrame:
