@@ -19,13 +19,12 @@ CI_BUDGET = {  # (section, key): value, over the rehearsal profile; what each ho
     (None, "attacks"): ["uat", "hotflip"],  # one universal-trigger and one per-input search, as LEAN micro runs
     ("attack", "tokens"): "round_trip",  # one threat model (the printable one is the Pythia rehearsal's)
     ("attack", "examples"): 8, ("attack", "budget"): 160,
-    ("attack.uat", "opt_examples"): 8,
+    ("attack.uat", "opt_examples"): 8, ("attack.hotflip", "guidance_sample"): 32,
     ("train", "tokens"): 4096, ("eval", "max_blocks"): 16, ("eval.downstream", "limit"): 8,
     ("eval.order", "pooling"): ["last"],
 }
-ADDED = {"attack.uat": "guidance_sample = 8", "attack.hotflip": "guidance_sample = 32",
-         "eval.order": "directions = 8"}
-"""Lines the rehearsal profile leaves at their defaults (4,096 scored candidates, 64 directions)."""
+ADDED = {"attack.uat": "guidance_sample = 8", "eval.order": "directions = 8"}
+"""Lines the rehearsal profile leaves at their defaults (64 scored swaps, 64 directions)."""
 FAMILIES = {"qwen": ("Qwen2MLP", "Qwen2RMSNorm"), "llama": ("LlamaMLP", "LlamaRMSNorm")}
 
 
@@ -35,7 +34,8 @@ def ci_profile(profile: str) -> str:
     for (section, key), value in CI_BUDGET.items():
         text = rehearsal._set(text, section, key, value)
     for section, line in ADDED.items():
-        assert f"\n[{section}]\n" in text and line.split(" =")[0] + " =" not in text.split(f"[{section}]")[1][:400]
+        body = text.split(f"\n[{section}]\n")[1].split("\n[")[0]
+        assert line.split(" =")[0] + " =" not in body, (section, line)
         text = text.replace(f"\n[{section}]\n", f"\n[{section}]\n{line}\n", 1)
     path = profile.replace(".toml", "_ci.toml")
     with open(path, "w") as f:
@@ -43,10 +43,22 @@ def ci_profile(profile: str) -> str:
     return path
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family_run(request, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp(f"rehearsal-{request.param}"))
-    return request.param, out, run_flow(ci_profile(rehearsal.build(out, family=request.param)))
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory):
+    """family -> (its folder, its finished run). The two flows run side by side: each has steps that
+    keep one core busy (start, setup, the joins, end), which the other fills."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folders = {family: str(tmp_path_factory.mktemp(f"rehearsal-{family}")) for family in FAMILIES}
+    profiles = {family: ci_profile(rehearsal.build(out, family=family)) for family, out in folders.items()}
+    with ThreadPoolExecutor(len(FAMILIES)) as pool:
+        runs = {family: pool.submit(run_flow, profile) for family, profile in profiles.items()}
+        return {family: (folders[family], done.result()) for family, done in runs.items()}
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family_run(request, family_runs):
+    return (request.param, *family_runs[request.param])
 
 
 def test_the_gated_constraint_holds_through_the_flow_and_the_stored_model(family_run):

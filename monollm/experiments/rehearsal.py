@@ -55,6 +55,7 @@ CHANGES = {
     ("attack.random_search", "steps"): 2, ("attack.random_search", "batch"): 8,
     ("attack.random_search", "opt_examples"): 16, ("attack.random_search", "controls"): 2,
     ("attack.hotflip", "max_flips"): 2, ("attack.hotflip", "candidates"): 4, ("attack.hotflip", "controls"): 2,
+    ("attack.hotflip", "guidance_sample"): 256,  # 4,096 exact swaps per model cost more than the search here
     ("attack.random", "samples"): 2,
     ("resources", "retries"): 0, ("resources", "gpu"): 0, ("resources", "cpu"): 1,
     ("resources", "memory"): 4000, ("resources", "disk"): 2000,
