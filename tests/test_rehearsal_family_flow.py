@@ -20,11 +20,12 @@ CI_BUDGET = {  # (section, key): value, over the rehearsal profile; what each ho
     ("attack", "tokens"): "round_trip",  # one threat model (the printable one is the Pythia rehearsal's)
     ("attack", "examples"): 8, ("attack", "budget"): 160,
     ("attack.uat", "opt_examples"): 8, ("attack.hotflip", "guidance_sample"): 32,
-    ("train", "tokens"): 4096, ("eval", "max_blocks"): 16, ("eval.downstream", "limit"): 8,
-    ("eval.order", "pooling"): ["last"],
+    ("train", "tokens"): 4096, ("eval", "max_blocks"): 16,
+    # the downstream and order branches are left out for CI time: the Pythia rehearsal and the micro run run them
+    ("eval.downstream", "tasks"): [], ("eval.order", "enabled"): False,
 }
-ADDED = {"attack.uat": "guidance_sample = 8", "eval.order": "directions = 8"}
-"""Lines the rehearsal profile leaves at their defaults (64 scored swaps, 64 directions)."""
+ADDED = {"attack.uat": "guidance_sample = 8"}
+"""Lines the rehearsal profile leaves at their defaults (64 scored swaps)."""
 FAMILIES = {"qwen": ("Qwen2MLP", "Qwen2RMSNorm"), "llama": ("LlamaMLP", "LlamaRMSNorm")}
 
 
@@ -93,7 +94,7 @@ def test_the_run_reports_perplexity_attacks_and_the_worst_case(family_run):
     assert {(a, m) for a, m in attacks[["attack", "model"]].itertuples(index=False)} == {
         (a, m) for a in ("uat", "hotflip") for m in ("baseline", "monotonic")}
     assert set(data.worst_case["family"]) >= {"universal triggers", "per-input edits"}
-    assert len(data.examples["test"]) == 8 and not data.downstream.empty
+    assert len(data.examples["test"]) == 8
     # the trigger is text that the family's tokenizer gives back token for token (round_trip)
     from transformers import AutoTokenizer
 
