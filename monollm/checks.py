@@ -170,6 +170,8 @@ def _check_attack(a, attacks):
     for name in ("examples", "context_len", "continuation_len", "batch_size"):
         require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
     require(a.budget >= 0, "attack.budget", f"is {a.budget}; must be >= 0 (0: no budget)")
+    require(a.edit_budget >= 0, "attack.edit_budget", f"is {a.edit_budget}; must be >= 0 (0: no budget)")
+    require(2 <= a.curve_points <= 24, "attack.curve_points", f"is {a.curve_points}; must be 2 to 24")
     # random_search exists to be compared with the gradient searches at equal forward passes
     require(a.budget > 0 or "random_search" not in attacks, "attack.budget",
             "must be set (> 0) when attacks lists \"random_search\": it is compared with uat and gcg at "

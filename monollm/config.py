@@ -287,6 +287,15 @@ class AttackConfig:
     until it is spent (their `restarts` is then ignored), so that every search and both models
     get the same compute, to within one step. 0: no budget, each search runs its own restarts
     and steps. Required (> 0) when `attacks` lists random_search."""
+    edit_budget: int = 0
+    """Forward passes that every per-input search (hotflip, random_flips) spends on each example
+    against each model, gradient passes included: a search that finds no better flip among its
+    candidates widens to the next ones instead of stopping, so that both models get the same compute
+    per example. 0: no budget, each search stops at its flip budget or when no flip helps."""
+    curve_points: int = 8
+    """Points of every search's budget curve: the best-so-far perturbation at fractions
+    2**-(curve_points - 1), ..., 1/4, 1/2, 1 of its forward passes (log-spaced, so that the last
+    step is a doubling), scored on the test examples on every model."""
     params: dict = field(default_factory=dict)
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
     EXTRA_TABLES: ClassVar[str] = "params"

@@ -76,6 +76,11 @@ class AttackResult:
     trigger on attack_opt that needs no test data."""
     budget_fraction: float = float("nan")
     """Fraction of the search's forward passes the trigger was found within ("budget" rows; NaN elsewhere)."""
+    clean_halves: np.ndarray | None = None
+    """(N, 2) clean NLL per example over the even (0, 2, 4, ...) and the odd continuation positions: the
+    two halves of the scored tokens on which the worst case is cross-fitted (monollm.results.worst_case)."""
+    attacked_halves: np.ndarray | None = None
+    """(N, 2) attacked NLL over the even and the odd continuation positions (as `clean_halves`)."""
 
     def __post_init__(self):
         # every attack's reported numbers pass through here: a NaN model fails loudly, by name
@@ -101,9 +106,17 @@ class AttackResult:
                 "guidance_spearman": float(self.guidance_spearman), "guidance_n": int(self.guidance_n),
                 "budget": int(self.budget), "opt_dnll": float(self.opt_dnll),
                 "budget_fraction": float(self.budget_fraction), **_ids(x, y),
+                "dnll_even": float(h[0]), "dnll_odd": float(h[1]),
             }
-            for e, c, a, k, x, y in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed, clean, attacked)
+            for e, c, a, k, x, y, h in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed, clean, attacked,
+                                           self._dnll_halves())
         ]
+
+    def _dnll_halves(self) -> np.ndarray:
+        """(N, 2) attacked minus clean NLL on the even and the odd continuation positions (NaN where unknown)."""
+        if self.clean_halves is None or self.attacked_halves is None:
+            return np.full((len(self.example_ids), 2), np.nan)
+        return np.asarray(self.attacked_halves, np.float64) - np.asarray(self.clean_halves, np.float64)
 
 
 def _ids(clean, attacked) -> dict:
@@ -142,6 +155,13 @@ class AttackContext:
     budget: int = 0
     """Forward passes every universal-trigger search spends against each model (attack.budget; 0:
     none, each search runs its own restarts and steps)."""
+    clean_halves: dict = field(default_factory=dict)
+    """model -> (N, 2) clean NLL on `test` over the even and the odd continuation positions (`halves`)."""
+    edit_budget: int = 0
+    """Forward passes every per-input search spends per example against each model (attack.edit_budget;
+    0: none)."""
+    curve_points: int = 8
+    """Points of every search's budget curve (attack.curve_points; `curve_fractions`)."""
     opt_clean: dict = field(default_factory=dict)
     """model -> clean NLL (N,) on all of "attack_opt": filled once, by `clean_opt`."""
 
@@ -171,26 +191,34 @@ class AttackContext:
     def score(self, attack: str, attacked: torch.Tensor, **kw) -> list[AttackResult]:
         """Attacked test inputs (N, T') scored on every model (`score_attacked`)."""
         return score_attacked(attack, self.models, self.tokenizer, attacked, self.test, self.clean, self.n_cont,
-                              self.batch_size, **kw)
+                              self.batch_size, clean_halves=self.clean_halves, **kw)
 
 
 def context(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int, seed: int,
             log=print, checkpoint=None, precision: str = "fp32", tokens: str = "round_trip",
-            budget: int = 0) -> AttackContext:
+            budget: int = 0, edit_budget: int = 0, curve_points: int = 8) -> AttackContext:
     """The attack context: allowed tokens (`tokens`: allowed_tokens), test examples on the device
-    and every model's clean NLL (checked finite before any search time is spent); `budget`: the
-    trigger searches' forward passes per model (AttackContext.budget)."""
+    and every model's clean NLL and its halves (checked finite before any search time is spent);
+    `budget`, `edit_budget`, `curve_points`: AttackContext's."""
     any_model = next(iter(models.values()))
     test = torch.as_tensor(examples["test"], device=any_model.device)
+    tokens_nll = {name: continuation_token_nll(m, test, continuation_len, batch_size) for name, m in models.items()}
+    clean = {name: require_finite(t.mean(dim=1).numpy(), f"clean NLL of model {name!r}") for name, t in tokens_nll.items()}
     return AttackContext(models=models, tokenizer=tokenizer, examples=examples, test=test,
                          allowed=allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0], tokens),
-                         clean=clean_nlls(models, test, continuation_len, batch_size), n_cont=continuation_len,
-                         batch_size=batch_size, seed=seed, precision=precision, log=log, checkpoint=checkpoint,
-                         budget=budget)
+                         clean=clean, clean_halves={name: halves(t) for name, t in tokens_nll.items()},
+                         n_cont=continuation_len, batch_size=batch_size, seed=seed, precision=precision, log=log,
+                         checkpoint=checkpoint, budget=budget, edit_budget=edit_budget, curve_points=curve_points)
 
 
-def row_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
-    """Mean NLL per token of `target` (B, K), the last K tokens of each input row; (B,) float32.
+def curve_fractions(points: int) -> tuple[float, ...]:
+    """The budget curve's fractions of a search's passes: 2**-(points - 1), ..., 1/4, 1/2, 1 (log-spaced,
+    so that every step, the last one included, is a doubling)."""
+    return tuple(2.0 ** -k for k in range(points - 1, -1, -1))
+
+
+def token_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
+    """NLL of every token of `target` (B, K), the last K tokens of each input row; (B, K) float32.
 
     `inputs` are `input_ids` (B, T) or `inputs_embeds` (B, T, d). The single definition of
     the attack objective: scoring and gradients both go through here. Only the logits
@@ -198,17 +226,33 @@ def row_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
     """
     n_cont = target.shape[1]
     logits = model(**inputs, logits_to_keep=n_cont + 1).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(dim=1)
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+
+
+def row_nll(model, target: torch.Tensor, **inputs) -> torch.Tensor:
+    """Mean NLL per token of `target` (B, K) (`token_nll`); (B,) float32."""
+    return token_nll(model, target, **inputs).mean(dim=1)
 
 
 @torch.no_grad()
-def continuation_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> torch.Tensor:
-    """Mean NLL per token of the last `n_cont` tokens of each row.
+def continuation_token_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> torch.Tensor:
+    """NLL of each of the last `n_cont` tokens of each row: ids (B, T) long on the model's device ->
+    (B, n_cont) float32 on CPU."""
+    out = [token_nll(model, chunk[:, -n_cont:], input_ids=chunk).cpu() for chunk in ids.split(batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, n_cont)
 
-    ids: (B, T) long, on the model's device. Returns (B,) float32 on CPU.
-    """
-    out = [row_nll(model, chunk[:, -n_cont:], input_ids=chunk).cpu() for chunk in ids.split(batch_size)]
-    return torch.cat(out) if out else torch.zeros(0)
+
+def continuation_nll(model, ids: torch.Tensor, n_cont: int, batch_size: int) -> torch.Tensor:
+    """Mean NLL per token of the last `n_cont` tokens of each row: ids (B, T) long -> (B,) float32 on CPU."""
+    return continuation_token_nll(model, ids, n_cont, batch_size).mean(dim=1)
+
+
+def halves(tokens: torch.Tensor) -> np.ndarray:
+    """(B, K) per-token NLL -> (B, 2) float64 numpy: the mean over the even positions (0, 2, ...) and
+    over the odd ones (1, 3, ...). Disjoint halves of the scored tokens: a member chosen on one
+    half and read on the other is held out from its own selection."""
+    t = tokens.double()
+    return torch.stack([t[:, 0::2].mean(dim=1), t[:, 1::2].mean(dim=1)], dim=1).numpy()
 
 
 def clean_nlls(models: dict, ids: torch.Tensor, n_cont: int, batch_size: int) -> dict:
@@ -297,7 +341,7 @@ def retokenized(tokenizer, rows: torch.Tensor) -> torch.Tensor:
 
 def score_attacked(attack: str, models: dict, tokenizer, attacked: torch.Tensor, test: torch.Tensor,
                    clean: dict, n_cont: int, batch_size: int, source: str = "", trial: int = 0, kind: str = "",
-                   **fields) -> list[AttackResult]:
+                   clean_halves: dict | None = None, **fields) -> list[AttackResult]:
     """Attacked inputs (N, T'), re-tokenized from their text, scored on every model.
 
     test: the clean examples (N, T); clean: model -> clean NLL (N,). With a `source` model the
@@ -305,16 +349,19 @@ def score_attacked(attack: str, models: dict, tokenizer, attacked: torch.Tensor,
     row's kind, with `source` as the model the control is matched to. `fields` go to every
     AttackResult (trigger ids and text, attacked ids, n_changed, compute); the clean ids and
     the number of scored tokens are added, so that each row can be re-scored from the table.
+    `clean_halves` (model -> (N, 2), AttackContext.clean_halves) adds the halves of the scored tokens.
     """
     attacked = retokenized(tokenizer, attacked)
     assert torch.equal(attacked[:, -n_cont:], test[:, -n_cont:]), "scored tokens moved"
     out, clean_ids = [], test.cpu().numpy()
     for name, model in models.items():
         row_kind = kind or ("control" if not source else "attack" if name == source else "transfer")
+        tokens = continuation_token_nll(model, attacked, n_cont, batch_size)
         out.append(AttackResult(
             attack=attack, model=name, kind=row_kind, example_ids=np.arange(len(test)), clean_nll=clean[name],
-            attacked_nll=continuation_nll(model, attacked, n_cont, batch_size).numpy(), trial=trial,
-            source_model=source or name, input_ids=clean_ids, scored_tokens=n_cont, **fields))
+            attacked_nll=tokens.mean(dim=1).numpy(), trial=trial, source_model=source or name, input_ids=clean_ids,
+            scored_tokens=n_cont, clean_halves=(clean_halves or {}).get(name), attacked_halves=halves(tokens),
+            **fields))
     return out
 
 

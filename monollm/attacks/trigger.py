@@ -317,7 +317,7 @@ def _curve(ctx: AttackContext, name: str, found: list[Search], trigger: list[int
         attacked = prepend(torch.tensor(chosen, device=ctx.device), ctx.test)
         out += score_attacked(name, {source: ctx.models[source]}, ctx.tokenizer, attacked, ctx.test, ctx.clean,
                               ctx.n_cont, ctx.batch_size, source=source, trial=i, kind="budget",
-                              trigger_ids=list(chosen), trigger_text=ctx.tokenizer.decode(chosen), ranking=ranking,
+                              clean_halves=ctx.clean_halves, trigger_ids=list(chosen), trigger_text=ctx.tokenizer.decode(chosen), ranking=ranking,
                               forward_passes=passes if last else int(round(fraction * total)),
                               budget=ctx.budget, budget_fraction=float(fraction))
     ctx.log(f"[{name}] {source}: budget curve " + ", ".join(
