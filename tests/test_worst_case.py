@@ -1,6 +1,7 @@
 """The worst case, the masking diagnostics and the headline that stands on them: a planted failed
 search, the per-example maximum, the strictly universal choice, the budget curve's convergence flag."""
 import copy
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import torch
 
 from attack_models import CONT, examples, model, plant, tokenizer, unused_symbol
 from monollm.attacks import run_attack, uat
-from monollm.results import answer, diagnostics, headline, report, worst_case
+from monollm.results import answer, diagnostics, headline, members, report, worst_case
 
 N_BOOT = 300
 
@@ -92,82 +93,176 @@ def cost_findings() -> dict:
 
 
 def synthetic(seed: int = 0, n: int = 12) -> pd.DataFrame:
-    """Rows of three trigger attacks and hotflip on two models: own searches, transfers, restarts,
-    controls, with random damage."""
-    rng, rows = np.random.default_rng(seed), []
+    """Rows of three trigger attacks and two per-input searches on two models: own searches,
+    transfers, restarts, controls, with random damage on each half of the scored tokens; every
+    member trigger distinct."""
+    rng, rows, ids = np.random.default_rng(seed), [], iter(range(10_000))
 
     def add(attack, kind, model, source, trial=0, scale=1.0, opt=np.nan):
+        trigger = [next(ids)] if attack not in ("hotflip", "random_flips") else []
         for e in range(n):
+            even, odd = rng.gamma(2.0, scale, size=2)
             rows.append({"attack": attack, "kind": kind, "model": model, "source_model": source, "trial": trial,
-                         "example": e, "dnll": float(rng.gamma(2.0, scale)), "forward_passes": 1000,
-                         "ranking": "gradient" if kind == "attack" else "", "trigger_ids": [1, 2],
-                         "guidance_spearman": 0.5, "opt_dnll": opt, "clean_nll": 3.0, "attacked_nll": 4.0})
+                         "example": e, "dnll": float((even + odd) / 2), "dnll_even": float(even),
+                         "dnll_odd": float(odd), "forward_passes": 1000,
+                         "ranking": "gradient" if kind == "attack" else "", "trigger_ids": trigger,
+                         "attacked_ids": [] if trigger else [next(ids)], "guidance_spearman": 0.5,
+                         "opt_dnll": opt, "clean_nll": 3.0, "attacked_nll": 4.0})
 
-    for attack in ("uat", "gcg", "random_search", "hotflip"):
+    for attack in ("uat", "gcg", "random_search", "hotflip", "random_flips"):
         for m in ("baseline", "monotonic"):
             other = "monotonic" if m == "baseline" else "baseline"
             add(attack, "attack", m, m, opt=rng.random())
             add(attack, "transfer", m, other, opt=rng.random())
             for t in range(3):
                 add(attack, "control", m, m, trial=t, scale=0.1)
-            if attack != "hotflip":
+            if attack not in ("hotflip", "random_flips"):
                 add(attack, "restart", m, m, trial=1, opt=rng.random())
     return pd.DataFrame(rows)
 
 
-def test_the_worst_case_is_the_maximum_over_the_members_and_one_of_them():
-    df = synthetic()
-    for family, attacks in worst_case.FAMILIES.items():
-        ex = worst_case.per_example_worst(df, family).set_index(["model", "example"])
-        members = df[df.attack.isin(attacks) & df.kind.isin(worst_case.MEMBER_KINDS)]
-        assert len(ex) == 2 * 12
-        for (m, e), row in ex.iterrows():
-            mine = members[(members.model == m) & (members.example == e)]
-            assert row["dnll"] >= mine["dnll"].max() - 1e-12  # at least every member's damage ...
-            assert np.isclose(mine["dnll"], row["dnll"]).any()  # ... and equal to one of them
-            label = next(worst_case.member_label(r) for r in mine.itertuples() if np.isclose(r.dnll, row["dnll"]))
-            assert row["member"] == label
-            ctrl = df[(df.attack.isin(attacks)) & (df.kind == "control") & (df.model == m) & (df.example == e)]
-            assert row["above_control"] == pytest.approx(row["dnll"] - ctrl["dnll"].mean())
+def row(attack, kind, model, even, odd, source=None, ids=(1,), example=0, trial=0, fraction=np.nan, opt=np.nan):
+    """One hand-built attack-table row: damage `even` and `odd` on the two halves of the scored tokens."""
+    return {"attack": attack, "kind": kind, "model": model, "source_model": source or model, "trial": trial,
+            "example": example, "dnll": (even + odd) / 2, "dnll_even": even, "dnll_odd": odd,
+            "trigger_ids": list(ids), "attacked_ids": [], "budget_fraction": fraction, "forward_passes": 100,
+            "ranking": "gradient" if kind == "attack" else "", "opt_dnll": opt, "guidance_spearman": 0.5}
 
 
-def test_the_strictly_universal_variant_takes_the_trigger_best_on_attack_opt():
-    df = synthetic(1)
-    ex = worst_case.universal_choice(df, "universal triggers")
-    for m, g in ex.groupby("model"):
-        cands = df[(df.model == m) & df.attack.isin(worst_case.FAMILIES["universal triggers"])
-                   & np.isfinite(df.opt_dnll)]
-        best = cands.loc[cands.opt_dnll.idxmax()]
-        assert set(g["member"]) == {worst_case.member_label(next(cands.loc[[best.name]].itertuples()))}
-        assert np.allclose(g.sort_values("example")["dnll"], cands[cands.opt_dnll == best.opt_dnll]
-                           .sort_values("example")["dnll"])
-    table = worst_case.table(df, ["printable"], N_BOOT, 0)
-    assert set(table["variant"]) == {"per-example", "universal"} and set(table["threat_model"]) == {"printable"}
-    per_example = table[table.variant == "per-example"].set_index(["family", "model"])
-    universal = table[table.variant == "universal"].set_index(["family", "model"])
-    # one trigger for all examples can never beat the worst over every trigger per example
-    assert (universal["dnll"] <= per_example.loc[universal.index, "dnll"] + 1e-12).all()
+def hand_table() -> pd.DataFrame:
+    """Example 0 on the baseline: three members and three control draws, every number chosen by hand.
+
+    member                      even  odd  all       control  even  odd  all
+    uat attack                   0.9  0.1  0.5       d1        0.0  0.0  0.0
+    gcg attack                   0.2  0.6  0.4       d2        0.4  0.0  0.2
+    random_search restart 1      0.5  0.5  0.5       d3        0.0  0.2  0.1
+    """
+    return pd.DataFrame([row("uat", "attack", "baseline", 0.9, 0.1, ids=(1,)),
+                         row("gcg", "attack", "baseline", 0.2, 0.6, ids=(2,)),
+                         row("random_search", "restart", "baseline", 0.5, 0.5, ids=(3,), trial=1),
+                         row("uat", "control", "baseline", 0.0, 0.0, ids=(7,), trial=0),
+                         row("gcg", "control", "baseline", 0.4, 0.0, ids=(8,), trial=0),
+                         row("random_search", "control", "baseline", 0.0, 0.2, ids=(9,), trial=0)])
 
 
-def curve_rows(dnll_by_fraction: dict, n: int = 16, noise: float = 0.01) -> pd.DataFrame:
-    rng, rows = np.random.default_rng(0), []
-    for i, (fraction, level) in enumerate(dnll_by_fraction.items()):
+def test_the_lead_worst_case_is_chosen_on_one_half_of_the_tokens_and_read_on_the_other():
+    detail = worst_case.example_table(hand_table(), "universal triggers").iloc[0]
+    # chosen on even: uat (0.9), read on odd: 0.1; chosen on odd: gcg (0.6), read on even: 0.2
+    assert detail["dnll_cross"] == pytest.approx(0.15)
+    assert (detail["member_even"], detail["member_odd"]) == ("uat attack", "gcg attack")
+    # in-sample: uat and the restart tie at 0.5; the tie goes to the search's own trigger
+    assert detail["dnll_in_sample"] == pytest.approx(0.5) and detail["member_in_sample"] == "uat attack"
+    # 3 members, 3 draws: the matched control is the maximum over all three draws, chosen the same way
+    assert detail["control_in_sample"] == pytest.approx(0.2) and detail["control_cross"] == pytest.approx(0.0)
+    lead = worst_case.per_example_worst(hand_table(), "universal triggers").iloc[0]
+    assert lead["above_control"] == pytest.approx(0.15) and lead["member"] == "uat attack / gcg attack"
+    optimistic = worst_case.per_example_worst(hand_table(), "universal triggers", "per-example, in-sample").iloc[0]
+    assert optimistic["above_control"] == pytest.approx(0.3)
+
+
+def test_the_matched_null_is_the_expected_maximum_over_every_subset_of_draws():
+    rng = np.random.default_rng(5)
+    draws = rng.normal(size=(7, 3))
+    for k in (1, 2, 4, 7):
+        subsets = list(itertools.combinations(range(7), k))
+        in_sample = np.mean([draws[list(c), 0].max() for c in subsets])
+        cross = np.mean([(draws[c[int(np.argmax(draws[list(c), 1]))], 2] + draws[c[int(np.argmax(draws[list(c), 2]))], 1])
+                         / 2 for c in subsets])
+        got = worst_case.matched_null(draws, k)
+        assert got == pytest.approx((in_sample, cross))
+    # more members than draws: draws with replacement, k = 3 over [0, 1]: the maximum is 1 unless all are 0
+    assert worst_case.matched_null(np.array([[0.0] * 3, [1.0] * 3]), 3)[0] == pytest.approx(7 / 8)
+
+
+def test_a_family_of_random_members_reads_zero_above_its_matched_control():
+    """K random 'members' drawn like the control: no better than random, so 0 above control within the
+    CI, where a maximum over K minus the mean control reads well above 0."""
+    rng, rows, k, n = np.random.default_rng(0), [], 10, 300
+    for m in ("baseline", "monotonic"):
         for e in range(n):
+            for kind, count in (("restart", k), ("control", 3 * k)):
+                for t in range(count):
+                    even, odd = rng.normal(0, 0.3, size=2)
+                    rows.append(row("uat", kind, m, even, odd, ids=(t + 100 * (kind == "control"),), example=e,
+                                    trial=t))
+    df = pd.DataFrame(rows)
+    table = worst_case.table(df, ["round_trip"], N_BOOT, 0).set_index(["variant", "model"])
+    for m in ("baseline", "monotonic"):
+        lead = table.loc[("per-example", m)]
+        assert lead["members"] == k and lead["ci_low"] < 0 < lead["ci_high"]
+        assert abs(lead["above_control"]) < 0.05
+        naive = df[(df.model == m) & (df.kind == "restart")].groupby("example")["dnll"].max().mean() \
+            - df[(df.model == m) & (df.kind == "control")]["dnll"].mean()
+        assert naive > 0.2  # what a maximum minus a mean control would have called damage
+
+
+def test_members_are_distinct_perturbations_labelled_by_where_they_were_found():
+    """The baseline's random_search reports trigger 5; the monotonic model's restart 0 and its reported
+    trigger are both 6. On the baseline, 6 is one member: a transfer from the monotonic model."""
+    df = pd.DataFrame([row("random_search", "attack", "baseline", 0.3, 0.3, ids=(5,)),
+                       row("random_search", "restart", "baseline", 0.3, 0.3, ids=(5,), trial=0),
+                       row("random_search", "restart", "baseline", 0.4, 0.4, source="monotonic", ids=(6,)),
+                       row("random_search", "transfer", "baseline", 0.4, 0.4, source="monotonic", ids=(6,)),
+                       row("uat", "budget", "baseline", 0.1, 0.1, ids=(5,), trial=3, fraction=1.0),
+                       row("uat", "control", "baseline", 0.0, 0.0, ids=(9,))])
+    got = members.members(df, "universal triggers")
+    assert list(got["member"]) == ["random_search attack", "random_search transfer from monotonic"]
+    assert list(got["copies"]) == [3, 2]
+    assert worst_case.table(df, ["round_trip"], N_BOOT, 0).set_index("variant").loc["per-example", "members"] == 2
+
+
+def test_restarts_and_budget_curve_points_are_members():
+    """Example 0's worst member is a restart, example 1's a budget-curve point (hand-built damages)."""
+    rows = []
+    for e, (restart, curve) in enumerate([(0.8, 0.2), (0.1, 0.7)]):
+        rows += [row("uat", "attack", "baseline", 0.3, 0.3, ids=(1,), example=e),
+                 row("uat", "restart", "baseline", restart, restart, ids=(2,), example=e, trial=1),
+                 row("gcg", "budget", "baseline", curve, curve, ids=(3,), example=e, trial=0, fraction=0.5),
+                 row("uat", "control", "baseline", 0.0, 0.0, ids=(9,), example=e)]
+    got = worst_case.per_example_worst(pd.DataFrame(rows), "universal triggers")
+    assert list(got["dnll"]) == pytest.approx([0.8, 0.7])
+    assert list(got["member"]) == ["uat restart 1", "gcg budget 0.5"]
+
+
+def test_the_family_control_is_taken_on_the_model_scored_not_the_model_searched():
+    """HotFlip's controls at the baseline's flip positions scored on the monotonic model (0.3) count for
+    the monotonic model, those at the monotonic model's positions scored on the baseline (0.1) for the
+    baseline."""
+    rows = []
+    for e in range(4):
+        for m, other, ctrl in (("baseline", "monotonic", 0.1), ("monotonic", "baseline", 0.3)):
+            rows.append(row("hotflip", "attack", m, 1.0, 1.0, ids=(), example=e))
+            rows[-1]["attacked_ids"] = [e, 1]
+            rows += [row("hotflip", "control", m, ctrl, ctrl, source=other, ids=(), example=e, trial=t)
+                     for t in range(2)]
+    got = worst_case.per_example_worst(pd.DataFrame(rows), "per-input edits")
+    assert got.groupby("model")["control_dnll"].mean().to_dict() == pytest.approx({"baseline": 0.1, "monotonic": 0.3})
+
+
+def curve_rows(dnll_by_fraction: dict) -> pd.DataFrame:
+    """uat's budget curve on the monotonic model: per fraction, the per-example damages given."""
+    rows = []
+    for i, (fraction, damages) in enumerate(dnll_by_fraction.items()):
+        for e, d in enumerate(damages):
             rows.append({"attack": "uat", "kind": worst_case.CURVE, "model": "monotonic", "source_model": "monotonic",
                          "trial": i, "example": e, "budget_fraction": fraction, "forward_passes": int(8000 * fraction),
-                         "dnll": level + noise * rng.standard_normal()})
+                         "dnll": d})
     return pd.DataFrame(rows)
 
 
-def test_damage_still_rising_at_the_last_doubling_is_not_converged():
-    rising = diagnostics.budget_curve(curve_rows({0.125: 0.1, 0.25: 0.2, 0.5: 0.4, 1.0: 0.8}), N_BOOT, 0)
-    assert list(rising["fraction"]) == [0.125, 0.25, 0.5, 1.0] and list(rising["forward_passes"]) == [1000, 2000,
-                                                                                                       4000, 8000]
-    flag = diagnostics.not_converged(rising, "uat", "monotonic")
-    assert flag["flag"] is True and flag["rise"] == pytest.approx(0.4, abs=0.02)
-    flat = diagnostics.budget_curve(curve_rows({0.125: 0.1, 0.25: 0.5, 0.5: 0.8, 1.0: 0.8}), N_BOOT, 0)
-    assert diagnostics.not_converged(flat, "uat", "monotonic")["flag"] is False
-    assert diagnostics.not_converged(flat, "gcg", "monotonic") == {"flag": None}
+def test_not_converged_is_a_paired_test_of_the_last_doubling():
+    # every example rises by exactly 0.012 at the last doubling: small, but the paired CI is [0.012, 0.012]
+    small = curve_rows({0.25: [0.1] * 8, 0.5: [0.5, 0.9] * 4, 1.0: [0.512, 0.912] * 4})
+    flag = diagnostics.not_converged(small, "uat", "monotonic", N_BOOT, 0)
+    assert flag["flag"] is True and flag["rise"] == pytest.approx(0.012) and flag["ci_low"] == pytest.approx(0.012)
+    assert flag["fractions"] == [0.5, 1.0]
+    # half the examples rise by 0.3, half fall by 0.3: a rise of 0 on average, not flagged
+    flat = curve_rows({0.5: [0.5] * 8, 1.0: [0.8, 0.2] * 4})
+    got = diagnostics.not_converged(flat, "uat", "monotonic", N_BOOT, 0)
+    assert got["flag"] is False and got["rise"] == pytest.approx(0.0) and got["ci_low"] < 0 < got["ci_high"]
+    assert diagnostics.not_converged(flat, "gcg", "monotonic", N_BOOT, 0) == {"flag": None}
+    curve = diagnostics.budget_curve(small, N_BOOT, 0)
+    assert list(curve["fraction"]) == [0.25, 0.5, 1.0] and list(curve["forward_passes"]) == [2000, 4000, 8000]
 
 
 def test_gradient_free_search_beating_the_gradient_at_equal_passes_is_flagged():
@@ -180,7 +275,48 @@ def test_gradient_free_search_beating_the_gradient_at_equal_passes_is_flagged():
     assert got["flag"] is True and got["diff"] == pytest.approx(0.5)
     df.loc[free, "forward_passes"] = 5000  # five times the gradient search's budget: not a fair comparison
     assert diagnostics.gradient_free_beats_gradient(df, "uat", "baseline", N_BOOT, 0)["flag"] is None
-    assert diagnostics.gradient_free_beats_gradient(df, "hotflip", "baseline", N_BOOT, 0)["flag"] is None
+    assert diagnostics.gradient_free_beats_gradient(df, "random_search", "baseline", N_BOOT, 0)["flag"] is None
+
+
+def test_the_second_threat_model_is_checked_against_its_own_gradient_free_search():
+    df = synthetic(2)
+    second = df.assign(attack=df["attack"] + "@printable")
+    own = (second.attack == "uat@printable") & (second.kind == "attack") & (second.model == "baseline")
+    free = (second.attack == "random_search@printable") & (second.kind == "attack") & (second.model == "baseline")
+    second.loc[free, "dnll"] = second.loc[own, "dnll"].to_numpy() + 0.5
+    first_free = (df.attack == "random_search") & (df.kind == "attack") & (df.model == "baseline")
+    df.loc[first_free, "dnll"] = 0.0  # the first threat model's random search finds nothing
+    both = pd.concat([df, second], ignore_index=True)
+    got = diagnostics.gradient_free_beats_gradient(both, "uat@printable", "baseline", N_BOOT, 0)
+    assert got["flag"] is True and got["diff"] == pytest.approx(0.5)
+
+
+def test_per_input_edits_are_checked_against_random_flips():
+    df = synthetic(6)
+    own = (df.attack == "hotflip") & (df.kind == "attack") & (df.model == "monotonic")
+    free = (df.attack == "random_flips") & (df.kind == "attack") & (df.model == "monotonic")
+    df.loc[free, "dnll"] = df.loc[own, "dnll"].to_numpy() + 0.25
+    assert diagnostics.gradient_free_beats_gradient(df, "hotflip", "monotonic", N_BOOT, 0)["flag"] is True
+
+
+def test_a_family_verdict_is_flagged_on_the_model_it_favours():
+    """The monotonic model is damaged less, but the family has no gradient-free member and the attack that
+    carried the monotonic model's examples is not converged there."""
+    rows = []
+    for e in range(10):
+        for m, d in (("baseline", 1.0), ("monotonic", 0.2)):
+            rows += [row("uat", "attack", m, d + 0.01 * e, d + 0.01 * e, ids=(1 if m == "baseline" else 2,), example=e),
+                     row("uat", "budget", m, d / 2, d / 2, ids=(3,), example=e, trial=0, fraction=0.5),
+                     row("uat", "budget", m, d + 0.01 * e, d + 0.01 * e, ids=(1 if m == "baseline" else 2,),
+                         example=e, trial=1, fraction=1.0),
+                     row("uat", "control", m, 0.0, 0.0, ids=(9,), example=e)]
+    df = pd.DataFrame(rows)
+    f = answer.robustness_findings(df, ["round_trip"], N_BOOT, 0)
+    worst = f["worst_case"]["universal triggers"]
+    assert worst["verdict"] == "monotonic more robust"
+    assert worst["not_evidence"] == ["no_gradient_free_member on monotonic",
+                                     "not_converged (uat on monotonic) on monotonic"]
+    assert "not evidence of robustness: no_gradient_free_member on monotonic" in headline.worst_case_sentence(f)
 
 
 def test_the_join_gathers_every_branch_kind_and_tolerates_older_branches():
@@ -209,8 +345,9 @@ def test_each_threat_model_has_its_own_worst_case_and_the_headline_names_both():
     # each threat model's worst case is its own rows' alone
     alone = answer.robustness_findings(second.assign(tokens="printable"), ["printable"], N_BOOT, 0)
     assert f["worst_case"]["per-input edits [printable]"]["diff"] == alone["worst_case"]["per-input edits"]["diff"]
-    assert set(f["diagnostics"]) == {"uat", "gcg", "random_search", "hotflip", "uat@printable", "gcg@printable",
-                                     "random_search@printable", "hotflip@printable"}
+    assert set(f["diagnostics"]) == {"uat", "gcg", "random_search", "hotflip", "random_flips", "uat@printable",
+                                     "gcg@printable", "random_search@printable", "hotflip@printable",
+                                     "random_flips@printable"}
     table = worst_case.table(df, ["round_trip", "printable"], N_BOOT, 0)
     assert list(dict.fromkeys(table["threat_model"])) == ["round_trip", "printable"]
     text = headline.worst_case_sentence(f)
@@ -226,11 +363,11 @@ def test_a_planted_search_cut_before_it_finds_the_weakness_is_not_converged(budg
     params = uat.UATConfig(trigger_len=3, top_k=4, widen=2, steps=50, restarts=1, controls=2, guidance_sample=0)
     split = {"test": examples(8, 0), "attack_opt": examples(8, 1)}
     rows = run_attack("uat", {"baseline": weak}, tokenizer(), split, CONT, 16, params, seed=0, log=lambda _: None,
-                      budget=budget)
+                      budget=budget, curve_points=4)
     df = report.attack_table(rows)
     curve = diagnostics.budget_curve(df, N_BOOT, 0)
     assert list(curve["fraction"]) == [0.125, 0.25, 0.5, 1.0]
     assert curve["dnll"].iloc[-1] > 10  # the weakness is found within the budget either way
-    flag = diagnostics.not_converged(curve, "uat", "baseline")
+    flag = diagnostics.not_converged(df, "uat", "baseline", N_BOOT, 0)
     assert flag["flag"] is rising
     assert diagnostics.diagnostics(df, N_BOOT, 0)["uat"]["baseline"]["not_converged"]["flag"] is rising

@@ -117,9 +117,11 @@ def robustness_findings(attacks: pd.DataFrame, threat_models, n_boot: int, seed:
     """The worst-case verdicts per threat model (`threat_models`: attack.tokens), the diagnostics,
     the threat models and the seed count, as findings entries. One run is one seed: its intervals
     cover the test examples only."""
-    return {"threat_models": list(threat_models), "seeds": 1,
-            "worst_case": worst_case.verdicts(attacks, threat_models, n_boot, seed),
-            "diagnostics": diagnostics.diagnostics(attacks, n_boot, seed)}
+    diag, worst = diagnostics.diagnostics(attacks, n_boot, seed), worst_case.verdicts(attacks, threat_models, n_boot, seed)
+    for key, comp in worst.items():
+        suffix = "" if comp["threat_model"] == threat_models[0] else f"@{comp['threat_model']}"
+        comp["not_evidence"] = diagnostics.family_flags(attacks, diag, key.split(",")[0].split(" [")[0], comp, suffix)
+    return {"threat_models": list(threat_models), "seeds": 1, "worst_case": worst, "diagnostics": diag}
 
 
 def mark_evidence(findings: dict) -> dict:

@@ -8,16 +8,23 @@ attack and model, computed from the attack table:
 * `transfer_beats_attack`: the perturbation found on the other model damages this model more
   than this model's own search did (paired by example, 95% bootstrap CI of the difference
   above 0);
-* `gradient_free_beats_gradient`: the gradient-free `random_search` damages this model more
-  than the gradient-ranked search at equal forward passes (at most EQUAL_PASSES times the
-  gradient search's; paired CI above 0);
-* `not_converged`: the last doubling of the search's budget still raised the damage by more
-  than the half-width of the 95% CI at the full budget (the budget curve, `budget_curve`);
+* `gradient_free_beats_gradient`: the family's gradient-free search (GRADIENT_FREE: `random_search`
+  for triggers, `random_flips` for per-input edits) damages this model more than the
+  gradient-ranked search at equal forward passes (at most EQUAL_PASSES times the gradient
+  search's; paired CI above 0), under the same threat model;
+* `not_converged`: the last doubling of the search's budget still raised the damage: the paired
+  rise per example from the budget curve's second-to-last point (half the passes) to its last
+  (all of them), scored on test on the searched model, has a 95% bootstrap CI above 0 (a test,
+  not a threshold on the size of the rise);
 * `weak_guidance`: the first-order estimate's Spearman rho with the exact loss change of a
   swap is below report.WEAK_GUIDANCE.
 
 A flag is True, False, or None where it cannot be computed (no transfer rows, no
-random_search at equal passes, no budget curve, guidance not measured).
+gradient-free search at equal passes, no budget curve, guidance not measured).
+
+A family's worst-case verdict is flagged too (`family_flags`), on the model it favours: when the
+family has no gradient-free member on that model, and when its strongest member (the attack that
+carried most of that model's examples) is not converged there.
 """
 from __future__ import annotations
 
@@ -27,10 +34,10 @@ import pandas as pd
 from monollm import stats
 from monollm.attacks import attack_of
 from monollm.results.report import PRIMARY_CONTROL, WEAK_GUIDANCE
-from monollm.results.worst_case import CURVE
+from monollm.results.members import CURVE, FAMILIES
 
-GRADIENT_FREE = "random_search"
-"""The gradient-free search every gradient-ranked trigger search is checked against."""
+GRADIENT_FREE = {"uat": "random_search", "gcg": "random_search", "hotflip": "random_flips"}
+"""Gradient-ranked search -> the gradient-free search of its family it is checked against."""
 EQUAL_PASSES = 1.1
 """random_search counts as run at equal forward passes when it spent at most this factor of the
 gradient search's passes (budgets are met up to one step's overshoot)."""
@@ -54,7 +61,7 @@ def budget_curve(df: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     primary control on that model and the damage above it. Empty without curve rows."""
     if "budget_fraction" not in df.columns:  # a table made before the curves existed
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    curve, rows = df[df.kind == CURVE], []
+    curve, rows = df[(df.kind == CURVE) & (df.model == df.source_model)], []
     for (attack, model, fraction), g in curve.groupby(["attack", "model", "budget_fraction"], sort=True):
         d = _per_example(g).to_numpy(float)
         lo, hi = stats.bootstrap_ci(d, n_boot, seed)
@@ -66,16 +73,22 @@ def budget_curve(df: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def not_converged(curve: pd.DataFrame, attack: str, model: str) -> dict:
-    """{"flag", "rise", "half_width"}: whether the damage rose at the last doubling of the budget
-    (from the second-largest fraction to the largest) by more than the half-width of the largest
-    fraction's CI. flag None with fewer than two points."""
-    g = curve[(curve.attack == attack) & (curve.model == model)].sort_values("fraction")
-    if len(g) < 2:
+def not_converged(df: pd.DataFrame, attack: str, model: str, n_boot: int, seed: int) -> dict:
+    """{"flag", "rise", "ci_low", "ci_high", "fractions"}: the paired rise per example of the damage
+    over the last doubling of the search's budget (the budget curve's two largest fractions, on the
+    searched model), with its 95% bootstrap CI; flagged when the CI lies above 0. flag None with
+    fewer than two curve points."""
+    if "budget_fraction" not in df.columns:
         return {"flag": None}
-    last, before = g.iloc[-1], g.iloc[-2]
-    rise, half = float(last["dnll"] - before["dnll"]), float(last["ci_high"] - last["ci_low"]) / 2
-    return {"flag": bool(rise > half), "rise": rise, "half_width": half}
+    own = _own(df, attack, model, CURVE)
+    fractions = sorted(own["budget_fraction"].unique())
+    if len(fractions) < 2:
+        return {"flag": None}
+    before, last = (_per_example(own[own.budget_fraction == f]) for f in fractions[-2:])
+    rise = (last - before).dropna().to_numpy(float)
+    lo, hi = stats.bootstrap_ci(rise, n_boot, seed)
+    return {"flag": bool(lo > 0), "rise": float(rise.mean()), "ci_low": lo, "ci_high": hi,
+            "fractions": [float(f) for f in fractions[-2:]]}
 
 
 def _beats(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
@@ -95,12 +108,15 @@ def transfer_beats_attack(df: pd.DataFrame, attack: str, model: str, n_boot: int
 
 
 def gradient_free_beats_gradient(df: pd.DataFrame, attack: str, model: str, n_boot: int, seed: int) -> dict:
-    """random_search against a gradient-ranked trigger search on this model, at equal forward
-    passes (`_beats`, plus both searches' passes); flag None for a search not ranked by gradient,
-    one that is not a trigger search, or without random_search at equal passes."""
+    """The family's gradient-free search (GRADIENT_FREE) against a gradient-ranked search on this model,
+    at equal forward passes (`_beats`, plus both searches' passes); flag None for a search not ranked
+    by gradient, one without a gradient-free twin, or without that twin at equal passes."""
+    twin = GRADIENT_FREE.get(attack_of(attack))
+    if twin is None:
+        return {"flag": None}
     # the gradient-free search of the same threat model: "random_search@printable" beside "uat@printable"
-    own, free = _own(df, attack, model), _own(df, GRADIENT_FREE + attack[len(attack_of(attack)):], model)
-    if own.empty or free.empty or own["ranking"].iloc[0] != "gradient" or not len(own["trigger_ids"].iloc[0]):
+    own, free = _own(df, attack, model), _own(df, twin + attack[len(attack_of(attack)):], model)
+    if own.empty or free.empty or own["ranking"].iloc[0] != "gradient":
         return {"flag": None}
     passes = {"forward_passes": int(own["forward_passes"].iloc[0]),
               "gradient_free_forward_passes": int(free["forward_passes"].iloc[0])}
@@ -121,14 +137,13 @@ def diagnostics(df: pd.DataFrame, n_boot: int, seed: int) -> dict:
     attack that searched (its own rows carry a `ranking`) on every model it searched."""
     if not len(df) or "ranking" not in df.columns:
         return {}
-    curve = budget_curve(df, n_boot, seed)
     searched = df[(df.kind == "attack") & (df.model == df.source_model) & (df["ranking"].fillna("") != "")]
     out: dict = {}
     for (attack, model), _ in searched.groupby(["attack", "model"], sort=False):
         out.setdefault(attack, {})[model] = {
             "transfer_beats_attack": transfer_beats_attack(df, attack, model, n_boot, seed),
             "gradient_free_beats_gradient": gradient_free_beats_gradient(df, attack, model, n_boot, seed),
-            "not_converged": not_converged(curve, attack, model),
+            "not_converged": not_converged(df, attack, model, n_boot, seed),
             "weak_guidance": weak_guidance(df, attack, model)}
     return out
 
@@ -142,6 +157,31 @@ def undermining(diag: dict, attack: str, verdict: str) -> list[str]:
     """The flags that make `attack`'s own verdict no evidence of robustness, as "flag on model":
     those of the model it calls more robust, or of either model when it finds no difference
     (a failed search against one model can hide a real difference)."""
-    models = {"monotonic more robust": ("monotonic",), "baseline more robust": ("baseline",)}.get(
+    return [f"{flag} on {m}" for m in favoured(verdict) for flag in raised(diag, attack, m)]
+
+
+def favoured(verdict: str) -> tuple[str, ...]:
+    """The models a verdict calls more robust: either model where it finds no difference (a failed
+    search against one model can hide a real difference)."""
+    return {"monotonic more robust": ("monotonic",), "baseline more robust": ("baseline",)}.get(
         verdict, ("baseline", "monotonic"))
-    return [f"{flag} on {m}" for m in models for flag in raised(diag, attack, m)]
+
+
+def family_flags(df: pd.DataFrame, diag: dict, family: str, comp: dict, suffix: str = "") -> list[str]:
+    """What makes a family's worst-case verdict `comp` (worst_case.verdicts) no evidence of robustness,
+    as "flag on model", on the model(s) it favours: "no_gradient_free_member" when none of the
+    family's gradient-free searches ran against that model under this threat model (`suffix`: the
+    branch suffix, "" or "@printable"), and "not_converged (<attack>)" when the attack that carried
+    most of that model's examples is not converged there."""
+    free = {GRADIENT_FREE[a] + suffix for a in FAMILIES[family] if a in GRADIENT_FREE}
+    out = []
+    for model in favoured(comp["verdict"]):
+        if not any(len(_own(df, a, model)) for a in free):
+            out.append(f"no_gradient_free_member on {model}")
+        carried = comp.get("carried_by", {}).get(model) or {}
+        if carried:  # a transfer's search ran on the other model: its convergence is checked there
+            label = max(carried, key=carried.get)
+            top, searched = label.split(" ")[0], label.rsplit(" from ", 1)[1] if " from " in label else model
+            if diag.get(top, {}).get(searched, {}).get("not_converged", {}).get("flag"):
+                out.append(f"not_converged ({top} on {searched}) on {model}")
+    return out

@@ -36,7 +36,7 @@ def worst_case_sentence(findings: dict) -> str:
     parts = []
     for i, tm in enumerate(order):
         mine = {family: c for family, c in worst.items() if c.get("threat_model", tm) == tm}
-        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(family)) + " " + _numbers(c)
+        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(family)) + " " + _numbers(c) + _flags(c)
                                for family, c in mine.items() if ", universal" not in family)
         strict = "; ".join(f"{_family(family)}: {c['verdict']} {_numbers(c)}"
                            for family, c in mine.items() if ", universal" in family)
@@ -45,6 +45,11 @@ def worst_case_sentence(findings: dict) -> str:
         parts.append(lead + per_family + "." + (f" With one trigger per model, chosen on attack_opt: {strict}."
                                                  if strict else ""))
     return " ".join(parts)
+
+
+def _flags(c: dict) -> str:
+    """' - not evidence of robustness: <flags>' for a verdict its flags undermine, else ''."""
+    return " - not evidence of robustness: " + ", ".join(c["not_evidence"]) if c.get("not_evidence") else ""
 
 
 def _family(key: str) -> str:
@@ -60,10 +65,7 @@ def attack_verdicts_sentence(above: dict) -> str:
     """Each attack's own verdict above control, with the flags that make it no evidence of robustness."""
     parts = []
     for attack, c in above.items():
-        part = f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}"
-        if c.get("not_evidence"):
-            part += " - not evidence of robustness: " + ", ".join(c["not_evidence"])
-        parts.append(part)
+        parts.append(f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}" + _flags(c))
     return "Per attack, from its own search against each model: " + "; ".join(parts) + "."
 
 

@@ -2,55 +2,152 @@
 
 One search per model is a lower bound on what an attacker can do, and a weak one where the
 search fails against one model only (a weaker gradient, a worse start, less budget), which
-then looks "more robust". So, per threat-model family (FAMILIES), model and test example,
-the damage is the largest over every perturbation of the family the run found against
-*either* model: each attack's own search, the other model's (transfer), every restart's
-final trigger and every best-so-far trigger of the budget curve. It is taken above the
-family's matched control (the mean over the family's primary control rows for that model and
-example: random tokens of the same length at the same place, or at the flips' positions), and
-baseline minus monotonic gets a paired 95% bootstrap CI over the examples.
+then looks "more robust". So, per threat-model family, model and test example, the damage is the
+largest over every distinct perturbation of the family found against *either* model
+(monollm.results.members: own searches, transfers, restarts, budget-curve points).
 
-The strictly universal variant chooses one trigger per model, on `attack_opt` (its `opt_dnll`,
-the mean damage on the attack_opt examples), among every trigger of the family scored on that
-model, and reports it once on `test`.
+Two corrections make that maximum a number a reviewer can trust:
 
-When a single attack's own verdict is no evidence of robustness is monollm.results.diagnostics.
+* **Held out from its own selection (cross-fitted).** A maximum chosen on the tokens it reports
+  is optimistic, and more so for the noisier model. So an example's member is chosen on the even
+  continuation positions and its damage read on the odd ones, and the other way round, and the
+  two readings are averaged. The in-sample maximum (chosen and read on all tokens) is kept as the
+  labelled, optimistic variant "per-example, in-sample".
+* **A control matched to the statistic.** The control is the same statistic over random
+  perturbations of the members' shape: for an example with K distinct members, the expected
+  (cross-fitted, or in-sample) maximum over K random draws, taken without replacement from the
+  family's control draws on that model and example - exactly, over every K-subset
+  (`max_weights`), so it carries no sampling noise of its own. An attack no better than random then
+  reads 0 above control, in expectation. Where there are fewer draws than members, the draws are
+  taken with replacement, and the row says so (`control_short`).
 
-Everything here is a pure function of the attack table (report.attack_table).
+Ties (equal damage on the selecting half) go to the member first in the label order
+(members.py). baseline minus monotonic gets a paired 95% bootstrap CI over the examples.
+
+The strictly universal variant chooses one trigger per model, on `attack_opt` (its `opt_dnll`),
+among every trigger of the family scored on that model, and reports it once on `test`, above the
+mean control (the expected maximum over one draw).
+
+Everything here is a pure function of the attack table (report.attack_table), through the member
+table built once per family.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import gammaln
 
 from monollm import stats
-from monollm.attacks import attack_of
-from monollm.results.report import PRIMARY_CONTROL
+from monollm.results import members as mem
+from monollm.results.members import CURVE, FAMILIES, MEMBER_KINDS, family_rows, member_label  # noqa: F401
 from monollm.results.verdicts import compare_models
 
-FAMILIES = {"universal triggers": ("uat", "gcg", "random_search"), "per-input edits": ("hotflip",)}
-"""Threat-model family -> the attacks whose perturbations it pools. Triggers are universal (one
-prefix for every input); edits are per input (HotFlip's flips, with one flip budget)."""
-MEMBER_KINDS = ("attack", "transfer", "restart", "budget")
-"""Kinds of rows that hold a perturbation some search found (controls hold random ones)."""
-CURVE = "budget"
-"""Kind of the budget-curve rows: the best-so-far trigger at a fraction of the search's budget."""
+VARIANTS = ("per-example", "per-example, in-sample", "universal")
+"""The worst-case table's variants: the cross-fitted per-example maximum (the lead number), the
+in-sample one (optimistic), and one trigger per model chosen on attack_opt."""
+EXAMPLE_COLUMNS = ["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]
+"""Columns of a variant's per-example table."""
+DETAIL_COLUMNS = ["family", "model", "example", "members", "control_draws", "control_short", "dnll_in_sample",
+                  "member_in_sample", "control_in_sample", "dnll_cross", "member_even", "member_odd", "control_cross"]
+"""Columns of `example_table`: both variants per model and example."""
 
 
-def member_label(row) -> str:
-    """'uat attack', 'gcg transfer from baseline', 'uat restart 2 on monotonic', 'uat budget 1/2'."""
-    label = f"{row.attack} {row.kind}"
-    if row.kind == "restart":
-        label += f" {int(row.trial)}"
-    if row.kind == CURVE and "budget_fraction" in row._fields:
-        label += f" {row.budget_fraction:g}"
-    return label + (f" from {row.source_model}" if row.source_model != row.model else "")
+def max_weights(n: int, k: int) -> np.ndarray:
+    """(n,) weights w such that sum(w * sorted_ascending(x)) is the expected maximum of k draws from the
+    n values x: without replacement (every k-subset equally likely) when k <= n, with replacement
+    otherwise. The same weights, applied to another column ordered by x, give the expected value of
+    that column at the argmax (the cross-fitted reading)."""
+    r = np.arange(1, n + 1, dtype=float)
+    if k <= n:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            logw = gammaln(r) - gammaln(k) - gammaln(r - k + 1) - (gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1))
+        return np.where(r >= k, np.exp(logw), 0.0)
+    return (r / n) ** k - ((r - 1) / n) ** k
 
 
-def family_rows(df: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(member rows, primary control rows) of `family` in the attack table df."""
-    mine = df[df.attack.map(attack_of).isin(FAMILIES[family])]
-    return mine[mine.kind.isin(MEMBER_KINDS)], mine[mine.kind == PRIMARY_CONTROL]
+def matched_null(draws: np.ndarray, k: int) -> tuple[float, float]:
+    """(in-sample, cross-fitted) expected maximum over k of the control draws (n, 3): columns full,
+    even, odd damage. Cross-fitted: chosen on even and read on odd, and the other way, averaged."""
+    w = max_weights(len(draws), k)
+    full, even, odd = draws[:, 0], draws[:, 1], draws[:, 2]
+    in_sample = float(np.sum(w * np.sort(full)))
+    cross = (np.sum(w * odd[np.argsort(even, kind="stable")]) + np.sum(w * even[np.argsort(odd, kind="stable")])) / 2
+    return in_sample, float(cross)
+
+
+def _choose(values: np.ndarray) -> int:
+    """Index of the largest value; ties to the first (the label order); NaN never chosen."""
+    return int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+
+
+def _example(m: pd.DataFrame, draws: np.ndarray) -> dict:
+    """Both variants for one model and example: m its members (label order), draws its controls (n, 3)."""
+    full, even, odd = (m[c].to_numpy(float) for c in ("dnll", "dnll_even", "dnll_odd"))
+    i, ie, io = _choose(full), _choose(even), _choose(odd)
+    ctrl_in, ctrl_cross = matched_null(draws, len(m))
+    labels = m["member"].tolist()
+    return {"members": len(m), "control_draws": len(draws), "control_short": len(draws) < len(m),
+            "dnll_in_sample": float(full[i]), "member_in_sample": labels[i], "control_in_sample": ctrl_in,
+            "dnll_cross": float((odd[ie] + even[io]) / 2), "member_even": labels[ie], "member_odd": labels[io],
+            "control_cross": ctrl_cross}
+
+
+def example_table(df: pd.DataFrame, family: str, max_fraction: float = np.inf) -> pd.DataFrame:
+    """Per model and example (DETAIL_COLUMNS): the cross-fitted and the in-sample worst member and their
+    matched controls, over the members found within `max_fraction` of the searches' budgets (curve
+    points up to it; everything else counts as found at the full budget). Empty without members or
+    controls."""
+    found, ctrl = mem.members(df, family), mem.controls(df, family)
+    found = found[found["fraction"] <= max_fraction]
+    if found.empty or ctrl.empty:
+        return pd.DataFrame(columns=DETAIL_COLUMNS)
+    pools = {key: g[["dnll", "dnll_even", "dnll_odd"]].to_numpy(float) for key, g in ctrl.groupby(["model", "example"])}
+    rows = []
+    for (model, example), m in found.groupby(["model", "example"], sort=True):
+        if (model, example) not in pools:
+            raise ValueError(f"{family}: the control does not cover example {example} on {model}")
+        rows.append({"family": family, "model": model, "example": int(example), **_example(m, pools[model, example])})
+    return pd.DataFrame(rows, columns=DETAIL_COLUMNS)
+
+
+def variant_rows(detail: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """A per-example variant of `example_table` in EXAMPLE_COLUMNS: "per-example" (cross-fitted; its
+    `member` names the member chosen on the even half, and the odd half's where they differ) or
+    "per-example, in-sample"."""
+    if detail.empty:
+        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    if variant == "per-example, in-sample":
+        out = detail.assign(dnll=detail["dnll_in_sample"], member=detail["member_in_sample"],
+                            control_dnll=detail["control_in_sample"])
+    else:
+        both = [a if a == b else f"{a} / {b}" for a, b in zip(detail["member_even"], detail["member_odd"])]
+        out = detail.assign(dnll=detail["dnll_cross"], member=both, control_dnll=detail["control_cross"])
+    return out.assign(above_control=out["dnll"] - out["control_dnll"])[EXAMPLE_COLUMNS]
+
+
+def per_example_worst(df: pd.DataFrame, family: str, variant: str = "per-example") -> pd.DataFrame:
+    """One row per model x example of `family` (EXAMPLE_COLUMNS) for a per-example `variant`."""
+    return variant_rows(example_table(df, family), variant)
+
+
+def universal_choice(df: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The strictly universal variant: per model, the one member trigger with the highest `opt_dnll`
+    (mean damage on attack_opt) among those scored on that model, its per-example test dNLL and the
+    damage above the family's mean control. EXAMPLE_COLUMNS; empty without `opt_dnll` or members."""
+    rows, ctrl = family_rows(df, family)
+    if "opt_dnll" in rows.columns:
+        rows = rows[np.isfinite(rows["opt_dnll"].astype(float))]
+    if "opt_dnll" not in rows.columns or rows.empty or ctrl.empty:
+        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    rows = rows.assign(member=[member_label(r) for r in rows.itertuples()])
+    best = set(rows.groupby(["model", "member"])["opt_dnll"].first().groupby("model").idxmax())
+    chosen = rows[[(m, name) in best for m, name in zip(rows.model, rows.member)]]
+    out = chosen.groupby(["model", "example", "member"], as_index=False)["dnll"].mean()
+    out = out.join(ctrl.groupby(["model", "example"])["dnll"].mean().rename("control_dnll"), on=["model", "example"])
+    if out["control_dnll"].isna().any():
+        raise ValueError(f"{family}: the control does not cover every example the members were scored on")
+    out = out.assign(family=family, above_control=out["dnll"] - out["control_dnll"])
+    return out[EXAMPLE_COLUMNS].sort_values(["model", "example"]).reset_index(drop=True)
 
 
 def by_threat_model(df: pd.DataFrame, threat_models) -> list[tuple[str, pd.DataFrame, str]]:
@@ -62,125 +159,91 @@ def by_threat_model(df: pd.DataFrame, threat_models) -> list[tuple[str, pd.DataF
     return [(tm, df[df.tokens == tm], "" if i == 0 else f" [{tm}]") for i, tm in enumerate(threat_models)]
 
 
-EXAMPLE_COLUMNS = ["family", "model", "example", "dnll", "member", "control_dnll", "above_control"]
-"""Columns of the per-example tables (per_example_worst, universal_choice)."""
+def _variants(df: pd.DataFrame, family: str, with_in_sample: bool = True) -> list[tuple[str, pd.DataFrame, dict]]:
+    """(variant, its per-example table, per model {"members", "control_draws", "control_short"}) of a family."""
+    detail = example_table(df, family)
+    counts = {m: {"members": int(g["members"].median()), "control_draws": int(g["control_draws"].min()),
+                  "control_short": bool(g["control_short"].any())} for m, g in detail.groupby("model")}
+    out = [("per-example", variant_rows(detail, "per-example"), counts)]
+    if with_in_sample:
+        out.append(("per-example, in-sample", variant_rows(detail, "per-example, in-sample"), counts))
+    if family == "universal triggers":
+        out.append(("universal", universal_choice(df, family), {m: {"members": 1} for m in counts}))
+    return out
 
 
-def per_example_worst(df: pd.DataFrame, family: str) -> pd.DataFrame:
-    """One row per model x example of `family`: the worst member's dNLL (`dnll`), which member it
-    was (`member`, member_label), the family control's dNLL there (`control_dnll`) and the damage
-    above it (`above_control`). Empty where the family has no rows or no control."""
-    members, controls = _labelled(df, family)
-    if members.empty or controls.empty:
-        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
-    # repeated trials of one member (none today) would be averaged before the max: a member is one perturbation
-    per_member = members.groupby(["model", "example", "member"], as_index=False)["dnll"].mean()
-    worst = per_member.loc[per_member.groupby(["model", "example"])["dnll"].idxmax()]
-    return _above_control(worst, controls, family)
-
-
-def universal_choice(df: pd.DataFrame, family: str) -> pd.DataFrame:
-    """The strictly universal variant: per model, the one member trigger with the highest
-    `opt_dnll` (mean damage on attack_opt) among those scored on that model, its per-example
-    test dNLL and the damage above the family control. Same columns as `per_example_worst`;
-    empty without `opt_dnll` (a table made before it existed) or without members."""
-    members, controls = _labelled(df, family)
-    if "opt_dnll" in members.columns:
-        members = members[np.isfinite(members["opt_dnll"].astype(float))]
-    if "opt_dnll" not in members.columns or members.empty or controls.empty:
-        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
-    best = set(members.groupby(["model", "member"])["opt_dnll"].first().groupby("model").idxmax())
-    chosen = members[[(m, name) in best for m, name in zip(members.model, members.member)]]
-    return _above_control(chosen.groupby(["model", "example", "member"], as_index=False)["dnll"].mean(),
-                          controls, family)
-
-
-def _labelled(df: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """family_rows, the members with their `member` label."""
-    members, controls = family_rows(df, family)
-    return members.assign(member=[member_label(r) for r in members.itertuples()]), controls
-
-
-def _above_control(rows: pd.DataFrame, controls: pd.DataFrame, family: str) -> pd.DataFrame:
-    """rows (model, example, member, dnll) with the family control's mean dNLL per model and example
-    and the damage above it (EXAMPLE_COLUMNS), sorted by model and example."""
-    ctrl = controls.groupby(["model", "example"])["dnll"].mean().rename("control_dnll")
-    out = rows.join(ctrl, on=["model", "example"])
-    if out["control_dnll"].isna().any():
-        raise ValueError(f"{family}: the control does not cover every example the members were scored on")
-    out = out.assign(family=family, above_control=out["dnll"] - out["control_dnll"])
-    return out[EXAMPLE_COLUMNS].sort_values(["model", "example"]).reset_index(drop=True)
+def carried(members: pd.Series) -> pd.Series:
+    """Examples each member carried, most first: a cross-fitted example chosen differently on its two
+    halves ("a / b") counts half for each."""
+    parts = [(name, 1.0 / len(split)) for m in members for split in [m.split(" / ")] for name in split]
+    counts = pd.Series([w for _, w in parts], index=[n for n, _ in parts], dtype=float)
+    return counts.groupby(level=0).sum().sort_values(ascending=False, kind="stable")
 
 
 def _search_passes(df: pd.DataFrame, family: str, model: str) -> int:
     """Forward passes the family's own searches spent against `model` (each attack's search once)."""
-    own = df[df.attack.map(attack_of).isin(FAMILIES[family]) & (df.kind == "attack") & (df.model == model)
+    own = df[df.attack.map(mem.attack_of).isin(FAMILIES[family]) & (df.kind == "attack") & (df.model == model)
              & (df.source_model == model)]
     if own.empty or "forward_passes" not in own.columns:
         return 0
     return int(own.groupby("attack")["forward_passes"].first().sum())
 
 
-def _summary_rows(df: pd.DataFrame, ex: pd.DataFrame, family: str, variant: str, threat_model: str,
-                  n_boot: int, seed: int) -> list[dict]:
-    """One worst_case row per model of one family and variant (ex: per_example_worst or universal_choice)."""
+def _summary_rows(df, ex, counts, family, variant, threat_model, n_boot, seed) -> list[dict]:
+    """One worst_case row per model of one family and variant."""
     rows = []
     for model, g in ex.groupby("model", sort=True):
         lo, hi = stats.bootstrap_ci(g["above_control"].to_numpy(float), n_boot, seed)
-        carried = g["member"].value_counts()
+        by = carried(g["member"])
         rows.append({"threat_model": threat_model, "family": family, "variant": variant, "model": model,
                      "examples": len(g), "dnll": float(g["dnll"].mean()), "control_dnll": float(g["control_dnll"].mean()),
                      "above_control": float(g["above_control"].mean()), "ci_low": lo, "ci_high": hi,
-                     "members": int(family_rows(df[df.model == model], family)[0]
-                                    .drop_duplicates(["attack", "kind", "source_model", "trial"]).shape[0]),
+                     "members": counts.get(model, {}).get("members", 0),
+                     "control_draws": counts.get(model, {}).get("control_draws", 0),
+                     "control_short": counts.get(model, {}).get("control_short", False),
                      "forward_passes": _search_passes(df, family, model),
-                     "carried_by": ", ".join(f"{m} ({n})" for m, n in carried.items()),
-                     "top_member": carried.index[0], "top_examples": int(carried.iloc[0])})
+                     "carried_by": ", ".join(f"{m} ({n:g})" for m, n in by.items()),
+                     "top_member": by.index[0], "top_examples": float(by.iloc[0])})
     return rows
 
 
 def table(df: pd.DataFrame, threat_models, n_boot: int, seed: int) -> pd.DataFrame:
-    """The worst-case table: one row per threat model (of `threat_models`, attack.tokens) x family
-    x variant ("per-example": the worst member per example; "universal": one trigger per model
-    chosen on attack_opt) x model, with the examples, mean worst dNLL, the family control, the
-    damage above it with its 95% bootstrap CI, the perturbations considered (`members`), the
-    forward passes the family's own searches spent on the model, and which members carried the
-    worst case (`carried_by`: member (examples); `top_member` and `top_examples`: the one that
-    carried most)."""
+    """The worst-case table: one row per threat model (attack.tokens) x family x variant (VARIANTS) x
+    model, with the examples, mean worst dNLL, the matched control, the damage above it with its 95%
+    bootstrap CI, the distinct members per example (`members`, median), the control draws
+    (`control_draws`, fewest on an example; `control_short` where fewer than the members), the
+    forward passes the family's own searches spent on the model, and which members carried the worst
+    case (`carried_by`: member (examples); `top_member` and `top_examples`: the one that carried most)."""
     rows = []
     for tm, rows_tm, _ in by_threat_model(df, threat_models):
         for family in FAMILIES:
-            rows += _summary_rows(rows_tm, per_example_worst(rows_tm, family), family, "per-example", tm, n_boot, seed)
-            if family == "universal triggers":
-                rows += _summary_rows(rows_tm, universal_choice(rows_tm, family), family, "universal", tm, n_boot,
-                                      seed)
+            for variant, ex, counts in _variants(rows_tm, family):
+                rows += _summary_rows(rows_tm, ex, counts, family, variant, tm, n_boot, seed)
     return pd.DataFrame(rows)
 
 
 def examples(df: pd.DataFrame, threat_models) -> pd.DataFrame:
-    """Every threat model's and family's per-example worst case (per_example_worst), stacked: which
-    member carried each example."""
-    parts = [per_example_worst(rows, family).assign(threat_model=tm)
+    """Every threat model's and family's per-example worst case (example_table), stacked: which member
+    carried each example, on each half and in-sample, and the matched controls."""
+    parts = [example_table(rows, family).assign(threat_model=tm)
              for tm, rows, _ in by_threat_model(df, threat_models) for family in FAMILIES]
     return pd.concat(parts, ignore_index=True)
 
 
 def verdicts(df: pd.DataFrame, threat_models, n_boot: int, seed: int) -> dict:
     """Per threat model and family ("<family>", "<family> [<tokens>]" after the first threat model,
-    "<family>, universal..." for the strict variant): baseline minus monotonic of the worst-case
-    damage above control, paired by example, with its CI and verdict (verdicts.compare_models),
-    plus which members carried it and the passes of the family's own searches per model. Families
-    without both models' rows are left out."""
+    "<family>, universal..." for the strict variant): baseline minus monotonic of the cross-fitted
+    worst-case damage above the matched control, paired by example, with its CI and verdict
+    (verdicts.compare_models), which members carried it and the passes of the family's own searches
+    per model. The in-sample variant is in `table` only. Families without both models are left out."""
     out = {}
     for tm, rows, suffix in by_threat_model(df, threat_models):
         for family in FAMILIES:
-            variants = [("", per_example_worst(rows, family))]
-            if family == "universal triggers":
-                variants.append((", universal", universal_choice(rows, family)))
-            for variant, ex in variants:
+            for variant, ex, _ in _variants(rows, family, with_in_sample=False):
                 comp = _verdict(rows, ex, family, n_boot, seed)
                 if comp:
-                    out[family + variant + suffix] = {**comp, "threat_model": tm}
+                    key = family + ("" if variant == "per-example" else f", {variant}") + suffix
+                    out[key] = {**comp, "threat_model": tm}
     return out
 
 
@@ -189,6 +252,6 @@ def _verdict(df: pd.DataFrame, ex: pd.DataFrame, family: str, n_boot: int, seed:
     if not {"baseline", "monotonic"} <= set(wide.columns) or wide.isna().any().any():
         return {}
     comp = compare_models(wide, n_boot, seed)
-    comp["carried_by"] = {m: ex[ex.model == m]["member"].value_counts().to_dict() for m in ("baseline", "monotonic")}
+    comp["carried_by"] = {m: carried(ex[ex.model == m]["member"]).to_dict() for m in ("baseline", "monotonic")}
     comp["forward_passes"] = {m: _search_passes(df, family, m) for m in ("baseline", "monotonic")}
     return comp
