@@ -42,9 +42,12 @@ def synthetic_run(monotonic_lr=None, guidance=GUIDANCE):
                                     ("transfer", other, 0)):
             searched = {} if kind == "control" else dict(ranking="gradient", guidance_spearman=guidance[source],
                                                          guidance_n=64)
-            results.append(AttackResult("uat", model, kind, ex, clean, clean + rng.normal(0.5, 0.2, 20),
-                                        trial=trial, source_model=source, trigger_ids=[7, 8], input_ids=ids,
-                                        scored_tokens=2, **searched))
+            attacked = clean + rng.normal(0.5, 0.2, 20)
+            split = rng.normal(0, 0.1, 20)  # the two halves of the scored tokens, around the mean
+            results.append(AttackResult("uat", model, kind, ex, clean, attacked, trial=trial, source_model=source,
+                                        trigger_ids=[7, 8 + trial + 2 * (kind == "control")], input_ids=ids,
+                                        scored_tokens=2, clean_halves=np.stack([clean, clean], 1),
+                                        attacked_halves=np.stack([attacked + split, attacked - split], 1), **searched))
         results.append(AttackResult("random", model, "attack", ex, clean, clean + rng.normal(0.1, 0.1, 20)))
     attacks = report.attack_table(results)
     history = {arm: [{"arm": arm, "step": s, "tokens": 512 * s, "loss": 4 - 0.01 * s, "lr": 1e-3, "grad_norm": 1.0,
