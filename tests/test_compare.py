@@ -394,3 +394,20 @@ def test_card_get_says_whether_the_latest_run_failed_or_is_running():
     assert run_state(failed) == "failed (in step train_baseline)"
     running = [step("start", (True, True)), step("train_baseline", (False, False))]
     assert run_state(running).startswith("is still running")
+
+
+def test_the_worst_case_across_seeds_keeps_the_sign_baseline_minus_monotonic():
+    """Hand-set worst cases: the baseline is damaged 0.3, 0.4 and 0.5 nats more than the monotonic model,
+    so the across-seed row reads +0.4, and the monotonic model more robust."""
+    runs = []
+    for i, (base, mono) in enumerate([(0.5, 0.2), (0.6, 0.2), (0.7, 0.2)]):
+        run = fake_run(str(40 + i), i)
+        comp = run.data.findings["worst_case"]["universal triggers"]
+        comp.update(dnll_baseline=base, dnll_monotonic=mono, diff=base - mono)
+        runs.append(run)
+    table = compare.compare(runs)
+    row = table.loc[f"{compare.WORST_CASE}universal triggers baseline - monotonic"]
+    assert list(row[["seed 0", "seed 1", "seed 2"]]) == pytest.approx([0.3, 0.4, 0.5])
+    assert row["mean"] == pytest.approx(0.4) and row["ci_low"] > 0
+    v = compare.verdicts(table).set_index("metric")
+    assert v.loc[f"{compare.WORST_CASE}universal triggers baseline - monotonic", "verdict"] == "monotonic more robust"
