@@ -371,3 +371,20 @@ def test_a_planted_search_cut_before_it_finds_the_weakness_is_not_converged(budg
     flag = diagnostics.not_converged(df, "uat", "baseline", N_BOOT, 0)
     assert flag["flag"] is rising
     assert diagnostics.diagnostics(df, N_BOOT, 0)["uat"]["baseline"]["not_converged"]["flag"] is rising
+
+
+def test_the_compute_curve_takes_the_members_found_within_each_fraction():
+    """Two curve points per model (fractions 0.5 and 1, 50 and 100 passes), a transfer curve and a
+    control of 0 (hand-built): at 0.5 only the points at 0.5 count, at 1 everything does."""
+    rows = []
+    for e in range(3):
+        for m, other in (("baseline", "monotonic"), ("monotonic", "baseline")):
+            rows += [row("uat", "budget", m, 0.2, 0.2, ids=(1, e), example=e, trial=0, fraction=0.5),
+                     row("uat", "budget", m, 0.4, 0.4, ids=(2, e), example=e, trial=1, fraction=1.0),
+                     row("uat", "budget", m, 0.3, 0.3, source=other, ids=(3, e), example=e, trial=0, fraction=0.5),
+                     row("uat", "control", m, 0.0, 0.0, ids=(9,), example=e)]
+            rows[-4]["forward_passes"], rows[-3]["forward_passes"] = 50, 100
+    got = worst_case.compute_curve(pd.DataFrame(rows), "universal triggers")
+    mean = got.groupby(["model", "fraction"]).agg(passes=("passes", "first"), damage=("above_control", "mean"))
+    assert mean.loc[("baseline", 0.5)].tolist() == pytest.approx([50, 0.3])  # the transfer at 0.5 is the worst
+    assert mean.loc[("monotonic", 1.0)].tolist() == pytest.approx([100, 0.4])

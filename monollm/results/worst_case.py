@@ -255,3 +255,26 @@ def _verdict(df: pd.DataFrame, ex: pd.DataFrame, family: str, n_boot: int, seed:
     comp["carried_by"] = {m: carried(ex[ex.model == m]["member"]).to_dict() for m in ("baseline", "monotonic")}
     comp["forward_passes"] = {m: _search_passes(df, family, m) for m in ("baseline", "monotonic")}
     return comp
+
+
+CURVE_TABLE_COLUMNS = ["family", "model", "example", "fraction", "passes", "above_control"]
+
+
+def compute_curve(df: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The family's worst case against attack compute: per budget fraction f of the searches' curves,
+    model and example, the cross-fitted worst case over the members found within f of every search's
+    passes (both models' searches: a transfer at f was found with the same passes), above its matched
+    control, and `passes`, the forward passes the family's own searches had spent on that model at f.
+    Empty without budget-curve rows."""
+    if "budget_fraction" not in df.columns:
+        return pd.DataFrame(columns=CURVE_TABLE_COLUMNS)
+    rows, _ = family_rows(df, family)
+    own = rows[(rows.kind == CURVE) & (rows.model == rows.source_model)]
+    parts = []
+    for f in sorted(own["budget_fraction"].dropna().unique()):
+        at = own[own.budget_fraction == f].groupby(["model", "attack"])["forward_passes"].first().groupby("model").sum()
+        ex = variant_rows(example_table(df, family, max_fraction=f), "per-example")
+        parts.append(ex.assign(fraction=float(f), passes=ex["model"].map(at).fillna(0).astype(int)))
+    if not parts:
+        return pd.DataFrame(columns=CURVE_TABLE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[CURVE_TABLE_COLUMNS]
