@@ -36,6 +36,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from monollm import stats
 from monollm.results import wording
 
 MODELS = ("baseline", "monotonic")
@@ -214,13 +215,57 @@ def sentence(result: dict, family: str) -> str:
     reach = f"to reach {target}"
     head = f"{family}: an attacker needs "
     if bound == "=":
-        more = "more" if r["ratio"] > 1 else "less" if r["ratio"] < 1 else "the same"
-        return (head + f"{times(r['ratio'])}x [{times(r['ci_low'])}, {times(r['ci_high'])}] the compute {reach} against "
-                f"the monotonic model: {more} compute than against the baseline ({_passes(r['monotonic'])} against "
-                f"{_passes(r['baseline'])} forward passes)")
+        more = "more compute than" if r["ratio"] > 1 else "less compute than" if r["ratio"] < 1 else "as much as"
+        ci = f"[{times(r['ci_low'])}, {times(r['ci_high'])}]"
+        return (head + f"{times(r['ratio'])}x {ci} the compute {reach} against the monotonic model: {more} against "
+                f"the baseline ({_passes(r['monotonic'])} against {_passes(r['baseline'])} forward passes)")
     words, why = {">": ("more than", "the monotonic model never reaches that within the budget"),
                   "<": ("less than", "the baseline never reaches that within the budget"),
                   "<=": ("at most", "the monotonic model reaches it at the first point"),
                   ">=": ("at least", "the baseline reaches it at the first point")}[bound]
     return (head + f"{words} {times(r['ratio'])}x the compute {reach} against the monotonic model: {why} "
             f"(monotonic {_passes(r['monotonic'])}, baseline {_passes(r['baseline'])} forward passes)")
+
+
+ACROSS = ["family", "target", "target_mean", "runs", "n", "ratio", "ci_low", "ci_high", "lower_bounds",
+          "upper_bounds", "no_ratio"]
+
+
+def multiplier_across_seeds(per_run: list) -> pd.DataFrame:
+    """One row per family and target key (columns ACROSS) from the runs' findings["compute"] dicts
+    (None or {} for a run without one): n runs whose ratio is a number ("="), their geometric mean
+    `ratio` and the exp of a 95% t-interval of their log ratios (ci_low, ci_high); the runs whose ratio
+    is a bound are counted apart, never averaged: lower_bounds (">", ">="), upper_bounds ("<", "<=")
+    and no_ratio ("none"). target_mean: the mean target in nats (runs pair by key, e.g. "1/4")."""
+    entries = {}
+    for compute in per_run:
+        for family, by_target in (compute or {}).items():
+            for key, entry in by_target.items():
+                entries.setdefault((family, key), []).append(entry)
+    rows = []
+    for (family, key), got in entries.items():
+        logs = [math.log(e["ratio"]) for e in got if e["bound"] == "=" and e["ratio"] > 0]
+        mean, lo, hi = stats.t_interval(logs)
+        rows.append({"family": family, "target": key, "target_mean": float(np.mean([e["target"] for e in got])),
+                     "runs": len(got), "n": len(logs), "ratio": math.exp(mean) if logs else math.nan,
+                     "ci_low": math.exp(lo) if math.isfinite(lo) else math.nan,
+                     "ci_high": math.exp(hi) if math.isfinite(hi) else math.nan,
+                     "lower_bounds": sum(e["bound"] in (">", ">=") for e in got),
+                     "upper_bounds": sum(e["bound"] in ("<", "<=") for e in got),
+                     "no_ratio": sum(e["bound"] == "none" for e in got)})
+    return pd.DataFrame(rows, columns=ACROSS)
+
+
+def across_line(row) -> str:
+    """'universal triggers, target 1/4 (0.031 nats above control on average): compute multiplier 2.4x
+    [1.3, 5.0], 3 seeds (geometric mean, t-interval of log ratios)', then the bound-valued runs' counts."""
+    head = f"{row['family']}, target {row['target']} ({wording.number(row['target_mean'], sign=False)} nats above " \
+           f"control{' on average' if row['runs'] > 1 else ''}): compute multiplier "
+    if row["n"]:
+        ci = f" [{times(row['ci_low'])}, {times(row['ci_high'])}]" if math.isfinite(row["ci_low"]) else ""
+        head += f"{times(row['ratio'])}x{ci}, {wording.seeds(int(row['n']))} (geometric mean, t-interval of log ratios)"
+    else:
+        head += "no run gives a number"
+    kinds = (("lower_bounds", "a lower bound"), ("upper_bounds", "an upper bound"), ("no_ratio", "no ratio"))
+    apart = [f"{wording.count(int(row[c]), 'run')} with {what}" for c, what in kinds if row[c]]
+    return head + ("; bound-valued runs, left out: " + ", ".join(apart) if apart else "")
