@@ -35,6 +35,11 @@ def _block(head: str, lines: list[str]) -> list[str]:
     return ["", *textwrap.wrap(head, 120), *wrapped] if lines else []
 
 
+def needed_block(lines_: list[str]) -> list[str]:
+    """SEEDS_HEAD and the given lines (one per cell and family), as `lines` shows them; [] for none."""
+    return _block(SEEDS_HEAD, lines_)
+
+
 def lines(worst: dict, per_run_compute: list) -> list[str]:
     """The text blocks, each line within 120 columns: per family in `worst` (family -> per-seed values)
     the seeds-needed line, then a line per family and target of the compute multiplier across the

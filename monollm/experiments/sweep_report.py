@@ -312,14 +312,17 @@ def html_report(title: str, lines: list[str], cells: pd.DataFrame, contrast: pd.
 
 
 def console_text(cells: pd.DataFrame, contrast: pd.DataFrame, compute: pd.DataFrame | None = None) -> str:
-    """The answer per cell, the compute multiplier per cell (where the runs have it), then the contrasts,
-    as text (what `python -m monollm.sweep` prints)."""
+    """The answer per cell, the seeds each cell's worst case needs, the compute multiplier per cell
+    (where the runs have it), then the contrasts, as text (what `python -m monollm.sweep` prints)."""
     from monollm.results.client import text_table
 
     def lines(view):
         return text_table(view, {c: (c, None) for c in view.columns})
     out = [*textwrap.wrap(wording.SIGNS, 120), "", "The answer per cell (mean and 95% t-interval across seeds):",
-           *lines(cell_view(cells))]
+           *lines(cell_view(cells).drop(columns=NEEDED))]  # the seeds needed below it, so the table fits
+    worst = cells[cells["metric"].str.startswith(WORST)] if "seeds_needed" in cells else cells.iloc[:0]
+    out += across.needed_block([f"{r['cell']}, {short(r['metric'])[len('worst '):]}: {r['seeds_needed']}"
+                                for _, r in worst.iterrows()])
     if compute is not None and len(compute):
         out += ["", *textwrap.wrap(across.COMPUTE_HEAD, 120), *lines(across.compute_view(compute))]
     if len(contrast):

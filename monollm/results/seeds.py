@@ -54,14 +54,14 @@ def _finite(values) -> np.ndarray:
 def seeds_needed(values, level: float = 0.95, cap: int = CAP) -> SeedsNeeded:
     """The smallest n (2 <= n <= cap) with t_{(1+level)/2, n-1} * s / sqrt(n) < |mean| for values (k,)
     (NaNs left out); SeedsNeeded(cap, capped=True) when even `cap` seeds are not enough; no estimate
-    for fewer than two values, a zero spread or a zero mean (the reason says which)."""
+    for fewer than two values, a spread of 0 (up to rounding) or a zero mean (the reason says which)."""
     from scipy import stats as _st
 
     x = _finite(values)
     if len(x) < 2:
         return SeedsNeeded(None, reason=TOO_FEW)
     mean, s = float(x.mean()), float(x.std(ddof=1))
-    if s == 0:
+    if s <= 1e-9 * abs(mean) + 1e-12:  # equal values up to rounding (their s is ~1e-17, not 0)
         return SeedsNeeded(None, reason=NO_SPREAD)
     if mean == 0:
         return SeedsNeeded(None, reason=NO_MEAN)
