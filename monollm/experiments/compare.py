@@ -226,8 +226,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
     `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings) and
     `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`),
-    `.attrs["varied"]` the keys besides the seed whose values differ between the runs, `.attrs["compute"]`
-    each run's findings["compute"] (results.compute; {} for a run without it).
+    `.attrs["varied"]` the keys besides the seed that differ between the runs, `.attrs["compute"]` each run's compute.
     Raises IncompatibleRuns, DuplicateRuns.
     """
     selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace, where), flow)
@@ -251,7 +250,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     table.attrs["warnings"] = repeated
     table.attrs["resumed"] = resumed
     table.attrs["varied"] = sorted({k for cond in _condition(configs).values() for k, _ in cond})
-    table.attrs["compute"] = [across.run_compute(r.data) for r in selected]  # each run's findings["compute"]
+    table.attrs["compute"] = [across.run_compute(r.data) for r in selected]  # findings["compute"], {} where none
     for message in table.attrs["warnings"]:
         warnings.warn(message, DuplicateSeeds, stacklevel=2)
     return table
