@@ -2,6 +2,7 @@
 
     python benchmarks/cost_table.py                          # the rates measured on an H200 (docs/cluster.md)
     python benchmarks/cost_table.py --from-log gpu_check.log # rates from a benchmarks/gpu_check.sh log
+    python benchmarks/cost_table.py --seeds 7 --profile pythia-1.4b   # and the GPU-hours of 7 seeds
 
 Three rates are measured at Pythia-1.4B's shape by `benchmarks/gpu_check.sh`: recovery-training
 tokens/s (`train_step.py`), and one UAT step and one HotFlip round in bf16 (`attack_step.py`, the
@@ -130,17 +131,35 @@ def timed_uat_candidates() -> int:
     return uat.trigger_len * uat.top_k
 
 
-def table(rates: dict) -> str:
+def profile_hours(name: str, rates: dict) -> dict:
+    """Stage -> GPU-hours for one seed of the paper profile `name` (config/<name>.toml), its rates scaled
+    from pythia-1.4b's by FLOPs per token. rates: MEASURED or `from_log`'s."""
     from monollm import config
 
     base_train, base_fwd = flops("pythia-1.4b", 2048)
+    cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
+    train, fwd = flops(name, cfg.data.block_len)
+    return stages(cfg, {**rates, "uat_candidates": timed_uat_candidates()}, train / base_train, fwd / base_fwd)
+
+
+def gpu_hours_for_seeds(profile: str, seeds: int, rates: dict = MEASURED) -> float:
+    """GPU-hours of `seeds` runs of a paper profile: seeds x one seed's total (every seed repeats every stage)."""
+    return seeds * sum(profile_hours(profile, rates).values())
+
+
+def seeds_text(seeds: int, rates: dict, profiles=PROFILES) -> str:
+    """One line per profile: the GPU-hours of `seeds` seeds (e.g. the number results.seeds.seeds_needed
+    or `python -m monollm.compare` estimates for a 95% interval off zero)."""
+    return "\n".join(f"{name}: {seeds} seeds x {gpu_hours_for_seeds(name, 1, rates):.2f} GPU-hours per seed = "
+                     f"{gpu_hours_for_seeds(name, seeds, rates):.1f} GPU-hours on one {rates['card']}"
+                     for name in profiles)
+
+
+def table(rates: dict) -> str:
     stages_ = ("train", "evaluate", "uat", "hotflip", "gcg", "random_search")
     rows = ["| profile | " + " | ".join(stages_) + " | total GPU-hours per seed |", "|---" * (len(stages_) + 2) + "|"]
-    rates = {**rates, "uat_candidates": timed_uat_candidates()}
     for name in PROFILES:
-        cfg = config.load_file(os.path.join(ROOT, "config", f"{name}.toml"))
-        train, fwd = flops(name, cfg.data.block_len)
-        h = stages(cfg, rates, train / base_train, fwd / base_fwd)
+        h = profile_hours(name, rates)
         mark = "" if name == "pythia-1.4b" else " (scaled)"
         rows.append(f"| {name}{mark} | " + " | ".join(f"{h.get(k, 0):.2f}" for k in stages_)
                     + f" | {sum(h.values()):.2f} |")
@@ -153,8 +172,14 @@ def table(rates: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--from-log", default="", help="a benchmarks/gpu_check.sh log to take the rates from")
+    p.add_argument("--seeds", type=int, default=0, metavar="N",
+                   help="also print the GPU-hours of N seeds per profile (e.g. the seeds compare says are needed)")
+    p.add_argument("--profile", action="append", choices=PROFILES, help="with --seeds: only this profile (repeatable)")
     args = p.parse_args(argv)
-    print(table(from_log(args.from_log) if args.from_log else MEASURED))
+    rates = from_log(args.from_log) if args.from_log else MEASURED
+    print(table(rates))
+    if args.seeds:
+        print("\n" + seeds_text(args.seeds, rates, args.profile or PROFILES))
 
 
 if __name__ == "__main__":

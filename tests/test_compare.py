@@ -139,6 +139,36 @@ def test_verdict_rows_read_the_interval_across_runs():
     assert "run more seeds" in text and "1 seed: an anecdote, not a verdict" in text.split("Verdicts")[1]
 
 
+def compute_entry(ratio: float, bound: str = "=") -> dict:
+    """One findings["compute"] entry (results.compute's documented dict)."""
+    return {"target": 0.05, "baseline": 1000.0, "monotonic": 1000.0 * ratio, "ratio": ratio, "ci_low": ratio / 2,
+            "ci_high": ratio * 2, "bound": bound, "baseline_bound": "=", "monotonic_bound": bound}
+
+
+def test_seeds_needed_and_the_compute_multiplier_across_seeds():
+    """Worst cases 0.1, 0.2, 0.3 (mean 0.2, s = 0.1): 4 seeds by hand (t_3 * 0.1 / 2 = 0.159 < 0.2, while
+    t_2 * 0.1 / sqrt(3) = 0.248 is not); multipliers 2 and 8 give the geometric mean 4, a third run's
+    lower bound is counted apart."""
+    runs = [fake_run(str(80 + i), i) for i in range(3)]
+    family = next(iter(runs[0].data.findings["worst_case"]))
+    for run, diff, ratio, bound in zip(runs, (0.1, 0.2, 0.3), (2.0, 8.0, 30.0), ("=", "=", ">")):
+        run.data.findings["worst_case"] = copy.deepcopy(run.data.findings["worst_case"])
+        run.data.findings["worst_case"][family]["diff"] = diff
+        run.data.findings["compute"] = {family: {"1/4": compute_entry(ratio, bound)}}
+    text = compare.format_table(compare.compare(runs))
+    mine = text[text.index("Seeds needed per family"):].splitlines()
+    assert mine and all(len(line) <= 120 for line in mine)
+    text = " ".join(text.split())  # the lines wrap at 120 columns
+    assert (f"{family}: about 4 seeds would put the 95% interval off zero at the observed mean difference "
+            "(+0.200, s.d. 0.100 over 3 seeds; t-based estimate)") in text
+    assert f"{family}, target 1/4 (0.050 nats above control on average): compute multiplier 4.0x [" in text
+    assert "1 run with a lower bound" in text
+    del runs[0].data.findings["compute"]  # runs made without it: no multiplier block
+    runs[1].data.findings["compute"] = {}
+    runs[2].data.findings.pop("compute")
+    assert "compute multiplier" not in compare.format_table(compare.compare(runs))
+
+
 def test_downstream_rows_and_their_verdict():
     runs = []
     for i, diff in enumerate((-0.05, -0.04, -0.06)):

@@ -43,3 +43,16 @@ def test_searches_are_sized_by_the_budget_and_counted_once_per_threat_model():
     one = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, tokens=("round_trip",)))
     assert cost_table.stages(one, rates, 1.0, 1.0)["hotflip"] == pytest.approx(h["hotflip"] / 2)
     assert cost_table.stages(one, rates, 1.0, 1.0)["train"] == h["train"]
+
+
+def test_gpu_hours_for_seeds_multiply_one_seeds_stages(capsys):
+    """N seeds cost N times one seed's total: the sum of the printed table's stages for that profile."""
+    rows = cost_table.table(cost_table.MEASURED).splitlines()
+    row = next(line for line in rows if line.startswith("| pythia-1.4b |"))
+    per_seed = float(row.strip("| ").split("|")[-1])  # the table's total column, 2 decimals
+    assert cost_table.gpu_hours_for_seeds("pythia-1.4b", 7) == pytest.approx(7 * per_seed, abs=7 * 0.005)
+    assert cost_table.gpu_hours_for_seeds("pythia-1.4b", 0) == 0
+    cost_table.main(["--seeds", "7", "--profile", "pythia-1.4b"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (f"pythia-1.4b: 7 seeds x {per_seed:.2f} GPU-hours per seed = "
+                       f"{cost_table.gpu_hours_for_seeds('pythia-1.4b', 7):.1f} GPU-hours on one NVIDIA H200")

@@ -283,6 +283,34 @@ def test_the_html_report_is_standalone_with_a_forest_plot(tmp_path):
     assert pd.read_csv(tmp_path / "contrasts.csv")["mean"].tolist() == pytest.approx([-1.0])
 
 
+def test_the_report_says_the_seeds_needed_and_the_compute_multiplier_per_cell(tmp_path):
+    """One cell, worst cases 0.1, 0.2, 0.3 across seeds: about 4 seeds (t_3 * 0.1 / 2 = 0.159 < 0.2 <
+    t_2 * 0.1 / sqrt(3) = 0.248). Multipliers 2 and 8 (geometric mean 4) and a lower bound, counted apart."""
+    grid = {"mode": ("nonneg",)}
+    cells = grid_cells(grid)
+    worst = sweep_report.WORST + "universal triggers baseline - monotonic"
+    per_run = pd.DataFrame([{"cell": cells[0].name, "seed": s, "run": "", worst: v, sweep_report.NLL_COST: 0.1}
+                            for s, v in enumerate((0.1, 0.2, 0.3))])
+    entry = {"target": 0.05, "baseline": 100.0, "monotonic": 200.0, "ci_low": 1.0, "ci_high": 3.0,
+             "baseline_bound": "=", "monotonic_bound": "="}
+    per_run.attrs["compute"] = {cells[0].name: [{"universal triggers": {"1/4": {**entry, "ratio": r, "bound": b}}}
+                                                for r, b in ((2.0, "="), (8.0, "="), (30.0, ">"))]}
+    written = sweep_report.write(str(tmp_path), "Sweep t", [], per_run, cells, grid)
+    report = pd.read_csv(tmp_path / "report.csv").set_index("metric")
+    assert report.loc[worst, "seeds_needed"] == "about 4" and pd.isna(report.loc[sweep_report.NLL_COST, "seeds_needed"])
+    compute = pd.read_csv(tmp_path / "compute.csv").iloc[0]
+    assert (compute["n"], compute["lower_bounds"]) == (2, 1) and compute["ratio"] == pytest.approx(4.0)
+    page = open(written["html"]).read()
+    assert "Attack compute multiplier" in page and "4.0x [" in page and "1 lower" in page
+    text = sweep_report.console_text(written["cells"], written["contrasts"], written["compute"])
+    mine = text[text.index("Seeds needed per family"):].splitlines()  # what the report adds, within 120 columns
+    assert "4.0x [" in text and all(len(line) <= 120 for line in mine)
+    assert "mode=nonneg, universal triggers: about 4" in text
+    per_run.attrs.clear()  # runs made without findings["compute"]
+    no_compute = sweep_report.write(str(tmp_path / "none"), "Sweep t", [], per_run, cells, grid)
+    assert "Attack compute multiplier" not in open(no_compute["html"]).read()
+
+
 def test_verdicts_in_the_cards_words():
     above = sweep_report.ABOVE + "uat baseline - monotonic"
     assert sweep_report.verdict(above, 3, 0.1, 0.3) == "monotonic more robust"

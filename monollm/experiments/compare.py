@@ -30,6 +30,7 @@ import warnings
 import pandas as pd
 
 from monollm import stats
+from monollm.experiments import across
 from monollm.experiments.where import filter_where, parse_where
 from monollm.results import wording
 from monollm.schema import flatten
@@ -225,7 +226,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
     `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings) and
     `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`),
-    `.attrs["varied"]` the keys besides the seed whose values differ between the runs.
+    `.attrs["varied"]` the keys besides the seed that differ between the runs, `.attrs["compute"]` each run's compute.
     Raises IncompatibleRuns, DuplicateRuns.
     """
     selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace, where), flow)
@@ -249,6 +250,7 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     table.attrs["warnings"] = repeated
     table.attrs["resumed"] = resumed
     table.attrs["varied"] = sorted({k for cond in _condition(configs).values() for k, _ in cond})
+    table.attrs["compute"] = [across.run_compute(r.data) for r in selected]  # findings["compute"], {} where none
     for message in table.attrs["warnings"]:
         warnings.warn(message, DuplicateSeeds, stacklevel=2)
     return table
@@ -353,7 +355,7 @@ def format_table(table: pd.DataFrame) -> str:
                  "  run more seeds (python flows/mono_flow.py run --seed N) and compare them."]
     tail = ["", *textwrap.wrap(f"Verdicts (mean and 95% t-interval across runs). {wording.SIGNS}", 120)] + [
         w for line in lines for w in textwrap.wrap(line, 120, subsequent_indent="      ")] if lines else []
-    return "\n".join(head + [_numbers_text(table)] + tail)
+    return "\n".join(head + [_numbers_text(table)] + tail + across.compare_lines(table, WORST_CASE))
 
 
 def main(argv=None) -> int:

@@ -190,14 +190,15 @@ def _waves(todo: list[Task], keys: dict, sources: dict) -> tuple[list, list]:
 
 def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
     """(table, notes): one row per (cell, seed) with a successful run (cell, seed, run and the
-    numbers sweep_report.pick takes from it). A run and its resumed copies are one computation
-    (compare.one_per_computation); where a pair still has several runs, the oldest counts."""
-    from monollm.experiments import compare
+    numbers sweep_report.pick takes from it; attrs["compute"]: cell -> its runs' findings["compute"]).
+    A run and its resumed copies are one computation (compare.one_per_computation); where a pair
+    still has several runs, the oldest counts."""
+    from monollm.experiments import across, compare
 
     done = [t for t in tasks if t.action == "skip"]
     kept, notes = compare.one_per_computation([r.run for t in done for r in t.runs])
     kept_ids = {str(r.id) for r in kept}
-    rows = []
+    rows, computes = [], {}
     for t in done:
         mine = [r.run for r in t.runs if str(r.run.id) in kept_ids]
         if not mine:  # its runs count under another pair's computation (not expected: one config each)
@@ -207,8 +208,10 @@ def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
                          f"computation; run {mine[0].id} counts")
         rows.append({"cell": t.cell.name, "seed": t.seed, "run": mine[0].pathspec,
                      **sweep_report.pick(compare.key_numbers(mine[0].data))})
-    table = pd.DataFrame(rows)
-    return (table if rows else pd.DataFrame(columns=["cell", "seed", "run"])), notes
+        computes.setdefault(t.cell.name, []).append(across.run_compute(mine[0].data))
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell", "seed", "run"])
+    table.attrs["compute"] = computes  # cell -> its runs' findings["compute"] (sweep_report.write)
+    return table, notes
 
 
 def report(sweep, cells, tasks: list[Task], out: str) -> dict:
@@ -224,8 +227,8 @@ def report(sweep, cells, tasks: list[Task], out: str) -> dict:
     lines += [f"Note: {n}" for n in notes]
     written = sweep_report.write(out, f"Sweep {sweep.name}", lines, table, cells, sweep.grid)
     print("\n".join(lines) + "\n")
-    print(sweep_report.console_text(written["cells"], written["contrasts"]))
-    print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv)")
+    print(sweep_report.console_text(written["cells"], written["contrasts"], written["compute"]))
+    print(f"\nreport: {written['html']} (tables: report.csv, contrasts.csv, runs.csv, compute.csv)")
     return written
 
 

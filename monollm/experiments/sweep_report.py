@@ -22,8 +22,8 @@ import textwrap
 import pandas as pd
 
 from monollm import stats
-from monollm.experiments import compare
-from monollm.results import wording
+from monollm.experiments import across, compare
+from monollm.results import seeds, wording
 
 NLL_COST = "NLL cost monotonic - baseline (nats/token)"
 PPL_RATIO = "perplexity ratio monotonic/baseline"
@@ -62,7 +62,8 @@ def _interval(x) -> dict:
 
 
 def cell_table(per_run: pd.DataFrame, cells) -> pd.DataFrame:
-    """One row per cell and metric: the grid values, n seeds, mean and 95% t-interval across seeds.
+    """One row per cell and metric: the grid values, n seeds, mean and 95% t-interval across seeds, and
+    for a worst case the seeds a 95% interval off zero would need (results.seeds; "" for the others).
 
     per_run: one row per (cell, seed) with columns cell, seed and one per metric;
     cells: the sweep's cells (monollm.experiments.plan.Cell), in order."""
@@ -71,9 +72,10 @@ def cell_table(per_run: pd.DataFrame, cells) -> pd.DataFrame:
         mine = per_run[per_run.cell == cell.name]
         for metric in metric_columns(per_run):
             x = mine[metric].dropna().to_numpy(float)
-            rows.append({"cell": cell.name, **dict(cell.values), "metric": metric, **_interval(x)})
+            rows.append({"cell": cell.name, **dict(cell.values), "metric": metric, **_interval(x),
+                         "seeds_needed": seeds.seeds_needed(x).short() if metric.startswith(WORST) else ""})
     keys = [k for k, _ in cells[0].values] if cells else []
-    return pd.DataFrame(rows, columns=["cell", *keys, "metric", "n", "mean", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["cell", *keys, "metric", "n", "mean", "ci_low", "ci_high", "seeds_needed"])
 
 
 PER_COMBINATION, POOLED = "per combination", "pooled"
@@ -171,16 +173,19 @@ def _estimate(metric: str, r, difference: bool = False) -> str:
 
 
 ESTIMATE = "mean [95% CI]"
+NEEDED = "seeds for 95% off 0"
 
 
 def cell_view(cells: pd.DataFrame) -> pd.DataFrame:
     """The answer per cell, grouped by metric: the grid values, the metric's short name, mean and
-    95% t-interval across seeds, how many seeds and the verdict. cells: `cell_table`'s rows."""
-    keys = [c for c in cells.columns if c not in ("cell", "metric", "n", "mean", "ci_low", "ci_high")]
+    95% t-interval across seeds, how many seeds, the verdict and (a worst case) the seeds needed for a
+    95% interval off zero (t-based estimate). cells: `cell_table`'s rows."""
+    keys = [c for c in cells.columns if c not in ("cell", "metric", "n", "mean", "ci_low", "ci_high", "seeds_needed")]
     rows = [{**{k: r[k] for k in keys}, "measure": short(metric), ESTIMATE: _estimate(metric, r),
-             "seeds": wording.count(int(r["n"])), "verdict": verdict(metric, int(r["n"]), r["ci_low"], r["ci_high"])}
+             "seeds": wording.count(int(r["n"])), "verdict": verdict(metric, int(r["n"]), r["ci_low"], r["ci_high"]),
+             NEEDED: r.get("seeds_needed", "")}
             for metric in cells["metric"].unique() for _, r in cells[cells.metric == metric].iterrows()]
-    return pd.DataFrame(rows, columns=[*keys, "measure", ESTIMATE, "seeds", "verdict"])
+    return pd.DataFrame(rows, columns=[*keys, "measure", ESTIMATE, "seeds", "verdict", NEEDED])
 
 
 def contrast_view(contrast: pd.DataFrame) -> pd.DataFrame:
@@ -269,7 +274,9 @@ table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}td,th{border:
 th{background:#f4f4f4;text-align:left;white-space:nowrap}td{text-align:right;white-space:nowrap}
 td:first-child{text-align:left}.note{color:#555;font-size:13px}"""
 HOW_TO_READ = ("Each number: the mean across seeds and its 95% t-interval (+0.059 [-0.012, +0.130]); the seeds column "
-               "says how many seeds stand behind it, and one seed gives no interval: an anecdote, not a verdict. ")
+               "says how many seeds stand behind it, and one seed gives no interval: an anecdote, not a verdict. "
+               "'seeds for 95% off 0' (a worst case): about how many seeds would give a 95% t-interval that leaves 0 "
+               "out if the mean and spread stayed as observed (a t-based estimate). ")
 CONTRAST_NOTE = ("Each row: the first listed value of a grid key minus another value, per seed, then the mean and 95% "
                  "t-interval across seeds. 'other keys': the other grid keys held at these values, or (pooled) the "
                  "difference averaged within each seed over every combination of their values (seeds with every "
@@ -282,15 +289,19 @@ def _html_table(df: pd.DataFrame) -> str:
 
 
 def html_report(title: str, lines: list[str], cells: pd.DataFrame, contrast: pd.DataFrame,
-                per_run: pd.DataFrame) -> str:
+                per_run: pd.DataFrame, compute: pd.DataFrame | None = None) -> str:
     """The report as one standalone HTML page: `lines` (what ran, failures, notes), how to read it
-    (the sign convention, once, and each measure's short name), the answer per cell, then the
-    contrasts with a forest plot per metric, then every run's numbers."""
+    (the sign convention, once, and each measure's short name), the answer per cell, the attack
+    compute multiplier per cell (`compute`: experiments.across.by_cell, where the runs have it), then
+    the contrasts with a forest plot per metric, then every run's numbers."""
     metrics = metric_columns(per_run) or list(cells["metric"].unique())
     body = [f"<h1>{html.escape(title)}</h1>"] + [f'<p class="note">{html.escape(x)}</p>' for x in lines]
     body.append(f'<h2>How to read it</h2><p class="note">{html.escape(HOW_TO_READ + wording.SIGNS)}</p>'
                 '<ul class="note">' + "".join(f"<li>{html.escape(x)}</li>" for x in legend(metrics)) + "</ul>")
     body.append("<h2>The answer per cell, across seeds</h2>" + _html_table(cell_view(cells)))
+    if compute is not None and len(compute):  # the runs' findings["compute"] (experiments.across)
+        body.append(f'<h2>Attack compute multiplier</h2><p class="note">{html.escape(across.COMPUTE_HEAD)}</p>'
+                    + _html_table(across.compute_view(compute)))
     if len(contrast):
         body.append(f'<h2>Contrasts, paired by seed</h2><p class="note">{html.escape(CONTRAST_NOTE)}</p>')
         body += [forest_svg(contrast, metric) for metric in contrast["metric"].unique()]
@@ -300,28 +311,38 @@ def html_report(title: str, lines: list[str], cells: pd.DataFrame, contrast: pd.
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def console_text(cells: pd.DataFrame, contrast: pd.DataFrame) -> str:
-    """The answer per cell, then the contrasts, as text (what `python -m monollm.sweep` prints)."""
+def console_text(cells: pd.DataFrame, contrast: pd.DataFrame, compute: pd.DataFrame | None = None) -> str:
+    """The answer per cell, the seeds each cell's worst case needs, the compute multiplier per cell
+    (where the runs have it), then the contrasts, as text (what `python -m monollm.sweep` prints)."""
     from monollm.results.client import text_table
 
     def lines(view):
         return text_table(view, {c: (c, None) for c in view.columns})
     out = [*textwrap.wrap(wording.SIGNS, 120), "", "The answer per cell (mean and 95% t-interval across seeds):",
-           *lines(cell_view(cells))]
+           *lines(cell_view(cells).drop(columns=NEEDED))]  # the seeds needed below it, so the table fits
+    worst = cells[cells["metric"].str.startswith(WORST)] if "seeds_needed" in cells else cells.iloc[:0]
+    out += across.needed_block([f"{r['cell']}, {short(r['metric'])[len('worst '):]}: {r['seeds_needed']}"
+                                for _, r in worst.iterrows()])
+    if compute is not None and len(compute):
+        out += ["", *textwrap.wrap(across.COMPUTE_HEAD, 120), *lines(across.compute_view(compute))]
     if len(contrast):
         out += ["", "Contrasts (first listed value minus the other, paired by seed):", *lines(contrast_view(contrast))]
     return "\n".join(out)
 
 
 def write(folder: str, title: str, lines: list[str], per_run: pd.DataFrame, cells, grid: dict) -> dict:
-    """Compute the tables and write report.csv (per cell), contrasts.csv, runs.csv and report.html
-    to `folder`; returns {"cells", "contrasts", "runs"} DataFrames and {"html"} its path."""
+    """Compute the tables and write report.csv (per cell), contrasts.csv, runs.csv, compute.csv (the
+    compute multiplier per cell, from per_run.attrs["compute"]: cell -> its runs' findings["compute"])
+    and report.html to `folder`; returns {"cells", "contrasts", "runs", "compute"} DataFrames and
+    {"html"} its path."""
     os.makedirs(folder, exist_ok=True)
     by_cell, contrast = cell_table(per_run, cells), contrasts(per_run, cells, grid)
+    compute = across.by_cell(per_run.attrs.get("compute", {}))  # cell -> the runs' findings["compute"]
+    compute.to_csv(os.path.join(folder, "compute.csv"), index=False)
     by_cell.to_csv(os.path.join(folder, "report.csv"), index=False)
     contrast.to_csv(os.path.join(folder, "contrasts.csv"), index=False)
     per_run.to_csv(os.path.join(folder, "runs.csv"), index=False)
     path = os.path.join(folder, "report.html")
     with open(path, "w") as f:
-        f.write(html_report(title, lines, by_cell, contrast, per_run))
-    return {"cells": by_cell, "contrasts": contrast, "runs": per_run, "html": path}
+        f.write(html_report(title, lines, by_cell, contrast, per_run, compute))
+    return {"cells": by_cell, "contrasts": contrast, "runs": per_run, "compute": compute, "html": path}

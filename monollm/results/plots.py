@@ -99,3 +99,30 @@ def order(table: pd.DataFrame, pooling: str) -> Figure:
     ax.set_title(f"Order preservation by layer ({method}{pooling}-token pooling, 95% CI)")
     ax.legend(fontsize="small")
     return fig
+
+
+def compute_plot(curve: pd.DataFrame, targets, n_boot: int = 2000, seed: int = 0,
+                 family: str = "universal triggers") -> Figure:
+    """A family's worst-case damage above control against the forward passes its searches spent (log
+    x), per model: the mean over examples (line) with a 95% paired bootstrap band per point, and each
+    damage target (a list, or results.compute.default_targets' dict) as a dotted horizontal line.
+    curve: the per-example curve table (model, example, passes, above_control; results.compute)."""
+    from monollm.results.compute import curve_bands, target_keys
+
+    bands = curve_bands(curve, n_boot, seed)
+    fig = Figure(figsize=(6.5, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for model, g in bands.groupby("model", sort=False):
+        ax.fill_between(g["passes"], g["ci_low"], g["ci_high"], color=_color(model), alpha=0.15)
+        ax.plot(g["passes"], g["above_control"], "-o", color=_color(model), markersize=3, label=model)
+    for key, target in target_keys(targets).items():
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        label = f"target {target:.3f}" + ("" if key == f"{target:.3f}" else f" ({key})")
+        ax.annotate(label, (0.01, target), xycoords=("axes fraction", "data"),
+                    fontsize="x-small", color="grey", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("forward passes per model (attack compute)")
+    ax.set_ylabel("damage above control (nats/token)")
+    ax.set_title(f"{family}: worst-case damage against attack compute (95% CI)")
+    ax.legend(fontsize="small")
+    return fig
