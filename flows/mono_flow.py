@@ -214,7 +214,8 @@ class MonoFlow(FlowSpec):
         done = answer.attack_answer(branches, self.perplexity, self.per_block, self.constraint, self.hidden_act,
                                     thresholds=cfg.attack.thresholds, n_boot=cfg.eval.bootstrap, seed=cfg.seed,
                                     threat_models=cfg.attack.tokens, setting=self.resolved_config["monotonic"],
-                                    activation_swap=answer.older(self, "activation_swap"), training=self.training)
+                                    activation_swap=answer.older(self, "activation_swap"), training=self.training,
+                                    compute_targets=cfg.attack.compute_targets)
         # attack_summary, findings, worst_case, worst_case_examples, budget_curve and the gathered tables
         for name, value in {**vars(branches), **vars(done)}.items():
             setattr(self, name, value)

@@ -171,6 +171,8 @@ def _check_attack(a, attacks):
         require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
     require(a.budget >= 0, "attack.budget", f"is {a.budget}; must be >= 0 (0: no budget)")
     require(a.edit_budget >= 0, "attack.edit_budget", f"is {a.edit_budget}; must be >= 0 (0: no budget)")
+    require(all(t > 0 for t in a.compute_targets), "attack.compute_targets",
+            f"is {list(a.compute_targets)}; every target must be > 0 (nats above control)")
     require(2 <= a.curve_points <= 24, "attack.curve_points", f"is {a.curve_points}; must be 2 to 24")
     # random_search exists to be compared with the gradient searches at equal forward passes
     require(a.budget > 0 or "random_search" not in attacks, "attack.budget",

@@ -292,6 +292,11 @@ class AttackConfig:
     against each model, gradient passes included: a search that finds no better flip among its
     candidates widens to the next ones instead of stopping, so that both models get the same compute
     per example. 0: no budget, each search stops at its flip budget or when no flip helps."""
+    compute_targets: tuple[float, ...] = ()
+    """Damage levels (nats per continuation token above control) at which the attacker's compute
+    multiplier is read: the forward passes each model's worst case needs to reach each level
+    (docs/method.md, "Robustness as attack compute"). Empty: 1/4 and 1/2 of the final damage of the
+    model damaged more, which that model reaches within the budget by construction."""
     curve_points: int = 8
     """Points of every search's budget curve: the best-so-far perturbation at fractions
     2**-(curve_points - 1), ..., 1/4, 1/2, 1 of its forward passes (log-spaced, so that the last

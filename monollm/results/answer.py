@@ -68,6 +68,9 @@ class AttackAnswer:
     """Per threat model x family x model x example: the worst member and its damage (worst_case.examples)."""
     budget_curve: pd.DataFrame
     """Damage versus budget per attack x model x fraction (diagnostics.budget_curve)."""
+    compute_curve: pd.DataFrame
+    """Per threat model x family x model x example x budget fraction: the cross-fitted worst case above
+    control against the forward passes spent (worst_case.compute_curve); findings["compute"] reads it."""
 
 
 def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attacks: pd.DataFrame,
@@ -124,6 +127,25 @@ def robustness_findings(attacks: pd.DataFrame, threat_models, n_boot: int, seed:
     return {"threat_models": list(threat_models), "seeds": 1, "worst_case": worst, "diagnostics": diag}
 
 
+def compute_findings(attacks: pd.DataFrame, threat_models, targets, n_boot: int, seed: int):
+    """(curve table, findings["compute"]): per threat model and family (keyed as findings["worst_case"]),
+    the attacker's compute multiplier at `targets` (attack.compute_targets; empty: compute.default_targets)
+    from the family's worst case against forward passes (results.compute)."""
+    from monollm.results import compute
+
+    parts, out = [], {}
+    for tm, rows, suffix in worst_case.by_threat_model(attacks, threat_models):
+        for family in worst_case.FAMILIES:
+            curve = worst_case.compute_curve(rows, family)
+            if curve.empty or set(curve["model"]) != set(compute.MODELS):
+                continue
+            parts.append(curve.assign(threat_model=tm))
+            chosen = list(targets) or compute.default_targets(curve)
+            if chosen:
+                out[family + suffix] = compute.multiplier(curve, chosen, n_boot, seed)
+    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), out
+
+
 def mark_evidence(findings: dict) -> dict:
     """Each attack's own verdict above control gets "not_evidence": the flags (diagnostics.undermining)
     that make it no evidence of robustness ([] where none)."""
@@ -134,7 +156,7 @@ def mark_evidence(findings: dict) -> dict:
 
 def attack_answer(branches: Branches, perplexity: pd.DataFrame, per_block: dict, constraint: pd.DataFrame,
                   hidden_act: str, *, thresholds, n_boot: int, seed: int, threat_models, setting: dict,
-                  activation_swap: dict | None, training: pd.DataFrame | None) -> AttackAnswer:
+                  activation_swap: dict | None, training: pd.DataFrame | None, compute_targets=()) -> AttackAnswer:
     """Everything the join reports, computed from the branches' tables (and, for the findings, the
     perplexity, constraint and training tables)."""
     attacks = branches.attacks
@@ -142,6 +164,7 @@ def attack_answer(branches: Branches, perplexity: pd.DataFrame, per_block: dict,
                      activation_swap=activation_swap, training=training)
     found.update(robustness_findings(attacks, threat_models, n_boot, seed))
     found["downstream"] = downstream.cost(branches.downstream_items, n_boot, seed)
+    curve, found["compute"] = compute_findings(attacks, threat_models, compute_targets, n_boot, seed)
     if branches.order_preservation is not None:
         from monollm.evaluation import order
 
@@ -150,4 +173,4 @@ def attack_answer(branches: Branches, perplexity: pd.DataFrame, per_block: dict,
                         findings=mark_evidence(found),
                         worst_case=worst_case.table(attacks, threat_models, n_boot, seed),
                         worst_case_examples=worst_case.examples(attacks, threat_models),
-                        budget_curve=diagnostics.budget_curve(attacks, n_boot, seed))
+                        budget_curve=diagnostics.budget_curve(attacks, n_boot, seed), compute_curve=curve)

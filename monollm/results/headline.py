@@ -44,6 +44,9 @@ def worst_case_sentence(findings: dict) -> str:
                 f"{tm} tokens; {UNITS}): " if i == 0 else f"With {tm} tokens: ")
         parts.append(lead + per_family + "." + (f" With one trigger per model, chosen on attack_opt: {strict}."
                                                  if strict else ""))
+        lead_note = "" if i else (" Each example's member is chosen on half of its scored tokens and read on the "
+                                  "other half; the control is the same maximum over as many random draws.")
+        parts[-1] += lead_note
     return " ".join(parts)
 
 
@@ -67,6 +70,17 @@ def attack_verdicts_sentence(above: dict) -> str:
     for attack, c in above.items():
         parts.append(f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}" + _flags(c))
     return "Per attack, from its own search against each model: " + "; ".join(parts) + "."
+
+
+def compute_sentence(findings: dict) -> str:
+    """The attacker's compute multiplier per family of the first threat model, at the larger target
+    (results.compute.sentence); "" for a run without it."""
+    from monollm.results.compute import sentence
+
+    per_family = [sentence(entries[max(entries, key=lambda k: entries[k]["target"])], family)
+                  for family, entries in (findings.get("compute") or {}).items() if entries and " [" not in family]
+    return ("Attack compute (forward passes per model for the worst case to reach a damage level, 95% CI): "
+            + "; ".join(per_family) + ".") if per_family else ""
 
 
 def seeds_sentence(findings: dict) -> str:
@@ -117,7 +131,8 @@ def headline(findings: dict, arms_differ: bool = False) -> list[str]:
     above = findings.get("robustness_above_control", {})
     worst = worst_case_sentence(findings)
     if worst:
-        out = [worst] + ([attack_verdicts_sentence(above)] if above else [])
+        out = [worst] + [s for s in [compute_sentence(findings)] if s]
+        out += [attack_verdicts_sentence(above)] if above else []
         out += [cost_sentence(findings), seeds_sentence(findings)]
     else:
         out = [robustness_sentence(above), cost_sentence(findings)]

@@ -6,9 +6,15 @@ import pandas as pd
 
 from monollm.results import diagnostics
 
-WORST_CASE_TITLE = ("Worst case per threat-model family over every perturbation found against either model "
-                    "(dNLL in nats per continuation token above the family's random control, 95% bootstrap CI over "
-                    "examples; one seed; passes: forward passes of the family's own searches on the model):")
+WORST_CASE_TITLE = ("Worst case per threat-model family over every distinct perturbation found against either model "
+                    "(dNLL in nats per continuation token above a control of the same statistic, 95% bootstrap CI "
+                    "over examples; one seed; passes: forward passes of the family's own searches on the model). "
+                    "per-example: each example's member chosen on half of its scored tokens and read on the other "
+                    "half (the lead number); per-example, in-sample: chosen and read on all of them (optimistic); "
+                    "universal: one trigger per model, chosen on attack_opt:")
+COMPUTE_TITLE = ("Attack compute: each family's worst case (cross-fitted, above its matched control) over the "
+                 "members found within each fraction of the searches' forward passes; findings[\"compute\"] "
+                 "holds the passes each model needs per target and their ratio:")
 CURVE_TITLE = "Budget curves (the best-so-far perturbation at a fraction of each search's forward passes, on test):"
 
 
@@ -58,7 +64,7 @@ def _flag_detail(flag: str, v: dict) -> str:
     if flag == "weak_guidance":
         return f"Spearman {v['spearman']:+.2f}"
     if flag == "not_converged":
-        return f"last doubling +{v['rise']:.3f} > CI half-width {v['half_width']:.3f}"
+        return f"last doubling {v['rise']:+.3f} {_ci(v['ci_low'], v['ci_high'])}, paired"
     extra = (f" at {v['gradient_free_forward_passes']} vs {v['forward_passes']} passes"
              if flag == "gradient_free_beats_gradient" else "")
     return f"{v['diff']:+.3f} {_ci(v['ci_low'], v['ci_high'])}{extra}"
@@ -84,11 +90,48 @@ def diagnostic_lines(findings: dict) -> list[str]:
     return [head] + lines + tail
 
 
+COMPUTE_COLORS = {"baseline": "#4c78a8", "monotonic": "#e45756"}
+
+
+def compute_chart(curve: pd.DataFrame, family: str, targets: dict, n_boot: int, seed: int) -> dict:
+    """Vega-Lite: the family's worst-case damage above control (mean over examples, 95% bootstrap band)
+    against forward passes per model on a log axis, both models, the targets as dotted rules.
+    curve: worst_case.compute_curve's table of one family and threat model."""
+    from monollm.results.card_sections import VEGA, clean
+    from monollm.results.compute import curve_bands
+
+    bands = clean(curve_bands(curve, n_boot, seed).to_dict("records"))
+    x = {"field": "passes", "type": "quantitative", "scale": {"type": "log"}, "title": "forward passes per model"}
+    color = {"field": "model", "type": "nominal", "scale": {"domain": list(COMPUTE_COLORS),
+                                                            "range": list(COMPUTE_COLORS.values())}}
+    y = {"field": "above_control", "type": "quantitative", "title": "damage above control (nats/token)"}
+    layers = [{"mark": {"type": "area", "opacity": 0.2},
+               "encoding": {"x": x, "y": {**y, "field": "ci_low"}, "y2": {"field": "ci_high"}, "color": color}},
+              {"mark": {"type": "line", "point": True}, "encoding": {"x": x, "y": y, "color": color}}]
+    if targets:
+        layers.append({"data": {"values": [{"target": t, "name": k} for k, t in targets.items()]},
+                       "mark": {"type": "rule", "strokeDash": [2, 3], "color": "#555"},
+                       "encoding": {"y": {"field": "target", "type": "quantitative"}}})
+    return {"$schema": VEGA, "title": f"{family}: worst case against attack compute (95% CI; dotted: targets)",
+            "height": 240, "data": {"values": bands}, "layer": layers}
+
+
+def compute_charts(data, n_boot: int = 1000) -> list[dict]:
+    """One compute chart per family of the first threat model (data.compute_curve); [] for a run without it."""
+    curve, found = getattr(data, "compute_curve", None), data.findings.get("compute") or {}
+    if curve is None or not len(curve):
+        return []
+    first = curve[curve.threat_model == curve["threat_model"].iloc[0]]
+    return [compute_chart(g, family, {k: e["target"] for k, e in found.get(family, {}).items()}, n_boot,
+                          data.resolved_config["seed"])
+            for family, g in first.groupby("family", sort=False)]
+
+
 def card_section(data, table) -> list:
     """The worst case per family, the masking diagnostics and the budget curves ([] for a run made
     before them): the verdict's own evidence, right after the answer. `table(df)` makes a card
     table of a DataFrame."""
-    from metaflow.cards import Markdown
+    from metaflow.cards import Markdown, VegaChart
 
     worst = worst_case_view(getattr(data, "worst_case", None))
     if not len(worst):
@@ -97,6 +140,8 @@ def card_section(data, table) -> list:
     lines = diagnostic_lines(data.findings)
     out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, CARD_COLUMNS))]
     out += [Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))] if lines else []
+    charts = compute_charts(data)
+    out += [Markdown(COMPUTE_TITLE)] + [VegaChart(c) for c in charts] if charts else []
     return out + ([Markdown(CURVE_TITLE), table(_shown(curve, CURVE_COLUMNS))] if len(curve) else [])
 
 
