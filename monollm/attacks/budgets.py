@@ -35,7 +35,8 @@ class Stop:
     converged_at: int = 0
     """The budget at whose doubling the rise stopped being significant (0: never tested or never converged)."""
     capped: bool = False
-    """Whether the doubling reached max_budget with the last doubling's rise still significant."""
+    """Whether the doubling reached max_budget with the last doubling's rise still significant (or with
+    no room for a doubling: auto_start = max_budget)."""
 
 
 @dataclass(frozen=True)

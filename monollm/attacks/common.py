@@ -68,12 +68,11 @@ class AttackResult:
     guidance_n: int = 0
     """Swaps in that sample (summed over the examples it was measured on)."""
     budget: int = 0
-    """Forward passes the search that found the trigger was given per model (attack.budget, or with
-    the auto budget the passes every model's search was brought up to; 0: no budget, the search ran
-    its restarts and steps). 0 on rows no budgeted search produced."""
+    """Forward passes the search that found the trigger was given per model (attack.budget; auto: the
+    passes every model's search was brought up to; 0: no budget, or a row no budgeted search produced)."""
     budget_converged_at: int = 0
-    """With the auto budget, on "attack" rows: the budget at which the search's last doubling no longer
-    raised the damage significantly (monollm.attacks.budgets); 0 where it never did or was not tested."""
+    """Auto budget, "attack" rows: the budget whose doubling no longer raised the damage significantly
+    (monollm.attacks.budgets); 0 where it never did or was not tested."""
     budget_capped: bool = False
     """With the auto budget, on "attack" rows: whether the search reached attack.max_budget still rising."""
     opt_dnll: float = float("nan")
