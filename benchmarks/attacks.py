@@ -317,7 +317,7 @@ def gcg_vs_uat(model, tokenizer, opt, allowed, uat_params, gcg_params, a, clean:
 
 def random_search_vs_uat(model, tokenizer, examples, allowed, a, clean: float, seed: int) -> dict:
     """Best attack_opt dNLL of `random_search` and `uat` at the profile's forward-pass budget
-    (attack.budget; if it sets none, what uat spends with its own restarts and steps), from the
+    (attack.budget, an auto budget's cap; if it sets none, what uat spends with its own restarts and steps), from the
     same seeded random starts, every trigger kept re-tokenizable before attack_opt and test as in
     the flow. Returns dict(random_search, uat, passes: per search)."""
     import numpy as np
@@ -327,7 +327,7 @@ def random_search_vs_uat(model, tokenizer, examples, allowed, a, clean: float, s
 
     opt = torch.as_tensor(examples["attack_opt"], device=model.device)
     survive = np.concatenate([examples["attack_opt"], examples["test"]])
-    out, passes, budget = {}, {}, a.budget
+    out, passes, budget = {}, {}, a.max_budget if a.budget == "auto" else a.budget
     for name, module, default in (("uat", uat, uat.UATConfig()),
                                   ("random_search", random_search, random_search.RandomSearchConfig())):
         params = a.params.get(name) or default

@@ -16,8 +16,10 @@ larger vocabularies (GATED). The formula, per stage:
 * evaluate (4 models): 4 x test tokens / (3 x train_rate)   (a forward pass is ~1/3 of a training step;
                        test tokens = test_docs x TOKENS_PER_DOC, the Pile's mean, or eval.max_blocks x block_len)
 * with `attack.budget` (every paper profile): each trigger search (uat, gcg, random_search) spends that
-  many forward passes of one window against each model, so
-  search (2 models) = 2 x attack.budget x pass time, where pass time = uat_step / (timed windows x
+  many forward passes of one window against each model; with `budget = "auto"` (the paper profiles) it
+  spends at most `attack.max_budget`, and the table prices that cap (an upper bound: a search that
+  converges earlier stops at a lower budget), so
+  search (2 models) = 2 x budget x pass time, where pass time = uat_step / (timed windows x
   (L x k + 3)): the timed UAT step scores L x k candidates (pythia-1.4b's [attack.uat] trigger_len x
   top_k) on every timed window, and its gradient counts as ~3 forward passes
 * without a budget: uat (2 models) = 2 x restarts x steps x uat_step x opt_examples / timed windows,
@@ -101,9 +103,10 @@ def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
     out = {"train": 2 * t.tokens / train_rate, "evaluate": 4 * test_tokens / (3 * train_rate)}
     if flip and "hotflip" in cfg.attacks:
         out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
-    if a.budget:  # every search spends the same passes against each model
+    budget = a.max_budget if a.budget == "auto" else a.budget  # auto: priced at its cap
+    if budget:  # every search spends the same passes against each model
         per_pass = rates["uat_step_s"] / (rates["uat_windows"] * (rates["uat_candidates"] + 3))
-        out.update({name: 2 * a.budget * per_pass * scale_fwd for name in SEARCHES if name in cfg.attacks})
+        out.update({name: 2 * budget * per_pass * scale_fwd for name in SEARCHES if name in cfg.attacks})
         return hours(out, len(a.tokens))
     if uat and "uat" in cfg.attacks:
         out["uat"] = (2 * uat.restarts * uat.steps * rates["uat_step_s"] * scale_fwd

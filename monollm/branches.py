@@ -76,7 +76,8 @@ def attack(cfg: config.ExperimentConfig, branch: str, model_dirs: dict, examples
     results = attacks.run_attack(name, {m: mt[0] for m, mt in loaded.items()}, tokenizer, examples,
                                  a.continuation_len, a.batch_size, a.params[name], cfg.seed, log=log,
                                  checkpoint=checkpoint, precision=a.search_precision, tokens=tokens,
-                                 budget=a.budget, edit_budget=a.edit_budget, curve_points=a.curve_points)
+                                 budget=a.budget, edit_budget=a.edit_budget, curve_points=a.curve_points,
+                                 max_budget=a.max_budget, auto_start=a.auto_start)
     from monollm.results import report  # pandas: only the attack step needs it
 
     table = report.attack_table(results)

@@ -169,15 +169,21 @@ def _check_order(o):
 def _check_attack(a, attacks):
     for name in ("examples", "context_len", "continuation_len", "batch_size"):
         require(getattr(a, name) > 0, f"attack.{name}", "must be positive")
-    require(a.budget >= 0, "attack.budget", f"is {a.budget}; must be >= 0 (0: no budget)")
+    require(a.budget == "auto" or (isinstance(a.budget, int) and a.budget >= 0), "attack.budget",
+            f"is {a.budget!r}; must be >= 0 (0: no budget) or \"auto\"")
+    require(a.max_budget >= 0, "attack.max_budget", f"is {a.max_budget}; must be >= 0")
+    if a.budget == "auto":
+        require(a.max_budget > 0, "attack.max_budget", f"is {a.max_budget}; must be > 0 with attack.budget = \"auto\"")
+        require(1 <= a.auto_start <= a.max_budget, "attack.auto_start",
+                f"is {a.auto_start}; must be 1 to attack.max_budget ({a.max_budget}) with attack.budget = \"auto\"")
     require(a.edit_budget >= 0, "attack.edit_budget", f"is {a.edit_budget}; must be >= 0 (0: no budget)")
     require(all(t > 0 for t in a.compute_targets), "attack.compute_targets",
             f"is {list(a.compute_targets)}; every target must be > 0 (nats above control)")
     require(2 <= a.curve_points <= 24, "attack.curve_points", f"is {a.curve_points}; must be 2 to 24")
     # random_search exists to be compared with the gradient searches at equal forward passes
-    require(a.budget > 0 or "random_search" not in attacks, "attack.budget",
-            "must be set (> 0) when attacks lists \"random_search\": it is compared with uat and gcg at "
-            "equal forward passes, which only a budget gives")
+    require(a.budget == "auto" or a.budget > 0 or "random_search" not in attacks, "attack.budget",
+            "must be set (> 0 or \"auto\") when attacks lists \"random_search\": it is compared with uat and gcg "
+            "at equal forward passes, which only a budget gives")
     require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
     require(len(a.tokens) > 0, "attack.tokens", "is empty: name at least one threat model (\"round_trip\", "

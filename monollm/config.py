@@ -281,12 +281,20 @@ class AttackConfig:
     of those only the ones whose text is printable (newline and tab allowed). One, or a list: every
     attack then runs under each, the first as branch `<attack>`, the others as `<attack>@<tokens>`,
     and the worst case is reported per threat model."""
-    budget: int = 0
+    budget: int | str = 0
     """Forward passes (sequences through the model, gradient passes included) that every
     universal-trigger search (uat, gcg, random_search) spends against each model: restarts run
     until it is spent (their `restarts` is then ignored), so that every search and both models
     get the same compute, to within one step. 0: no budget, each search runs its own restarts
-    and steps. Required (> 0) when `attacks` lists random_search."""
+    and steps. "auto": each search doubles its passes from `auto_start` until the last doubling
+    no longer raises the damage on its optimisation examples (a paired bootstrap CI that reaches
+    0), or up to `max_budget`; then every model's search is brought up to the largest budget any
+    reached (monollm.attacks.budgets). Required (> 0 or "auto") when `attacks` lists random_search."""
+    max_budget: int = 0
+    """With budget = "auto": the most forward passes a search may spend against one model (the cap)."""
+    auto_start: int | None = None
+    """With budget = "auto": the forward passes of the first stage, before the first doubling; left
+    out, max_budget // 16 (four doublings to the cap)."""
     edit_budget: int = 0
     """Forward passes that every per-input search (hotflip, random_flips) spends on each example
     against each model, gradient passes included: a search that finds no better flip among its
@@ -307,6 +315,10 @@ class AttackConfig:
     """The profile's [attack.<name>] tables are collected into `params` (schema.build)."""
     ONE_OR_MANY: ClassVar[tuple] = ("tokens",)
     """`tokens = "printable"` reads as `tokens = ["printable"]` (schema.build)."""
+
+    def __post_init__(self):
+        if self.auto_start is None:  # resolved here, so that the run's resolved_config shows the value used
+            object.__setattr__(self, "auto_start", self.max_budget // 16)
 
 
 @dataclass(frozen=True)

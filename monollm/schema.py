@@ -39,7 +39,7 @@ def coerce(hint, value, key: str):
     """`value` as type `hint` (a dataclass, bool, int, float, str, tuple[...] or X | None)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [h for h in typing.get_args(hint) if h is not type(None)]
-        return None if value is None else coerce(inner[0], value, key)
+        return None if value is None else _either(inner, value, key)
     if dataclasses.is_dataclass(hint):
         return build(hint, value, key)
     if typing.get_origin(hint) is tuple:
@@ -48,6 +48,22 @@ def coerce(hint, value, key: str):
         inner = typing.get_args(hint)[0]
         return tuple(coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
     return _scalar(hint, value, key)
+
+
+def _either(hints: list, value, key: str):
+    """`value` as the first of `hints` that takes it (int | str: an integer, or a string such as "auto")."""
+    for hint in hints[:-1]:
+        try:
+            return coerce(hint, value, key)
+        except ConfigError:
+            pass
+    try:
+        return coerce(hints[-1], value, key)
+    except ConfigError:
+        if len(hints) == 1:
+            raise
+        raise ConfigError(f"'{key}' must be {' or '.join(_KINDS[h][0] for h in hints if h in _KINDS)}, "
+                          f"got {value!r}") from None
 
 
 _KINDS = {bool: ("true or false", (bool,)), int: ("an integer", (int,)), float: ("a number", (int, float)),

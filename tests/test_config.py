@@ -207,6 +207,14 @@ BAD = {
     "zero attack batch": ({"attack__batch_size": 0}, ["'attack.batch_size'", "positive"]),
     "zero attack examples": ({"attack__examples": 0}, ["'attack.examples'", "positive"]),
     "zero trigger": ({"attack__random__trigger_len": 0}, ["attack.random", "trigger_len", "positive"]),
+    "budget word": ({"attack__budget": "lots"}, ["'attack.budget'", "'lots'", "auto"]),
+    "auto budget without cap": ({"attack__budget": "auto"}, ["'attack.max_budget'", "> 0", "auto"]),
+    "auto start above cap": ({"attack__budget": "auto", "attack__max_budget": 800, "attack__auto_start": 801},
+                             ["'attack.auto_start'", "801", "800"]),
+    "auto start 0": ({"attack__budget": "auto", "attack__max_budget": 15}, ["'attack.auto_start'", "is 0"]),
+    "negative cap": ({"attack__max_budget": -1}, ["'attack.max_budget'", ">= 0"]),
+    "no budget with random_search": ({"attack__budget": 0}, ["'attack.budget'", "random_search", "auto"]),
+    "float budget": ({"attack__budget": 1.5}, ["'attack.budget'", "integer or a string"]),
     "zero test docs": ({"data__test_docs": 0}, ["'data.test_docs'", "positive"]),
     "block_len 1": ({"data__block_len": 1}, ["'data.block_len'", "at least 2"]),
     "warmup 1": ({"train__warmup_frac": 1.0}, ["'train.warmup_frac'", "[0, 1)"]),
@@ -240,6 +248,17 @@ BAD = {
 def test_bad_input_names_key_and_allowed(changes, needles):
     raw = micro(**changes)
     assert_config_error(lambda: config.load(raw), *needles)
+
+
+def test_auto_budget_loads_with_its_first_stage_resolved():
+    """budget = "auto" needs only max_budget (random_search listed: "auto" is a budget); auto_start left
+    out is max_budget // 16, written into the config so that the run shows the value used."""
+    cfg = config.load(micro(attack__budget="auto", attack__max_budget=8000))
+    assert (cfg.attack.budget, cfg.attack.max_budget, cfg.attack.auto_start) == ("auto", 8000, 500)
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+    own = config.load(micro(attack__budget="auto", attack__max_budget=8000, attack__auto_start=1000))
+    assert own.attack.auto_start == 1000
+    assert config.load(micro()).attack.budget == 2000  # an integer stays one
 
 
 def test_unknown_attack_is_config_error_not_key_error():

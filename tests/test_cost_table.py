@@ -27,19 +27,23 @@ def test_the_gated_models_count_their_own_matmuls():
 
 def test_searches_are_sized_by_the_budget_and_counted_once_per_threat_model():
     """With attack.budget every trigger search spends the same passes against each model, so uat, gcg
-    and random_search cost the same, in proportion to the budget; every attack runs per threat model."""
+    and random_search cost the same, in proportion to the budget; every attack runs per threat model.
+    The paper profiles' auto budget is priced at its cap (max_budget, 3.8M passes)."""
     import dataclasses
 
     from monollm import config
 
     cfg = config.load_file(os.path.join(ROOT, "config", "pythia-1.4b.toml"))
+    assert (cfg.attack.budget, cfg.attack.max_budget) == ("auto", 3_800_000)
     rates = {**cost_table.MEASURED, "uat_candidates": cost_table.timed_uat_candidates()}
     h = cost_table.stages(cfg, rates, 1.0, 1.0)
     assert h["uat"] == h["gcg"] == h["random_search"] > 0
     per_pass = rates["uat_step_s"] / (rates["uat_windows"] * (rates["uat_candidates"] + 3))
-    assert h["uat"] * 3600 == pytest.approx(2 * len(cfg.attack.tokens) * cfg.attack.budget * per_pass)
-    doubled = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, budget=2 * cfg.attack.budget))
+    assert h["uat"] * 3600 == pytest.approx(2 * 2 * 3_800_000 * per_pass)  # 2 models x 2 threat models
+    doubled = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, max_budget=7_600_000))
     assert cost_table.stages(doubled, rates, 1.0, 1.0)["gcg"] == pytest.approx(2 * h["gcg"])
+    fixed = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, budget=1_900_000))
+    assert cost_table.stages(fixed, rates, 1.0, 1.0)["random_search"] == pytest.approx(h["random_search"] / 2)
     one = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, tokens=("round_trip",)))
     assert cost_table.stages(one, rates, 1.0, 1.0)["hotflip"] == pytest.approx(h["hotflip"] / 2)
     assert cost_table.stages(one, rates, 1.0, 1.0)["train"] == h["train"]

@@ -45,6 +45,19 @@ def test_profile_loads_and_validates_offline(path, no_network):
         assert cfg.name == os.path.basename(path)[:-len(".toml")]  # runs are tagged profile:<name>
 
 
+@pytest.mark.parametrize("path", PROFILES, ids=os.path.basename)
+def test_paper_profiles_double_their_trigger_budget_and_tiny_keeps_its_own(path):
+    """Every profile but tiny.toml finds its trigger budget by doubling, capped at twice the 1.9M passes it
+    had (auto_start left out: 3,800,000 // 16 = 237,500, so 1.9M is one of its stages); tiny.toml keeps
+    its fixed budget (its whole run stays within minutes)."""
+    a = config.load_file(path).attack
+    if os.path.basename(path) == "tiny.toml":
+        assert (a.budget, a.max_budget) == (38_400, 0)
+    else:
+        assert (a.budget, a.max_budget, a.auto_start) == ("auto", 3_800_000, 237_500)
+        assert 237_500 * 2 ** 3 == 1_900_000
+
+
 def test_flow_decorators_resolve_with_resources_keys_absent(tmp_path):
     """@resources and @retry take monollm.config.step_resources (every default applied): Metaflow
     evaluates them for `show` as for `run`, so `show` succeeds for a profile without [resources],

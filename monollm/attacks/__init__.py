@@ -49,8 +49,8 @@ def attack_config(name: str, raw: dict, where: str):
 
 def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: int, batch_size: int,
                params, seed: int, log=print, checkpoint=None, precision: str = "fp32",
-               tokens: str = "round_trip", budget: int = 0, edit_budget: int = 0,
-               curve_points: int = 8) -> list[AttackResult]:
+               tokens: str = "round_trip", budget: int | str = 0, edit_budget: int = 0,
+               curve_points: int = 8, max_budget: int = 0, auto_start: int = 0) -> list[AttackResult]:
     """Run a registered attack (models already in eval mode).
 
     `checkpoint` (a monollm.checkpoints.StepCheckpointer or None) lets a long attack save its
@@ -58,14 +58,17 @@ def run_attack(name: str, models: dict, tokenizer, examples, continuation_len: i
     `precision` ("auto", "bf16", "fp32": common.search_precision) is that of the search only;
     `tokens` ("round_trip", "printable": common.allowed_tokens), which tokens it may insert;
     `budget` (attack.budget), the forward passes each universal-trigger search spends against
-    each model (0: its own restarts and steps; attacks without a trigger search ignore it);
+    each model (0: its own restarts and steps; "auto": doubled from `auto_start` passes up to
+    `max_budget` until the last doubling no longer raises the damage, monollm.attacks.budgets;
+    attacks without a trigger search ignore it);
     `edit_budget` (attack.edit_budget), the passes per example of each per-input search;
     `curve_points` (attack.curve_points), the points of every search's budget curve.
     """
     _, fn = ATTACKS[name]
     return fn(context(models, tokenizer, examples, continuation_len, batch_size, seed, log=log, checkpoint=checkpoint,
                       precision=precision, tokens=tokens, budget=budget,
-                      edit_budget=edit_budget, curve_points=curve_points), params)
+                      edit_budget=edit_budget, curve_points=curve_points, max_budget=max_budget,
+                      auto_start=auto_start), params)
 
 
 __all__ = ["ATTACKS", "AttackResult", "attack_config", "attack_of", "branch_name", "run_attack"]

@@ -31,14 +31,14 @@ class AttackResult:
     """"attack", "transfer", or a control: "control" (the primary control, the one every
     "above control" number uses) or "control_random_positions" (HotFlip's second control); for the
     trigger searches also "restart" (one restart's final trigger, scored on every model) and
-    "budget" (the best trigger found within a fraction of the forward passes, scored on the
-    model it was searched on: monollm.attacks.trigger)."""
+    "budget" (the best trigger found within a fraction of the forward passes, scored on every
+    model: monollm.attacks.curves)."""
     example_ids: np.ndarray
     clean_nll: np.ndarray
     attacked_nll: np.ndarray
     trial: int = 0
     """Index of the trigger among repeated draws (random controls), of the restart ("restart") or of
-    the fraction in trigger.BUDGET_FRACTIONS ("budget")."""
+    the fraction in `curve_fractions` ("budget")."""
     source_model: str = ""
     """Model the perturbation was found on (differs from `model` for transfer). On a control row:
     the model whose attack the control is matched to (HotFlip: whose flip positions it uses)."""
@@ -68,8 +68,13 @@ class AttackResult:
     guidance_n: int = 0
     """Swaps in that sample (summed over the examples it was measured on)."""
     budget: int = 0
-    """Forward passes the search that found the trigger was given per model (attack.budget; 0: no
-    budget, the search ran its restarts and steps). 0 on rows no budgeted search produced."""
+    """Forward passes the search that found the trigger was given per model (attack.budget; auto: the
+    passes every model's search was brought up to; 0: no budget, or a row no budgeted search produced)."""
+    budget_converged_at: int = 0
+    """Auto budget, "attack" rows: the budget whose doubling no longer raised the damage significantly
+    (monollm.attacks.budgets); 0 where it never did or was not tested."""
+    budget_capped: bool = False
+    """With the auto budget, on "attack" rows: whether the search reached attack.max_budget still rising."""
     opt_dnll: float = float("nan")
     """Mean over all attack_opt examples of attacked minus clean NLL of the row's trigger on the row's
     model (trigger rows of kind "attack", "transfer" and "restart"; NaN elsewhere): a choice of
@@ -106,6 +111,7 @@ class AttackResult:
                 "guidance_spearman": float(self.guidance_spearman), "guidance_n": int(self.guidance_n),
                 "budget": int(self.budget), "opt_dnll": float(self.opt_dnll),
                 "budget_fraction": float(self.budget_fraction), **_ids(x, y),
+                "budget_converged_at": int(self.budget_converged_at), "budget_capped": bool(self.budget_capped),
                 "dnll_even": float(h[0]), "dnll_odd": float(h[1]),
             }
             for e, c, a, k, x, y, h in zip(self.example_ids, self.clean_nll, self.attacked_nll, changed, clean, attacked,
@@ -152,9 +158,13 @@ class AttackContext:
     log: object = print
     checkpoint: object = None
     """A monollm.checkpoints.StepCheckpointer (or None): long attacks save progress to it."""
-    budget: int = 0
+    budget: int | str = 0
     """Forward passes every universal-trigger search spends against each model (attack.budget; 0:
-    none, each search runs its own restarts and steps)."""
+    none, each search runs its own restarts and steps; "auto": found by doubling, monollm.attacks.budgets)."""
+    max_budget: int = 0
+    """The auto budget's cap (attack.max_budget)."""
+    auto_start: int = 0
+    """The auto budget's first stage, in forward passes (attack.auto_start)."""
     clean_halves: dict = field(default_factory=dict)
     """model -> (N, 2) clean NLL on `test` over the even and the odd continuation positions (`halves`)."""
     edit_budget: int = 0
@@ -196,10 +206,11 @@ class AttackContext:
 
 def context(models: dict, tokenizer, examples: dict, continuation_len: int, batch_size: int, seed: int,
             log=print, checkpoint=None, precision: str = "fp32", tokens: str = "round_trip",
-            budget: int = 0, edit_budget: int = 0, curve_points: int = 8) -> AttackContext:
+            budget: int | str = 0, edit_budget: int = 0, curve_points: int = 8, max_budget: int = 0,
+            auto_start: int = 0) -> AttackContext:
     """The attack context: allowed tokens (`tokens`: allowed_tokens), test examples on the device
     and every model's clean NLL and its halves (checked finite before any search time is spent);
-    `budget`, `edit_budget`, `curve_points`: AttackContext's."""
+    `budget`, `edit_budget`, `curve_points`, `max_budget`, `auto_start`: AttackContext's."""
     any_model = next(iter(models.values()))
     test = torch.as_tensor(examples["test"], device=any_model.device)
     tokens_nll = {name: continuation_token_nll(m, test, continuation_len, batch_size) for name, m in models.items()}
@@ -208,7 +219,8 @@ def context(models: dict, tokenizer, examples: dict, continuation_len: int, batc
                          allowed=allowed_tokens(tokenizer, any_model.get_input_embeddings().weight.shape[0], tokens),
                          clean=clean, clean_halves={name: halves(t) for name, t in tokens_nll.items()},
                          n_cont=continuation_len, batch_size=batch_size, seed=seed, precision=precision, log=log,
-                         checkpoint=checkpoint, budget=budget, edit_budget=edit_budget, curve_points=curve_points)
+                         checkpoint=checkpoint, budget=budget, edit_budget=edit_budget, curve_points=curve_points,
+                         max_budget=max_budget, auto_start=auto_start)
 
 
 def curve_fractions(points: int) -> tuple[float, ...]:

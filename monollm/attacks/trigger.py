@@ -8,13 +8,18 @@ one search from a random start on the attack_opt examples. Everything else is he
   every model: `restarts` of them, or with a forward-pass budget (attack.budget) as many as
   the budget allows, the last one stopped where the budget runs out, so that every search
   spends the same passes against every model (to within one step);
+* with attack.budget = "auto" (monollm.attacks.budgets), each model's search doubled from
+  attack.auto_start passes until its last doubling no longer raises the damage on its
+  optimisation examples, or to attack.max_budget; then every model's search continued to the
+  largest budget any of them reached, so that the searches still spend equal passes;
 * a checkpoint after every finished restart (an interrupted branch continues with the
-  restarts it finished and ends with the same trigger as an uninterrupted one);
+  restarts it finished and ends with the same trigger as an uninterrupted one; the auto
+  budget's stages are re-derived from the restarts);
 * selection of the best final trigger on all of attack_opt;
 * scoring on the test examples: on the source model (kind "attack") and on every other model
   (kind "transfer"); every restart's final trigger on every model (kind "restart"); and the
-  budget curve: the best trigger found within each fraction of the passes (BUDGET_FRACTIONS),
-  on the source model (kind "budget");
+  budget curve: the best trigger found within each of `curve_points` log-spaced fractions of
+  the passes, on every model (kind "budget", monollm.attacks.curves);
 * `opt_dnll` on the attack, transfer and restart rows: the trigger's damage on all of attack_opt;
 * the gradient guidance around the final trigger (monollm.attacks.guidance);
 * the matched control ("control"): `controls` random triggers of the same length, at the same
@@ -27,23 +32,21 @@ n_cont, batch_size, target=, max_evals=, max_passes=, survive=) -> Search`.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks import guidance
-from monollm.attacks.common import (AttackContext, AttackResult, prepend, rows_survive, sample_trigger,
-                                    score_attacked, trigger_survives)
+from monollm.attacks import budgets, curves, guidance, trigger_rows
+from monollm.attacks.budgets import best_within  # noqa: F401 (part of this module's interface)
+from monollm.attacks.common import AttackContext, AttackResult, prepend, rows_survive, sample_trigger, trigger_survives
 from monollm.attacks.gradients import onehot_grad, score_triggers
 
 RANKINGS = ("gradient", "random", "exact")
 """How a search may choose the candidates it scores exactly (each attack says which it supports)."""
-BUDGET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
-"""Fractions of a search's forward passes at which the budget curve ("budget" rows) is taken."""
 MAX_RESTARTS = 10_000
 """Most restarts of a search with a forward-pass budget: a guard, for searches that end at once."""
 
@@ -227,117 +230,118 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
                        "must be given the test examples as `survive`)")
 
 
-def best_within(found: list[Search], passes: float) -> list[int]:
-    """The trigger of highest search objective reached within the first `passes` forward passes of
-    the restarts `found`, taken in order with their passes added up (`Search.history_passes`);
-    the first start when even it came later."""
-    best, offset = (found[0].history[0], found[0].start), 0
-    for s in found:
-        # a search read from a checkpoint written before its steps were timed: only its end is known
-        trace = zip(s.history, s.history_passes, s.history_triggers) if s.history_passes else \
-            [(s.objective, s.forward_passes, s.trigger)]
-        for objective, at, trigger in trace:
-            if offset + at > passes:
-                return list(best[1])
-            if objective > best[0]:
-                best = (objective, trigger)
-        offset += s.forward_passes
-    return list(best[1])
-
-
 def run(ctx: AttackContext, params, name: str, ascend) -> list[AttackResult]:
     """A trigger searched with `ascend` on each model, scored on every model (its own: kind
     "attack"; the others: "transfer"), every restart's final trigger on every model ("restart"),
-    the budget curve on the source model ("budget"), plus `params.controls` random triggers
-    ("control"). Rows come in that order of kinds.
+    the budget curve on every model ("budget"), plus `params.controls` random triggers ("control").
 
+    Rows come in that order: the attack and transfer rows of each searched model in turn (every
+    model in ctx.models order), then per searched model its restart rows (by restart, then model)
+    and its budget rows (by fraction, then model), then the control rows (by draw, then model).
     Searches "attack_opt" (its first `opt_examples`, 0: all), reports on "test". The search runs
     in the context's precision; every reported NLL is scored in fp32.
     """
     opt_all = ctx.split("attack_opt")
     opt = opt_all[:params.opt_examples or None]
-    saved = (ctx.checkpoint.restore() or {}).get(name, {}) if ctx.checkpoint else {}
-    results, later = [], []
-    for source, model in ctx.models.items():
-        found = _search(ctx, params, name, ascend, source, opt, saved)
-        with ctx.searching():
-            trigger, extra = select(model, ctx.tokenizer, found, opt_all, ctx.examples["test"], ctx.n_cont,
-                                    ctx.batch_size, rescore=len(opt) < len(opt_all))
-            agree = _guidance(ctx, model, trigger, opt, params)
-        rows = _evaluate(ctx, name, trigger, source=source, ranking=params.ranking,
-                         guidance_spearman=agree.spearman, guidance_n=agree.n, budget=ctx.budget,
-                         forward_passes=sum(s.forward_passes for s in found) + extra,
-                         candidate_evals=sum(s.candidate_evals for s in found))
+    results, later, scored = [], [], curves.Scored()
+    for source, (found, stop) in _searches(ctx, params, name, ascend, opt).items():
+        rows = _report(ctx, params, name, source, found, stop, opt)
+        restarts = trigger_rows.restarts(ctx, name, found, source, params.ranking, stop.budget)
+        scored.add(rows + restarts)  # the curve reuses these scores where its triggers are the same
+        before = scored.new
+        curve = curves.curve(ctx, name, found, rows[0].trigger_ids, source, rows[0].forward_passes, params.ranking,
+                             stop.budget, scored)
+        ctx.log(f"[{name}] {source}: budget curve ({scored.new - before} triggers scored anew): "
+                + curves.summary(curve))
         results += rows
-        ctx.log(f"[{name}] {source}: trigger {ctx.tokenizer.decode(trigger)!r} after {rows[0].candidate_evals} "
-                f"candidates and {rows[0].forward_passes} forward passes ({params.ranking} ranking), attack_opt NLL "
-                f"{max(s.objective for s in found):.3f}; gradient guidance Spearman {agree.spearman:.2f} over "
-                f"{agree.n} swaps; test " + _summary(rows))
-        later += _restarts(ctx, name, found, source, params.ranking)
-        later += _curve(ctx, name, found, trigger, source, rows[0].forward_passes, params.ranking)
-    _opt_dnll(ctx, [r for r in results + later if r.kind in ("attack", "transfer", "restart")])
-    return results + later + _controls(ctx, name, params)
+        later += restarts + curve
+    trigger_rows.opt_dnll(ctx, [r for r in results + later if r.kind in ("attack", "transfer", "restart")])
+    return results + later + trigger_rows.controls(ctx, name, params)
 
 
-def _search(ctx: AttackContext, params, name: str, ascend, source: str, opt: torch.Tensor,
-            saved: dict) -> list[Search]:
-    """The restarts against model `source`, continued from `saved` (a checkpoint's restarts and RNG) where
-    there is one; every trigger is kept re-tokenizable before all the examples it will be scored on."""
+def _report(ctx: AttackContext, params, name: str, source: str, found: list[Search], stop: budgets.Stop,
+            opt: torch.Tensor) -> list[AttackResult]:
+    """The search's reported trigger (`select`) scored on every model: its "attack" and "transfer" rows,
+    the attack row carrying where the auto budget stopped."""
+    opt_all, model = ctx.split("attack_opt"), ctx.models[source]
+    with ctx.searching():
+        trigger, extra = select(model, ctx.tokenizer, found, opt_all, ctx.examples["test"], ctx.n_cont,
+                                ctx.batch_size, rescore=len(opt) < len(opt_all))
+        agree = _guidance(ctx, model, trigger, opt, params)
+    rows = trigger_rows.evaluate(ctx, name, trigger, source=source, ranking=params.ranking,
+                                 guidance_spearman=agree.spearman, guidance_n=agree.n, budget=stop.budget,
+                                 forward_passes=sum(s.forward_passes for s in found) + extra,
+                                 candidate_evals=sum(s.candidate_evals for s in found))
+    for r in rows:
+        if r.kind == "attack":
+            r.budget_converged_at, r.budget_capped = stop.converged_at, stop.capped
+    ctx.log(f"[{name}] {source}: trigger {ctx.tokenizer.decode(trigger)!r} after {rows[0].candidate_evals} "
+            f"candidates and {rows[0].forward_passes} forward passes ({params.ranking} ranking)"
+            f"{_stopped(ctx, stop)}, attack_opt NLL {max(s.objective for s in found):.3f}; gradient guidance "
+            f"Spearman {agree.spearman:.2f} over {agree.n} swaps; test " + trigger_rows.summary(rows))
+    return rows
+
+
+def _stopped(ctx: AttackContext, stop: budgets.Stop) -> str:
+    """Where an auto budget stopped, for the attack's log line ("" for a fixed budget)."""
+    if ctx.budget != "auto":
+        return ""
+    where = f"converged at {stop.converged_at:,}" if stop.converged_at else f"hit the cap of {ctx.max_budget:,}"
+    return f" within the auto budget {stop.budget:,} ({where})"
+
+
+def _searches(ctx: AttackContext, params, name: str, ascend, opt: torch.Tensor) -> dict:
+    """source -> (its restarts, budgets.Stop) for every model: each searched to the fixed budget, or with
+    the auto budget doubled until it converges or hits the cap, then all brought up to the largest
+    budget any of them reached (equal passes against every model)."""
+    saved = (ctx.checkpoint.restore() or {}).get(name, {}) if ctx.checkpoint else {}
+    run_to = {source: _runner(ctx, params, name, ascend, source, opt, saved) for source in ctx.models}
+    if ctx.budget != "auto":
+        return {source: (go(ctx.budget), budgets.Stop(ctx.budget)) for source, go in run_to.items()}
+    stops = {source: budgets.auto(go, _opt_nll(ctx, source, opt), ctx.auto_start, ctx.max_budget, ctx.seed,
+                                  log=lambda msg, s=source: ctx.log(f"[{name}] {s}: {msg}"))
+             for source, go in run_to.items()}
+    final = max(stop.budget for stop in stops.values())
+    return {source: (go(final), dataclasses.replace(stops[source], budget=final)) for source, go in run_to.items()}
+
+
+def _runner(ctx: AttackContext, params, name: str, ascend, source: str, opt: torch.Tensor, saved: dict):
+    """run_to(budget) -> the restarts against model `source` continued to `budget` passes (0: its own
+    restarts). Continued from `saved` (a checkpoint's restarts and RNG) where there is one: a stage
+    the checkpoint already covers is read back from its restarts (budgets.started_within), later ones
+    are searched; every trigger is kept re-tokenizable before all the examples it will be scored on."""
     rng = np.random.default_rng([ctx.seed, 0])  # the same random starts for every model
+    known = [Search(**f) for f in saved.get(source, {}).get("found", [])]
     if source in saved:
         rng.bit_generator.state = saved[source]["rng"]
-        ctx.log(f"[{name}] {source}: continuing after {len(saved[source]['found'])} finished restarts")
+        ctx.log(f"[{name}] {source}: continuing after {len(known)} finished restarts")
     survive = np.concatenate([ctx.examples["attack_opt"], ctx.examples["test"]])
-    with ctx.searching():
-        return search(ctx.models[source], ctx.tokenizer, opt, ctx.allowed, params, rng, ctx.n_cont, ctx.batch_size,
-                      ascend, log=lambda msg: ctx.log(f"[{name}] {source}: {msg}"),
-                      done=[Search(**f) for f in saved.get(source, {}).get("found", [])],
-                      on_restart=_saver(ctx.checkpoint, name, saved, source, rng) if ctx.checkpoint else None,
-                      survive=survive, budget=ctx.budget)
+    on_restart = _saver(ctx.checkpoint, name, saved, source, rng) if ctx.checkpoint else None
+
+    def run_to(budget: int) -> list[Search]:
+        nonlocal known
+        with ctx.searching():
+            found = search(ctx.models[source], ctx.tokenizer, opt, ctx.allowed, params, rng, ctx.n_cont,
+                           ctx.batch_size, ascend, log=lambda msg: ctx.log(f"[{name}] {source}: {msg}"),
+                           done=budgets.started_within(known, budget), on_restart=on_restart, survive=survive,
+                           budget=budget)
+        known = found if len(found) > len(known) else known
+        return found
+    return run_to
 
 
-def _restarts(ctx: AttackContext, name: str, found: list[Search], source: str, ranking: str) -> list[AttackResult]:
-    """Every restart's final trigger (trial: the restart), scored on every model (kind "restart")."""
-    return [r for i, s in enumerate(found)
-            for r in _evaluate(ctx, name, s.trigger, source=source, trial=i, kind="restart", ranking=ranking,
-                               forward_passes=s.forward_passes, candidate_evals=s.candidate_evals,
-                               budget=ctx.budget)]
+def _opt_nll(ctx: AttackContext, source: str, opt: torch.Tensor):
+    """nll(trigger) -> (B,) float64: the trigger's NLL on each optimisation example opt (B, T) on model
+    `source`, in fp32 (a measurement for the auto budget's test, not attack compute); each trigger once."""
+    seen = {}
 
-
-def _curve(ctx: AttackContext, name: str, found: list[Search], trigger: list[int], source: str, passes: int,
-           ranking: str) -> list[AttackResult]:
-    """The budget curve against `source` (kind "budget", trial: the index in BUDGET_FRACTIONS): at each
-    fraction of the passes spent (of the budget where one is set) the best trigger by search
-    objective so far (`best_within`), scored on `source` only; at fraction 1 the reported
-    `trigger`, with the attack row's `passes`, so that the curve ends at the attack's own number."""
-    total, out = ctx.budget or sum(s.forward_passes for s in found), []
-    for i, fraction in enumerate(BUDGET_FRACTIONS):
-        last = fraction >= 1
-        chosen = trigger if last else best_within(found, fraction * total)
-        attacked = prepend(torch.tensor(chosen, device=ctx.device), ctx.test)
-        out += score_attacked(name, {source: ctx.models[source]}, ctx.tokenizer, attacked, ctx.test, ctx.clean,
-                              ctx.n_cont, ctx.batch_size, source=source, trial=i, kind="budget",
-                              clean_halves=ctx.clean_halves, trigger_ids=list(chosen), trigger_text=ctx.tokenizer.decode(chosen), ranking=ranking,
-                              forward_passes=passes if last else int(round(fraction * total)),
-                              budget=ctx.budget, budget_fraction=float(fraction))
-    ctx.log(f"[{name}] {source}: budget curve " + ", ".join(
-        f"{r.budget_fraction:g} {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in out))
-    return out
-
-
-@torch.no_grad()
-def _opt_dnll(ctx: AttackContext, rows: list[AttackResult]):
-    """Set each row's `opt_dnll`: its trigger's mean attacked minus clean NLL over all of attack_opt on
-    its model, in fp32 (outside the search's precision); each trigger scored once per model."""
-    opt, clean = ctx.split("attack_opt"), ctx.clean_opt()
-    for model in {r.model for r in rows}:
-        mine = [r for r in rows if r.model == model]
-        triggers = sorted({tuple(r.trigger_ids) for r in mine})
-        attacked = score_triggers(ctx.models[model], torch.tensor(triggers, device=ctx.device), opt, ctx.n_cont,
-                                  ctx.batch_size).double().mean(dim=1)
-        damage = dict(zip(triggers, (attacked - float(np.mean(clean[model], dtype=np.float64))).tolist()))
-        for r in mine:
-            r.opt_dnll = damage[tuple(r.trigger_ids)]
+    def nll(trigger: list[int]) -> np.ndarray:
+        key = tuple(trigger)
+        if key not in seen:
+            seen[key] = score_triggers(ctx.models[source], torch.tensor([key], device=ctx.device), opt, ctx.n_cont,
+                                       ctx.batch_size)[0].double().numpy()
+        return seen[key]
+    return nll
 
 
 def _guidance(ctx: AttackContext, model, trigger: list[int], opt: torch.Tensor, params) -> guidance.Agreement:
@@ -347,21 +351,6 @@ def _guidance(ctx: AttackContext, model, trigger: list[int], opt: torch.Tensor, 
     rng = np.random.default_rng([ctx.seed, 3])
     return guidance.trigger_agreement(model, torch.tensor(trigger, device=ctx.device), opt, ctx.n_cont, ctx.allowed,
                                       params.guidance_sample, rng, ctx.batch_size)
-
-
-def _controls(ctx: AttackContext, name: str, params) -> list[AttackResult]:
-    """`params.controls` random triggers of the trigger's length, each scored on every model
-    (kind "control"): the same triggers, examples and position for every model. Each attack draws
-    its own (its name, by a stable hash, is part of the seed): attacks' controls are independent
-    samples, so that two attacks' "above control" numbers do not share one draw."""
-    rng, results = np.random.default_rng([ctx.seed, 1, zlib.crc32(name.encode())]), []
-    for trial in range(params.controls):
-        trigger = sample_trigger(rng, ctx.allowed, params.trigger_len, ctx.tokenizer, ctx.examples["test"],
-                                 params.max_tries)
-        rows = _evaluate(ctx, name, trigger, trial=trial)
-        results += rows
-        ctx.log(f"[{name}] control {trial + 1}/{params.controls} {ctx.tokenizer.decode(trigger)!r}: " + _summary(rows))
-    return results
 
 
 def _saver(checkpoint, name: str, saved: dict, source: str, rng: np.random.Generator):
@@ -381,15 +370,3 @@ def _plain(s: Search) -> dict:
             "candidate_evals": int(s.candidate_evals), "start": [int(t) for t in s.start],
             "history_passes": [int(p) for p in s.history_passes],
             "history_triggers": [[int(t) for t in trigger] for trigger in s.history_triggers]}
-
-
-def _evaluate(ctx: AttackContext, name: str, trigger: list[int], source: str = "", trial: int = 0,
-              **fields) -> list[AttackResult]:
-    """`trigger` before every test example (N, T), scored on every model (AttackContext.score)."""
-    attacked = prepend(torch.tensor(trigger, device=ctx.device), ctx.test)
-    return ctx.score(name, attacked, source=source, trial=trial, trigger_ids=list(trigger),
-                     trigger_text=ctx.tokenizer.decode(trigger), **fields)
-
-
-def _summary(rows: list[AttackResult]) -> str:
-    return ", ".join(f"{r.model} dNLL {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in rows)
