@@ -291,7 +291,9 @@ class AttackConfig:
     """Forward passes that every per-input search (hotflip, random_flips) spends on each example
     against each model, gradient passes included: a search that finds no better flip among its
     candidates widens to the next ones instead of stopping, so that both models get the same compute
-    per example. 0: no budget, each search stops at its flip budget or when no flip helps."""
+    per example (monollm.attacks.flip_budget), and records a budget curve. 0: no budget, each search
+    stops at its flip budget or when no flip helps, and has no curve. Required (> 0) when `attacks`
+    lists random_flips."""
     curve_points: int = 8
     """Points of every search's budget curve: the best-so-far perturbation at fractions
     2**-(curve_points - 1), ..., 1/4, 1/2, 1 of its forward passes (log-spaced, so that the last
