@@ -4,8 +4,11 @@ For every test example, up to F flips, one at a time: each round a set of candid
 (position, token) swaps is scored exactly in batches (all still-active examples together),
 and the best one is accepted if it raises the loss and the flipped text survives
 decode -> encode. An example stops at F flips or when no candidate raises its loss. Only
-context tokens are ever flipped; the continuation is what is scored. How the candidates are
-chosen is `ranking`; acceptance is the same for every ranking:
+context tokens are ever flipped; the continuation is what is scored. With attack.edit_budget
+the search is monollm.attacks.flip_budget's instead: the same rounds, at exactly that many
+forward passes per example (an example that finds nothing better widens to further candidates,
+and never changes more than F positions), with a budget curve. How the candidates are chosen
+is `ranking`; acceptance is the same for every ranking:
 
 * "gradient": the gradient of the example's continuation loss w.r.t. its one-hot context ranks
   every allowed swap by the first-order gain grad[v] - grad[current]; the top `candidates` are
@@ -24,8 +27,9 @@ exact loss change over `guidance_sample` random swaps in all, spread over the ex
 attack and transfer rows; it is a measurement, not attack compute, so its forward passes are
 logged but not counted in the rows' `forward_passes`.
 
-Two random controls per model the flips were found on (S), `controls` draws each, every draw
-scored on every model (M), rows `source_model` S:
+Two random controls per model the flips were found on (S), `controls` draws each (16 by
+default: the per-input family's control needs at least 16), every draw scored on every model
+(M), rows `source_model` S:
 
 * "control" (primary): per example, exactly the positions the attack on S changed, each set
   to a random allowed token other than the clean one. Holds fixed the examples, the flip
@@ -38,7 +42,8 @@ scored on every model (M), rows `source_model` S:
   and the scoring model; positions and tokens are random.
 
 Every random draw is redrawn until its text survives decode -> encode, like the attack's.
-Transfer scores the inputs found on one model on every other model.
+Transfer scores the inputs found on one model on every other model. `random_flips`
+(monollm.attacks.random_flips) is this attack with ranking "random", under its own name.
 """
 from __future__ import annotations
 
