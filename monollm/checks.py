@@ -184,6 +184,10 @@ def _check_attack(a, attacks):
     require(a.budget == "auto" or a.budget > 0 or "random_search" not in attacks, "attack.budget",
             "must be set (> 0 or \"auto\") when attacks lists \"random_search\": it is compared with uat and gcg "
             "at equal forward passes, which only a budget gives")
+    # so is random_flips with hotflip, per example
+    require(a.edit_budget > 0 or "random_flips" not in attacks, "attack.edit_budget",
+            "must be set (> 0) when attacks lists \"random_flips\": it is compared with hotflip at equal "
+            "forward passes per example, which only a budget gives")
     require(all(t > 0 for t in a.thresholds), "attack.thresholds", "must all be positive")
     one_of(a.search_precision, ("auto", "bf16", "fp32"), "attack.search_precision")
     require(len(a.tokens) > 0, "attack.tokens", "is empty: name at least one threat model (\"round_trip\", "

@@ -299,7 +299,9 @@ class AttackConfig:
     """Forward passes that every per-input search (hotflip, random_flips) spends on each example
     against each model, gradient passes included: a search that finds no better flip among its
     candidates widens to the next ones instead of stopping, so that both models get the same compute
-    per example. 0: no budget, each search stops at its flip budget or when no flip helps."""
+    per example (monollm.attacks.flip_budget), and records a budget curve. 0: no budget, each search
+    stops at its flip budget or when no flip helps, and has no curve. Required (> 0) when `attacks`
+    lists random_flips."""
     compute_targets: tuple[float, ...] = ()
     """Damage levels (nats per continuation token above control) at which the attacker's compute
     multiplier is read: the forward passes each model's worst case needs to reach each level

@@ -50,7 +50,7 @@ def run_flow(profile: str = MICRO, cwd: str = _HOME, **params):
         return running.run
 
 
-ATTACKS = 'attacks = ["uat", "hotflip", "gcg", "random_search"]'
+ATTACKS = 'attacks = ["uat", "hotflip", "random_flips", "gcg", "random_search"]'
 """The micro profile's attacks line (micro_variant changes replace it)."""
 LEAN = {'tasks = ["corpus_cloze", "corpus_choice"]': "tasks = []",
         "[eval.order]\nenabled = true": "[eval.order]\nenabled = false", ATTACKS: 'attacks = ["uat", "hotflip"]'}

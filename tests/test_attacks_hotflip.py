@@ -10,7 +10,7 @@ import torch
 
 from attack_models import CONT, CONTEXT, examples, model, plant, tokenizer, unused_symbol
 from monollm.attacks import attack_config, run_attack
-from monollm.attacks import hotflip
+from monollm.attacks import flip_budget, hotflip
 from monollm.attacks.common import allowed_tokens, continuation_nll, retokenized, rows_survive
 from monollm.errors import ConfigError
 
@@ -241,3 +241,208 @@ def test_exact_ranking_finds_a_planted_weakness_at_least_as_well_as_gradient():
     assert all(token in row[CONTEXT - 2:CONTEXT].tolist() for row in exact.ids)
     assert (exact.loss - exact.history[0] > 10).all()
     assert (exact.loss >= grad.loss - 1e-3).all()  # both saturate the planted sink (~56.6 nats)
+
+
+# --- the edit budget (monollm.attacks.flip_budget) ------------------------------------------------
+
+BUDGETED = hotflip.HotFlipConfig(max_flips=2, candidates=5, controls=2, guidance_sample=0)
+
+
+def budgeted(m, params=BUDGETED, budget=40, allowed=None, seed=0):
+    tok, test = tokenizer(), torch.as_tensor(examples(8, 0))
+    allowed = allowed_tokens(tok, 320) if allowed is None else allowed
+    return test, flip_budget.budgeted_search(m, tok, test, allowed, CONTEXT, CONT, params, 16, budget,
+                                             np.random.default_rng(seed))
+
+
+def counted(monkeypatch):
+    """Count the sequences that really go through a model in flip_budget: scored rows and gradient rows."""
+    seen = {"scored": 0, "gradient": 0}
+    score, grad = flip_budget.continuation_nll, flip_budget.onehot_grad
+
+    def scoring(model, ids, *a, **k):
+        seen["scored"] += len(ids)
+        return score(model, ids, *a, **k)
+
+    def gradient(model, ids, *a, **k):
+        seen["gradient"] += len(ids)
+        return grad(model, ids, *a, **k)
+
+    monkeypatch.setattr(flip_budget, "continuation_nll", scoring)
+    monkeypatch.setattr(flip_budget, "onehot_grad", gradient)
+    return seen
+
+
+@pytest.mark.parametrize("ranking", ["gradient", "random"])
+def test_budgeted_passes_are_the_budget_on_every_example_of_both_models(monkeypatch, ranking):
+    params = dataclasses.replace(BUDGETED, ranking=ranking)
+    for seed in (0, 1):  # two models: neither runs out of its 12 x ~290 swaps in 40 passes
+        seen = counted(monkeypatch)
+        test, found = budgeted(model(seed), params, budget=40)
+        assert found.passes.tolist() == [40] * 8  # 40 is no multiple of a round: the last one is cut to fit
+        # every sequence through the model counted, once: clean scoring, gradients, candidates
+        assert seen["scored"] + seen["gradient"] == found.forward_passes == 8 * 40
+        assert found.candidate_evals == seen["scored"] - 8
+        if ranking == "random":
+            assert seen["gradient"] == 0
+        else:  # one gradient pass per input an example ranked: its clean one, and each flip accepted before
+            # the budget ran out (a flip accepted in the very last round is never ranked)
+            ranked = sum(int(((after != before).any(dim=1).numpy() & (spent < 40)).sum())
+                         for (_, before), (spent, after) in zip(found.trail, found.trail[1:]))
+            assert seen["gradient"] == 8 + ranked
+
+
+def test_changed_positions_never_exceed_max_flips_and_only_those_are_searched_after():
+    for ranking in ("gradient", "random"):
+        params = dataclasses.replace(BUDGETED, max_flips=1, ranking=ranking)
+        test, found = budgeted(model(0), params, budget=80)
+        ever = torch.stack([ids != test for _, ids in found.trail]).any(dim=0)  # (N, T): changed at any point
+        # once one position is changed only it is searched; going back to the clean token never raises the
+        # loss above what was accepted, so no example ever touches a second position
+        assert (ever.sum(dim=1) <= 1).all() and ever.any()
+        assert found.passes.tolist() == [80] * 8
+
+
+def test_open_positions_by_hand():
+    clean = torch.zeros(3, CONTEXT + CONT, dtype=torch.long)
+    ids = clean.clone()
+    ids[1, [2, 7]] = 5  # two changed positions
+    ids[2, [CONTEXT - 1]] = 5  # one, the last context position
+    two = flip_budget.open_positions(ids, clean, CONTEXT, dataclasses.replace(BUDGETED, max_flips=2))
+    assert two[0].all() and two[1].nonzero().flatten().tolist() == [2, 7] and two[2].all()
+    one = flip_budget.open_positions(ids, clean, CONTEXT, dataclasses.replace(BUDGETED, max_flips=1))
+    assert one[1].nonzero().flatten().tolist() == [2, 7] and one[2].nonzero().flatten().tolist() == [CONTEXT - 1]
+    exact = flip_budget.open_positions(ids, clean, CONTEXT, hotflip.HotFlipConfig(max_flips=2, ranking="exact",
+                                                                                   exact_positions=2))
+    assert exact[0].nonzero().flatten().tolist() == [CONTEXT - 2, CONTEXT - 1]
+    assert exact[1].sum() == 0 and exact[2].nonzero().flatten().tolist() == [CONTEXT - 2, CONTEXT - 1]
+
+
+def test_an_example_that_runs_out_of_swaps_stops_before_the_budget():
+    """Two allowed tokens, exact ranking at the last position, one flip: the clean pass, both swaps in
+    one round, and, where one raised the loss, the other token in its place (it cannot raise it
+    further, being the lesser of the two): 3 passes where neither helped, else 4, far below 100."""
+    tok, m, test = tokenizer(), model(0), torch.as_tensor(examples(8, 0))
+    a = unused_symbol()
+    b = unused_symbol(skip=(a,))
+    allowed = torch.zeros(320, dtype=torch.bool)
+    allowed[[a, b]] = True
+    params = hotflip.HotFlipConfig(max_flips=1, ranking="exact", exact_positions=1)
+    _, found = budgeted(m, params, budget=100, allowed=allowed)
+    clean = continuation_nll(m, test, CONT, 16)
+    best = torch.full((8,), float("-inf"))
+    for t in (a, b):
+        swapped = test.clone()
+        swapped[:, CONTEXT - 1] = t
+        best = torch.maximum(best, continuation_nll(m, swapped, CONT, 16))
+    assert found.passes.tolist() == torch.where(best > clean, 4, 3).tolist()
+    assert ((found.ids != test).sum(dim=1) == (best > clean).long()).all()
+
+
+def test_widening_finds_a_swap_ranked_below_the_first_candidates(monkeypatch):
+    """A planted ranking: on each clean input the first 5 swaps by "gain" lower the loss (measured
+    here), the 6th puts the planted token in; nothing else is ranked. The unbudgeted search stops
+    after its first round; the budgeted one widens to the 6th and takes it, with no new gradient."""
+    token = unused_symbol()
+    weak = plant(model(0), token, sink=unused_symbol(skip=(token,)))
+    tok, test = tokenizer(), torch.as_tensor(examples(8, 0))
+    clean = continuation_nll(weak, test, CONT, 16)
+    table = {}
+    for row, ids in enumerate(test):  # 5 swaps that lower the loss, found by exact scoring
+        cands = ids.repeat(CONTEXT * 4, 1)
+        pos, toks = torch.arange(CONTEXT).repeat_interleave(4), torch.tensor([40, 41, 42, 43]).repeat(CONTEXT)
+        cands[torch.arange(len(cands)), pos] = toks
+        keep = (continuation_nll(weak, cands, CONT, 64) < clean[row]) & (cands[torch.arange(len(cands)), pos] != ids[pos])
+        lower = [(int(p), int(t)) for p, t in zip(pos[keep], toks[keep])][:5]
+        assert len(lower) == 5
+        table[tuple(ids[:CONTEXT].tolist())] = lower + [(0, token)]
+
+    def planted(grad, current, allowed):
+        gain = torch.full((len(current), CONTEXT, 320), float("-inf"))
+        for r, ctx in enumerate(current):
+            for rank, (p, t) in enumerate(table.get(tuple(ctx.tolist()), [])):
+                gain[r, p, t] = 100.0 - rank
+        return gain
+
+    monkeypatch.setattr(flip_budget, "flip_scores", planted)
+    monkeypatch.setattr(hotflip, "flip_scores", planted)
+    params = hotflip.HotFlipConfig(max_flips=2, candidates=5)
+    plain = hotflip.search(weak, tok, test, allowed_tokens(tok, 320), CONTEXT, CONT, params, 16)
+    assert torch.equal(plain.ids, test) and len(plain.history) == 2  # one round, nothing better: stopped
+    seen = counted(monkeypatch)
+    _, found = budgeted(weak, params, budget=100)
+    assert (found.ids[:, 0] == token).all() and ((found.ids != test).sum(dim=1) == 1).all()
+    assert (found.loss - clean > 10).all()
+    # clean pass, gradient, 5 + 1 candidates (widened), then the new input ranked: nothing left to try
+    assert found.passes.tolist() == [1 + 1 + 5 + 1 + 1] * 8 and seen["gradient"] == 16
+
+
+def test_curve_inputs_by_hand():
+    """Three examples of T = 1 token, four points of a search with a budget of 8 passes each."""
+    ids = lambda *v: torch.tensor(v)[:, None]  # noqa: E731
+    trail = [(np.array([1, 1, 1]), ids(10, 20, 30)),   # the clean inputs
+             (np.array([3, 4, 2]), ids(11, 20, 31)),
+             (np.array([5, 8, 2]), ids(12, 21, 31)),   # the third example ran out of swaps at 2 passes
+             (np.array([8, 8, 2]), ids(13, 21, 31))]
+    found = flip_budget.Flips(ids(13, 21, 31), torch.zeros(3), [torch.zeros(3)] * 4, forward_passes=18,
+                              passes=np.array([8, 8, 2]), trail=trail)
+    got = flip_budget.curve_inputs(found, (0.125, 0.25, 0.5, 1.0), budget=8)
+    # limits 1, 2, 4, 8 passes: the last point within each, per example; passes: min(limit, spent), summed
+    assert [g[0].flatten().tolist() for g in got] == [[10, 20, 30], [10, 20, 31], [11, 20, 31], [13, 21, 31]]
+    assert [g[1] for g in got] == [1 + 1 + 1, 2 + 2 + 2, 4 + 4 + 2, 8 + 8 + 2]
+    # without a budget the fractions are of what each example spent (8, 8, 2): limits 4, 4, 1 at one half
+    half = flip_budget.curve_inputs(found, (0.5,), budget=0)[0]
+    assert half[0].flatten().tolist() == [11, 20, 30] and half[1] == 4 + 4 + 1
+
+
+@pytest.fixture(scope="module")
+def curved():
+    models = {"baseline": model(0), "monotonic": model(1)}
+    return run_attack("hotflip", models, tokenizer(), {"test": examples(8, 0)}, CONT, 16, BUDGETED, seed=0,
+                      log=lambda _: None, edit_budget=30, curve_points=4)
+
+
+def test_budget_curve_rows(curved):
+    own = {r.source_model: r for r in curved if r.kind == "attack"}
+    assert {r.budget for r in curved if r.kind in ("attack", "transfer", "budget")} == {30}
+    assert {r.forward_passes for r in own.values()} == {8 * 30}  # equal passes on both models
+    for source in own:
+        curve = [r for r in curved if r.kind == "budget" and r.source_model == source]
+        assert len(curve) == 4 * 2  # 4 fractions, each scored on both models
+        for target in own:
+            points = sorted((r for r in curve if r.model == target), key=lambda r: r.trial)
+            assert [r.trial for r in points] == [0, 1, 2, 3]
+            assert [r.budget_fraction for r in points] == [0.125, 0.25, 0.5, 1.0]
+            assert [r.forward_passes for r in points] == [8 * 3, 8 * 7, 8 * 15, 8 * 30]
+            assert np.array_equal(points[-1].attacked_ids, own[source].attacked_ids)
+            assert np.array_equal(points[-1].n_changed, own[source].n_changed)
+            if target == source:  # the search only climbs: never lower on the model it searched
+                nll = np.stack([r.attacked_nll for r in points])
+                assert (np.diff(nll, axis=0) >= -1e-5).all() and (nll[-1] > nll[0]).any()
+                assert np.allclose(points[0].attacked_nll, points[0].clean_nll)  # 3 passes: nothing flipped yet
+                assert np.allclose(points[-1].attacked_nll, own[source].attacked_nll)
+
+
+def test_budget_curve_scores_identical_inputs_once(monkeypatch):
+    """8 points of 30 passes: up to 1/8 (3 passes, before the first round of 1 + 1 + 5 ends) every
+    example holds its clean input, so the first five points are one input; the last is the attack's."""
+    from monollm.attacks import common
+
+    calls = []
+    score = common.AttackContext.score
+    monkeypatch.setattr(common.AttackContext, "score",
+                        lambda self, attack, attacked, **kw: calls.append(kw.get("kind", "")) or score(
+                            self, attack, attacked, **kw))
+    params = dataclasses.replace(BUDGETED, controls=1)
+    rows = run_attack("hotflip", {"baseline": model(0), "monotonic": model(1)}, tokenizer(), {"test": examples(8, 0)},
+                      CONT, 16, params, seed=0, log=lambda _: None, edit_budget=30, curve_points=8)
+    assert len([r for r in rows if r.kind == "budget"]) == 8 * 2 * 2
+    expected = 0
+    for source in ("baseline", "monotonic"):
+        curve = sorted((r for r in rows if r.kind == "budget" and r.source_model == source and r.model == source),
+                       key=lambda r: r.trial)
+        assert all(np.array_equal(r.attacked_ids, r.input_ids) for r in curve[:5])
+        distinct = {r.attacked_ids.tobytes() for r in curve} - {curve[-1].attacked_ids.tobytes()}
+        assert len(distinct) <= 8 - 5
+        expected += 1 + len(distinct)  # the attack's own inputs, then each new curve input once
+    assert calls.count("") == expected

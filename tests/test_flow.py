@@ -102,8 +102,8 @@ def test_gradient_attacks_rows_controls_transfer_and_compute(micro_run):
     a, cfg = data.attacks, data.resolved_config
     for attack in ("uat", "hotflip", "gcg"):
         rows = a[a.attack == attack]
-        # hotflip's second control; the trigger searches' restarts and budget curve
-        second = {"control_random_positions"} if attack == "hotflip" else {"restart", "budget"}
+        # hotflip's second control and budget curve; the trigger searches' restarts and budget curve
+        second = {"control_random_positions", "budget"} if attack == "hotflip" else {"restart", "budget"}
         assert set(rows["kind"]) == {"attack", "control", "transfer"} | second
         own = rows[rows.kind == "attack"]
         assert (own["model"] == own["source_model"]).all()

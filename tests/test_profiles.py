@@ -107,6 +107,20 @@ def test_paper_scale_profiles(path):
 PAPER = [p for p in PROFILES if os.path.basename(p).split("-")[0] in ("pythia", "qwen2.5", "llama")]
 
 
+@pytest.mark.parametrize("path", PROFILES + [MICRO], ids=os.path.basename)
+def test_per_input_edits_run_at_equal_passes_with_a_gradient_free_member(path):
+    """random_flips beside hotflip everywhere, with hotflip's flips and candidates, under one edit budget
+    that covers at least the clean scoring and one full round of hotflip, and 16 control draws each."""
+    cfg = config.load_file(path)
+    hot, rand = cfg.attack.params["hotflip"], cfg.attack.params["random_flips"]
+    assert {"hotflip", "random_flips"} <= set(cfg.attacks)
+    assert (rand.max_flips, rand.candidates, rand.ranking) == (hot.max_flips, hot.candidates, "random")
+    assert hot.controls == rand.controls == 16
+    assert cfg.attack.edit_budget >= 1 + 1 + hot.candidates
+    if path in PAPER:  # hotflip's most without a budget: the clean pass and max_flips rounds of 1 + candidates
+        assert cfg.attack.edit_budget == 1 + hot.max_flips * (1 + hot.candidates) == 86
+
+
 def test_the_paper_profiles_replace_contaminated_held_out_windows():
     assert len(PAPER) >= 5 and all(config.load_file(p).data.decontaminate for p in PAPER)
     assert not config.load_file(MICRO).data.decontaminate  # the default leaves the windows as drawn

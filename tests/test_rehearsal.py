@@ -46,7 +46,7 @@ def test_the_assets_have_pythias_shape(rehearsed):
 def test_the_run_completes_on_held_out_text(rehearsed):
     out, run = rehearsed
     data, pile = run.data, os.path.join(out, "pile")
-    attacks = {"uat", "hotflip", "gcg", "random", "random_search"}  # under both threat models, as the paper profiles
+    attacks = {"uat", "hotflip", "random_flips", "gcg", "random", "random_search"}  # under both threat models, as the paper profiles
     assert run.successful and set(data.attacks["attack"]) == attacks | {f"{a}@printable" for a in attacks}
     assert set(data.worst_case["threat_model"]) == {"round_trip", "printable"}
     assert "With printable tokens:" in " ".join(headline(data.findings))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from monollm.attacks import gcg as _gcg
 from monollm.attacks import hotflip as _hotflip
 from monollm.attacks import random as _random
+from monollm.attacks import random_flips as _random_flips
 from monollm.attacks import random_search as _random_search
 from monollm.attacks import uat as _uat
 from monollm.attacks.common import AttackResult, context
@@ -22,6 +23,7 @@ ATTACKS = {
     "hotflip": (_hotflip.HotFlipConfig, _hotflip.run),
     "gcg": (_gcg.GCGConfig, _gcg.run),
     "random_search": (_random_search.RandomSearchConfig, _random_search.run),
+    "random_flips": (_random_flips.RandomFlipsConfig, _random_flips.run),
 }
 
 

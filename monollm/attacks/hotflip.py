@@ -4,8 +4,11 @@ For every test example, up to F flips, one at a time: each round a set of candid
 (position, token) swaps is scored exactly in batches (all still-active examples together),
 and the best one is accepted if it raises the loss and the flipped text survives
 decode -> encode. An example stops at F flips or when no candidate raises its loss. Only
-context tokens are ever flipped; the continuation is what is scored. How the candidates are
-chosen is `ranking`; acceptance is the same for every ranking:
+context tokens are ever flipped; the continuation is what is scored. With attack.edit_budget
+the search is monollm.attacks.flip_budget's instead: the same rounds, at exactly that many
+forward passes per example (an example that finds nothing better widens to further candidates,
+and never changes more than F positions), with a budget curve. How the candidates are chosen
+is `ranking`; acceptance is the same for every ranking:
 
 * "gradient": the gradient of the example's continuation loss w.r.t. its one-hot context ranks
   every allowed swap by the first-order gain grad[v] - grad[current]; the top `candidates` are
@@ -24,8 +27,9 @@ exact loss change over `guidance_sample` random swaps in all, spread over the ex
 attack and transfer rows; it is a measurement, not attack compute, so its forward passes are
 logged but not counted in the rows' `forward_passes`.
 
-Two random controls per model the flips were found on (S), `controls` draws each, every draw
-scored on every model (M), rows `source_model` S:
+Two random controls per model the flips were found on (S), `controls` draws each (16 by
+default: the per-input family's control needs at least 16), every draw scored on every model
+(M), rows `source_model` S:
 
 * "control" (primary): per example, exactly the positions the attack on S changed, each set
   to a random allowed token other than the clean one. Holds fixed the examples, the flip
@@ -38,18 +42,22 @@ scored on every model (M), rows `source_model` S:
   and the scoring model; positions and tokens are random.
 
 Every random draw is redrawn until its text survives decode -> encode, like the attack's.
-Transfer scores the inputs found on one model on every other model.
+Transfer scores the inputs found on one model on every other model. `random_flips`
+(monollm.attacks.random_flips) is this attack with ranking "random", under its own name.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from monollm import progress
-from monollm.attacks.common import AttackContext, AttackResult, continuation_nll, rows_survive
+from monollm.attacks.common import AttackContext, AttackResult, continuation_nll, curve_fractions, rows_survive
+from monollm.attacks.flip_budget import Flips, accept, budgeted_search, curve_inputs, started
 from monollm.attacks.gradients import flip_scores, onehot_grad, with_flips
 from monollm.attacks.guidance import Agreement, flip_agreement
 
@@ -68,9 +76,11 @@ class HotFlipConfig:
     candidates: int = 16
     """(position, token) swaps re-scored exactly per example and flip: the top ones by first-order
     gain ("gradient" ranking) or random ones ("random"); unused by "exact"."""
-    controls: int = 4
+    controls: int = 16
     """Draws of each random control per model searched (module docstring): random tokens at the
-    attack's own positions (the primary control), and at as many random positions."""
+    attack's own positions (the primary control), and at as many random positions. At least 1; the
+    family control (the per-example maximum over as many draws as there are distinct members) needs
+    at least 16, so that an average over the draws no longer moves with the control sample."""
     max_tries: int = 100
     """Redraws of a random flip whose text does not survive decode -> encode."""
     ranking: str = "gradient"
@@ -84,6 +94,9 @@ class HotFlipConfig:
     change before each model's search (0: not measured). A total, not a number per example, so
     that the measurement's cost does not grow with attack.examples (64 examples: 64 each)."""
 
+    TABLE: ClassVar[str] = "attack.hotflip"
+    """The profile table the config comes from (named in check()'s messages)."""
+
     @property
     def prefix_len(self) -> int:
         """Tokens the attack prepends to a window: none (it flips tokens in place)."""
@@ -92,25 +105,12 @@ class HotFlipConfig:
     def check(self):
         for name in ("max_flips", "candidates", "controls", "max_tries", "exact_positions"):
             if getattr(self, name) < 1:
-                raise ValueError(f"attack.hotflip: {name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{self.TABLE}: {name} must be >= 1, got {getattr(self, name)}")
         if self.guidance_sample < 0:
-            raise ValueError(f"attack.hotflip: guidance_sample must be >= 0 (0: not measured), "
+            raise ValueError(f"{self.TABLE}: guidance_sample must be >= 0 (0: not measured), "
                              f"got {self.guidance_sample}")
         if self.ranking not in RANKINGS:
-            raise ValueError(f"attack.hotflip.ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
-
-
-@dataclass
-class Flips:
-    """What the search found on one model."""
-    ids: torch.Tensor
-    """(N, T) long: the attacked inputs (context flipped, continuation untouched)."""
-    loss: torch.Tensor
-    """(N,) float32: mean continuation NLL of each attacked input, as scored by the search."""
-    history: list[torch.Tensor]
-    """Loss (N,) before the first flip and after every round (never decreasing per example)."""
-    forward_passes: int = 0
-    candidate_evals: int = 0
+            raise ValueError(f"{self.TABLE}.ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
 
 
 def flip_round(model, tokenizer, ids: torch.Tensor, loss: torch.Tensor, allowed: torch.Tensor, context_len: int,
@@ -119,13 +119,13 @@ def flip_round(model, tokenizer, ids: torch.Tensor, loss: torch.Tensor, allowed:
     """At most one accepted flip per row of ids (A, T) whose current loss is `loss` (A,).
 
     The candidates are `propose`'s (params.ranking); rows are taken in groups whose candidates
-    fit CANDIDATE_ELEMENTS. Returns (new ids (A, T), new loss (A,), candidates scored, gradient
-    passes); a row with no improving, surviving candidate comes back unchanged (new loss == loss
+    fit CANDIDATE_ELEMENTS. Returns (new ids (A, T), new loss (A,), candidates scored per row (A,)
+    int64, gradient passes per row: 1 or 0); a row with no improving, surviving candidate comes back unchanged (new loss == loss
     marks it as finished).
     """
     k = n_candidates(params, int(allowed.sum()), context_len)
     step = max(1, CANDIDATE_ELEMENTS // (k * ids.shape[1]))
-    new_ids, new_loss, scored = ids.clone(), loss.clone(), 0
+    new_ids, new_loss, scored = ids.clone(), loss.clone(), []
     for start in range(0, len(ids), step):
         chunk, before = ids[start:start + step], loss[start:start + step]
         pos, tok, valid = propose(model, chunk, allowed, context_len, n_cont, params, batch_size, rng, k)
@@ -134,10 +134,10 @@ def flip_round(model, tokenizer, ids: torch.Tensor, loss: torch.Tensor, allowed:
         cand_loss, keep = torch.full((len(cands),), float("-inf")), valid.flatten()
         if keep.any():  # a swap that is not allowed (or keeps the token) is neither scored nor counted
             cand_loss[keep] = continuation_nll(model, cands[keep.to(cands.device)], n_cont, batch_size)
-        new_ids[start:start + step], new_loss[start:start + step] = _accept(
+        new_ids[start:start + step], new_loss[start:start + step] = accept(
             tokenizer, chunk, before, cands.view(len(chunk), k, -1), cand_loss.view(len(chunk), k))
-        scored += int(keep.sum())
-    return new_ids, new_loss, scored, len(ids) if params.ranking == "gradient" else 0
+        scored.append(keep.view(len(chunk), k).sum(dim=1).numpy())
+    return new_ids, new_loss, np.concatenate(scored).astype(np.int64), int(params.ranking == "gradient")
 
 
 def n_candidates(params: HotFlipConfig, n_allowed: int, context_len: int) -> int:
@@ -177,30 +177,6 @@ def propose(model, ids: torch.Tensor, allowed: torch.Tensor, context_len: int, n
     return flat // n, pool[flat % n], torch.ones(flat.shape, dtype=torch.bool)
 
 
-def _accept(tokenizer, ids, loss, cands, cand_loss):
-    """Per row, the highest-loss candidate above the current loss whose text survives re-tokenization.
-
-    cands: (A, k, T); cand_loss: (A, k). Survival is checked best-first, one batched
-    tokenizer call per rank, only for rows still undecided.
-    """
-    ids, loss = ids.clone(), loss.clone()
-    order = cand_loss.argsort(dim=1, descending=True)
-    undecided = torch.ones(len(ids), dtype=torch.bool)
-    for rank in range(cands.shape[1]):
-        pick = order[:, rank]
-        better = undecided & (cand_loss.gather(1, pick[:, None]).squeeze(1) > loss)
-        undecided &= better  # rows whose next best does not improve are done
-        rows = better.nonzero().flatten()
-        if not len(rows):
-            break
-        chosen = cands[rows.to(cands.device), pick[rows].to(cands.device)]
-        ok = torch.from_numpy(rows_survive(tokenizer, chosen.tolist()))
-        ids[rows[ok].to(ids.device)] = chosen[ok.to(chosen.device)]
-        loss[rows[ok]] = cand_loss[rows[ok], pick[rows[ok]]]
-        undecided[rows[ok]] = False
-    return ids, loss
-
-
 def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_len: int, n_cont: int,
            params: HotFlipConfig, batch_size: int, log=None, rng: np.random.Generator | None = None) -> Flips:
     """Up to `params.max_flips` flips per example of ids (N, T) long, all examples batched together.
@@ -210,22 +186,21 @@ def search(model, tokenizer, ids: torch.Tensor, allowed: torch.Tensor, context_l
         raise ValueError(f"attack.hotflip.exact_positions ({params.exact_positions}) must be at most the context "
                          f"length ({context_len} tokens, attack.context_len)")
     rng = np.random.default_rng(0) if rng is None else rng
-    loss, started = continuation_nll(model, ids, n_cont, batch_size), time.time()
-    found = Flips(ids.clone(), loss.clone(), [loss.clone()], forward_passes=len(ids))
+    found, t0 = started(model, ids, n_cont, batch_size), time.time()
     active = torch.arange(len(ids))  # CPU indices of examples still being flipped
     for flip in range(params.max_flips):
         if not len(active):
             break
         on_device, before = active.to(ids.device), found.loss[active]
-        new_ids, new_loss, scored, gradient_passes = flip_round(model, tokenizer, found.ids[on_device], before,
-                                                                allowed, context_len, n_cont, params, batch_size, rng)
-        found.forward_passes += gradient_passes + scored
-        found.candidate_evals += scored
+        new_ids, new_loss, scored, gradient = flip_round(model, tokenizer, found.ids[on_device], before,
+                                                         allowed, context_len, n_cont, params, batch_size, rng)
+        found.passes[active.numpy()] += gradient + scored
+        found.forward_passes, found.candidate_evals = int(found.passes.sum()), found.candidate_evals + int(scored.sum())
         found.ids[on_device], found.loss[active] = new_ids, new_loss
-        found.history.append(found.loss.clone())
+        found.mark()
         active = active[new_loss > before]
         if log:
-            log(progress.line("flip round", flip + 1, params.max_flips, started)
+            log(progress.line("flip round", flip + 1, params.max_flips, t0)
                 + f"; {len(active)}/{len(ids)} examples still gaining, {found.candidate_evals} candidates")
     return found
 
@@ -276,56 +251,92 @@ def _until_survive(ids: torch.Tensor, todo: np.ndarray, draw, tokenizer, max_tri
     raise RuntimeError(f"{len(todo)} examples got no random flips that survive decode -> encode in {max_tries} draws")
 
 
-def run(ctx: AttackContext, params: HotFlipConfig) -> list[AttackResult]:
+def run(ctx: AttackContext, params: HotFlipConfig, name: str = "hotflip") -> list[AttackResult]:
     """Flips searched on each model, scored on every model (its own: "attack"; others: "transfer"),
-    and for each of them `params.controls` draws of both random controls (module docstring),
-    each scored on every model with `source_model` the model the flips were found on.
+    for each of them `params.controls` draws of both random controls (module docstring), each
+    scored on every model with `source_model` the model the flips were found on, and, with
+    ctx.edit_budget, the budget curve (`_curve`). Rows are the attack `name`'s.
 
-    hotflip attacks the "test" examples (per example). The search (and the guidance measurement
+    The "test" examples are attacked (per example). The search (and the guidance measurement
     before it) runs in the context's precision; every reported NLL is scored in fp32. Every row
-    keeps its attacked inputs (`attacked_ids`); attack and transfer rows carry the ranking and the
-    source model's gradient guidance, controls the defaults.
+    keeps its attacked inputs (`attacked_ids`); attack and transfer rows carry the ranking, the
+    source model's gradient guidance and the budget, controls the defaults.
     """
-    test, results, rng = ctx.test, [], np.random.default_rng([ctx.seed, 2])
+    test, results, later, rng = ctx.test, [], [], np.random.default_rng([ctx.seed, 2])
     # own streams, so that the controls' draws do not depend on the ranking or the measurement
     guide_rng, search_rng = np.random.default_rng([ctx.seed, 3]), np.random.default_rng([ctx.seed, 4])
-
-    def score(attacked, source, **fields):
-        return ctx.score("hotflip", attacked, source=source, attacked_ids=attacked.cpu().numpy(), **fields)
-
     for source, model in ctx.models.items():
+        log = lambda msg, source=source: ctx.log(f"[{name}] {source}: {msg}")  # noqa: E731
         with ctx.searching():
-            agree = _guidance(ctx, source, model, params, guide_rng)
-            found = search(model, ctx.tokenizer, test, ctx.allowed, ctx.context_len, ctx.n_cont, params,
-                           ctx.batch_size, log=lambda msg, source=source: ctx.log(f"[hotflip] {source}: {msg}"),
-                           rng=search_rng)
-        positions = found.ids != test  # (N, T) bool: only context positions ever change
-        changed = positions.sum(dim=1).cpu().numpy()
-        rows = score(found.ids, source, n_changed=changed, forward_passes=found.forward_passes,
-                     candidate_evals=found.candidate_evals, ranking=params.ranking,
-                     guidance_spearman=agree.spearman, guidance_n=agree.n)
-        ctx.log(f"[hotflip] {source}: {changed.mean():.2f} flips per example, {found.candidate_evals} candidates; "
-                + _summary(rows))
-        for trial in range(params.controls):
-            # the same draw on every model: controls are paired across models, like the attack's inputs
-            at_positions = random_tokens_at(rng, test, positions, ctx.allowed, ctx.tokenizer, params.max_tries)
-            rows += score(at_positions, source, kind="control", trial=trial, n_changed=changed)
-            anywhere = random_flips(rng, test, changed, ctx.allowed, ctx.context_len, ctx.tokenizer, params.max_tries)
-            rows += score(anywhere, source, kind="control_random_positions", trial=trial, n_changed=changed)
-        ctx.log(f"[hotflip] controls for {source}'s flips ({params.controls} draws each): "
-                + _summary([r for r in rows if r.kind != "attack" and r.kind != "transfer"], mean_trials=True))
-        results += rows
-    return results
+            agree = _guidance(ctx, source, model, params, guide_rng, name)
+            found = (budgeted_search(model, ctx.tokenizer, test, ctx.allowed, ctx.context_len, ctx.n_cont, params,
+                                     ctx.batch_size, ctx.edit_budget, search_rng, log=log) if ctx.edit_budget else
+                     search(model, ctx.tokenizer, test, ctx.allowed, ctx.context_len, ctx.n_cont, params,
+                            ctx.batch_size, log=log, rng=search_rng))
+        changed = (found.ids != test).sum(dim=1).cpu().numpy()  # only context positions ever change
+        rows = ctx.score(name, found.ids, source=source, attacked_ids=found.ids.cpu().numpy(), n_changed=changed,
+                         forward_passes=found.forward_passes, candidate_evals=found.candidate_evals,
+                         ranking=params.ranking, guidance_spearman=agree.spearman, guidance_n=agree.n,
+                         budget=ctx.edit_budget)
+        log(f"{changed.mean():.2f} flips per example, {found.candidate_evals} candidates, "
+            f"{found.forward_passes} forward passes ({found.passes.min()}-{found.passes.max()} per example); "
+            + _summary(rows))
+        results += rows + _controls(ctx, name, params, found.ids, source, rng)
+        if ctx.edit_budget:
+            later += _curve(ctx, name, found, rows, params.ranking)
+    return results + later
 
 
-def _guidance(ctx: AttackContext, source: str, model, params: HotFlipConfig, rng: np.random.Generator) -> Agreement:
+def _controls(ctx: AttackContext, name: str, params: HotFlipConfig, attacked: torch.Tensor, source: str,
+              rng: np.random.Generator) -> list[AttackResult]:
+    """`params.controls` draws of both random controls matched to the inputs `attacked` (N, T) found
+    on `source` (module docstring), each draw scored on every model (paired across models)."""
+    test, out = ctx.test, []
+    positions = attacked != test
+    changed = positions.sum(dim=1).cpu().numpy()
+
+    def score(inputs, **fields):
+        return ctx.score(name, inputs, source=source, attacked_ids=inputs.cpu().numpy(), n_changed=changed, **fields)
+
+    for trial in range(params.controls):
+        out += score(random_tokens_at(rng, test, positions, ctx.allowed, ctx.tokenizer, params.max_tries),
+                     kind="control", trial=trial)
+        out += score(random_flips(rng, test, changed, ctx.allowed, ctx.context_len, ctx.tokenizer, params.max_tries),
+                     kind="control_random_positions", trial=trial)
+    ctx.log(f"[{name}] controls for {source}'s flips ({params.controls} draws each): "
+            + _summary(out, mean_trials=True))
+    return out
+
+
+def _curve(ctx: AttackContext, name: str, found: Flips, own: list[AttackResult], ranking: str) -> list[AttackResult]:
+    """The budget curve of a search (kind "budget", trial: the index in common.curve_fractions): per
+    example its best input so far at each fraction of ctx.edit_budget (flip_budget.curve_inputs),
+    scored on every model, `source_model` the searched one. Inputs already scored (the attack's own
+    rows `own`, or an earlier point) are not scored again."""
+    source, scored = own[0].source_model, {found.ids.cpu().numpy().tobytes(): own}
+    fractions, out = curve_fractions(ctx.curve_points), []
+    for i, (f, (inputs, passes)) in enumerate(zip(fractions, curve_inputs(found, fractions, ctx.edit_budget))):
+        held = inputs.cpu().numpy()
+        if held.tobytes() not in scored:
+            scored[held.tobytes()] = ctx.score(name, inputs, source=source, attacked_ids=held, ranking=ranking,
+                                               n_changed=(inputs != ctx.test).sum(dim=1).cpu().numpy())
+        out += [dataclasses.replace(r, kind="budget", trial=i, budget_fraction=float(f), forward_passes=passes,
+                                    candidate_evals=0, budget=ctx.edit_budget,
+                                    guidance_spearman=float("nan"), guidance_n=0) for r in scored[held.tobytes()]]
+    ctx.log(f"[{name}] {source}: budget curve " + ", ".join(
+        f"{r.budget_fraction:g} {np.mean(r.attacked_nll - r.clean_nll):+.3f}" for r in out if r.model == source))
+    return out
+
+
+def _guidance(ctx: AttackContext, source: str, model, params: HotFlipConfig, rng: np.random.Generator,
+              name: str) -> Agreement:
     """The gradient guidance of `source` on the clean test examples (flip_agreement), logged; a
     measurement, so its forward passes are logged and not counted as the search's."""
     if not params.guidance_sample:
         return Agreement(float("nan"), 0, 0)
     agree = flip_agreement(model, ctx.test, ctx.context_len, ctx.n_cont, ctx.allowed, params.guidance_sample, rng,
                            ctx.batch_size)
-    ctx.log(f"[hotflip] {source}: gradient guidance Spearman {agree.spearman:.2f} over {agree.n} swaps on "
+    ctx.log(f"[{name}] {source}: gradient guidance Spearman {agree.spearman:.2f} over {agree.n} swaps on "
             f"{len(np.unique(agree.swaps[:, 0]))} of {len(ctx.test)} examples ({agree.forward_passes} forward passes, "
             f"not attack compute)")
     return agree

@@ -56,6 +56,9 @@ CHANGES = {
     ("attack.random_search", "opt_examples"): 16, ("attack.random_search", "controls"): 2,
     ("attack.hotflip", "max_flips"): 2, ("attack.hotflip", "candidates"): 4, ("attack.hotflip", "controls"): 2,
     ("attack.hotflip", "guidance_sample"): 256,  # 4,096 exact swaps per model cost more than the search here
+    ("attack", "edit_budget"): 11,  # 1 + 2 x (1 + 4): hotflip's most at these flips and candidates
+    ("attack.random_flips", "max_flips"): 2, ("attack.random_flips", "candidates"): 4,
+    ("attack.random_flips", "controls"): 2,
     ("attack.random", "samples"): 2,
     ("resources", "retries"): 0, ("resources", "gpu"): 0, ("resources", "cpu"): 1,
     ("resources", "memory"): 4000, ("resources", "disk"): 2000,
