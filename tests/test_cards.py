@@ -637,7 +637,8 @@ def test_attack_branch_card_shows_its_search_damage_and_examples():
     assert "<mark>" in text and "most and least damaged" in text
     budget = pd.concat([rows, rows[rows.kind == "attack"].assign(kind="budget", budget_fraction=0.5)])
     curve = branch_card.budget_view(budget)
-    assert list(curve["budget"]) == ["0.5", "0.5"] and list(curve["model"]) == ["baseline", "monotonic"]
+    assert list(curve["budget"]) == ["0.5", "0.5"] and list(curve["scored on"]) == ["baseline", "monotonic"]
+    assert list(curve["searched on"]) == ["baseline", "monotonic"]
     order = rendered(branch_card.components(cfg, "order", SimpleNamespace(attack_rows=None)))
     assert "experiment card" in order[0]["source"]
 

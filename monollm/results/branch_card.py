@@ -69,14 +69,16 @@ def search_view(rows: pd.DataFrame, text: dict | None = None) -> pd.DataFrame:
 
 def budget_view(rows: pd.DataFrame) -> pd.DataFrame:
     """The budget curve from rows of kind "budget" (budget_fraction, forward passes, dNLL on test),
-    one row per model and fraction; empty where the search recorded none."""
+    one row per model searched, model scored and fraction (a search's curve is scored on every
+    model); empty where the search recorded none."""
     if "budget_fraction" not in rows.columns:
         return pd.DataFrame()
     b = rows[rows.kind == "budget"]
     if not len(b):
         return pd.DataFrame()
-    g = b.groupby(["model", "budget_fraction"], sort=False).agg(passes=("forward_passes", "max"),
-                                                               dnll=("dnll", "mean")).reset_index()
-    return pd.DataFrame({"model": g["model"], "budget": g["budget_fraction"].map("{:g}".format),
+    g = b.groupby(["source_model", "model", "budget_fraction"], sort=False).agg(
+        passes=("forward_passes", "max"), dnll=("dnll", "mean")).reset_index()
+    return pd.DataFrame({"searched on": g["source_model"], "scored on": g["model"],
+                         "budget": g["budget_fraction"].map("{:g}".format),
                          "forward passes": g["passes"].map(lambda n: sections.fmt(int(n))),
                          "dNLL (mean over examples)": g["dnll"].map(sections.signed)})
