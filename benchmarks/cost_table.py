@@ -26,6 +26,9 @@ larger vocabularies (GATED). The formula, per stage:
   gcg the same with the GCG step where a log has it (attack_step.py times it), else uat_step x
   (batch + 3) / (L x k + 3) (upper bounds: every restart runs all its steps)
 * hotflip (2 models):  2 x max_flips x hotflip_round x examples / timed windows          (an upper bound)
+* with `attack.edit_budget`, hotflip and random_flips (2 models each): 2 x edit_budget x examples x flip pass
+  time, where flip pass time = hotflip_round / (timed windows x (candidates + 3)): the timed round scores
+  pythia-1.4b's [attack.hotflip] candidates (HOTFLIP_CANDIDATES) per window, and its gradient counts as ~3 passes
 * every attack stage once per threat model in `attack.tokens` (the paper profiles: round_trip and printable)
 Steps that move data (setup's tokenization, checkpoints, model files) are not in it.
 """
@@ -93,6 +96,10 @@ def flops(name: str, block_len: int) -> tuple[float, float]:
     return 6 * matmul + 12 * layers * d * block_len, 2 * matmul + 4 * layers * d * 48
 
 
+HOTFLIP_CANDIDATES = 16
+"""Candidates per window of the timed HotFlip round (pythia-1.4b's [attack.hotflip] candidates)."""
+
+
 def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
     """Stage -> GPU-hours for one seed of profile `cfg`."""
     train_rate = rates["train_tokens_per_s"] / scale_train
@@ -101,7 +108,11 @@ def stages(cfg, rates: dict, scale_train: float, scale_fwd: float) -> dict:
                    else cfg.data.test_docs * TOKENS_PER_DOC)
     uat, flip, gcg = a.params.get("uat"), a.params.get("hotflip"), a.params.get("gcg")
     out = {"train": 2 * t.tokens / train_rate, "evaluate": 4 * test_tokens / (3 * train_rate)}
-    if flip and "hotflip" in cfg.attacks:
+    if a.edit_budget:  # every per-input search spends the same passes per example against each model
+        per_pass = rates["hotflip_round_s"] / (rates["hotflip_windows"] * (HOTFLIP_CANDIDATES + 3))
+        out.update({name: 2 * a.edit_budget * a.examples * per_pass * scale_fwd
+                    for name in ("hotflip", "random_flips") if name in cfg.attacks})
+    elif flip and "hotflip" in cfg.attacks:
         out["hotflip"] = 2 * flip.max_flips * rates["hotflip_round_s"] * scale_fwd * a.examples / rates["hotflip_windows"]
     budget = a.max_budget if a.budget == "auto" else a.budget  # auto: priced at its cap
     if budget:  # every search spends the same passes against each model
@@ -159,7 +170,7 @@ def seeds_text(seeds: int, rates: dict, profiles=PROFILES) -> str:
 
 
 def table(rates: dict) -> str:
-    stages_ = ("train", "evaluate", "uat", "hotflip", "gcg", "random_search")
+    stages_ = ("train", "evaluate", "uat", "hotflip", "random_flips", "gcg", "random_search")
     rows = ["| profile | " + " | ".join(stages_) + " | total GPU-hours per seed |", "|---" * (len(stages_) + 2) + "|"]
     for name in PROFILES:
         h = profile_hours(name, rates)
