@@ -388,3 +388,13 @@ def test_the_compute_curve_takes_the_members_found_within_each_fraction():
     mean = got.groupby(["model", "fraction"]).agg(passes=("passes", "first"), damage=("above_control", "mean"))
     assert mean.loc[("baseline", 0.5)].tolist() == pytest.approx([50, 0.3])  # the transfer at 0.5 is the worst
     assert mean.loc[("monotonic", 1.0)].tolist() == pytest.approx([100, 0.4])
+
+
+def test_a_search_that_ends_at_its_auto_budget_cap_is_flagged():
+    df = synthetic(7).assign(budget=0, budget_capped=False, budget_converged_at=0)
+    own = (df.attack == "uat") & (df.kind == "attack") & (df.model == df.source_model)
+    assert diagnostics.hit_budget_cap(df, "uat", "baseline") == {"flag": None}  # a fixed budget
+    df.loc[own & (df.model == "baseline"), ["budget", "budget_capped"]] = [8000, True]
+    df.loc[own & (df.model == "monotonic"), ["budget", "budget_converged_at"]] = [8000, 2000]
+    assert diagnostics.hit_budget_cap(df, "uat", "baseline") == {"flag": True, "budget": 8000, "converged_at": 0}
+    assert diagnostics.hit_budget_cap(df, "uat", "monotonic") == {"flag": False, "budget": 8000, "converged_at": 2000}

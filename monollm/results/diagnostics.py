@@ -17,7 +17,10 @@ attack and model, computed from the attack table:
   (all of them), scored on test on the searched model, has a 95% bootstrap CI above 0 (a test,
   not a threshold on the size of the rise);
 * `weak_guidance`: the first-order estimate's Spearman rho with the exact loss change of a
-  swap is below report.WEAK_GUIDANCE.
+  swap is below report.WEAK_GUIDANCE;
+* `hit_budget_cap`: with `attack.budget = "auto"`, the search doubled its budget up to
+  `attack.max_budget` without its last doubling becoming insignificant (on attack_opt): the cap,
+  not convergence, ended it.
 
 A flag is True, False, or None where it cannot be computed (no transfer rows, no
 gradient-free search at equal passes, no budget curve, guidance not measured).
@@ -41,7 +44,7 @@ GRADIENT_FREE = {"uat": "random_search", "gcg": "random_search", "hotflip": "ran
 EQUAL_PASSES = 1.1
 """random_search counts as run at equal forward passes when it spent at most this factor of the
 gradient search's passes (budgets are met up to one step's overshoot)."""
-FLAGS = ("transfer_beats_attack", "gradient_free_beats_gradient", "not_converged", "weak_guidance")
+FLAGS = ("transfer_beats_attack", "gradient_free_beats_gradient", "not_converged", "weak_guidance", "hit_budget_cap")
 CURVE_COLUMNS = ["attack", "model", "fraction", "forward_passes", "examples", "dnll", "ci_low", "ci_high",
                  "control_dnll", "above_control"]
 
@@ -132,6 +135,19 @@ def weak_guidance(df: pd.DataFrame, attack: str, model: str) -> dict:
     return {"flag": bool(rho < WEAK_GUIDANCE), "spearman": rho} if np.isfinite(rho) else {"flag": None}
 
 
+def hit_budget_cap(df: pd.DataFrame, attack: str, model: str) -> dict:
+    """{"flag", "budget", "converged_at"}: whether the search's auto budget ended at its cap (the rows'
+    `budget_capped`); flag None for a search without an auto budget (no `budget_capped` column, or a
+    search that neither converged nor hit a cap: a fixed budget)."""
+    own = _own(df, attack, model)
+    if own.empty or "budget_capped" not in own.columns:
+        return {"flag": None}
+    capped, at = bool(own["budget_capped"].iloc[0]), int(own["budget_converged_at"].iloc[0])
+    if not capped and not at:
+        return {"flag": None}
+    return {"flag": capped, "budget": int(own["budget"].iloc[0]), "converged_at": at}
+
+
 def diagnostics(df: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """attack -> model -> flag -> {"flag": True/False/None, and the numbers behind it}, for every
     attack that searched (its own rows carry a `ranking`) on every model it searched."""
@@ -144,7 +160,8 @@ def diagnostics(df: pd.DataFrame, n_boot: int, seed: int) -> dict:
             "transfer_beats_attack": transfer_beats_attack(df, attack, model, n_boot, seed),
             "gradient_free_beats_gradient": gradient_free_beats_gradient(df, attack, model, n_boot, seed),
             "not_converged": not_converged(df, attack, model, n_boot, seed),
-            "weak_guidance": weak_guidance(df, attack, model)}
+            "weak_guidance": weak_guidance(df, attack, model),
+            "hit_budget_cap": hit_budget_cap(df, attack, model)}
     return out
 
 

@@ -63,6 +63,8 @@ CURVE_COLUMNS = {"attack": ("attack", None), "model": ("model", None), "fraction
 def _flag_detail(flag: str, v: dict) -> str:
     if flag == "weak_guidance":
         return f"Spearman {v['spearman']:+.2f}"
+    if flag == "hit_budget_cap":
+        return f"ended at the cap, {v['budget']:,} passes"
     if flag == "not_converged":
         return f"last doubling {v['rise']:+.3f} {_ci(v['ci_low'], v['ci_high'])}, paired"
     extra = (f" at {v['gradient_free_forward_passes']} vs {v['forward_passes']} passes"
