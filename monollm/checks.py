@@ -50,7 +50,7 @@ def attack_tables(cfg, names: tuple[str, ...], attack_cls):
 def _check_top(cfg):
     from monollm.attacks import ATTACKS
 
-    require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
+    require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. {MAX_SEED} (32 bits), "
             f"the range numpy's seeding accepts (np.random.seed takes no more)")
     one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
     require(cfg.threads >= 0, "threads", "must be >= 0")

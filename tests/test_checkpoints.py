@@ -59,8 +59,9 @@ def test_planted_pickle_is_refused_without_running_it(tmp_path):
     os.makedirs(folder)
     torch.save({**_state(3), "payload": Planted(marker)}, os.path.join(folder, checkpoints.STATE))
     checkpoints.seal(folder, 3)  # whoever planted it rewrote the checksums too: they cannot help here
-    with pytest.raises(checkpoints.CorruptCheckpoint, match=os.path.join(folder, checkpoints.STATE)):
+    with pytest.raises(checkpoints.CorruptCheckpoint, match=os.path.join(folder, checkpoints.STATE)) as err:
         checkpoints.read(folder)
+    assert "\n" not in str(err.value) and "global" in str(err.value).lower(), str(err.value)  # one line
     assert not os.path.exists(marker)
     torch.load(os.path.join(folder, checkpoints.STATE), weights_only=False)  # a full unpickle runs it
     assert os.path.exists(marker)

@@ -113,7 +113,7 @@ def test_seed_override_and_frozen():
 
 @pytest.mark.parametrize("seed", [-1, 99999999999999999999, config.MAX_SEED + 1])
 def test_out_of_range_seed_names_seed_and_range(seed):
-    assert_config_error(lambda: config.load(micro(), seed=seed), "'seed'", str(seed), "0 .. 2**32-1")
+    assert_config_error(lambda: config.load(micro(), seed=seed), "'seed'", str(seed), "0 .. 4294967295 (32 bits)")
 
 
 def test_seed_range_ends_are_accepted():
