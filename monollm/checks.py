@@ -11,7 +11,8 @@ import dataclasses
 import os
 import re
 
-from monollm.constants import ACTIVATIONS, COMMIT_PATTERN, INITS, MAX_SEED, MODES, THREAT_MODELS
+from monollm.constants import (ACTIVATIONS, BUDGET_CEILING, COMMIT_PATTERN, INITS, MAX_SEED, MODES, RESTART_CEILING,
+                               STEP_CEILING, THREAT_MODELS)
 from monollm.model.layers import layer_indices
 from monollm.schema import one_of, require
 
@@ -181,6 +182,24 @@ def _check_attack(a, attacks):
     for i, tokens in enumerate(a.tokens):
         one_of(tokens, THREAT_MODELS, f"attack.tokens[{i}]")
     require(len(set(a.tokens)) == len(a.tokens), "attack.tokens", f"lists a threat model twice: {list(a.tokens)}")
+    _check_ceilings(a, attacks)
+
+
+def _check_ceilings(a, attacks):
+    """attack.budget, and every trigger search's restarts and steps, at most their ceiling (constants);
+    and no budget so large that a search listed in `attacks` would need more restarts than that."""
+    require(a.budget <= BUDGET_CEILING, "attack.budget", f"is {a.budget}; allowed: at most {BUDGET_CEILING} "
+            "forward passes per search")
+    for name, params in sorted(a.params.items()):
+        for key, ceiling in (("restarts", RESTART_CEILING), ("steps", STEP_CEILING)):
+            value = getattr(params, key, None)
+            require(value is None or value <= ceiling, f"attack.{name}.{key}", f"is {value}; allowed: at most {ceiling}")
+        most = getattr(params, "restart_passes", None)
+        if a.budget and name in attacks and most is not None:
+            per = most(min(params.opt_examples or a.examples, a.examples))  # attack_opt holds attack.examples
+            require(a.budget <= RESTART_CEILING * per, "attack.budget",
+                    f"is {a.budget}: {name} would need more than {RESTART_CEILING} restarts to spend it (one restart "
+                    f"spends at most {per} forward passes here); lower it, or raise attack.{name}.steps")
 
 
 def _check_resources(r):

@@ -286,7 +286,9 @@ class AttackConfig:
     universal-trigger search (uat, gcg, random_search) spends against each model: restarts run
     until it is spent (their `restarts` is then ignored), so that every search and both models
     get the same compute, to within one step. 0: no budget, each search runs its own restarts
-    and steps. Required (> 0) when `attacks` lists random_search."""
+    and steps. Required (> 0) when `attacks` lists random_search. At most 10**9 (BUDGET_CEILING), and
+    at most what 10000 restarts (RESTART_CEILING) of each listed search can spend: `start` refuses
+    more, as it refuses any search's `restarts` above 10000 or `steps` above 100000."""
     params: dict = field(default_factory=dict)
     """Per-attack configs, filled from [attack.<name>] tables by the attack registry."""
     EXTRA_TABLES: ClassVar[str] = "params"
