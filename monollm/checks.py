@@ -154,7 +154,7 @@ def _check_order(o):
     if is_file:  # a file of another shape fails here, before any model work
         try:
             load_chains(o.chains)
-        except ValueError as err:
+        except (ValueError, OSError) as err:  # a field of another type, bytes that are not UTF-8, a folder
             require(False, "eval.order.chains", f"{o.chains!r} cannot be read: {err}")
     one_of(o.method, ("published", "per_axis"), "eval.order.method")  # monollm.evaluation.order.METHODS
     require(len(o.pooling) > 0, "eval.order.pooling", "must name at least one of: last, mean")
