@@ -147,7 +147,8 @@ def load_tensors(path: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged or foreign pickle surfaces as many exception types
         raise CorruptCheckpoint(f"checkpoint file {path} cannot be read as tensors and plain values "
-                                f"(damaged, or holds other objects, which are never unpickled): {_reason(err)}") from err
+                                "(damaged, or holds other objects, which are never unpickled): "
+                                f"{_reason(err)}") from err
 
 
 def _reason(err: Exception) -> str:

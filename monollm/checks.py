@@ -193,7 +193,8 @@ def _check_ceilings(a, attacks):
     for name, params in sorted(a.params.items()):
         for key, ceiling in (("restarts", RESTART_CEILING), ("steps", STEP_CEILING)):
             value = getattr(params, key, None)
-            require(value is None or value <= ceiling, f"attack.{name}.{key}", f"is {value}; allowed: at most {ceiling}")
+            require(value is None or value <= ceiling, f"attack.{name}.{key}",
+                    f"is {value}; allowed: at most {ceiling}")
         most = getattr(params, "restart_passes", None)
         if a.budget and name in attacks and most is not None:
             per = most(min(params.opt_examples or a.examples, a.examples))  # attack_opt holds attack.examples

@@ -51,7 +51,8 @@ class GCGConfig(TriggerConfig):
         """At most how many forward passes one restart spends on `n_opt` optimization examples (every
         step's gradient and candidates, the start and the guidance sample): what bounds the restarts
         a budget takes (monollm.checks refuses a budget that would need more than RESTART_CEILING)."""
-        return self.steps * n_opt * (1 + self.batch) + n_opt * (1 + self.guidance_sample)
+        return (self.steps * n_opt * (1 + self.batch)
+            + n_opt * (1 + self.guidance_sample))
 
 
 def sample_swaps(scores: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, k: int, n: int,

@@ -57,7 +57,8 @@ class RandomSearchConfig(TriggerConfig):
         """At most how many forward passes one restart spends on `n_opt` optimization examples (every
         step's gradient and candidates, the start and the guidance sample): what bounds the restarts
         a budget takes (monollm.checks refuses a budget that would need more than RESTART_CEILING)."""
-        return self.steps * n_opt * self.batch + n_opt * (1 + self.guidance_sample)
+        return (self.steps * n_opt * self.batch
+            + n_opt * (1 + self.guidance_sample))
 
 
 def sample_candidates(trigger: torch.Tensor, allowed: torch.Tensor, n_swap: int, n: int,
