@@ -249,4 +249,12 @@ if __name__ == "__main__":
     # --with slurm: each step's job asks for its @resources, and GPUs of the profile's type (monollm/cluster/slurm.py)
     use_step_resources(gpu_type=config_expr("step_resources(config)['gpu_type']"))
     sys.argv += resume_tags(sys.argv)  # `resume` clones `start`, where a new run tags itself
-    MonoFlow()
+    try:
+        MonoFlow()
+    except SystemExit as stop:  # a full datastore disk: the fix and the resume command come last
+        from monollm.cli import full_disk_last_words
+
+        last = full_disk_last_words(sys.argv, stop.code)
+        if last:
+            print(last, file=sys.stderr, flush=True)
+        raise

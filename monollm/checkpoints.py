@@ -147,7 +147,17 @@ def load_tensors(path: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged or foreign pickle surfaces as many exception types
         raise CorruptCheckpoint(f"checkpoint file {path} cannot be read as tensors and plain values "
-                                f"(damaged, or holds other objects, which are never unpickled): {err}") from err
+                                "(damaged, or holds other objects, which are never unpickled): "
+                                f"{_reason(err)}") from err
+
+
+def _reason(err: Exception) -> str:
+    """One line of a load error: torch's refusal of a pickle spans several lines of advice, of which
+    the unpickler's own line says what it refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if "global" in line.lower() and "weights only load failed" not in line.lower()] \
+        or lines or [type(err).__name__]
+    return said[0][:300]
 
 
 def _sha256(path: str) -> str:

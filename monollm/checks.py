@@ -11,7 +11,8 @@ import dataclasses
 import os
 import re
 
-from monollm.constants import ACTIVATIONS, COMMIT_PATTERN, INITS, MAX_SEED, MODES, THREAT_MODELS
+from monollm.constants import (ACTIVATIONS, BUDGET_CEILING, COMMIT_PATTERN, INITS, MAX_SEED, MODES, RESTART_CEILING,
+                               STEP_CEILING, THREAT_MODELS)
 from monollm.model.layers import layer_indices
 from monollm.schema import one_of, require
 
@@ -50,7 +51,7 @@ def attack_tables(cfg, names: tuple[str, ...], attack_cls):
 def _check_top(cfg):
     from monollm.attacks import ATTACKS
 
-    require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. 2**32-1 ({MAX_SEED}), "
+    require(0 <= cfg.seed <= MAX_SEED, "seed", f"is {cfg.seed}; allowed: 0 .. {MAX_SEED} (32 bits), "
             f"the range numpy's seeding accepts (np.random.seed takes no more)")
     one_of(cfg.device, ("auto", "cpu", "cuda"), "device")
     require(cfg.threads >= 0, "threads", "must be >= 0")
@@ -153,7 +154,7 @@ def _check_order(o):
     if is_file:  # a file of another shape fails here, before any model work
         try:
             load_chains(o.chains)
-        except ValueError as err:
+        except (ValueError, OSError) as err:  # a field of another type, bytes that are not UTF-8, a folder
             require(False, "eval.order.chains", f"{o.chains!r} cannot be read: {err}")
     one_of(o.method, ("published", "per_axis"), "eval.order.method")  # monollm.evaluation.order.METHODS
     require(len(o.pooling) > 0, "eval.order.pooling", "must name at least one of: last, mean")
@@ -195,6 +196,27 @@ def _check_attack(a, attacks):
     for i, tokens in enumerate(a.tokens):
         one_of(tokens, THREAT_MODELS, f"attack.tokens[{i}]")
     require(len(set(a.tokens)) == len(a.tokens), "attack.tokens", f"lists a threat model twice: {list(a.tokens)}")
+    _check_ceilings(a, attacks)
+
+
+def _check_ceilings(a, attacks):
+    """attack.budget, and every trigger search's restarts and steps, at most their ceiling (constants);
+    and no budget so large that a search listed in `attacks` would need more restarts than that."""
+    key, budget = ("attack.max_budget", a.max_budget) if a.budget == "auto" else ("attack.budget", a.budget)
+    require(budget <= BUDGET_CEILING, key, f"is {budget}; allowed: at most {BUDGET_CEILING} forward passes per search")
+    require(a.edit_budget <= BUDGET_CEILING, "attack.edit_budget",
+            f"is {a.edit_budget}; allowed: at most {BUDGET_CEILING} forward passes per example")
+    for name, params in sorted(a.params.items()):
+        for key, ceiling in (("restarts", RESTART_CEILING), ("steps", STEP_CEILING)):
+            value = getattr(params, key, None)
+            require(value is None or value <= ceiling, f"attack.{name}.{key}",
+                    f"is {value}; allowed: at most {ceiling}")
+        most = getattr(params, "restart_passes", None)
+        if budget and name in attacks and most is not None:
+            per = most(min(params.opt_examples or a.examples, a.examples))  # attack_opt holds attack.examples
+            require(budget <= RESTART_CEILING * per, key,
+                    f"is {budget}: {name} would need more than {RESTART_CEILING} restarts to spend it (one restart "
+                    f"spends at most {per} forward passes here); lower it, or raise attack.{name}.steps")
 
 
 def _check_resources(r):

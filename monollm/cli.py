@@ -267,3 +267,31 @@ def resume_notes(argv: list[str], flow: str = "MonoFlow") -> list[str]:
     for line in lines:
         print(line, file=sys.stderr)
     return lines
+
+
+FULL_BELOW = 1 << 20
+"""Bytes free under which the datastore's disk counts as full once a run has failed."""
+
+
+def full_disk_last_words(argv: list[str], code, flow: str = "MonoFlow") -> str | None:
+    """After `run` or `resume` exited with `code` (not 0): where the local datastore's disk is
+    full (less than FULL_BELOW free), what to do and the command that resumes the run, so that
+    these are the last lines on screen, after any traceback of Metaflow's own artifact writes;
+    None otherwise."""
+    if code in (0, None) or not {"run", "resume"} & set(argv):
+        return None
+    from monollm.saving import MORE_DISK, datastore_place, free_bytes
+
+    place = datastore_place()
+    free = free_bytes(place)
+    if free is None or free >= FULL_BELOW:
+        return None
+    try:
+        from metaflow import Flow
+
+        run_id = Flow(flow).latest_run.id
+    except Exception:  # no run recorded, or its metadata unreadable: resume then takes the latest
+        run_id = None
+    resume = "python flows/mono_flow.py resume" + (f" --origin-run-id {run_id}" if run_id else "")
+    return (f"monoflow: the run stopped because the datastore's disk is full ({free} bytes free at {place}). "
+            f"{MORE_DISK}. Then resume it:\n  {resume}")

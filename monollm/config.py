@@ -289,7 +289,10 @@ class AttackConfig:
     and steps. "auto": each search doubles its passes from `auto_start` until the last doubling
     no longer raises the damage on its optimisation examples (a paired bootstrap CI that reaches
     0), or up to `max_budget`; then every model's search is brought up to the largest budget any
-    reached (monollm.attacks.budgets). Required (> 0 or "auto") when `attacks` lists random_search."""
+    reached (monollm.attacks.budgets). Required (> 0 or "auto") when `attacks` lists random_search.
+    At most 10**9 (BUDGET_CEILING), and at most what 10000 restarts (RESTART_CEILING) of each listed
+    search can spend: `start` refuses more, as it refuses any search's `restarts` above 10000 or
+    `steps` above 100000."""
     max_budget: int = 0
     """With budget = "auto": the most forward passes a search may spend against one model (the cap)."""
     auto_start: int | None = None

@@ -8,6 +8,14 @@ ARMS = ("baseline", "monotonic")
 MAX_SEED = 2 ** 32 - 1
 """Largest seed: 32 bits, the range every numpy seeding API accepts (np.random.seed and RandomState
 take no more), so that one seed can be handed to any library unchanged."""
+BUDGET_CEILING = 10 ** 9
+"""Most forward passes attack.budget may give each trigger search (a billion sequences: weeks of
+GPU time for the smallest hub model); `start` refuses more."""
+RESTART_CEILING = 10_000
+"""Most restarts of a trigger search: attack.<name>.restarts, and the restarts a budget would take
+(the search stops there, monollm.attacks.trigger.MAX_RESTARTS); `start` refuses more."""
+STEP_CEILING = 100_000
+"""Most steps of one restart of a trigger search (attack.<name>.steps); `start` refuses more."""
 DEFAULT_FLOOR = 1e-4
 """Default init floor of the constraint (monotonic.floor)."""
 MODES = ("nonneg", "sign_frozen", "abs_init_free")

@@ -75,9 +75,13 @@ def free_bytes(path: str) -> int | None:
 
 @contextlib.contextmanager
 def disk_space(path: str, needed: int, what: str):
-    """Inside the block, writing `what` (about `needed` bytes) under `path`: a full disk stops it with
-    DiskFull naming `path`, what it needed and what was free there when the block began."""
+    """Inside the block, writing `what` (about `needed` bytes) under `path`: DiskFull before the block
+    when less is free there, and a full disk inside it stops it with DiskFull naming `path`, what it
+    needed and what was free there when the block began."""
     free = free_bytes(path)
+    if free is not None and needed > free:  # refused before a byte is written: no half-written file
+        raise DiskFull(f"no space left on the disk of {path}: {what} needs {_size(needed)}, {_size(free)} is free "
+                       f"there. {MORE_DISK}")
     try:
         yield
     except DiskFull:

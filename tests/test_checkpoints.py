@@ -59,8 +59,9 @@ def test_planted_pickle_is_refused_without_running_it(tmp_path):
     os.makedirs(folder)
     torch.save({**_state(3), "payload": Planted(marker)}, os.path.join(folder, checkpoints.STATE))
     checkpoints.seal(folder, 3)  # whoever planted it rewrote the checksums too: they cannot help here
-    with pytest.raises(checkpoints.CorruptCheckpoint, match=os.path.join(folder, checkpoints.STATE)):
+    with pytest.raises(checkpoints.CorruptCheckpoint, match=os.path.join(folder, checkpoints.STATE)) as err:
         checkpoints.read(folder)
+    assert "\n" not in str(err.value) and "global" in str(err.value).lower(), str(err.value)  # one line
     assert not os.path.exists(marker)
     torch.load(os.path.join(folder, checkpoints.STATE), weights_only=False)  # a full unpickle runs it
     assert os.path.exists(marker)
@@ -209,14 +210,14 @@ def _no_space_as_torch_says(obj, f, *args, **kwargs):
 
 def test_a_full_disk_while_writing_a_checkpoint_names_the_path_and_the_sizes(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints.torch, "save", _no_space_as_torch_says)
-    monkeypatch.setattr(saving.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 3 * 10**6,
-                                                                                        3 * 10**6))
-    state = {"step": 7, "model": {"w": torch.zeros(1_000_000)}}  # 4.0 MB of tensors
+    monkeypatch.setattr(saving.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 5 * 10**6,
+                                                                                        5 * 10**6))
+    state = {"step": 7, "model": {"w": torch.zeros(1_000_000)}}  # 4.0 MB of tensors: 5 MB seemed enough
     with pytest.raises(errors.DiskFull) as err:
         checkpoints.write(str(tmp_path / "c"), state)
     msg = str(err.value)
     for needle in (f"no space left on the disk of {tmp_path / 'c'}", "a checkpoint of step 7 needed 4.0 MB",
-                   "3.0 MB was free there", "resources.disk", "TMPDIR"):
+                   "5.0 MB was free there", "resources.disk", "TMPDIR"):
         assert needle in msg, f"{needle!r} not in {msg!r}"
 
 
@@ -608,3 +609,31 @@ def test_an_error_in_a_background_save_is_raised_to_whoever_waits():
 
     with pytest.raises(OSError, match="No space left"):
         sharded_save.Pending(fails).result()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only): a disk that a 4 MB checkpoint cannot fit."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here (needs root and mount): {mounted.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_checkpoint_larger_than_the_free_space_is_refused_before_a_byte_is_written(small_disk):
+    """On a 2 MiB disk, a 4 MB checkpoint stops at the free-space check with one line (what it
+    needs, what is free), and leaves no partial file behind."""
+    state = {"step": 7, "model": {"w": torch.zeros(1_000_000)}}  # 4.0 MB of tensors
+    with pytest.raises(errors.DiskFull) as err:
+        checkpoints.write(str(small_disk / "c"), state)
+    msg = str(err.value)
+    assert "\n" not in msg and "a checkpoint of step 7 needs 4.0 MB" in msg and "is free there" in msg, msg
+    assert not any(files for _, _, files in os.walk(small_disk)), list(os.walk(small_disk))
+    checkpoints.write(str(small_disk / "c"), {"step": 1, "model": {"w": torch.zeros(1000)}})  # one that fits
+    assert checkpoints.step_of(str(small_disk / "c")) == 1

@@ -148,3 +148,23 @@ def test_resume_lines_name_the_chosen_run_and_warn_when_it_already_succeeded():
     assert cli.resume_lines(done, False, None, False, None) == [warning]
     assert cli.resume_lines(done, False, "attack", False, None) == []  # attack and what follows rerun
     assert cli.resume_lines(done, False, None, True, None) == []  # --clone-only: cloning is what was asked
+
+
+def test_a_run_that_failed_on_a_full_datastore_disk_ends_with_the_fix_and_the_resume_command(monkeypatch, tmp_path):
+    """Metaflow's own artifact writes fail with tracebacks of their own on a full disk; the flow's
+    entry point prints this after them: the full disk, what to do, and a resume command."""
+    import re
+
+    from monollm import cli, saving
+
+    monkeypatch.setattr(saving, "datastore_place", lambda: str(tmp_path))
+    free = {"bytes": 4096}
+    monkeypatch.setattr(saving, "free_bytes", lambda path: free["bytes"] if path == str(tmp_path) else None)
+    last = cli.full_disk_last_words(["flows/mono_flow.py", "--config", "config", "p.toml", "run"], 1)
+    head, command = last.split("\n")
+    assert f"disk is full (4096 bytes free at {tmp_path})" in head and "METAFLOW_DATASTORE_SYSROOT_LOCAL" in head
+    assert re.fullmatch(r"  python flows/mono_flow\.py resume( --origin-run-id \S+)?", command), command
+    assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 0) is None  # it succeeded
+    assert cli.full_disk_last_words(["flows/mono_flow.py", "card", "view"], 1) is None  # not a run
+    free["bytes"] = 10 ** 9
+    assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 1) is None  # failed for another reason

@@ -113,7 +113,7 @@ def test_seed_override_and_frozen():
 
 @pytest.mark.parametrize("seed", [-1, 99999999999999999999, config.MAX_SEED + 1])
 def test_out_of_range_seed_names_seed_and_range(seed):
-    assert_config_error(lambda: config.load(micro(), seed=seed), "'seed'", str(seed), "0 .. 2**32-1")
+    assert_config_error(lambda: config.load(micro(), seed=seed), "'seed'", str(seed), "0 .. 4294967295 (32 bits)")
 
 
 def test_seed_range_ends_are_accepted():
@@ -454,3 +454,35 @@ def test_one_threat_model_may_be_given_alone_or_in_a_list():
     assert config.load(micro(attack__tokens="printable")).attack.tokens == ("printable",)
     both = config.load(micro(attack__tokens=["printable", "round_trip"]))
     assert both.attack.tokens == ("printable", "round_trip") and config.from_dict(config.to_dict(both)) == both
+
+
+@pytest.mark.parametrize("changes, key, allowed", [
+    ({"attack__budget": 10 ** 12}, "'attack.budget'", "at most 1000000000"),
+    ({"attack__budget": 2 ** 63 - 1}, "'attack.budget'", "at most 1000000000"),
+    ({"attack__uat__restarts": 10_001}, "'attack.uat.restarts'", "at most 10000"),
+    ({"attack__gcg__restarts": 10 ** 9}, "'attack.gcg.restarts'", "at most 10000"),
+    ({"attack__random_search__steps": 100_001}, "'attack.random_search.steps'", "at most 100000"),
+    ({"attack__uat__steps": 2 ** 40}, "'attack.uat.steps'", "at most 100000"),
+])
+def test_budgets_restarts_and_steps_above_their_ceiling_are_refused_with_one_line(changes, key, allowed):
+    msg = assert_config_error(lambda: config.load(micro(**changes)), key, allowed)
+    assert "\n" not in msg
+
+
+def tiny_search(budget: int) -> dict:
+    """random_search alone, one example a step, one candidate a step, one step a restart: a restart spends
+    at most 1 (the step) + 1 (the start) = 2 forward passes, so 10000 restarts spend at most 20000."""
+    return micro(attacks=["random_search"], attack__budget=budget, attack__random_search__steps=1,
+                 attack__random_search__batch=1, attack__random_search__opt_examples=1,
+                 attack__random_search__guidance_sample=0)
+
+
+def test_a_budget_that_would_need_more_restarts_than_the_ceiling_is_refused():
+    assert config.load(tiny_search(20_000)).attack.budget == 20_000
+    msg = assert_config_error(lambda: config.load(tiny_search(20_001)), "'attack.budget'", "more than 10000 restarts",
+                              "at most 2 forward passes", "attack.random_search.steps")
+    assert "\n" not in msg
+    from monollm.attacks import trigger
+    from monollm.constants import RESTART_CEILING
+
+    assert trigger.MAX_RESTARTS == RESTART_CEILING  # the search stops where start's check says it would

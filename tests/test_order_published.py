@@ -278,7 +278,8 @@ BROKEN = {
     "reversed pair": (lambda d: d["pairs"][0].update(weaker=d["pairs"][0]["stronger"],
                                                      stronger=d["pairs"][0]["weaker"]), "weaker first"),
     "some splits": (lambda d: [x.pop("split") for x in d["chains"][:1] + d["pairs"][:1]], "all or none"),
-    "bad split": (lambda d: [x.update(split="train") for x in d["chains"] + d["pairs"]], "'train'"),
+    "bad split": (lambda d: [x.update(split="train") for x in d["chains"] + d["pairs"]],
+                  "chains[0] field 'split'"),
     "a list": (lambda d: d.clear(), "has no 'metadata'"),
 }
 

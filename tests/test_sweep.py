@@ -647,3 +647,137 @@ def test_an_argo_trigger_takes_the_run_id_metaflow_writes(tmp_path, capsys):
                         str(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "seed 0: triggered run argo-run-0" in out and "seed 1: triggered run argo-run-1" in out, out
+
+
+HELD_FLOW = """import json, os, sys, time
+marks = os.environ['MARKS']
+path, seed = sys.argv[sys.argv.index('--config') + 2], int(sys.argv[sys.argv.index('--seed') + 1])
+run_id = str(time.time_ns())
+with open(sys.argv[sys.argv.index('--run-id-file') + 1], 'w') as f:
+    f.write(run_id)
+with open(os.path.join(marks, 'started'), 'a') as f:
+    f.write(os.path.basename(path) + '\\n')
+while not os.path.exists(os.path.join(marks, 'go')):
+    time.sleep(0.05)
+with open(os.path.join(marks, 'runs.jsonl'), 'a') as f:
+    f.write(json.dumps({'id': run_id, 'path': path, 'seed': seed}) + '\\n')
+"""
+"""A stand-in flow (no Metaflow): notes that it started, waits for MARKS/go, then records a
+successful run of its cell's profile and seed in MARKS/runs.jsonl."""
+HELD_SWEEP = """import json, os, sys, threading
+from monollm import config
+from monollm.experiments import lock, sweep
+from monollm.experiments.plan import RunRecord
+sweep.FLOW_FILE = sys.argv[1]
+marks = os.environ['MARKS']
+def records(name, flow='MonoFlow', namespace=None):
+    path = os.path.join(marks, 'runs.jsonl')
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    return [RunRecord(r['id'], True, config.to_dict(config.load_file(r['path'], seed=r['seed']))) for r in rows[::-1]]
+sweep.records = records
+sweep.report = lambda s, cells, tasks, out: print('pairs:', sorted((t.cell.name, t.action, len(t.runs)) for t in tasks))
+def hold():
+    open(os.environ['HOLD'], 'w').close()
+    threading.Event().wait()  # until the test kills this sweep
+if os.environ.get('HOLD'):
+    lock.HOOKS['started'] = hold
+sys.exit(sweep.main(sys.argv[2:]))
+"""
+"""`python -m monollm.sweep` over HELD_FLOW, its runs read from MARKS/runs.jsonl; with HOLD set,
+the sweep stops for good right after its first run's process started, before it records the pid."""
+
+
+def test_a_sweep_killed_before_it_records_the_run_never_runs_the_pair_twice(tmp_path):
+    """SIGKILL to the sweep while its run has started but its pid is not recorded yet (held there
+    by lock.HOOKS): the restarted sweep finds the run by the token in its environment, waits for
+    it, then skips its pair and runs the other: one run per pair."""
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    marks.mkdir()
+    (tmp_path / "flow.py").write_text(HELD_FLOW)
+    path = tmp_path / "held.toml"
+    path.write_text(f'name = "held"\nprofile = "{MICRO}"\nseeds = [0]\n'
+                    '[grid]\n"monotonic.mode" = ["nonneg", "sign_frozen"]\n')
+    args = [sys.executable, "-c", HELD_SWEEP, str(tmp_path / "flow.py"), str(path), "--out", str(out),
+            "--no-reuse-setup"]
+    env = flow_env(MARKS=str(marks))
+    first_out, second_out, hold = tmp_path / "first.out", tmp_path / "second.out", tmp_path / "held"
+    procs = []
+    try:
+        with open(first_out, "w") as f:
+            procs.append(subprocess.Popen(args, env={**env, "HOLD": str(hold)}, cwd=tmp_path, stdout=f,
+                                          stderr=subprocess.STDOUT))
+        wait_for("the sweep held after its run started", hold.exists, 120, procs[0], first_out)
+        wait_for("the run", (marks / "started").exists, 60)
+        procs[0].kill()
+        procs[0].wait()
+        record = json.loads((out / "running" / "monotonic.mode=nonneg.seed0.json").read_text())
+        assert "pid" not in record and record["token"], record  # killed in the window: the intent only
+        with open(second_out, "w") as f:
+            procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT))
+        wait_for("the wait for the first run", lambda: "still going; waiting for it" in second_out.read_text(), 60,
+                 procs[1], second_out)
+        (marks / "go").touch()
+        assert procs[1].wait(timeout=120) == 0, second_out.read_text()
+    finally:
+        (marks / "go").touch()  # every stand-in run ends
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    second = second_out.read_text()
+    assert "took over the stale lock" in second, second
+    assert "pairs: [('monotonic.mode=nonneg', 'skip', 1), ('monotonic.mode=sign_frozen', 'skip', 1)]" in second
+    assert sorted((marks / "started").read_text().split()) == ["monotonic.mode=nonneg.toml",
+                                                               "monotonic.mode=sign_frozen.toml"], second
+    assert not os.listdir(out / "running")
+
+
+def test_the_record_gets_the_run_id_while_the_run_goes(tmp_path):
+    """The record written before the run names the pair and a token the run's process sees in its
+    environment; the run id Metaflow writes is added to the record while the run goes."""
+    from monollm.experiments import lock
+
+    id_file, seen = tmp_path / "running" / "p.run-id", tmp_path / "seen"
+    script = (f"import os, time\nopen({str(id_file)!r}, 'w').write('42')\n"
+              f"open({str(seen)!r}, 'w').write(os.environ['{lock.TOKEN_ENV}'])\n"
+              f"while 'run_id' not in open({str(tmp_path / 'running' / 'p.json')!r}).read():\n    time.sleep(0.05)\n")
+    rc, run_id = lock.attempt([sys.executable, "-c", script], str(tmp_path), "p", str(tmp_path / "log"), str(id_file))
+    assert (rc, run_id) == (0, "42") and len(seen.read_text()) == 16
+    assert not os.listdir(tmp_path / "running")  # cleared once the run ended
+
+
+def test_two_takeovers_of_a_stale_lock_at_once_leave_one_holder(tmp_path, monkeypatch):
+    """Two takeovers of one stale lock, each paused right after its staleness check until the other
+    has checked too (or a second has passed): exactly one takes the lock, the other stops."""
+    import socket
+    import threading
+
+    from monollm.experiments import lock
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / lock.FILE).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    both, check = threading.Barrier(2), lock.stale
+
+    def paused(holder):
+        verdict = check(holder)
+        try:
+            both.wait(timeout=1)  # the other takeover checks meanwhile, where it can
+        except threading.BrokenBarrierError:
+            pass
+        return verdict
+
+    monkeypatch.setattr(lock, "stale", paused)
+    got = []
+
+    def take():
+        try:
+            got.append(lock.acquire(str(tmp_path))[1])
+        except lock.SweepLocked as err:
+            got.append(err)
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(g, str) and "took over the stale lock" in g for g in got) == 1, got
+    assert sum(isinstance(g, lock.SweepLocked) for g in got) == 1, got

@@ -35,7 +35,7 @@ class GCGConfig(TriggerConfig):
     and control). `ranking`: "gradient" (top-k by first-order gain) or "random" (k random tokens
     per position)."""
     steps: int = 16
-    """Sampled batches per restart (each scored exactly in one batched pass)."""
+    """Sampled batches per restart (each scored exactly in one batched pass); at most 100000 (STEP_CEILING)."""
     top_k: int = 32
     """Candidate tokens per trigger position from the first-order estimate."""
     batch: int = 64
@@ -46,6 +46,13 @@ class GCGConfig(TriggerConfig):
         for name in ("steps", "top_k", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"attack.gcg: {name} must be >= 1, got {getattr(self, name)}")
+
+    def restart_passes(self, n_opt: int) -> int:
+        """At most how many forward passes one restart spends on `n_opt` optimization examples (every
+        step's gradient and candidates, the start and the guidance sample): what bounds the restarts
+        a budget takes (monollm.checks refuses a budget that would need more than RESTART_CEILING)."""
+        return (self.steps * n_opt * (1 + self.batch)
+            + n_opt * (1 + self.guidance_sample))
 
 
 def sample_swaps(scores: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, k: int, n: int,

@@ -38,7 +38,7 @@ class RandomSearchConfig(TriggerConfig):
     guidance_sample: int = 0
     """As TriggerConfig's; 0 by default, so that this attack computes no gradient at all."""
     steps: int = 64
-    """Sampled batches per restart (each scored exactly in one batched pass)."""
+    """Sampled batches per restart (each scored exactly in one batched pass); at most 100000 (STEP_CEILING)."""
     batch: int = 16
     """Candidates sampled and scored per step (duplicates are scored once)."""
     n_swap: int = 1
@@ -52,6 +52,13 @@ class RandomSearchConfig(TriggerConfig):
         if self.n_swap > self.trigger_len:
             raise ValueError(f"attack.random_search: n_swap must be at most trigger_len ({self.trigger_len}), "
                              f"got {self.n_swap}")
+
+    def restart_passes(self, n_opt: int) -> int:
+        """At most how many forward passes one restart spends on `n_opt` optimization examples (every
+        step's gradient and candidates, the start and the guidance sample): what bounds the restarts
+        a budget takes (monollm.checks refuses a budget that would need more than RESTART_CEILING)."""
+        return (self.steps * n_opt * self.batch
+            + n_opt * (1 + self.guidance_sample))
 
 
 def sample_candidates(trigger: torch.Tensor, allowed: torch.Tensor, n_swap: int, n: int,

@@ -33,7 +33,8 @@ class UATConfig(TriggerConfig):
     """Budget of the universal trigger search (and, from TriggerConfig, of its restarts and control)."""
     steps: int = 10
     """Scoring rounds per restart: one batched exact re-score each, after a new gradient (or a
-    widening, below); a restart also ends early when no candidate raises the loss."""
+    widening, below); a restart also ends early when no candidate raises the loss. At most 100000
+    (STEP_CEILING)."""
     top_k: int = 8
     """Candidate tokens per trigger position from the first-order estimate (L * k re-scored per round)."""
     widen: int = 4
@@ -45,6 +46,13 @@ class UATConfig(TriggerConfig):
         for name in ("steps", "top_k", "widen"):
             if getattr(self, name) < 1:
                 raise ValueError(f"attack.uat: {name} must be >= 1, got {getattr(self, name)}")
+
+    def restart_passes(self, n_opt: int) -> int:
+        """At most how many forward passes one restart spends on `n_opt` optimization examples (every
+        step's gradient and candidates, the start and the guidance sample): what bounds the restarts
+        a budget takes (monollm.checks refuses a budget that would need more than RESTART_CEILING)."""
+        return (self.steps * n_opt * (1 + self.trigger_len * self.top_k * self.widen)
+            + n_opt * (1 + self.guidance_sample))
 
 
 def propose(grad: torch.Tensor, trigger: torch.Tensor, allowed: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

@@ -32,14 +32,14 @@ import os
 import sys
 
 from monollm.data import corpus
+from monollm.evaluation import chain_fields as field
+from monollm.evaluation.chain_fields import SPLITS
 
 __all__ = ["english_chains", "builtin_chains", "load_chains", "read_published", "write", "CHAIN_SETS",
            "DATA_DIR", "SPLITS"]
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "order")
 CHAIN_SETS = ("english", "builtin")
-SPLITS = ("fit", "eval")
-"""The values of a chain's or a pair's `split`, where a file gives one."""
 
 # --- English ------------------------------------------------------------------------------------
 # Slots: S a singular definite subject, Q its problem (bare plural noun phrase), U the people
@@ -238,18 +238,14 @@ def load_chains(name_or_path: str) -> list[dict]:
         chains, where = generate(name_or_path), f"chain set {name_or_path!r}"
     elif os.path.exists(name_or_path) and name_or_path.endswith(".json"):
         return read_published(name_or_path)
-    elif os.path.exists(name_or_path):
-        with open(name_or_path, encoding="utf-8") as f:
-            chains, where = [json.loads(line) for line in f if line.strip()], name_or_path
+    elif os.path.exists(name_or_path):  # every field's type checked, with the line it is on
+        return [chain for _, chain in field.jsonl_lines(name_or_path)]
     else:
         raise FileNotFoundError(f"no chain file {name_or_path!r}: give one of {', '.join(CHAIN_SETS)}, "
                                 "the path of a .jsonl file of chains or of a .json pairs file")
     for i, c in enumerate(chains):
-        texts = c.get("texts", [])
-        if not c.get("axis") or not c.get("topic") or len(texts) < 2 or len(set(texts)) != len(texts):
-            raise ValueError(f"{where} chain {i + 1}: a chain needs an axis, a topic and >= 2 distinct texts")
-        if c.get("split", "fit") not in SPLITS:
-            raise ValueError(f"{where} chain {i + 1}: split is {c['split']!r}; allowed: {', '.join(SPLITS)}")
+        text = f"{where} chain {i + 1}"
+        field.text(c, "axis", text), field.text(c, "topic", text), field.texts(c, "texts", text), field.split(c, text)
     return chains
 
 
@@ -275,10 +271,9 @@ def _require_keys(obj, part: str, where: str):
 def _published_chain(c: dict, where: str, axes) -> dict:
     """One chain of a published file as a chain of this module, with `chain_id` and `split`."""
     _require_keys(c, "chains", where)
-    seq = c["sequence"]
-    if not (isinstance(seq, list) and len(seq) >= 2 and all(isinstance(t, str) and t for t in seq)
-            and len(set(seq)) == len(seq)):
-        raise ValueError(f"{where}: 'sequence' must list >= 2 distinct texts, weakest first")
+    field.ident(c, "chain_id", where), field.text(c, "axis", where), field.text(c, "topic", where)
+    seq = field.texts(c, "sequence", where)
+    field.split(c, where)
     if c["axis"] not in axes:
         raise ValueError(f"{where}: axis {c['axis']!r} is not among metadata.axes")
     out = {"chain_id": c["chain_id"], "axis": c["axis"], "topic": c["topic"], "texts": list(seq), "pairs": []}
@@ -291,6 +286,9 @@ def _published_pair(p: dict, where: str, chains: dict) -> dict:
     """One pair of a published file, checked against its chain: {pair_id, weaker, stronger,
     level_gap, split (where given)}."""
     _require_keys(p, "pairs", where)
+    field.ident(p, "pair_id", where), field.ident(p, "chain_id", where), field.text(p, "axis", where)
+    field.text(p, "topic", where), field.text(p, "weaker", where), field.text(p, "stronger", where)
+    field.positive_int(p, "level_gap", where), field.split(p, where)
     chain = chains.get(p["chain_id"])
     if chain is None:
         raise ValueError(f"{where}: chain_id {p['chain_id']!r} names no chain")
@@ -317,11 +315,15 @@ def read_published(path: str) -> list[dict]:
     given), "pairs": its pairs as {"pair_id", "weaker", "stronger", "level_gap", "split"}}. A file
     of another shape is refused with a ValueError naming what is missing or wrong."""
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     _require_keys(data, "", path)
     _require_keys(data["metadata"], "metadata", f"{path} metadata")
-    if not isinstance(data["metadata"]["axes"], list):
-        raise ValueError(f"{path} metadata: 'axes' must be a list of axis names")
+    axes = data["metadata"]["axes"]
+    if not isinstance(axes, list) or not all(isinstance(a, str) and a for a in axes):
+        field.fail(f"{path} metadata", "axes", "must be a list of axis names", axes)
     for part in ("chains", "pairs"):
         if not isinstance(data[part], list) or not data[part]:
             raise ValueError(f"{path}: {part!r} must be a non-empty list")
@@ -329,11 +331,12 @@ def read_published(path: str) -> list[dict]:
     for i, c in enumerate(data["chains"]):
         chain = _published_chain(c, f"{path} chains[{i}]", data["metadata"]["axes"])
         if chain["chain_id"] in chains:
-            raise ValueError(f"{path} chains[{i}]: chain_id {chain['chain_id']!r} is not unique")
+            raise ValueError(f"{path} chains[{i}] field 'chain_id': {chain['chain_id']!r} is not unique")
         chains[chain["chain_id"]] = chain
     for i, p in enumerate(data["pairs"]):
         pair = _published_pair(p, f"{path} pairs[{i}]", chains)
         chains[p["chain_id"]]["pairs"].append(pair)
+    field.unique([p["pair_id"] for p in data["pairs"]], "pairs", "pair_id", path)  # each checked an id above
     splits = [p.get("split") for c in chains.values() for p in c["pairs"]]  # a pair's, else its chain's
     if any(s is None for s in splits) and any(s is not None for s in splits):
         raise ValueError(f"{path}: some pairs have a 'split' (their own or their chain's) and others not: "
