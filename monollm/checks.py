@@ -202,8 +202,8 @@ def _check_attack(a, attacks):
 def _check_ceilings(a, attacks):
     """attack.budget, and every trigger search's restarts and steps, at most their ceiling (constants);
     and no budget so large that a search listed in `attacks` would need more restarts than that."""
-    key, budget = ("attack.max_budget", a.max_budget) if a.budget == "auto" else ("attack.budget", a.budget)
-    require(budget <= BUDGET_CEILING, key, f"is {budget}; allowed: at most {BUDGET_CEILING} forward passes per search")
+    which, budget = ("attack.max_budget", a.max_budget) if a.budget == "auto" else ("attack.budget", a.budget)
+    require(budget <= BUDGET_CEILING, which, f"is {budget}; allowed: at most {BUDGET_CEILING} forward passes per search")
     require(a.edit_budget <= BUDGET_CEILING, "attack.edit_budget",
             f"is {a.edit_budget}; allowed: at most {BUDGET_CEILING} forward passes per example")
     for name, params in sorted(a.params.items()):
@@ -214,7 +214,7 @@ def _check_ceilings(a, attacks):
         most = getattr(params, "restart_passes", None)
         if budget and name in attacks and most is not None:
             per = most(min(params.opt_examples or a.examples, a.examples))  # attack_opt holds attack.examples
-            require(budget <= RESTART_CEILING * per, key,
+            require(budget <= RESTART_CEILING * per, which,
                     f"is {budget}: {name} would need more than {RESTART_CEILING} restarts to spend it (one restart "
                     f"spends at most {per} forward passes here); lower it, or raise attack.{name}.steps")
 

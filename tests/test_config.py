@@ -486,3 +486,9 @@ def test_a_budget_that_would_need_more_restarts_than_the_ceiling_is_refused():
     from monollm.constants import RESTART_CEILING
 
     assert trigger.MAX_RESTARTS == RESTART_CEILING  # the search stops where start's check says it would
+
+
+def test_an_auto_budget_is_held_to_the_ceiling_by_its_cap():
+    raw = tomllib.loads(open(MICRO).read())
+    raw["attack"].update(budget="auto", max_budget=10**9 + 1)
+    assert_config_error(lambda: config.load(raw), "'attack.max_budget'", "1000000001", "at most 1000000000")
