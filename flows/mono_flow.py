@@ -223,14 +223,15 @@ class MonoFlow(FlowSpec):
 
     @step
     def end(self):
-        """Print the tables, then the answer and the card command (the last screen of the run), and name
-        the file that holds them without Metaflow's log prefixes; record the run this one was resumed
-        from, if any."""
-        from monollm.results import client
+        """Store the summary (every table, then the answer) and write it to a file free of Metaflow's
+        log prefixes; print the last screen (the answer and the next commands, results.last_screen);
+        record the run this one was resumed from, if any."""
+        from monollm.results import client, last_screen
 
         self.origin_run_id = current.origin_run_id  # also when only `end` ran again
-        self.summary = client.summary_text(self, current.run_id)  # also in a file, free of the log prefixes
-        print(self.summary + "\n" + client.keep_summary(self.summary, f"{current.flow_name}/{current.run_id}"))
+        self.summary = client.summary_text(self, current.run_id)  # every table: in a file, free of the log prefixes
+        kept = client.summary_file(self.summary, f"{current.flow_name}/{current.run_id}")
+        print(last_screen.render(self, current.run_id, kept))  # the answer and the next commands, 120 columns
 
 
 if __name__ == "__main__":

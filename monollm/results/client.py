@@ -200,26 +200,32 @@ ANSWER_TITLE = "Answer (the experiment card opens with it; the tables above hold
 
 
 def card_command(run_id: str) -> str:
-    """The last line of the console summary: how to fetch the run's experiment card."""
-    return f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"
+    """The last line of the console summary: how to fetch the run's experiment card (Makefile)."""
+    return f"Experiment card: make card RUN={run_id}"
 
 
-def keep_summary(text: str, run_pathspec: str) -> str:
+def summary_file(text: str, run_pathspec: str) -> str | None:
     """Write the console summary `text` of run `run_pathspec` ("MonoFlow/ID"), free of Metaflow's log
     prefixes, to a file in the temp folder when the run's datastore is local (the step runs on this
-    machine); the line that names it, or, for a remote datastore, how to print the run's `summary`
-    artifact (which `end` stores either way)."""
+    machine); its path, or None for a remote datastore (`end` stores the text as `summary` either way)."""
     import tempfile
 
     from metaflow.metaflow_config import DEFAULT_DATASTORE
 
     if DEFAULT_DATASTORE != "local":
-        return ("Without the log prefixes: python -c \"from metaflow import Run; "
-                f"print(Run('{run_pathspec}').data.summary)\"")
+        return None
     path = os.path.join(tempfile.gettempdir(), f"monollm-{run_pathspec.replace('/', '-')}-summary.txt")
     with open(path, "w") as f:
         f.write(text + "\n")
-    return f"Without the log prefixes: {path}"
+    return path
+
+
+def keep_summary(text: str, run_pathspec: str) -> str:
+    """`summary_file`, and the line that names the file, or, for a remote datastore, how to print
+    the run's `summary` artifact."""
+    path = summary_file(text, run_pathspec)
+    return f"Without the log prefixes: {path}" if path else \
+        f"Without the log prefixes: make summary RUN={run_pathspec.split('/')[-1]}"
 
 
 def detail_lines(data) -> list[str]:

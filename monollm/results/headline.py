@@ -12,7 +12,7 @@ marked "not evidence of robustness" with the diagnostic that makes it so
 """
 from __future__ import annotations
 
-from monollm.results.wording import NLL_DECIMALS, interval
+from monollm.results.wording import NLL_DECIMALS, NOT_EVIDENCE, flags_of, interval
 
 UNITS = "damage above random control, baseline minus monotonic, nats per continuation token, 95% CI"
 # verdict (verdicts.compare_models) -> what the attack did to the monotonic model, against the baseline
@@ -53,7 +53,9 @@ def _family(key: str) -> str:
 
 
 def _numbers(c: dict) -> str:
-    return f"({interval(c['diff'], c['ci_low'], c['ci_high'])})"
+    """'(+0.059 [-0.012, +0.130])', and the flags a family verdict carries of its own, where it has any."""
+    flags = f"; {NOT_EVIDENCE}: {', '.join(flags_of(c))}" if flags_of(c) else ""
+    return f"({interval(c['diff'], c['ci_low'], c['ci_high'])}{flags})"
 
 
 def attack_verdicts_sentence(above: dict) -> str:
@@ -61,8 +63,8 @@ def attack_verdicts_sentence(above: dict) -> str:
     parts = []
     for attack, c in above.items():
         part = f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}"
-        if c.get("not_evidence"):
-            part += " - not evidence of robustness: " + ", ".join(c["not_evidence"])
+        if flags_of(c):
+            part += f" - {NOT_EVIDENCE}: " + ", ".join(flags_of(c))
         parts.append(part)
     return "Per attack, from its own search against each model: " + "; ".join(parts) + "."
 
@@ -71,8 +73,8 @@ def seeds_sentence(findings: dict) -> str:
     """How many seeds stand behind the verdicts, and what the intervals cover."""
     n = findings.get("seeds", 1)
     return (f"{'One seed stands' if n == 1 else f'{n} seeds stand'} behind these verdicts: the intervals cover the "
-            "test examples, not the search or the seed. Run more seeds (--seed N) and compare them with "
-            "python -m monollm.compare.")
+            "test examples, not the search or the seed. Run more seeds (make run SEED=N) and compare them "
+            "(make compare).")
 
 
 def robustness_sentence(above: dict) -> str:
