@@ -17,8 +17,11 @@ from monollm.results import client
 from monollm.stats import t_interval
 
 
-def fake_run(run_id: str, seed: int, scale: float = 1.0, **changes):
+def fake_run(run_id: str, seed: int, scale: float = 1.0, flags=(), **changes):
+    """A run of the synthetic tables with this seed; its uat verdict carries `flags` (none by default:
+    the synthetic run's own weak-guidance flag is cleared, so that verdict words read plainly)."""
     data = synthetic_run()
+    data.findings["robustness_above_control"]["uat"]["not_evidence"] = list(flags)
     data.perplexity = data.perplexity.assign(perplexity=data.perplexity["perplexity"] * scale)
     data.resolved_config = copy.deepcopy(data.resolved_config)
     data.resolved_config["seed"] = seed
@@ -394,3 +397,21 @@ def test_card_get_says_whether_the_latest_run_failed_or_is_running():
     assert run_state(failed) == "failed (in step train_baseline)"
     running = [step("start", (True, True)), step("train_baseline", (False, False))]
     assert run_state(running).startswith("is still running")
+
+
+def test_compare_says_in_how_many_runs_each_verdict_was_flagged():
+    """Two of three runs flag uat's verdict: compare's verdict leads with "not evidence of robustness",
+    the count and the flags, then the interval's own reading; the unflagged worst case reads plainly."""
+    flags = [["weak_guidance on monotonic"], [], ["transfer_beats_attack on monotonic", "weak_guidance on monotonic"]]
+    runs = [with_diffs(fake_run(str(50 + i), i, flags=f), a, 0.0, 0.1) for i, (f, a) in
+            enumerate(zip(flags, [0.10, 0.20, 0.15]))]
+    table = compare.compare(runs)
+    assert table.attrs["flags"]["dNLL above control uat baseline - monotonic"] == {
+        "flagged": 2, "runs": 3, "flags": ["weak_guidance on monotonic", "transfer_beats_attack on monotonic"]}
+    v = compare.verdicts(table).set_index("metric")
+    assert v.loc["dNLL above control uat baseline - monotonic", "verdict"] == (
+        "not evidence of robustness: flagged in 2 of 3 seeds (weak_guidance on monotonic, transfer_beats_attack on "
+        "monotonic); across them: monotonic more robust")
+    worst = [m for m in v.index if m.startswith(compare.WORST_CASE)]
+    assert worst and all(not v.loc[m, "verdict"].startswith("not evidence") for m in worst)
+    assert "flagged in 2 of 3 seeds" in " ".join(compare.format_table(table).split())
