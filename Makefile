@@ -37,7 +37,7 @@ venv:
 
 card: venv
 	$(PY) flows/mono_flow.py card get $(if $(RUN),$(RUN)/)$(or $(STEP),join_attacks) \
-		$(if $(filter attack%,$(STEP)),--id attack) $(or $(OUT),report.html)
+		$(if $(filter attack%,$(STEP)),--id attack) $(or $(OUT),$(if $(STEP),$(subst /,-,$(STEP)).html,report.html))
 
 compare: venv
 	$(PY) -m monollm.compare $(RUNS) $(ARGS)

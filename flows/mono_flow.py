@@ -205,7 +205,7 @@ class MonoFlow(FlowSpec):
         """The branches' tables in one place; the summary, findings, worst case and budget curves
         computed from them; the experiment card."""
         from monollm import config
-        from monollm.results import answer, cards
+        from monollm.results import answer, cards, client
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         branches = answer.gather(inputs)  # attacks, token_text, downstream, downstream_items, order_preservation
@@ -218,7 +218,8 @@ class MonoFlow(FlowSpec):
         # attack_summary, findings, worst_case, worst_case_examples, budget_curve and the gathered tables
         for name, value in {**vars(branches), **vars(done)}.items():
             setattr(self, name, value)
-        current.card["experiment"].extend(cards.experiment(self))
+        self.attack_tasks = client.branch_tasks(f"{current.flow_name}/{current.run_id}")  # branch -> its card's task
+        current.card["experiment"].extend(cards.experiment(self, current.run_id))
         self.next(self.end)
 
     @step

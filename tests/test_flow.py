@@ -216,7 +216,11 @@ def test_console_summary_ends_with_the_answer_and_fits_120_columns(micro_run):
     text = client.summary_text(micro_run.data, micro_run.id)
     lines = text.splitlines()
     # the tables first; the answer, the perplexity cost among it, and the card command on the last screen
-    assert answer_block(text) == " ".join(headline(micro_run.data.findings))
+    from monollm.results.wording import pipeline_check_line
+
+    caveat = pipeline_check_line(micro_run.data.resolved_config)
+    assert caveat.startswith("Profile 'micro' checks the pipeline: a 2-layer model")
+    assert answer_block(text) == " ".join([caveat] + headline(micro_run.data.findings))
     assert client.ANSWER_TITLE in lines[-40:] and lines.index(client.ANSWER_TITLE) > lines.index(
         "Perplexity on the test blocks (95% bootstrap CI over blocks):")
     assert "perplexity" in " ".join(lines[lines.index(client.ANSWER_TITLE):])

@@ -187,8 +187,14 @@ def summary_text(data, run_id: str = "") -> str:
     from monollm.results.headline import headline
 
     parts = detail_lines(data)
-    parts += ["", ANSWER_TITLE] + headline(data.findings, arms_differ(data.resolved_config))
+    from monollm.results.wording import pipeline_check_line
+
+    caveat = pipeline_check_line(data.resolved_config)
+    parts += ["", ANSWER_TITLE] + ([caveat] if caveat else []) + headline(data.findings,
+                                                                          arms_differ(data.resolved_config))
+    tasks = getattr(data, "attack_tasks", None) or {}
     if run_id:
+        parts += ["", "Branch cards (each attack's own card):"] + card_commands(run_id, tasks) if tasks else []
         parts += ["", card_command(run_id)]
     return "\n".join(line for part in parts for line in _wrap(part))
 
@@ -202,6 +208,33 @@ ANSWER_TITLE = "Answer (the experiment card opens with it; the tables above hold
 def card_command(run_id: str) -> str:
     """The last line of the console summary: how to fetch the run's experiment card (Makefile)."""
     return f"Experiment card: make card RUN={run_id}"
+
+
+def branch_tasks(run_pathspec: str, step: str = "attack") -> dict:
+    """Branch name (an attack, "downstream", "order") -> the task id of its `step` task in run
+    `run_pathspec` ("MonoFlow/ID"), read from each task's foreach frame; {} where the metadata
+    cannot say (a run whose branches are not recorded yet)."""
+    from metaflow import Step
+    from metaflow.exception import MetaflowException
+
+    try:
+        with in_namespace(None):
+            return {t["_foreach_stack"].data[-1].value: t.id for t in Step(f"{run_pathspec}/{step}")}
+    except (MetaflowException, KeyError, IndexError, AttributeError):
+        return {}
+
+
+def card_commands(run_id: str, tasks: dict) -> list[str]:
+    """'<branch>: make card RUN=<run_id> STEP=attack/<task>' per branch of `tasks` (branch_tasks)."""
+    return [f"{branch}: make card RUN={run_id} STEP=attack/{task}" for branch, task in tasks.items()]
+
+
+def card_commands_text(run_id: str, tasks: dict) -> str:
+    """The experiment card's line naming the command of each branch's own card ("" without `tasks`)."""
+    if not (run_id and tasks):
+        return ""
+    return "Each branch's own card (from the repository root): " + "; ".join(
+        f"`make card RUN={run_id} STEP=attack/{task}` ({branch})" for branch, task in tasks.items())
 
 
 def summary_file(text: str, run_pathspec: str) -> str | None:
