@@ -415,3 +415,19 @@ def test_compare_says_in_how_many_runs_each_verdict_was_flagged():
     worst = [m for m in v.index if m.startswith(compare.WORST_CASE)]
     assert worst and all(not v.loc[m, "verdict"].startswith("not evidence") for m in worst)
     assert "flagged in 2 of 3 seeds" in " ".join(compare.format_table(table).split())
+
+
+def test_latest_per_seed_takes_one_run_per_seed_and_says_which():
+    """The notebook's choice where a seed was run again: the latest run of each seed, or the run it is
+    looking at for that run's seed; compare then takes them without refusing."""
+    from monollm.experiments import chains
+
+    runs = [fake_run("60", 0), fake_run("61", 1), fake_run("62", 0), fake_run("63", 0)]  # oldest first
+    kept, notes = chains.latest_per_seed(runs)
+    assert [r.id for r in kept] == ["63", "61"]
+    assert notes == ["seed 0: 3 runs; took MonoFlow/63 (the latest), left out MonoFlow/60, MonoFlow/62"]
+    kept, notes = chains.latest_per_seed(runs, keep=runs[0])
+    assert [r.id for r in kept] == ["60", "61"]
+    assert notes == ["seed 0: 3 runs; took MonoFlow/60 (the run shown above), left out MonoFlow/62, MonoFlow/63"]
+    table = compare.compare(kept)
+    assert table.attrs["warnings"] == [] and list(table.columns[:2]) == ["seed 0", "seed 1"]
