@@ -126,3 +126,18 @@ def test_the_forest_plot_has_one_labelled_zero_line_and_round_ticks(tmp_path):
     assert len(ticks) >= 2 and all(re.fullmatch(r"[+-]\d\.\d{3}", t) for t in texts if t and t[0] in "+-")
     steps = {round(b - a, 9) for a, b in zip(sorted(ticks + [0.0]), sorted(ticks + [0.0])[1:])}
     assert len(steps) == 1 and next(iter(steps)) in (0.05, 0.1, 0.2)  # evenly spaced round values
+
+
+def test_the_sweep_report_says_in_how_many_seeds_a_verdict_was_flagged(tmp_path):
+    """A cell whose uat verdict was flagged in 2 of its 3 seeds (per_run's `flags` column, as
+    sweep.per_run writes it): the report's verdict leads with "not evidence of robustness" and the count."""
+    flags = [{ABOVE: ["weak_guidance on monotonic"]}, {ABOVE: []}, {ABOVE: ["not_converged on monotonic"]}]
+    per_run = pd.DataFrame([{"cell": "mode=nonneg", "seed": s, "run": f"MonoFlow/{s}", ABOVE: x,
+                             sweep_report.FLAGS: flags[s]} for s, x in enumerate([0.10, 0.20, 0.15])])
+    grid = {"mode": ("nonneg",)}
+    written = sweep_report.write(str(tmp_path), "Sweep t", [], per_run, grid_cells(grid), grid)
+    rows = html_rows(open(written["html"]).read())
+    verdict = ("not evidence of robustness: flagged in 2 of 3 seeds (weak_guidance on monotonic, not_converged on "
+               "monotonic); across them: monotonic more robust")
+    assert ["nonneg", "uat above ctrl", "+0.150 [+0.026, +0.274]", "3 seeds", verdict] in rows
+    assert sweep_report.FLAGS not in sweep_report.metric_columns(per_run)

@@ -40,7 +40,7 @@ def reading(verdict: str, counted: dict | None, unit: str = "run") -> str:
     """The verdict across runs, with how many runs flagged it: 'not evidence of robustness: flagged in
     2 of 3 runs (weak_guidance on monotonic); across them: baseline more robust'; the verdict alone
     where no run flagged it (or the metric has no flags: a cost)."""
-    if not counted or not counted["flagged"]:
+    if not isinstance(counted, dict) or not counted["flagged"]:
         return verdict
     return (f"{wording.NOT_EVIDENCE}: flagged in {counted['flagged']} of {wording.count(counted['runs'], unit)} "
             f"({', '.join(counted['flags'])}); across them: {verdict}")

@@ -192,7 +192,7 @@ def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
     """(table, notes): one row per (cell, seed) with a successful run (cell, seed, run and the
     numbers sweep_report.pick takes from it). A run and its resumed copies are one computation
     (compare.one_per_computation); where a pair still has several runs, the oldest counts."""
-    from monollm.experiments import compare
+    from monollm.experiments import compare, flagged
 
     done = [t for t in tasks if t.action == "skip"]
     kept, notes = compare.one_per_computation([r.run for t in done for r in t.runs])
@@ -206,7 +206,8 @@ def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"cell {t.cell.name} seed {t.seed}: runs {', '.join(str(r.id) for r in mine)} repeat one "
                          f"computation; run {mine[0].id} counts")
         rows.append({"cell": t.cell.name, "seed": t.seed, "run": mine[0].pathspec,
-                     **sweep_report.pick(compare.key_numbers(mine[0].data))})
+                     **sweep_report.pick(compare.key_numbers(mine[0].data)),
+                     sweep_report.FLAGS: flagged.run_flags(mine[0].data.findings)})
     table = pd.DataFrame(rows)
     return (table if rows else pd.DataFrame(columns=["cell", "seed", "run"])), notes
 
