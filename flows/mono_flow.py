@@ -238,11 +238,15 @@ class MonoFlow(FlowSpec):
 if __name__ == "__main__":
     import sys
 
-    from monollm.cli import (check_card_get, check_config_path, check_resume_origin, check_runs_here, resume_notes,
-                             resume_tags)
+    from monollm.cli import (check_card_get, check_config_path, check_profile, check_resume_origin, check_runs_here,
+                             datastore_note, on_interrupt, resume_notes, resume_tags)
     from monollm.cluster.slurm import use_step_resources
 
-    check_config_path(sys.argv, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # else: where it looked
+    REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    check_config_path(sys.argv, REPO)  # else: where it looked
+    check_profile(sys.argv, DEFAULT_PROFILE)  # `run`: a bad key or value is the one line printed, before Metaflow
+    datastore_note(sys.argv, REPO)  # `run` or `resume` from outside the repository: which .metaflow it writes to
+    on_interrupt(sys.argv)  # after Ctrl-C: how to resume
     check_runs_here(sys.argv)  # `card ...`, `resume`: no runs from this directory? say where it looked, create nothing
     check_card_get(sys.argv)  # a bare step name: your latest run (named in argv); said which, if it did not succeed
     check_resume_origin(sys.argv)
