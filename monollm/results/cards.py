@@ -264,8 +264,8 @@ def _table(df: pd.DataFrame):
 
 
 def experiment(data, run_id: str = "") -> list:
-    """Components of the experiment card (`run_id`: for the commands of the attack cards). data: the flow at join_attacks (or run.data) with
-    resolved_config, perplexity, training, constraint, attacks, attack_summary and findings
+    """Components of the experiment card (`run_id`: for the attack cards' commands). data: the flow
+    at join_attacks (or run.data) with resolved_config, perplexity, training, constraint, attacks, attack_summary and findings
     (and token_text where the run stored it). The answer and its key numbers come first, the
     details after, the configuration last and collapsed."""
     from metaflow.cards import Markdown, VegaChart
