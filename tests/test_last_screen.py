@@ -55,6 +55,10 @@ def test_the_last_screen_fits_120_columns_with_the_prefix_and_splits_no_number_o
                              "generated text")
     for sentence in [caveat, *headline.headline(f)]:
         assert " ".join(sentence.split()) in joined
+    # a command inside a sentence stays whole on its row too
+    for command in ("make run SEED=N", "make compare"):
+        assert any(command in row for row in rows if not row.endswith(command) or row == PREFIX + command)
+    assert not any(row.endswith(" make") for row in rows)
 
 
 def test_a_remote_datastore_gets_the_summary_command_and_a_paper_profile_no_caveat():
@@ -69,6 +73,9 @@ def test_a_remote_datastore_gets_the_summary_command_and_a_paper_profile_no_cave
 def test_wrapping_keeps_an_interval_whole_even_at_the_edge():
     sentence = "uat no significant difference -0.005 [-0.056, +0.049] and more words"
     for width in range(20, 60):
+        rows = last_screen.wrap(sentence + " (make run SEED=N) and (make compare).", width)
+        assert any("make run SEED=N" in row for row in rows) and any("make compare" in row for row in rows)
+        assert " ".join(rows) == sentence + " (make run SEED=N) and (make compare)."
         rows = last_screen.wrap(sentence, width)
         assert any("-0.005 [-0.056, +0.049]" in row for row in rows), width
         assert " ".join(rows) == sentence

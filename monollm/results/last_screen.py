@@ -22,8 +22,9 @@ _GLUE = "\x00"
 
 def _glued(text: str) -> str:
     """`text` with the spaces inside [...] and before a '[' glued, so an estimate and its interval
-    stay on one row."""
+    stay on one row, and those of a `make` command in a sentence ('make run SEED=N')."""
     text = re.sub(r"\[[^\[\]]*\]", lambda m: m.group(0).replace(" ", _GLUE), text)
+    text = re.sub(r"\bmake [a-z]+(?: [A-Z]+=[^\s)]+)*", lambda m: m.group(0).replace(" ", _GLUE), text)  # commands
     return re.sub(r"(?<=\d) (?=\[)", _GLUE, text)
 
 
