@@ -205,7 +205,7 @@ class MonoFlow(FlowSpec):
         """The branches' tables in one place; the summary, findings, worst case and budget curves
         computed from them; the experiment card."""
         from monollm import config
-        from monollm.results import answer, cards
+        from monollm.results import answer, cards, client
 
         self.origin_run_id = current.origin_run_id  # the run this one was resumed from (None: not resumed)
         branches = answer.gather(inputs)  # attacks, token_text, downstream, downstream_items, order_preservation
@@ -219,29 +219,35 @@ class MonoFlow(FlowSpec):
         # attack_summary, findings, worst_case, worst_case_examples, budget_curve and the gathered tables
         for name, value in {**vars(branches), **vars(done)}.items():
             setattr(self, name, value)
-        current.card["experiment"].extend(cards.experiment(self))
+        self.attack_tasks = client.branch_tasks(f"{current.flow_name}/{current.run_id}")  # branch -> its card's task
+        current.card["experiment"].extend(cards.experiment(self, current.run_id))
         self.next(self.end)
 
     @step
     def end(self):
-        """Print the tables, then the answer and the card command (the last screen of the run), and name
-        the file that holds them without Metaflow's log prefixes; record the run this one was resumed
-        from, if any."""
-        from monollm.results import client
+        """Store the summary (every table, then the answer) and write it to a file free of Metaflow's
+        log prefixes; print the last screen (the answer and the next commands, results.last_screen);
+        record the run this one was resumed from, if any."""
+        from monollm.results import client, last_screen
 
         self.origin_run_id = current.origin_run_id  # also when only `end` ran again
-        self.summary = client.summary_text(self, current.run_id)  # also in a file, free of the log prefixes
-        print(self.summary + "\n" + client.keep_summary(self.summary, f"{current.flow_name}/{current.run_id}"))
+        self.summary = client.summary_text(self, current.run_id)  # every table: in a file, free of the log prefixes
+        kept = client.summary_file(self.summary, f"{current.flow_name}/{current.run_id}")
+        print(last_screen.render(self, current.run_id, kept))  # the answer and the next commands, 120 columns
 
 
 if __name__ == "__main__":
     import sys
 
-    from monollm.cli import (check_card_get, check_config_path, check_resume_origin, check_runs_here, resume_notes,
-                             resume_tags)
+    from monollm.cli import (check_card_get, check_config_path, check_profile, check_resume_origin, check_runs_here,
+                             datastore_note, on_interrupt, resume_notes, resume_tags)
     from monollm.cluster.slurm import use_step_resources
 
-    check_config_path(sys.argv, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # else: where it looked
+    REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    check_config_path(sys.argv, REPO)  # else: where it looked
+    check_profile(sys.argv, DEFAULT_PROFILE)  # `run`: a bad key or value is the one line printed, before Metaflow
+    datastore_note(sys.argv, REPO)  # `run` or `resume` from outside the repository: which .metaflow it writes to
+    on_interrupt(sys.argv)  # after Ctrl-C: how to resume
     check_runs_here(sys.argv)  # `card ...`, `resume`: no runs from this directory? say where it looked, create nothing
     check_card_get(sys.argv)  # a bare step name: your latest run (named in argv); said which, if it did not succeed
     check_resume_origin(sys.argv)

@@ -295,3 +295,73 @@ def full_disk_last_words(argv: list[str], code, flow: str = "MonoFlow") -> str |
     resume = "python flows/mono_flow.py resume" + (f" --origin-run-id {run_id}" if run_id else "")
     return (f"monoflow: the run stopped because the datastore's disk is full ({free} bytes free at {place}). "
             f"{MORE_DISK}. Then resume it:\n  {resume}")
+
+
+# --- what `run` says before it starts, and after Ctrl-C --------------------------------------
+
+def check_profile(argv: list[str], default: str):
+    """For `run`: load and validate the profile (`--config config PATH`, else `default`) before
+    Metaflow starts, so that a bad key or value is the command's one line of output, not a line
+    inside the `start` step's failure report (`start` checks it again)."""
+    if command(argv) != "run":
+        return
+    import tomllib
+
+    from monollm import config, errors
+
+    at = next((i for i, arg in enumerate(argv[:-2]) if arg == "--config" and argv[i + 1] == "config"), None)
+    path = os.path.abspath(argv[at + 2]) if at is not None else default
+    seed = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--seed"), None)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+        config.load(raw, int(seed) if seed is not None and seed.lstrip("-").isdigit() else None)
+    except tomllib.TOMLDecodeError:
+        return  # Metaflow's parser (profiles.parse) names the line and column
+    except errors.ConfigError as err:
+        raise SystemExit(f"profile {raw.get('name', path)!r} ({path}): {err}") from None
+
+
+def datastore_note(argv: list[str], repo: str) -> str | None:
+    """For `run` and `resume` on the local datastore from outside the repository `repo`: the line
+    naming the `.metaflow` folder the runs go to (Metaflow makes one in the current directory when
+    there is none above it), printed to stderr; None otherwise."""
+    cwd = os.getcwd()
+    if command(argv) not in ("run", "resume") or not local_datastore(argv) or \
+            os.path.commonpath([cwd, repo]) == repo:
+        return None
+    root = datastore_root() or os.path.join(cwd, ".metaflow")
+    line = (f"{command(argv)}: runs from {cwd}, outside the repository, go to the datastore {root}; `card get`, "
+            f"`resume` and `compare` find them from {os.path.dirname(root)} (or with METAFLOW_DATASTORE_SYSROOT_LOCAL)")
+    print(line, file=sys.stderr)
+    return line
+
+
+def interrupted_note(run_id: str | None) -> str:
+    """What `run` or `resume` says after Ctrl-C: how to go on from the step that stopped."""
+    which = f" RUN={run_id}" if run_id else ""
+    return (f"Interrupted. To go on from the step that stopped, from the repository root: make resume{which} "
+            f"(python flows/mono_flow.py resume --origin-run-id {run_id or 'RUN_ID'} with the venv active)")
+
+
+def on_interrupt(argv: list[str], flow: str = "MonoFlow"):
+    """For `run` and `resume`: after Ctrl-C (SIGINT, which Metaflow turns into its own exit), say how
+    to resume (interrupted_note) when the process exits; the interrupt itself is handled as before."""
+    import atexit
+    import signal
+
+    if command(argv) not in ("run", "resume"):
+        return
+    seen = []
+
+    def note(signum, frame):
+        seen.append(signum)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without this handler
+
+    def at_exit():
+        if seen:  # a `run` is the latest in the datastore; a resumed run's id is in Metaflow's lines above
+            origin = resume_origin(["resume"], flow)[0] if command(argv) == "run" else None
+            print(interrupted_note(origin), file=sys.stderr)
+
+    signal.signal(signal.SIGINT, note)
+    atexit.register(at_exit)

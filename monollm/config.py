@@ -390,6 +390,10 @@ class ExperimentConfig:
     """torch CPU threads per step (0: torch's default)."""
     attacks: tuple[str, ...] = ("random",)
     """Attack types, one foreach branch each."""
+    pipeline_check: bool = False
+    """True for a profile that checks the pipeline and cannot answer the question (a small model
+    built here, trained on generated text): the console, the card, the notebook and `compare` then
+    say so next to every answer (results.wording.pipeline_check_line)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)

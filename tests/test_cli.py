@@ -168,3 +168,32 @@ def test_a_run_that_failed_on_a_full_datastore_disk_ends_with_the_fix_and_the_re
     assert cli.full_disk_last_words(["flows/mono_flow.py", "card", "view"], 1) is None  # not a run
     free["bytes"] = 10 ** 9
     assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 1) is None  # failed for another reason
+
+
+def test_a_bad_profile_key_is_the_one_line_run_prints(tmp_path):
+    """`run` loads the profile before Metaflow starts: a typo is one line naming it, and no datastore is made."""
+    from monollm import cli
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "typo"\nseeed = 3\n')
+    with pytest.raises(SystemExit) as stop:
+        cli.check_profile(["mono_flow.py", "--config", "config", str(bad), "run"], "unused")
+    assert str(stop.value).startswith(f"profile 'typo' ({bad}): unknown key 'seeed' (allowed: name, seed,")
+    assert cli.check_profile(["mono_flow.py", "card", "get", "join_attacks"], str(bad)) is None  # only for `run`
+    assert not (tmp_path / ".metaflow").exists()
+
+
+def test_a_run_from_outside_the_repository_names_its_datastore(tmp_path, monkeypatch, capsys):
+    from monollm import cli
+
+    monkeypatch.delenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", raising=False)
+    monkeypatch.setattr(cli, "datastore_root", lambda: None)  # no .metaflow above: Metaflow makes one here
+    monkeypatch.chdir(tmp_path)
+    line = cli.datastore_note(["mono_flow.py", "run"], "/nowhere/repo")
+    assert line == (f"run: runs from {tmp_path}, outside the repository, go to the datastore {tmp_path}/.metaflow; "
+                    f"`card get`, `resume` and `compare` find them from {tmp_path} (or with "
+                    f"METAFLOW_DATASTORE_SYSROOT_LOCAL)")
+    assert capsys.readouterr().err.strip() == line
+    assert cli.datastore_note(["mono_flow.py", "run"], str(tmp_path)) is None  # inside the repository: nothing
+    assert cli.interrupted_note("17").startswith("Interrupted. To go on from the step that stopped, from the "
+                                                 "repository root: make resume RUN=17")

@@ -17,8 +17,11 @@ from monollm.results import client
 from monollm.stats import t_interval
 
 
-def fake_run(run_id: str, seed: int, scale: float = 1.0, **changes):
+def fake_run(run_id: str, seed: int, scale: float = 1.0, flags=(), **changes):
+    """A run of the synthetic tables with this seed; its uat verdict carries `flags` (none by default:
+    the synthetic run's own weak-guidance flag is cleared, so that verdict words read plainly)."""
     data = synthetic_run()
+    data.findings["robustness_above_control"]["uat"]["not_evidence"] = list(flags)
     data.perplexity = data.perplexity.assign(perplexity=data.perplexity["perplexity"] * scale)
     data.resolved_config = copy.deepcopy(data.resolved_config)
     data.resolved_config["seed"] = seed
@@ -441,3 +444,37 @@ def test_the_worst_case_across_seeds_keeps_the_sign_baseline_minus_monotonic():
     assert row["mean"] == pytest.approx(0.4) and row["ci_low"] > 0
     v = compare.verdicts(table).set_index("metric")
     assert v.loc[f"{compare.WORST_CASE}universal triggers baseline - monotonic", "verdict"] == "monotonic more robust"
+
+
+def test_compare_says_in_how_many_runs_each_verdict_was_flagged():
+    """Two of three runs flag uat's verdict: compare's verdict leads with "not evidence of robustness",
+    the count and the flags, then the interval's own reading; the unflagged worst case reads plainly."""
+    flags = [["weak_guidance on monotonic"], [], ["transfer_beats_attack on monotonic", "weak_guidance on monotonic"]]
+    runs = [with_diffs(fake_run(str(50 + i), i, flags=f), a, 0.0, 0.1) for i, (f, a) in
+            enumerate(zip(flags, [0.10, 0.20, 0.15]))]
+    table = compare.compare(runs)
+    assert table.attrs["flags"]["dNLL above control uat baseline - monotonic"] == {
+        "flagged": 2, "runs": 3, "flags": ["weak_guidance on monotonic", "transfer_beats_attack on monotonic"]}
+    v = compare.verdicts(table).set_index("metric")
+    assert v.loc["dNLL above control uat baseline - monotonic", "verdict"] == (
+        "not evidence of robustness: flagged in 2 of 3 seeds (weak_guidance on monotonic, transfer_beats_attack on "
+        "monotonic); across them: monotonic more robust")
+    worst = [m for m in v.index if m.startswith(compare.WORST_CASE)]
+    assert worst and all(not v.loc[m, "verdict"].startswith("not evidence") for m in worst)
+    assert "flagged in 2 of 3 seeds" in " ".join(compare.format_table(table).split())
+
+
+def test_latest_per_seed_takes_one_run_per_seed_and_says_which():
+    """The notebook's choice where a seed was run again: the latest run of each seed, or the run it is
+    looking at for that run's seed; compare then takes them without refusing."""
+    from monollm.experiments import chains
+
+    runs = [fake_run("60", 0), fake_run("61", 1), fake_run("62", 0), fake_run("63", 0)]  # oldest first
+    kept, notes = chains.latest_per_seed(runs)
+    assert [r.id for r in kept] == ["63", "61"]
+    assert notes == ["seed 0: 3 runs; took MonoFlow/63 (the latest), left out MonoFlow/60, MonoFlow/62"]
+    kept, notes = chains.latest_per_seed(runs, keep=runs[0])
+    assert [r.id for r in kept] == ["60", "61"]
+    assert notes == ["seed 0: 3 runs; took MonoFlow/60 (the run shown above), left out MonoFlow/62, MonoFlow/63"]
+    table = compare.compare(kept)
+    assert table.attrs["warnings"] == [] and list(table.columns[:2]) == ["seed 0", "seed 1"]

@@ -216,7 +216,11 @@ def test_console_summary_ends_with_the_answer_and_fits_120_columns(micro_run):
     text = client.summary_text(micro_run.data, micro_run.id)
     lines = text.splitlines()
     # the tables first; the answer, the perplexity cost among it, and the card command on the last screen
-    assert answer_block(text) == " ".join(headline(micro_run.data.findings))
+    from monollm.results.wording import pipeline_check_line
+
+    caveat = pipeline_check_line(micro_run.data.resolved_config)
+    assert caveat.startswith("Profile 'micro' checks the pipeline: a 2-layer model")
+    assert answer_block(text) == " ".join([caveat] + headline(micro_run.data.findings))
     assert client.ANSWER_TITLE in lines[-40:] and lines.index(client.ANSWER_TITLE) > lines.index(
         "Perplexity on the test blocks (95% bootstrap CI over blocks):")
     assert "perplexity" in " ".join(lines[lines.index(client.ANSWER_TITLE):])
@@ -227,7 +231,7 @@ def test_console_summary_ends_with_the_answer_and_fits_120_columns(micro_run):
     for block in "\n".join(lines).split("\n\n"):  # the rows of one table share one width
         rows = [line for line in block.splitlines() if line.startswith("|")]
         assert len({len(r) for r in rows}) <= 1
-    assert lines[-1] == f"Experiment card: python flows/mono_flow.py card get {micro_run.id}/join_attacks report.html"
+    assert lines[-1] == f"Experiment card: make card RUN={micro_run.id}"
     # `end` printed it, stored it, and wrote it without the log prefixes to the file its last line names
     import tempfile
 
@@ -245,6 +249,60 @@ def test_console_summary_ends_with_the_answer_and_fits_120_columns(micro_run):
         row = next(x for x in lines if x.startswith(f"| {model} ") and f"[{v['ci_low']:.3f}, " in x)
         assert f"{v['preserved']:.3f}" in row
     assert any(f"monotonic minus baseline {o['monotonic_minus_baseline']:+.3f}" in x for x in lines)
+
+
+def test_the_end_step_prints_the_last_screen(micro_run):
+    """`end` printed the last screen (results.last_screen), every line within 120 columns with the prefix."""
+    import tempfile
+
+    from monollm.results import last_screen
+
+    kept = os.path.join(tempfile.gettempdir(), f"monollm-MonoFlow-{micro_run.id}-summary.txt")
+    screen = last_screen.render(micro_run.data, micro_run.id, kept)
+    printed = micro_run["end"].task.stdout
+    assert screen in printed and "Perplexity on the test blocks" not in printed  # the tables stay in the file
+    assert max(len(line) for line in screen.splitlines()) <= last_screen.WIDTH
+    assert "checks the pipeline: a 2-layer model built here and trained on generated text" in " ".join(screen.split())
+
+
+def test_the_printed_commands_run_as_printed_in_a_fresh_shell(micro_run, tmp_path):
+    """Each command of the last screen, run by bash from the repository root with no venv active and no
+    USERNAME set (only the tests' datastore location), succeeds; `make run SEED=1` is left out (a new run)."""
+    import subprocess
+    import tempfile
+
+    from conftest import ROOT
+
+    from monollm.results import last_screen
+
+    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+        pytest.skip("the printed commands use the venv `make setup` makes; there is none here")
+    kept = os.path.join(tempfile.gettempdir(), f"monollm-MonoFlow-{micro_run.id}-summary.txt")
+    rows = last_screen.render(micro_run.data, micro_run.id, kept).splitlines()
+    commands = [r for r in rows if r.startswith(("make ", "cat "))]
+    assert commands == [f"make card RUN={micro_run.id}", f"cat {kept}", "make run SEED=1", "make compare"]
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": os.environ.get("HOME", "/root"),
+           **{k: os.environ[k] for k in ("METAFLOW_DATASTORE_SYSROOT_LOCAL", "METAFLOW_HOME")}}
+    # Metaflow reads cards from the .metaflow of the directory the commands run in (or one above): the
+    # tests' run lives in their own folder, so the commands run from a stand-in for the repository root there
+    here = os.path.join(os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"], "repository")
+    os.makedirs(here, exist_ok=True)
+    for name in ("Makefile", "flows", "config", ".venv"):
+        if not os.path.lexists(os.path.join(here, name)):
+            os.symlink(os.path.join(ROOT, name), os.path.join(here, name))
+    report_html = os.path.join(here, "report.html")
+    for command in [c for c in commands if c != "make run SEED=1"]:
+        done = subprocess.run(["bash", "-c", command], cwd=here, env=env, capture_output=True, text=True,
+                              timeout=600)
+        # other flow tests of the session may have run the micro profile again: compare then refuses in one line
+        repeated = command == "make compare" and "repeat a seed" in done.stderr
+        assert done.returncode == 0 or repeated, (command, done.stdout[-2000:], done.stderr[-2000:])
+        if command.startswith("make card"):
+            assert os.path.getsize(report_html) > 10_000
+        if command == "make compare" and not repeated:
+            assert "run(s): seed " in done.stdout and "Verdicts (mean and 95% t-interval" in done.stdout
+        if command.startswith("cat "):
+            assert done.stdout == micro_run.data.summary + "\n"
 
 
 def test_downstream_tasks_on_all_four_models(micro_run):

@@ -24,6 +24,11 @@ def outputs(nb) -> tuple[str, list, list]:
     return "\n".join(text), images, stderr
 
 
+def f_above(data) -> dict:
+    """Each attack's own verdict above control (findings), with its "not_evidence" flags."""
+    return data.findings.get("robustness_above_control", {})
+
+
 def test_notebook_explores_the_run(micro_run, datastore_root, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
@@ -50,6 +55,12 @@ def test_notebook_explores_the_run(micro_run, datastore_root, monkeypatch):
     assert text.index(answer) < text.index(robustness_views.WORST_CASE_TITLE) \
         < text.index("Perplexity cost: the monotonic model's test perplexity")
     assert "all 4 constrained matrices are >= 0" in text  # the loaded monotonic model, checked
+    # the micro profile only checks the pipeline: the notebook says so under the answer
+    assert "**Profile 'micro' checks the pipeline: a 2-layer model built here and trained on generated text" in text
+    # the key numbers read each attack's verdict as the answer does, flags included
+    for attack, comp in f_above(data).items():
+        if comp.get("not_evidence"):
+            assert f"not evidence of robustness ({', '.join(comp['not_evidence'])})" in text
     # static charts: perplexity, training curves, one dNLL distribution per attack, order preservation
     attacks = micro_run.data.resolved_config["attacks"]
     assert len(images) == 3 + len(attacks) and all(png.startswith(b"\x89PNG") for png in images)

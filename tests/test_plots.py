@@ -41,7 +41,8 @@ def test_dnll_boxes_per_condition_and_model():
     ex = per_example(data.attacks[data.attacks.attack == "uat"])
     groups = ex.groupby(["kind", "model"]).ngroups  # attack, control, transfer x baseline, monotonic
     assert len([p for p in ax.patches if isinstance(p, PathPatch)]) == groups == 6
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["attack (own)", "control (random)", "transfer (other's)"]
+    # each label on two lines (the condition, then what it is), so that neighbours do not overlap
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["attack\n(own)", "control\n(random)", "transfer\n(other's)"]
     assert png(fig).startswith(b"\x89PNG")
 
 

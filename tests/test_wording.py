@@ -2,6 +2,7 @@
 verdict words, signs and decimals, and say how many seeds stand behind each verdict."""
 import html
 import re
+import textwrap
 import xml.etree.ElementTree as ET
 
 import pandas as pd
@@ -81,8 +82,10 @@ def test_every_number_has_fixed_decimals(tmp_path):
     runs = [fake_run(str(30 + i), i) for i in range(3)]
     for run, x in zip(runs, AWKWARD):
         run.data.findings["robustness_above_control"]["uat"]["diff"] = x
-    out = compare.format_table(compare.compare(runs))
-    for line in out.splitlines()[1:]:  # the NLL cost, a few thousandths of a nat, has one decimal more
+    table = compare.compare(runs)
+    out = compare.format_table(table)
+    caveat = set(textwrap.wrap(table.attrs["caveat"], 120))  # words, with a profile's file name ("pythia-1.4b")
+    for line in (x for x in out.splitlines()[1:] if x not in caveat):  # the NLL cost has one decimal more
         assert decimals_of(line) <= ({4} if line.strip().startswith("NLL cost") else {3}), line
     assert f"{ABOVE}: +0.018 [-0.071, +0.107], 3 seeds: no significant difference" in out
 
@@ -124,3 +127,18 @@ def test_the_forest_plot_has_one_labelled_zero_line_and_round_ticks(tmp_path):
     assert len(ticks) >= 2 and all(re.fullmatch(r"[+-]\d\.\d{3}", t) for t in texts if t and t[0] in "+-")
     steps = {round(b - a, 9) for a, b in zip(sorted(ticks + [0.0]), sorted(ticks + [0.0])[1:])}
     assert len(steps) == 1 and next(iter(steps)) in (0.05, 0.1, 0.2)  # evenly spaced round values
+
+
+def test_the_sweep_report_says_in_how_many_seeds_a_verdict_was_flagged(tmp_path):
+    """A cell whose uat verdict was flagged in 2 of its 3 seeds (per_run's `flags` column, as
+    sweep.per_run writes it): the report's verdict leads with "not evidence of robustness" and the count."""
+    flags = [{ABOVE: ["weak_guidance on monotonic"]}, {ABOVE: []}, {ABOVE: ["not_converged on monotonic"]}]
+    per_run = pd.DataFrame([{"cell": "mode=nonneg", "seed": s, "run": f"MonoFlow/{s}", ABOVE: x,
+                             sweep_report.FLAGS: flags[s]} for s, x in enumerate([0.10, 0.20, 0.15])])
+    grid = {"mode": ("nonneg",)}
+    written = sweep_report.write(str(tmp_path), "Sweep t", [], per_run, grid_cells(grid), grid)
+    rows = html_rows(open(written["html"]).read())
+    verdict = ("not evidence of robustness: flagged in 2 of 3 seeds (weak_guidance on monotonic, not_converged on "
+               "monotonic); across them: monotonic more robust")
+    assert ["nonneg", "uat above ctrl", "+0.150 [+0.026, +0.274]", "3 seeds", verdict] in rows
+    assert sweep_report.FLAGS not in sweep_report.metric_columns(per_run)

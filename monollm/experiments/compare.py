@@ -30,7 +30,8 @@ import warnings
 import pandas as pd
 
 from monollm import stats
-from monollm.experiments import across
+from monollm.experiments import across, flagged
+from monollm.experiments.chains import first_run, one_per_computation  # noqa: F401 (compare.first_run)
 from monollm.experiments.where import filter_where, parse_where
 from monollm.results import wording
 from monollm.schema import flatten
@@ -170,50 +171,6 @@ def _select(runs, tag, flow: str, like, vary, namespace) -> list:
             r.successful and not _bad_keys({ref.id: base, r.id: r.data.resolved_config}, vary))]
 
 
-def first_run(run, flow: str = "MonoFlow", known: dict | None = None) -> str:
-    """The id of the run at the start of `run`'s resume chain: follows each run's origin
-    (results.origin_run_id) back to a run that was started afresh. `known`: run id -> run, to
-    look in before the metadata store; a chain that leaves the store ends where it leaves."""
-    from metaflow import Run
-    from metaflow.exception import MetaflowNotFound
-
-    from monollm.results import client
-
-    known, seen = known or {}, [str(run.id)]
-    while (origin := client.origin_run_id(run)) and origin not in seen:
-        seen.append(origin)
-        try:
-            run = known.get(origin) or Run(f"{flow}/{origin}", _namespace_check=False)
-        except MetaflowNotFound:
-            break
-    return seen[-1]
-
-
-def one_per_computation(runs: list, flow: str = "MonoFlow") -> tuple[list, list[str]]:
-    """(runs, notes): one run for each original run among `runs` (a run and its resumed copies
-    count once), and a note per run left out.
-
-    A resume clones every step that had finished, so a resumed copy of a successful run repeats
-    its numbers exactly, and resumes of one failed run share everything before the failure: none
-    is another sample of the seed. Kept: the original run when it is among `runs` and finished,
-    else the first of its descendants that finished."""
-    known = {str(r.id): r for r in runs}
-    groups = {}
-    for r in runs:
-        groups.setdefault(first_run(r, flow, known), []).append(r)
-    kept, notes = [], []
-    for root, members in groups.items():
-        finished = [r for r in members if getattr(r.data, "findings", None) is not None]
-        keep = next((r for r in finished if str(r.id) == root), (finished or members)[0])
-        kept.append(keep)
-        how = (f"is a resumed copy of run {keep.pathspec}" if str(keep.id) == root else
-               f"and run {keep.pathspec} are both resumed from run {flow}/{root}")
-        notes += [f"run {r.pathspec} {how}: one computation, counted once (kept {keep.pathspec})"
-                  for r in members if r is not keep]
-    order = {id(r): i for i, r in enumerate(runs)}
-    return sorted(kept, key=lambda r: order[id(r)]), notes
-
-
 def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
             namespace: str | None = None, where: dict | None = None) -> pd.DataFrame:
     """Key numbers per run, their mean and 95% t-interval across runs, and n.
@@ -226,7 +183,10 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     `.attrs["runs"]` maps label -> pathspec, `.attrs["seeds"]` label -> seed and
     `.attrs["warnings"]` lists the DuplicateSeeds messages (also issued as warnings) and
     `.attrs["resumed"]` the runs left out as resumed copies of another (`one_per_computation`),
-    `.attrs["varied"]` the keys besides the seed that differ between the runs, `.attrs["compute"]` each run's compute.
+    `.attrs["varied"]` the keys besides the seed whose values differ between the runs,
+    `.attrs["flags"]` in how many runs each verdict was flagged (flagged.count) and `.attrs["caveat"]`
+    the profile's pipeline-check line ("" for a profile that answers the question), `.attrs["compute"]`
+    each run's findings["compute"] ({} where none).
     Raises IncompatibleRuns, DuplicateRuns.
     """
     selected, resumed = one_per_computation(select_runs(runs, tag, flow, like, vary, namespace, where), flow)
@@ -251,6 +211,8 @@ def compare(runs=None, tag=None, vary=(), flow: str = "MonoFlow", like=None,
     table.attrs["resumed"] = resumed
     table.attrs["varied"] = sorted({k for cond in _condition(configs).values() for k, _ in cond})
     table.attrs["compute"] = [across.run_compute(r.data) for r in selected]  # findings["compute"], {} where none
+    table.attrs["flags"] = flagged.count([flagged.run_flags(r.data.findings) for r in selected])
+    table.attrs["caveat"] = wording.pipeline_check_line(next(iter(configs.values()), None))
     for message in table.attrs["warnings"]:
         warnings.warn(message, DuplicateSeeds, stacklevel=2)
     return table
@@ -293,7 +255,7 @@ def refusal(messages: list[str]) -> str:
     """The DuplicateRuns message: each group of runs sharing a seed, and how to choose."""
     groups = [m.split(": they are not independent")[0] for m in messages]
     return ("the runs picked (by tag or like the latest) repeat a seed: " + "; ".join(groups) + ". Which of "
-            "them counts is your choice: give the run ids to compare (python -m monollm.compare ID ID ..., one "
+            "them counts is your choice: give the run ids to compare (make compare RUNS=\"ID ID ...\", one "
             "run per seed), or narrow the selection with --where KEY=VALUE or another --tag")
 
 
@@ -318,7 +280,8 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """One row per difference in `table` (robustness: baseline - monotonic, the worst case first,
     then each attack's damage above control; the NLL cost; downstream costs): mean, 95%
     t-interval across runs, n, how many seeds (or runs, where a key besides the seed varied)
-    stand behind it and the verdict it supports (wording.across_seeds)."""
+    stand behind it and the verdict it supports (wording.across_seeds), led by "not evidence of
+    robustness" and in how many runs it was flagged where any run flagged it (flagged.reading)."""
     unit = "run" if table.attrs.get("varied") else "seed"
     rows = []
     for metric in sorted(table.index, key=lambda m: (not m.startswith(WORST_CASE), not m.startswith("dNLL above control"),
@@ -328,7 +291,8 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
         r, n = table.loc[metric], int(table.loc[metric, "n"])
         rows.append({"metric": metric, "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": n,
                      "seeds": wording.count(n, unit),
-                     "verdict": wording.across_seeds(n, r["ci_low"], r["ci_high"], words(metric))})
+                     "verdict": flagged.reading(wording.across_seeds(n, r["ci_low"], r["ci_high"], words(metric)),
+                                                table.attrs.get("flags", {}).get(metric), unit)})
     return pd.DataFrame(rows, columns=["metric", "mean", "ci_low", "ci_high", "n", "seeds", "verdict"])
 
 
@@ -344,6 +308,7 @@ def format_table(table: pd.DataFrame) -> str:
     """The table as text: which run each column is, warnings, the numbers, then the verdicts."""
     runs = table.attrs.get("runs", {})
     head = [f"{len(runs)} run(s): " + "; ".join(f"{label} = {path}" for label, path in runs.items())]
+    head += textwrap.wrap(table.attrs["caveat"], 120) if table.attrs.get("caveat") else []
     head += [f"WARNING: {w}" for w in table.attrs.get("warnings", [])]
     head += [f"NOTE: {n}" for n in table.attrs.get("resumed", [])]
     v = verdicts(table)
@@ -352,10 +317,24 @@ def format_table(table: pd.DataFrame) -> str:
              f"{r.verdict}" for r in v.itertuples()]
     if len(v) and (v["n"] < 2).all():  # one seed: no verdict across runs, say what would give one
         lines = [f"  none: every difference comes from one run ({wording.seeds(1)}); a t-interval needs two:",
-                 "  run more seeds (python flows/mono_flow.py run --seed N) and compare them."]
+                 "  run more seeds (make run SEED=N) and compare them (make compare)."]
     tail = ["", *textwrap.wrap(f"Verdicts (mean and 95% t-interval across runs). {wording.SIGNS}", 120)] + [
         w for line in lines for w in textwrap.wrap(line, 120, subsequent_indent="      ")] if lines else []
     return "\n".join(head + [_numbers_text(table)] + tail + across.compare_lines(table, WORST_CASE))
+
+
+def not_found(err: Exception, flow: str) -> str:
+    """One line for a lookup that found nothing: where it looked when the local datastore has no run
+    of `flow` (cli.no_runs_message), else Metaflow's own words."""
+    import os
+
+    from metaflow.metaflow_config import DATASTORE_SYSROOT_LOCAL, DEFAULT_DATASTORE
+
+    from monollm import cli
+
+    where = cli.no_runs_message("compare", flow, cli.datastore_root(), os.getcwd(), DATASTORE_SYSROOT_LOCAL) \
+        if DEFAULT_DATASTORE == "local" else None
+    return where or f"compare: {err}"
 
 
 def main(argv=None) -> int:
@@ -381,7 +360,10 @@ def main(argv=None) -> int:
             warnings.simplefilter("always", DuplicateSeeds)
             table = compare(args.runs or None, args.tag, args.vary, args.flow, namespace=args.namespace,
                             where=parse_where(args.where))
-    except (IncompatibleRuns, LookupError, ValueError, MetaflowNotFound, MetaflowNamespaceMismatch) as err:
+    except MetaflowNotFound as err:
+        print(not_found(err, args.flow), file=sys.stderr)
+        return 2
+    except (IncompatibleRuns, LookupError, ValueError, MetaflowNamespaceMismatch) as err:
         print(f"compare: {err}", file=sys.stderr)
         return 2
     for w in caught:

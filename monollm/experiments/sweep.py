@@ -193,7 +193,7 @@ def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
     numbers sweep_report.pick takes from it; attrs["compute"]: cell -> its runs' findings["compute"]).
     A run and its resumed copies are one computation (compare.one_per_computation); where a pair
     still has several runs, the oldest counts."""
-    from monollm.experiments import across, compare
+    from monollm.experiments import across, compare, flagged
 
     done = [t for t in tasks if t.action == "skip"]
     kept, notes = compare.one_per_computation([r.run for t in done for r in t.runs])
@@ -207,7 +207,8 @@ def per_run(tasks: list[Task]) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"cell {t.cell.name} seed {t.seed}: runs {', '.join(str(r.id) for r in mine)} repeat one "
                          f"computation; run {mine[0].id} counts")
         rows.append({"cell": t.cell.name, "seed": t.seed, "run": mine[0].pathspec,
-                     **sweep_report.pick(compare.key_numbers(mine[0].data))})
+                     **sweep_report.pick(compare.key_numbers(mine[0].data)),
+                     sweep_report.FLAGS: flagged.run_flags(mine[0].data.findings)})
         computes.setdefault(t.cell.name, []).append(across.run_compute(mine[0].data))
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell", "seed", "run"])
     table.attrs["compute"] = computes  # cell -> its runs' findings["compute"] (sweep_report.write)

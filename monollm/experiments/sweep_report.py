@@ -22,7 +22,7 @@ import textwrap
 import pandas as pd
 
 from monollm import stats
-from monollm.experiments import across, compare
+from monollm.experiments import across, compare, flagged
 from monollm.results import seeds, wording
 
 NLL_COST = "NLL cost monotonic - baseline (nats/token)"
@@ -51,9 +51,13 @@ def pick(numbers: dict) -> dict:
             **dict(sorted(cost.items()))}
 
 
+FLAGS = "flags"
+"""per_run's column of each run's verdict flags (flagged.run_flags: metric -> flags), where present."""
+
+
 def metric_columns(per_run: pd.DataFrame) -> list[str]:
     """per_run's metric columns, in the order `pick` gives them."""
-    return [c for c in per_run.columns if c not in ("cell", "seed", "run")]
+    return [c for c in per_run.columns if c not in ("cell", "seed", "run", FLAGS)]
 
 
 def _interval(x) -> dict:
@@ -66,16 +70,20 @@ def cell_table(per_run: pd.DataFrame, cells) -> pd.DataFrame:
     for a worst case the seeds a 95% interval off zero would need (results.seeds; "" for the others).
 
     per_run: one row per (cell, seed) with columns cell, seed and one per metric;
-    cells: the sweep's cells (monollm.experiments.plan.Cell), in order."""
+    cells: the sweep's cells (monollm.experiments.plan.Cell), in order. "flagged": in how many of the
+    cell's runs the verdict was flagged (flagged.count; None without a `flags` column or for a cost)."""
     rows = []
     for cell in cells:
         mine = per_run[per_run.cell == cell.name]
+        counted = flagged.count(list(mine[FLAGS])) if FLAGS in mine.columns else {}
         for metric in metric_columns(per_run):
             x = mine[metric].dropna().to_numpy(float)
             rows.append({"cell": cell.name, **dict(cell.values), "metric": metric, **_interval(x),
-                         "seeds_needed": seeds.seeds_needed(x).short() if metric.startswith(WORST) else ""})
+                         "seeds_needed": seeds.seeds_needed(x).short() if metric.startswith(WORST) else "",
+                         "flagged": counted.get(metric)})
     keys = [k for k, _ in cells[0].values] if cells else []
-    return pd.DataFrame(rows, columns=["cell", *keys, "metric", "n", "mean", "ci_low", "ci_high", "seeds_needed"])
+    return pd.DataFrame(rows, columns=["cell", *keys, "metric", "n", "mean", "ci_low", "ci_high", "seeds_needed",
+                                       "flagged"])
 
 
 PER_COMBINATION, POOLED = "per combination", "pooled"
@@ -178,11 +186,15 @@ NEEDED = "seeds for 95% off 0"
 
 def cell_view(cells: pd.DataFrame) -> pd.DataFrame:
     """The answer per cell, grouped by metric: the grid values, the metric's short name, mean and
-    95% t-interval across seeds, how many seeds, the verdict and (a worst case) the seeds needed for a
-    95% interval off zero (t-based estimate). cells: `cell_table`'s rows."""
-    keys = [c for c in cells.columns if c not in ("cell", "metric", "n", "mean", "ci_low", "ci_high", "seeds_needed")]
+    95% t-interval across seeds, how many seeds, the verdict, led by "not evidence of robustness"
+    and in how many seeds it was flagged where any was (flagged.reading), and (a worst case) the seeds
+    needed for a 95% interval off zero (t-based estimate). cells: `cell_table`'s rows."""
+    keys = [c for c in cells.columns
+            if c not in ("cell", "metric", "n", "mean", "ci_low", "ci_high", "seeds_needed", "flagged")]
     rows = [{**{k: r[k] for k in keys}, "measure": short(metric), ESTIMATE: _estimate(metric, r),
-             "seeds": wording.count(int(r["n"])), "verdict": verdict(metric, int(r["n"]), r["ci_low"], r["ci_high"]),
+             "seeds": wording.count(int(r["n"])),
+             "verdict": flagged.reading(verdict(metric, int(r["n"]), r["ci_low"], r["ci_high"]), r.get("flagged"),
+                                        "seed"),
              NEEDED: r.get("seeds_needed", "")}
             for metric in cells["metric"].unique() for _, r in cells[cells.metric == metric].iterrows()]
     return pd.DataFrame(rows, columns=[*keys, "measure", ESTIMATE, "seeds", "verdict", NEEDED])

@@ -22,6 +22,8 @@ from monollm.results.card_sections import (VEGA, arm_differences, ci, clean, con
                                    schedule_caveat, signed, signed_ci)
 from monollm.results.headline import headline
 from monollm.results.key_numbers import key_numbers
+from monollm.results.client import card_commands_text
+from monollm.results.wording import pipeline_check_line
 
 MAX_POINTS = 400  # per curve: a 20-hour run logs ~100k steps, a browser wants a few hundred
 # one colour per model (and arm) in every chart
@@ -261,16 +263,17 @@ def _table(df: pd.DataFrame):
     return Table(data=[[str(v) for v in row] for row in df.itertuples(index=False)], headers=list(df.columns))
 
 
-def experiment(data) -> list:
-    """Components of the experiment card. data: the flow at join_attacks (or run.data) with
-    resolved_config, perplexity, training, constraint, attacks, attack_summary and findings
+def experiment(data, run_id: str = "") -> list:
+    """Components of the experiment card (`run_id`: for the attack cards' commands). data: the flow
+    at join_attacks (or run.data) with resolved_config, perplexity, training, constraint, attacks, attack_summary and findings
     (and token_text where the run stored it). The answer and its key numbers come first, the
     details after, the configuration last and collapsed."""
     from metaflow.cards import Markdown, VegaChart
 
     cfg = data.resolved_config
     mode = cfg["monotonic"].get("mode", "nonneg")
-    out = lead(data) + views.card_section(data, _table) + [
+    branches = card_commands_text(run_id, getattr(data, "attack_tasks", None) or {})
+    out = lead(data) + ([Markdown(branches)] if branches else []) + views.card_section(data, _table) + [
         Markdown("## Findings\n" + "\n".join(f"* {s}" for s in schedule_caveat(cfg) + finding_sentences(
             data.findings, data.perplexity, data.attack_summary, data.constraint))),
         Markdown("## Sources\n" + "\n".join(f"* {line}" for line in source_lines(
@@ -308,8 +311,9 @@ def lead(data) -> list:
     title = (f"# MonoFlow: profile `{cfg['name']}`, variant `{cfg['monotonic']['variant']}`, "
              f"mode `{cfg['monotonic'].get('mode', 'nonneg')}`, seed {cfg['seed']}")
     answer = "**Answer.** " + " ".join(headline(f, sections.arms_differ(cfg)))
+    caveat = [Markdown(f"**{pipeline_check_line(cfg)}**")] if pipeline_check_line(cfg) else []
     return [Markdown(title), Markdown(answer),
-            _table(key_numbers(f, data.perplexity, data.attack_summary, getattr(data, "worst_case", None)))]
+            _table(key_numbers(f, data.perplexity, data.attack_summary, getattr(data, "worst_case", None))), *caveat]
 
 
 def worst_case_table(data) -> pd.DataFrame:

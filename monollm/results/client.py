@@ -187,8 +187,14 @@ def summary_text(data, run_id: str = "") -> str:
     from monollm.results.headline import headline
 
     parts = detail_lines(data)
-    parts += ["", ANSWER_TITLE] + headline(data.findings, arms_differ(data.resolved_config))
+    from monollm.results.wording import pipeline_check_line
+
+    caveat = pipeline_check_line(data.resolved_config)
+    parts += ["", ANSWER_TITLE] + ([caveat] if caveat else []) + headline(data.findings,
+                                                                          arms_differ(data.resolved_config))
+    tasks = getattr(data, "attack_tasks", None) or {}
     if run_id:
+        parts += ["", "Branch cards (each attack's own card):"] + card_commands(run_id, tasks) if tasks else []
         parts += ["", card_command(run_id)]
     return "\n".join(line for part in parts for line in _wrap(part))
 
@@ -200,26 +206,59 @@ ANSWER_TITLE = "Answer (the experiment card opens with it; the tables above hold
 
 
 def card_command(run_id: str) -> str:
-    """The last line of the console summary: how to fetch the run's experiment card."""
-    return f"Experiment card: python flows/mono_flow.py card get {run_id}/join_attacks report.html"
+    """The last line of the console summary: how to fetch the run's experiment card (Makefile)."""
+    return f"Experiment card: make card RUN={run_id}"
 
 
-def keep_summary(text: str, run_pathspec: str) -> str:
+def branch_tasks(run_pathspec: str, step: str = "attack") -> dict:
+    """Branch name (an attack, "downstream", "order") -> the task id of its `step` task in run
+    `run_pathspec` ("MonoFlow/ID"), read from each task's foreach frame; {} where the metadata
+    cannot say (a run whose branches are not recorded yet)."""
+    from metaflow import Step
+    from metaflow.exception import MetaflowException
+
+    try:
+        with in_namespace(None):
+            return {t["_foreach_stack"].data[-1].value: t.id for t in Step(f"{run_pathspec}/{step}")}
+    except (MetaflowException, KeyError, IndexError, AttributeError):
+        return {}
+
+
+def card_commands(run_id: str, tasks: dict) -> list[str]:
+    """'<branch>: make card RUN=<run_id> STEP=attack/<task>' per branch of `tasks` (branch_tasks)."""
+    return [f"{branch}: make card RUN={run_id} STEP=attack/{task}" for branch, task in tasks.items()]
+
+
+def card_commands_text(run_id: str, tasks: dict) -> str:
+    """The experiment card's line naming the command of each branch's own card ("" without `tasks`)."""
+    if not (run_id and tasks):
+        return ""
+    return "Each branch's own card (from the repository root): " + "; ".join(
+        f"`make card RUN={run_id} STEP=attack/{task}` ({branch})" for branch, task in tasks.items())
+
+
+def summary_file(text: str, run_pathspec: str) -> str | None:
     """Write the console summary `text` of run `run_pathspec` ("MonoFlow/ID"), free of Metaflow's log
     prefixes, to a file in the temp folder when the run's datastore is local (the step runs on this
-    machine); the line that names it, or, for a remote datastore, how to print the run's `summary`
-    artifact (which `end` stores either way)."""
+    machine); its path, or None for a remote datastore (`end` stores the text as `summary` either way)."""
     import tempfile
 
     from metaflow.metaflow_config import DEFAULT_DATASTORE
 
     if DEFAULT_DATASTORE != "local":
-        return ("Without the log prefixes: python -c \"from metaflow import Run; "
-                f"print(Run('{run_pathspec}').data.summary)\"")
+        return None
     path = os.path.join(tempfile.gettempdir(), f"monollm-{run_pathspec.replace('/', '-')}-summary.txt")
     with open(path, "w") as f:
         f.write(text + "\n")
-    return f"Without the log prefixes: {path}"
+    return path
+
+
+def keep_summary(text: str, run_pathspec: str) -> str:
+    """`summary_file`, and the line that names the file, or, for a remote datastore, how to print
+    the run's `summary` artifact."""
+    path = summary_file(text, run_pathspec)
+    return f"Without the log prefixes: {path}" if path else \
+        f"Without the log prefixes: make summary RUN={run_pathspec.split('/')[-1]}"
 
 
 def detail_lines(data) -> list[str]:

@@ -12,7 +12,7 @@ marked "not evidence of robustness" with the diagnostic that makes it so
 """
 from __future__ import annotations
 
-from monollm.results.wording import NLL_DECIMALS, interval
+from monollm.results.wording import NLL_DECIMALS, NOT_EVIDENCE, flags_of, interval
 
 UNITS = "damage above random control, baseline minus monotonic, nats per continuation token, 95% CI"
 # verdict (verdicts.compare_models) -> what the attack did to the monotonic model, against the baseline
@@ -36,7 +36,7 @@ def worst_case_sentence(findings: dict) -> str:
     parts = []
     for i, tm in enumerate(order):
         mine = {family: c for family, c in worst.items() if c.get("threat_model", tm) == tm}
-        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(family)) + " " + _numbers(c) + _flags(c)
+        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(family)) + " " + _numbers(c)
                                for family, c in mine.items() if ", universal" not in family)
         strict = "; ".join(f"{_family(family)}: {c['verdict']} {_numbers(c)}"
                            for family, c in mine.items() if ", universal" in family)
@@ -50,25 +50,25 @@ def worst_case_sentence(findings: dict) -> str:
     return " ".join(parts)
 
 
-def _flags(c: dict) -> str:
-    """' - not evidence of robustness: <flags>' for a verdict its flags undermine, else ''."""
-    return " - not evidence of robustness: " + ", ".join(c["not_evidence"]) if c.get("not_evidence") else ""
-
-
 def _family(key: str) -> str:
     """'universal triggers, universal [printable]' -> 'universal triggers'."""
     return key.split(",")[0].split(" [")[0]
 
 
 def _numbers(c: dict) -> str:
-    return f"({interval(c['diff'], c['ci_low'], c['ci_high'])})"
+    """'(+0.059 [-0.012, +0.130])', and the flags a family verdict carries of its own, where it has any."""
+    flags = f"; {NOT_EVIDENCE}: {', '.join(flags_of(c))}" if flags_of(c) else ""
+    return f"({interval(c['diff'], c['ci_low'], c['ci_high'])}{flags})"
 
 
 def attack_verdicts_sentence(above: dict) -> str:
     """Each attack's own verdict above control, with the flags that make it no evidence of robustness."""
     parts = []
     for attack, c in above.items():
-        parts.append(f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}" + _flags(c))
+        part = f"{attack} {c['verdict']} {interval(c['diff'], c['ci_low'], c['ci_high'])}"
+        if flags_of(c):
+            part += f" - {NOT_EVIDENCE}: " + ", ".join(flags_of(c))
+        parts.append(part)
     return "Per attack, from its own search against each model: " + "; ".join(parts) + "."
 
 
@@ -87,8 +87,8 @@ def seeds_sentence(findings: dict) -> str:
     """How many seeds stand behind the verdicts, and what the intervals cover."""
     n = findings.get("seeds", 1)
     return (f"{'One seed stands' if n == 1 else f'{n} seeds stand'} behind these verdicts: the intervals cover the "
-            "test examples, not the search or the seed. Run more seeds (--seed N) and compare them with "
-            "python -m monollm.compare.")
+            "test examples, not the search or the seed. Run more seeds (make run SEED=N) and compare them "
+            "(make compare).")
 
 
 def robustness_sentence(above: dict) -> str:

@@ -13,7 +13,8 @@ def key_numbers(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, worst:
     """The numbers behind the headline, one row each, in its order: the worst case per threat model
     and family (`worst`: the worst_case table; a run made before it has none), test perplexity of
     both arms and the NLL cost, then per attack the damage above random control of both arms and
-    their difference."""
+    their difference. "reads" is each verdict as the answer takes it: "not evidence of robustness"
+    with its flags where a flag undermines it (wording.reads)."""
     p = ppl.set_index("model")
     cost = findings["nll_cost_monotonic_minus_baseline"]
 
@@ -32,7 +33,7 @@ def key_numbers(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, worst:
                for m in ("baseline", "monotonic")}
         rows.append((f"{attack}: damage above control", arm["baseline"], arm["monotonic"],
                      "baseline minus monotonic", estimate(comp["diff"], comp["ci_low"], comp["ci_high"]),
-                     comp["verdict"]))
+                     wording.reads(comp)))
     return pd.DataFrame(rows, columns=["", "baseline", "monotonic", "difference", "[95% CI]", "reads"])
 
 
@@ -51,5 +52,5 @@ def worst_case_rows(verdicts: dict, worst: pd.DataFrame | None) -> list[tuple]:
             arm = {m: estimate(*mine.loc[m, ["above_control", "ci_low", "ci_high"]]) for m in mine.index}
         rows.append((f"worst case, {name}: damage above control", arm.get("baseline", ""), arm.get("monotonic", ""),
                      "baseline minus monotonic", estimate(comp["diff"], comp["ci_low"], comp["ci_high"]),
-                     comp["verdict"]))
+                     wording.reads(comp)))
     return rows

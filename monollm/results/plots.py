@@ -77,7 +77,9 @@ def dnll(attacks: pd.DataFrame, attack: str) -> Figure:
             patch.set_facecolor(_color(model))
         ax.plot([], [], "s", color=_color(model), label=model)  # one legend entry per model
     ax.axhline(0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xticks(range(len(kinds)), [CONDITIONS.get(k, k) for k in kinds])
+    # several conditions side by side: labels on two lines at most, smaller, so they do not overlap
+    ax.set_xticks(range(len(kinds)), [CONDITIONS.get(k, k).replace(" (", "\n(", 1) for k in kinds],
+                  fontsize="small" if len(kinds) > 3 else None)
     ax.set_ylabel("dNLL (nats per continuation token)")
     ax.set_title(f"{attack}: dNLL per example")
     ax.legend(fontsize="small")
@@ -93,6 +95,7 @@ def order(table: pd.DataFrame, pooling: str) -> Figure:
         ax.fill_between(g["layer"], g["ci_low"], g["ci_high"], color=_color(model), alpha=0.15)
         ax.plot(g["layer"], g["preserved"], "-o", color=_color(model), markersize=3, label=model)
     ax.set_xlabel("layer (0: embeddings)")
+    ax.set_xticks(sorted(table["layer"].unique()))  # whole layers only
     ax.set_ylabel("share preserved")
     ax.set_ylim(0, 1)
     method = f"{table['method'].iloc[0]} method, " if "method" in table else ""

@@ -44,9 +44,18 @@ WORST_CASE_COLUMNS = {"family": ("family", None), "variant": ("variant", None), 
                       "top": ("carried most by", None)}
 """Columns of worst_case_view on the console (120 columns): column -> (title, format or None for text)."""
 CARD_COLUMNS = {"threat_model": ("tokens", None), **WORST_CASE_COLUMNS, "dnll": ("dNLL", "+.3f"),
-                "control_dnll": ("control dNLL", "+.3f"), "members": ("members", "d"),
-                "carried_by": ("carried by (examples)", None)}
-"""The card's wider view of the same table."""
+                "control_dnll": ("control dNLL", "+.3f"), "members": ("members", "d")}
+"""The card's wider view of the same table; every member's share (`carried_by`, a long list) goes
+to the lines under it (`carried_by_lines`), so that the rows keep one line's height."""
+CARRIED_BY_TITLE = "Carried by: per row of the table, each member and the examples on which it did the most damage:"
+
+
+def carried_by_lines(worst: pd.DataFrame) -> list[str]:
+    """One line per row of the worst-case table that names its members: tokens, family, variant,
+    model, then `carried_by` ([] for a table without the column)."""
+    if "carried_by" not in worst.columns:
+        return []
+    return [f"{r.threat_model}, {r.family}, {r.variant}, {r.model}: {r.carried_by}" for r in worst.itertuples()]
 
 
 def curve_view(curve: pd.DataFrame) -> pd.DataFrame:
@@ -141,6 +150,8 @@ def card_section(data, table) -> list:
     curve = curve_view(getattr(data, "budget_curve", None))
     lines = diagnostic_lines(data.findings)
     out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, CARD_COLUMNS))]
+    carried = carried_by_lines(worst)
+    out += [Markdown(CARRIED_BY_TITLE + "\n" + "\n".join(f"* {line}" for line in carried))] if carried else []
     out += [Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))] if lines else []
     charts = compute_charts(data)
     out += [Markdown(COMPUTE_TITLE)] + [VegaChart(c) for c in charts] if charts else []

@@ -76,3 +76,35 @@ def across_seeds(n: int, lo: float, hi: float, words: tuple[str, str] = ROBUSTNE
     if math.isclose(lo, hi, rel_tol=1e-9, abs_tol=1e-12):
         return NO_SPREAD
     return read(lo, hi, words)
+
+
+NOT_EVIDENCE = "not evidence of robustness"
+"""What an attack's verdict reads when a masking flag undermines it (results.diagnostics)."""
+ANSWERING_PROFILE = "config/pythia-1.4b.toml"
+"""The profile whose runs answer the question (paper scale)."""
+
+
+def pipeline_check_line(config: dict | None) -> str:
+    """The line shown next to every answer of a profile with `pipeline_check = true` (a resolved
+    configuration); "" for any other profile (the paper profiles) or a run made before the key."""
+    if not (config or {}).get("pipeline_check"):
+        return ""
+    build = (config.get("model") or {}).get("build") or {}
+    layers = f"{build['num_layers']}-layer" if build.get("num_layers") else "small"
+    data = "generated text" if (config.get("data") or {}).get("source") == "builtin" else "its own small corpus"
+    return (f"Profile {config.get('name', '')!r} checks the pipeline: a {layers} model built here and trained on "
+            f"{data}, not an answer about pretrained models; {ANSWERING_PROFILE} answers the question.")
+
+
+def flags_of(verdict: dict) -> list[str]:
+    """The flags a verdict carries, whatever made them: its own "flags" list and its "not_evidence"
+    list (results.answer.mark_evidence), in order, each once."""
+    found = [*(verdict.get("flags") or []), *(verdict.get("not_evidence") or [])]
+    return list(dict.fromkeys(str(f) for f in found))
+
+
+def reads(verdict: dict) -> str:
+    """A verdict as a reader should take it: its words, or NOT_EVIDENCE with its flags where a flag
+    undermines it ('not evidence of robustness (weak_guidance on monotonic)')."""
+    flags = flags_of(verdict)
+    return f"{NOT_EVIDENCE} ({', '.join(flags)})" if flags else verdict["verdict"]
