@@ -19,9 +19,12 @@ from monollm.stats import t_interval
 
 def fake_run(run_id: str, seed: int, scale: float = 1.0, flags=(), **changes):
     """A run of the synthetic tables with this seed; its uat verdict carries `flags` (none by default:
-    the synthetic run's own weak-guidance flag is cleared, so that verdict words read plainly)."""
+    the synthetic run's own weak-guidance flag is cleared, and so are its worst-case verdicts' flags (it
+    has no gradient-free search), so that verdict words read plainly)."""
     data = synthetic_run()
     data.findings["robustness_above_control"]["uat"]["not_evidence"] = list(flags)
+    for comp in data.findings["worst_case"].values():
+        comp["not_evidence"] = []
     data.perplexity = data.perplexity.assign(perplexity=data.perplexity["perplexity"] * scale)
     data.resolved_config = copy.deepcopy(data.resolved_config)
     data.resolved_config["seed"] = seed

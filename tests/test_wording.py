@@ -140,5 +140,5 @@ def test_the_sweep_report_says_in_how_many_seeds_a_verdict_was_flagged(tmp_path)
     rows = html_rows(open(written["html"]).read())
     verdict = ("not evidence of robustness: flagged in 2 of 3 seeds (weak_guidance on monotonic, not_converged on "
                "monotonic); across them: monotonic more robust")
-    assert ["nonneg", "uat above ctrl", "+0.150 [+0.026, +0.274]", "3 seeds", verdict] in rows
+    assert ["nonneg", "uat above ctrl", "+0.150 [+0.026, +0.274]", "3 seeds", verdict, ""] in rows
     assert sweep_report.FLAGS not in sweep_report.metric_columns(per_run)
