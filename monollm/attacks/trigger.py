@@ -277,8 +277,9 @@ def _report(ctx: AttackContext, params, name: str, source: str, found: list[Sear
             r.budget_converged_at, r.budget_capped = stop.converged_at, stop.capped
     ctx.log(f"[{name}] {source}: trigger {ctx.tokenizer.decode(trigger)!r} after {rows[0].candidate_evals} "
             f"candidates and {rows[0].forward_passes} forward passes ({params.ranking} ranking)"
-            f"{_stopped(ctx, stop)}, attack_opt NLL {max(s.objective for s in found):.3f}; gradient guidance "
-            f"Spearman {agree.spearman:.2f} over {agree.n} swaps; test " + trigger_rows.summary(rows))
+            f"{_stopped(ctx, stop)}, attack_opt NLL {max(s.objective for s in found):.3f}; "
+            + (f"gradient guidance Spearman {agree.spearman:.2f} over {agree.n} swaps" if agree.n else
+               "gradient guidance not measured") + "; test " + trigger_rows.summary(rows))
     return rows
 
 
