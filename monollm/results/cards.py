@@ -319,7 +319,7 @@ def lead(data) -> list:
 def worst_case_table(data) -> pd.DataFrame:
     """The worst case per family (`data.worst_case`) as the card shows it; empty for a run made before it."""
     worst = views.worst_case_view(getattr(data, "worst_case", None))
-    return views._shown(worst, views.CARD_COLUMNS) if len(worst) else worst
+    return views._shown(worst, views.card_columns(worst)) if len(worst) else worst
 
 
 def attack_section(data, attack: str) -> list:

@@ -43,10 +43,18 @@ WORST_CASE_COLUMNS = {"family": ("family", None), "variant": ("variant", None), 
                       "above_control": ("above ctrl", "+.3f"), "ci": ("CI", None), "passes": ("passes", None),
                       "top": ("carried most by", None)}
 """Columns of worst_case_view on the console (120 columns): column -> (title, format or None for text)."""
-CARD_COLUMNS = {"threat_model": ("tokens", None), **WORST_CASE_COLUMNS, "dnll": ("dNLL", "+.3f"),
-                "control_dnll": ("control dNLL", "+.3f"), "members": ("members", "d")}
-"""The card's wider view of the same table; every member's share (`carried_by`, a long list) goes
-to the lines under it (`carried_by_lines`), so that the rows keep one line's height."""
+CARD_COLUMNS = {"threat_model": ("tokens", None), **WORST_CASE_COLUMNS, "control_dnll": ("control dNLL", "+.3f"),
+                "members": ("members", "d")}
+"""The card's wider view of the same table (the worst dNLL itself is above ctrl + control dNLL); every
+member's share (`carried_by`, a long list) goes to the lines under it (`carried_by_lines`), so that the
+rows keep one line's height. `card_columns` leaves out the tokens of a run with one threat model."""
+
+
+def card_columns(worst: pd.DataFrame) -> dict:
+    """CARD_COLUMNS, without the threat model's column where the table holds one threat model (it is
+    in the answer): the card's table then fits a 1400-pixel window."""
+    one = "threat_model" not in worst.columns or worst["threat_model"].nunique() <= 1
+    return {k: v for k, v in CARD_COLUMNS.items() if not (one and k == "threat_model")}
 CARRIED_BY_TITLE = "Carried by: per row of the table, each member and the examples on which it did the most damage:"
 
 
@@ -149,7 +157,7 @@ def card_section(data, table) -> list:
         return []
     curve = curve_view(getattr(data, "budget_curve", None))
     lines = diagnostic_lines(data.findings)
-    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, CARD_COLUMNS))]
+    out = [Markdown("## Worst case\n" + WORST_CASE_TITLE), table(_shown(worst, card_columns(worst)))]
     carried = carried_by_lines(worst)
     out += [Markdown(CARRIED_BY_TITLE + "\n" + "\n".join(f"* {line}" for line in carried))] if carried else []
     out += [Markdown(lines[0] + "\n" + "\n".join(f"* {line}" for line in lines[1:]))] if lines else []
