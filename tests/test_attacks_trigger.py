@@ -258,11 +258,14 @@ trigger accepted at 50 and a final one at 100 (passes counted from the restart's
 def planted(plans: dict):
     """An `ascend` stand-in: on model m, restart i (counted per model) follows plans[id(m)][i] =
     (middle trigger, its objective, final trigger, its objective), from the start the skeleton drew
-    (objective 0). A restart given fewer passes (`max_passes`) stops there: its steps after it are cut."""
-    count = {}
+    (objective 0). A restart given fewer passes (`max_passes`) stops there: its steps after it are cut.
+    Like a real ascent, a restart is determined by its start: run again from the same start it follows
+    the same plan."""
+    seen = {}
 
     def ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size, max_passes=0, **_):
-        i = count[id(model)] = count.get(id(model), -1) + 1
+        mine = seen.setdefault(id(model), {})
+        i = mine.setdefault(tuple(init), len(mine))
         middle, m, final, f = plans[id(model)][i]
         s = trigger.Search(list(init), 0.0, [0.0], forward_passes=B, candidate_evals=1, start=list(init),
                            history_passes=[B], history_triggers=[list(init)])
@@ -427,3 +430,21 @@ def test_started_within_reads_a_stage_back_from_the_restarts():
     found = Plan([1, 2, 3, 4], None).found  # 100 passes each
     assert budgets.started_within(found, 100) == found[:1] and budgets.started_within(found, 101) == found[:2]
     assert budgets.started_within(found, 0) == found and budgets.started_within(found, 1000) == found
+
+
+def test_an_auto_budget_search_is_the_search_a_fixed_budget_of_its_size_runs():
+    """Restarts of 100 passes, stages of 150 and 300 (auto_start 150, max_budget 300): the first stage
+    cuts restart 1 at 50 passes, before its final trigger. Continued to 300, restart 1 runs again from
+    its start and finishes, then restart 2 runs: the same restarts, trigger and passes as a fixed budget
+    of 300. (Left cut, restart 1 would end at its middle and a fresh restart would begin after it.)"""
+    t = pool(8)
+    plan = [(t[0], 1.0, t[1], 2.0), (t[2], 3.0, t[3], 9.0), (t[4], 4.0, t[5], 5.0), (t[6], 0.5, t[7], 0.7)]
+    models = {"baseline": model(0)}
+    auto_rows, _, _ = planted_run(models, {id(models["baseline"]): plan}, budget="auto", max_budget=300,
+                                  auto_start=150)
+    fixed_rows, _, _ = planted_run(models, {id(models["baseline"]): plan}, budget=300)
+    auto, fixed = of(auto_rows, "attack", "baseline")[0], of(fixed_rows, "attack", "baseline")[0]
+    assert auto.trigger_ids == fixed.trigger_ids == t[3]  # restart 1's final: reached only when it finishes
+    assert auto.forward_passes == fixed.forward_passes == 300
+    restarts = lambda rows: [r.trigger_ids for r in of(rows, "restart", "baseline")]  # noqa: E731
+    assert restarts(auto_rows) == restarts(fixed_rows) == [t[1], t[3], t[5]]

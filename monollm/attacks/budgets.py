@@ -8,10 +8,13 @@ the NLL under the best trigger found within 2B passes minus under the best withi
 paired; the search has converged when the 95% bootstrap CI of the mean rise reaches down to 0 or
 below. Otherwise it doubles again, up to `max_budget` (the cap).
 
-Continuing a search to a larger budget adds restarts after the ones it has (the last restart of a
-stage stops where that stage's budget runs out; the next stage begins a new one), so a search
-with a saved list of restarts re-derives every stage from that list alone (`started_within`): the
-doubling needs no state of its own in a checkpoint.
+Continuing a search to a larger budget runs the restart that the smaller budget cut short again
+from its own start, now with room to finish (an ascent is determined by its start and its passes),
+then adds restarts after it (`continued`): the search at the end of a doubling is the one a fixed
+budget of that size would have run. (Leaving the cut restart cut and beginning a fresh one instead
+makes a doubling look flat whenever one short fresh restart fails to beat a long one, and the auto
+budget then stops far too early.) A search with a saved list of restarts re-derives every stage
+from that list alone (`started_within`): the doubling needs no state of its own in a checkpoint.
 
 Imports nothing of the package but `stats`: the trigger skeleton passes the search and the scoring in.
 """
@@ -82,6 +85,17 @@ def started_within(found: list, budget: int) -> list:
         out.append(s)
         passes += s.forward_passes
     return out
+
+
+def continued(known: list, last: int, budget: int) -> tuple[list, object]:
+    """(restarts kept, restart to run again or None) for continuing restarts `known`, last run to `last`
+    passes, to `budget`: those begun within `budget` (`started_within`); and when the budget grows past
+    `last`, the last of them, which `last` cut short, is run again from its start (trigger.search's
+    `redo`) instead of being left cut while a fresh restart begins after it."""
+    prior = started_within(known, budget)
+    if last and budget > last and prior and sum(s.forward_passes for s in prior) >= last:
+        return prior[:-1], prior[-1]
+    return prior, None
 
 
 def doubling_test(found: list, before: int, after: int, nll, seed: int) -> Doubling:

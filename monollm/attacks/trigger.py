@@ -167,7 +167,7 @@ def best_surviving(tokenizer, cands: torch.Tensor, loss: torch.Tensor, current: 
 def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, params, rng: np.random.Generator,
            n_cont: int, batch_size: int, ascend, target: float = float("inf"), max_evals: int = 0, log=None,
            done: list[Search] | None = None, on_restart=None, survive: np.ndarray | None = None,
-           budget: int = 0) -> list[Search]:
+           budget: int = 0, redo: Search | None = None) -> list[Search]:
     """`params.restarts` ascents from random triggers (fewer when `target` or `max_evals` is hit first);
     with `budget` > 0, ascents until their forward passes add up to `budget` (the last one stopped
     there, `params.restarts` ignored, at most MAX_RESTARTS).
@@ -176,7 +176,10 @@ def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, param
     gets a progress line after every restart. `done` holds restarts finished before an
     interruption (with `rng` restored to its state after them); `on_restart(found)` is called
     after every restart so that a long search can be checkpointed. Random starts and accepted
-    swaps survive decode -> encode before every row of `survive` (default: opt_ids).
+    swaps survive decode -> encode before every row of `survive` (default: opt_ids). `redo`: a restart
+    that an earlier, smaller budget cut short (not in `done`), run again from its own start as the first
+    new restart, so that a search continued to a larger budget is the one that budget would have run
+    (an ascent is determined by its start and its passes; the rng has already drawn that start).
     """
     examples = opt_ids.cpu().numpy() if survive is None else survive
     found, started = list(done or []), time.time()
@@ -186,7 +189,8 @@ def search(model, tokenizer, opt_ids: torch.Tensor, allowed: torch.Tensor, param
         if (found and max(s.objective for s in found) >= target) or (max_evals and spent >= max_evals) \
                 or (budget and passes >= budget):
             break
-        init = sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
+        init = list(redo.start) if redo is not None and restart == len(done or []) else \
+            sample_trigger(rng, allowed, params.trigger_len, tokenizer, examples, params.max_tries)
         found.append(ascend(model, tokenizer, opt_ids, allowed, init, params, n_cont, batch_size, target=target,
                             max_evals=max_evals - spent if max_evals else 0,
                             max_passes=budget - passes if budget else 0, survive=examples))
@@ -319,14 +323,17 @@ def _runner(ctx: AttackContext, params, name: str, ascend, source: str, opt: tor
     survive = np.concatenate([ctx.examples["attack_opt"], ctx.examples["test"]])
     on_restart = _saver(ctx.checkpoint, name, saved, source, rng) if ctx.checkpoint else None
 
+    last = 0  # the budget the restarts were last run to
+
     def run_to(budget: int) -> list[Search]:
-        nonlocal known
+        nonlocal known, last
+        prior, redo = budgets.continued(known, last, budget)
         with ctx.searching():
             found = search(ctx.models[source], ctx.tokenizer, opt, ctx.allowed, params, rng, ctx.n_cont,
                            ctx.batch_size, ascend, log=lambda msg: ctx.log(f"[{name}] {source}: {msg}"),
-                           done=budgets.started_within(known, budget), on_restart=on_restart, survive=survive,
-                           budget=budget)
-        known = found if len(found) > len(known) else known
+                           done=prior, on_restart=on_restart, survive=survive, budget=budget, redo=redo)
+        known = found if len(found) >= len(known) else known
+        last = max(last, budget)
         return found
     return run_to
 
