@@ -61,9 +61,14 @@ def test_notebook_explores_the_run(micro_run, datastore_root, monkeypatch):
     for attack, comp in f_above(data).items():
         if comp.get("not_evidence"):
             assert f"not evidence of robustness ({', '.join(comp['not_evidence'])})" in text
-    # static charts: perplexity, training curves, one dNLL distribution per attack, order preservation
+    # static charts: perplexity, training curves, one attack-compute picture per family, one dNLL distribution
+    # per attack, order preservation; and each family's compute multiplier per target in words
     attacks = micro_run.data.resolved_config["attacks"]
-    assert len(images) == 3 + len(attacks) and all(png.startswith(b"\x89PNG") for png in images)
+    families = micro_run.data.compute_curve["family"].unique()
+    assert len(families) == 2 and len(images) == 3 + len(families) + len(attacks)
+    assert all(png.startswith(b"\x89PNG") for png in images)
+    for family, entries in data.findings["compute"].items():
+        assert all(f"{family}: " in text for _ in entries) and "the compute to reach" in text
     # the downstream tasks' cost and order preservation, as in the findings
     f = micro_run.data.findings
     for task in f["downstream"]:

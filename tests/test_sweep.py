@@ -340,7 +340,7 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
     configuration: tagged for the sweep, it is skipped (matched by configuration), and the other
     cell runs for real, taking the micro run's setup (same seed and setup configuration). That
     run fails in `evaluate`: the first invocation allows a foreach 2 branches
-    (`-- --max-num-splits 2`) and the micro profile has 6 (four attacks, downstream, order).
+    (`-- --max-num-splits 2`) and the micro profile has 7 (five attacks, downstream, order).
     Running the sweep again resumes the failed run (without the limit) to success; its baseline,
     trained afresh from the micro run's setup, has the micro run's perplexity to the last bit. A
     third invocation skips both; the report has both cells and their contrast equals the
@@ -361,7 +361,7 @@ def test_a_micro_sweep_runs_resumes_a_failed_run_then_skips_and_reports(micro_ru
         assert f"seed 0: run, setup from run {micro_run.pathspec} (log:" in first, first
         failed = re.search(r"run (\d+) FAILED", first).group(1)
         log = (out / "logs" / "monotonic.mode=sign_frozen.seed0.log").read_text()
-        assert "Foreach in step evaluate yielded 6 child steps" in log, log[-2000:]
+        assert "Foreach in step evaluate yielded 7 child steps" in log, log[-2000:]
         assert sweep.main([MICRO_SWEEP, "--out", str(out)]) == 0
         second = capsys.readouterr().out
         assert f"seed 0: resume failed run {failed}" in second and second.count("succeeded after") == 1, second
