@@ -9,9 +9,11 @@ from monollm.results import diagnostics
 WORST_CASE_TITLE = ("Worst case per threat-model family over every distinct perturbation found against either model "
                     "(dNLL in nats per continuation token above a control of the same statistic, 95% bootstrap CI "
                     "over examples; one seed; passes: forward passes of the family's own searches on the model). "
-                    "per-example: each example's member chosen on half of its scored tokens and read on the other "
-                    "half (the lead number); per-example, in-sample: chosen and read on all of them (optimistic); "
-                    "universal: one trigger per model, chosen on attack_opt:")
+                    "Families: triggers (universal triggers), edits (per-input edits), @tokens for a threat model "
+                    "after the first. per-example: each example's member chosen on half of its scored tokens and "
+                    "read on the other half (the lead number); in-sample: chosen and read on all of them "
+                    "(optimistic); universal: one trigger per model, chosen on attack_opt. above: above control; "
+                    "carried most by: the member worst on the most examples (how many):")
 COMPUTE_TITLE = ("Attack compute: each family's worst case (cross-fitted, above its matched control) over the "
                  "members found within each fraction of the searches' forward passes; findings[\"compute\"] "
                  "holds the passes each model needs per target and their ratio:")
@@ -24,20 +26,26 @@ def _ci(lo: float, hi: float) -> str:
 
 def worst_case_view(table: pd.DataFrame) -> pd.DataFrame:
     """The worst_case artifact with its interval as one text column and the member that carried
-    the most examples (`top`, e.g. "uat transfer 40/64": its attack, kind and examples)."""
+    the most examples (`top`, e.g. "uat transfer (40)": its attack, kind and examples)."""
     if table is None or not len(table):
         return pd.DataFrame()
     # attack and kind only ("from <the other model>" goes without saying on a transfer): 120 columns; a
-    # cross-fitted example chosen differently on its two halves counts half for each member (22.5/64)
-    top = [f"{' '.join(m.split()[:2])} {float(k):g}/{n}" for m, k, n in zip(table["top_member"], table["top_examples"],
-                                                                           table["examples"])]
+    # cross-fitted example chosen differently on its two halves counts half for each member (22.5)
+    # the threat model goes with the family (triggers@printable), not with every member's attack
+    top = [f"{m.split()[0].partition('@')[0]} {m.split()[1]} ({float(k):g})"
+           for m, k in zip(table["top_member"], table["top_examples"])]
+    first = table["threat_model"].iloc[0] if "threat_model" in table.columns else None
     return table.assign(ci=[_ci(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])], top=top,
                         passes=[_count(p) for p in table["forward_passes"]],
-                        shown_variant=[SHORT_VARIANTS.get(v, v) for v in table["variant"]])
+                        shown_variant=[SHORT_VARIANTS.get(v, v) for v in table["variant"]],
+                        shown_family=[SHORT_FAMILIES.get(f, f) + ("" if first is None or tm == first else f"@{tm}")
+                                      for f, tm in zip(table["family"], table.get("threat_model", table["family"]))])
 
 
 SHORT_VARIANTS = {"per-example, in-sample": "in-sample"}
-"""Variant names shortened in the tables (the title says what each is), so that the console's fits 120 columns."""
+SHORT_FAMILIES = {"universal triggers": "triggers", "per-input edits": "edits"}
+"""Variant and family names shortened in the tables (the title says what each is), so that the console's
+table fits 120 columns whatever member carried the most examples."""
 
 
 def _count(n: int) -> str:
@@ -45,13 +53,13 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else str(n)
 
 
-WORST_CASE_COLUMNS = {"family": ("family", None), "shown_variant": ("variant", None), "model": ("model", None),
-                      "above_control": ("above ctrl", "+.3f"), "ci": ("CI", None), "passes": ("passes", None),
+WORST_CASE_COLUMNS = {"shown_family": ("family", None), "shown_variant": ("variant", None), "model": ("model", None),
+                      "above_control": ("above", "+.3f"), "ci": ("CI", None), "passes": ("passes", None),
                       "top": ("carried most by", None)}
 """Columns of worst_case_view on the console (120 columns): column -> (title, format or None for text)."""
 CARD_COLUMNS = {"threat_model": ("tokens", None), **WORST_CASE_COLUMNS, "control_dnll": ("control dNLL", "+.3f"),
                 "members": ("members", "d")}
-"""The card's wider view of the same table (the worst dNLL itself is above ctrl + control dNLL); every
+"""The card's wider view of the same table (the worst dNLL itself is above + control dNLL); every
 member's share (`carried_by`, a long list) goes to the lines under it (`carried_by_lines`), so that the
 rows keep one line's height. `card_columns` leaves out the tokens of a run with one threat model."""
 
