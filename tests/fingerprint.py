@@ -4,7 +4,8 @@
 
 A fingerprint keeps every value of `perplexity`, `training`, `attacks`, `attack_summary`,
 `worst_case`, `budget_curve` and `findings`, except wall-clock columns (they differ on every run). Token-id columns are kept as a
-digest of their values. `differences` checks two fingerprints value by value: text and integers
+digest of their values; in the attack table, every column that is not a float is kept as one digest
+(`_column`), and columns that others determine are left out (`DERIVED`). `differences` checks two fingerprints value by value: text and integers
 exactly, floats to a relative 1e-4 (REL: the same seed on the same CPU build gives the same
 labels and nearly the same bits). That needs the same torch build and CPU capability: `machine`
 records both, and `close` is the weaker check for another machine (training and perplexity to a
@@ -27,6 +28,20 @@ the scale of the NLLs, not of the difference: a dNLL near 0.0009 can differ by 1
 relative 1e-4 of itself. ABS is therefore an absolute tolerance in nats, about 16 times the largest
 difference measured between machines and 50 times below the smallest change a different trigger or
 member makes (1e-3 nats and more; labels and ids are compared exactly anyway)."""
+
+
+DERIVED = {("attacks", "attacked_nll"), ("attacks", "changed_positions")}
+"""Columns left out because others hold them exactly: attacked NLL = clean NLL + dNLL, and the changed
+positions are where attacked_ids and input_ids differ (the row's own digests)."""
+
+
+def _column(table: str, values: list):
+    """The attack table's values as they are where they are floats (compared to REL and ABS), its other
+    columns (labels, ids, digests: compared exactly anyway) as one digest each, so that the file stays
+    small (the table has one row per attack x kind x model x trial x example); other tables as they are."""
+    if table != "attacks" or all(isinstance(v, float) or v == "nan" for v in values):
+        return values
+    return "sha:" + hashlib.sha256(json.dumps(values, default=str).encode()).hexdigest()[:16]
 
 
 def _value(v):
@@ -55,7 +70,9 @@ def close(expected: dict, got: dict) -> list[str]:
             diffs.append(f"/{name}: columns {sorted(got[name])} != {sorted(expected[name])}")
             continue
         for col, values in expected[name].items():
-            if len(values) != len(got[name][col]):
+            if isinstance(values, str):  # a digest of a column of labels or ids (`_column`)
+                diffs += [f"/{name}/{col}: labels differ"] if values != got[name][col] else []
+            elif len(values) != len(got[name][col]):
                 diffs.append(f"/{name}/{col}: {len(got[name][col])} rows, expected {len(values)}")
             elif all(isinstance(v, str) for v in values) and name != "training":
                 diffs += [f"/{name}/{col}: labels differ"] if values != got[name][col] else []
@@ -73,7 +90,8 @@ def fingerprint(data) -> dict:
     out = {}
     for name in TABLES:
         table = getattr(data, name)
-        out[name] = {col: [_value(v) for v in table[col]] for col in table.columns if col not in WALL_CLOCK}
+        out[name] = {col: _column(name, [_value(v) for v in table[col]]) for col in table.columns
+                     if col not in WALL_CLOCK and (name, col) not in DERIVED}
     out["findings"] = json.loads(json.dumps(data.findings, default=_value))
     out["machine"] = machine()
     return out
