@@ -514,6 +514,17 @@ if __name__ == "__main__":
 in MARKS and waits there for a file `go`."""
 
 
+def restart_after_the_first(procs: list, args, env, cwd, out, marks, timeout: int):
+    """Start the sweep again (its output to `out`), wait until it says it waits for the first sweep's
+    run, let the stand-in runs end (`marks`/go) and check that it then finishes cleanly."""
+    with open(out, "w") as f:
+        procs.append(subprocess.Popen(args, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT))
+    wait_for("the wait for the first run", lambda: "still going; waiting for it" in out.read_text(), 60,
+             procs[-1], out)
+    (marks / "go").touch()
+    assert procs[-1].wait(timeout=timeout) == 0, out.read_text()
+
+
 @pytest.mark.flow
 def test_a_sweep_killed_outright_never_runs_a_pair_twice(tmp_path):
     """SIGKILL to the sweep process alone while its first run goes (a stand-in MonoFlow, see
@@ -536,12 +547,7 @@ def test_a_sweep_killed_outright_never_runs_a_pair_twice(tmp_path):
         wait_for("first run", (marks / "nonneg").exists, 120, procs[0], first_out)
         procs[0].kill()
         procs[0].wait()
-        with open(second_out, "w") as f:
-            procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT))
-        wait_for("wait for the first run", lambda: "still going; waiting for it" in second_out.read_text(), 60,
-                 procs[1], second_out)
-        (marks / "go").touch()
-        assert procs[1].wait(timeout=180) == 0, second_out.read_text()
+        restart_after_the_first(procs, args, env, tmp_path, second_out, marks, timeout=180)
     finally:
         (marks / "go").touch()  # every stand-in run ends
         for p in procs:
@@ -712,12 +718,7 @@ def test_a_sweep_killed_before_it_records_the_run_never_runs_the_pair_twice(tmp_
         procs[0].wait()
         record = json.loads((out / "running" / "monotonic.mode=nonneg.seed0.json").read_text())
         assert "pid" not in record and record["token"], record  # killed in the window: the intent only
-        with open(second_out, "w") as f:
-            procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT))
-        wait_for("the wait for the first run", lambda: "still going; waiting for it" in second_out.read_text(), 60,
-                 procs[1], second_out)
-        (marks / "go").touch()
-        assert procs[1].wait(timeout=120) == 0, second_out.read_text()
+        restart_after_the_first(procs, args, env, tmp_path, second_out, marks, timeout=120)
     finally:
         (marks / "go").touch()  # every stand-in run ends
         for p in procs:
