@@ -247,7 +247,7 @@ if __name__ == "__main__":
     check_config_path(sys.argv, REPO)  # else: where it looked
     check_profile(sys.argv, DEFAULT_PROFILE)  # `run`: a bad key or value is the one line printed, before Metaflow
     datastore_note(sys.argv, REPO)  # `run` or `resume` from outside the repository: which .metaflow it writes to
-    on_interrupt(sys.argv)  # after Ctrl-C: how to resume
+    on_interrupt(sys.argv, REPO)  # after Ctrl-C: how to resume
     check_runs_here(sys.argv)  # `card ...`, `resume`: no runs from this directory? say where it looked, create nothing
     check_card_get(sys.argv)  # a bare step name: your latest run (named in argv); said which, if it did not succeed
     check_resume_origin(sys.argv)
@@ -260,7 +260,7 @@ if __name__ == "__main__":
     except SystemExit as stop:  # a full datastore disk: the fix and the resume command come last
         from monollm.cli import full_disk_last_words
 
-        last = full_disk_last_words(sys.argv, stop.code)
+        last = full_disk_last_words(sys.argv, stop.code, REPO)
         if last:
             print(last, file=sys.stderr, flush=True)
         raise

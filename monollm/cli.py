@@ -272,12 +272,39 @@ def resume_notes(argv: list[str], flow: str = "MonoFlow") -> list[str]:
 FULL_BELOW = 1 << 20
 """Bytes free under which the datastore's disk counts as full once a run has failed."""
 
+WIDTH = 120
+"""The terminal width the lines printed after Metaflow's own output are wrapped to."""
 
-def full_disk_last_words(argv: list[str], code, flow: str = "MonoFlow") -> str | None:
+
+def resume_command(run_id: str | None, repo: str, cwd: str | None = None, root: str | None = None) -> str:
+    """The shell command that resumes run `run_id` (RUN_ID when unknown) as printed, from the
+    directory `cwd` (default: the current one) of the shell that started it: `make resume` (the
+    venv and USERNAME of `make run`) in the repository `repo`, with `-C REPO` from elsewhere, and
+    METAFLOW_DATASTORE_SYSROOT_LOCAL naming the datastore when its `.metaflow` folder `root`
+    (default: the one found from here) is not the repository's."""
+    import shlex
+
+    cwd = os.path.realpath(cwd or os.getcwd())
+    repo = os.path.realpath(repo)
+    root = root if root is not None else datastore_root()
+    sysroot = os.path.dirname(os.path.realpath(root)) if root else cwd
+    where = "" if sysroot == repo else f"METAFLOW_DATASTORE_SYSROOT_LOCAL={shlex.quote(sysroot)} "
+    into = "" if cwd == repo else f"-C {shlex.quote(repo)} "
+    return f"{where}make {into}resume RUN={run_id or 'RUN_ID'}"
+
+
+def wrapped(text: str, width: int = WIDTH) -> str:
+    """`text` wrapped at spaces to `width` columns; a word (a path, a number) is never split."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False))
+
+
+def full_disk_last_words(argv: list[str], code, repo: str, flow: str = "MonoFlow") -> str | None:
     """After `run` or `resume` exited with `code` (not 0): where the local datastore's disk is
-    full (less than FULL_BELOW free), what to do and the command that resumes the run, so that
-    these are the last lines on screen, after any traceback of Metaflow's own artifact writes;
-    None otherwise."""
+    full (less than FULL_BELOW free), what to do and the command that resumes the run
+    (resume_command), so that these are the last lines on screen, after any traceback of
+    Metaflow's own artifact writes; None otherwise."""
     if code in (0, None) or not {"run", "resume"} & set(argv):
         return None
     from monollm.saving import MORE_DISK, datastore_place, free_bytes
@@ -290,11 +317,11 @@ def full_disk_last_words(argv: list[str], code, flow: str = "MonoFlow") -> str |
         from metaflow import Flow
 
         run_id = Flow(flow).latest_run.id
-    except Exception:  # no run recorded, or its metadata unreadable: resume then takes the latest
+    except Exception:  # no run recorded, or its metadata unreadable: the command then names RUN_ID
         run_id = None
-    resume = "python flows/mono_flow.py resume" + (f" --origin-run-id {run_id}" if run_id else "")
-    return (f"monoflow: the run stopped because the datastore's disk is full ({free} bytes free at {place}). "
-            f"{MORE_DISK}. Then resume it:\n  {resume}")
+    said = wrapped(f"monoflow: the run stopped because the datastore's disk is full ({free} bytes free at {place}). "
+                   f"{MORE_DISK}. Then resume the run:")
+    return f"{said}\n  {resume_command(run_id, repo)}"
 
 
 # --- what `run` says before it starts, and after Ctrl-C --------------------------------------
@@ -337,14 +364,12 @@ def datastore_note(argv: list[str], repo: str) -> str | None:
     return line
 
 
-def interrupted_note(run_id: str | None) -> str:
+def interrupted_note(run_id: str | None, repo: str) -> str:
     """What `run` or `resume` says after Ctrl-C: how to go on from the step that stopped."""
-    which = f" RUN={run_id}" if run_id else ""
-    return (f"Interrupted. To go on from the step that stopped, from the repository root: make resume{which} "
-            f"(python flows/mono_flow.py resume --origin-run-id {run_id or 'RUN_ID'} with the venv active)")
+    return f"Interrupted. To go on from the step that stopped:\n  {resume_command(run_id, repo)}"
 
 
-def on_interrupt(argv: list[str], flow: str = "MonoFlow"):
+def on_interrupt(argv: list[str], repo: str, flow: str = "MonoFlow"):
     """For `run` and `resume`: after Ctrl-C (SIGINT, which Metaflow turns into its own exit), say how
     to resume (interrupted_note) when the process exits; the interrupt itself is handled as before."""
     import atexit
@@ -361,7 +386,7 @@ def on_interrupt(argv: list[str], flow: str = "MonoFlow"):
     def at_exit():
         if seen:  # a `run` is the latest in the datastore; a resumed run's id is in Metaflow's lines above
             origin = resume_origin(["resume"], flow)[0] if command(argv) == "run" else None
-            print(interrupted_note(origin), file=sys.stderr)
+            print(interrupted_note(origin, repo), file=sys.stderr)
 
     signal.signal(signal.SIGINT, note)
     atexit.register(at_exit)

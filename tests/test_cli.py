@@ -160,14 +160,31 @@ def test_a_run_that_failed_on_a_full_datastore_disk_ends_with_the_fix_and_the_re
     monkeypatch.setattr(saving, "datastore_place", lambda: str(tmp_path))
     free = {"bytes": 4096}
     monkeypatch.setattr(saving, "free_bytes", lambda path: free["bytes"] if path == str(tmp_path) else None)
-    last = cli.full_disk_last_words(["flows/mono_flow.py", "--config", "config", "p.toml", "run"], 1)
-    head, command = last.split("\n")
-    assert f"disk is full (4096 bytes free at {tmp_path})" in head and "METAFLOW_DATASTORE_SYSROOT_LOCAL" in head
-    assert re.fullmatch(r"  python flows/mono_flow\.py resume( --origin-run-id \S+)?", command), command
-    assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 0) is None  # it succeeded
-    assert cli.full_disk_last_words(["flows/mono_flow.py", "card", "view"], 1) is None  # not a run
+    monkeypatch.setattr(cli, "datastore_root", lambda: "/repo/.metaflow")
+    monkeypatch.chdir(tmp_path)
+    last = cli.full_disk_last_words(["flows/mono_flow.py", "--config", "config", "p.toml", "run"], 1, "/repo")
+    *said, command = last.split("\n")
+    assert all(len(line) <= 120 for line in said) and len(said) > 1
+    said = " ".join(said)
+    assert f"disk is full (4096 bytes free at {tmp_path})" in said and "METAFLOW_DATASTORE_SYSROOT_LOCAL" in said
+    assert re.fullmatch(r"  make -C /repo resume RUN=\S+", command), command
+    assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 0, "/repo") is None  # it succeeded
+    assert cli.full_disk_last_words(["flows/mono_flow.py", "card", "view"], 1, "/repo") is None  # not a run
     free["bytes"] = 10 ** 9
-    assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 1) is None  # failed for another reason
+    assert cli.full_disk_last_words(["flows/mono_flow.py", "run"], 1, "/repo") is None  # failed for another reason
+
+
+@pytest.mark.parametrize("cwd, root, expected", [
+    ("/repo", "/repo/.metaflow", "make resume RUN=7"),
+    ("/elsewhere", "/repo/.metaflow", "make -C /repo resume RUN=7"),  # a .metaflow above, or the variable set
+    ("/repo", "/data/my runs/.metaflow", "METAFLOW_DATASTORE_SYSROOT_LOCAL='/data/my runs' make resume RUN=7"),
+    ("/scratch", None, "METAFLOW_DATASTORE_SYSROOT_LOCAL=/scratch make -C /repo resume RUN=7"),  # made here
+])
+def test_the_resume_command_names_the_repository_and_the_datastore_it_needs(cwd, root, expected):
+    from monollm import cli
+
+    assert cli.resume_command("7", "/repo", cwd=cwd, root=root or "") == expected
+    assert cli.resume_command(None, "/repo", cwd="/repo", root="/repo/.metaflow") == "make resume RUN=RUN_ID"
 
 
 def test_a_bad_profile_key_is_the_one_line_run_prints(tmp_path):
@@ -195,5 +212,5 @@ def test_a_run_from_outside_the_repository_names_its_datastore(tmp_path, monkeyp
                     f"METAFLOW_DATASTORE_SYSROOT_LOCAL)")
     assert capsys.readouterr().err.strip() == line
     assert cli.datastore_note(["mono_flow.py", "run"], str(tmp_path)) is None  # inside the repository: nothing
-    assert cli.interrupted_note("17").startswith("Interrupted. To go on from the step that stopped, from the "
-                                                 "repository root: make resume RUN=17")
+    assert cli.interrupted_note("17", str(tmp_path)) == \
+        "Interrupted. To go on from the step that stopped:\n  make resume RUN=17"

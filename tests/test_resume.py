@@ -183,3 +183,87 @@ def test_resume_refuses_a_new_config(datastore_root, micro_run):
                           cwd=datastore_root, env=flow_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "Cannot specify --config or --config-value with 'resume'" in done.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 MiB tmpfs mounted for the test: a datastore disk it can fill. Mounting needs root (CI runs
+    as root); elsewhere the test is skipped and says why."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs datastore needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"no tmpfs datastore: mount said {done.stderr.strip()!r}")
+    yield str(disk)
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(folder: str) -> str:
+    """Write zeros into a file in `folder` until its disk is full; the file's path."""
+    path = os.path.join(folder, "filler")
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 20))
+                f.flush()
+        except OSError as err:
+            assert err.errno == 28, err  # ENOSPC
+    return path
+
+
+def test_a_full_datastore_disk_during_training_ends_with_the_resume_command_which_resumes_it(
+        resume_profile, small_disk, whole, tmp_path):
+    """The datastore's disk fills up once training has stored a checkpoint: whatever failed first
+    (a checkpoint's own check, or Metaflow's writes with their tracebacks), the run's last lines are
+    the project's: the disk is full, what to do, and the command to resume. Run as printed, from
+    the directory the run started in, after the space is freed, it gives the tables of a run that
+    was never stopped."""
+    import re
+    import threading
+
+    from conftest import ROOT
+
+    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+        pytest.skip("the printed resume command uses the venv `make setup` makes; there is none here")
+    env = flow_env(METAFLOW_DATASTORE_SYSROOT_LOCAL=small_disk)
+    run = subprocess.Popen([sys.executable, FLOW, "--config", "config", resume_profile, "run"], cwd=small_disk,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    reader = threading.Thread(target=lambda: out.extend(run.stdout))
+    reader.start()
+    deadline = time.time() + 300
+    while run.poll() is None and time.time() < deadline and _checkpoints_written(small_disk, "*", "train_monotonic") < 1:
+        time.sleep(0.05)
+    assert run.poll() is None, "".join(out)[-3000:]  # still training when the disk fills
+    filler = _fill(small_disk)
+    assert run.wait(timeout=600) != 0
+    reader.join()
+    lines = "".join(out).rstrip("\n").split("\n")
+    first = max(i for i, line in enumerate(lines) if line.startswith("monoflow: the run stopped because the "
+                                                                      "datastore's disk is full"))
+    said, command = lines[first:-1], lines[-1]
+    assert all(len(line) <= 120 for line in said) and len(said) <= 4, lines[first - 5:]
+    assert "Then resume the run:" in said[-1]
+    match = re.fullmatch(rf"  METAFLOW_DATASTORE_SYSROOT_LOCAL={small_disk} make -C {ROOT} resume RUN=(\d+)", command)
+    assert match, command
+
+    os.remove(filler)
+    shell = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": os.environ.get("HOME", "/root"),
+             **{k: v for k, v in flow_env().items() if k not in ("METAFLOW_DATASTORE_SYSROOT_LOCAL", "PYTHONPATH")}}
+    done = subprocess.run(["bash", "-c", command.strip()], cwd=small_disk, env=shell, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the resumed run's tables, read where it lives (this process's Metaflow reads the tests' datastore)
+    tables = tmp_path / "tables.pkl"
+    subprocess.run([sys.executable, "-c", (
+        "import pickle, sys; from metaflow import Flow, namespace; namespace(None); run = Flow('MonoFlow').latest_run; "
+        f"assert run.successful and run.data.origin_run_id == {match.group(1)!r}, run; "
+        "pickle.dump({k: getattr(run.data, k) for k in ('training', 'perplexity', 'attacks')}, open(sys.argv[1], 'wb'))"),
+        str(tables)], env=env, check=True, timeout=300)
+    resumed = pd.read_pickle(tables)
+    drop = ["tokens_per_s", "resumed_from"]
+    pd.testing.assert_frame_equal(resumed["training"].drop(columns=drop), whole.data.training.drop(columns=drop))
+    pd.testing.assert_frame_equal(resumed["perplexity"], whole.data.perplexity)
+    pd.testing.assert_frame_equal(resumed["attacks"], whole.data.attacks)
