@@ -3,6 +3,8 @@
 #               make test-fast  (the unit tier: no flow runs, torchrun, services or slow tests; under 2 min)
 # After a run:  make card RUN=ID        the experiment card as report.html (RUN left out: your latest run;
 #                                       STEP=attack/TASK: an attack's card; OUT=file.html)
+#               make cards RUN=ID       every card of the run in cards-ID/, its index.html opening on the experiment
+#                                       card, a menu naming each card's step and attack (OUT=folder)
 #               make compare            the runs like the latest one, across seeds (RUNS="ID ID ..."; ARGS=...)
 #               make resume RUN=ID      go on from the step that failed or was interrupted (RUN left out: the latest)
 #               make summary RUN=ID     print a run's console summary, every table, without the log prefixes
@@ -15,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run card compare resume summary venv test test-fast clean
+.PHONY: setup run card cards compare resume summary venv test test-fast clean
 
 # The pinned requirements, then the project itself (editable), so that `import monollm` and
 # `python -m monollm.compare` work from any directory.
@@ -38,6 +40,9 @@ venv:
 card: venv
 	$(PY) flows/mono_flow.py card get $(if $(RUN),$(RUN)/)$(or $(STEP),join_attacks) \
 		$(if $(filter attack%,$(STEP)),--id attack) $(or $(OUT),$(if $(STEP),$(subst /,-,$(STEP)).html,report.html))
+
+cards: venv
+	$(PY) -m monollm.browse $(RUN) $(if $(OUT),--out $(OUT))
 
 compare: venv
 	$(PY) -m monollm.compare $(RUNS) $(ARGS)

@@ -670,3 +670,59 @@ def test_every_attack_branch_has_its_own_card(micro_run, datastore_root, tmp_pat
         assert any(p.get("type") == "markdown" and p["source"].startswith(f"# Attack branch `{branch}`")
                    for p in parts)
         assert any(p.get("type") == "table" and "forward passes" in p["columns"] for p in parts)
+
+
+def test_the_card_folder_lists_the_experiment_card_first_then_each_branch_by_its_attack_then_training():
+    from monollm import browse
+
+    steps = {"start": "1", "train_baseline": "3", "train_monotonic": "5", "attack": "9", "join_attacks": "15"}
+    branches = {"uat": "8", "hotflip": "9", "downstream": "13"}
+    listed = browse.entries("42", steps, branches)
+    assert [(e["label"], e["file"], e["step"], e["task"], e["card_id"]) for e in listed] == [
+        ("experiment card: the answer (join_attacks/15)", "experiment.html", "join_attacks", "15", "experiment"),
+        ("attack uat (attack/8)", "attack-uat.html", "attack", "8", "attack"),
+        ("attack hotflip (attack/9)", "attack-hotflip.html", "attack", "9", "attack"),
+        ("downstream (attack/13)", "attack-downstream.html", "attack", "13", "attack"),
+        ("training: baseline (train_baseline/3)", "training-baseline.html", "train_baseline", "3", "training"),
+        ("training: monotonic (train_monotonic/5)", "training-monotonic.html", "train_monotonic", "5", "training")]
+    # a run still attacking: no experiment card yet, and the page names it as missing
+    unfinished = browse.entries("42", {"train_baseline": "3"}, {})
+    assert [e["file"] for e in unfinished] == ["training-baseline.html"]
+    page = browse.index_html("42", unfinished, ["the experiment card (join_attacks has not finished)"])
+    assert 'src="training-baseline.html"' in page and "Not in this folder: the experiment card" in page
+    page = browse.index_html("42", listed, [])
+    options = re.findall(r'<option value="([^"]+)">([^<]+)</option>', page)
+    assert options[0] == ("experiment.html", "experiment card: the answer (join_attacks/15)")
+    assert 'src="experiment.html"' in page and "Not in this folder" not in page
+    assert "&lt;b&gt;" in browse.index_html("<b>", listed, [])  # names are escaped
+
+
+@pytest.mark.flow
+def test_the_card_folder_of_a_run_holds_every_card_and_opens_on_the_experiment_card(micro_run, tmp_path):
+    from metaflow.cards import get_cards
+
+    from monollm import browse
+
+    assert browse.main([micro_run.id, "--out", str(tmp_path / "cards")]) == 0
+    page = (tmp_path / "cards" / "index.html").read_text()
+    options = re.findall(r'<option value="([^"]+)">([^<]+)</option>', page)
+    branches = list(micro_run.data.attack_tasks)
+    assert branches == list(micro_run.data.resolved_config["attacks"]) + ["downstream", "order"]
+    assert [f for f, _ in options] == (["experiment.html"] + [f"attack-{b}.html" for b in branches]
+                                       + ["training-baseline.html", "training-monotonic.html"])
+    assert [label for _, label in options][1] == f"attack {branches[0]} (attack/{micro_run.data.attack_tasks[branches[0]]})"
+    experiment = get_cards(micro_run["join_attacks"].task, id="experiment")[0].get()
+    assert (tmp_path / "cards" / "experiment.html").read_text() == experiment
+    for name, _ in options:
+        assert (tmp_path / "cards" / name).stat().st_size > 10_000, name
+    assert browse.main(["999999999", "--out", str(tmp_path / "none")]) == 2  # no such run: one line, no folder
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_experiment_card_names_the_card_folder_and_each_branch_card():
+    from monollm.results.client import card_commands_text
+
+    assert card_commands_text("42", {"uat": "8", "order": "14"}) == (
+        "Every card of this run in one folder, opening on this one: `make cards RUN=42` (from the repository root). "
+        "Each branch's own card: `make card RUN=42 STEP=attack/8` (uat); `make card RUN=42 STEP=attack/14` (order)")
+    assert card_commands_text("42", {}) == ""

@@ -303,6 +303,12 @@ def test_the_printed_commands_run_as_printed_in_a_fresh_shell(micro_run, tmp_pat
             assert "run(s): seed " in done.stdout and "Verdicts (mean and 95% t-interval" in done.stdout
         if command.startswith("cat "):
             assert done.stdout == micro_run.data.summary + "\n"
+    # the README's `make cards RUN=RUN_ID`: the run's card folder, its page opening on the experiment card
+    done = subprocess.run(["bash", "-c", f"make cards RUN={micro_run.id}"], cwd=here, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    index = os.path.join(here, f"cards-{micro_run.id}", "index.html")
+    assert f"open cards-{micro_run.id}/index.html" in done.stdout and 'src="experiment.html"' in open(index).read()
 
 
 def test_downstream_tasks_on_all_four_models(micro_run):

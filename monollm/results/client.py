@@ -212,14 +212,15 @@ def card_command(run_id: str) -> str:
 
 def branch_tasks(run_pathspec: str, step: str = "attack") -> dict:
     """Branch name (an attack, "downstream", "order") -> the task id of its `step` task in run
-    `run_pathspec` ("MonoFlow/ID"), read from each task's foreach frame; {} where the metadata
-    cannot say (a run whose branches are not recorded yet)."""
+    `run_pathspec` ("MonoFlow/ID"), in the foreach's order, read from each task's foreach frame;
+    {} where the metadata cannot say (a run whose branches are not recorded yet)."""
     from metaflow import Step
     from metaflow.exception import MetaflowException
 
     try:
         with in_namespace(None):
-            return {t["_foreach_stack"].data[-1].value: t.id for t in Step(f"{run_pathspec}/{step}")}
+            frames = [(t["_foreach_stack"].data[-1], t.id) for t in Step(f"{run_pathspec}/{step}")]
+            return {frame.value: task for frame, task in sorted(frames, key=lambda pair: pair[0].index)}
     except (MetaflowException, KeyError, IndexError, AttributeError):
         return {}
 
@@ -233,8 +234,9 @@ def card_commands_text(run_id: str, tasks: dict) -> str:
     """The experiment card's line naming the command of each branch's own card ("" without `tasks`)."""
     if not (run_id and tasks):
         return ""
-    return "Each branch's own card (from the repository root): " + "; ".join(
-        f"`make card RUN={run_id} STEP=attack/{task}` ({branch})" for branch, task in tasks.items())
+    return (f"Every card of this run in one folder, opening on this one: `make cards RUN={run_id}` (from the "
+            f"repository root). Each branch's own card: " + "; ".join(
+                f"`make card RUN={run_id} STEP=attack/{task}` ({branch})" for branch, task in tasks.items()))
 
 
 def summary_file(text: str, run_pathspec: str) -> str | None:
