@@ -105,7 +105,7 @@ LAYERS = [
     {"errors", "constants", "schema", "stats", "progress", "checkpoints", "saving"},  # the base
     {"data"}, {"model"}, {"evaluation"}, {"train", "attacks"}, {"results"}, {"cluster"},
     {"config", "checks", "profiles", "runtime", "pipeline", "branches", "setup_reuse", "rank", "cli"},  # what the flow calls
-    {"experiments", "sweep", "compare", "rehearsal"},  # many runs, and their `python -m` entry points
+    {"experiments", "sweep", "compare", "rehearsal", "browse"},  # many runs, and the `python -m` entry points
 ]
 
 

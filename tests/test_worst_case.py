@@ -62,7 +62,7 @@ def test_a_failed_search_is_not_called_robustness(planted_run):
     transfer = df[(df.kind == "transfer") & (df.model == "monotonic")]["dnll"].mean()
     assert own["baseline"] > 5 and own["monotonic"] < 1 < transfer  # the planted failure happened
     f = answer.mark_evidence({"robustness_above_control": {"uat": report_verdict(df)},
-                              **answer.robustness_findings(df, ["round_trip"], N_BOOT, 0)})
+                              **answer.robustness_findings(df, worst_case.families(df, ["round_trip"]), N_BOOT, 0)})
     # the search's own verdict calls the masked twin more robust ...
     assert f["robustness_above_control"]["uat"]["verdict"] == "monotonic more robust"
     # ... which the diagnostics refuse as evidence, and the worst case does not repeat
@@ -129,6 +129,11 @@ def row(attack, kind, model, even, odd, source=None, ids=(1,), example=0, trial=
             "ranking": "gradient" if kind == "attack" else "", "opt_dnll": opt, "guidance_spearman": 0.5}
 
 
+def family(df: pd.DataFrame, name: str, threat_models=("round_trip",)) -> worst_case.Family:
+    """The family `name` of df as the join builds it (worst_case.families)."""
+    return next(f for f in worst_case.families(df, list(threat_models)) if f.family == name)
+
+
 def hand_table() -> pd.DataFrame:
     """Example 0 on the baseline: three members and three control draws, every number chosen by hand.
 
@@ -186,7 +191,7 @@ def test_a_family_of_random_members_reads_zero_above_its_matched_control():
                     rows.append(row("uat", kind, m, even, odd, ids=(t + 100 * (kind == "control"),), example=e,
                                     trial=t))
     df = pd.DataFrame(rows)
-    table = worst_case.table(df, ["round_trip"], N_BOOT, 0).set_index(["variant", "model"])
+    table = worst_case.table(worst_case.families(df, ["round_trip"]), N_BOOT, 0).set_index(["variant", "model"])
     for m in ("baseline", "monotonic"):
         lead = table.loc[("per-example", m)]
         assert lead["members"] == k and lead["ci_low"] < 0 < lead["ci_high"]
@@ -208,7 +213,8 @@ def test_members_are_distinct_perturbations_labelled_by_where_they_were_found():
     got = members.members(df, "universal triggers")
     assert list(got["member"]) == ["random_search attack", "random_search transfer from monotonic"]
     assert list(got["copies"]) == [3, 2]
-    assert worst_case.table(df, ["round_trip"], N_BOOT, 0).set_index("variant").loc["per-example", "members"] == 2
+    table = worst_case.table(worst_case.families(df, ["round_trip"]), N_BOOT, 0).set_index("variant")
+    assert table.loc["per-example", "members"] == 2
 
 
 def test_restarts_and_budget_curve_points_are_members():
@@ -311,7 +317,7 @@ def test_a_family_verdict_is_flagged_on_the_model_it_favours():
                          example=e, trial=1, fraction=1.0),
                      row("uat", "control", m, 0.0, 0.0, ids=(9,), example=e)]
     df = pd.DataFrame(rows)
-    f = answer.robustness_findings(df, ["round_trip"], N_BOOT, 0)
+    f = answer.robustness_findings(df, worst_case.families(df, ["round_trip"]), N_BOOT, 0)
     worst = f["worst_case"]["universal triggers"]
     assert worst["verdict"] == "monotonic more robust"
     assert worst["not_evidence"] == ["no_gradient_free_member on monotonic",
@@ -338,17 +344,18 @@ def test_each_threat_model_has_its_own_worst_case_and_the_headline_names_both():
     first, second = synthetic(3), synthetic(4)
     second["attack"] = second["attack"] + "@printable"  # the branches of the second threat model
     df = pd.concat([first.assign(tokens="round_trip"), second.assign(tokens="printable")], ignore_index=True)
-    f = answer.robustness_findings(df, ["round_trip", "printable"], N_BOOT, 0)
+    f = answer.robustness_findings(df, worst_case.families(df, ["round_trip", "printable"]), N_BOOT, 0)
     assert set(f["worst_case"]) == {"universal triggers", "universal triggers, universal", "per-input edits",
                                     "universal triggers [printable]", "universal triggers, universal [printable]",
                                     "per-input edits [printable]"}
     # each threat model's worst case is its own rows' alone
-    alone = answer.robustness_findings(second.assign(tokens="printable"), ["printable"], N_BOOT, 0)
+    printable = second.assign(tokens="printable")
+    alone = answer.robustness_findings(printable, worst_case.families(printable, ["printable"]), N_BOOT, 0)
     assert f["worst_case"]["per-input edits [printable]"]["diff"] == alone["worst_case"]["per-input edits"]["diff"]
     assert set(f["diagnostics"]) == {"uat", "gcg", "random_search", "hotflip", "random_flips", "uat@printable",
                                      "gcg@printable", "random_search@printable", "hotflip@printable",
                                      "random_flips@printable"}
-    table = worst_case.table(df, ["round_trip", "printable"], N_BOOT, 0)
+    table = worst_case.table(worst_case.families(df, ["round_trip", "printable"]), N_BOOT, 0)
     assert list(dict.fromkeys(table["threat_model"])) == ["round_trip", "printable"]
     text = headline.worst_case_sentence(f)
     assert "threat model: round_trip tokens" in text and "With printable tokens: universal triggers" in text
@@ -384,7 +391,7 @@ def test_the_compute_curve_takes_the_members_found_within_each_fraction():
                      row("uat", "budget", m, 0.3, 0.3, source=other, ids=(3, e), example=e, trial=0, fraction=0.5),
                      row("uat", "control", m, 0.0, 0.0, ids=(9,), example=e)]
             rows[-4]["forward_passes"], rows[-3]["forward_passes"] = 50, 100
-    got = worst_case.compute_curve(pd.DataFrame(rows), "universal triggers")
+    got = worst_case.compute_curve(family(pd.DataFrame(rows), "universal triggers"))
     mean = got.groupby(["model", "fraction"]).agg(passes=("passes", "first"), damage=("above_control", "mean"))
     assert mean.loc[("baseline", 0.5)].tolist() == pytest.approx([50, 0.3])  # the transfer at 0.5 is the worst
     assert mean.loc[("monotonic", 1.0)].tolist() == pytest.approx([100, 0.4])

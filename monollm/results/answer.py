@@ -116,33 +116,35 @@ def findings(ppl: pd.DataFrame, per_block: dict, constraint: pd.DataFrame, attac
     return out
 
 
-def robustness_findings(attacks: pd.DataFrame, threat_models, n_boot: int, seed: int) -> dict:
-    """The worst-case verdicts per threat model (`threat_models`: attack.tokens), the diagnostics,
-    the threat models and the seed count, as findings entries. One run is one seed: its intervals
-    cover the test examples only."""
-    diag, worst = diagnostics.diagnostics(attacks, n_boot, seed), worst_case.verdicts(attacks, threat_models, n_boot, seed)
-    for key, comp in worst.items():
-        suffix = "" if comp["threat_model"] == threat_models[0] else f"@{comp['threat_model']}"
-        comp["not_evidence"] = diagnostics.family_flags(attacks, diag, key.split(",")[0].split(" [")[0], comp, suffix)
-    return {"threat_models": list(threat_models), "seeds": 1, "worst_case": worst, "diagnostics": diag}
+def robustness_findings(attacks: pd.DataFrame, built: list, n_boot: int, seed: int) -> dict:
+    """The worst-case verdicts of the families `built` (worst_case.families of `attacks`), the
+    diagnostics, the threat models and the seed count, as findings entries. One run is one seed:
+    its intervals cover the test examples only."""
+    diag, worst = diagnostics.diagnostics(attacks, n_boot, seed), worst_case.verdicts(built, n_boot, seed)
+    first = built[0].threat_model if built else None
+    for comp in worst.values():
+        suffix = "" if comp["threat_model"] == first else f"@{comp['threat_model']}"
+        comp["not_evidence"] = diagnostics.family_flags(attacks, diag, comp["family"], comp, suffix)
+    threat_models = list(dict.fromkeys(fam.threat_model for fam in built))
+    return {"threat_models": threat_models, "seeds": 1, "worst_case": worst, "diagnostics": diag}
 
 
-def compute_findings(attacks: pd.DataFrame, threat_models, targets, n_boot: int, seed: int):
-    """(curve table, findings["compute"]): per threat model and family (keyed as findings["worst_case"]),
-    the attacker's compute multiplier at `targets` (attack.compute_targets; empty: compute.default_targets)
-    from the family's worst case against forward passes (results.compute)."""
+def compute_findings(built: list, targets, n_boot: int, seed: int):
+    """(curve table, findings["compute"]): per threat model and family of `built` (worst_case.families;
+    keyed as findings["worst_case"]), the attacker's compute multiplier at `targets`
+    (attack.compute_targets; empty: compute.default_targets) from the family's worst case against
+    forward passes (results.compute)."""
     from monollm.results import compute
 
     parts, out = [], {}
-    for tm, rows, suffix in worst_case.by_threat_model(attacks, threat_models):
-        for family in worst_case.FAMILIES:
-            curve = worst_case.compute_curve(rows, family)
-            if curve.empty or set(curve["model"]) != set(compute.MODELS):
-                continue
-            parts.append(curve.assign(threat_model=tm))
-            chosen = list(targets) or compute.default_targets(curve)
-            if chosen:
-                out[family + suffix] = compute.multiplier(curve, chosen, n_boot, seed)
+    for fam in built:
+        curve = worst_case.compute_curve(fam)
+        if curve.empty or set(curve["model"]) != set(compute.MODELS):
+            continue
+        parts.append(curve.assign(threat_model=fam.threat_model))
+        chosen = list(targets) or compute.default_targets(curve)
+        if chosen:
+            out[fam.key] = compute.multiplier(curve, chosen, n_boot, seed)
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), out
 
 
@@ -162,15 +164,16 @@ def attack_answer(branches: Branches, perplexity: pd.DataFrame, per_block: dict,
     attacks = branches.attacks
     found = findings(perplexity, per_block, constraint, attacks, hidden_act, n_boot, seed, setting=setting,
                      activation_swap=activation_swap, training=training)
-    found.update(robustness_findings(attacks, threat_models, n_boot, seed))
+    built = worst_case.families(attacks, threat_models)  # the per-example tables, computed once
+    found.update(robustness_findings(attacks, built, n_boot, seed))
     found["downstream"] = downstream.cost(branches.downstream_items, n_boot, seed)
-    curve, found["compute"] = compute_findings(attacks, threat_models, compute_targets, n_boot, seed)
+    curve, found["compute"] = compute_findings(built, compute_targets, n_boot, seed)
     if branches.order_preservation is not None:
         from monollm.evaluation import order
 
         found["order_preservation"] = order.findings(branches.order_preservation)
     return AttackAnswer(attack_summary=report.attack_summary(attacks, thresholds, n_boot, seed),
                         findings=mark_evidence(found),
-                        worst_case=worst_case.table(attacks, threat_models, n_boot, seed),
-                        worst_case_examples=worst_case.examples(attacks, threat_models),
+                        worst_case=worst_case.table(built, n_boot, seed),
+                        worst_case_examples=worst_case.examples(built),
                         budget_curve=diagnostics.budget_curve(attacks, n_boot, seed), compute_curve=curve)

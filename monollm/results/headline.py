@@ -36,10 +36,10 @@ def worst_case_sentence(findings: dict) -> str:
     parts = []
     for i, tm in enumerate(order):
         mine = {family: c for family, c in worst.items() if c.get("threat_model", tm) == tm}
-        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(family)) + " " + _numbers(c)
-                               for family, c in mine.items() if ", universal" not in family)
-        strict = "; ".join(f"{_family(family)}: {c['verdict']} {_numbers(c)}"
-                           for family, c in mine.items() if ", universal" in family)
+        per_family = "; ".join(FAMILY_CLAUSE[c["verdict"]].format(f=_family(key, c)) + " " + _numbers(c)
+                               for key, c in mine.items() if ", universal" not in key)
+        strict = "; ".join(f"{_family(key, c)}: {c['verdict']} {_numbers(c)}"
+                           for key, c in mine.items() if ", universal" in key)
         lead = ("Worst case over every perturbation this run found against either model (threat model: "
                 f"{tm} tokens; {UNITS}): " if i == 0 else f"With {tm} tokens: ")
         parts.append(lead + per_family + "." + (f" With one trigger per model, chosen on attack_opt: {strict}."
@@ -50,9 +50,11 @@ def worst_case_sentence(findings: dict) -> str:
     return " ".join(parts)
 
 
-def _family(key: str) -> str:
-    """'universal triggers, universal [printable]' -> 'universal triggers'."""
-    return key.split(",")[0].split(" [")[0]
+def _family(key: str, verdict: dict) -> str:
+    """The family a worst-case verdict is about: its own "family", else read from its key."""
+    from monollm.results.members import family_of
+
+    return verdict.get("family") or family_of(key)
 
 
 def _numbers(c: dict) -> str:

@@ -6,6 +6,7 @@ import pandas as pd
 
 from monollm.results import wording
 from monollm.results.card_sections import estimate, nowrap
+from monollm.results.members import family_of
 
 
 def key_numbers(findings: dict, ppl: pd.DataFrame, summary: pd.DataFrame, worst: pd.DataFrame | None = None
@@ -43,7 +44,7 @@ def worst_case_rows(verdicts: dict, worst: pd.DataFrame | None) -> list[tuple]:
     difference, baseline minus monotonic, with its verdict."""
     rows = []
     for name, comp in verdicts.items():
-        family = name.split(",")[0].split(" [")[0]
+        family = comp.get("family") or family_of(name)
         variant = "universal" if ", universal" in name else "per-example"
         arm = {}
         if worst is not None and len(worst):

@@ -43,6 +43,12 @@ MEMBER_COLUMNS = ["model", "example", "member", "origin", "attack", "kind", "fra
 CONTROL_COLUMNS = ["model", "example", "draw", "dnll", "dnll_even", "dnll_odd"]
 
 
+def family_of(key: str) -> str:
+    """The family of a findings["worst_case"] key: 'universal triggers, universal [printable]' ->
+    'universal triggers' (for findings stored before each verdict named its "family")."""
+    return key.split(",")[0].split(" [")[0]
+
+
 def member_label(row) -> str:
     """'uat attack', 'gcg transfer from baseline', 'uat restart 2 from monotonic', 'uat budget 0.5'."""
     label = f"{row.attack} {row.kind}"

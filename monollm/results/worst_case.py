@@ -28,10 +28,13 @@ The strictly universal variant chooses one trigger per model, on `attack_opt` (i
 among every trigger of the family scored on that model, and reports it once on `test`, above the
 mean control (the expected maximum over one draw).
 
-Everything here is a pure function of the attack table (report.attack_table), through the member
-table built once per family.
+Everything here is a pure function of the attack table (report.attack_table), through the member,
+control and per-example tables built once per threat model and family (`families`), which the
+table, the verdicts, the examples and the compute curve all read.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -97,7 +100,12 @@ def example_table(df: pd.DataFrame, family: str, max_fraction: float = np.inf) -
     matched controls, over the members found within `max_fraction` of the searches' budgets (curve
     points up to it; everything else counts as found at the full budget). Empty without members or
     controls."""
-    found, ctrl = mem.members(df, family), mem.controls(df, family)
+    return detail_of(mem.members(df, family), mem.controls(df, family), family, max_fraction)
+
+
+def detail_of(found: pd.DataFrame, ctrl: pd.DataFrame, family: str, max_fraction: float = np.inf) -> pd.DataFrame:
+    """example_table from the family's member table `found` (members.members) and control draws
+    `ctrl` (members.controls), built once by the caller."""
     found = found[found["fraction"] <= max_fraction]
     if found.empty or ctrl.empty:
         return pd.DataFrame(columns=DETAIL_COLUMNS)
@@ -159,16 +167,50 @@ def by_threat_model(df: pd.DataFrame, threat_models) -> list[tuple[str, pd.DataF
     return [(tm, df[df.tokens == tm], "" if i == 0 else f" [{tm}]") for i, tm in enumerate(threat_models)]
 
 
-def _variants(df: pd.DataFrame, family: str, with_in_sample: bool = True) -> list[tuple[str, pd.DataFrame, dict]]:
+@dataclass(frozen=True)
+class Family:
+    """One threat model's family, with its per-example table built once: what `table`, `verdicts`,
+    `examples` and `compute_curve` all read."""
+    threat_model: str
+    suffix: str
+    """Of its findings keys: "" for the first threat model, " [<tokens>]" for the others."""
+    family: str
+    rows: pd.DataFrame
+    """The threat model's attack rows (every family's)."""
+    members: pd.DataFrame
+    """members.members of the family: every distinct perturbation per model and example."""
+    controls: pd.DataFrame
+    """members.controls of the family: its control draws per model and example."""
+    detail: pd.DataFrame
+    """example_table: both per-example variants and their matched controls."""
+
+    @property
+    def key(self) -> str:
+        """The family's key in findings["worst_case"] and findings["compute"]."""
+        return self.family + self.suffix
+
+
+def families(df: pd.DataFrame, threat_models) -> list[Family]:
+    """Every threat model's families (by_threat_model x FAMILIES), each with its member and control
+    tables and its per-example table, computed once."""
+    out = []
+    for tm, rows, suffix in by_threat_model(df, threat_models):
+        for family in FAMILIES:
+            found, ctrl = mem.members(rows, family), mem.controls(rows, family)
+            out.append(Family(tm, suffix, family, rows, found, ctrl, detail_of(found, ctrl, family)))
+    return out
+
+
+def _variants(fam: Family, with_in_sample: bool = True) -> list[tuple[str, pd.DataFrame, dict]]:
     """(variant, its per-example table, per model {"members", "control_draws", "control_short"}) of a family."""
-    detail = example_table(df, family)
+    detail = fam.detail
     counts = {m: {"members": int(g["members"].median()), "control_draws": int(g["control_draws"].min()),
                   "control_short": bool(g["control_short"].any())} for m, g in detail.groupby("model")}
     out = [("per-example", variant_rows(detail, "per-example"), counts)]
     if with_in_sample:
         out.append(("per-example, in-sample", variant_rows(detail, "per-example, in-sample"), counts))
-    if family == "universal triggers":
-        out.append(("universal", universal_choice(df, family), {m: {"members": 1} for m in counts}))
+    if fam.family == "universal triggers":
+        out.append(("universal", universal_choice(fam.rows, fam.family), {m: {"members": 1} for m in counts}))
     return out
 
 
@@ -207,43 +249,41 @@ def _summary_rows(df, ex, counts, family, variant, threat_model, n_boot, seed) -
     return rows
 
 
-def table(df: pd.DataFrame, threat_models, n_boot: int, seed: int) -> pd.DataFrame:
-    """The worst-case table: one row per threat model (attack.tokens) x family x variant (VARIANTS) x
-    model, with the examples, mean worst dNLL, the matched control, the damage above it with its 95%
-    bootstrap CI, the distinct members per example (`members`, median), the control draws
-    (`control_draws`, fewest on an example; `control_short` where fewer than the members), the
-    forward passes the family's own searches spent on the model, and which members carried the worst
-    case (`carried_by`: member (examples); `top_member` and `top_examples`: the one that carried most)."""
+def table(built: list[Family], n_boot: int, seed: int) -> pd.DataFrame:
+    """The worst-case table of the families `built` (families()): one row per threat model (attack.tokens)
+    x family x variant (VARIANTS) x model, with the examples, mean worst dNLL, the matched control, the
+    damage above it with its 95% bootstrap CI, the distinct members per example (`members`, median),
+    the control draws (`control_draws`, fewest on an example; `control_short` where fewer than the
+    members), the forward passes the family's own searches spent on the model, and which members
+    carried the worst case (`carried_by`: member (examples); `top_member` and `top_examples`: the one
+    that carried most)."""
     rows = []
-    for tm, rows_tm, _ in by_threat_model(df, threat_models):
-        for family in FAMILIES:
-            for variant, ex, counts in _variants(rows_tm, family):
-                rows += _summary_rows(rows_tm, ex, counts, family, variant, tm, n_boot, seed)
+    for fam in built:
+        for variant, ex, counts in _variants(fam):
+            rows += _summary_rows(fam.rows, ex, counts, fam.family, variant, fam.threat_model, n_boot, seed)
     return pd.DataFrame(rows)
 
 
-def examples(df: pd.DataFrame, threat_models) -> pd.DataFrame:
+def examples(built: list[Family]) -> pd.DataFrame:
     """Every threat model's and family's per-example worst case (example_table), stacked: which member
     carried each example, on each half and in-sample, and the matched controls."""
-    parts = [example_table(rows, family).assign(threat_model=tm)
-             for tm, rows, _ in by_threat_model(df, threat_models) for family in FAMILIES]
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat([fam.detail.assign(threat_model=fam.threat_model) for fam in built], ignore_index=True)
 
 
-def verdicts(df: pd.DataFrame, threat_models, n_boot: int, seed: int) -> dict:
-    """Per threat model and family ("<family>", "<family> [<tokens>]" after the first threat model,
-    "<family>, universal..." for the strict variant): baseline minus monotonic of the cross-fitted
-    worst-case damage above the matched control, paired by example, with its CI and verdict
-    (verdicts.compare_models), which members carried it and the passes of the family's own searches
-    per model. The in-sample variant is in `table` only. Families without both models are left out."""
+def verdicts(built: list[Family], n_boot: int, seed: int) -> dict:
+    """Per threat model and family of `built` ("<family>", "<family> [<tokens>]" after the first threat
+    model, "<family>, universal..." for the strict variant): baseline minus monotonic of the
+    cross-fitted worst-case damage above the matched control, paired by example, with its CI and
+    verdict (verdicts.compare_models), which members carried it and the passes of the family's own
+    searches per model, and the family and threat model it belongs to. The in-sample variant is in
+    `table` only. Families without both models are left out."""
     out = {}
-    for tm, rows, suffix in by_threat_model(df, threat_models):
-        for family in FAMILIES:
-            for variant, ex, _ in _variants(rows, family, with_in_sample=False):
-                comp = _verdict(rows, ex, family, n_boot, seed)
-                if comp:
-                    key = family + ("" if variant == "per-example" else f", {variant}") + suffix
-                    out[key] = {**comp, "threat_model": tm}
+    for fam in built:
+        for variant, ex, _ in _variants(fam, with_in_sample=False):
+            comp = _verdict(fam.rows, ex, fam.family, n_boot, seed)
+            if comp:
+                key = fam.family + ("" if variant == "per-example" else f", {variant}") + fam.suffix
+                out[key] = {**comp, "threat_model": fam.threat_model, "family": fam.family}
     return out
 
 
@@ -260,20 +300,20 @@ def _verdict(df: pd.DataFrame, ex: pd.DataFrame, family: str, n_boot: int, seed:
 CURVE_TABLE_COLUMNS = ["family", "model", "example", "fraction", "passes", "above_control"]
 
 
-def compute_curve(df: pd.DataFrame, family: str) -> pd.DataFrame:
+def compute_curve(fam: Family) -> pd.DataFrame:
     """The family's worst case against attack compute: per budget fraction f of the searches' curves,
     model and example, the cross-fitted worst case over the members found within f of every search's
     passes (both models' searches: a transfer at f was found with the same passes), above its matched
     control, and `passes`, the forward passes the family's own searches had spent on that model at f.
     Empty without budget-curve rows."""
-    if "budget_fraction" not in df.columns:
+    if "budget_fraction" not in fam.rows.columns:
         return pd.DataFrame(columns=CURVE_TABLE_COLUMNS)
-    rows, _ = family_rows(df, family)
+    rows, _ = family_rows(fam.rows, fam.family)
     own = rows[(rows.kind == CURVE) & (rows.model == rows.source_model)]
     parts = []
     for f in sorted(own["budget_fraction"].dropna().unique()):
         at = own[own.budget_fraction == f].groupby(["model", "attack"])["forward_passes"].first().groupby("model").sum()
-        ex = variant_rows(example_table(df, family, max_fraction=f), "per-example")
+        ex = variant_rows(detail_of(fam.members, fam.controls, fam.family, max_fraction=f), "per-example")
         parts.append(ex.assign(fraction=float(f), passes=ex["model"].map(at).fillna(0).astype(int)))
     if not parts:
         return pd.DataFrame(columns=CURVE_TABLE_COLUMNS)
