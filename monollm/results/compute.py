@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -127,12 +128,20 @@ def _cube(curve: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return passes, cube.reshape(len(MODELS), len(examples), len(passes))
 
 
+def _mean_over_examples(cube: np.ndarray, axis: int = 1) -> np.ndarray:
+    """np.nanmean over the examples: a model has no point at the passes of the other model's curve,
+    so an all-NaN column is expected there and stays NaN, without numpy's "Mean of empty slice"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(cube, axis=axis)
+
+
 def resampled_means(cube: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, 2, P): the mean curves of each bootstrap replicate; a replicate draws N example
     indices with replacement once and uses them for both models (paired)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, cube.shape[1], size=(n_boot, cube.shape[1]))
-    return np.stack([np.nanmean(cube[:, row, :], axis=1) for row in idx])
+    return np.stack([_mean_over_examples(cube[:, row, :]) for row in idx])
 
 
 def curve_bands(curve: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -140,8 +149,10 @@ def curve_bands(curve: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Da
     95% percentile bootstrap band per point (examples resampled, paired across models)."""
     passes, cube = _cube(curve)
     boot = resampled_means(cube, n_boot, seed)
-    mean = np.nanmean(cube, axis=1)
-    lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+    mean = _mean_over_examples(cube)
+    with warnings.catch_warnings():  # all-NaN where a model has no point at those passes: NaN, said once above
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
     return pd.DataFrame([{"model": m, "passes": p, "above_control": mean[i, j], "ci_low": lo[i, j],
                           "ci_high": hi[i, j]} for i, m in enumerate(MODELS) for j, p in enumerate(passes)])
 
@@ -172,7 +183,7 @@ def multiplier(curve: pd.DataFrame, targets, n_boot: int = 2000, seed: int = 0) 
     replicates never reach it); replicates in which neither does are left out. The percentiles are
     taken outward (the order statistic at or beyond each end), never interpolated towards infinity."""
     passes, cube = _cube(curve)
-    mean, boot = np.nanmean(cube, axis=1), resampled_means(cube, n_boot, seed)
+    mean, boot = _mean_over_examples(cube), resampled_means(cube, n_boot, seed)
     out = {}
     for key, target in target_keys(targets).items():
         base, mono = (passes_to_reach(zip(passes, mean[i]), target) for i in range(2))
