@@ -54,7 +54,9 @@ def test_registered_built_from_defaults_and_never_takes_a_gradient(monkeypatch):
         assert r.ranking == "random" and np.isnan(r.guidance_spearman) and r.guidance_n == 0
         assert r.forward_passes == 8 * r.candidate_evals >= 1000  # one pass per example per candidate, nothing else
         assert np.mean(r.attacked_nll - r.clean_nll) > 0 and r.opt_dnll > 0
-    assert len([r for r in rows if r.kind == "control"]) == params.controls * len(models)
+    draws = max([params.controls] + [len({tuple(r.trigger_ids) for r in rows if r.kind != "control" and r.model == m})
+                                     for m in models])
+    assert len([r for r in rows if r.kind == "control"]) == draws * len(models)
 
 
 def test_search_only_climbs_and_records_when():

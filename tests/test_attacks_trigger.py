@@ -3,6 +3,7 @@ budgets on both models, the rows it adds (every restart's trigger, the budget cu
 checkpoints under a budget, each attack's own control sample, and triggers that round-trip on
 their own."""
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,6 +200,20 @@ def test_each_attack_draws_its_own_controls():
     assert mine == [r.trigger_ids for r in trigger_rows.controls(ctx, "uat", params)]  # reproducible
     theirs = [r.trigger_ids for r in trigger_rows.controls(ctx, "gcg", params)]
     assert all(a != b for a, b in zip(mine, theirs))
+    more = [r.trigger_ids for r in trigger_rows.controls(ctx, "uat", params, draws=params.controls + 3)]
+    assert len(more) == params.controls + 3 and more[:params.controls] == mine  # more draws keep the first ones
+
+
+def test_an_attack_draws_a_control_per_distinct_trigger_it_found_on_a_model():
+    """Hand-built rows: on the baseline 3 distinct triggers (one found twice), on the monotonic model 1."""
+    def r(model, ids):
+        return SimpleNamespace(model=model, trigger_ids=list(ids))
+
+    found = [r("baseline", (1, 2)), r("baseline", (1, 2)), r("baseline", (3, 4)), r("baseline", (5, 6)),
+             r("monotonic", (1, 2))]
+    assert trigger_rows.control_draws(2, found) == 3
+    assert trigger_rows.control_draws(16, found) == 16
+    assert trigger_rows.control_draws(4, []) == 4
 
 
 class AloneBreaks:
@@ -319,8 +334,9 @@ def test_budget_curve_points_are_the_best_within_each_fraction_scored_once():
         assert [r.budget_fraction for r in curve[::2]] == [1 / 8, 1 / 4, 1 / 2, 1]
         assert [r.forward_passes for r in curve[::2]] == [88, 175, 350, 700]
         assert of(rows, "attack", source, source)[0].forward_passes == 700
-    # the middles are scored once for both searches (2 x 7 restarts, 2 attacks, 3 middles, 1 control)
-    assert kinds.count("budget") == 3 and len(kinds) == 14 + 2 + 3 + 1
+    # the middles are scored once for both searches (2 x 7 restarts, 2 attacks, 3 middles); 10 controls, not
+    # `controls` = 1: one per distinct trigger scored on a model (the same plan on both: 7 finals, 3 middles)
+    assert kinds.count("budget") == 3 and kinds.count("restart") == 14 and kinds.count("") == 2 + 10 and len(kinds) == 29
     assert [line.split(": budget curve (")[1][:1] for line in lines if ": budget curve (" in line] == ["3", "0"]
 
 

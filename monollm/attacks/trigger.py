@@ -22,10 +22,11 @@ one search from a random start on the attack_opt examples. Everything else is he
   the passes, on every model (kind "budget", monollm.attacks.curves);
 * `opt_dnll` on the attack, transfer and restart rows: the trigger's damage on all of attack_opt;
 * the gradient guidance around the final trigger (monollm.attacks.guidance);
-* the matched control ("control"): `controls` random triggers of the same length, at the same
-  place (before the context), on the same test examples, the same draws for every model. It
-  holds fixed the trigger length, position, examples and scoring model; only the tokens are
-  random (and unsearched). Each attack draws its own.
+* the matched control ("control"): `controls` random triggers of the same length (or one per
+  distinct trigger found on a model, where that is more), at the same place (before the
+  context), on the same test examples, the same draws for every model. It holds fixed the
+  trigger length, position, examples and scoring model; only the tokens are random (and
+  unsearched). Each attack draws its own.
 
 The config is a `TriggerConfig` plus the search's own budget; `ascend(model, tokenizer, opt_ids, allowed, init, params,
 n_cont, batch_size, target=, max_evals=, max_passes=, survive=) -> Search`.
@@ -62,7 +63,8 @@ class TriggerConfig:
     opt_examples: int = 0
     """attack_opt examples in the optimization batch (0: all of them)."""
     controls: int = 8
-    """Random triggers of the same length scored as the matched control (K)."""
+    """Random triggers of the same length scored as the matched control, at least: the attack draws one
+    per distinct trigger it found on a model where that is more (trigger_rows.control_draws)."""
     max_tries: int = 200
     """Draws per position when sampling a random trigger that survives re-tokenization."""
     ranking: str = "gradient"
@@ -237,7 +239,9 @@ def select(model, tokenizer, found: list[Search], opt_all: torch.Tensor, test: n
 def run(ctx: AttackContext, params, name: str, ascend) -> list[AttackResult]:
     """A trigger searched with `ascend` on each model, scored on every model (its own: kind
     "attack"; the others: "transfer"), every restart's final trigger on every model ("restart"),
-    the budget curve on every model ("budget"), plus `params.controls` random triggers ("control").
+    the budget curve on every model ("budget"), plus at least `params.controls` random triggers
+    ("control"; as many as the distinct triggers found on one model where that is more:
+    trigger_rows.control_draws).
 
     Rows come in that order: the attack and transfer rows of each searched model in turn (every
     model in ctx.models order), then per searched model its restart rows (by restart, then model)
@@ -260,7 +264,8 @@ def run(ctx: AttackContext, params, name: str, ascend) -> list[AttackResult]:
         results += rows
         later += restarts + curve
     trigger_rows.opt_dnll(ctx, [r for r in results + later if r.kind in ("attack", "transfer", "restart")])
-    return results + later + trigger_rows.controls(ctx, name, params)
+    found = results + later
+    return found + trigger_rows.controls(ctx, name, params, trigger_rows.control_draws(params.controls, found))
 
 
 def _report(ctx: AttackContext, params, name: str, source: str, found: list[Search], stop: budgets.Stop,

@@ -37,18 +37,34 @@ def opt_dnll(ctx: AttackContext, rows: list[AttackResult]):
             r.opt_dnll = damage[tuple(r.trigger_ids)]
 
 
-def controls(ctx: AttackContext, name: str, params) -> list[AttackResult]:
-    """`params.controls` random triggers of the trigger's length, each scored on every model
-    (kind "control"): the same triggers, examples and position for every model. Each attack draws
-    its own (its name, by a stable hash, is part of the seed): attacks' controls are independent
-    samples, so that two attacks' "above control" numbers do not share one draw."""
+def control_draws(configured: int, found: list[AttackResult]) -> int:
+    """How many random triggers an attack draws: its `controls`, or more where its rows `found` hold
+    more distinct triggers scored on one model. The family's matched control is the expected maximum
+    over as many draws as the family has distinct members on that model; with every attack drawing at
+    least its own distinct triggers, the family's draws cover its members (which deduplication only
+    makes fewer), and no draw is used twice."""
+    per_model: dict[str, set] = {}
+    for r in found:
+        per_model.setdefault(r.model, set()).add(tuple(r.trigger_ids))
+    return max([configured, *(len(ids) for ids in per_model.values())])
+
+
+def controls(ctx: AttackContext, name: str, params, draws: int | None = None) -> list[AttackResult]:
+    """`draws` (default `params.controls`; control_draws) random triggers of the trigger's length,
+    each scored on every model (kind "control"): the same triggers, examples and position for every
+    model. Each attack draws its own (its name, by a stable hash, is part of the seed): attacks'
+    controls are independent samples, so that two attacks' "above control" numbers do not share one
+    draw. The first `params.controls` draws do not depend on how many follow."""
+    draws = params.controls if draws is None else draws
+    if draws > params.controls:
+        ctx.log(f"[{name}] {draws} control draws (controls = {params.controls}): one per distinct trigger found on a model")
     rng, results = np.random.default_rng([ctx.seed, 1, zlib.crc32(name.encode())]), []
-    for trial in range(params.controls):
+    for trial in range(draws):
         trigger = sample_trigger(rng, ctx.allowed, params.trigger_len, ctx.tokenizer, ctx.examples["test"],
                                  params.max_tries)
         rows = evaluate(ctx, name, trigger, trial=trial)
         results += rows
-        ctx.log(f"[{name}] control {trial + 1}/{params.controls} {ctx.tokenizer.decode(trigger)!r}: " + summary(rows))
+        ctx.log(f"[{name}] control {trial + 1}/{draws} {ctx.tokenizer.decode(trigger)!r}: " + summary(rows))
     return results
 
 
