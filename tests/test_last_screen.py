@@ -44,7 +44,8 @@ def test_the_last_screen_fits_120_columns_with_the_prefix_and_splits_no_number_o
         body, following = row[len(PREFIX):], after[len(PREFIX):]
         assert not (re.search(r"[\d.]$", body) and re.match(r"[\d.]", following)), (row, after)
     # the commands: each a row of its own, whole
-    commands = [f"make card RUN=1733565600123456", f"cat {kept}", "make run SEED=1", "make compare"]
+    commands = [f"make card RUN=1733565600123456", "make cards RUN=1733565600123456", f"cat {kept}", "make run SEED=1",
+                "make compare"]
     for command in commands:
         assert PREFIX + command in rows, command
     # the answer is all there, in order: the caveat of the micro profile, then the headline

@@ -42,7 +42,8 @@ def next_commands(run_id: str, tables: str) -> list[tuple[str, str]]:
     in the shell `make run` ran in (the Makefile sets the user and the interpreter); `tables`: the
     command that prints the full summary."""
     return [("The experiment card (report.html, any browser):", f"make card RUN={run_id}"),
-            ("The attack cards: the card above names each one's command.", ""),
+            ("Every card (attacks, training), the experiment card first: open cards-RUN/index.html",
+             f"make cards RUN={run_id}"),
             ("Every table, without the log prefixes:", tables),
             ("More seeds, then the verdicts across them:", "make run SEED=1"), ("", "make compare")]
 
