@@ -1,6 +1,6 @@
 # Quick start:  make run   (set up .venv, run the default experiment; SEED=N, CONFIG=config/other.toml)
 #               make test  (set up .venv, run the tests)
-#               make test-fast  (the unit tier: no flow runs, torchrun, services or slow tests; under 2 min)
+#               make test-fast  (the unit tier: no flow runs, torchrun, services or slow tests; 2-3 min)
 # After a run:  make card RUN=ID        the experiment card as report.html (RUN left out: your latest run;
 #                                       STEP=attack/TASK: an attack's card; OUT=file.html)
 #               make cards RUN=ID       every card of the run in cards-ID/, its index.html opening on the experiment
