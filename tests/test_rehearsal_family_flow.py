@@ -19,25 +19,19 @@ CI_BUDGET = {  # (section, key): value, over the rehearsal profile; what each ho
     (None, "attacks"): ["uat", "hotflip"],  # one universal-trigger and one per-input search, as LEAN micro runs
     ("attack", "tokens"): "round_trip",  # one threat model (the printable one is the Pythia rehearsal's)
     ("attack", "examples"): 8, ("attack", "budget"): 160,
-    ("attack.uat", "opt_examples"): 8, ("attack.hotflip", "guidance_sample"): 32,
+    ("attack.uat", "opt_examples"): 8, ("attack.uat", "guidance_sample"): 8, ("attack.hotflip", "guidance_sample"): 32,
     ("train", "tokens"): 4096, ("eval", "max_blocks"): 16,
     # the downstream and order branches are left out for CI time: the Pythia rehearsal and the micro run run them
     ("eval.downstream", "tasks"): [], ("eval.order", "enabled"): False,
 }
-ADDED = {"attack.uat": "guidance_sample = 8"}
-"""Lines the rehearsal profile leaves at their defaults (64 scored swaps)."""
 FAMILIES = {"qwen": ("Qwen2MLP", "Qwen2RMSNorm"), "llama": ("LlamaMLP", "LlamaRMSNorm")}
 
 
 def ci_profile(profile: str) -> str:
-    """The rehearsal profile at `profile` with CI_BUDGET and ADDED applied; the new file's path."""
+    """The rehearsal profile at `profile` with CI_BUDGET applied; the new file's path."""
     text = open(profile).read()
     for (section, key), value in CI_BUDGET.items():
         text = rehearsal._set(text, section, key, value)
-    for section, line in ADDED.items():
-        body = text.split(f"\n[{section}]\n")[1].split("\n[")[0]
-        assert line.split(" =")[0] + " =" not in body, (section, line)
-        text = text.replace(f"\n[{section}]\n", f"\n[{section}]\n{line}\n", 1)
     path = profile.replace(".toml", "_ci.toml")
     with open(path, "w") as f:
         f.write(text)

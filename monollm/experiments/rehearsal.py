@@ -63,6 +63,9 @@ CHANGES = {
     ("resources", "retries"): 0, ("resources", "gpu"): 0, ("resources", "cpu"): 1,
     ("resources", "memory"): 4000, ("resources", "disk"): 2000,
 }
+ADDED = {("attack.uat", "guidance_sample"): 16, ("attack.gcg", "guidance_sample"): 16}
+"""Keys the paper profile leaves at their defaults (64 exactly scored swaps for the gradient-guidance
+check, about a minute of a trigger branch at this vocabulary on a shared core), added to the rehearsal."""
 FAMILY_CHANGES = {"qwen": {("attack", "batch_size"): 16, ("eval", "batch_size"): 8}}
 """Where a family's rehearsal departs further: batches of a 151,936- or 128,256-column vocabulary hold
 3-4 GB of fp32 logits at the Pythia rehearsal's batches (an attack branch was killed for memory on a
@@ -208,6 +211,8 @@ def profile_text(model_dir: str, pile_dir: str, family: str = "pythia") -> str:
     changes["model", "name"], changes["data", "path"] = model_dir, pile_dir
     for (section, key), value in changes.items():
         text = _set(text, section, key, value)
+    for (section, key), value in ADDED.items():
+        text = _add(text, section, key, value)
     return text
 
 
@@ -226,6 +231,15 @@ def _set(text: str, section: str | None, key: str, value) -> str:
     if not n:
         raise KeyError(f"the paper profile has no {key!r} in [{section or 'top level'}]")
     return text[:lo] + body + text[hi:]
+
+
+def _add(text: str, section: str, key: str, value) -> str:
+    """`key = value` added at the top of `[section]` of TOML `text`; the key must not be there yet."""
+    head = f"\n[{section}]\n"
+    body = text.split(head)[1].split("\n[")[0]
+    if re.search(rf"^{re.escape(key)} = ", body, re.M):
+        raise KeyError(f"the paper profile already sets {key!r} in [{section}]: change it in CHANGES")
+    return text.replace(head, f"{head}{key} = {json.dumps(value)}\n", 1)
 
 
 def build(out: str, family: str = "pythia") -> str:
