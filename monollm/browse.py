@@ -21,6 +21,8 @@ import html
 import os
 import sys
 
+from monollm.branches import needs_four_models
+
 FLOW = "MonoFlow"
 
 TRAINING_STEPS = {"train_baseline": "baseline", "train_monotonic": "monotonic"}
@@ -37,7 +39,7 @@ def entries(run_id: str, steps: dict, branches: dict) -> list[dict]:
         found.append(dict(label=f"experiment card: the answer (join_attacks/{steps['join_attacks']})",
                           file="experiment.html", step="join_attacks", task=steps["join_attacks"], card_id="experiment"))
     for branch, task in branches.items():
-        kind = "" if branch in ("downstream", "order") else "attack "
+        kind = "" if needs_four_models(branch) else "attack "
         found.append(dict(label=f"{kind}{branch} (attack/{task})", file=f"attack-{branch}.html", step="attack",
                           task=task, card_id="attack"))
     for step, arm in TRAINING_STEPS.items():
@@ -88,7 +90,7 @@ def save(run, out: str, log=print) -> str:
         task = next((t for t in step if t.successful), None)
         if task is not None:
             steps[step.id] = task.id
-    listed = entries(run.id, steps, branch_tasks(run.pathspec) if "attack" in [s.id for s in run] else {})
+    listed = entries(run.id, steps, branch_tasks(run.pathspec))  # {} before the attack step exists
     os.makedirs(out, exist_ok=True)
     written, missing = [], []
     for card in listed:

@@ -293,13 +293,6 @@ def resume_command(run_id: str | None, repo: str, cwd: str | None = None, root: 
     return f"{where}make {into}resume RUN={run_id or 'RUN_ID'}"
 
 
-def wrapped(text: str, width: int = WIDTH) -> str:
-    """`text` wrapped at spaces to `width` columns; a word (a path, a number) is never split."""
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False))
-
-
 def full_disk_last_words(argv: list[str], code, repo: str, flow: str = "MonoFlow") -> str | None:
     """After `run` or `resume` exited with `code` (not 0): where the local datastore's disk is
     full (less than FULL_BELOW free), what to do and the command that resumes the run
@@ -319,9 +312,11 @@ def full_disk_last_words(argv: list[str], code, repo: str, flow: str = "MonoFlow
         run_id = Flow(flow).latest_run.id
     except Exception:  # no run recorded, or its metadata unreadable: the command then names RUN_ID
         run_id = None
-    said = wrapped(f"monoflow: the run stopped because the datastore's disk is full ({free} bytes free at {place}). "
-                   f"{MORE_DISK}. Then resume the run:")
-    return f"{said}\n  {resume_command(run_id, repo)}"
+    from monollm.results.last_screen import wrap
+
+    said = wrap(f"monoflow: the run stopped because the datastore's disk is full ({free} bytes free at {place}). "
+                f"{MORE_DISK}. Then resume the run:", WIDTH)
+    return "\n".join(said) + f"\n  {resume_command(run_id, repo)}"
 
 
 # --- what `run` says before it starts, and after Ctrl-C --------------------------------------
